@@ -1,0 +1,25 @@
+"""The ``audit`` command line (verifier side). Each command lives in its own module."""
+
+from __future__ import annotations
+
+import click
+
+from audit.cli._common import ErrorHandlingGroup
+
+__all__ = ["cli", "main"]
+
+
+@click.group(cls=ErrorHandlingGroup)
+@click.version_option(package_name="prune-audit")
+def cli() -> None:
+    """Independent verification of PRUNE unlearning proofs (auditor side).
+
+    The auditor trusts only cryptography, its own queries and its own attacks:
+    `audit verify PROOF --public-key owner.pub` checks a proof fail-closed;
+    `audit mia` measures membership inference; `audit report` writes a signed report.
+    """
+
+
+
+def main() -> None:
+    cli(prog_name="audit")
