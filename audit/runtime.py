@@ -14,7 +14,7 @@ from numpy.typing import NDArray
 
 from audit.errors import InputError
 
-__all__ = ["available_providers", "OnnxModel"]
+__all__ = ["OnnxModel", "available_providers"]
 
 
 def available_providers(prefer: str = "auto") -> list[str]:
@@ -51,7 +51,9 @@ class OnnxModel:
             raw = model.read_bytes() if isinstance(model, Path) else model
             proto = onnx.load_from_string(raw)
         except (OSError, Exception) as exc:  # onnx raises DecodeError subclasses of Exception
-            raise InputError(f"cannot read ONNX model {model if isinstance(model, Path) else ''}: {exc.__class__.__name__}".strip()) from exc
+            raise InputError(
+                f"cannot read ONNX model {model if isinstance(model, Path) else ''}: {exc.__class__.__name__}".strip()
+            ) from exc
         if extra_outputs:
             known = {o.name for o in proto.graph.output}
             for name in extra_outputs:
@@ -67,7 +69,9 @@ class OnnxModel:
                 raw, sess_options=opts, providers=available_providers(device)
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise InputError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from exc
+            raise InputError(
+                f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}"
+            ) from exc
         inputs = self._session.get_inputs()
         if len(inputs) != 1:
             raise InputError(f"the model must have exactly one input, it has {len(inputs)}")
@@ -77,13 +81,19 @@ class OnnxModel:
         self.providers: list[str] = list(self._session.get_providers())
 
     def run(
-        self, x: NDArray[np.float32], *, outputs: Sequence[str] | None = None, batch_size: int = 4096
+        self,
+        x: NDArray[np.float32],
+        *,
+        outputs: Sequence[str] | None = None,
+        batch_size: int = 4096,
     ) -> list[NDArray[np.float32]]:
         """Run in batches; returns one array per requested output (default: all outputs)."""
         names = list(outputs) if outputs is not None else self.output_names
         expected = tuple(d for d in self.input_shape[1:])
         if all(isinstance(d, int) for d in expected) and tuple(x.shape[1:]) != expected:
-            raise InputError(f"samples have shape {tuple(x.shape[1:])}, the model expects {expected}")
+            raise InputError(
+                f"samples have shape {tuple(x.shape[1:])}, the model expects {expected}"
+            )
         parts: list[list[NDArray[np.float32]]] = [[] for _ in names]
         for i in range(0, max(len(x), 1), batch_size):
             batch = np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)

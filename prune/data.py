@@ -50,9 +50,7 @@ class Dataset:
         return int(max(self.y_train.max(), self.y_test.max())) + 1
 
 
-def load_dataset(
-    name: DatasetName, *, seed: int = 0, data_dir: Path | None = None
-) -> Dataset:
+def load_dataset(name: DatasetName, *, seed: int = 0, data_dir: Path | None = None) -> Dataset:
     """Load a named data set. Digits are split 70/30 (stratified, seeded); Fashion-MNIST uses the
     official 60,000/10,000 split read from ``data_dir`` (default: the Debian package folder)."""
     if name == "digits":
@@ -70,9 +68,7 @@ def _digits(seed: int) -> Dataset:
     bunch = load_digits()
     x = (np.asarray(bunch.data, dtype=np.float32) / 16.0).reshape(-1, 1, 8, 8)
     y = np.asarray(bunch.target, dtype=np.int64)
-    x_tr, x_te, y_tr, y_te = train_test_split(
-        x, y, test_size=0.3, random_state=seed, stratify=y
-    )
+    x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.3, random_state=seed, stratify=y)
     return Dataset("digits", x_tr, y_tr, x_te, y_te)
 
 
@@ -107,7 +103,12 @@ def load_idx_folder(folder: Path, *, name: str = "idx") -> Dataset:
 
 
 def _find_idx(folder: Path, stem: str) -> Path:
-    for candidate in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+    for candidate in (
+        stem,
+        stem + ".gz",
+        stem.replace("-idx", ".idx"),
+        stem.replace("-idx", ".idx") + ".gz",
+    ):
         path = folder / candidate
         if path.is_file():
             return path

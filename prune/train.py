@@ -7,6 +7,7 @@ name :data:`CNN_FEATURE_TENSOR` so that it can be used as the patch cut.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from collections.abc import Sequence
@@ -93,7 +94,7 @@ def build_model(
     if arch == "mlp":
         dims = [int(np.prod(input_shape)), *hidden]
         layers: list[nn.Module] = []
-        for a, b in zip(dims[:-1], dims[1:], strict=True):
+        for a, b in itertools.pairwise(dims):
             layers += [nn.Linear(a, b), nn.ReLU()]
         layers.append(nn.Linear(dims[-1], classes))
         return nn.Sequential(*layers)

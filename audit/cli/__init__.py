@@ -20,6 +20,5 @@ def cli() -> None:
     """
 
 
-
 def main() -> None:
     cli(prog_name="audit")

@@ -22,9 +22,18 @@ __all__ = ["train"]
     help="digits ships with scikit-learn; fashion-mnist reads the Debian dataset-fashion-mnist folder.",
 )
 @click.option("--arch", type=click.Choice(["mlp", "cnn"]), default="mlp", show_default=True)
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder WORK.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the split, init and data order.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Default: 60 digits, 12 Fashion-MNIST.")
+@click.option(
+    "--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder WORK."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seeds the split, init and data order."
+)
+@click.option(
+    "--epochs",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Default: 60 digits, 12 Fashion-MNIST.",
+)
 @click.option(
     "--hidden",
     type=str,
