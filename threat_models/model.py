@@ -1,0 +1,198 @@
+"""The dishonest-owner threat model as typed definitions.
+
+Actors, what each controls and sees, the security goals, the assumptions, and one :class:`Threat`
+per dishonest behaviour, each naming the audit checks that must catch it. ``docs/THREAT_MODEL.md``
+is the readable version of the same content; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+__all__ = ["ACTORS", "ASSUMPTIONS", "GOALS", "THREATS", "Actor", "ActorRole", "Threat", "threat"]
+
+
+class ActorRole(Enum):
+    OWNER = "owner"
+    DATA_SUBJECT = "data-subject"
+    AUDITOR = "auditor"
+    THIRD_PARTY = "third-party"
+
+
+@dataclass(frozen=True)
+class Actor:
+    """An actor, what it controls (can choose arbitrarily) and what it sees."""
+
+    role: ActorRole
+    controls: tuple[str, ...]
+    sees: tuple[str, ...]
+    trusted_for: tuple[str, ...]
+
+
+ACTORS: tuple[Actor, ...] = (
+    Actor(
+        role=ActorRole.OWNER,
+        controls=(
+            "the training data, the original and the served model",
+            "every artifact it hands out: patched model, certificate, signature, openings, receipts",
+            "the owner signing key (a genuine key: forging without it is out of scope)",
+            "what it shows to each other party, separately (may equivocate)",
+        ),
+        sees=("everything it produced", "the auditor's verdicts when published"),
+        trusted_for=("nothing: every claim is checked",),
+    ),
+    Actor(
+        role=ActorRole.DATA_SUBJECT,
+        controls=("their own deletion request", "their receipt and their own sample"),
+        sees=("their receipt", "the published certificate", "black-box access to the served model"),
+        trusted_for=("reporting the receipt they were given, unchanged",),
+    ),
+    Actor(
+        role=ActorRole.AUDITOR,
+        controls=(
+            "its own queries to the model (onnxruntime)",
+            "its reference data, reference/shadow models and attacks",
+            "its random seeds (which claims and probes are sampled)",
+        ),
+        sees=(
+            "the proof folder, the owner's public key, the committed original model",
+            "the forget-set openings (forget.npz) under confidentiality",
+        ),
+        trusted_for=("running the published verifier honestly (its report is signed)",),
+    ),
+    Actor(
+        role=ActorRole.THIRD_PARTY,
+        controls=("black-box queries to the served model", "a pool of candidate records"),
+        sees=("the served (patched) model, possibly with white-box access", "public certificates"),
+        trusted_for=("nothing: a curious party that may try to learn who asked for deletion",),
+    ),
+)
+
+GOALS: tuple[str, ...] = (
+    "completeness: an honest owner's proof is accepted",
+    "soundness: a proof whose claims do not hold for the served model is rejected",
+    "binding: the forget set, the original model and the patched model are fixed by the "
+    "certificate and cannot be changed or shown differently later",
+    "locality: outside the patched regions the served model equals the committed original",
+    "privacy of requesters: the certificate and the patched model reveal as little as possible "
+    "about who asked for deletion",
+)
+
+ASSUMPTIONS: tuple[str, ...] = (
+    "ECDSA P-256 and SHA-256 are secure; the owner's public key is authentic (obtained out of band)",
+    "the auditor holds reference data from the same distribution as the training data",
+    "the auditor receives the openings of the forget set it must check (forget.npz) and the "
+    "committed original model",
+    "the auditor's sampling seed is not known to the owner before the commitment",
+    "data subjects compare their receipt with the published certificate (or the auditor's view)",
+    "the served model is the file the auditor verifies (deployment attestation is out of scope; "
+    "black-box spot checks of the live endpoint bridge the gap)",
+)
+
+
+@dataclass(frozen=True)
+class Threat:
+    """One dishonest behaviour: ``adversary`` names the executable adversary in
+    :mod:`threat_models.adversaries`; ``caught_by`` lists the audit checks of which at least one
+    must fail on its proof."""
+
+    number: int
+    key: str
+    title: str
+    behaviour: str
+    adversary: str
+    caught_by: tuple[str, ...]
+
+
+THREATS: tuple[Threat, ...] = (
+    Threat(
+        1,
+        "no-op",
+        "No-op",
+        "the certificate claims unlearning, the served model is the original",
+        "noop",
+        ("replay.claims", "structure.patch"),
+    ),
+    Threat(
+        2,
+        "substitution",
+        "Substitution",
+        "the certified model is not the served model",
+        "substitution",
+        ("digest.model", "signature.model"),
+    ),
+    Threat(
+        3,
+        "exact-input-filter",
+        "Exact-input filter",
+        "the patch fires only on the exact forget inputs, knowledge intact around them",
+        "exact_input_filter",
+        ("region.probes", "structure.patch"),
+    ),
+    Threat(
+        4,
+        "partial",
+        "Partial unlearning",
+        "only part of the committed forget set is patched",
+        "partial",
+        ("replay.claims", "commitment.openings"),
+    ),
+    Threat(
+        5,
+        "forged-certificate",
+        "Forged or replayed certificate",
+        "a certificate for another model or forget set, or an old nonce, is presented",
+        "forged_certificate",
+        ("digest.model", "commitment.openings", "freshness", "signature.certificate"),
+    ),
+    Threat(
+        6,
+        "equivocation",
+        "Equivocation",
+        "different forget-set roots are shown to different parties",
+        "equivocation",
+        ("receipt.root",),
+    ),
+    Threat(
+        7,
+        "structure",
+        "Structure cheating",
+        "weights of the original subgraph changed, or a patch gated on something other than the "
+        "claimed regions (a trigger)",
+        "structure_cheat",
+        ("structure.original", "structure.patch", "digest.original"),
+    ),
+    Threat(
+        8,
+        "sabotage",
+        "Sabotage",
+        "utility destroyed while the certificate claims it preserved",
+        "sabotage",
+        ("utility", "locality"),
+    ),
+    Threat(
+        9,
+        "residual-memorisation",
+        "Residual memorisation",
+        "predictions changed but membership still detectable",
+        "residual_memorisation",
+        ("membership.inference",),
+    ),
+    Threat(
+        10,
+        "rollback",
+        "Rollback",
+        "the patch is removed after certification",
+        "rollback",
+        ("digest.model", "signature.model", "replay.claims"),
+    ),
+)
+
+
+def threat(key: str) -> Threat:
+    """Look a threat up by its key; ``KeyError`` names the known keys."""
+    for t in THREATS:
+        if t.key == key:
+            return t
+    raise KeyError(f"unknown threat {key!r}; known: {', '.join(t.key for t in THREATS)}")
