@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -169,22 +170,29 @@ def export_onnx(model: nn.Module, path: Path, *, input_shape: tuple[int, ...]) -
     model.eval()
     dummy = torch.zeros((1, *input_shape), dtype=torch.float32)
     tmp = path.with_name(path.name + ".tmp")
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(tmp),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        # the TorchScript exporter is deliberate: it emits plain Gemm/Relu/Conv nodes
+        warnings.simplefilter("ignore", DeprecationWarning)
+        _export_torchscript(model, dummy, tmp)
     proto = onnx.load(str(tmp))
     if isinstance(model, _CNN):
         _rename_feature_tensor(proto)
     onnx.checker.check_model(proto)
     onnx.save(proto, str(tmp))
     tmp.replace(path)
+
+
+def _export_torchscript(model: nn.Module, dummy: torch.Tensor, path: Path) -> None:
+    torch.onnx.export(
+        model,
+        (dummy,),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
 
 
 def _rename_feature_tensor(proto: object) -> None:
