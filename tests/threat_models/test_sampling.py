@@ -49,3 +49,21 @@ def test_replays_needed_is_minimal() -> None:
     k = replays_needed(n=n, f=f, alpha=alpha)
     assert miss_probability(n=n, k=k, f=f) <= alpha
     assert miss_probability(n=n, k=k - 1, f=f) > alpha
+
+
+def test_sampling_cli_json() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from threat_models.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["sampling", "--n", "600", "--f", "0.01", "--k", "300", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output)
+    assert doc["version"] == 1
+    row = doc["rows"][0]
+    assert row["k_needed"] == replays_needed(n=600, f=0.01, alpha=0.01)
+    assert row["miss"]["300"] == pytest.approx(miss_probability(n=600, k=300, f=0.01))
