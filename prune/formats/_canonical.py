@@ -65,7 +65,10 @@ def canonical_json(value: Any) -> bytes:
     text = json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
-    return text.encode("utf-8")
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise MalformedError("canonical JSON: a string holds a lone surrogate") from exc
 
 
 def _reject_float(text: str) -> Any:
