@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from prune.cli._common import ErrorHandlingGroup
+from prune.cli._keygen import keygen
 from prune.cli._train import train
 
 __all__ = ["cli", "main"]
@@ -23,6 +24,7 @@ def cli() -> None:
 
 
 cli.add_command(train)
+cli.add_command(keygen)
 
 
 def main() -> None:
