@@ -1,0 +1,297 @@
+"""What the checks work on: the auditor's inputs (read eagerly, so a bad path is exit 2 before
+anything runs) and the owner's artifacts (read lazily and memoised, so that a broken artifact
+fails exactly the checks that need it, each with the same message).
+
+Every value derived from the owner's files is computed here by the verifier itself: the head is
+found in the original graph, the hidden pre-activations come from onnxruntime runs of the
+original model, the patch parameters are read from the patched model's initializers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from cryptography.hazmat.primitives.asymmetric import ec
+from numpy.typing import NDArray
+
+from audit.errors import InputError, VerificationError
+from audit.proof import (
+    PROOF_FILES,
+    Limits,
+    load_forget,
+    load_public_key,
+    load_reference,
+    read_bounded,
+)
+from audit.runtime import OnnxModel
+from audit.verify._framework import CheckUnavailable, Policy
+from audit.verify._graph import PATCH_OUTPUT, Head, find_head, load_onnx, metadata, sub_model
+from audit.verify._patch import PatchParams, read_patch
+from prune.formats import Envelope, FormatError, Openings, Statement, UnlearningPredicate
+
+__all__ = ["Evaluation", "VerifyContext", "VerifyInputs"]
+
+T = TypeVar("T")
+F64 = NDArray[np.float64]
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyInputs:
+    """Paths given by the auditor. ``proof`` and ``public_key`` are always needed; the others
+    enable the checks that need them (see :class:`~audit.verify.Policy`)."""
+
+    proof: Path
+    public_key: Path
+    original: Path | None = None
+    forget: Path | None = None
+    reference: Path | None = None
+    nonce_store: Path | None = None
+
+    @property
+    def given(self) -> frozenset[str]:
+        names = {"original": self.original, "forget": self.forget, "reference": self.reference}
+        return frozenset(k for k, v in names.items() if v is not None)
+
+
+@dataclass(frozen=True, eq=False)
+class Evaluation:
+    """The original model on a batch, as measured by the verifier: the flattened cut ``x``
+    ``[N, d]``, the concatenated hidden pre-activations ``z`` ``[N, H]`` and the logits."""
+
+    x: NDArray[np.float32]
+    z: NDArray[np.float32]
+    logits: NDArray[np.float32]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Failed:
+    def __init__(self, exc: VerificationError) -> None:
+        self.exc = exc
+
+
+class VerifyContext:
+    """Shared, memoised state of one verification run. Methods raise
+    :class:`~audit.errors.VerificationError` subclasses when an artifact is unusable."""
+
+    def __init__(
+        self,
+        inputs: VerifyInputs,
+        *,
+        policy: Policy,
+        limits: Limits,
+        now: datetime,
+        rng: np.random.Generator,
+        device: str = "auto",
+        threads: int | None = None,
+    ) -> None:
+        if not inputs.proof.is_dir():
+            raise InputError(f"proof folder {inputs.proof} does not exist or is not a folder")
+        if now.tzinfo is None:
+            raise InputError("verification time must be timezone-aware")
+        self.inputs = inputs
+        self.policy = policy
+        self.limits = limits
+        self.now = now
+        self.rng = rng
+        self.device = device
+        self.threads = threads
+        self.public_key: ec.EllipticCurvePublicKey = load_public_key(
+            inputs.public_key, limits=limits
+        )
+        self.original_bytes: bytes | None = None
+        if inputs.original is not None:
+            if not inputs.original.is_file():
+                raise InputError(f"original model {inputs.original} does not exist")
+            self.original_bytes = read_bounded(
+                inputs.original, limits.model_bytes, what="original model"
+            )
+        self.reference: tuple[NDArray[np.float32], NDArray[np.int64]] | None = None
+        if inputs.reference is not None:
+            self.reference = load_reference(inputs.reference, limits=limits)
+        if inputs.forget is not None and not inputs.forget.is_file():
+            raise InputError(f"forget set {inputs.forget} does not exist")
+        self._cache: dict[str, Any] = {}
+
+    def memo(self, key: str, make: Callable[[], T]) -> T:
+        """``make()`` once; a failure is remembered and raised again to every later caller."""
+        if key in self._cache:
+            value = self._cache[key]
+            if isinstance(value, _Failed):
+                raise value.exc
+            return value  # type: ignore[no-any-return]  # stored by this method under key
+        try:
+            value = make()
+        except VerificationError as exc:
+            self._cache[key] = _Failed(exc)
+            raise
+        self._cache[key] = value
+        return value
+
+    def providers(self) -> list[str] | None:
+        """onnxruntime's execution providers for the deployed model, once it has been loaded."""
+        model = self._cache.get("ort:patched")
+        return list(model.providers) if isinstance(model, OnnxModel) else None
+
+    # -- the owner's files ------------------------------------------------------------------
+
+    def proof_file(self, kind: str) -> bytes:
+        limit = {
+            "model": self.limits.model_bytes,
+            "certificate": self.limits.certificate_bytes,
+            "signature": self.limits.signature_bytes,
+        }[kind]
+        path = self.inputs.proof / PROOF_FILES[kind]
+        return self.memo(f"file:{kind}", lambda: read_bounded(path, limit, what=PROOF_FILES[kind]))
+
+    def envelope(self) -> Envelope:
+        def make() -> Envelope:
+            try:
+                return Envelope.from_json(self.proof_file("certificate"))
+            except FormatError as exc:
+                raise CheckUnavailable(f"certificate unreadable: {exc}") from exc
+
+        return self.memo("envelope", make)
+
+    def statement(self) -> Statement:
+        """The certificate's statement, parsed strictly but *not* authenticated here: the
+        signature check does that, and a failed signature fails the verdict."""
+
+        def make() -> Statement:
+            try:
+                return Statement.from_json(self.envelope().payload)
+            except FormatError as exc:
+                raise CheckUnavailable(f"certificate unreadable: {exc}") from exc
+
+        return self.memo("statement", make)
+
+    @property
+    def predicate(self) -> UnlearningPredicate:
+        return self.statement().predicate
+
+    def openings(self) -> Openings:
+        path = self.inputs.forget
+        if path is None:
+            raise CheckUnavailable("no --forget given")
+        return self.memo("openings", lambda: load_forget(path, limits=self.limits))
+
+    def patched_proto(self) -> Any:
+        return self.memo(
+            "proto:patched", lambda: load_onnx(self.proof_file("model"), what="model.onnx")
+        )
+
+    def original_proto(self) -> Any:
+        data = self.original_bytes
+        if data is None:
+            raise CheckUnavailable("no --original given")
+        return self.memo("proto:original", lambda: load_onnx(data, what="original model"))
+
+    # -- derived by the verifier --------------------------------------------------------------
+
+    def head(self) -> Head:
+        """The head of the original model after the cut the patched model declares (the
+        declaration is only a name; :func:`find_head` checks it against the original graph)."""
+
+        def make() -> Head:
+            cut = metadata(self.patched_proto()).get("prune.cut")
+            if not cut:
+                raise CheckUnavailable("patched model: metadata prune.cut is missing")
+            return find_head(self.original_proto(), cut)
+
+        return self.memo("head", make)
+
+    def patch(self) -> PatchParams:
+        def make() -> PatchParams:
+            gate = metadata(self.patched_proto()).get("prune.gate", "")
+            return read_patch(self.patched_proto(), gate=gate)
+
+        return self.memo("patch", make)
+
+    def original_model(self) -> OnnxModel:
+        def make() -> OnnxModel:
+            head = self.head()
+            extra = [n for n in (head.cut, *head.hidden) if n != head.input]
+            return self._session(self.original_bytes or b"", "original model", extra)
+
+        return self.memo("ort:original", make)
+
+    def patched_model(self) -> OnnxModel:
+        """The deployed model as a black box: exactly the file's graph, no extra outputs."""
+        return self.memo(
+            "ort:patched", lambda: self._session(self.proof_file("model"), "model.onnx", [])
+        )
+
+    def _session(self, data: bytes, what: str, extra: list[str]) -> OnnxModel:
+        try:
+            return OnnxModel(data, extra_outputs=extra, device=self.device, threads=self.threads)
+        except InputError as exc:  # the model is the owner's: unusable means failed
+            raise CheckUnavailable(f"{what}: {exc}") from exc
+
+    def _run(
+        self, model: OnnxModel, x: NDArray[np.float32], what: str
+    ) -> list[NDArray[np.float32]]:
+        try:
+            return model.run(x)
+        except InputError as exc:
+            raise CheckUnavailable(f"{what}: {exc}") from exc
+        except Exception as exc:  # onnxruntime's own failure types
+            first = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
+            raise CheckUnavailable(f"{what}: onnxruntime failed: {first}") from exc
+
+    def evaluate(self, x: NDArray[np.float32], *, key: str | None = None) -> Evaluation:
+        """Run the original model on ``x`` and collect cut, hidden and logits (memoised by
+        ``key`` when given)."""
+
+        def make() -> Evaluation:
+            head = self.head()
+            model = self.original_model()
+            outs = dict(zip(model.output_names, self._run(model, x, "original model"), strict=True))
+            cut = x if head.cut == head.input else outs[head.cut]
+            z = [outs[name].reshape(len(x), -1) for name in head.hidden]
+            hidden = np.concatenate(z, axis=1) if z else np.zeros((len(x), 0), np.float32)
+            return Evaluation(
+                x=cut.reshape(len(x), -1),
+                z=hidden,
+                logits=outs[head.output].reshape(len(x), -1),
+                extra={"cut_shape": tuple(int(s) for s in cut.shape[1:])},
+            )
+
+        return make() if key is None else self.memo(f"eval:{key}", make)
+
+    def patched_logits(
+        self, x: NDArray[np.float32], *, key: str | None = None
+    ) -> NDArray[np.float32]:
+        def make() -> NDArray[np.float32]:
+            out = self._run(self.patched_model(), x, "model.onnx")[0]
+            if out.ndim != 2 or len(out) != len(x):
+                raise CheckUnavailable(
+                    f"model.onnx: output has shape {out.shape}, expected [N, classes]"
+                )
+            return out
+
+        return make() if key is None else self.memo(f"patched:{key}", make)
+
+    def head_models(self, cut_shape: tuple[int, ...]) -> tuple[OnnxModel, OnnxModel]:
+        """(original head -> hidden + logits, patched head -> prune/output), both taking the
+        cut tensor as input: the space in which regions and claims live."""
+
+        def make() -> tuple[OnnxModel, OnnxModel]:
+            head = self.head()
+            original = sub_model(
+                self.original_proto(),
+                cut=head.cut,
+                cut_shape=cut_shape,
+                outputs=[*head.hidden, head.output],
+            )
+            patched = sub_model(
+                self.patched_proto(), cut=head.cut, cut_shape=cut_shape, outputs=[PATCH_OUTPUT]
+            )
+            return (
+                self._session(original, "original head", []),
+                self._session(patched, "patched head", []),
+            )
+
+        return self.memo("ort:heads", make)

@@ -1,0 +1,197 @@
+"""The check framework: a :class:`Check` answers one narrow question about the evidence; the
+runner applies the policy and turns everything into :class:`CheckOutcome` values.
+
+Fail-closed rules (the verdict's invariants):
+
+* a check whose inputs are missing and required by the :class:`Policy` is a **fail**
+  ("not run: ..."); missing inputs the policy does not require give **not-run**;
+* a check that does not apply (e.g. no previous batch to be consistent with) is **not-run**;
+* a check that raises :class:`~audit.errors.VerificationError` (or anything unexpected) is a
+  **fail**, never a skip; :class:`~audit.errors.InputError` propagates (the auditor's problem);
+* the verdict is ``verified`` only if no outcome failed and at least one passed; an empty list of
+  checks is an error, never a pass."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+from audit.errors import AuditError, InputError, VerificationError
+
+__all__ = [
+    "INPUTS",
+    "Check",
+    "CheckOutcome",
+    "CheckUnavailable",
+    "Input",
+    "Policy",
+    "Status",
+    "run_checks",
+]
+
+Status = Literal["pass", "fail", "not-run"]
+Input = Literal["original", "forget", "reference", "sample"]
+INPUTS: Mapping[str, str] = {
+    "original": "--original (the committed original model)",
+    "forget": "--forget (the forget-set openings, PROOF/forget.npz)",
+    "reference": "--reference (reference data, e.g. WORK/test.npz)",
+    "sample": "--sample and --label (the data subject's own sample)",
+}
+
+Ctx = TypeVar("Ctx")
+
+
+class CheckUnavailable(VerificationError):
+    """A check cannot run because something it needs is broken (a malformed certificate, a model
+    onnxruntime cannot load). Counted as a failure, fail-closed."""
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """The result of one check. ``evidence`` holds JSON-ready measured values (counts, digests,
+    worst margins) so that a report can show *why*, not only *whether*."""
+
+    name: str
+    status: Status
+    detail: str
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "status": self.status,
+            "detail": self.detail,
+            "evidence": dict(self.evidence),
+            "seconds": round(self.seconds, 6),
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> CheckOutcome:
+        status = doc["status"]
+        if status not in ("pass", "fail", "not-run"):
+            raise InputError(f"verification report: unknown status {status!r}")
+        return cls(
+            name=str(doc["name"]),
+            status=status,
+            detail=str(doc["detail"]),
+            evidence=dict(doc.get("evidence", {})),
+            seconds=float(doc.get("seconds", 0.0)),
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class Policy:
+    """What the auditor demands; every number here is documented in docs/VERIFY.md.
+
+    ``required_inputs``: inputs whose absence fails the checks that need them (default: all of
+    them, so that "verified" always means every check ran). ``margin_tolerance``: absolute slack
+    on a claimed logit margin (float32 execution of a float64 certificate). ``locality_atol``:
+    largest allowed |patched - original| outside every patch support. ``utility_tolerance``:
+    allowed excess of the measured accuracy drop over the certified one (fraction)."""
+
+    required_inputs: frozenset[str] = frozenset({"original", "forget", "reference", "sample"})
+    max_age: timedelta = timedelta(days=365)
+    max_clock_skew: timedelta = timedelta(minutes=5)
+    margin_tolerance: float = 1e-4
+    locality_atol: float = 1e-6
+    utility_tolerance: float = 0.01
+    probe_directions: int = 8
+    probe_points: int = 4
+    probe_claims: int | None = None
+    bisection_steps: int = 14
+    lp_claims: int = 16
+
+    def __post_init__(self) -> None:
+        unknown = set(self.required_inputs) - set(INPUTS)
+        if unknown:
+            raise InputError(f"policy: unknown input {', '.join(sorted(unknown))}")
+        if self.probe_directions < 1 or self.probe_points < 1 or self.bisection_steps < 1:
+            raise InputError("policy: probe counts and bisection steps must be at least 1")
+        if self.max_age <= timedelta(0) or self.margin_tolerance < 0 or self.locality_atol < 0:
+            raise InputError("policy: max age must be positive and tolerances non-negative")
+
+    def partial(self) -> Policy:
+        """The same policy with no required inputs (``--partial``)."""
+        from dataclasses import replace
+
+        return replace(self, required_inputs=frozenset())
+
+
+class Check(ABC, Generic[Ctx]):
+    """One named check. ``requires`` lists the optional inputs it cannot run without; ``run``
+    answers one question and returns an outcome made with :meth:`passed`, :meth:`failed` or
+    :meth:`not_applicable` (or raises :class:`VerificationError`, which is a failure)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    requires: ClassVar[frozenset[str]] = frozenset()
+
+    @abstractmethod
+    def run(self, ctx: Ctx) -> CheckOutcome: ...
+
+    def passed(self, detail: str, **evidence: Any) -> CheckOutcome:
+        return CheckOutcome(self.name, "pass", detail, evidence)
+
+    def failed(self, detail: str, **evidence: Any) -> CheckOutcome:
+        return CheckOutcome(self.name, "fail", detail, evidence)
+
+    def not_applicable(self, detail: str, **evidence: Any) -> CheckOutcome:
+        return CheckOutcome(self.name, "not-run", detail, evidence)
+
+
+def _missing_outcome(check: Check[Any], missing: Sequence[str], policy: Policy) -> CheckOutcome:
+    needed = ", ".join(INPUTS[m] for m in missing)
+    if set(missing) & policy.required_inputs:
+        return check.failed(f"not run: {needed} not given, and the policy requires it")
+    return check.not_applicable(f"not run: {needed} not given (partial verification)")
+
+
+def run_checks(
+    checks: Sequence[Check[Ctx]],
+    ctx: Ctx,
+    *,
+    given: frozenset[str],
+    policy: Policy,
+    clock: Callable[[], float] = time.perf_counter,
+    on_done: Callable[[CheckOutcome], None] | None = None,
+) -> tuple[CheckOutcome, ...]:
+    """Run ``checks`` in order against ``ctx``. ``given`` names the optional inputs the auditor
+    supplied. Never returns a "pass" that a check did not produce itself."""
+    if not checks:
+        raise AuditError("no checks to run: an empty list of checks is never a pass")
+    names = [c.name for c in checks]
+    if len(set(names)) != len(names):
+        raise AuditError("check names must be unique")
+    outcomes: list[CheckOutcome] = []
+    for check in checks:
+        start = clock()
+        missing = sorted(check.requires - given)
+        if missing:
+            outcome = _missing_outcome(check, missing, policy)
+        else:
+            try:
+                outcome = check.run(ctx)
+            except InputError:
+                raise
+            except VerificationError as exc:
+                outcome = check.failed(str(exc))
+            except AuditError:
+                raise
+            except Exception as exc:  # fail-closed: an unexpected error is never a pass
+                outcome = check.failed(
+                    f"not run: unexpected {exc.__class__.__name__}: {str(exc)[:200]}"
+                )
+            if outcome.name != check.name:
+                raise AuditError(f"check {check.name} returned an outcome named {outcome.name}")
+        outcome = CheckOutcome(
+            outcome.name, outcome.status, outcome.detail, outcome.evidence, clock() - start
+        )
+        outcomes.append(outcome)
+        if on_done is not None:
+            on_done(outcome)
+    return tuple(outcomes)

@@ -1,0 +1,319 @@
+"""The verifier's own reading of ONNX graphs: safe loading, the head after the cut, the
+original-versus-patched structure diff, and the rules a patch subgraph must follow.
+
+Threat assumption: both models come from the owner. Nothing in the patched model's metadata is
+trusted: the cut must be a tensor of the *original* graph that separates it, the hidden tensors
+are recomputed here as the inputs of the Relu nodes after the cut, and the metadata must agree.
+External data is refused (an ONNX file must never make the verifier open a path)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from audit.proof import ProofFileError
+from audit.verify._framework import CheckUnavailable
+
+__all__ = [
+    "ALLOWED_PATCH_OPS",
+    "PATCH_OUTPUT",
+    "PATCH_PREFIX",
+    "Head",
+    "find_head",
+    "load_onnx",
+    "metadata",
+    "original_problems",
+    "patch_form_problems",
+    "sub_model",
+]
+
+PATCH_PREFIX = "prune/patch/"
+PATCH_OUTPUT = "prune/output"
+PATCH_FORMAT = "prune/patch/v1"
+# Continuous piecewise-linear ops only: no comparisons, no control flow, no data-dependent
+# shapes. A trigger on exact inputs needs one of the excluded ops (Equal, Where, If, ...).
+ALLOWED_PATCH_OPS = frozenset(
+    {
+        "Add",
+        "Sub",
+        "Neg",
+        "Relu",
+        "Mul",
+        "Div",
+        "MatMul",
+        "Gemm",
+        "Sum",
+        "ReduceSum",
+        "Reshape",
+        "Flatten",
+        "Unsqueeze",
+        "Squeeze",
+        "Concat",
+        "Transpose",
+        "Identity",
+        "Constant",
+    }
+)
+# Ops that multiply two operands: one of them must be a constant (no data x data products).
+_BILINEAR = {"Mul": (0, 1), "MatMul": (0, 1), "Gemm": (0, 1), "Div": (1,)}
+
+
+def load_onnx(data: bytes, *, what: str) -> Any:
+    """Decode an ONNX ``ModelProto`` held in memory; refuse external data and subgraphs with
+    functions the verifier cannot inspect."""
+    import onnx
+
+    try:
+        proto = onnx.load_from_string(data)
+    except Exception as exc:  # protobuf's DecodeError has no stable public base
+        raise ProofFileError(f"{what}: not an ONNX model ({exc.__class__.__name__})") from exc
+    if not proto.graph.node:
+        raise ProofFileError(f"{what}: not an ONNX model (no nodes)")
+    for tensor in _all_tensors(proto.graph):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            raise ProofFileError(f"{what}: tensor {tensor.name[:60]!r} uses external data")
+    return proto
+
+
+def _all_tensors(graph: Any) -> Iterable[Any]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+
+
+def metadata(proto: Any) -> dict[str, str]:
+    """metadata_props as a dict; a duplicated key is refused (two readers could disagree)."""
+    out: dict[str, str] = {}
+    for prop in proto.metadata_props:
+        if prop.key in out:
+            raise CheckUnavailable(f"patched model: metadata key {prop.key!r} appears twice")
+        out[prop.key] = prop.value
+    return out
+
+
+@dataclass(frozen=True)
+class Head:
+    """The original model after the cut: ``hidden`` are the inputs of its Relu nodes in node
+    order, ``nodes`` the indices of the nodes downstream of the cut, ``output`` the logits."""
+
+    input: str
+    cut: str
+    hidden: tuple[str, ...]
+    output: str
+    nodes: tuple[int, ...]
+
+
+def _constants(graph: Any) -> set[str]:
+    names = {t.name for t in graph.initializer}
+    names |= {n.output[0] for n in graph.node if n.op_type == "Constant" and n.output}
+    return names
+
+
+def find_head(original: Any, cut: str) -> Head:
+    """The head of ``original`` after tensor ``cut``. Raises :class:`CheckUnavailable` unless
+    ``cut`` is the graph input or a computed tensor that *separates* the graph: every node after
+    it reads only tensors after it or constants, and the logits are after it."""
+    graph = original.graph
+    constants = _constants(graph)
+    inputs = [i.name for i in graph.input if i.name not in constants]
+    outputs = [o.name for o in graph.output]
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise CheckUnavailable(
+            f"original model: expected one input and one output, got {len(inputs)} and {len(outputs)}"
+        )
+    produced = {name for node in graph.node for name in node.output}
+    if cut != inputs[0] and cut not in produced:
+        raise CheckUnavailable(f"cut tensor {cut[:60]!r} is not a tensor of the original model")
+    after = {cut}
+    nodes: list[int] = []
+    for index, node in enumerate(graph.node):
+        if node.op_type != "Constant" and any(name in after for name in node.input):
+            nodes.append(index)
+            after.update(node.output)
+    for index in nodes:
+        node = graph.node[index]
+        for name in node.input:
+            if name and name not in after and name not in constants:
+                raise CheckUnavailable(
+                    f"cut {cut[:60]!r} does not separate the model: node {node.name[:60]!r} "
+                    f"after it reads {name[:60]!r} from before it"
+                )
+    if outputs[0] not in after:
+        raise CheckUnavailable(f"the logits {outputs[0]!r} do not depend on the cut {cut!r}")
+    hidden = tuple(graph.node[i].input[0] for i in nodes if graph.node[i].op_type == "Relu")
+    return Head(inputs[0], cut, hidden, outputs[0], tuple(nodes))
+
+
+def _same(a: Any, b: Any) -> bool:
+    return bool(a.SerializeToString(deterministic=True) == b.SerializeToString(deterministic=True))
+
+
+def _list_problem(kind: str, original: Sequence[Any], patched: Sequence[Any]) -> list[str]:
+    if len(original) != len(patched) or not all(map(_same, original, patched)):
+        return [f"{kind} differ from the original model's"]
+    return []
+
+
+def _match_original_nodes(original: Any, patched: Any) -> tuple[list[str], list[Any]]:
+    """Original nodes must appear in the patched graph byte-identical and in the same order;
+    every other node is a patch node. Returns (problems, patch nodes)."""
+    problems: list[str] = []
+    extra: list[Any] = []
+    j = 0
+    base = list(original.graph.node)
+    for node in patched.graph.node:
+        if j < len(base) and _same(node, base[j]):
+            j += 1
+        else:
+            extra.append(node)
+    if j < len(base):
+        missing = base[j]
+        problems.append(
+            f"original node {missing.name[:60] or missing.op_type!r} is missing or changed"
+        )
+    return problems, extra
+
+
+def _initializer_problems(original: Any, patched: Any) -> list[str]:
+    problems: list[str] = []
+    base = {t.name: t for t in original.graph.initializer}
+    seen: set[str] = set()
+    order: list[str] = []
+    for tensor in patched.graph.initializer:
+        if tensor.name in seen:
+            problems.append(f"initializer {tensor.name[:60]!r} appears twice")
+        seen.add(tensor.name)
+        if tensor.name in base:
+            order.append(tensor.name)
+            if not _same(tensor, base[tensor.name]):
+                problems.append(f"original weights changed: initializer {tensor.name[:60]!r}")
+        elif not tensor.name.startswith(PATCH_PREFIX):
+            problems.append(f"extra initializer {tensor.name[:60]!r} outside {PATCH_PREFIX}")
+    missing = [name for name in base if name not in seen]
+    if missing:
+        problems.append(f"original initializer {missing[0][:60]!r} is missing")
+    elif order != list(base):
+        problems.append("original initializers are reordered")
+    return problems
+
+
+def _patch_node_problems(
+    nodes: Sequence[Any], *, sources: set[str], constants: set[str]
+) -> list[str]:
+    problems: list[str] = []
+    known = set(sources) | constants
+    const = set(constants)
+    produced_output = False
+    for node in nodes:
+        label = f"patch node {node.name[:50] or node.op_type!r}"
+        if node.op_type not in ALLOWED_PATCH_OPS or node.domain not in ("", "ai.onnx"):
+            problems.append(
+                f"{label}: op {node.domain + '.' if node.domain else ''}{node.op_type} is not allowed in a patch"
+            )
+            continue
+        if any(a.HasField("g") or len(a.graphs) for a in node.attribute):
+            problems.append(f"{label}: subgraph attributes are not allowed")
+        for name in node.output:
+            if not (name.startswith(PATCH_PREFIX) or name == PATCH_OUTPUT):
+                problems.append(f"{label}: output {name[:60]!r} outside {PATCH_PREFIX}")
+            produced_output |= name == PATCH_OUTPUT
+        for name in node.input:
+            if name and name not in known:
+                problems.append(f"{label}: reads {name[:60]!r}, which a patch may not read")
+        if node.op_type in _BILINEAR:
+            operands = [node.input[i] for i in _BILINEAR[node.op_type] if i < len(node.input)]
+            if node.op_type != "Div" and not any(name in const for name in operands):
+                problems.append(f"{label}: {node.op_type} of two data tensors is not allowed")
+            if node.op_type == "Div" and not all(name in const for name in operands):
+                problems.append(f"{label}: division by a data tensor is not allowed")
+        if node.op_type == "Constant" or all(not n or n in const for n in node.input):
+            const.update(node.output)
+        known.update(node.output)
+    if not produced_output:
+        problems.append(f"no patch node produces {PATCH_OUTPUT!r}")
+    return problems
+
+
+def original_problems(original: Any, patched: Any) -> list[str]:
+    """Ways in which ``patched`` fails to contain ``original`` unchanged: nodes (same bytes, same
+    order), initializers, graph inputs, opsets, functions; empty when the original is intact."""
+    node_problems, _ = _match_original_nodes(original, patched)
+    problems = node_problems + _initializer_problems(original, patched)
+    problems += _list_problem("graph inputs", original.graph.input, patched.graph.input)
+    problems += _list_problem("opset imports", original.opset_import, patched.opset_import)
+    problems += _list_problem("functions", original.functions, patched.functions)
+    problems += _list_problem(
+        "sparse initializers", original.graph.sparse_initializer, patched.graph.sparse_initializer
+    )
+    return problems
+
+
+def patch_form_problems(original: Any, patched: Any, head: Head) -> list[str]:
+    """Ways in which the part of ``patched`` that is not ``original`` departs from the declared
+    patch form (docs/FORMATS.md): one float32 output ``prune/output``, metadata that matches the
+    original graph, patch nodes of allowed ops that read only the cut, the hidden tensors, the
+    original logits and patch constants."""
+    import onnx
+
+    problems: list[str] = []
+    _, patch_nodes = _match_original_nodes(original, patched)
+    outputs = list(patched.graph.output)
+    if [o.name for o in outputs] != [PATCH_OUTPUT]:
+        names = ", ".join(o.name[:40] for o in outputs)
+        problems.append(f"graph outputs are [{names}], expected exactly [{PATCH_OUTPUT}]")
+    elif outputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        problems.append(f"{PATCH_OUTPUT} is not float32")
+    meta = metadata(patched)
+    expected = {
+        "prune.format": PATCH_FORMAT,
+        "prune.cut": head.cut,
+        "prune.original_output": head.output,
+        "prune.hidden": ",".join(head.hidden),
+    }
+    for key, value in expected.items():
+        if meta.get(key) != value:
+            problems.append(
+                f"metadata {key} is {meta.get(key, '<absent>')[:60]!r}, "
+                f"the original graph gives {value[:60]!r}"
+            )
+    if meta.get("prune.gate") not in ("activation", "dense"):
+        problems.append(f"metadata prune.gate is {meta.get('prune.gate', '<absent>')[:30]!r}")
+    patch_inits = {t.name for t in patched.graph.initializer if t.name.startswith(PATCH_PREFIX)}
+    patch_consts = {o for n in patch_nodes if n.op_type == "Constant" for o in n.output}
+    problems += _patch_node_problems(
+        patch_nodes,
+        sources={head.cut, head.output, *head.hidden},
+        constants=patch_inits | patch_consts,
+    )
+    return problems
+
+
+def sub_model(proto: Any, *, cut: str, cut_shape: Sequence[int], outputs: Sequence[str]) -> bytes:
+    """An in-memory model whose input is the tensor ``cut`` (shape ``[batch, *cut_shape]``) and
+    whose outputs are ``outputs``: every node that does not depend on the model input other
+    than through the cut. Used to run the head alone (region probes live in the cut space).
+    ``proto`` is not modified."""
+    import onnx
+
+    graph = proto.graph
+    before = {i.name for i in graph.input} - {t.name for t in graph.initializer} - {cut}
+    nodes = []
+    for node in graph.node:
+        if any(name in before for name in node.input):
+            before.update(name for name in node.output if name != cut)
+        else:
+            nodes.append(node)
+    cut_info = onnx.helper.make_tensor_value_info(
+        cut, onnx.TensorProto.FLOAT, ["batch", *[int(s) for s in cut_shape]]
+    )
+    out_info = [onnx.ValueInfoProto(name=name) for name in outputs]
+    sub = onnx.helper.make_graph(
+        nodes, "head", [cut_info], out_info, initializer=list(graph.initializer)
+    )
+    model = onnx.helper.make_model(sub, opset_imports=list(proto.opset_import))
+    model.ir_version = proto.ir_version
+    return bytes(model.SerializeToString())

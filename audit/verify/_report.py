@@ -1,0 +1,134 @@
+"""The verification report: the outcomes, the fail-closed verdict, a versioned JSON document
+and the terminal table.
+
+JSON round trip: ``VerificationReport.from_json(r.to_json()) == r``. Readers reject documents
+whose ``type`` or ``version`` they do not know."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from audit.errors import AuditError, InputError, VerificationError
+from audit.verify._framework import CheckOutcome
+
+__all__ = ["REPORT_TYPE", "REPORT_VERSION", "Verdict", "VerificationReport", "render_table"]
+
+REPORT_TYPE = "https://prune-audit.dev/verification/v1"
+REPORT_VERSION = 1
+
+Verdict = Literal["verified", "failed"]
+
+
+def _verdict(outcomes: Sequence[CheckOutcome]) -> Verdict:
+    if not outcomes:
+        raise AuditError("no check outcomes: an empty list of checks is never a pass")
+    if any(o.status == "fail" for o in outcomes):
+        return "failed"
+    if not any(o.status == "pass" for o in outcomes):
+        return "failed"
+    return "verified"
+
+
+@dataclass(frozen=True)
+class VerificationReport:
+    """Outcomes in check order plus what was verified (``subject``: paths and digests) and how
+    (``settings``: the policy and the runtime). ``verdict`` is derived, never stored by hand."""
+
+    kind: str
+    outcomes: tuple[CheckOutcome, ...]
+    subject: Mapping[str, Any] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    @property
+    def verdict(self) -> Verdict:
+        return _verdict(self.outcomes)
+
+    @property
+    def verified(self) -> bool:
+        return self.verdict == "verified"
+
+    @property
+    def complete(self) -> bool:
+        """True when every check ran (no not-run outcome)."""
+        return all(o.status != "not-run" for o in self.outcomes)
+
+    @property
+    def failures(self) -> tuple[CheckOutcome, ...]:
+        return tuple(o for o in self.outcomes if o.status == "fail")
+
+    def outcome(self, name: str) -> CheckOutcome:
+        for o in self.outcomes:
+            if o.name == name:
+                return o
+        raise KeyError(name)
+
+    def raise_for_failure(self) -> None:
+        """Raise :class:`VerificationError` naming the first failed check (fail-closed API)."""
+        if self.verified:
+            return
+        first = self.failures[0] if self.failures else None
+        if first is None:
+            raise VerificationError("no check passed")
+        more = len(self.failures) - 1
+        suffix = f" (and {more} more failed check{'s' if more > 1 else ''})" if more else ""
+        raise VerificationError(f"{first.name}: {first.detail}{suffix}")
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": REPORT_TYPE,
+            "version": REPORT_VERSION,
+            "kind": self.kind,
+            "verdict": self.verdict,
+            "complete": self.complete,
+            "created": self.created,
+            "subject": dict(self.subject),
+            "settings": dict(self.settings),
+            "checks": [o.to_dict() for o in self.outcomes],
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> VerificationReport:
+        if doc.get("type") != REPORT_TYPE or doc.get("version") != REPORT_VERSION:
+            raise InputError(
+                f"verification report: unknown type/version {doc.get('type')!r} "
+                f"{doc.get('version')!r}"
+            )
+        report = cls(
+            kind=str(doc["kind"]),
+            outcomes=tuple(CheckOutcome.from_dict(o) for o in doc["checks"]),
+            subject=dict(doc.get("subject", {})),
+            settings=dict(doc.get("settings", {})),
+            created=str(doc.get("created", "")),
+        )
+        if report.verdict != doc.get("verdict"):
+            raise InputError("verification report: stored verdict does not follow from the checks")
+        return report
+
+
+_MARK = {"pass": "PASS", "fail": "FAIL", "not-run": "----"}
+
+
+def render_table(report: VerificationReport, *, width: int = 100) -> str:
+    """A fixed-width table: one row per check (status, name, seconds, detail), then the verdict."""
+    name_w = max(len(o.name) for o in report.outcomes)
+    lines = [f"{'':4}  {'check':<{name_w}}  {'time':>7}  detail", "-" * width]
+    room = max(20, width - name_w - 19)
+    for o in report.outcomes:
+        detail = o.detail if len(o.detail) <= room else o.detail[: room - 3] + "..."
+        lines.append(f"{_MARK[o.status]:4}  {o.name:<{name_w}}  {o.seconds:6.2f}s  {detail}")
+    lines.append("-" * width)
+    counts = {s: sum(o.status == s for o in report.outcomes) for s in ("pass", "fail", "not-run")}
+    tally = f"{counts['pass']} passed, {counts['fail']} failed, {counts['not-run']} not run"
+    if report.verified:
+        scope = "" if report.complete else " (partial: some checks did not run)"
+        lines.append(f"VERIFIED{scope}: {tally}")
+    else:
+        lines.append(f"FAILED: {tally}")
+    return "\n".join(lines)

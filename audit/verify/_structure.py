@@ -1,0 +1,192 @@
+"""White-box structure checks.
+
+``structure.original``: the patched graph contains the committed original graph byte for byte
+(nodes in order, initializers, inputs, opsets, functions).
+
+``structure.patch``: what was added is a patch of the declared form, and nothing else:
+
+1. the graph rules of :func:`~audit.verify._graph.patch_form_problems` (one output, metadata
+   that matches the original graph, allowed piecewise-linear ops reading only the cut, the hidden
+   tensors, the original logits and patch constants);
+2. the parameters have the shapes the original model implies and match the certificate (gate
+   kind, cut, every patch owned by some claim, every claim's patch index in range);
+3. each claim's gate row is *the region of the claimed forget sample*, computed by the verifier
+   on the original model (activation gate: the sign pattern; dense gate: the linearised
+   constraint rows). A patch gated on anything else is a trigger, not an unlearning patch;
+4. numeric agreement: onnxruntime's patched head equals ``original + sum_u h_u`` evaluated with
+   the verifier's own numpy code on the forget samples and on jittered copies of them.
+
+Limitation (documented): (4) is agreement on sampled points, made meaningful by (1), which only
+admits continuous piecewise-linear patch subgraphs; it is not a symbolic proof."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from audit.verify._affine import parse_head
+from audit.verify._context import VerifyContext
+from audit.verify._framework import Check, CheckOutcome
+from audit.verify._graph import original_problems, patch_form_problems
+from audit.verify._replay import claim_arrays
+
+__all__ = ["StructureOriginal", "StructurePatch"]
+
+_SIGN_TOLERANCE = 1e-6  # |z| below this may legitimately round either way in float32
+_ROW_TOLERANCE = 1e-4  # float32 storage of float64 constraint rows (relative)
+_FORM_TOLERANCE = 1e-4  # float32 execution of the patch formula (relative)
+
+
+def _summarise(problems: list[str]) -> str:
+    more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+class StructureOriginal(Check[VerifyContext]):
+    name = "structure.original"
+    summary = "model.onnx contains every node and initializer of --original, byte for byte"
+    requires = frozenset({"original"})
+
+    def run(self, ctx: VerifyContext) -> CheckOutcome:
+        original, patched = ctx.original_proto(), ctx.patched_proto()
+        problems = original_problems(original, patched)
+        evidence = {
+            "original_nodes": len(original.graph.node),
+            "patched_nodes": len(patched.graph.node),
+            "original_initializers": len(original.graph.initializer),
+            "problems": problems[:20],
+        }
+        if problems:
+            return self.failed(_summarise(problems), **evidence)
+        return self.passed(
+            f"all {len(original.graph.node)} nodes and {len(original.graph.initializer)} "
+            "initializers of the original are unchanged",
+            **evidence,
+        )
+
+
+class StructurePatch(Check[VerifyContext]):
+    name = "structure.patch"
+    summary = (
+        "the added subgraph has the declared patch form, each claim's gate is the region of its "
+        "forget sample (computed by the verifier), and the patch computes the declared formula"
+    )
+    requires = frozenset({"original", "forget"})
+
+    def run(self, ctx: VerifyContext) -> CheckOutcome:
+        head = ctx.head()
+        problems = patch_form_problems(ctx.original_proto(), ctx.patched_proto(), head)
+        method = ctx.predicate.method
+        params = ctx.patch()
+        if method.get("gate") != params.gate:
+            problems.append(f"certificate gate {method.get('gate')!r}, model gate {params.gate!r}")
+        if (
+            "cut" in method
+            and method["cut"] != head.cut
+            and not (method["cut"] in (None, "", "input") and head.cut == head.input)
+        ):
+            problems.append(f"certificate cut {str(method['cut'])[:40]!r}, model cut {head.cut!r}")
+        openings = ctx.openings()
+        ev = ctx.evaluate(openings.x, key="forget")
+        problems += params.check_dims(
+            cut_dim=ev.x.shape[1], hidden=ev.z.shape[1], classes=ev.logits.shape[1]
+        )
+        evidence: dict[str, Any] = {
+            "gate": params.gate,
+            "patches": params.patches,
+            "hidden": int(ev.z.shape[1]),
+            "cut_dim": int(ev.x.shape[1]),
+            "n": params.n,
+        }
+        if problems:
+            return self.failed(_summarise(problems), problems=problems[:20], **evidence)
+        cols = claim_arrays(ctx.predicate.claims)
+        rows = np.searchsorted(openings.leaf_index, cols["leaf"]).clip(0, len(openings) - 1)
+        if (cols["patch"] >= params.patches).any():
+            return self.failed(f"a claim names a patch outside [0, {params.patches})", **evidence)
+        unowned = sorted(set(range(params.patches)) - set(cols["patch"].tolist()))
+        if unowned:
+            return self.failed(
+                f"{len(unowned)} patches belong to no claimed forget sample (first: patch "
+                f"{unowned[0]}): an unexplained patch region",
+                **evidence,
+            )
+        region_problem = self._regions(ctx, ev.x[rows], ev.z[rows], cols["patch"], evidence)
+        if region_problem:
+            return self.failed(region_problem, **evidence)
+        form_problem = self._formula(ctx, ev.x[rows], ev.extra["cut_shape"], evidence)
+        if form_problem:
+            return self.failed(form_problem, **evidence)
+        return self.passed(
+            f"{params.patches} {params.gate}-gated patches, each on the region of its claimed "
+            f"forget sample; formula agrees within {evidence['formula_error']:.2g}",
+            **evidence,
+        )
+
+    def _regions(
+        self, ctx: VerifyContext, x: Any, z: Any, patch: Any, evidence: dict[str, Any]
+    ) -> str | None:
+        params = ctx.patch()
+        z = z.astype(np.float64)
+        if params.gate == "activation":
+            assert params.pos is not None and params.neg is not None
+            pos, neg = params.pos[:, patch].T, params.neg[:, patch].T  # [claims, H]
+            if not np.array_equal(pos + neg, np.ones_like(pos)):
+                bad = int(np.flatnonzero((pos + neg != 1).any(axis=1))[0])
+                return (
+                    f"gate of patch {int(patch[bad])} does not fix the sign of every hidden "
+                    "neuron: not a linear region"
+                )
+            wrong = ((pos == 1) & (z < -_SIGN_TOLERANCE)) | ((neg == 1) & (z > _SIGN_TOLERANCE))
+            evidence["sign_ties"] = int((np.abs(z) <= _SIGN_TOLERANCE).sum())
+        else:
+            affine = parse_head(ctx.original_proto(), ctx.head())
+            assert params.A is not None and params.b is not None
+            hidden = z.shape[1]
+            wrong = np.zeros_like(z, dtype=bool)
+            for i in range(len(x)):
+                rows, offs, _, _ = affine.local_affine(x[i].astype(np.float64))
+                sign = np.where(z[i] >= 0, -1.0, 1.0)
+                want_a, want_b = rows * sign[:, None], -offs * sign
+                u = int(patch[i])
+                got_a = params.A[:, u * hidden : (u + 1) * hidden].T
+                got_b = params.b[u * hidden : (u + 1) * hidden]
+                scale = 1.0 + np.abs(want_a).max(axis=1) + np.abs(want_b)
+                err = np.maximum(np.abs(got_a - want_a).max(axis=1), np.abs(got_b - want_b))
+                wrong[i] = (err > _ROW_TOLERANCE * scale) & (np.abs(z[i]) > _SIGN_TOLERANCE)
+        evidence["gate_mismatches"] = int(wrong.sum())
+        if wrong.any():
+            claim = int(np.flatnonzero(wrong.any(axis=1))[0])
+            return (
+                f"gate of patch {int(patch[claim])} is not the region of its claimed forget "
+                f"sample ({int(wrong[claim].sum())} neurons differ): a patch gated on something else"
+            )
+        return None
+
+    def _formula(
+        self, ctx: VerifyContext, x: Any, cut_shape: tuple[int, ...], evidence: dict[str, Any]
+    ) -> str | None:
+        params = ctx.patch()
+        noise = ctx.rng.normal(scale=0.05, size=x.shape) * (1.0 + np.abs(x))
+        points = np.concatenate([x, x + noise]).astype(np.float32)
+        original_head, patched_head = ctx.head_models(cut_shape)
+        shaped = points.reshape(len(points), *cut_shape)
+        outs = original_head.run(shaped)
+        z = np.concatenate([o.reshape(len(points), -1) for o in outs[:-1]], axis=1)
+        base = outs[-1].reshape(len(points), -1).astype(np.float64)
+        want = base + params.delta(
+            x=points.astype(np.float64),
+            g=params.gates(z=z.astype(np.float64), x=points.astype(np.float64)),
+        )
+        got = patched_head.run(shaped)[0].astype(np.float64)
+        scale = 1.0 + max(float(np.abs(want).max()), float(params.K.max(initial=0.0)))
+        error = float(np.abs(got - want).max()) / scale
+        evidence["formula_error"] = error
+        evidence["formula_points"] = len(points)
+        if error > _FORM_TOLERANCE:
+            return (
+                f"the patch subgraph does not compute the declared formula (relative error "
+                f"{error:.3g} on {len(points)} points)"
+            )
+        return None
