@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from audit.cli._common import ErrorHandlingGroup
+from audit.cli._verify import verify
 
 __all__ = ["cli", "main"]
 
@@ -18,6 +19,9 @@ def cli() -> None:
     `audit verify PROOF --public-key owner.pub` checks a proof fail-closed;
     `audit mia` measures membership inference; `audit report` writes a signed report.
     """
+
+
+cli.add_command(verify)
 
 
 def main() -> None:

@@ -104,7 +104,7 @@ class Policy:
     probe_points: int = 4
     probe_claims: int | None = None
     bisection_steps: int = 14
-    lp_claims: int = 16
+    lp_claims: int = 4
 
     def __post_init__(self) -> None:
         unknown = set(self.required_inputs) - set(INPUTS)

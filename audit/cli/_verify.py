@@ -1,0 +1,166 @@
+"""``audit verify``: check a proof folder fail-closed; table on the terminal, ``--json`` for
+machines; exit 0 verified, 1 a check failed, 2 bad input or usage."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import tempfile
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import click
+import numpy as np
+
+from audit.cli._common import show_progress
+from audit.errors import InputError
+from audit.verify import CHECKS, CheckOutcome, Policy, VerifyInputs, render_table, verify_proof
+
+__all__ = ["verify", "write_json"]
+
+_PATH = click.Path(path_type=Path)
+
+
+def write_json(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (``-`` is stdout): nothing half-written."""
+    if str(path) == "-":
+        click.echo(text, nl=False)
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise InputError(f"--json: folder {folder} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@click.command()
+@click.argument("proof", type=click.Path(path_type=Path, file_okay=False))
+@click.option("--public-key", type=_PATH, required=True, help="The owner's public key (PEM).")
+@click.option("--original", type=_PATH, help="The committed original model (WORK/model.onnx).")
+@click.option("--forget", type=_PATH, help="The forget-set openings (PROOF/forget.npz).")
+@click.option("--reference", type=_PATH, help="Reference data .npz (x, y), e.g. WORK/test.npz.")
+@click.option("--json", "json_out", type=_PATH, help="Write the JSON report here ('-': stdout).")
+@click.option("--nonce-store", type=_PATH, help="File of accepted nonces (checked and updated).")
+@click.option(
+    "--max-age",
+    type=click.IntRange(min=1),
+    default=365,
+    show_default=True,
+    help="Oldest acceptable certificate, in days.",
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cpu", "cuda"]),
+    default="auto",
+    show_default=True,
+    help="onnxruntime provider: CUDA when present (auto), or forced.",
+)
+@click.option(
+    "--probes",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Random directions probed per certified region.",
+)
+@click.option(
+    "--probe-claims",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Probe only this many certified claims, drawn at random (default: all).",
+)
+@click.option(
+    "--lp-claims",
+    type=click.IntRange(min=0),
+    default=4,
+    show_default=True,
+    help="Certified regions also checked exactly by LP (0: none).",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=None,
+    help="Seed for the probe points (default: fresh OS entropy, recorded in --json).",
+)
+@click.option(
+    "--partial",
+    is_flag=True,
+    help="Allow a verdict without --original/--forget/--reference; their checks do not run.",
+)
+@click.option(
+    "--check",
+    "checks",
+    multiple=True,
+    type=click.Choice(list(CHECKS)),
+    help="Run only these checks (repeatable).",
+)
+@click.option("--quiet", is_flag=True, help="No table, no progress; only errors and --json.")
+def verify(
+    proof: Path,
+    public_key: Path,
+    original: Path | None,
+    forget: Path | None,
+    reference: Path | None,
+    json_out: Path | None,
+    nonce_store: Path | None,
+    max_age: int,
+    device: str,
+    probes: int,
+    probe_claims: int | None,
+    lp_claims: int,
+    seed: int | None,
+    partial: bool,
+    checks: tuple[str, ...],
+    quiet: bool,
+) -> None:
+    """Verify the unlearning proof in PROOF against the owner's public key.
+
+    Every check re-derives its evidence from the files (signatures, digests, Merkle openings,
+    onnxruntime replay, region probes, structure diff, locality, utility). The verdict is
+    VERIFIED only if every check passed; by default --original, --forget and --reference are
+    required (use --partial to accept fewer inputs, with the skipped checks listed).
+    """
+    policy = Policy(
+        max_age=timedelta(days=max_age),
+        probe_directions=probes,
+        probe_claims=probe_claims,
+        lp_claims=lp_claims,
+    )
+    if partial:
+        policy = policy.partial()
+    seed = secrets.randbits(63) if seed is None else seed
+    progress = show_progress(quiet)
+
+    def done(outcome: CheckOutcome) -> None:
+        if progress:
+            click.echo(f"  {outcome.status:7} {outcome.name}", err=True)
+
+    report = verify_proof(
+        VerifyInputs(
+            proof=proof,
+            public_key=public_key,
+            original=original,
+            forget=forget,
+            reference=reference,
+            nonce_store=nonce_store,
+        ),
+        now=datetime.now(UTC),
+        rng=np.random.default_rng(seed),
+        policy=policy,
+        device=device,
+        checks=list(checks) or None,
+        on_done=done,
+    )
+    if json_out is not None:
+        doc = report.to_json()
+        doc["settings"]["seed"] = seed
+        write_json(json_out, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    if not quiet and str(json_out) != "-":
+        click.echo(render_table(report))
+    report.raise_for_failure()
