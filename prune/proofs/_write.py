@@ -162,7 +162,7 @@ def write_signed_proof(
     key = open_private_key(key_path, passphrase)
     previous = CommitmentLog.load(commitment_log) if commitment_log is not None else None
     commitment = commit_batch(
-        np.asarray(result.forget_x, dtype=np.float32),
+        np.asarray(result.forget_x),  # not cast: a lossy float32 conversion is refused
         np.asarray(result.forget_y),
         previous=previous,
         rng=rng,
