@@ -43,8 +43,10 @@ def _as_float32(x: ArrayLike) -> NDArray[np.float32]:
     if array.dtype.kind not in "fiu":
         raise MalformedError(f"canonical sample: x has dtype {array.dtype}, expected real numbers")
     converted = np.ascontiguousarray(array, dtype="<f4")
-    if array.dtype.kind == "f" and not np.array_equal(
-        converted.astype(np.float64), array.astype(np.float64), equal_nan=True
+    # from a wider type the conversion must be exact (no silent rounding of committed data)
+    wider = array.dtype.itemsize > 2 and array.dtype != np.float32
+    if wider and not np.array_equal(
+        converted.astype(array.dtype), array, equal_nan=array.dtype.kind == "f"
     ):
         raise MalformedError("canonical sample: x is not exactly representable in float32")
     return converted
