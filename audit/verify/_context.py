@@ -102,13 +102,8 @@ class VerifyContext:
         self.public_key: ec.EllipticCurvePublicKey = load_public_key(
             inputs.public_key, limits=limits
         )
-        self.original_bytes: bytes | None = None
-        if inputs.original is not None:
-            if not inputs.original.is_file():
-                raise InputError(f"original model {inputs.original} does not exist")
-            self.original_bytes = read_bounded(
-                inputs.original, limits.model_bytes, what="original model"
-            )
+        if inputs.original is not None and not inputs.original.is_file():
+            raise InputError(f"original model {inputs.original} does not exist")
         self.reference: tuple[NDArray[np.float32], NDArray[np.int64]] | None = None
         if inputs.reference is not None:
             self.reference = load_reference(inputs.reference, limits=limits)
@@ -147,6 +142,17 @@ class VerifyContext:
         path = self.inputs.proof / PROOF_FILES[kind]
         return self.memo(f"file:{kind}", lambda: read_bounded(path, limit, what=PROOF_FILES[kind]))
 
+    def original_bytes(self) -> bytes:
+        """The committed original model's bytes (the auditor names the file, the owner made it:
+        an oversized or broken original fails the checks that need it)."""
+        path = self.inputs.original
+        if path is None:
+            raise CheckUnavailable("no --original given")
+        return self.memo(
+            "file:original",
+            lambda: read_bounded(path, self.limits.model_bytes, what="original model"),
+        )
+
     def envelope(self) -> Envelope:
         def make() -> Envelope:
             try:
@@ -184,10 +190,9 @@ class VerifyContext:
         )
 
     def original_proto(self) -> Any:
-        data = self.original_bytes
-        if data is None:
-            raise CheckUnavailable("no --original given")
-        return self.memo("proto:original", lambda: load_onnx(data, what="original model"))
+        return self.memo(
+            "proto:original", lambda: load_onnx(self.original_bytes(), what="original model")
+        )
 
     # -- derived by the verifier --------------------------------------------------------------
 
@@ -214,7 +219,7 @@ class VerifyContext:
         def make() -> OnnxModel:
             head = self.head()
             extra = [n for n in (head.cut, *head.hidden) if n != head.input]
-            return self._session(self.original_bytes or b"", "original model", extra)
+            return self._session(self.original_bytes(), "original model", extra)
 
         return self.memo("ort:original", make)
 

@@ -6,7 +6,7 @@ the expected value. (Whether the certificate itself is authentic is ``signature.
 from __future__ import annotations
 
 from audit.verify._context import VerifyContext
-from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
+from audit.verify._framework import Check, CheckOutcome
 from prune.formats import SUBJECT_NAME, FormatError, patch_parameter_digest, sha256_hex
 
 __all__ = ["ModelDigest", "OriginalDigest", "PatchDigest"]
@@ -41,10 +41,7 @@ class OriginalDigest(Check[VerifyContext]):
 
     def run(self, ctx: VerifyContext) -> CheckOutcome:
         expected = ctx.predicate.original_model_sha256
-        data = ctx.original_bytes
-        if data is None:
-            raise CheckUnavailable("no --original given")
-        actual = sha256_hex(data)
+        actual = sha256_hex(ctx.original_bytes())
         evidence = {"expected": expected, "actual": actual}
         if actual != expected:
             return self.failed(

@@ -13,12 +13,15 @@ Fail-closed rules (the verdict's invariants):
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar, Generic, Literal, TypeVar
+
+import numpy as np
 
 from audit.errors import AuditError, InputError, VerificationError
 
@@ -30,6 +33,7 @@ __all__ = [
     "Input",
     "Policy",
     "Status",
+    "plain",
     "run_checks",
 ]
 
@@ -67,7 +71,7 @@ class CheckOutcome:
             "status": self.status,
             "detail": self.detail,
             "evidence": dict(self.evidence),
-            "seconds": round(self.seconds, 6),
+            "seconds": self.seconds,
         }
 
     @classmethod
@@ -144,11 +148,33 @@ class Check(ABC, Generic[Ctx]):
         return CheckOutcome(self.name, "not-run", detail, evidence)
 
 
+def plain(value: Any) -> Any:
+    """``value`` as plain JSON data: numpy scalars to Python, tuples to lists, non-finite floats
+    to strings (``"inf"``), so that evidence serialises as strict JSON and round-trips."""
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else str(float(value))
+    if value is None or isinstance(value, str):
+        return value
+    return str(value)
+
+
 def _missing_outcome(check: Check[Any], missing: Sequence[str], policy: Policy) -> CheckOutcome:
     needed = ", ".join(INPUTS[m] for m in missing)
     if set(missing) & policy.required_inputs:
-        return check.failed(f"not run: {needed} not given, and the policy requires it")
-    return check.not_applicable(f"not run: {needed} not given (partial verification)")
+        return check.failed(
+            f"not run: {needed} not given, and the policy requires it", missing_inputs=missing
+        )
+    return check.not_applicable(
+        f"not run: {needed} not given (partial verification)", missing_inputs=missing
+    )
 
 
 def run_checks(
@@ -189,7 +215,11 @@ def run_checks(
             if outcome.name != check.name:
                 raise AuditError(f"check {check.name} returned an outcome named {outcome.name}")
         outcome = CheckOutcome(
-            outcome.name, outcome.status, outcome.detail, outcome.evidence, clock() - start
+            outcome.name,
+            outcome.status,
+            outcome.detail,
+            plain(outcome.evidence),
+            round(clock() - start, 6),
         )
         outcomes.append(outcome)
         if on_done is not None:

@@ -51,6 +51,17 @@ def input_box(method: Any) -> tuple[float, float] | None:
     return low, high
 
 
+def _feasible_directions(raw: F64, start: F64, box: tuple[float, float] | None) -> F64:
+    """Unit directions that do not leave the box at once: at a coordinate on a face of the box
+    (e.g. a black pixel at 0), the outward component is dropped."""
+    u = raw.copy()
+    if box is not None:
+        u[(start <= box[0]) & (u < 0)] = 0.0
+        u[(start >= box[1]) & (u > 0)] = 0.0
+    norm = np.linalg.norm(u, axis=1, keepdims=True)
+    return np.asarray(u / np.where(norm > 0, norm, 1.0))
+
+
 def _box_limit(x0: F64, u: F64, box: tuple[float, float] | None) -> F64:
     """Largest t >= 0 with x0 + t*u inside the box, per (row of x0, row of u)."""
     if box is None:
@@ -102,9 +113,8 @@ class RegionProbes(Check[VerifyContext]):
 
         k, m = policy.probe_directions, policy.probe_points
         claim_of = np.repeat(np.arange(len(rows)), k)
-        u = ctx.rng.normal(size=(len(claim_of), x0.shape[1]))
-        u /= np.linalg.norm(u, axis=1, keepdims=True)
         start = x0[claim_of]
+        u = _feasible_directions(ctx.rng.normal(size=start.shape), start, box)
         pattern = sign[claim_of]
         lo = np.zeros(len(claim_of))
         hi = _box_limit(start, u, box)
@@ -122,6 +132,11 @@ class RegionProbes(Check[VerifyContext]):
         ] * np.repeat(u, m, axis=0)
         keep = inside(points, sign[probe_claim]) & (np.repeat(lo, m) > 0)
         points, probe_claim = points[keep], probe_claim[keep]
+        if len(points) == 0:
+            return self.failed(
+                "not run: no probe point could be placed inside any certified region",
+                claims_probed=len(rows),
+            )
         idx = certified[probe_claim]
         logits = run_head(patched_head, points)[0].reshape(len(points), -1)
         margin = margins(logits, cols["target"][idx])
@@ -138,10 +153,6 @@ class RegionProbes(Check[VerifyContext]):
             "min_margin_slack": float((margin - cols["margin"][idx]).min(initial=np.inf)),
             "input_box": list(box) if box else None,
         }
-        if len(points) == 0:
-            return self.failed(
-                "not run: no probe point could be placed inside any region", **evidence
-            )
         if bad.any():
             first = int(idx[np.flatnonzero(bad)[0]])
             bad_claims = len(set(idx[bad].tolist()))

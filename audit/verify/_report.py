@@ -53,8 +53,11 @@ class VerificationReport:
 
     @property
     def complete(self) -> bool:
-        """True when every check ran (no not-run outcome)."""
-        return all(o.status != "not-run" for o in self.outcomes)
+        """False when a check was skipped because an input was not given (``--partial``);
+        checks that do not apply (e.g. no previous batch) do not make a report partial."""
+        return not any(
+            o.status == "not-run" and "missing_inputs" in o.evidence for o in self.outcomes
+        )
 
     @property
     def failures(self) -> tuple[CheckOutcome, ...]:
@@ -127,7 +130,7 @@ def render_table(report: VerificationReport, *, width: int = 100) -> str:
     counts = {s: sum(o.status == s for o in report.outcomes) for s in ("pass", "fail", "not-run")}
     tally = f"{counts['pass']} passed, {counts['fail']} failed, {counts['not-run']} not run"
     if report.verified:
-        scope = "" if report.complete else " (partial: some checks did not run)"
+        scope = "" if report.complete else " (partial: inputs missing, some checks did not run)"
         lines.append(f"VERIFIED{scope}: {tally}")
     else:
         lines.append(f"FAILED: {tally}")

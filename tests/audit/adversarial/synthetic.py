@@ -1,0 +1,240 @@
+"""An honest proof built by hand, independent of the patch engine: a small scikit-learn MLP on
+digits exported to ONNX, one activation-gated constant patch per forget region written exactly as
+docs/FORMATS.md describes, and the owner's real signing code (``prune.proofs``).
+
+The claims are honest by construction: the constant patch adds ``M`` to the target logit, with
+``M`` chosen from interval bounds of the logits over the whole input box ``[0, 1]^d``, so the
+certified margin holds on every point of the box (a fortiori on the region). The builders take
+options so that adversarial fixtures can produce *signed but dishonest* variants with the same
+code (see :mod:`tests.audit.adversarial.tampers`)."""
+
+from __future__ import annotations
+
+import warnings
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from numpy.typing import NDArray
+from onnx import TensorProto, helper, numpy_helper
+
+from prune.claims import Claim
+
+__all__ = [
+    "Mlp",
+    "Outcome",
+    "PatchSpec",
+    "fit_mlp",
+    "interval_logits",
+    "mlp_onnx",
+    "patched_onnx",
+]
+
+F32 = NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Mlp:
+    """``weights[l]`` is ``[out, in]`` float32; ReLU between layers."""
+
+    weights: tuple[F32, ...]
+    biases: tuple[F32, ...]
+
+    def forward(self, x: NDArray[Any]) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """(hidden pre-activations concatenated, logits) in float64."""
+        value = np.asarray(x, dtype=np.float64)
+        hidden = []
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            value = value @ w.T.astype(np.float64) + b
+            if i < len(self.weights) - 1:
+                hidden.append(value)
+                value = np.maximum(value, 0.0)
+        return np.concatenate(hidden, axis=1), value
+
+
+def fit_mlp(x: F32, y: NDArray[np.int64], *, hidden: Sequence[int], seed: int) -> Mlp:
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    clf = MLPClassifier(hidden_layer_sizes=tuple(hidden), max_iter=300, random_state=seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, y)
+    return Mlp(
+        weights=tuple(np.ascontiguousarray(w.T, dtype=np.float32) for w in clf.coefs_),
+        biases=tuple(np.asarray(b, dtype=np.float32) for b in clf.intercepts_),
+    )
+
+
+def interval_logits(
+    mlp: Mlp, low: float, high: float
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """Interval bounds ``(L, U)`` of every logit over the box ``[low, high]^d``."""
+    d = mlp.weights[0].shape[1]
+    lo, hi = np.full(d, low), np.full(d, high)
+    for i, (w, b) in enumerate(zip(mlp.weights, mlp.biases, strict=True)):
+        w64 = w.astype(np.float64)
+        mid, rad = (lo + hi) / 2, (hi - lo) / 2
+        centre, spread = w64 @ mid + b, np.abs(w64) @ rad
+        lo, hi = centre - spread, centre + spread
+        if i < len(mlp.weights) - 1:
+            lo, hi = np.maximum(lo, 0.0), np.maximum(hi, 0.0)
+    return lo, hi
+
+
+def _init(name: str, value: NDArray[Any]) -> TensorProto:
+    return numpy_helper.from_array(np.asarray(value, dtype=np.float32), name)
+
+
+def mlp_onnx(mlp: Mlp) -> onnx.ModelProto:
+    """``input`` ``[batch, d]`` -> Gemm/Relu chain -> ``logits``, opset 17."""
+    nodes, inits = [], []
+    current = "input"
+    for i, (w, b) in enumerate(zip(mlp.weights, mlp.biases, strict=True)):
+        inits += [_init(f"{i}.weight", w), _init(f"{i}.bias", b)]
+        out = "logits" if i == len(mlp.weights) - 1 else f"/{i}/Gemm_output_0"
+        nodes.append(
+            helper.make_node(
+                "Gemm", [current, f"{i}.weight", f"{i}.bias"], [out], name=f"/{i}/Gemm", transB=1
+            )
+        )
+        current = out
+        if i < len(mlp.weights) - 1:
+            nodes.append(
+                helper.make_node("Relu", [out], [f"/{i}/Relu_output_0"], name=f"/{i}/Relu")
+            )
+            current = f"/{i}/Relu_output_0"
+    d, classes = mlp.weights[0].shape[1], mlp.weights[-1].shape[0]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", d])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", classes])],
+        initializer=inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return model
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """The patch parameters of docs/FORMATS.md (activation gate): ``pos``/``neg`` ``[H, P]``,
+    ``d`` ``[P, O]``, ``K`` ``[P]``, constant patches (no ``C``) unless ``C`` is given."""
+
+    pos: NDArray[np.float64]
+    neg: NDArray[np.float64]
+    d: NDArray[np.float64]
+    K: NDArray[np.float64]
+    n: float
+    C: NDArray[np.float64] | None = None
+    extra_nodes: tuple[onnx.NodeProto, ...] = ()
+    extra_outputs: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+def patched_onnx(
+    original: onnx.ModelProto, spec: PatchSpec, *, hidden: Sequence[str]
+) -> onnx.ModelProto:
+    """The original graph unchanged plus the activation-gated patch subgraph."""
+    model = onnx.ModelProto()
+    model.CopyFrom(original)
+    graph = model.graph
+    p = "prune/patch/"
+    classes = spec.d.shape[1]
+    graph.initializer.extend(
+        [
+            _init(p + "n", np.array(spec.n)),
+            _init(p + "K", spec.K.reshape(-1, 1)),
+            _init(p + "d", spec.d),
+            _init(p + "pos", spec.pos),
+            _init(p + "neg", spec.neg),
+            _init(p + "one", np.array(1.0)),
+        ]
+    )
+    if spec.C is not None:
+        graph.initializer.append(_init(p + "C", spec.C))
+    n = lambda op, ins, outs, **kw: helper.make_node(op, ins, outs, name=outs[0], **kw)  # noqa: E731
+
+    def const(name: str, value: list[int]) -> onnx.NodeProto:
+        tensor = numpy_helper.from_array(np.array(value, dtype=np.int64), name)
+        return helper.make_node("Constant", [], [name], name=name, value=tensor)
+
+    nodes = [
+        const(p + "axis1", [1]),
+        const(p + "axis2", [2]),
+        n("Concat", list(hidden), [p + "z"], axis=1),
+        n("Neg", [p + "z"], [p + "negz"]),
+        n("Relu", [p + "negz"], [p + "below"]),
+        n("Relu", [p + "z"], [p + "above"]),
+        n("MatMul", [p + "below", p + "pos"], [p + "vpos"]),
+        n("MatMul", [p + "above", p + "neg"], [p + "vneg"]),
+        n("Add", [p + "vpos", p + "vneg"], [p + "V"]),
+        n("Mul", [p + "V", p + "n"], [p + "nV"]),
+        n("Sub", [p + "one", p + "nV"], [p + "1-nV"]),
+        n("Relu", [p + "1-nV"], [p + "g"]),
+        n("Unsqueeze", [p + "g", p + "axis2"], [p + "g3"]),
+        n("Mul", [p + "g3", p + "K"], [p + "Kg"]),
+        n("Sub", [p + "Kg", p + "K"], [p + "Kg-K"]),
+    ]
+    if spec.C is not None:
+        nodes += [
+            const(p + "shapePO", [-1, spec.d.shape[0], classes]),
+            n("MatMul", ["input", p + "C"], [p + "xC"]),
+            n("Reshape", [p + "xC", p + "shapePO"], [p + "xC3"]),
+            n("Add", [p + "xC3", p + "d"], [p + "p"]),
+        ]
+    else:
+        nodes.append(n("Identity", [p + "d"], [p + "p"]))
+    nodes += [
+        n("Add", [p + "p", p + "Kg-K"], [p + "up"]),
+        n("Neg", [p + "p"], [p + "-p"]),
+        n("Add", [p + "-p", p + "Kg-K"], [p + "down"]),
+        n("Relu", [p + "up"], [p + "rup"]),
+        n("Relu", [p + "down"], [p + "rdown"]),
+        n("Sub", [p + "rup", p + "rdown"], [p + "h"]),
+        n("ReduceSum", [p + "h", p + "axis1"], [p + "sum"], keepdims=0),
+        n("Add", ["logits", p + "sum"], ["prune/output"]),
+        *spec.extra_nodes,
+    ]
+    graph.node.extend(nodes)
+    del graph.output[:]
+    graph.output.append(
+        helper.make_tensor_value_info("prune/output", TensorProto.FLOAT, ["batch", classes])
+    )
+    for name in spec.extra_outputs:
+        graph.output.append(onnx.ValueInfoProto(name=name))
+    meta = {
+        "prune.format": "prune/patch/v1",
+        "prune.gate": "activation",
+        "prune.cut": "input",
+        "prune.original_output": "logits",
+        "prune.hidden": ",".join(hidden),
+        **spec.metadata,
+    }
+    for key, value in meta.items():
+        prop = model.metadata_props.add()
+        prop.key, prop.value = key, value
+    return model
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Satisfies ``prune.proofs.UnlearnOutcome``."""
+
+    patched_model: bytes
+    claims: Sequence[Claim]
+    method: Mapping[str, Any]
+    summary: Mapping[str, Any]
+    forget_x: F32
+    forget_y: NDArray[np.int64]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)

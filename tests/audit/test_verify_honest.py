@@ -1,0 +1,156 @@
+"""An honest proof verifies; the verdict policy is fail-closed; the report round-trips."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audit.errors import AuditError, InputError, VerificationError
+from audit.verify import CHECKS, Policy, VerificationReport, render_table, verify_proof
+from tests.audit.adversarial.kit import ProofKit, session_kit
+from tests.audit.adversarial.tampers import payload_of
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> ProofKit:
+    return session_kit(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def report(kit: ProofKit) -> VerificationReport:
+    return verify_proof(kit.inputs(), now=kit.now, rng=np.random.default_rng(1))
+
+
+def test_honest_proof_verifies(report: VerificationReport) -> None:
+    assert report.verified, [o for o in report.outcomes if o.status != "pass"]
+    assert report.complete
+    assert [o.name for o in report.outcomes] == list(CHECKS)
+    assert report.outcome("commitment.consistency").status == "not-run"  # first batch
+    assert all(o.status == "pass" for o in report.outcomes if o.name != "commitment.consistency")
+    report.raise_for_failure()
+
+
+def test_honest_evidence_is_measured(report: VerificationReport, kit: ProofKit) -> None:
+    replay = report.outcome("replay.claims").evidence
+    assert replay["claims"] == len(kit.rows) and replay["wrong_class"] == 0
+    probes = report.outcome("region.probes").evidence
+    assert probes["points"] > 0 and probes["points_failed"] == 0
+    assert probes["lp_claims"] >= 1 and probes["lp_min_margin"] >= 2.0 - 0.01
+    locality = report.outcome("locality").evidence
+    assert locality["outside_supports"] > 0 and locality["max_abs_diff_outside"] == 0.0
+    structure = report.outcome("structure.patch").evidence
+    assert structure["gate_mismatches"] == 0 and structure["formula_error"] < 1e-5
+
+
+def test_report_json_round_trip(report: VerificationReport) -> None:
+    doc = json.loads(report.dumps())
+    assert doc["type"] == "https://prune-audit.dev/verification/v1" and doc["version"] == 1
+    assert doc["verdict"] == "verified"
+    assert VerificationReport.from_json(doc) == report
+    doc["verdict"] = "failed"
+    with pytest.raises(InputError, match="does not follow"):
+        VerificationReport.from_json(doc)
+    with pytest.raises(InputError, match="unknown type"):
+        VerificationReport.from_json({**doc, "version": 2})
+
+
+def test_table_names_every_check(report: VerificationReport) -> None:
+    table = render_table(report)
+    assert all(name in table for name in CHECKS)
+    assert table.splitlines()[-1].startswith("VERIFIED: 13 passed, 0 failed, 1 not run")
+
+
+@pytest.mark.parametrize("missing", ["original", "forget", "reference"])
+def test_missing_input_fails_closed(kit: ProofKit, missing: str) -> None:
+    report = verify_proof(kit.inputs(**{missing: None}), now=kit.now, rng=np.random.default_rng(0))
+    assert report.verdict == "failed"
+    failed = report.failures
+    assert failed and all("the policy requires it" in o.detail for o in failed)
+    with pytest.raises(VerificationError, match="not given, and the policy requires it"):
+        report.raise_for_failure()
+
+
+def test_partial_policy_skips_but_says_so(kit: ProofKit) -> None:
+    report = verify_proof(
+        kit.inputs(original=None, reference=None),
+        now=kit.now,
+        rng=np.random.default_rng(0),
+        policy=Policy().partial(),
+    )
+    assert report.verified and not report.complete
+    skipped = {o.name for o in report.outcomes if "missing_inputs" in o.evidence}
+    assert skipped == {
+        "digest.original",
+        "structure.original",
+        "structure.patch",
+        "region.probes",
+        "locality",
+        "utility",
+    }
+    assert "partial" in render_table(report)
+
+
+def test_empty_check_list_is_an_error(kit: ProofKit) -> None:
+    with pytest.raises(InputError, match="empty list of checks"):
+        verify_proof(kit.inputs(), now=kit.now, rng=np.random.default_rng(0), checks=[])
+    with pytest.raises(InputError, match="unknown check"):
+        verify_proof(kit.inputs(), now=kit.now, rng=np.random.default_rng(0), checks=["nope"])
+
+
+def test_check_subset_runs_in_registry_order(kit: ProofKit) -> None:
+    report = verify_proof(
+        kit.inputs(),
+        now=kit.now,
+        rng=np.random.default_rng(0),
+        checks=["digest.model", "signature.certificate"],
+    )
+    assert [o.name for o in report.outcomes] == ["signature.certificate", "digest.model"]
+    assert report.verified
+
+
+def test_auditor_input_errors_are_input_errors(kit: ProofKit, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="does not exist or is not a folder"):
+        verify_proof(kit.inputs(proof=tmp_path / "nope"), now=kit.now, rng=np.random.default_rng(0))
+    bad_key = tmp_path / "bad.pub"
+    bad_key.write_text("not a key")
+    with pytest.raises(InputError, match="not a PEM public key"):
+        verify_proof(kit.inputs(public_key=bad_key), now=kit.now, rng=np.random.default_rng(0))
+    with pytest.raises(InputError, match="reference data"):
+        verify_proof(kit.inputs(reference=bad_key), now=kit.now, rng=np.random.default_rng(0))
+    with pytest.raises(InputError, match="timezone-aware"):
+        verify_proof(kit.inputs(), now=kit.now.replace(tzinfo=None), rng=np.random.default_rng(0))
+
+
+def test_nonce_store_records_only_verified(kit: ProofKit, tmp_path: Path) -> None:
+    store = tmp_path / "nonces.txt"
+    first = verify_proof(kit.inputs(nonce_store=store), now=kit.now, rng=np.random.default_rng(0))
+    assert first.verified
+    nonce = payload_of(kit.proof)["predicate"]["nonce"]
+    assert store.read_text().split() == [nonce]
+    second = verify_proof(kit.inputs(nonce_store=store), now=kit.now, rng=np.random.default_rng(0))
+    assert second.outcome("freshness").status == "fail"
+    assert "replayed certificate" in second.outcome("freshness").detail
+    assert store.read_text().split() == [nonce]
+
+
+def test_verdict_needs_a_pass() -> None:
+    from audit.verify import CheckOutcome
+
+    empty = VerificationReport(kind="proof", outcomes=())
+    with pytest.raises(AuditError, match="empty list of checks"):
+        _ = empty.verdict
+    skipped = VerificationReport(
+        kind="proof", outcomes=(CheckOutcome("x", "not-run", "does not apply"),)
+    )
+    assert skipped.verdict == "failed"
+
+
+def test_policy_validates() -> None:
+    with pytest.raises(InputError, match="unknown input"):
+        Policy(required_inputs=frozenset({"everything"}))
+    with pytest.raises(InputError, match="at least 1"):
+        replace(Policy(), probe_directions=0)
