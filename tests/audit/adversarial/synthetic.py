@@ -11,11 +11,9 @@ code (see :mod:`tests.audit.adversarial.tampers`)."""
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
