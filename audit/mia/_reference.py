@@ -1,0 +1,247 @@
+"""The auditor's reference models, trained in parallel, and who was IN which model.
+
+Threat assumption: the auditor's reference data is drawn from the same distribution as the
+target's training data and is *disjoint* from it and from every candidate being scored (members,
+non-members, forget set). Reference models are therefore OUT for every candidate, which is what
+offline attacks need. For online attacks the candidates are handed to the auditor, so each
+reference model also trains on a random half of them (IN) — see :func:`train_reference_models`.
+
+Membership is balanced as in Carlini et al.'s LiRA code: with ``K >= 2`` models, every example
+(reference or candidate) is IN for exactly ``K // 2`` models; with ``K = 1`` it is IN with
+probability 1/2. Scoring a sample that is in the reference data is refused, since every reference
+model's view of it is then contaminated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from torch import nn
+
+from audit.errors import InputError
+from audit.mia._arch import Architecture, module_from_state
+from audit.mia._signals import as_logits
+from audit.mia._train import TrainedWeights, TrainingRecipe, torch_logits_fn, train_model
+
+__all__ = ["BACKENDS", "ReferenceSet", "balanced_membership", "train_reference_models"]
+
+
+@dataclass(frozen=True, eq=False)
+class ReferenceSet:
+    """Trained reference models with the data they were drawn from.
+
+    Invariants: ``in_reference`` is ``[K, len(x)]``; ``in_candidates`` is
+    ``[K, len(candidates_x)]`` (zero columns for an offline set); ``models`` has ``K`` entries,
+    model ``k`` trained on exactly ``x[in_reference[k]]`` plus
+    ``candidates_x[in_candidates[k]]``."""
+
+    architecture: Architecture
+    recipe: TrainingRecipe
+    seed: int
+    x: NDArray[np.float32]
+    y: NDArray[np.int64]
+    in_reference: NDArray[np.bool_]
+    candidates_x: NDArray[np.float32]
+    candidates_y: NDArray[np.int64]
+    in_candidates: NDArray[np.bool_]
+    models: tuple[nn.Module, ...]
+    train_accuracy: tuple[float, ...]
+    backend: str
+    _keys: dict[bytes, tuple[str, int]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        k = len(self.models)
+        if k == 0:
+            raise InputError("a reference set needs at least one model")
+        if self.in_reference.shape != (k, len(self.x)):
+            raise InputError("reference membership does not match the reference data")
+        if self.in_candidates.shape != (k, len(self.candidates_x)):
+            raise InputError("candidate membership does not match the candidates")
+        for i, key in enumerate(_row_keys(self.x, self.y)):
+            self._keys[key] = ("reference", i)
+        for i, key in enumerate(_row_keys(self.candidates_x, self.candidates_y)):
+            self._keys.setdefault(key, ("candidate", i))
+
+    @property
+    def count(self) -> int:
+        return len(self.models)
+
+    @property
+    def online(self) -> bool:
+        """Whether the models were also trained on (halves of) the candidates."""
+        return len(self.candidates_x) > 0
+
+    def logits(self, x: NDArray[np.float32], y: NDArray[np.int64]) -> NDArray[np.float64]:
+        """Every reference model's logits on ``x``: ``[K, N, C]`` float64."""
+        return np.stack([as_logits(torch_logits_fn(m), x, y) for m in self.models])
+
+    def membership(self, x: NDArray[np.float32], y: NDArray[np.int64]) -> NDArray[np.bool_]:
+        """``[K, N]``: True where reference model ``k`` trained on sample ``n``.
+
+        Samples found among the candidates take their recorded membership; unknown samples are
+        OUT everywhere. A sample that is part of the reference data raises: the auditor's
+        reference data must be disjoint from what it scores."""
+        out = np.zeros((self.count, len(x)), dtype=bool)
+        for n, key in enumerate(_row_keys(x, y)):
+            where = self._keys.get(key)
+            if where is None:
+                continue
+            kind, i = where
+            if kind == "reference":
+                raise InputError(
+                    "a scored sample is also in the reference data; the reference data must be "
+                    "disjoint from the members, non-members and forget set"
+                )
+            out[:, n] = self.in_candidates[:, i]
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """The facts a report must state: count, architecture, recipe, seed, data sizes."""
+        return {
+            "models": self.count,
+            "architecture": self.architecture.describe(),
+            "architecture_source": self.architecture.source,
+            "online": self.online,
+            "reference_size": len(self.x),
+            "candidates_size": len(self.candidates_x),
+            "epochs": self.recipe.epochs,
+            "batch_size": self.recipe.batch_size,
+            "lr": self.recipe.lr,
+            "weight_decay": self.recipe.weight_decay,
+            "seed": self.seed,
+            "backend": self.backend,
+            "train_accuracy": [round(a, 6) for a in self.train_accuracy],
+        }
+
+
+def _row_keys(x: NDArray[np.float32], y: NDArray[np.int64]) -> Iterator[bytes]:
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), int(np.prod(x.shape[1:])))
+    labels = np.asarray(y, dtype="<i8")
+    for row, label in zip(flat, labels, strict=True):
+        yield hashlib.blake2b(row.tobytes() + label.tobytes(), digest_size=16).digest()
+
+
+def balanced_membership(count: int, n: int, rng: np.random.Generator) -> NDArray[np.bool_]:
+    """``[count, n]`` IN-mask: each column has exactly ``count // 2`` True for ``count >= 2``;
+    for ``count == 1`` each sample is IN with probability 1/2."""
+    if count == 1:
+        return rng.random((1, n)) < 0.5
+    order = rng.random((count, n)).argsort(axis=0)
+    mask: NDArray[np.bool_] = order < count // 2
+    return mask
+
+
+@contextlib.contextmanager
+def _no_setup() -> Iterator[None]:
+    yield
+
+
+@contextlib.contextmanager
+def _ray() -> Iterator[None]:
+    try:
+        from ray.util.joblib import register_ray  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise InputError("backend 'ray' needs the ray package: pip install 'ray[default]'") from exc
+    register_ray()  # connects to RAY_ADDRESS when set, else starts a local Ray
+    yield
+
+
+@contextlib.contextmanager
+def _dask() -> Iterator[None]:
+    try:
+        from distributed import Client, get_client  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise InputError("backend 'dask' needs dask.distributed: pip install distributed") from exc
+    try:
+        get_client()  # an existing client (e.g. to a cluster scheduler) is used as is
+        yield
+    except ValueError:
+        with Client(processes=True):  # otherwise a local cluster for the duration
+            yield
+
+
+BACKENDS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
+    "loky": _no_setup,
+    "multiprocessing": _no_setup,
+    "threading": _no_setup,
+    "sequential": _no_setup,
+    "ray": _ray,
+    "dask": _dask,
+}
+"""joblib backends the training can run on, each with its setup. Ray and Dask let a cluster
+train many reference models; they are optional installs."""
+
+
+def train_reference_models(
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    *,
+    architecture: Architecture,
+    count: int,
+    recipe: TrainingRecipe,
+    seed: int,
+    candidates: tuple[NDArray[np.float32], NDArray[np.int64]] | None = None,
+    jobs: int = 1,
+    backend: str = "loky",
+    threads: int = 1,
+    progress: bool = False,
+) -> ReferenceSet:
+    """Train ``count`` reference models, model ``k`` on a balanced random half of the reference
+    data (plus, when ``candidates`` is given, a balanced random half of the candidates: online).
+
+    Deterministic for a given ``seed`` whatever ``jobs``/``backend``: membership comes from
+    ``numpy.random.default_rng(seed)``, model ``k``'s torch seed from ``SeedSequence(seed)``.
+    ``threads`` bounds torch's threads per model: small MLPs train fastest on one thread, and
+    parallelism comes from ``jobs``."""
+    import joblib
+
+    if count < 1:
+        raise InputError("at least one reference model is needed")
+    if len(x) < 2:
+        raise InputError("the reference data needs at least two samples")
+    if backend not in BACKENDS:
+        raise InputError(f"unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
+    rng = np.random.default_rng(seed)
+    cx, cy = candidates if candidates is not None else (x[:0], y[:0])
+    in_ref = balanced_membership(count, len(x), rng)
+    in_cand = balanced_membership(count, len(cx), rng)
+    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(count)]
+    jobs = max(1, min(jobs, count))
+
+    def task(k: int) -> Any:
+        tx = np.concatenate([x[in_ref[k]], cx[in_cand[k]]])
+        ty = np.concatenate([y[in_ref[k]], cy[in_cand[k]]])
+        return joblib.delayed(train_model)(
+            architecture, tx, ty, recipe=recipe, seed=seeds[k], index=k, threads=threads
+        )
+
+    results: list[TrainedWeights | None] = [None] * count
+    with BACKENDS[backend](), joblib.parallel_config(backend=backend, n_jobs=jobs):
+        stream = joblib.Parallel(return_as="generator_unordered")(task(k) for k in range(count))
+        if progress:
+            from tqdm import tqdm
+
+            stream = tqdm(stream, total=count, desc="reference models", unit="model")
+        for trained in stream:
+            results[trained.index] = trained
+    done = [r for r in results if r is not None]
+    return ReferenceSet(
+        architecture=architecture,
+        recipe=recipe,
+        seed=seed,
+        x=x,
+        y=y,
+        in_reference=in_ref,
+        candidates_x=cx,
+        candidates_y=cy,
+        in_candidates=in_cand,
+        models=tuple(module_from_state(architecture, r.state) for r in done),
+        train_accuracy=tuple(r.train_accuracy for r in done),
+        backend=backend,
+    )
