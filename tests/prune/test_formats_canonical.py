@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prune.formats import (
@@ -34,6 +34,7 @@ json_values = st.recursive(
 )
 
 
+@settings(deadline=None)
 @given(json_values)
 def test_round_trip(value: Any) -> None:
     data = canonical_json(value)
@@ -41,12 +42,14 @@ def test_round_trip(value: Any) -> None:
     assert canonical_json(parse_canonical_json(data)) == data
 
 
+@settings(deadline=None)
 @given(st.dictionaries(st.text(max_size=8), st.integers(0, 9), min_size=2, max_size=6))
 def test_key_order_does_not_matter(doc: dict[str, int]) -> None:
     reversed_doc = dict(reversed(list(doc.items())))
     assert canonical_json(doc) == canonical_json(reversed_doc)
 
 
+@settings(deadline=None)
 @given(st.floats(allow_nan=False, allow_infinity=False))
 def test_decimal_string_round_trip(x: float) -> None:
     assert parse_decimal_string(decimal_string(x), field="x") == x
