@@ -62,6 +62,7 @@ class Limits:
     forget_bytes: int = 2 * GiB
     reference_bytes: int = 2 * GiB
     receipt_bytes: int = 1 * MiB
+    sample_bytes: int = 64 * MiB
     key_bytes: int = 64 * 1024
     max_samples: int = 10_000_000
     max_sample_elements: int = 16 * MiB

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from audit.cli._common import ErrorHandlingGroup
+from audit.cli._receipt import receipt
 from audit.cli._verify import verify
 
 __all__ = ["cli", "main"]
@@ -22,6 +23,7 @@ def cli() -> None:
 
 
 cli.add_command(verify)
+cli.add_command(receipt)
 
 
 def main() -> None:

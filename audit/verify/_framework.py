@@ -38,12 +38,13 @@ __all__ = [
 ]
 
 Status = Literal["pass", "fail", "not-run"]
-Input = Literal["original", "forget", "reference", "sample"]
+Input = Literal["original", "forget", "reference", "sample", "model"]
 INPUTS: Mapping[str, str] = {
     "original": "--original (the committed original model)",
     "forget": "--forget (the forget-set openings, PROOF/forget.npz)",
     "reference": "--reference (reference data, e.g. WORK/test.npz)",
     "sample": "--sample and --label (the data subject's own sample)",
+    "model": "--model (the deployed patched model, PROOF/model.onnx)",
 }
 
 Ctx = TypeVar("Ctx")
