@@ -6,6 +6,7 @@ import click
 
 from audit.cli._common import ErrorHandlingGroup
 from audit.cli._receipt import receipt
+from audit.cli._report import attestation, keygen, report
 from audit.cli._verify import verify
 
 __all__ = ["cli", "main"]
@@ -24,6 +25,9 @@ def cli() -> None:
 
 cli.add_command(verify)
 cli.add_command(receipt)
+cli.add_command(report)
+cli.add_command(keygen)
+cli.add_command(attestation)
 
 
 def main() -> None:

@@ -109,10 +109,13 @@ def _mia(mia: Mapping[str, Any] | None) -> str:
                     roc["tpr"],
                     roc.get("tpr_low"),
                     roc.get("tpr_high"),
+                    tuple(tuple(p) for p in roc.get("points", ())),
                 )
             )
     chart = (
-        roc_chart(curves, title="Membership-inference ROC (log axes, 95% bootstrap band)")
+        roc_chart(
+            curves, title="Membership-inference ROC (log axes; whiskers: 95% bootstrap CI of TPR)"
+        )
         if curves
         else ""
     )

@@ -27,6 +27,9 @@ class Curve:
     tpr: Sequence[float]
     tpr_low: Sequence[float] | None = None
     tpr_high: Sequence[float] | None = None
+    intervals: Sequence[tuple[float, float, float, float]] = ()
+    """Point estimates with confidence intervals, ``(fpr, tpr, tpr_low, tpr_high)``: drawn as
+    dots with vertical whiskers."""
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,13 @@ def roc_chart(curves: Sequence[Curve], *, title: str, floor: float = 1e-4) -> st
             )
         pts = " ".join(f"{_fmt(px(f))},{_fmt(py(t))}" for f, t in zip(c.fpr, c.tpr, strict=True))
         parts.append(f'<polyline points="{pts}" fill="none" stroke="{colour}" stroke-width="1.6"/>')
+        for f, t, low, high in c.intervals:
+            cx = _fmt(px(f))
+            parts.append(
+                f'<line x1="{cx}" y1="{_fmt(py(low))}" x2="{cx}" y2="{_fmt(py(high))}" '
+                f'stroke="{colour}" stroke-width="2"/>'
+                f'<circle cx="{cx}" cy="{_fmt(py(t))}" r="3" fill="{colour}"/>'
+            )
     parts += _legend([c.label for c in curves])
     parts.append(
         f'<text x="{_L + pw / 2}" y="{_H - 10}" font-size="12" text-anchor="middle">'

@@ -1,0 +1,446 @@
+"""``audit report``: run the verification (and membership inference), measure what a compliance
+officer needs, and write ``report.json`` (schema ``https://prune-audit.dev/report/v1``),
+``report.html`` and, with an auditor key, ``attestation.json`` into one folder, atomically.
+
+The report states only what this audit measured: every number comes from the verifier's own
+outcomes, its own onnxruntime queries or its own attacks, never from the owner's summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from audit.attest import CheckVerdict, load_auditor_private_key, load_public_key, sign_attestation
+from audit.errors import AuditError, InputError
+from audit.report._html import render_html
+from audit.report._patch_stats import patch_statistics
+from audit.runtime import OnnxModel
+from audit.verify import CheckOutcome, Policy, VerificationReport, VerifyInputs, verify_proof
+from prune.formats import Envelope, FormatError, Statement, file_sha256, public_key_id, sha256_hex
+from threat_models.model import THREATS
+
+__all__ = ["REPORT_TYPE", "ReportOptions", "ReportResult", "build_report"]
+
+REPORT_TYPE = "https://prune-audit.dev/report/v1"
+_PACKAGES = ("prune-audit", "numpy", "onnx", "onnxruntime", "torch", "scikit-learn", "cryptography")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReportOptions:
+    """What the auditor chooses. ``mia_attacks`` empty disables membership inference (the report
+    then says so, and threat 9 is listed as not covered)."""
+
+    name: str
+    mia_attacks: tuple[str, ...] = ("rmia", "loss")
+    mia_reference_models: int = 4
+    mia_arch: str | None = None
+    seed: int = 0
+    policy: Policy = field(default_factory=Policy)
+    device: str = "auto"
+    command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    folder: Path
+    verification: VerificationReport
+    document: Mapping[str, Any]
+
+    @property
+    def verified(self) -> bool:
+        return self.verification.verified
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def _load_npz(path: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return np.asarray(data["x"], np.float32), np.asarray(data["y"], np.int64)
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"cannot read {path}: need an .npz with x and y") from exc
+
+
+def _statement(proof: Path) -> Statement | None:
+    """The certificate's statement, parsed strictly; ``None`` when it cannot be read (the
+    verification outcomes already say why)."""
+    try:
+        return Statement.from_json(
+            Envelope.from_json((proof / "certificate.json").read_bytes()).payload
+        )
+    except (OSError, FormatError):
+        return None
+
+
+def _per_class(
+    original: Path, patched: Path, x: NDArray[np.float32], y: NDArray[np.int64], device: str
+) -> dict[str, Any]:
+    before = OnnxModel(original, device=device).logits(x).argmax(axis=1)
+    after = OnnxModel(patched, device=device).logits(x).argmax(axis=1)
+    classes = sorted({int(c) for c in np.unique(y)})
+    counts = [int((y == c).sum()) for c in classes]
+
+    def acc(pred: NDArray[np.int64], c: int) -> float:
+        return float((pred[y == c] == c).mean())
+
+    return {
+        "classes": classes,
+        "counts": counts,
+        "original": [acc(before, c) for c in classes],
+        "patched": [acc(after, c) for c in classes],
+        "overall_original": float((before == y).mean()),
+        "overall_patched": float((after == y).mean()),
+    }
+
+
+def _mia(
+    options: ReportOptions,
+    original: Path,
+    patched: Path,
+    forget: tuple[NDArray[np.float32], NDArray[np.int64]],
+    reference: tuple[NDArray[np.float32], NDArray[np.int64]],
+    progress: bool,
+) -> dict[str, Any]:
+    """U-MIA on the auditor's own split of the reference data: half trains the reference models,
+    the other half are the held-out non-members the forget set is compared with."""
+    from audit.mia import LabelledData, MiaConfig, resolve_architecture, unlearning_audit
+
+    x, y = reference
+    order = np.random.default_rng(options.seed).permutation(len(y))
+    half = len(y) // 2
+    ref_idx, non_idx = order[:half], order[half:]
+    patched_model = OnnxModel(patched, device=options.device)
+    original_model = OnnxModel(original, device=options.device)
+    architecture = resolve_architecture(
+        onnx_model=original,
+        declared=options.mia_arch,
+        input_shape=tuple(int(d) for d in x.shape[1:]),
+        classes=int(max(y.max(), forget[1].max())) + 1,
+    )
+    config = MiaConfig(
+        attacks=options.mia_attacks,
+        reference_models=options.mia_reference_models,
+        seed=options.seed,
+        fprs=(0.01, 0.001),
+    )
+    game = unlearning_audit(
+        original=original_model.logits,
+        patched=patched_model.logits,
+        forget=LabelledData(*forget),
+        non_members=LabelledData(x[non_idx], y[non_idx]),
+        reference=LabelledData(x[ref_idx], y[ref_idx]),
+        architecture=architecture,
+        config=config,
+        progress=progress,
+    )
+    results = []
+    for model in game.models:
+        for attack in model.attacks:
+            m = attack.metrics
+            t1, t01 = m.tpr(0.01), m.tpr(0.001)
+            results.append(
+                {
+                    "label": f"{attack.attack} on {model.label}: forget vs non-members",
+                    "model": model.label,
+                    "attack": attack.attack,
+                    "auc": m.auc.value,
+                    "auc_ci": [m.auc.low, m.auc.high],
+                    "distinguishability": m.distinguishability.value,
+                    "tpr_at_1pct_fpr": t1.value,
+                    "tpr_at_1pct_fpr_ci": [t1.low, t1.high],
+                    "tpr_at_01pct_fpr": t01.value,
+                    "tpr_at_01pct_fpr_ci": [t01.low, t01.high],
+                    "reverse_tpr_at_1pct_fpr": m.tpr(0.01, reverse=True).value,
+                    "advantage": m.advantage.value,
+                    "roc": {
+                        "fpr": list(m.roc_fpr),
+                        "tpr": list(m.roc_tpr),
+                        "points": [
+                            [0.01, t1.value, t1.low, t1.high],
+                            [0.001, t01.value, t01.low, t01.high],
+                        ],
+                    },
+                }
+            )
+    return {
+        "game": "forget-vs-non-members",
+        "results": results,
+        "settings": {
+            "attacks": ",".join(options.mia_attacks),
+            "reference_models": options.mia_reference_models,
+            "architecture": architecture.describe(),
+            "forget": len(forget[1]),
+            "non_members": len(non_idx),
+            "reference_points": len(ref_idx),
+            "seed": options.seed,
+            "bootstrap": game.bootstrap,
+        },
+    }
+
+
+def _coverage(
+    statement: Statement | None, verification: VerificationReport, opened: int | None
+) -> dict[str, Any]:
+    def evidence(name: str, key: str) -> Any:
+        try:
+            outcome = verification.outcome(name)
+        except KeyError:
+            return "n/a"
+        return outcome.evidence.get(key, "not run") if outcome.status != "not-run" else "not run"
+
+    return {
+        "committed": statement.predicate.forget_set.size if statement else "unreadable",
+        "opened": opened if opened is not None else "not given",
+        "replayed": evidence("replay.claims", "claims"),
+        "probed": evidence("region.probes", "claims_probed"),
+    }
+
+
+def _threats(outcomes: Sequence[CheckOutcome], mia_ran: bool) -> list[dict[str, Any]]:
+    ran = {o.name for o in outcomes if o.status != "not-run"}
+    if mia_ran:
+        ran.add("membership.inference")
+    rows = []
+    for t in THREATS:
+        covering = [c for c in t.caught_by if c in ran]
+        rows.append(
+            {
+                "number": t.number,
+                "title": t.title,
+                "checks": list(t.caught_by),
+                "covered": bool(covering),
+                "why": (
+                    f"ran: {', '.join(covering)}"
+                    if covering
+                    else "none of its checks ran in this audit"
+                    + (
+                        " (needs a data subject's receipt: audit receipt)"
+                        if t.key == "equivocation"
+                        else ""
+                    )
+                ),
+            }
+        )
+    return rows
+
+
+def _compliance(
+    statement: Statement | None,
+    verification: VerificationReport,
+    coverage: Mapping[str, Any],
+    mia: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    if statement is None:
+        requested = "The certificate could not be read, so the request itself is unknown."
+    else:
+        p = statement.predicate
+        what = (
+            f"every training sample of class {p.forget_class}"
+            if p.mode == "class"
+            else f"{p.forget_set.size} individual training samples"
+        )
+        requested = (
+            f"The model owner certified the erasure of {what} (GDPR Art. 17), committed under the "
+            f"forget-set root {p.forget_set.root[:16]}..., on {p.created}."
+        )
+    failed = [o.name for o in verification.failures]
+    if verification.verified:
+        verified = (
+            f"All {len(verification.outcomes)} checks passed: the signatures and digests bind the "
+            f"served model to the certificate; {coverage['replayed']} forget samples were replayed "
+            f"through the served model and none is predicted as before; {coverage['probed']} "
+            "claimed regions were probed; outside the patched regions the model equals the "
+            "committed original."
+        )
+    else:
+        verified = (
+            "The proof was NOT verified. Failed checks: " + ", ".join(failed) + ". The erasure "
+            "claim must not be relied on until the owner supplies a proof that passes."
+        )
+    risks = [
+        "PRUNE changes the model's outputs on the forgotten samples' linear regions; it does not "
+        "remove their influence from the original weights, which the patched model still contains.",
+        "Inside a 1/n band around each patched region (a band of the gate) the patch is partly on; "
+        "points there may be changed without being claimed.",
+        "The served endpoint is assumed to run the verified file; this audit checked the file.",
+        "The patched model reveals which linear regions were patched: a party with white-box access "
+        "and a candidate pool may single out deleted records (threat 11, docs/THREAT_MODEL.md).",
+    ]
+    if mia:
+        worst = max(mia["results"], key=lambda r: abs(float(r["auc"]) - 0.5), default=None)
+        if worst is not None:
+            risks.append(
+                f"Membership inference: the strongest distinguishability measured was "
+                f"{worst['label']} with AUC {float(worst['auc']):.3f} (0.5 = indistinguishable)."
+            )
+    else:
+        risks.append("Membership inference was not run: residual memorisation was not measured.")
+    return {"requested": requested, "verified": verified, "residual_risks": risks}
+
+
+def build_report(
+    *,
+    proof: Path,
+    public_key: Path,
+    out: Path,
+    options: ReportOptions,
+    original: Path | None = None,
+    forget: Path | None = None,
+    reference: Path | None = None,
+    auditor_key: Path | None = None,
+    now: datetime | None = None,
+    progress: bool = False,
+    on_check: Callable[[CheckOutcome], None] | None = None,
+) -> ReportResult:
+    """Verify ``proof`` and write the report folder ``out`` (refused if it exists and is not
+    empty; written to a temporary sibling and renamed, so a failure leaves nothing behind)."""
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"report folder {out} exists and is not empty")
+    now = now or datetime.now(UTC)
+    owner_key = load_public_key(public_key)
+    signing_key = load_auditor_private_key(auditor_key) if auditor_key is not None else None
+    verification = verify_proof(
+        VerifyInputs(
+            proof=proof,
+            public_key=public_key,
+            original=original,
+            forget=forget,
+            reference=reference,
+        ),
+        now=now,
+        rng=np.random.default_rng(options.seed),
+        policy=options.policy,
+        device=options.device,
+        on_done=on_check,
+    )
+    statement = _statement(proof)
+    forget_data = _load_npz(forget) if forget is not None else None
+    reference_data = _load_npz(reference) if reference is not None else None
+    model_path = proof / "model.onnx"
+    per_class = None
+    mia = None
+    if original is not None and reference_data is not None:
+        try:
+            per_class = _per_class(original, model_path, *reference_data, options.device)
+        except AuditError:
+            per_class = None  # the model did not load: the failed checks already say why
+    if (
+        options.mia_attacks
+        and original is not None
+        and forget_data is not None
+        and reference_data is not None
+    ):
+        mia = _mia(options, original, model_path, forget_data, reference_data, progress)
+    coverage = _coverage(
+        statement, verification, None if forget_data is None else len(forget_data[1])
+    )
+    digests = {
+        "model.onnx": _digest(model_path),
+        "certificate.json": _digest(proof / "certificate.json"),
+        "original": _digest(original) if original else None,
+        "forget.npz": _digest(forget) if forget else None,
+        "reference": _digest(reference) if reference else None,
+    }
+    doc: dict[str, Any] = {
+        "type": REPORT_TYPE,
+        "version": 1,
+        "name": options.name,
+        "created": now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "verdict": verification.verdict,
+        "verification": verification.to_json(),
+        "certificate": _certificate_fields(statement, owner_key_id=public_key_id(owner_key)),
+        "coverage": coverage,
+        "per_class": per_class,
+        "mia": mia,
+        "patch": patch_statistics(model_path, original),
+        "threats": _threats(verification.outcomes, mia is not None),
+        "compliance": _compliance(statement, verification, coverage, mia),
+        "reproducibility": {
+            "versions": _versions(),
+            "seed": options.seed,
+            "digests": json.dumps(digests, sort_keys=True),
+            "command": " ".join(options.command) if options.command else " ".join(sys.argv),
+            "auditor_key": public_key_id(signing_key.public_key()) if signing_key else "unsigned",
+        },
+    }
+    report_json = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    tmp = Path(
+        tempfile.mkdtemp(
+            prefix=f".{out.name}.", dir=out.parent if out.parent.is_dir() else _mkparent(out)
+        )
+    )
+    try:
+        (tmp / "report.json").write_text(report_json, encoding="utf-8")
+        (tmp / "report.html").write_text(render_html(doc), encoding="utf-8")
+        if signing_key is not None:
+            attestation = sign_attestation(
+                model_sha256=str(digests["model.onnx"]),
+                verdict=verification.verdict,
+                checks=[CheckVerdict(o.name, o.status, o.detail) for o in verification.outcomes],
+                certificate_sha256=str(digests["certificate.json"]),
+                report_sha256=sha256_hex(report_json.encode("utf-8")),
+                owner_key_id=public_key_id(owner_key),
+                private_key=signing_key,
+                now=now,
+            )
+            (tmp / "attestation.json").write_bytes(attestation)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return ReportResult(out, verification, doc)
+
+
+def _mkparent(out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out.parent
+
+
+def _digest(path: Path) -> str | None:
+    try:
+        return file_sha256(path)
+    except OSError:
+        return None
+
+
+def _certificate_fields(statement: Statement | None, *, owner_key_id: str) -> dict[str, Any]:
+    if statement is None:
+        return {"status": "unreadable", "owner_key_id": owner_key_id}
+    p = statement.predicate
+    return {
+        "owner_key_id": owner_key_id,
+        "patched_model_sha256": statement.subject_sha256,
+        "original_model_sha256": p.original_model_sha256,
+        "patch_parameters_sha256": p.patch_parameters_sha256,
+        "forget_set_root": p.forget_set.root,
+        "forget_set_size": p.forget_set.size,
+        "mode": p.mode if p.forget_class is None else f"{p.mode} (class {p.forget_class})",
+        "method": json.dumps(p.method, sort_keys=True),
+        "claims": len(p.claims),
+        "utility": json.dumps(p.utility, sort_keys=True),
+        "created": p.created,
+        "nonce": p.nonce,
+    }
