@@ -100,6 +100,7 @@ def write_json(path: Path, text: str) -> None:
     type=click.Choice(list(CHECKS)),
     help="Run only these checks (repeatable).",
 )
+@click.option("--fail-fast", is_flag=True, help="Stop at the first failed check.")
 @click.option("--quiet", is_flag=True, help="No table, no progress; only errors and --json.")
 def verify(
     proof: Path,
@@ -117,6 +118,7 @@ def verify(
     seed: int | None,
     partial: bool,
     checks: tuple[str, ...],
+    fail_fast: bool,
     quiet: bool,
 ) -> None:
     """Verify the unlearning proof in PROOF against the owner's public key.
@@ -156,6 +158,7 @@ def verify(
         device=device,
         checks=list(checks) or None,
         on_done=done,
+        fail_fast=fail_fast,
     )
     if json_out is not None:
         doc = report.to_json()

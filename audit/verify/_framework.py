@@ -186,9 +186,11 @@ def run_checks(
     policy: Policy,
     clock: Callable[[], float] = time.perf_counter,
     on_done: Callable[[CheckOutcome], None] | None = None,
+    fail_fast: bool = False,
 ) -> tuple[CheckOutcome, ...]:
     """Run ``checks`` in order against ``ctx``. ``given`` names the optional inputs the auditor
-    supplied. Never returns a "pass" that a check did not produce itself."""
+    supplied. Never returns a "pass" that a check did not produce itself. ``fail_fast``: after
+    the first failure the remaining checks are reported not-run (the verdict is failed anyway)."""
     if not checks:
         raise AuditError("no checks to run: an empty list of checks is never a pass")
     names = [c.name for c in checks]
@@ -198,7 +200,9 @@ def run_checks(
     for check in checks:
         start = clock()
         missing = sorted(check.requires - given)
-        if missing:
+        if fail_fast and any(o.status == "fail" for o in outcomes):
+            outcome = check.not_applicable("not run: an earlier check failed (fail-fast)")
+        elif missing:
             outcome = _missing_outcome(check, missing, policy)
         else:
             try:

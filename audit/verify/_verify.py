@@ -68,13 +68,15 @@ def verify_proof(
     threads: int | None = None,
     checks: Sequence[str] | None = None,
     on_done: Callable[[CheckOutcome], None] | None = None,
+    fail_fast: bool = False,
 ) -> VerificationReport:
     """Run the registry (or the named ``checks``, in registry order) against one proof folder.
 
     Returns the report; never raises for a proof that fails (see
     :meth:`VerificationReport.raise_for_failure`). Raises :class:`InputError` for unusable
     auditor input (bad paths, unreadable key or reference data, unknown check names). With a
-    nonce store, the nonce of a *verified* certificate is recorded after the run."""
+    nonce store, the nonce of a *verified* certificate is recorded after the run. ``fail_fast``
+    stops at the first failed check (the others are reported not-run)."""
     policy = policy or Policy()
     limits = limits or Limits()
     names = list(CHECKS) if checks is None else list(checks)
@@ -87,7 +89,9 @@ def verify_proof(
     ctx = VerifyContext(
         inputs, policy=policy, limits=limits, now=now, rng=rng, device=device, threads=threads
     )
-    outcomes = run_checks(selected, ctx, given=inputs.given, policy=policy, on_done=on_done)
+    outcomes = run_checks(
+        selected, ctx, given=inputs.given, policy=policy, on_done=on_done, fail_fast=fail_fast
+    )
     subject: dict[str, object] = {"proof": str(inputs.proof)}
     for kind in ("model", "certificate"):
         try:
