@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -18,6 +19,7 @@ def fuzz_module() -> ModuleType:
     spec = importlib.util.spec_from_file_location("fuzz_verify", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules["fuzz_verify"] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
