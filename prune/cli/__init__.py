@@ -8,6 +8,7 @@ import click
 from prune.cli._common import ErrorHandlingGroup
 from prune.cli._keygen import keygen
 from prune.cli._train import train
+from prune.cli._unlearn import unlearn_command
 
 __all__ = ["cli", "main"]
 
@@ -25,6 +26,7 @@ def cli() -> None:
 
 cli.add_command(train)
 cli.add_command(keygen)
+cli.add_command(unlearn_command)
 
 
 def main() -> None:

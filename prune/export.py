@@ -1,0 +1,133 @@
+"""The patched ONNX model (``prune/patch/v1``, docs/FORMATS.md "Patched ONNX").
+
+Invariant, tested byte for byte: every node and initializer of the original graph is kept
+unchanged and in place (same names, order, attributes, raw data); the patch adds only nodes and
+initializers named ``prune/patch/*``, appended after the original ones, and replaces the graph
+outputs by the single ``prune/output = original_output + sum_u h_u``. A verifier can therefore
+diff the file against the committed original and inspect the patch subgraph on its own."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prune.errors import PatchError
+from prune.gates import make_gate
+from prune.model import ImportedModel
+from prune.patched import PatchSet
+from prune.regions import InputBox
+
+__all__ = ["FORMAT", "OUTPUT", "PREFIX", "export_patched"]
+
+FORMAT = "prune/patch/v1"
+PREFIX = "prune/patch/"
+OUTPUT = "prune/output"
+
+
+class _Sink:
+    """Collects the patch subgraph (implements :class:`prune.gates.NodeSink`)."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+
+    def node(self, op: str, inputs: list[str], *, name: str, **attrs: Any) -> str:
+        from onnx import helper
+
+        out = name if name == OUTPUT else PREFIX + name
+        node_name = PREFIX + ("output" if name == OUTPUT else name)
+        self.nodes.append(helper.make_node(op, inputs, [out], name=node_name, **attrs))
+        return out
+
+    def const(self, name: str, value: NDArray[np.generic]) -> str:
+        """Float32 values become initializers (the patch parameters, all covered by the patch
+        digest, which is defined over float32 only); integer shapes and axes become
+        ``Constant`` nodes."""
+        from onnx import helper, numpy_helper
+
+        array = np.asarray(value)
+        tensor = numpy_helper.from_array(array, name=PREFIX + name)
+        if array.dtype == np.float32:
+            self.initializers.append(tensor)
+        else:
+            self.nodes.append(
+                helper.make_node("Constant", [], [PREFIX + name], name=PREFIX + name, value=tensor)
+            )
+        return PREFIX + name
+
+
+def export_patched(model: ImportedModel, patches: PatchSet, box: InputBox) -> bytes:
+    """Serialized patched model; passes ``onnx.checker``. ``model.raw`` is not modified."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    head = model.head
+    if len(patches) == 0:
+        raise PatchError("no patches to export")
+    proto = onnx.load_from_string(model.raw)
+    graph = proto.graph
+    sink = _Sink()
+    for key, value in patches.parameters(head, box).items():
+        sink.const(key, value)
+    x = sink.node("Flatten", [head.cut], name="x", axis=1)
+    flat_z = [
+        sink.node("Flatten", [name], name=f"z{i}", axis=1) for i, name in enumerate(head.hidden)
+    ]
+    if flat_z:
+        z = sink.node("Concat", flat_z, name="z", axis=1)
+    else:
+        z = sink.node("Mul", [x, sink.const("no_hidden", np.zeros((0,), np.float32))], name="z")
+    n_patches, n_out = patches.d.shape
+    g = make_gate(patches.gate).onnx_gate(
+        sink, x=x, z=z, n=PREFIX + "n", patches=n_patches, hidden=head.n_hidden
+    )
+    axes = sink.const("axes2", np.asarray([2], dtype=np.int64))
+    g3 = sink.node("Unsqueeze", [g, axes], name="g3")
+    kg = sink.node("Mul", [g3, PREFIX + "K"], name="Kg")
+    shift = sink.node("Sub", [kg, PREFIX + "K"], name="Kg-K")
+    if patches.C is not None:
+        xc = sink.node("MatMul", [x, PREFIX + "C"], name="xC")
+        shape = sink.const("p_shape", np.asarray([0, n_patches, n_out], dtype=np.int64))
+        xc3 = sink.node("Reshape", [xc, shape], name="xC3")
+        p = sink.node("Add", [xc3, PREFIX + "d"], name="p")
+    else:
+        p = PREFIX + "d"
+    up = sink.node("Relu", [sink.node("Add", [p, shift], name="p+s")], name="h_up")
+    neg_p = sink.node("Neg", [p], name="-p")
+    down = sink.node("Relu", [sink.node("Add", [neg_p, shift], name="-p+s")], name="h_down")
+    h = sink.node("Sub", [up, down], name="h")
+    axes1 = sink.const("axes1", np.asarray([1], dtype=np.int64))
+    h_sum = sink.node("ReduceSum", [h, axes1], name="h_sum", keepdims=0)
+    sink.node("Add", [head.output, h_sum], name=OUTPUT)
+
+    graph.initializer.extend(sink.initializers)
+    graph.node.extend(sink.nodes)
+    batch = _batch_dim(graph.output[0])
+    del graph.output[:]
+    graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, n_out]))
+    for meta_key, meta_value in (
+        ("prune.format", FORMAT),
+        ("prune.gate", patches.gate),
+        ("prune.cut", head.cut),
+        ("prune.original_output", head.output),
+        ("prune.hidden", ",".join(head.hidden)),
+    ):
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = meta_key, meta_value
+    raw = proto.SerializeToString()
+    try:
+        onnx.checker.check_model(raw if len(raw) < 2_000_000_000 else proto)
+    except Exception as exc:
+        raise PatchError(f"internal: the patched model fails onnx.checker: {exc}") from exc
+    return bytes(raw)
+
+
+def _batch_dim(output: Any) -> str | int:
+    dims = output.type.tensor_type.shape.dim
+    if dims and dims[0].HasField("dim_value"):
+        return int(dims[0].dim_value)
+    if dims and dims[0].dim_param:
+        return str(dims[0].dim_param)
+    return "batch"

@@ -1,0 +1,197 @@
+"""Float64 evaluators for the affine ONNX ops allowed in the patched head.
+
+Each evaluator maps a batch ``x`` ``[N, *shape]`` (the one computed input of the node) to the
+node's output, with every other input read from the graph's constants. An op is allowed here only
+if it is affine in its computed input (so the head between two Relu nodes is one affine map), and
+each evaluator follows the ONNX operator specification for the attributes it accepts; any other
+attribute value raises :class:`ModelImportError` naming the node rather than being guessed at."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from prune.errors import ModelImportError
+from prune.model._graph import describe_node
+
+__all__ = ["AFFINE_OPS", "NodeCall"]
+
+Array = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class NodeCall:
+    """One head node to evaluate: the node, its position, which input is computed, and the
+    constants of the graph (initializers and ``Constant`` outputs)."""
+
+    node: Any
+    index: int
+    dynamic_input: int
+    constants: Mapping[str, NDArray[Any]]
+
+    @property
+    def label(self) -> str:
+        return describe_node(self.node, self.index)
+
+    def const(self, position: int) -> NDArray[Any] | None:
+        if position >= len(self.node.input) or not self.node.input[position]:
+            return None
+        name = self.node.input[position]
+        if name not in self.constants:
+            raise ModelImportError(
+                f"{self.label}: input '{name}' must be a constant (initializer) to be patched"
+            )
+        return self.constants[name]
+
+    def attr(self, name: str, default: Any) -> Any:
+        from onnx import helper
+
+        for a in self.node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+    def reject(self, why: str) -> ModelImportError:
+        return ModelImportError(f"{self.label} cannot be patched: {why}")
+
+
+def _require_vector(call: NodeCall, x: Array) -> None:
+    if x.ndim != 2:
+        raise call.reject(f"expects a [batch, features] input, got per-sample shape {x.shape[1:]}")
+
+
+def _gemm(call: NodeCall, x: Array) -> Array:
+    if call.dynamic_input != 0 or int(call.attr("transA", 0)) != 0:
+        raise call.reject("only Y = alpha * X @ B + beta * C with a computed X is supported")
+    _require_vector(call, x)
+    b = np.asarray(call.const(1), dtype=np.float64)
+    if int(call.attr("transB", 0)):
+        b = b.T
+    y = float(call.attr("alpha", 1.0)) * (x @ b)
+    c = call.const(2)
+    if c is not None:
+        y = y + float(call.attr("beta", 1.0)) * np.asarray(c, dtype=np.float64)
+    return y
+
+
+def _matmul(call: NodeCall, x: Array) -> Array:
+    if call.dynamic_input != 0:
+        raise call.reject("the computed tensor must be the left operand")
+    _require_vector(call, x)
+    w = np.asarray(call.const(1), dtype=np.float64)
+    if w.ndim != 2:
+        raise call.reject(f"the weight must be a matrix, got shape {w.shape}")
+    return x @ w
+
+
+def _add(call: NodeCall, x: Array) -> Array:
+    return _broadcast_checked(call, x, x + _other(call), "Add")
+
+
+def _sub(call: NodeCall, x: Array) -> Array:
+    other = _other(call)
+    y = x - other if call.dynamic_input == 0 else other - x
+    return _broadcast_checked(call, x, y, "Sub")
+
+
+def _mul(call: NodeCall, x: Array) -> Array:
+    return _broadcast_checked(call, x, x * _other(call), "Mul")
+
+
+def _other(call: NodeCall) -> Array:
+    return np.asarray(call.const(1 - call.dynamic_input), dtype=np.float64)
+
+
+def _broadcast_checked(call: NodeCall, x: Array, y: Array, op: str) -> Array:
+    if y.shape != x.shape:
+        raise call.reject(f"{op} with a constant must keep the shape {x.shape[1:]}")
+    return y
+
+
+def _identity(call: NodeCall, x: Array) -> Array:
+    return x
+
+
+def _flatten(call: NodeCall, x: Array) -> Array:
+    if int(call.attr("axis", 1)) != 1:
+        raise call.reject("only Flatten with axis=1 (keeping the batch axis) is supported")
+    return x.reshape(len(x), -1)
+
+
+def _reshape(call: NodeCall, x: Array) -> Array:
+    shape = [int(s) for s in np.asarray(call.const(1)).reshape(-1)]
+    if not shape or shape[0] not in (0, -1):
+        raise call.reject(f"the target shape {shape} must keep the batch axis (0 or -1 first)")
+    allowzero = int(call.attr("allowzero", 0))
+    per_sample = [
+        (x.shape[i + 1] if s == 0 and not allowzero else s) for i, s in enumerate(shape[1:])
+    ]
+    try:
+        return x.reshape(len(x), *per_sample)
+    except ValueError as exc:
+        raise call.reject(f"cannot reshape per-sample shape {x.shape[1:]} to {shape}") from exc
+
+
+def _dropout(call: NodeCall, x: Array) -> Array:
+    if len(call.node.input) > 2 and call.node.input[2]:
+        raise call.reject("a Dropout with a training_mode input is not inference-only")
+    return x
+
+
+def _batchnorm(call: NodeCall, x: Array) -> Array:
+    if int(call.attr("training_mode", 0)):
+        raise call.reject("BatchNormalization in training mode is not affine")
+    scale, bias, mean, var = (np.asarray(call.const(i), dtype=np.float64) for i in range(1, 5))
+    eps = float(call.attr("epsilon", 1e-5))
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    factor = (scale / np.sqrt(var + eps)).reshape(shape)
+    return (x - mean.reshape(shape)) * factor + bias.reshape(shape)
+
+
+def _conv(call: NodeCall, x: Array) -> Array:
+    if call.dynamic_input != 0:
+        raise call.reject("the computed tensor must be the data input")
+    auto_pad = call.attr("auto_pad", b"NOTSET")
+    if (auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)) != "NOTSET":
+        raise call.reject("auto_pad is not supported; export with explicit pads")
+    w = torch.from_numpy(np.asarray(call.const(1), dtype=np.float64))
+    b_arr = call.const(2)
+    b = None if b_arr is None else torch.from_numpy(np.asarray(b_arr, dtype=np.float64))
+    spatial = w.ndim - 2
+    if spatial not in (1, 2) or x.ndim != spatial + 2:
+        raise call.reject(f"only 1-D and 2-D convolutions are supported (input {x.shape[1:]})")
+    pads = list(call.attr("pads", [0] * (2 * spatial)))
+    if pads[:spatial] != pads[spatial:]:
+        raise call.reject(f"asymmetric pads {pads} are not supported")
+    conv = torch.nn.functional.conv1d if spatial == 1 else torch.nn.functional.conv2d
+    y = conv(
+        torch.from_numpy(np.ascontiguousarray(x)),
+        w,
+        b,
+        stride=tuple(call.attr("strides", [1] * spatial)),
+        padding=tuple(pads[:spatial]),
+        dilation=tuple(call.attr("dilations", [1] * spatial)),
+        groups=int(call.attr("group", 1)),
+    )
+    return y.numpy()
+
+
+AFFINE_OPS: dict[str, Callable[[NodeCall, Array], Array]] = {
+    "Gemm": _gemm,
+    "MatMul": _matmul,
+    "Add": _add,
+    "Sub": _sub,
+    "Mul": _mul,
+    "Identity": _identity,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "Dropout": _dropout,
+    "BatchNormalization": _batchnorm,
+    "Conv": _conv,
+}
+"""Op type -> evaluator. ``Relu`` is not here: it separates affine segments (see ``_head``)."""

@@ -1,0 +1,47 @@
+"""Patch solvers, all certified over the whole linear region (DESIGN.md §3.3).
+
+Registry ``SOLVERS`` (name -> solver class):
+
+* ``lagrangian`` (default): constant patch on the target logit sized by a weak-duality bound
+  tightened by projected subgradient steps; vectorised, milliseconds per region;
+* ``scale-shift``: the PRUNE reference code's per-spec-row scale/shift, two exact LPs per row;
+* ``reassure``: REASSURE's minimal L-inf affine patch, one large LP per region.
+
+Every solver's certified margin is the same sound weak-duality bound
+(:mod:`prune.solvers._bounds`), so they are comparable and independently checkable."""
+
+from __future__ import annotations
+
+from prune.errors import PatchError
+from prune.solvers._base import PatchSolution, Solver
+from prune.solvers._bounds import dual_bound, spec_objectives, spec_upper_bounds
+from prune.solvers._lagrangian import LagrangianSolver
+from prune.solvers._reassure import ReassureSolver
+from prune.solvers._scale_shift import ScaleShiftSolver
+
+__all__ = [
+    "SOLVERS",
+    "LagrangianSolver",
+    "PatchSolution",
+    "ReassureSolver",
+    "ScaleShiftSolver",
+    "Solver",
+    "dual_bound",
+    "make_solver",
+    "spec_objectives",
+    "spec_upper_bounds",
+]
+
+SOLVERS: dict[str, type[LagrangianSolver] | type[ScaleShiftSolver] | type[ReassureSolver]] = {
+    LagrangianSolver.name: LagrangianSolver,
+    ScaleShiftSolver.name: ScaleShiftSolver,
+    ReassureSolver.name: ReassureSolver,
+}
+
+
+def make_solver(name: str) -> Solver:
+    """The solver registered under ``name`` with its default options."""
+    try:
+        return SOLVERS[name]()
+    except KeyError:
+        raise PatchError(f"unknown solver {name!r} (choose {', '.join(SOLVERS)})") from None

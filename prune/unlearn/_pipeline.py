@@ -1,0 +1,350 @@
+"""``unlearn``: ONNX model + training data + forget request in, patched ONNX + claims out.
+
+Steps: validate; import the model and its PL head at the cut; run the original with
+onnxruntime (cut values, hidden pre-activations, logits); declare the input box; a strategy
+plans the patches (:mod:`prune.unlearn._strategies`), certified in float64 with margin
+``margin + slack``, ``slack = FLOAT32_SLACK * (1 + max_j |f_j(x)|)`` (float32 evaluation of the
+head and patch perturbs logits by far less on these models; the exact worst case is not claimed,
+which is why the next step exists); export; **re-check every forget point on the exported model
+with onnxruntime** (prediction = target, margin >= ``margin``). Patches whose points fail are
+re-solved with a larger margin (up to ``RETRIES`` times); points still failing get no claim and
+are listed in ``UnlearnResult.failed`` - never silently claimed.
+
+Claim semantics: ``certified_margin = margin`` holds, in exact arithmetic with the float32 slack
+to spare, on the whole region of the sample, *considering that patch alone*; within ``1/n`` of a
+region's boundary another patch's band can add its own push (see :mod:`prune.patched`)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prune.claims import Claim
+from prune.errors import DataError, PatchError
+from prune.export import OUTPUT, export_patched
+from prune.gates import GATES
+from prune.model import ImportedModel, OrtRunner, load_model
+from prune.patched import PatchSet, patch_bounds
+from prune.regions import InputBox, box_from_data
+from prune.solvers import SOLVERS, make_solver
+from prune.targets import TARGET_POLICIES
+from prune.unlearn._evaluate import batch_rows, margins_at, peak_rss_mb, predictions, utility
+from prune.unlearn._request import ForgetRequest, check_data, forget_request
+from prune.unlearn._strategies import STRATEGIES, ForgetPoints, Plan, SolveContext, solve_regions
+
+__all__ = ["DEFAULT_MARGIN", "DEFAULT_N", "FLOAT32_SLACK", "RETRIES", "UnlearnResult", "unlearn"]
+
+DEFAULT_MARGIN = 0.1
+DEFAULT_N = 1000.0
+FLOAT32_SLACK = 1e-3
+RETRIES = 2
+
+
+@dataclass(frozen=True, eq=False)
+class UnlearnResult:
+    """The outcome of one run. ``claims`` holds one claim per forget sample that was changed and
+    certified, in leaf order; ``failed`` lists the leaf indices of the others (empty when the run
+    is complete). ``forget_x``/``forget_y`` are all requested samples in leaf order (model input
+    shape), ``forget_indices`` their training rows (private to the owner)."""
+
+    patched_model: bytes
+    claims: tuple[Claim, ...]
+    method: dict[str, Any]
+    summary: dict[str, Any]
+    forget_x: NDArray[np.float32]
+    forget_y: NDArray[np.int64]
+    forget_indices: NDArray[np.int64]
+    failed: tuple[int, ...]
+
+    @property
+    def complete(self) -> bool:
+        return not self.failed
+
+
+def _check_options(
+    solver: str, gate: str, policy: str, strategy: str, margin: float, n: float
+) -> None:
+    for kind, value, registry in (
+        ("solver", solver, SOLVERS),
+        ("gate", gate, GATES),
+        ("target policy", policy, TARGET_POLICIES),
+        ("strategy", strategy, STRATEGIES),
+    ):
+        if value not in registry:
+            raise PatchError(f"unknown {kind} {value!r} (choose {', '.join(registry)})")
+    if not (np.isfinite(margin) and margin > 0):
+        raise PatchError(f"the margin must be a positive number, got {margin}")
+    if not (np.isfinite(n) and n > 0):
+        raise PatchError(f"the support sharpness n must be a positive number, got {n}")
+
+
+def unlearn(
+    model: bytes,
+    x_train: NDArray[np.float32],
+    y_train: NDArray[np.int64],
+    *,
+    forget_indices: Sequence[int] | NDArray[np.integer] | None = None,
+    forget_class: int | None = None,
+    x_test: NDArray[np.float32] | None = None,
+    y_test: NDArray[np.int64] | None = None,
+    solver: str = "lagrangian",
+    gate: str = "activation",
+    target_policy: str = "runner-up",
+    strategy: str = "individual",
+    margin: float = DEFAULT_MARGIN,
+    n: float = DEFAULT_N,
+    cut: str | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    clock: Callable[[], float] = time.perf_counter,
+) -> UnlearnResult:
+    """Patch ``model`` (ONNX bytes) so that it forgets the requested training samples."""
+    started = clock()
+    _check_options(solver, gate, target_policy, strategy, margin, n)
+    imported = load_model(model, cut=cut)
+    head = imported.head
+    check_data(x_train, y_train, name="training data", input_shape=imported.input_shape)
+    if x_test is not None or y_test is not None:
+        check_data(x_test, y_test, name="test data", input_shape=imported.input_shape)
+    for name, labels in (("training", y_train), ("test", y_test)):
+        if labels is not None and int(labels.max()) >= head.classes:
+            raise DataError(
+                f"{name} label {int(labels.max())} is not a class of the model (0..{head.classes - 1})"
+            )
+    request = forget_request(
+        y_train, forget_indices=forget_indices, forget_class=forget_class, classes=head.classes
+    )
+    x_train = np.ascontiguousarray(x_train, dtype=np.float32)
+    forget_x = x_train[request.indices]
+    forget_y = np.asarray(y_train, dtype=np.int64)[request.indices]
+
+    box = _declare_box(imported, x_train)
+    points, original_pred = _forget_points(imported, forget_x, forget_y, request, margin, box)
+    ctx = SolveContext(
+        head=head,
+        box=box,
+        solver=make_solver(solver),
+        target_policy=target_policy,
+        rng=np.random.default_rng(seed),
+        progress=progress,
+    )
+    t_solve = clock()
+    plan = STRATEGIES[strategy](ctx, points)
+    if len(plan.targets) == 0:
+        raise PatchError("no forget point could be given a certified patch")
+    t_export = clock()
+    patched, plan, ok, resolved = _export_and_recheck(
+        imported, plan, points, ctx, gate, n, margin, forget_x
+    )
+    t_evaluate = clock()
+
+    rows_after = batch_rows(len(plan.targets), head.classes, head.n_hidden, dense=gate == "dense")
+    before = predictions(imported.raw, head.output, x_train, rows=4096)
+    after = predictions(patched, OUTPUT, x_train, rows=rows_after)
+    test = None
+    if x_test is not None and y_test is not None:
+        x_te = np.ascontiguousarray(x_test, dtype=np.float32)
+        test = (
+            predictions(imported.raw, head.output, x_te, rows=4096),
+            predictions(patched, OUTPUT, x_te, rows=rows_after),
+            np.asarray(y_test, dtype=np.int64),
+        )
+    claims = tuple(
+        Claim(
+            leaf_index=m,
+            train_index=int(request.indices[m]),
+            label=int(forget_y[m]),
+            original_prediction=int(original_pred[m]),
+            target=int(plan.targets[plan.patch_of[m]]),
+            patch=int(plan.patch_of[m]),
+            certified_margin=float(margin),
+            region="certified",
+        )
+        for m in range(len(forget_y))
+        if ok[m]
+    )
+    failed = tuple(int(m) for m in np.flatnonzero(~ok))
+    method = _method(
+        request, ctx, solver, gate, target_policy, strategy, margin, n, head.cut, box, seed
+    )
+    finished = clock()
+    shared = _shared_regions(points)
+    summary: dict[str, Any] = {
+        "version": 1,
+        "mode": request.mode,
+        "forget_class": request.forget_class,
+        "forget_points": len(forget_y),
+        **utility(
+            before=before,
+            after=after,
+            y=np.asarray(y_train, dtype=np.int64),
+            forget_rows=request.indices,
+            test=test,
+            classes=head.classes,
+        ),
+        "patches": len(plan.targets),
+        "certified": len(claims),
+        "failed": list(failed),
+        "shared_region_points": shared,
+        "distinct_regions": len(set(map(bytes, np.packbits(points.active, axis=1)))),
+        "resolved_after_recheck": resolved,
+        "rounds": plan.rounds,
+        "patch_delta_mean": float(np.abs(plan.d).max(axis=1).mean()),
+        "certified_bound_min": float(plan.certified.min()),
+        "seconds": finished - started,
+        "seconds_prepare": t_solve - started,
+        "seconds_solve": t_export - t_solve,
+        "seconds_export_recheck": t_evaluate - t_export,
+        "seconds_evaluate": finished - t_evaluate,
+        "peak_rss_mb": peak_rss_mb(),
+    }
+    return UnlearnResult(
+        patched_model=patched,
+        claims=claims,
+        method=method,
+        summary=summary,
+        forget_x=forget_x,
+        forget_y=forget_y,
+        forget_indices=request.indices,
+        failed=failed,
+    )
+
+
+def _declare_box(imported: ImportedModel, x_train: NDArray[np.float32]) -> InputBox:
+    if imported.input_space:
+        return box_from_data(x_train.reshape(len(x_train), -1), input_space=True)
+    return box_from_data(imported.cut_values(x_train), input_space=False)
+
+
+def _forget_points(
+    imported: ImportedModel,
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    request: ForgetRequest,
+    margin: float,
+    box: InputBox,
+) -> tuple[ForgetPoints, NDArray[np.int64]]:
+    """Cut values, runtime activation patterns and logits of the forget points. The pattern is
+    the one onnxruntime computes (``z >= 0`` active), the convention the auditor replays."""
+    head = imported.head
+    names = [*([] if imported.input_space else [head.cut]), *head.hidden, head.output]
+    outs = OrtRunner(imported.raw, outputs=names).run(x)
+    cut = x.reshape(len(x), -1) if imported.input_space else outs[0].reshape(len(x), -1)
+    z_parts = outs[(0 if imported.input_space else 1) : -1]
+    z = np.concatenate([p.reshape(len(x), -1) for p in z_parts], axis=1)
+    cut64 = cut.astype(np.float64)
+    logits64, _ = head.forward(cut64)
+    forbidden = np.zeros((len(x), head.classes), dtype=bool)
+    forbidden[np.arange(len(x)), y] = True
+    if request.forget_class is not None:
+        forbidden[:, request.forget_class] = True
+    slack = FLOAT32_SLACK * (1.0 + np.abs(logits64).max(axis=1))
+    points = ForgetPoints(
+        x=cut64,
+        active=np.asarray(z >= 0),
+        logits=logits64,
+        forbidden=forbidden,
+        required=margin + slack,
+    )
+    if not box.contains(cut64).all():
+        raise DataError("a forget point lies outside the declared input box")
+    return points, np.asarray(outs[-1].argmax(axis=1), dtype=np.int64)
+
+
+def _export_and_recheck(
+    imported: ImportedModel,
+    plan: Plan,
+    points: ForgetPoints,
+    ctx: SolveContext,
+    gate: str,
+    n: float,
+    margin: float,
+    forget_x: NDArray[np.float32],
+) -> tuple[bytes, Plan, NDArray[np.bool_], int]:
+    """Export, replay the forget points with onnxruntime, re-solve failing patches with a larger
+    margin; returns the model, the final plan, per-point success and the re-solve count."""
+    resolved = 0
+    required = plan.required.copy()
+    d, C, certified = (
+        plan.d.copy(),
+        None if plan.C is None else plan.C.copy(),
+        plan.certified.copy(),
+    )
+    for attempt in range(RETRIES + 1):
+        patches = PatchSet(
+            gate=gate,
+            n=n,
+            active=plan.active,
+            d=d,
+            C=C,
+            K=patch_bounds(C, d, ctx.box),
+            targets=plan.targets,
+        )
+        patched = export_patched(imported, patches, ctx.box)
+        rows = batch_rows(len(d), d.shape[1], imported.head.n_hidden, dense=gate == "dense")
+        logits = OrtRunner(patched, outputs=[OUTPUT]).run(forget_x, batch_size=rows)[0]
+        has = plan.patch_of >= 0
+        target = np.where(has, plan.targets[np.maximum(plan.patch_of, 0)], 0)
+        ok = has & (logits.argmax(axis=1) == target) & (margins_at(logits, target) >= margin)
+        bad = np.unique(plan.patch_of[has & ~ok])
+        if len(bad) == 0 or attempt == RETRIES:
+            break
+        resolved += len(bad)
+        required[bad] = required[bad] + (margin + required[bad]) * 2.0**attempt
+        C_b, d[bad], certified[bad] = solve_regions(
+            ctx, plan.active[bad], plan.targets[bad], required[bad]
+        )
+        if C_b is not None:
+            C = np.zeros((len(d), *C_b.shape[1:])) if C is None else C
+            C[bad] = C_b
+        elif C is not None:
+            C[bad] = 0.0
+    final = Plan(plan.active, plan.targets, C, d, certified, required, plan.patch_of, plan.rounds)
+    return patched, final, ok, resolved
+
+
+def _shared_regions(points: ForgetPoints) -> int:
+    """Forget points whose region holds at least one other forget point."""
+    _, inverse, counts = np.unique(
+        np.packbits(points.active, axis=1), axis=0, return_inverse=True, return_counts=True
+    )
+    return int((counts[inverse.reshape(-1)] > 1).sum())
+
+
+def _method(
+    request: ForgetRequest,
+    ctx: SolveContext,
+    solver: str,
+    gate: str,
+    policy: str,
+    strategy: str,
+    margin: float,
+    n: float,
+    cut: str,
+    box: InputBox,
+    seed: int,
+) -> dict[str, Any]:
+    """The method parameters recorded in the certificate (JSON-able)."""
+    method: dict[str, Any] = {
+        "name": "prune",
+        "mode": request.mode,
+        "solver": solver,
+        "solver_options": ctx.solver.options(),
+        "gate": gate,
+        "target_policy": policy,
+        "strategy": strategy,
+        "n": float(n),
+        "margin": float(margin),
+        "float32_slack": FLOAT32_SLACK,
+        "cut": cut,
+        "input_box": box.as_method(),
+        "seed": int(seed),
+    }
+    if request.forget_class is not None:
+        method["forget_class"] = request.forget_class
+    return method

@@ -1,0 +1,217 @@
+"""Multi-point strategies: which regions get a patch, with which target and parameters.
+
+Registry ``STRATEGIES``:
+
+* ``individual`` (default): one patch per *distinct* region among the forget points (points with
+  the same activation pattern share a region, hence one patch whose target avoids all their
+  labels); regions are solved in vectorised batches.
+* ``clustered`` (PRUNE, Theorem 2): KMeans on the pending points in cut space; the real forget
+  point nearest each centroid is the representative; its patch is solved on its own region and
+  offered to every member's region (same ``C, d`` behind each member's own gate). A member is
+  taken only if the representative's patch is *certified on the member's region* (sound bound,
+  :mod:`prune.solvers._bounds`); the rest are re-clustered in the next round, and what is left
+  after ``max_rounds`` is reported, never claimed.
+
+Both return a :class:`Plan`; every patch in it carries a sound certified margin for its region."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from prune.model import PLHead
+from prune.regions import InputBox, linearize, pattern_keys
+from prune.solvers import LagrangianSolver, Solver, spec_objectives, spec_upper_bounds
+from prune.targets import choose_targets
+
+__all__ = [
+    "STRATEGIES",
+    "ForgetPoints",
+    "Plan",
+    "SolveContext",
+    "Strategy",
+    "solve_regions",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class SolveContext:
+    head: PLHead
+    box: InputBox
+    solver: Solver
+    target_policy: str
+    rng: np.random.Generator
+    batch_size: int = 32
+    progress: bool = False
+    cluster_size: int = 10
+    max_rounds: int = 10
+
+
+@dataclass(frozen=True, eq=False)
+class ForgetPoints:
+    """Per forget point (leaf order): cut value ``x [M,d]``, pattern ``active [M,H]`` (as the
+    runtime computes it), original float64 head logits ``[M,O]``, forbidden targets ``[M,O]``
+    and the certified margin each one needs (requested margin + float32 slack) ``[M]``."""
+
+    x: NDArray[np.float64]
+    active: NDArray[np.bool_]
+    logits: NDArray[np.float64]
+    forbidden: NDArray[np.bool_]
+    required: NDArray[np.float64]
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """``P`` patches and the patch of each forget point (``patch_of[m] = -1``: none)."""
+
+    active: NDArray[np.bool_]
+    targets: NDArray[np.int64]
+    C: NDArray[np.float64] | None
+    d: NDArray[np.float64]
+    certified: NDArray[np.float64]
+    required: NDArray[np.float64]
+    patch_of: NDArray[np.int64]
+    rounds: int = 1
+
+
+def solve_regions(
+    ctx: SolveContext,
+    active: NDArray[np.bool_],
+    targets: NDArray[np.int64],
+    required: NDArray[np.float64],
+) -> tuple[NDArray[np.float64] | None, NDArray[np.float64], NDArray[np.float64]]:
+    """Solve the patch of each region (batched): ``C [B,d,O]`` or None, ``d [B,O]``, certified
+    margins ``[B]`` (each ``>= required``)."""
+    from tqdm import tqdm
+
+    n, n_out = len(active), ctx.head.classes
+    d = np.zeros((n, n_out))
+    certified = np.zeros(n)
+    C: NDArray[np.float64] | None = None
+    with tqdm(total=n, desc="patch", unit="region", disable=not ctx.progress, leave=False) as bar:
+        for start in range(0, n, ctx.batch_size):
+            sl = slice(start, min(start + ctx.batch_size, n))
+            regions = linearize(ctx.head, active[sl], box=ctx.box)
+            sol = ctx.solver.solve(
+                regions,
+                torch.from_numpy(targets[sl]),
+                margin=torch.from_numpy(required[sl]),
+            )
+            d[sl] = sol.d.numpy()
+            certified[sl] = sol.certified_margin.numpy()
+            if sol.C is not None:
+                if C is None:
+                    C = np.zeros((n, ctx.head.input_dim, n_out))
+                C[sl] = sol.C.numpy()
+            bar.update(sl.stop - sl.start)
+    return C, d, certified
+
+
+def _individual(ctx: SolveContext, pts: ForgetPoints) -> Plan:
+    first: dict[bytes, int] = {}
+    patch_of = np.empty(len(pts), dtype=np.int64)
+    reps: list[int] = []
+    for m, key in enumerate(pattern_keys(pts.active)):
+        patch_of[m] = first.setdefault(key, len(first))
+        if patch_of[m] == len(reps):
+            reps.append(m)
+    rep = np.asarray(reps, dtype=np.int64)
+    forbidden = np.zeros((len(rep), pts.forbidden.shape[1]), dtype=bool)
+    required = np.zeros(len(rep))
+    np.logical_or.at(forbidden, patch_of, pts.forbidden)
+    np.maximum.at(required, patch_of, pts.required)
+    targets = choose_targets(ctx.target_policy, pts.logits[rep], forbidden, rng=ctx.rng)
+    C, d, certified = solve_regions(ctx, pts.active[rep], targets, required)
+    return Plan(pts.active[rep], targets, C, d, certified, required, patch_of)
+
+
+def _clustered(ctx: SolveContext, pts: ForgetPoints) -> Plan:
+    from sklearn.cluster import KMeans
+
+    keys = pattern_keys(pts.active)
+    unique: dict[bytes, int] = {}
+    for m, key in enumerate(keys):
+        unique.setdefault(key, m)
+    pending = np.asarray(sorted(unique.values()), dtype=np.int64)
+    region_of = {key: i for i, key in enumerate(unique)}
+    n_out = pts.logits.shape[1]
+    rows: list[tuple[int, int, NDArray[np.float64] | None, NDArray[np.float64], float, float]] = []
+    rounds = 0
+    while len(pending) and rounds < ctx.max_rounds:
+        rounds += 1
+        k = max(1, math.ceil(len(pending) / ctx.cluster_size))
+        seed = int(ctx.rng.integers(2**31 - 1))
+        km = KMeans(n_clusters=k, random_state=seed, n_init=1).fit(pts.x[pending])
+        labels = km.labels_
+        dist = np.linalg.norm(pts.x[pending] - km.cluster_centers_[labels], axis=1)
+        clusters = [np.flatnonzero(labels == c) for c in range(k)]
+        clusters = [c for c in clusters if len(c)]
+        reps = np.asarray([pending[c[np.argmin(dist[c])]] for c in clusters])
+        forbidden = np.stack([pts.forbidden[pending[c]].any(axis=0) for c in clusters])
+        crowded = forbidden.all(axis=1)
+        forbidden[crowded] = pts.forbidden[reps[crowded]]
+        targets = choose_targets(ctx.target_policy, pts.logits[reps], forbidden, rng=ctx.rng)
+        C, d, cert = solve_regions(ctx, pts.active[reps], targets, pts.required[reps])
+        taken = np.zeros(len(pending), dtype=bool)
+        for c, members in enumerate(clusters):
+            C_c = None if C is None else C[c]
+            ok = _certified_on(ctx, pts, pending[members], int(targets[c]), C_c, d[c])
+            ok |= pending[members] == reps[c]
+            for i in np.flatnonzero(ok):
+                m = int(pending[members[i]])
+                rows.append((m, int(targets[c]), C_c, d[c], float(cert[c]), float(pts.required[m])))
+            taken[members[ok]] = True
+        pending = pending[~taken]
+    patch_of = np.full(len(pts), -1, dtype=np.int64)
+    by_region = {region_of[keys[m]]: i for i, (m, *_rest) in enumerate(rows)}
+    for m, key in enumerate(keys):
+        patch_of[m] = by_region.get(region_of[key], -1)
+    zero_c = np.zeros((pts.x.shape[1], n_out))
+    affine = any(r[2] is not None for r in rows)
+    return Plan(
+        active=pts.active[[r[0] for r in rows]],
+        targets=np.asarray([r[1] for r in rows], dtype=np.int64),
+        C=np.stack([zero_c if r[2] is None else r[2] for r in rows]) if affine else None,
+        d=np.stack([r[3] for r in rows]) if rows else np.zeros((0, n_out)),
+        certified=np.asarray([r[4] for r in rows]),
+        required=np.asarray([r[5] for r in rows]),
+        patch_of=patch_of,
+        rounds=rounds,
+    )
+
+
+def _certified_on(
+    ctx: SolveContext,
+    pts: ForgetPoints,
+    members: NDArray[np.int64],
+    target: int,
+    C: NDArray[np.float64] | None,
+    d: NDArray[np.float64],
+) -> NDArray[np.bool_]:
+    """Whether the patch ``(C, d)`` for ``target`` is certified on each member's own region with
+    the member's required margin (and the target is allowed for the member)."""
+    allowed = np.asarray(~pts.forbidden[members, target], dtype=bool)
+    if not allowed.any():
+        return allowed
+    regions = linearize(ctx.head, pts.active[members], box=ctx.box)
+    t = torch.full((len(members),), target, dtype=torch.int64)
+    C_t = None if C is None else torch.from_numpy(C).expand(len(members), *C.shape)
+    d_t = torch.from_numpy(d).expand(len(members), -1)
+    G, h = regions.constraints()
+    W, _ = spec_objectives(regions, t, C=C_t, d=d_t)
+    lam = LagrangianSolver().multipliers(G, h, W, regions)
+    margin = -spec_upper_bounds(regions, t, lam, C=C_t, d=d_t).max(dim=1).values.numpy()
+    return np.asarray(allowed & (margin >= pts.required[members]))
+
+
+Strategy = Callable[[SolveContext, ForgetPoints], Plan]
+
+STRATEGIES: dict[str, Strategy] = {"individual": _individual, "clustered": _clustered}
