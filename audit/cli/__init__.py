@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from audit.cli._common import ErrorHandlingGroup
+from audit.cli._mia import mia
 from audit.cli._receipt import receipt
 from audit.cli._report import attestation, keygen, report
 from audit.cli._verify import verify
@@ -24,6 +25,7 @@ def cli() -> None:
 
 
 cli.add_command(verify)
+cli.add_command(mia)
 cli.add_command(receipt)
 cli.add_command(report)
 cli.add_command(keygen)

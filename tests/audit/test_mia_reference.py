@@ -1,0 +1,142 @@
+"""Reference models: architecture read from ONNX (plain, patched, CNN refused), balanced
+membership, determinism whatever the parallel backend, and refusal of overlapping data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from audit.errors import InputError
+from audit.mia import Architecture, TrainingRecipe, resolve_architecture, train_reference_models
+from audit.mia._reference import balanced_membership
+from tests.audit.test_mia_support import digits_split
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's legacy exporter
+
+
+def _export(model: nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
+    torch.onnx.export(
+        model.eval(),
+        (torch.zeros((1, *shape)),),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
+
+
+def _mlp() -> nn.Module:
+    return nn.Sequential(
+        nn.Linear(64, 48), nn.ReLU(), nn.Linear(48, 24), nn.ReLU(), nn.Linear(24, 10)
+    )
+
+
+def test_mlp_widths_are_read_from_the_onnx_graph(tmp_path: Path) -> None:
+    path = _export(_mlp(), tmp_path / "m.onnx", (64,))
+    arch = resolve_architecture(onnx_model=path, declared=None, input_shape=(64,), classes=10)
+    assert arch == Architecture("mlp", (48, 24), (64,), 10, "onnx")
+    assert sum(p.numel() for p in arch.build().parameters()) == sum(
+        p.numel() for p in _mlp().parameters()
+    )
+
+
+def test_a_patched_model_is_read_through_its_original_output(tmp_path: Path) -> None:
+    """A patch subgraph (here: a Conv-free extra branch with a non-MLP op) must be ignored."""
+    proto = onnx.load(str(_export(_mlp(), tmp_path / "m.onnx", (64,))))
+    g = proto.graph
+    g.node.append(onnx.helper.make_node("Sigmoid", ["logits"], ["prune/patch/s"]))
+    g.node.append(onnx.helper.make_node("Add", ["logits", "prune/patch/s"], ["prune/output"]))
+    del g.output[:]
+    g.output.append(
+        onnx.helper.make_tensor_value_info("prune/output", onnx.TensorProto.FLOAT, None)
+    )
+    proto.metadata_props.append(
+        onnx.StringStringEntryProto(key="prune.original_output", value="logits")
+    )
+    arch = resolve_architecture(
+        onnx_model=proto.SerializeToString(), declared=None, input_shape=(64,), classes=10
+    )
+    assert arch.hidden == (48, 24)
+
+
+def test_a_cnn_needs_a_declaration_and_then_reads_its_head(tmp_path: Path) -> None:
+    declared = Architecture("cnn", (32,), (1, 8, 8), 10)
+    path = _export(declared.build(), tmp_path / "c.onnx", (1, 8, 8))
+    with pytest.raises(InputError, match=r"Conv.*--arch cnn"):
+        resolve_architecture(onnx_model=path, declared=None, input_shape=(1, 8, 8), classes=10)
+    arch = resolve_architecture(onnx_model=path, declared="cnn", input_shape=(1, 8, 8), classes=10)
+    assert (arch.kind, arch.hidden) == ("cnn", (32,))
+    explicit = resolve_architecture(
+        onnx_model=None, declared="mlp:7,5", input_shape=(64,), classes=10
+    )
+    assert explicit.hidden == (7, 5)
+    for bad, message in (("rnn", "unknown architecture"), ("mlp:a", "integers"), ("mlp", "widths")):
+        with pytest.raises(InputError, match=message):
+            resolve_architecture(onnx_model=None, declared=bad, input_shape=(64,), classes=10)
+    with pytest.raises(InputError, match="outputs"):
+        resolve_architecture(onnx_model=path, declared="cnn", input_shape=(1, 8, 8), classes=3)
+
+
+@pytest.mark.parametrize("count", [1, 2, 5, 8])
+def test_membership_is_balanced(count: int) -> None:
+    mask = balanced_membership(count, 400, np.random.default_rng(0))
+    assert mask.shape == (count, 400)
+    if count >= 2:
+        assert (mask.sum(axis=0) == count // 2).all()
+        assert abs(mask.sum(axis=1) - 400 * (count // 2) / count).max() < 60
+    else:
+        assert 150 < mask.sum() < 250
+
+
+def test_training_is_deterministic_across_backends_and_jobs() -> None:
+    split = digits_split(1)
+    arch = Architecture("mlp", (16,), (64,), 10)
+
+    def run(jobs: int, backend: str):
+        refs = train_reference_models(
+            split.reference.x,
+            split.reference.y,
+            architecture=arch,
+            count=3,
+            recipe=TrainingRecipe(epochs=3),
+            seed=11,
+            jobs=jobs,
+            backend=backend,
+        )
+        return refs.logits(split.members.x, split.members.y), refs.in_reference
+
+    base_logits, base_mask = run(1, "sequential")
+    for jobs, backend in ((2, "threading"), (2, "loky")):
+        logits, mask = run(jobs, backend)
+        np.testing.assert_array_equal(mask, base_mask)
+        np.testing.assert_allclose(logits, base_logits, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match="unknown backend"):
+        run(1, "carrier-pigeon")
+
+
+def test_scoring_reference_data_is_refused_and_candidates_keep_their_membership() -> None:
+    split = digits_split(2)
+    cand = (split.members.x[:50], split.members.y[:50])
+    refs = train_reference_models(
+        split.reference.x,
+        split.reference.y,
+        architecture=Architecture("mlp", (8,), (64,), 10),
+        count=4,
+        recipe=TrainingRecipe(epochs=1),
+        seed=0,
+        candidates=cand,
+    )
+    with pytest.raises(InputError, match="disjoint"):
+        refs.membership(split.reference.x[:3], split.reference.y[:3])
+    inside = refs.membership(*cand)
+    np.testing.assert_array_equal(inside, refs.in_candidates)
+    assert not refs.membership(split.non_members.x, split.non_members.y).any()
+    assert refs.describe()["online"] is True and refs.describe()["models"] == 4
