@@ -1,0 +1,90 @@
+"""The metrics of one cell, all computed from ONNX models run by onnxruntime.
+
+* accuracies on the forget set, the retained set and the test set (fractions);
+* distance to the retrained model: mean ``KL(p_retrained || p_method)`` of softmax outputs, in
+  nats, on the forget set and on the test set (the reference is retrained with the original's
+  seed, so it is the model the owner would have had without the forget set);
+* membership inference with the auditor's code (:mod:`audit.mia`): RMIA and offline LiRA with
+  the cached reference models, the forget set (members) against held-out non-members; AUC with a
+  bootstrap interval, TPR at 1 % and 0.1 % FPR, and the reversed TPR (non-members scored as more
+  member-like) which flags forget sets that look *too* non-member.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from audit.runtime import OnnxModel
+
+__all__ = ["MIA_ATTACKS", "accuracy", "kl_divergence", "logits", "mia_metrics"]
+
+MIA_ATTACKS = ("rmia", "lira")
+
+
+def logits(model: bytes, x: NDArray[np.float32], *, threads: int) -> NDArray[np.float64]:
+    return OnnxModel(model, device="cpu", threads=threads).logits(x).astype(np.float64)
+
+
+def accuracy(z: NDArray[np.float64], y: NDArray[np.int64]) -> float:
+    return float((z.argmax(axis=1) == y).mean())
+
+
+def _log_softmax(z: NDArray[np.float64]) -> NDArray[np.float64]:
+    shifted = z - z.max(axis=1, keepdims=True)
+    out: NDArray[np.float64] = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return out
+
+
+def kl_divergence(reference: NDArray[np.float64], other: NDArray[np.float64]) -> float:
+    """Mean over rows of ``KL(softmax(reference) || softmax(other))`` in nats."""
+    lp, lq = _log_softmax(reference), _log_softmax(other)
+    return float((np.exp(lp) * (lp - lq)).sum(axis=1).mean())
+
+
+def mia_metrics(
+    model: bytes,
+    forget: tuple[NDArray[np.float32], NDArray[np.int64]],
+    non_members: tuple[NDArray[np.float32], NDArray[np.int64]],
+    references: Any,
+    *,
+    seed: int,
+    threads: int,
+    bootstrap: int = 200,
+) -> dict[str, Any]:
+    """RMIA and offline LiRA (fixed variance) on ``model``: forget set vs non-members."""
+    from audit.mia import LabelledData, make_attack, run_game
+
+    onnx_model = OnnxModel(model, device="cpu", threads=threads)
+    attacks = [
+        make_attack("rmia", seed=seed),
+        make_attack("lira", variant="offline", variance="fixed"),
+    ]
+    game = run_game(
+        {"model": onnx_model.logits},
+        LabelledData(*forget),
+        LabelledData(*non_members),
+        attacks=attacks,
+        reference=references,
+        game="forget-vs-non-members",
+        seed=seed,
+        bootstrap=bootstrap,
+    )
+    result = game.model("model")
+    out: dict[str, Any] = {
+        "members": game.members,
+        "non_members": game.non_members,
+        "reference_models": references.count,
+    }
+    for name in MIA_ATTACKS:
+        m = result.attack(name)
+        out[name] = {
+            "auc": m.auc.to_dict(),
+            "tpr_at_1pct": m.tpr(0.01).to_dict(),
+            "tpr_at_0.1pct": m.tpr(0.001).to_dict(),
+            "reverse_tpr_at_1pct": m.tpr(0.01, reverse=True).to_dict(),
+            "distinguishability": m.distinguishability.to_dict(),
+        }
+    return out

@@ -1,0 +1,177 @@
+"""What the study runs: cells ``(dataset, arch, setting, method variant, seed)`` and named configs.
+
+A cell is a value; its :meth:`Cell.key` (a hash of its canonical JSON plus
+:data:`HARNESS_VERSION`) names its result file, which is what makes runs resumable: a cell whose
+result exists is skipped. Bump :data:`HARNESS_VERSION` when a change to the harness changes what
+a cell measures, so old results are not mixed with new ones.
+
+Settings follow the issue: random forgetting of 100, 200, 300, 500 points (the paper's sizes) and
+of 1 % of the training set, and one whole class (class 5, the class of the paper's Fashion-MNIST
+class-level result).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+__all__ = [
+    "BASELINES",
+    "CONFIGS",
+    "FORGET_CLASS",
+    "HARNESS_VERSION",
+    "PRUNE_VARIANTS",
+    "SETTINGS",
+    "Cell",
+    "Variant",
+    "cells_for",
+]
+
+HARNESS_VERSION = 1
+FORGET_CLASS = 5
+SETTINGS = ("random-100", "random-200", "random-300", "random-500", "random-1pct", "class-5")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Variant:
+    """A method with hyperparameter overrides; ``label`` is how tables name it."""
+
+    label: str
+    method: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.params)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cell:
+    dataset: str
+    arch: str
+    setting: str
+    variant: Variant
+    seed: int = 0
+    mia: bool = True
+    extra: tuple[tuple[str, Any], ...] = field(default=())
+
+    def to_json(self) -> dict[str, Any]:
+        doc = asdict(self)
+        doc["variant"]["params"] = {k: v for k, v in self.variant.params}
+        doc["extra"] = {k: v for k, v in self.extra}
+        return doc
+
+    @classmethod
+    def from_json(cls, doc: Mapping[str, Any]) -> Cell:
+        v = doc["variant"]
+        return cls(
+            dataset=str(doc["dataset"]),
+            arch=str(doc["arch"]),
+            setting=str(doc["setting"]),
+            variant=Variant(
+                label=str(v["label"]),
+                method=str(v["method"]),
+                params=tuple(sorted(v["params"].items())),
+            ),
+            seed=int(doc["seed"]),
+            mia=bool(doc["mia"]),
+            extra=tuple(sorted(doc["extra"].items())),
+        )
+
+    def key(self) -> str:
+        text = json.dumps(
+            {"harness": HARNESS_VERSION, **self.to_json()}, sort_keys=True, separators=(",", ":")
+        )
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def name(self) -> str:
+        return f"{self.dataset}/{self.arch}/{self.setting}/{self.variant.label}/s{self.seed}"
+
+
+BASELINES: tuple[Variant, ...] = (
+    Variant(label="original", method="original"),
+    Variant(label="retrain", method="retrain"),
+    Variant(label="finetune", method="finetune"),
+    Variant(label="neggrad", method="neggrad"),
+    Variant(label="neggrad+", method="neggrad+"),
+    Variant(label="random-labels", method="random-labels"),
+    Variant(label="amnesiac", method="amnesiac"),
+    Variant(label="sisa", method="sisa"),
+)
+
+# PRUNE variants: the engine's defaults (lagrangian solver, activation gate, runner-up target,
+# one patch per distinct region) and one change at a time.
+PRUNE_VARIANTS: tuple[Variant, ...] = (
+    Variant(label="prune", method="prune"),
+    Variant(label="prune[solver=scale-shift]", method="prune", params=(("solver", "scale-shift"),)),
+    Variant(label="prune[gate=dense]", method="prune", params=(("gate", "dense"),)),
+    Variant(label="prune[target=random]", method="prune", params=(("target_policy", "random"),)),
+    Variant(label="prune[strategy=clustered]", method="prune", params=(("strategy", "clustered"),)),
+    Variant(label="prune[solver=reassure]", method="prune", params=(("solver", "reassure"),)),
+)
+# REASSURE solves one large LP per region (the paper's anchor: 100 points in 2,117 s on MNIST), so
+# it only runs where the forget set is small.
+_SMALL = ("random-100", "random-1pct")
+
+
+def _grid(
+    dataset: str,
+    arch: str,
+    settings: tuple[str, ...],
+    variants: tuple[Variant, ...],
+    seeds: tuple[int, ...] = (0,),
+) -> list[Cell]:
+    return [
+        Cell(dataset=dataset, arch=arch, setting=s, variant=v, seed=seed)
+        for seed in seeds
+        for s in settings
+        for v in variants
+    ]
+
+
+def _quick() -> list[Cell]:
+    return _grid(
+        "digits", "mlp", ("random-100", "random-1pct", "class-5"), BASELINES + PRUNE_VARIANTS[:1]
+    )
+
+
+def _default() -> list[Cell]:
+    everything = BASELINES + PRUNE_VARIANTS
+    return (
+        _grid("digits", "mlp", SETTINGS, everything)
+        + _grid(
+            "fashion-mnist",
+            "mlp",
+            ("random-1pct", "class-5", "random-100", "random-500"),
+            everything,
+        )
+        + _grid(
+            "fashion-mnist", "mlp", ("random-200", "random-300"), BASELINES + PRUNE_VARIANTS[:1]
+        )
+        + _grid("fashion-mnist", "cnn", ("random-1pct", "class-5"), BASELINES + PRUNE_VARIANTS[:1])
+    )
+
+
+def _full() -> list[Cell]:
+    everything = BASELINES + PRUNE_VARIANTS
+    return (
+        _grid("digits", "mlp", SETTINGS, everything, seeds=(0, 1, 2))
+        + _grid("fashion-mnist", "mlp", SETTINGS, everything)
+        + _grid("fashion-mnist", "cnn", SETTINGS, everything)
+    )
+
+
+CONFIGS: Mapping[str, Callable[[], list[Cell]]] = {
+    "quick": _quick,
+    "default": _default,
+    "full": _full,
+}
+
+
+def cells_for(config: str) -> list[Cell]:
+    """The cells of a named config, in run order (artifacts are shared by neighbours)."""
+    if config not in CONFIGS:
+        raise KeyError(config)
+    return CONFIGS[config]()
