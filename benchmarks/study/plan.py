@@ -111,9 +111,15 @@ PRUNE_VARIANTS: tuple[Variant, ...] = (
     Variant(label="prune[strategy=clustered]", method="prune", params=(("strategy", "clustered"),)),
     Variant(label="prune[solver=reassure]", method="prune", params=(("solver", "reassure"),)),
 )
-# REASSURE solves one large LP per region (the paper's anchor: 100 points in 2,117 s on MNIST), so
-# it only runs where the forget set is small.
+# Variants whose cost grows fastest with the forget set only run where it is small:
+# REASSURE solves one large LP per region (the paper's anchor: 100 points in 2,117 s on MNIST);
+# scale-shift solves two LPs per spec row per region; the dense gate stores a [d, P*H] matrix
+# (for Fashion-MNIST about 1.6 MB per patch, so 1 GB at 600 patches).
 _SMALL = ("random-100", "random-1pct")
+
+
+def _variant(label: str) -> Variant:
+    return next(v for v in PRUNE_VARIANTS if v.label == label)
 
 
 def _grid(
@@ -133,33 +139,48 @@ def _grid(
 
 def _quick() -> list[Cell]:
     return _grid(
-        "digits", "mlp", ("random-100", "random-1pct", "class-5"), BASELINES + PRUNE_VARIANTS[:1]
+        "digits", "mlp", ("random-100", "random-1pct", "class-5"), (*BASELINES, PRUNE_VARIANTS[0])
     )
 
 
+def _digits(seeds: tuple[int, ...]) -> list[Cell]:
+    cheap = (*BASELINES, *PRUNE_VARIANTS[:-1])
+    return _grid("digits", "mlp", SETTINGS, cheap, seeds) + _grid(
+        "digits", "mlp", _SMALL, (_variant("prune[solver=reassure]"),), seeds
+    )
+
+
+def _fashion_mlp(*, everything: bool) -> list[Cell]:
+    base = (*BASELINES, PRUNE_VARIANTS[0])
+    scalable = (_variant("prune[target=random]"), _variant("prune[strategy=clustered]"))
+    costly = (_variant("prune[solver=scale-shift]"), _variant("prune[gate=dense]"))
+    first = ("random-1pct", "class-5", "random-100", "random-500")
+    cells = _grid("fashion-mnist", "mlp", first, base + scalable)
+    cells += _grid("fashion-mnist", "mlp", ("random-100",), costly)
+    cells += _grid("fashion-mnist", "mlp", ("random-200", "random-300"), base)
+    if everything:
+        cells += _grid("fashion-mnist", "mlp", ("random-200", "random-300"), scalable)
+        cells += _grid(
+            "fashion-mnist", "mlp", ("random-100",), (_variant("prune[solver=reassure]"),)
+        )
+    return cells
+
+
 def _default() -> list[Cell]:
-    everything = BASELINES + PRUNE_VARIANTS
+    base = (*BASELINES, PRUNE_VARIANTS[0])
     return (
-        _grid("digits", "mlp", SETTINGS, everything)
-        + _grid(
-            "fashion-mnist",
-            "mlp",
-            ("random-1pct", "class-5", "random-100", "random-500"),
-            everything,
-        )
-        + _grid(
-            "fashion-mnist", "mlp", ("random-200", "random-300"), BASELINES + PRUNE_VARIANTS[:1]
-        )
-        + _grid("fashion-mnist", "cnn", ("random-1pct", "class-5"), BASELINES + PRUNE_VARIANTS[:1])
+        _digits((0,))
+        + _fashion_mlp(everything=False)
+        + _grid("fashion-mnist", "cnn", ("random-1pct", "class-5"), base)
     )
 
 
 def _full() -> list[Cell]:
-    everything = BASELINES + PRUNE_VARIANTS
+    base = (*BASELINES, PRUNE_VARIANTS[0])
     return (
-        _grid("digits", "mlp", SETTINGS, everything, seeds=(0, 1, 2))
-        + _grid("fashion-mnist", "mlp", SETTINGS, everything)
-        + _grid("fashion-mnist", "cnn", SETTINGS, everything)
+        _digits((0, 1, 2))
+        + _fashion_mlp(everything=True)
+        + _grid("fashion-mnist", "cnn", SETTINGS, base)
     )
 
 
