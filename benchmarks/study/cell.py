@@ -6,7 +6,8 @@ with a one-line ``error``), and, when ok, ``accuracy`` (before/after on forget, 
 test), ``kl_to_retrained`` (forget, test), ``mia`` (or ``null`` when not run), ``seconds`` (the
 unlearning call), ``prepare_seconds`` (training-time work a method needs: SISA shards, Amnesiac's
 logged training), ``memory`` (peak RSS before/after the unlearning call), ``model_bytes``
-(deployed ONNX size) and ``size_ratio`` (deployed size / original ``model.onnx`` size), the
+(deployed ONNX size) and ``size_ratio`` (deployed size / original ``model.onnx`` size),
+``inference`` (test-set inference time of the deployed model against the original), the
 method's own ``facts``, and the ``machine`` (CPU count, load average, versions).
 """
 
@@ -29,7 +30,13 @@ from benchmarks.study.artifacts import (
     mia_non_member_rows,
 )
 from benchmarks.study.common import machine, peak_rss_mb
-from benchmarks.study.evaluate import accuracy, kl_divergence, logits, mia_metrics
+from benchmarks.study.evaluate import (
+    accuracy,
+    inference_overhead,
+    kl_divergence,
+    logits,
+    mia_metrics,
+)
 from benchmarks.study.methods import RUNNERS
 from benchmarks.study.plan import HARNESS_VERSION, Cell
 from prune.baselines import retain_indices
@@ -76,6 +83,7 @@ def run_cell(cell: Cell, *, work: Path, threads: int) -> dict[str, Any]:
         "forget": kl_divergence(logits(reference, x[forget], threads=threads), z_after["forget"]),
         "test": kl_divergence(logits(reference, xt, threads=threads), z_after["test"]),
     }
+    inference = inference_overhead(orig.onnx, outcome.after_onnx, xt, threads=threads)
     mia = None
     if cell.mia:
         refs = load_mia_references(work, orig, cell.dataset, cell.arch, cell.seed)
@@ -101,6 +109,7 @@ def run_cell(cell: Cell, *, work: Path, threads: int) -> dict[str, Any]:
         "per_class": per_class,
         "kl_to_retrained": kl,
         "mia": mia,
+        "inference": inference,
         "seconds": round(outcome.seconds, 4),
         "prepare_seconds": outcome.prepare_seconds,
         "reference_retrain_seconds": _retrain_seconds(ref_key, work),

@@ -4,6 +4,7 @@
 * distance to the retrained model: mean ``KL(p_retrained || p_method)`` of softmax outputs, in
   nats, on the forget set and on the test set (the reference is retrained with the original's
   seed, so it is the model the owner would have had without the forget set);
+* inference overhead: time of the deployed model against the original on the test set;
 * membership inference with the auditor's code (:mod:`audit.mia`): RMIA and offline LiRA with
   the cached reference models, the forget set (members) against held-out non-members; AUC with a
   bootstrap interval, TPR at 1 % and 0.1 % FPR, and the reversed TPR (non-members scored as more
@@ -19,13 +20,48 @@ from numpy.typing import NDArray
 
 from audit.runtime import OnnxModel
 
-__all__ = ["MIA_ATTACKS", "accuracy", "kl_divergence", "logits", "mia_metrics"]
+__all__ = [
+    "MIA_ATTACKS",
+    "accuracy",
+    "inference_overhead",
+    "kl_divergence",
+    "logits",
+    "mia_metrics",
+]
 
 MIA_ATTACKS = ("rmia", "lira")
 
 
 def logits(model: bytes, x: NDArray[np.float32], *, threads: int) -> NDArray[np.float64]:
     return OnnxModel(model, device="cpu", threads=threads).logits(x).astype(np.float64)
+
+
+def inference_overhead(
+    original: bytes, deployed: bytes, x: NDArray[np.float32], *, threads: int, repeats: int = 5
+) -> dict[str, float]:
+    """Inference time of ``deployed`` against ``original`` on ``x`` (one onnxruntime session
+    each, one untimed warm-up run each). Runs alternate between the two models so that load
+    changes on a shared machine hit both alike; the ratio is the median of the per-pair ratios."""
+    import time
+
+    sessions = [OnnxModel(m, device="cpu", threads=threads) for m in (original, deployed)]
+    for s in sessions:
+        s.logits(x)
+    pairs = []
+    for _ in range(repeats):
+        pair = []
+        for s in sessions:
+            start = time.perf_counter()
+            s.logits(x)
+            pair.append(time.perf_counter() - start)
+        pairs.append(pair)
+    arr = np.array(pairs)
+    return {
+        "samples": len(x),
+        "original_s": float(np.median(arr[:, 0])),
+        "deployed_s": float(np.median(arr[:, 1])),
+        "ratio": float(np.median(arr[:, 1] / arr[:, 0])),
+    }
 
 
 def accuracy(z: NDArray[np.float64], y: NDArray[np.int64]) -> float:

@@ -60,12 +60,12 @@ def _table(groups: Sequence[Group]) -> list[str]:
     lines = [
         "| method | forget acc % (before → after) | retain acc % | test acc % (Δ pts) | KL fgt | KL test "
         "| RMIA AUC [95% CI] | RMIA TPR@1% | LiRA AUC | time s | × faster than retrain | prepare s "
-        "| peak RSS MB (Δ) | size × |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| peak RSS MB (Δ) | size × | inference × |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in groups:
         if not g.ok:
-            lines.append(f"| {g.method} | failed: {g.error} |" + " |" * 12)
+            lines.append(f"| {g.method} | failed: {g.error} |" + " |" * 13)
             continue
         seeds = f" (n={len(g.ok)})" if len(g.ok) > 1 else ""
         t_before, t_after = g.mean("test_acc_before"), g.mean("test_acc_after")
@@ -85,7 +85,7 @@ def _table(groups: Sequence[Group]) -> list[str]:
             f"| {_pct(g.mean('retain_acc_after'))} | {_pct(t_after)} ({'–' if delta is None else f'{delta:+.1f}'}) "
             f"| {_num(g.mean('kl_forget'))} | {_num(g.mean('kl_test'))} | {mia} | {_pct(g.mean('rmia_tpr_1pct'))} "
             f"| {_num(g.mean('lira_auc'))} | {_secs(secs)} | {speed} | {_secs(g.mean('prepare_seconds'))} "
-            f"| {rss} | {_num(g.mean('size_ratio'))} |"
+            f"| {rss} | {_num(g.mean('size_ratio'))} | {_num(g.mean('inference_ratio'))} |"
         )
     return lines
 
@@ -245,7 +245,9 @@ def summarise(*, results: Path, docs: Path) -> list[Path]:
         "**× faster than retrain**: the `retrain` row's time / this row's time.",
         "- **peak RSS**: the cell process's peak resident memory right after unlearning; in "
         "brackets the growth during unlearning (the floor is Python + torch + data + model).",
-        "- **size ×**: deployed ONNX bytes / original ONNX bytes.",
+        "- **size ×**: deployed ONNX bytes / original ONNX bytes. **inference ×**: onnxruntime "
+        "time of the deployed model on the whole test set / the original's (median of 5 "
+        "alternating runs, 1 thread).",
         "",
         "## Results",
         "",
