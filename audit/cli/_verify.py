@@ -20,6 +20,7 @@ from audit.verify import CHECKS, CheckOutcome, Policy, VerifyInputs, render_tabl
 __all__ = ["verify", "write_json"]
 
 _PATH = click.Path(path_type=Path)
+_DEFAULTS = Policy()
 
 
 def write_json(path: Path, text: str) -> None:
@@ -65,7 +66,7 @@ def write_json(path: Path, text: str) -> None:
 @click.option(
     "--probes",
     type=click.IntRange(min=1),
-    default=8,
+    default=_DEFAULTS.probe_directions,
     show_default=True,
     help="Random directions probed per certified region.",
 )
@@ -78,9 +79,9 @@ def write_json(path: Path, text: str) -> None:
 @click.option(
     "--lp-claims",
     type=click.IntRange(min=0),
-    default=4,
+    default=_DEFAULTS.lp_claims,
     show_default=True,
-    help="Certified regions also checked exactly by LP (0: none).",
+    help="Certified regions (weakest probe slack first) also checked exactly by LP (0: none).",
 )
 @click.option(
     "--seed",

@@ -279,12 +279,11 @@ class VerifyContext:
 
         return make() if key is None else self.memo(f"patched:{key}", make)
 
-    def head_models(self, cut_shape: tuple[int, ...]) -> tuple[OnnxModel, OnnxModel]:
-        """(original head -> hidden + logits, patched head -> prune/output), both taking the
-        cut tensor as input: the space in which regions and claims live."""
-
+    def _head_sessions(self, cut_shape: tuple[int, ...]) -> tuple[OnnxModel, OnnxModel]:
         def make() -> tuple[OnnxModel, OnnxModel]:
             head = self.head()
+            if head.cut == head.input:  # the head is the whole model: reuse the sessions
+                return self.original_model(), self.patched_model()
             original = sub_model(
                 self.original_proto(),
                 cut=head.cut,
@@ -300,3 +299,24 @@ class VerifyContext:
             )
 
         return self.memo("ort:heads", make)
+
+    def original_head(
+        self, x: NDArray[np.floating[Any]], cut_shape: tuple[int, ...]
+    ) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
+        """(hidden pre-activations ``[N, H]``, logits ``[N, O]``) of the original model's head on
+        flattened cut values ``x`` ``[N, d]``: the space in which regions and claims live."""
+        head = self.head()
+        model = self._head_sessions(cut_shape)[0]
+        shaped = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *cut_shape)
+        outs = dict(zip(model.output_names, self._run(model, shaped, "original head"), strict=True))
+        z = [outs[name].reshape(len(x), -1) for name in head.hidden]
+        hidden = np.concatenate(z, axis=1) if z else np.zeros((len(x), 0), np.float32)
+        return hidden, outs[head.output].reshape(len(x), -1)
+
+    def patched_head(
+        self, x: NDArray[np.floating[Any]], cut_shape: tuple[int, ...]
+    ) -> NDArray[np.float32]:
+        """The patched model's logits on flattened cut values ``x`` ``[N, d]``."""
+        model = self._head_sessions(cut_shape)[1]
+        shaped = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *cut_shape)
+        return self._run(model, shaped, "patched head")[0].reshape(len(x), -1)

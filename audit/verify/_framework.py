@@ -105,11 +105,11 @@ class Policy:
     margin_tolerance: float = 1e-4
     locality_atol: float = 1e-6
     utility_tolerance: float = 0.01
-    probe_directions: int = 8
+    probe_directions: int = 4
     probe_points: int = 4
     probe_claims: int | None = None
-    bisection_steps: int = 14
-    lp_claims: int = 4
+    bisection_steps: int = 10
+    lp_claims: int = 2
 
     def __post_init__(self) -> None:
         unknown = set(self.required_inputs) - set(INPUTS)

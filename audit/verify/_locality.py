@@ -41,15 +41,15 @@ class Locality(Check[VerifyContext]):
         x, _ = _reference(ctx)
         ev = ctx.evaluate(x, key="reference")
         params = ctx.patch()
-        z, cut = ev.z.astype(np.float64), ev.x.astype(np.float64)
         if params.gate == "activation":
-            if params.pos is None or z.shape[1] != params.pos.shape[0]:
+            if params.pos is None or ev.z.shape[1] != params.pos.shape[0]:
                 raise CheckUnavailable("patch gate does not fit the original model's hidden size")
-            nv = params.n * params.violation(z)  # g = relu(1 - nV): off when nV >= 1
+            # float32 is enough here: points within the 1e-3 band are not judged
+            nv = params.n * params.violation(ev.z)  # g = relu(1 - nV): off when nV >= 1
             off = nv >= 1.0 + _BAND
             on = nv < 1.0 - _BAND
         else:
-            g = params.gates(z=z, x=cut)
+            g = params.gates(z=ev.z.astype(np.float64), x=ev.x.astype(np.float64))
             off, on = g <= 0.0, g > _BAND
         outside = off.all(axis=1)
         band = ~outside & ~on.any(axis=1)

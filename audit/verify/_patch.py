@@ -84,10 +84,12 @@ class PatchParams:
             out[start : start + 256] = np.maximum(inner - hidden + 1.0, 0.0)
         return out
 
-    def violation(self, z: F64) -> F64:
-        """Activation gate only: the total sign violation ``V`` ``[N, P]`` (0 on the region)."""
+    def violation(self, z: NDArray[np.floating[Any]]) -> NDArray[np.floating[Any]]:
+        """Activation gate only: the total sign violation ``V`` ``[N, P]`` (0 on the region),
+        in the precision of ``z``."""
         assert self.pos is not None and self.neg is not None
-        return np.asarray(np.maximum(-z, 0.0) @ self.pos + np.maximum(z, 0.0) @ self.neg)
+        pos, neg = self.pos.astype(z.dtype), self.neg.astype(z.dtype)
+        return np.asarray(np.maximum(-z, 0) @ pos + np.maximum(z, 0) @ neg)
 
     def delta(self, *, x: F64, g: F64) -> F64:
         """``sum_u h_u(x)`` ``[N, O]``: what the patch adds to the original logits."""

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from audit.runtime import OnnxModel
 from audit.verify._affine import AffineHead, parse_head
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
@@ -51,7 +50,9 @@ def input_box(method: Any) -> tuple[float, float] | None:
     return low, high
 
 
-def _feasible_directions(raw: F64, start: F64, box: tuple[float, float] | None) -> F64:
+def _feasible_directions(
+    raw: NDArray[np.float32], start: NDArray[np.float32], box: tuple[float, float] | None
+) -> NDArray[np.float32]:
     """Unit directions that do not leave the box at once: at a coordinate on a face of the box
     (e.g. a black pixel at 0), the outward component is dropped."""
     u = raw.copy()
@@ -59,25 +60,27 @@ def _feasible_directions(raw: F64, start: F64, box: tuple[float, float] | None) 
         u[(start <= box[0]) & (u < 0)] = 0.0
         u[(start >= box[1]) & (u > 0)] = 0.0
     norm = np.linalg.norm(u, axis=1, keepdims=True)
-    return np.asarray(u / np.where(norm > 0, norm, 1.0))
+    return np.asarray(u / np.where(norm > 0, norm, 1.0), dtype=np.float32)
 
 
-def _box_limit(x0: F64, u: F64, box: tuple[float, float] | None) -> F64:
-    """Largest t >= 0 with x0 + t*u inside the box, per (row of x0, row of u)."""
+def _box_limit(
+    x0: NDArray[np.float32], u: NDArray[np.float32], box: tuple[float, float] | None
+) -> NDArray[np.float32]:
+    """Largest t >= 0 with x0 + t*u inside the box, per row (a generous radius without box)."""
     if box is None:
-        return np.full(len(x0), np.sqrt(x0.shape[1]) * (1.0 + np.abs(x0).max()))
+        radius = np.sqrt(x0.shape[1]) * (1.0 + np.abs(x0).max())
+        return np.full(len(x0), radius, dtype=np.float32)
     low, high = box
     with np.errstate(divide="ignore", invalid="ignore"):
-        up = np.where(u > 0, (high - x0) / u, np.inf)
-        down = np.where(u < 0, (low - x0) / u, np.inf)
-    return np.asarray(np.maximum(np.minimum(up, down).min(axis=1), 0.0))
+        limit = np.where(u > 0, (high - x0) / u, np.where(u < 0, (low - x0) / u, np.inf))
+    return np.asarray(np.maximum(limit.min(axis=1), 0.0), dtype=np.float32)
 
 
 class RegionProbes(Check[VerifyContext]):
     name = "region.probes"
     summary = (
         "points the verifier samples inside each certified region (and near its boundary) get "
-        "the claimed target with the certified margin; plus an exact LP on a sample of claims"
+        "the claimed target with the certified margin; plus an exact LP on the weakest claims"
     )
     requires = frozenset({"original", "forget"})
 
@@ -93,19 +96,15 @@ class RegionProbes(Check[VerifyContext]):
         ev = ctx.evaluate(openings.x, key="forget")
         rows = np.searchsorted(openings.leaf_index, cols["leaf"][certified])
         rows = rows.clip(0, len(openings) - 1)
-        x0 = ev.x[rows].astype(np.float64)
+        x0 = np.ascontiguousarray(ev.x[rows], dtype=np.float32)
         sign = ev.z[rows] >= 0  # the region: the original's own activation pattern at x0
         box = input_box(predicate.method)
         cut_shape = ev.extra["cut_shape"]
-        original_head, patched_head = ctx.head_models(cut_shape)
 
-        def run_head(model: OnnxModel, points: F64) -> list[NDArray[np.float32]]:
-            shaped = points.astype(np.float32).reshape(len(points), *cut_shape)
-            return model.run(shaped)
-
-        def inside(points: F64, pattern: NDArray[np.bool_]) -> NDArray[np.bool_]:
-            outs = run_head(original_head, points)
-            z = np.concatenate([o.reshape(len(points), -1) for o in outs[:-1]], axis=1)
+        def inside(
+            points: NDArray[np.floating[Any]], pattern: NDArray[np.bool_]
+        ) -> NDArray[np.bool_]:
+            z, _ = ctx.original_head(points, cut_shape)
             ok = np.where(pattern, z >= 0, z <= 0).all(axis=1)
             if box is not None:
                 ok &= ((points >= box[0]) & (points <= box[1])).all(axis=1)
@@ -114,23 +113,22 @@ class RegionProbes(Check[VerifyContext]):
         k, m = policy.probe_directions, policy.probe_points
         claim_of = np.repeat(np.arange(len(rows)), k)
         start = x0[claim_of]
-        u = _feasible_directions(ctx.rng.normal(size=start.shape), start, box)
-        pattern = sign[claim_of]
-        lo = np.zeros(len(claim_of))
+        raw = ctx.rng.standard_normal(size=start.shape, dtype=np.float32)
+        u = _feasible_directions(raw, start, box)
+        lo = np.zeros(len(claim_of), dtype=np.float32)
         hi = _box_limit(start, u, box)
         for _ in range(policy.bisection_steps):
             mid = 0.5 * (lo + hi)
-            ok = inside(start + mid[:, None] * u, pattern)
+            ok = inside(start + mid[:, None] * u, sign[claim_of])
             lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
         fractions = np.concatenate(
             [ctx.rng.uniform(0.0, 1.0, size=(len(lo), m - 1)), np.full((len(lo), 1), 0.999)],
             axis=1,
-        )
+        ).astype(np.float32)
+        steps = fractions * lo[:, None]  # [rays, m]
+        points = (start[:, None, :] + steps[:, :, None] * u[:, None, :]).reshape(-1, x0.shape[1])
         probe_claim = np.repeat(claim_of, m)
-        points = np.repeat(start, m, axis=0) + (fractions.reshape(-1) * np.repeat(lo, m))[
-            :, None
-        ] * np.repeat(u, m, axis=0)
-        keep = inside(points, sign[probe_claim]) & (np.repeat(lo, m) > 0)
+        keep = inside(points, sign[probe_claim]) & (steps.reshape(-1) > 0)
         points, probe_claim = points[keep], probe_claim[keep]
         if len(points) == 0:
             return self.failed(
@@ -138,11 +136,10 @@ class RegionProbes(Check[VerifyContext]):
                 claims_probed=len(rows),
             )
         idx = certified[probe_claim]
-        logits = run_head(patched_head, points)[0].reshape(len(points), -1)
+        logits = ctx.patched_head(points, cut_shape)
         margin = margins(logits, cols["target"][idx])
-        bad = (logits.argmax(axis=1) != cols["target"][idx]) | (
-            margin < cols["margin"][idx] - policy.margin_tolerance
-        )
+        slack = margin - cols["margin"][idx]
+        bad = (logits.argmax(axis=1) != cols["target"][idx]) | (slack < -policy.margin_tolerance)
         evidence: dict[str, Any] = {
             "claims_probed": len(rows),
             "directions_per_claim": k,
@@ -150,7 +147,7 @@ class RegionProbes(Check[VerifyContext]):
             "points_failed": int(bad.sum()),
             "median_radius": float(np.median(lo)),
             "zero_radius_directions": int((lo == 0).sum()),
-            "min_margin_slack": float((margin - cols["margin"][idx]).min(initial=np.inf)),
+            "min_margin_slack": float(slack.min(initial=np.inf)),
             "input_box": list(box) if box else None,
         }
         if bad.any():
@@ -161,9 +158,10 @@ class RegionProbes(Check[VerifyContext]):
                 f"their claim ({bad_claims} claims; first: leaf {int(cols['leaf'][first])})",
                 **evidence,
             )
-        lp_problem = self._exact(
-            ctx, x0, sign, certified, cols, box, run_head, patched_head, evidence
-        )
+        weakest = np.full(len(rows), np.inf)
+        np.minimum.at(weakest, probe_claim, slack)
+        order = np.argsort(weakest, kind="stable")[: policy.lp_claims]
+        lp_problem = _exact(ctx, x0, sign, certified, order, cols, box, evidence)
         if lp_problem:
             return self.failed(lp_problem, **evidence)
         return self.passed(
@@ -172,62 +170,65 @@ class RegionProbes(Check[VerifyContext]):
             **evidence,
         )
 
-    def _exact(
-        self,
-        ctx: VerifyContext,
-        x0: F64,
-        sign: NDArray[np.bool_],
-        certified: NDArray[np.int64],
-        cols: dict[str, NDArray[Any]],
-        box: tuple[float, float] | None,
-        run_head: Any,
-        patched_head: Any,
-        evidence: dict[str, Any],
-    ) -> str | None:
-        """The exact LP part; optional: unavailable parses are recorded, never passed off."""
-        count = min(ctx.policy.lp_claims, len(certified))
-        if count == 0:
-            evidence["lp"] = "disabled"
-            return None
-        try:
-            affine = parse_head(ctx.original_proto(), ctx.head())
-        except CheckUnavailable as exc:
-            evidence["lp"] = f"not run: {exc}"
-            return None
-        ev = ctx.evaluate(ctx.openings().x, key="forget")
-        error = affine.max_error(
-            ev.x.astype(np.float64), ev.z.astype(np.float64), ev.logits.astype(np.float64)
-        )
-        if error > 1e-4:
-            evidence["lp"] = f"not run: the head parse disagrees with onnxruntime ({error:.2g})"
-            return None
-        chosen = np.sort(ctx.rng.choice(len(certified), count, replace=False))
-        params = ctx.patch()
-        worst, unsolved = np.inf, 0
-        for i in chosen:
-            claim = int(certified[i])
-            found = _lp_min_margin(affine, params, x0[i], sign[i], claim, cols, box)
-            if found is None:
-                unsolved += 1
-                continue
-            value, point = found
-            worst = min(worst, value)
-            if value < cols["margin"][claim] - ctx.policy.margin_tolerance:
-                inward = point + 1e-6 * (x0[i] - point)
-                got = run_head(patched_head, inward[None, :])[0].reshape(1, -1)
-                real = float(margins(got, cols["target"][claim : claim + 1])[0])
-                if real < cols["margin"][claim] - ctx.policy.margin_tolerance:
-                    evidence["lp_counterexample_margin"] = real
-                    return (
-                        f"exact LP finds a point in the region of leaf {int(cols['leaf'][claim])} "
-                        f"with margin {real:.4g} < certified {cols['margin'][claim]:.4g} "
-                        "(confirmed by onnxruntime)"
-                    )
-        evidence["lp_claims"] = int(count)
-        evidence["lp_unsolved"] = unsolved
-        evidence["lp_min_margin"] = float(worst)
-        evidence["lp_summary"] = f"; exact LP on {count} regions: min margin {worst:.4g}"
+
+def _exact(
+    ctx: VerifyContext,
+    x0: NDArray[np.float32],
+    sign: NDArray[np.bool_],
+    certified: NDArray[np.int64],
+    order: NDArray[np.int64],
+    cols: dict[str, NDArray[Any]],
+    box: tuple[float, float] | None,
+    evidence: dict[str, Any],
+) -> str | None:
+    """The exact part, on the probed claims ``order`` (weakest probe slack first). Optional: an
+    unparsable head is recorded in the evidence, never passed off as checked."""
+    if len(order) == 0:
+        evidence["lp"] = "disabled"
         return None
+    try:
+        affine = parse_head(ctx.original_proto(), ctx.head())
+    except CheckUnavailable as exc:
+        evidence["lp"] = f"not run: {exc}"
+        return None
+    ev = ctx.evaluate(ctx.openings().x, key="forget")
+    error = affine.max_error(
+        ev.x.astype(np.float64), ev.z.astype(np.float64), ev.logits.astype(np.float64)
+    )
+    if error > 1e-4:
+        evidence["lp"] = f"not run: the head parse disagrees with onnxruntime ({error:.2g})"
+        return None
+    params = ctx.patch()
+    tolerance = ctx.policy.margin_tolerance
+    worst, solved, skipped, unsolved = np.inf, 0, 0, 0
+    for i in order:
+        claim = int(certified[i])
+        need = float(cols["margin"][claim]) - tolerance
+        found = _lp_min_margin(
+            affine, params, x0[i].astype(np.float64), sign[i], claim, cols, box, need
+        )
+        solved += found[2]
+        skipped += found[3]
+        unsolved += found[4]
+        worst = min(worst, found[0])
+        if found[0] < need and found[1] is not None:
+            inward = found[1] + 1e-6 * (x0[i] - found[1])
+            got = ctx.patched_head(inward[None, :].astype(np.float32), ev.extra["cut_shape"])
+            real = float(margins(got, cols["target"][claim : claim + 1])[0])
+            if real < need:
+                evidence["lp_counterexample_margin"] = real
+                return (
+                    f"exact LP finds a point in the region of leaf {int(cols['leaf'][claim])} "
+                    f"with margin {real:.4g} < certified {cols['margin'][claim]:.4g} "
+                    "(confirmed by onnxruntime)"
+                )
+    evidence["lp_claims"] = len(order)
+    evidence["lp_solved"] = solved
+    evidence["lp_classes_bounded"] = skipped
+    evidence["lp_unsolved"] = unsolved
+    evidence["lp_min_margin"] = float(worst)
+    evidence["lp_summary"] = f"; exact LP on the {len(order)} weakest: min margin {worst:.4g}"
+    return None
 
 
 def _lp_min_margin(
@@ -238,8 +239,12 @@ def _lp_min_margin(
     claim: int,
     cols: dict[str, NDArray[Any]],
     box: tuple[float, float] | None,
-) -> tuple[float, F64] | None:
-    """Minimum over the region of ``(f + p_u)_t - (f + p_u)_j`` over ``j != t``, and its argmin."""
+    need: float,
+) -> tuple[float, F64 | None, int, int, int]:
+    """Lower bound of ``min_{x in region} (f + p_u)_t(x) - (f + p_u)_j(x)`` over ``j != t``:
+    exact (an LP, scipy HiGHS) for every class whose cheap bound over the whole box does not
+    already clear ``need``. Returns (value, argmin or None, LPs solved, classes bounded, LPs the
+    solver could not finish)."""
     from scipy.optimize import linprog
 
     z_rows, z_off, f_rows, f_off = affine.local_affine(x0)
@@ -252,15 +257,25 @@ def _lp_min_margin(
     if params.C is not None:
         lin = lin + params.C[:, u * classes : (u + 1) * classes].T
     bounds = [(box[0], box[1])] * len(x0) if box else [(None, None)] * len(x0)
-    best: tuple[float, F64] | None = None
+    best: tuple[float, F64 | None] = (np.inf, None)
+    solved = bounded = unsolved = 0
     for j in range(classes):
         if j == t:
             continue
         c = lin[t] - lin[j]
-        result = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs")
+        const = float(off[t] - off[j])
+        if box is not None:
+            floor = float(np.minimum(c * box[0], c * box[1]).sum()) + const
+            if floor >= need:  # holds on the whole box, a fortiori on the region
+                bounded += 1
+                best = (min(best[0], floor), best[1]) if floor < best[0] else best
+                continue
+        result = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs-ds")
+        solved += 1
         if result.status != 0:
+            unsolved += 1  # recorded; the exact part is a complement to the probes
             continue
-        value = float(result.fun + off[t] - off[j])
-        if best is None or value < best[0]:
+        value = float(result.fun) + const
+        if value < best[0]:
             best = (value, np.asarray(result.x, dtype=np.float64))
-    return best
+    return best[0], best[1], solved, bounded, unsolved

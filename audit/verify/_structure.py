@@ -170,16 +170,13 @@ class StructurePatch(Check[VerifyContext]):
         params = ctx.patch()
         noise = ctx.rng.normal(scale=0.05, size=x.shape) * (1.0 + np.abs(x))
         points = np.concatenate([x, x + noise]).astype(np.float32)
-        original_head, patched_head = ctx.head_models(cut_shape)
-        shaped = points.reshape(len(points), *cut_shape)
-        outs = original_head.run(shaped)
-        z = np.concatenate([o.reshape(len(points), -1) for o in outs[:-1]], axis=1)
-        base = outs[-1].reshape(len(points), -1).astype(np.float64)
+        z, logits = ctx.original_head(points, cut_shape)
+        base = logits.astype(np.float64)
         want = base + params.delta(
             x=points.astype(np.float64),
             g=params.gates(z=z.astype(np.float64), x=points.astype(np.float64)),
         )
-        got = patched_head.run(shaped)[0].astype(np.float64)
+        got = ctx.patched_head(points, cut_shape).astype(np.float64)
         scale = 1.0 + max(float(np.abs(want).max()), float(params.K.max(initial=0.0)))
         error = float(np.abs(got - want).max()) / scale
         evidence["formula_error"] = error

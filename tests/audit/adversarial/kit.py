@@ -30,12 +30,21 @@ from tests.audit.adversarial.synthetic import (
     PatchSpec,
     fit_mlp,
     interval_logits,
+    mlp_from_onnx,
     mlp_onnx,
     patched_onnx,
     utc_now,
 )
 
-__all__ = ["ProofKit", "Work", "build_kit", "honest_patch", "issue_proof", "session_kit"]
+__all__ = [
+    "ProofKit",
+    "Work",
+    "build_kit",
+    "honest_patch",
+    "issue_proof",
+    "session_kit",
+    "work_from_folder",
+]
 
 HIDDEN = ("/0/Gemm_output_0", "/1/Gemm_output_0")
 MARGIN = 2.0
@@ -51,6 +60,7 @@ class Work:
     y_train: NDArray[np.int64]
     x_test: NDArray[np.float32]
     y_test: NDArray[np.int64]
+    hidden: tuple[str, ...] = HIDDEN
 
     @property
     def model(self) -> Path:
@@ -71,6 +81,13 @@ def build_work(folder: Path, *, seed: int = 0) -> Work:
     save_npz(folder / "train.npz", x_tr, data.y_train)
     save_npz(folder / "test.npz", x_te, data.y_test)
     return Work(folder, mlp, x_tr, data.y_train, x_te, data.y_test)
+
+
+def work_from_folder(folder: Path) -> Work:
+    """A ``prune train --arch mlp`` folder (model.onnx, train.npz, test.npz) as a :class:`Work`."""
+    mlp, hidden = mlp_from_onnx(onnx.load(str(folder / "model.onnx")))
+    with np.load(folder / "train.npz") as train, np.load(folder / "test.npz") as test:
+        return Work(folder, mlp, train["x"], train["y"], test["x"], test["y"], hidden=hidden)
 
 
 def pick_forget(work: Work, *, count: int, seed: int) -> NDArray[np.int64]:
@@ -147,7 +164,7 @@ def issue_proof(
     """Export the patched model and let the owner's real code sign everything. ``model_edit``
     changes the exported model before signing; ``model_bytes`` replaces it outright."""
     original = work.model.read_bytes()
-    patched = patched_onnx(onnx.load_from_string(original), spec, hidden=HIDDEN)
+    patched = patched_onnx(onnx.load_from_string(original), spec, hidden=work.hidden)
     if model_edit is not None:
         model_edit(patched)
     data = model_bytes if model_bytes is not None else patched.SerializeToString()

@@ -29,6 +29,7 @@ __all__ = [
     "PatchSpec",
     "fit_mlp",
     "interval_logits",
+    "mlp_from_onnx",
     "mlp_onnx",
     "patched_onnx",
 ]
@@ -83,6 +84,22 @@ def interval_logits(
         if i < len(mlp.weights) - 1:
             lo, hi = np.maximum(lo, 0.0), np.maximum(hi, 0.0)
     return lo, hi
+
+
+def mlp_from_onnx(proto: onnx.ModelProto) -> tuple[Mlp, tuple[str, ...]]:
+    """The weights of a plain Gemm/Relu chain (what ``prune train --arch mlp`` exports) and the
+    names of its Relu inputs."""
+    consts = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    weights, biases, hidden = [], [], []
+    for node in proto.graph.node:
+        if node.op_type == "Gemm":
+            trans_b = any(a.name == "transB" and a.i == 1 for a in node.attribute)
+            w = consts[node.input[1]]
+            weights.append(np.ascontiguousarray(w if trans_b else w.T, dtype=np.float32))
+            biases.append(np.asarray(consts[node.input[2]], dtype=np.float32))
+        elif node.op_type == "Relu":
+            hidden.append(node.input[0])
+    return Mlp(tuple(weights), tuple(biases)), tuple(hidden)
 
 
 def _init(name: str, value: NDArray[Any]) -> TensorProto:
