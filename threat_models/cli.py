@@ -4,18 +4,109 @@
 from __future__ import annotations
 
 import json
+import shutil
+import sys
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import click
 
+from threat_models.adversaries import ADVERSARIES, HONEST
+from threat_models.errors import ThreatModelError
+from threat_models.matrix import Row, run_matrix
+from threat_models.render import render_matrix
 from threat_models.sampling import miss_probability, replays_needed
 
 __all__ = ["cli", "main"]
 
+EXIT_NOT_CAUGHT = 1
+EXIT_BAD_INPUT = 2
 
-@click.group()
+
+class _ErrorHandlingGroup(click.Group):
+    """Turns a :class:`ThreatModelError` into one line on stderr and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ThreatModelError as exc:
+            click.echo(f"threat_models: error: {exc}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+
+
+@click.group(cls=_ErrorHandlingGroup)
 def cli() -> None:
     """The dishonest-owner threat model, executable."""
+
+
+@cli.command()
+@click.option(
+    "--seeds",
+    "seeds",
+    type=int,
+    multiple=True,
+    help="Seeds, e.g. --seeds 0 1 2 (default: 0 1 2); one scenario per seed.",
+)
+@click.argument("more_seeds", nargs=-1, type=int, metavar="")
+@click.option(
+    "--adversary",
+    "adversaries",
+    multiple=True,
+    type=click.Choice([a for a in ADVERSARIES if a != HONEST]),
+    help="Run only these adversaries (repeatable); the honest owner always runs.",
+)
+@click.option(
+    "--work",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Keep every scenario and proof in this new folder (default: a temporary one).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON document.")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def matrix(
+    seeds: tuple[int, ...],
+    more_seeds: tuple[int, ...],
+    adversaries: tuple[str, ...],
+    work: Path | None,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Run every adversary and the honest owner against the auditor, print the matrix.
+
+    Exit status 0 when every adversary is caught on every seed and the honest owner passes
+    every check; 1 otherwise; 2 on bad input."""
+    chosen = (*seeds, *more_seeds) or (0, 1, 2)
+    if work is not None and work.exists():
+        raise ThreatModelError(f"--work folder {work} already exists")
+    root = work or Path(tempfile.mkdtemp(prefix="threat-matrix-"))
+    progress = not quiet and sys.stderr.isatty()
+
+    def show(row: Row) -> None:
+        if progress:
+            verdict = "ok" if row.ok else "NOT OK"
+            click.echo(
+                f"  seed {row.seed} {row.adversary:<26} {verdict} ({row.seconds:.1f} s)", err=True
+            )
+
+    try:
+        result = run_matrix(
+            seeds=chosen,
+            root=root,
+            now=datetime.now(UTC).replace(microsecond=0),
+            adversaries=list(adversaries) or None,
+            on_row=show,
+        )
+    finally:
+        if work is None:
+            shutil.rmtree(root, ignore_errors=True)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+    else:
+        click.echo(render_matrix(result))
+    if not result.ok:
+        sys.exit(EXIT_NOT_CAUGHT)
 
 
 @cli.command()

@@ -10,7 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-__all__ = ["ACTORS", "ASSUMPTIONS", "GOALS", "THREATS", "Actor", "ActorRole", "Threat", "threat"]
+__all__ = [
+    "ACTORS",
+    "ASSUMPTIONS",
+    "GOALS",
+    "PRIVACY_RISKS",
+    "THREATS",
+    "Actor",
+    "ActorRole",
+    "PrivacyRisk",
+    "Threat",
+    "threat",
+]
 
 
 class ActorRole(Enum):
@@ -85,6 +96,10 @@ ASSUMPTIONS: tuple[str, ...] = (
     "the auditor receives the openings of the forget set it must check (forget.npz) and the "
     "committed original model",
     "the auditor's sampling seed is not known to the owner before the commitment",
+    "to measure memorisation, the auditor plants canary records (through cooperating data "
+    "subjects) in the training data and requests their deletion; it keeps matching canaries that "
+    "were never submitted as non-members (the membership of ordinary, typical records is not "
+    "measurable: a model that never saw them predicts them just as well)",
     "data subjects compare their receipt with the published certificate (or the auditor's view)",
     "the served model is the file the auditor verifies (deployment attestation is out of scope; "
     "black-box spot checks of the live endpoint bridge the gap)",
@@ -93,16 +108,32 @@ ASSUMPTIONS: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class Threat:
-    """One dishonest behaviour: ``adversary`` names the executable adversary in
-    :mod:`threat_models.adversaries`; ``caught_by`` lists the audit checks of which at least one
-    must fail on its proof."""
+    """One dishonest behaviour: ``adversaries`` names the executable adversaries in
+    :data:`threat_models.adversaries.ADVERSARIES` (one per variant of the behaviour);
+    ``caught_by`` lists the audit checks of which at least one must fail on each of their
+    proofs. Check names are those of ``audit verify`` (:data:`audit.verify.CHECKS`), of
+    ``audit receipt`` (:data:`audit.receipt.RECEIPT_CHECKS`) and the membership check of
+    :mod:`threat_models.auditor`."""
 
     number: int
     key: str
     title: str
     behaviour: str
-    adversary: str
+    adversaries: tuple[str, ...]
     caught_by: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PrivacyRisk:
+    """A risk of the *honest* method (no check can fail on it): how it is measured and what
+    mitigates it, with the measurement and the mitigation named by module."""
+
+    number: int
+    key: str
+    title: str
+    behaviour: str
+    measured_by: str
+    mitigation: str
 
 
 THREATS: tuple[Threat, ...] = (
@@ -111,15 +142,15 @@ THREATS: tuple[Threat, ...] = (
         "no-op",
         "No-op",
         "the certificate claims unlearning, the served model is the original",
-        "noop",
-        ("replay.claims", "structure.patch"),
+        ("noop",),
+        ("replay.claims", "structure.patch", "digest.original", "digest.patch"),
     ),
     Threat(
         2,
         "substitution",
         "Substitution",
         "the certified model is not the served model",
-        "substitution",
+        ("substitution",),
         ("digest.model", "signature.model"),
     ),
     Threat(
@@ -127,7 +158,7 @@ THREATS: tuple[Threat, ...] = (
         "exact-input-filter",
         "Exact-input filter",
         "the patch fires only on the exact forget inputs, knowledge intact around them",
-        "exact_input_filter",
+        ("exact_input_filter",),
         ("region.probes", "structure.patch"),
     ),
     Threat(
@@ -135,24 +166,36 @@ THREATS: tuple[Threat, ...] = (
         "partial",
         "Partial unlearning",
         "only part of the committed forget set is patched",
-        "partial",
+        ("partial",),
         ("replay.claims", "commitment.openings"),
     ),
     Threat(
         5,
         "forged-certificate",
         "Forged or replayed certificate",
-        "a certificate for another model or forget set, or an old nonce, is presented",
-        "forged_certificate",
-        ("digest.model", "commitment.openings", "freshness", "signature.certificate"),
+        "a certificate signed by another key, for another model or forget set, or with an old "
+        "nonce, is presented",
+        (
+            "forged_signature",
+            "forged_other_model",
+            "forged_other_forget_set",
+            "replayed_certificate",
+        ),
+        (
+            "digest.model",
+            "digest.original",
+            "commitment.openings",
+            "freshness",
+            "signature.certificate",
+        ),
     ),
     Threat(
         6,
         "equivocation",
         "Equivocation",
         "different forget-set roots are shown to different parties",
-        "equivocation",
-        ("receipt.root",),
+        ("equivocation",),
+        ("receipt.binding", "receipt.claim"),
     ),
     Threat(
         7,
@@ -160,7 +203,7 @@ THREATS: tuple[Threat, ...] = (
         "Structure cheating",
         "weights of the original subgraph changed, or a patch gated on something other than the "
         "claimed regions (a trigger)",
-        "structure_cheat",
+        ("structure_weights", "structure_trigger"),
         ("structure.original", "structure.patch", "digest.original"),
     ),
     Threat(
@@ -168,7 +211,7 @@ THREATS: tuple[Threat, ...] = (
         "sabotage",
         "Sabotage",
         "utility destroyed while the certificate claims it preserved",
-        "sabotage",
+        ("sabotage",),
         ("utility", "locality"),
     ),
     Threat(
@@ -176,7 +219,7 @@ THREATS: tuple[Threat, ...] = (
         "residual-memorisation",
         "Residual memorisation",
         "predictions changed but membership still detectable",
-        "residual_memorisation",
+        ("residual_memorisation",),
         ("membership.inference",),
     ),
     Threat(
@@ -184,8 +227,20 @@ THREATS: tuple[Threat, ...] = (
         "rollback",
         "Rollback",
         "the patch is removed after certification",
-        "rollback",
+        ("rollback",),
         ("digest.model", "signature.model", "replay.claims"),
+    ),
+)
+
+PRIVACY_RISKS: tuple[PrivacyRisk, ...] = (
+    PrivacyRisk(
+        11,
+        "patch-leakage",
+        "Patch leakage",
+        "the patched model stores each forgotten point's activation pattern, so a curious party "
+        "holding a pool of candidate records can single out which of them were deleted",
+        "threat_models.leakage (white-box region matching, black-box prediction disagreement)",
+        "prune.privacy decoy deletions (prune unlearn --decoys K)",
     ),
 )
 

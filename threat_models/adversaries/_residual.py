@@ -1,0 +1,157 @@
+"""Residual memorisation: every claim is true and certified over the whole region, yet the
+model still remembers the forgotten records.
+
+The owner replaces each constant PRUNE patch by the *tie patch*, an affine patch that on the
+region makes the target logit equal to the true label's logit plus the margin,
+``(f + p)_t = f_y + m``, and lowers every other class just enough (by the exact LP minimum of
+``f_y - f_j`` over the region) that it never overtakes. Over the whole region the model then
+predicts the claimed target with the claimed margin (``region.probes`` and its LP agree), the
+gate is the genuine region (``structure.patch``), nothing else changes (``locality``,
+``utility``). But the true label stays a near-tie runner-up: ``p(y | x) ~ 1/2`` at every
+forgotten record.
+
+Why that is membership, not just a small margin: the auditor measures it on its canaries,
+noise images with random labels that no model predicts without having memorised them. A model
+that never saw a canary gives its label about 1/10; the original gives it ~1 (memorised); the
+honest patch, sized for the worst case of the region, leaves ``p(y)`` far below the held-out
+canaries' (the record looks *deleted*); the tie patch leaves ``p(y) ~ 1/2``, far above the
+held-out canaries' - the forgotten canaries still stand out as members. The honest owner cannot
+do this by accident: the engine never produces affine patches with ``C`` tied to ``f_y``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prune.claims import Claim
+from prune.export import export_patched
+from prune.model import ImportedModel, OrtRunner, load_model
+from prune.patched import PatchSet, patch_bounds
+from prune.regions import InputBox, Regions, linearize
+from prune.unlearn import FLOAT32_SLACK
+from threat_models.adversaries._base import Adversary, DishonestProof, signed, standard
+from threat_models.errors import ScenarioError
+from threat_models.model import Threat, threat
+from threat_models.proofs import Outcome
+from threat_models.scenario import Scenario
+
+__all__ = ["ResidualMemorisation", "tie_patches"]
+
+F64 = NDArray[np.float64]
+ATTEMPTS = 4
+
+
+def _lowest_gap(regions: Regions, u: int, y: int, j: int) -> float:
+    """``min_{x in S_u} (f_y - f_j)(x)`` by LP (scipy HiGHS) over the region and its box."""
+    from scipy.optimize import linprog
+
+    G, h = (t[u].numpy() for t in regions.constraints())
+    F1, F2 = regions.F1[u].numpy(), regions.F2[u].numpy()
+    box = regions.box
+    result = linprog(
+        F1[y] - F1[j],
+        A_ub=G,
+        b_ub=h,
+        bounds=[(box.low, box.high)] * G.shape[1],
+        method="highs",
+    )
+    if result.status != 0:
+        raise ScenarioError(f"tie patch: the LP over region {u} failed ({result.message})")
+    return float(result.fun + F2[y] - F2[j])
+
+
+def tie_patches(
+    regions: Regions, labels: NDArray[np.int64], targets: NDArray[np.int64], margins: F64
+) -> tuple[F64, F64]:
+    """Affine patches ``(C [P,d,O], d [P,O])``: on region ``u``, ``(f+p)_t = f_y + m_u`` and
+    every other class ``j`` lowered by ``max(0, -min_S (f_y - f_j))``, so that the target leads
+    every class by at least ``m_u`` on the whole region and the label by exactly ``m_u``."""
+    patches, classes, dim = regions.F1.shape
+    C = np.zeros((patches, dim, classes))
+    d = np.zeros((patches, classes))
+    F1, F2 = regions.F1.numpy(), regions.F2.numpy()
+    for u in range(patches):
+        y, t = int(labels[u]), int(targets[u])
+        C[u, :, t] = F1[u, y] - F1[u, t]
+        d[u, t] = F2[u, y] - F2[u, t] + margins[u]
+        for j in range(classes):
+            if j not in (y, t):
+                d[u, j] = -max(0.0, -_lowest_gap(regions, u, y, j))
+    return C, d
+
+
+def _input_box(method: dict[str, object]) -> InputBox:
+    box = method["input_box"]
+    if not isinstance(box, dict):
+        raise ScenarioError("the honest run declares no input box")
+    return InputBox(low=float(box["low"]), high=float(box["high"]), source=str(box["source"]))
+
+
+def _patterns(model: ImportedModel, x: NDArray[np.float32]) -> NDArray[np.bool_]:
+    outs = OrtRunner(model.raw, outputs=list(model.head.hidden)).run(x)
+    return np.concatenate([o.reshape(len(x), -1) for o in outs], axis=1) >= 0
+
+
+class ResidualMemorisation(Adversary):
+    """Tie patches (see the module docstring) with the honest run's targets, margin and gate;
+    claims identical to the honest ones."""
+
+    name: ClassVar[str] = "residual_memorisation"
+    threat: ClassVar[Threat | None] = threat("residual-memorisation")
+    summary: ClassVar[str] = "certified tie patches: p(true label) stays ~1/2"
+
+    def build(self, scenario: Scenario, out: Path) -> DishonestProof:
+        out.mkdir(parents=True)
+        honest = scenario.honest
+        if honest.method.get("gate") != "activation" or not honest.complete:
+            raise ScenarioError("the tie patch needs a complete, activation-gated honest run")
+        imported = load_model(scenario.original_bytes)
+        box = _input_box(honest.method)
+        x = honest.forget_x.reshape(len(honest.forget_x), -1)
+        claims = sorted(honest.claims, key=lambda c: c.patch)
+        first = {c.patch: c for c in reversed(claims)}  # one owner per patch (first claim)
+        owners = [first[u] for u in range(len(first))]
+        active = _patterns(imported, x[[c.leaf_index for c in owners]])
+        regions = linearize(imported.head, active, box=box)
+        labels = np.array([c.label for c in owners], dtype=np.int64)
+        targets = np.array([c.target for c in owners], dtype=np.int64)
+        logits, _ = imported.head.forward(x[[c.leaf_index for c in owners]].astype(np.float64))
+        slack = FLOAT32_SLACK * (1.0 + np.abs(logits).max(axis=1))
+        margins = scenario.config.margin + slack
+        for _ in range(ATTEMPTS):
+            C, d = tie_patches(regions, labels, targets, margins)
+            patches = PatchSet(
+                gate="activation",
+                n=float(honest.method["n"]),
+                active=active,
+                d=d,
+                C=C,
+                K=patch_bounds(C, d, box),
+                targets=targets,
+            )
+            model = export_patched(imported, patches, box)
+            short = self._short(model, honest.forget_x, honest.claims)
+            if not short.any():
+                break
+            margins = margins + short * (scenario.config.margin + slack)
+        else:
+            raise ScenarioError("tie patches do not hold their margin in float32")
+        outcome = Outcome.of(honest).but(patched_model=model)
+        proof = signed(scenario, out / "proof", outcome)
+        return standard(self, scenario, out, proof, "affine tie patches, honest claims")
+
+    @staticmethod
+    def _short(model: bytes, x: NDArray[np.float32], claims: tuple[Claim, ...]) -> F64:
+        """Per patch: 1.0 where a claimed point misses its margin on the exported model."""
+        logits = OrtRunner(model, outputs=["prune/output"]).run(x)[0].astype(np.float64)
+        patches = 1 + max(c.patch for c in claims)
+        short = np.zeros(patches)
+        for c in claims:
+            row = logits[c.leaf_index]
+            others = np.delete(row, c.target)
+            if row.argmax() != c.target or row[c.target] - others.max() < c.certified_margin:
+                short[c.patch] = 1.0
+        return short

@@ -1,0 +1,193 @@
+"""The threat matrix: every adversary (and the honest owner) against the auditor, over seeds.
+
+For each seed one :class:`~threat_models.scenario.Scenario` is built; every adversary builds its
+proof from it; the :class:`~threat_models.auditor.Auditor` runs every check. A row is *caught*
+when at least one of its threat's ``caught_by`` checks failed; the honest row must fail nothing
+(no false alarms). :attr:`Matrix.ok` is the conjunction over all rows: it is the exit status of
+``python -m threat_models matrix``.
+
+JSON document (``type`` :data:`MATRIX_TYPE`, ``version`` 1): the scenario configuration, the
+membership policy, the check names, one entry per (seed, adversary) with every check's status,
+the failed checks' one-line details, whether it was caught, and timings."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from audit.receipt import RECEIPT_CHECKS
+from audit.verify import CHECKS, CheckOutcome
+from threat_models.adversaries import ADVERSARIES, HONEST, make_adversary
+from threat_models.auditor import MEMBERSHIP_CHECK, Auditor, MembershipPolicy
+from threat_models.errors import ThreatModelError
+from threat_models.scenario import ScenarioConfig, build_scenario
+
+__all__ = ["ALL_CHECKS", "MATRIX_TYPE", "MATRIX_VERSION", "Matrix", "Row", "run_matrix"]
+
+MATRIX_TYPE = "https://prune-audit.dev/threat-matrix/v1"
+MATRIX_VERSION = 1
+ALL_CHECKS: tuple[str, ...] = (*CHECKS, *RECEIPT_CHECKS, MEMBERSHIP_CHECK)
+
+
+@dataclass(frozen=True)
+class Row:
+    """One adversary on one seed."""
+
+    seed: int
+    adversary: str
+    threat: int | None
+    caught_by: tuple[str, ...]
+    outcomes: tuple[CheckOutcome, ...]
+    notes: str
+    seconds: float
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return tuple(o.name for o in self.outcomes if o.status == "fail")
+
+    @property
+    def caught(self) -> bool:
+        return bool(set(self.failed) & set(self.caught_by))
+
+    @property
+    def ok(self) -> bool:
+        """Honest: nothing failed and something passed. Adversary: caught."""
+        if self.threat is None:
+            return not self.failed and any(o.status == "pass" for o in self.outcomes)
+        return self.caught
+
+    def status(self, check: str) -> str:
+        for o in self.outcomes:
+            if o.name == check:
+                return o.status
+        return "absent"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seed": self.seed,
+            "adversary": self.adversary,
+            "threat": self.threat,
+            "caught_by": list(self.caught_by),
+            "caught": self.caught,
+            "ok": self.ok,
+            "failed": list(self.failed),
+            "statuses": {o.name: o.status for o in self.outcomes},
+            "details": {o.name: o.detail for o in self.outcomes if o.status == "fail"},
+            "evidence": {
+                o.name: dict(o.evidence) for o in self.outcomes if o.name == MEMBERSHIP_CHECK
+            },
+            "notes": self.notes,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+@dataclass(frozen=True)
+class Matrix:
+    seeds: tuple[int, ...]
+    rows: tuple[Row, ...]
+    config: ScenarioConfig
+    membership: MembershipPolicy
+    created: str
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and all(r.ok for r in self.rows)
+
+    @property
+    def adversaries(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(r.adversary for r in self.rows))
+
+    def rows_of(self, adversary: str) -> tuple[Row, ...]:
+        return tuple(r for r in self.rows if r.adversary == adversary)
+
+    def to_json(self) -> dict[str, Any]:
+        policy = dataclasses.asdict(self.membership)
+        return {
+            "type": MATRIX_TYPE,
+            "version": MATRIX_VERSION,
+            "created": self.created,
+            "ok": self.ok,
+            "seeds": list(self.seeds),
+            "scenario": self.config.to_json(),
+            "membership_policy": policy,
+            "checks": list(ALL_CHECKS),
+            "summary": {
+                name: {
+                    "threat": self.rows_of(name)[0].threat,
+                    "caught_by": list(self.rows_of(name)[0].caught_by),
+                    "seeds": len(self.rows_of(name)),
+                    "ok": sum(r.ok for r in self.rows_of(name)),
+                }
+                for name in self.adversaries
+            },
+            "rows": [r.to_json() for r in self.rows],
+        }
+
+
+def run_matrix(
+    *,
+    seeds: Sequence[int],
+    root: Path,
+    now: datetime,
+    adversaries: Sequence[str] | None = None,
+    config: ScenarioConfig | None = None,
+    membership: MembershipPolicy | None = None,
+    on_row: Callable[[Row], None] | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Matrix:
+    """Build a scenario per seed under ``root`` and audit every adversary's proof. The honest
+    owner always runs (first), whatever ``adversaries`` names."""
+    if not seeds:
+        raise ThreatModelError("give at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ThreatModelError("seeds must be distinct")
+    names = list(ADVERSARIES) if adversaries is None else [HONEST, *adversaries]
+    names = list(dict.fromkeys(names))
+    unknown = [n for n in names if n not in ADVERSARIES]
+    if unknown:
+        raise ThreatModelError(f"unknown adversary {unknown[0]!r}; known: {', '.join(ADVERSARIES)}")
+    config = config or ScenarioConfig()
+    membership = membership or MembershipPolicy()
+    rows: list[Row] = []
+    for seed in seeds:
+        scenario = build_scenario(
+            root / f"seed-{seed}" / "scenario", seed=seed, now=now, config=config
+        )
+        auditor = Auditor(scenario, membership=membership, seed=seed)
+        for name in names:
+            adversary = make_adversary(name)
+            start = clock()
+            proof = adversary.build(scenario, root / f"seed-{seed}" / name)
+            outcomes = auditor.audit(proof)
+            row = Row(
+                seed=seed,
+                adversary=name,
+                threat=None if adversary.threat is None else adversary.threat.number,
+                caught_by=adversary.caught_by,
+                outcomes=outcomes,
+                notes=proof.notes,
+                seconds=clock() - start,
+            )
+            rows.append(row)
+            if on_row is not None:
+                on_row(row)
+    return Matrix(
+        seeds=tuple(seeds),
+        rows=tuple(rows),
+        config=config,
+        membership=membership,
+        created=now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+def statuses(rows: Sequence[Row], check: str) -> Mapping[str, int]:
+    """How many of ``rows`` gave each status for ``check``."""
+    out: dict[str, int] = {}
+    for r in rows:
+        out[r.status(check)] = out.get(r.status(check), 0) + 1
+    return out
