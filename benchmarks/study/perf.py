@@ -10,7 +10,7 @@ never filled in.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,13 +52,20 @@ def _records(doc: Any, path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
             yield from _records(value, f"{path}[{i}]")
 
 
+_MAX_DETAILS = 6
+
+
 def _details(record: Mapping[str, Any]) -> str:
+    """The record's spread and its first few short scalar fields (sizes, counts, targets)."""
     skip = {"median_s", "seconds", "min_s", "max_s"}
     parts = [
-        f"{k}={v}"
+        f"{k}={round(v, 4) if isinstance(v, float) else v}"
         for k, v in record.items()
-        if k not in skip and isinstance(v, (int, float, str, bool)) and len(str(v)) < 40
-    ]
+        if k not in skip
+        and not k.startswith("seconds_")
+        and isinstance(v, (int, float, str, bool))
+        and len(str(v)) < 40
+    ][:_MAX_DETAILS]
     spread = ""
     if isinstance(record.get("min_s"), (int, float)) and isinstance(
         record.get("max_s"), (int, float)
@@ -84,10 +91,10 @@ def _kind(stem: str) -> str:
     return "other"
 
 
-def perf_rows(results_root: Path, repo: Path) -> list[PerfRow]:
-    """Rows from every ``*.json`` directly under ``results_root``, plus a "not yet recorded"
-    row for every kind in :data:`KINDS` that has none."""
-    rows: list[PerfRow] = []
+def perf_rows(results_root: Path, repo: Path, *, extra: Sequence[PerfRow] = ()) -> list[PerfRow]:
+    """Rows from every ``*.json`` directly under ``results_root`` and the ``extra`` rows (the
+    study's own), plus a "not yet recorded" row for every kind in :data:`KINDS` that has none."""
+    rows: list[PerfRow] = list(extra)
     for path in sorted(results_root.glob("*.json")):
         doc = read_json(path)
         if not isinstance(doc, Mapping):

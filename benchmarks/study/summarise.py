@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.study.paper import paper_comparison
-from benchmarks.study.perf import perf_rows
+from benchmarks.study.perf import PerfRow, perf_rows
 from benchmarks.study.plan import BASELINES, PRUNE_VARIANTS, cells_for
 from benchmarks.study.runner import REPO
 from benchmarks.study.svg import Point, grouped_bars, scatter
@@ -141,6 +141,51 @@ def _plots(dataset: str, arch: str, groups: Sequence[Group], img: Path) -> list[
         (img / f"{stem}-{kind}.svg").write_text(text)
         out.append(f"![{dataset} {arch} {kind}](img/{stem}-{kind}.svg)")
     return out
+
+
+def _study_perf(groups: Sequence[Group]) -> list[PerfRow]:
+    """Patch time and inference overhead of PRUNE (engine defaults), as measured by the study."""
+    rows = []
+    for g in groups:
+        if g.method != "prune" or not g.ok:
+            continue
+        size = g.ok[0]["forget_size"]
+        where = f"{g.dataset}/{g.arch}/{g.setting}"
+        command = f"python -m benchmarks.study run --config default --only '{where}/prune/*'"
+        load = g.mean("loadavg_1m")
+        rows.append(
+            PerfRow(
+                kind="patch time",
+                source="study",
+                what=f"prune unlearn, {where} ({size} points)",
+                seconds=g.mean("seconds"),
+                details=f"patches={g.fact('patches')}, certified={g.fact('certified')}, load {load:.1f}"
+                if load is not None
+                else "",
+                command=command,
+            )
+        )
+        ratio = g.mean("inference_ratio")
+        if ratio is not None:
+            rows.append(
+                PerfRow(
+                    kind="inference overhead",
+                    source="study",
+                    what=f"patched vs original, {where} ({g.fact('patches')} patches)",
+                    seconds=_inference_seconds(g),
+                    details=f"{ratio:.2f}× the original's time on the test set",
+                    command=command,
+                )
+            )
+    return rows
+
+
+def _inference_seconds(g: Group) -> float | None:
+    for doc in g.docs:
+        inference = doc.get("inference")
+        if isinstance(inference, dict):
+            return float(inference["deployed_s"])
+    return None
 
 
 def _hyperparameters() -> list[str]:
@@ -274,7 +319,7 @@ def summarise(*, results: Path, docs: Path) -> list[Path]:
         "| kind | what | median s | details | source | reproduce |",
         "|---|---|---|---|---|---|",
     ]
-    for r in perf_rows(REPO / "benchmarks" / "results", REPO):
+    for r in perf_rows(REPO / "benchmarks" / "results", REPO, extra=_study_perf(groups)):
         md.append(
             f"| {r.kind} | {r.what} | {_secs(r.seconds)} | {r.details} | {r.source} | `{r.command}` |"
         )
