@@ -1,0 +1,104 @@
+"""The threat matrix on digits, through the real CLI: every adversary produces a complete proof
+signed with the owner's real key, is caught by its threat's checks, and the honest owner
+passes every check. Per-adversary assertions pin *which* checks catch each cheat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from audit.verify import CHECKS
+from tests.threat_models.conftest import MatrixRun
+from threat_models.adversaries import ADVERSARIES, HONEST
+from threat_models.matrix import ALL_CHECKS, MATRIX_TYPE
+from threat_models.model import THREATS
+
+PROOF_FILES = ("model.onnx", "summary.json", "certificate.json", "model.sig", "forget.npz")
+
+
+def test_matrix_is_ok_and_exits_zero(matrix_run: MatrixRun) -> None:
+    doc = matrix_run.doc
+    assert matrix_run.exit_code == 0
+    assert doc["type"] == MATRIX_TYPE and doc["version"] == 1 and doc["ok"] is True
+    assert doc["checks"] == list(ALL_CHECKS)
+    assert {r["adversary"] for r in doc["rows"]} == set(ADVERSARIES)
+
+
+def test_honest_owner_passes_every_check(matrix_run: MatrixRun) -> None:
+    row = matrix_run.row(HONEST)
+    assert row["failed"] == []
+    statuses = row["statuses"]
+    assert set(statuses) == set(ALL_CHECKS)
+    not_run = {name for name, status in statuses.items() if status == "not-run"}
+    assert not_run == {"commitment.consistency"}  # a first batch has no previous root
+
+
+@pytest.mark.parametrize("name", [n for n in ADVERSARIES if n != HONEST])
+def test_every_adversary_is_caught_by_its_threat(matrix_run: MatrixRun, name: str) -> None:
+    row = matrix_run.row(name)
+    threat = next(t for t in THREATS if name in t.adversaries)
+    assert row["threat"] == threat.number
+    assert set(row["failed"]) & set(threat.caught_by), row["failed"]
+    assert row["caught"] and row["ok"]
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIES))
+def test_every_proof_is_complete(matrix_run: MatrixRun, name: str) -> None:
+    proof = matrix_run.work / "seed-0" / name / "proof"
+    for file in PROOF_FILES:
+        assert (proof / file).is_file(), file
+    assert any((proof / "receipts").iterdir())
+
+
+def _verify_failures(row: dict[str, object]) -> set[str]:
+    return {name for name in row["failed"] if name in CHECKS}  # type: ignore[attr-defined]
+
+
+def test_residual_memorisation_is_caught_only_by_membership(matrix_run: MatrixRun) -> None:
+    """Every claim is true and certified: only the membership check can see the cheat."""
+    row = matrix_run.row("residual_memorisation")
+    assert row["failed"] == ["membership.inference"]
+    evidence = row["evidence"]["membership.inference"]
+    honest = matrix_run.row(HONEST)["evidence"]["membership.inference"]
+    assert evidence["auc"]["value"] > evidence["max_auc"] > honest["auc"]["value"]
+
+
+def test_equivocation_passes_audit_verify_and_fails_the_subjects_receipt(
+    matrix_run: MatrixRun,
+) -> None:
+    row = matrix_run.row("equivocation")
+    assert _verify_failures(row) == set()
+    assert "receipt.binding" in row["failed"]
+
+
+def test_certificate_forgeries_fail_exactly_their_binding_check(matrix_run: MatrixRun) -> None:
+    assert "signature.certificate" in matrix_run.row("forged_signature")["failed"]
+    assert _verify_failures(matrix_run.row("forged_other_model")) == {"digest.original"}
+    assert _verify_failures(matrix_run.row("replayed_certificate")) == {"freshness"}
+    assert "commitment.openings" in matrix_run.row("forged_other_forget_set")["failed"]
+
+
+def test_exact_input_filter_passes_replay_but_not_probes(matrix_run: MatrixRun) -> None:
+    row = matrix_run.row("exact_input_filter")
+    assert row["statuses"]["replay.claims"] == "pass"
+    assert row["statuses"]["region.probes"] == "fail"
+
+
+def test_model_level_cheats(matrix_run: MatrixRun) -> None:
+    assert "structure.patch" in matrix_run.row("structure_trigger")["failed"]
+    assert "structure.original" in matrix_run.row("structure_weights")["failed"]
+    sabotage = matrix_run.row("sabotage")
+    assert sabotage["statuses"]["utility"] == "fail"
+    rollback = matrix_run.row("rollback")
+    assert rollback["statuses"]["signature.model"] == "pass"  # re-signed by the owner
+    assert rollback["statuses"]["digest.model"] == "fail"
+    assert "replay.claims" in matrix_run.row("partial")["failed"]
+    assert "replay.claims" in matrix_run.row("noop")["failed"]
+
+
+def test_scenario_files_are_prune_train_layout(matrix_run: MatrixRun) -> None:
+    work: Path = matrix_run.scenario / "work"
+    for name in ("model.onnx", "train.npz", "test.npz", "train.json"):
+        assert (work / name).is_file()
+    assert (matrix_run.scenario / "keys" / "owner.key").stat().st_mode & 0o077 == 0
