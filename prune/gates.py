@@ -10,12 +10,19 @@ Two constructions, in the registry ``GATES`` (docs/FORMATS.md, "Patched ONNX", i
 * ``dense`` (the paper's support network): per patch the ``H`` linearised constraint rows
   ``a_i x <= b_i`` of the region, ``s_i = b_i - a_i x``,
   ``g_u = ReLU(sum_i [ReLU(n s_i + 1) - ReLU(n s_i)] - H + 1)``. Memory ``P * H * d``.
+  Each bracket is evaluated as ``ReLU(1 - ReLU(-n s_i))``, the same function (``clamp(n s_i + 1,
+  0, 1)``) without the float32 cancellation of the difference form: for ``|n s_i|`` in the
+  thousands, ``ReLU(n s + 1) - ReLU(n s)`` rounds to ``1 +- 1e-3``, which summed over ``H``
+  rows leaks the patch outside its band (measured) or dims it inside.
 
-Both are 1 exactly on ``S_u``. Outside it, walk the layers from the first one: at the first layer
-where the pattern of ``x`` differs from ``u``'s, the linearised rows equal the real
-pre-activations, so both gates see the same violated constraint with the same value; either gate
-is 0 once one constraint is violated by more than ``1/n``, and ``activation <= dense`` everywhere
-(it sums violations instead of clamping each at ``1/n``), so its band is at least as tight.
+Both are 1 exactly on ``S_u`` (the linearised polytope *is* the pattern region) and 0 far from
+it. Outside ``S_u`` walk the layers from the first one: at the first layer where the pattern of
+``x`` differs from ``u``'s, the linearised rows equal the real pre-activations, so both gates see
+the same violated constraints with the same values, and either gate is 0 once one of them is
+violated by more than ``1/n``. Deeper layers differ: the dense gate measures the region's
+*linearised* rows, the activation gate the network's real pre-activations, so neither band
+contains the other in general. Where only the last hidden layer differs (all rows then coincide),
+``activation <= dense`` because it sums violations instead of clamping each at ``1/n``.
 
 Threat note: a gate only *locates* the patch; the guarantee that the patch is 0 off the band
 (``|p_u| <= K_u`` on the box) comes from the patch network in :mod:`prune.patched`."""
@@ -124,7 +131,7 @@ class DenseGate:
         self, x: torch.Tensor, z: torch.Tensor, params: dict[str, torch.Tensor], n: float
     ) -> torch.Tensor:
         slack = (params["b"] - x @ params["A"]) * n
-        inside = torch.relu(slack + 1.0) - torch.relu(slack)
+        inside = torch.relu(1.0 - torch.relu(-slack))
         n_hidden = z.shape[1]
         total = inside.reshape(len(x), -1, n_hidden).sum(dim=2)
         return torch.relu(total - float(n_hidden - 1))
@@ -136,11 +143,10 @@ class DenseGate:
         slack = sink.node("Sub", ["prune/patch/b", ax], name="gate/slack")
         scaled = sink.node("Mul", [slack, n], name="gate/scaled")
         one = sink.const("gate/one", np.asarray(1.0, dtype=np.float32))
-        upper = sink.node(
-            "Relu", [sink.node("Add", [scaled, one], name="gate/s+1")], name="gate/r1"
+        violated = sink.node("Relu", [sink.node("Neg", [scaled], name="gate/-ns")], name="gate/v")
+        inside = sink.node(
+            "Relu", [sink.node("Sub", [one, violated], name="gate/1-v")], name="gate/inside"
         )
-        lower = sink.node("Relu", [scaled], name="gate/r0")
-        inside = sink.node("Sub", [upper, lower], name="gate/inside")
         shape = sink.const("gate/shape", np.asarray([0, patches, hidden], dtype=np.int64))
         per_patch = sink.node("Reshape", [inside, shape], name="gate/per_patch")
         axes = sink.const("gate/axes", np.asarray([2], dtype=np.int64))

@@ -154,6 +154,12 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="Seeds target choice and clustering."
 )
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Cap torch threads while solving (default: torch's own setting).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def unlearn_command(
     model: Path,
@@ -171,6 +177,7 @@ def unlearn_command(
     n: float,
     cut: str | None,
     seed: int,
+    threads: int | None,
     quiet: bool,
 ) -> None:
     """Patch MODEL so that it forgets training samples; write PROOF/model.onnx and summary.json
@@ -204,6 +211,7 @@ def unlearn_command(
         cut=cut,
         seed=seed,
         progress=show_progress(quiet),
+        threads=threads,
     )
     if key_path is not None and not result.complete:
         raise PruneError(

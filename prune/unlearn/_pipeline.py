@@ -17,11 +17,13 @@ region's boundary another patch's band can add its own push (see :mod:`prune.pat
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from prune.claims import Claim
@@ -35,7 +37,14 @@ from prune.solvers import SOLVERS, make_solver
 from prune.targets import TARGET_POLICIES
 from prune.unlearn._evaluate import batch_rows, margins_at, peak_rss_mb, predictions, utility
 from prune.unlearn._request import ForgetRequest, check_data, forget_request
-from prune.unlearn._strategies import STRATEGIES, ForgetPoints, Plan, SolveContext, solve_regions
+from prune.unlearn._strategies import (
+    STRATEGIES,
+    ForgetPoints,
+    Plan,
+    SolveContext,
+    plan_patches,
+    solve_regions,
+)
 
 __all__ = ["DEFAULT_MARGIN", "DEFAULT_N", "FLOAT32_SLACK", "RETRIES", "UnlearnResult", "unlearn"]
 
@@ -101,9 +110,70 @@ def unlearn(
     cut: str | None = None,
     seed: int = 0,
     progress: bool = False,
+    threads: int | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> UnlearnResult:
-    """Patch ``model`` (ONNX bytes) so that it forgets the requested training samples."""
+    """Patch ``model`` (ONNX bytes) so that it forgets the requested training samples.
+
+    ``threads`` caps torch's intra-op threads while solving (restored afterwards); on a loaded
+    machine one thread is often much faster for the many small batched ops of the solver."""
+    with _torch_threads(threads):
+        return _unlearn(
+            model,
+            x_train,
+            y_train,
+            forget_indices=forget_indices,
+            forget_class=forget_class,
+            x_test=x_test,
+            y_test=y_test,
+            solver=solver,
+            gate=gate,
+            target_policy=target_policy,
+            strategy=strategy,
+            margin=margin,
+            n=n,
+            cut=cut,
+            seed=seed,
+            progress=progress,
+            clock=clock,
+        )
+
+
+@contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    if threads is None:
+        yield
+        return
+    if threads < 1:
+        raise PatchError(f"threads must be at least 1, got {threads}")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _unlearn(
+    model: bytes,
+    x_train: NDArray[np.float32],
+    y_train: NDArray[np.int64],
+    *,
+    forget_indices: Sequence[int] | NDArray[np.integer] | None,
+    forget_class: int | None,
+    x_test: NDArray[np.float32] | None,
+    y_test: NDArray[np.int64] | None,
+    solver: str,
+    gate: str,
+    target_policy: str,
+    strategy: str,
+    margin: float,
+    n: float,
+    cut: str | None,
+    seed: int,
+    progress: bool,
+    clock: Callable[[], float],
+) -> UnlearnResult:
     started = clock()
     _check_options(solver, gate, target_policy, strategy, margin, n)
     imported = load_model(model, cut=cut)
@@ -134,7 +204,7 @@ def unlearn(
         progress=progress,
     )
     t_solve = clock()
-    plan = STRATEGIES[strategy](ctx, points)
+    plan = plan_patches(strategy, ctx, points)
     if len(plan.targets) == 0:
         raise PatchError("no forget point could be given a certified patch")
     t_export = clock()

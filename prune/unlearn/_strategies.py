@@ -2,9 +2,7 @@
 
 Registry ``STRATEGIES``:
 
-* ``individual`` (default): one patch per *distinct* region among the forget points (points with
-  the same activation pattern share a region, hence one patch whose target avoids all their
-  labels); regions are solved in vectorised batches.
+* ``individual`` (default): one patch per distinct region, solved in vectorised batches.
 * ``clustered`` (PRUNE, Theorem 2): KMeans on the pending points in cut space; the real forget
   point nearest each centroid is the representative; its patch is solved on its own region and
   offered to every member's region (same ``C, d`` behind each member's own gate). A member is
@@ -12,10 +10,13 @@ Registry ``STRATEGIES``:
   :mod:`prune.solvers._bounds`); the rest are re-clustered in the next round, and what is left
   after ``max_rounds`` is reported, never claimed.
 
-Both return a :class:`Plan`; every patch in it carries a sound certified margin for its region."""
+Strategies see one unit per *distinct* region (:func:`plan_patches` merges forget points with the
+same activation pattern: one patch, whose target avoids all their labels). Both return a
+:class:`Plan`; every patch in it carries a sound certified margin for its region."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from prune.model import PLHead
 from prune.regions import InputBox, linearize, pattern_keys
 from prune.solvers import LagrangianSolver, Solver, spec_objectives, spec_upper_bounds
 from prune.targets import choose_targets
+from prune.unlearn._harmonise import harmonised_targets
 
 __all__ = [
     "STRATEGIES",
@@ -35,6 +37,7 @@ __all__ = [
     "Plan",
     "SolveContext",
     "Strategy",
+    "plan_patches",
     "solve_regions",
 ]
 
@@ -50,6 +53,7 @@ class SolveContext:
     progress: bool = False
     cluster_size: int = 10
     max_rounds: int = 10
+    harmonise_hamming: int = 3
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,32 +120,24 @@ def solve_regions(
 
 
 def _individual(ctx: SolveContext, pts: ForgetPoints) -> Plan:
-    first: dict[bytes, int] = {}
-    patch_of = np.empty(len(pts), dtype=np.int64)
-    reps: list[int] = []
-    for m, key in enumerate(pattern_keys(pts.active)):
-        patch_of[m] = first.setdefault(key, len(first))
-        if patch_of[m] == len(reps):
-            reps.append(m)
-    rep = np.asarray(reps, dtype=np.int64)
-    forbidden = np.zeros((len(rep), pts.forbidden.shape[1]), dtype=bool)
-    required = np.zeros(len(rep))
-    np.logical_or.at(forbidden, patch_of, pts.forbidden)
-    np.maximum.at(required, patch_of, pts.required)
-    targets = choose_targets(ctx.target_policy, pts.logits[rep], forbidden, rng=ctx.rng)
-    C, d, certified = solve_regions(ctx, pts.active[rep], targets, required)
-    return Plan(pts.active[rep], targets, C, d, certified, required, patch_of)
+    """One patch per (distinct) region."""
+    targets, _merged = harmonised_targets(
+        ctx.target_policy,
+        pts.logits,
+        pts.forbidden,
+        pts.active,
+        max_hamming=ctx.harmonise_hamming,
+        rng=ctx.rng,
+    )
+    C, d, certified = solve_regions(ctx, pts.active, targets, pts.required)
+    patch_of = np.arange(len(pts), dtype=np.int64)
+    return Plan(pts.active, targets, C, d, certified, pts.required.copy(), patch_of)
 
 
 def _clustered(ctx: SolveContext, pts: ForgetPoints) -> Plan:
     from sklearn.cluster import KMeans
 
-    keys = pattern_keys(pts.active)
-    unique: dict[bytes, int] = {}
-    for m, key in enumerate(keys):
-        unique.setdefault(key, m)
-    pending = np.asarray(sorted(unique.values()), dtype=np.int64)
-    region_of = {key: i for i, key in enumerate(unique)}
+    pending = np.arange(len(pts), dtype=np.int64)
     n_out = pts.logits.shape[1]
     rows: list[tuple[int, int, NDArray[np.float64] | None, NDArray[np.float64], float, float]] = []
     rounds = 0
@@ -165,15 +161,14 @@ def _clustered(ctx: SolveContext, pts: ForgetPoints) -> Plan:
             C_c = None if C is None else C[c]
             ok = _certified_on(ctx, pts, pending[members], int(targets[c]), C_c, d[c])
             ok |= pending[members] == reps[c]
-            for i in np.flatnonzero(ok):
-                m = int(pending[members[i]])
+            for pos in np.flatnonzero(ok):
+                m = int(pending[members[pos]])
                 rows.append((m, int(targets[c]), C_c, d[c], float(cert[c]), float(pts.required[m])))
             taken[members[ok]] = True
         pending = pending[~taken]
     patch_of = np.full(len(pts), -1, dtype=np.int64)
-    by_region = {region_of[keys[m]]: i for i, (m, *_rest) in enumerate(rows)}
-    for m, key in enumerate(keys):
-        patch_of[m] = by_region.get(region_of[key], -1)
+    for i, row in enumerate(rows):
+        patch_of[row[0]] = i
     zero_c = np.zeros((pts.x.shape[1], n_out))
     affine = any(r[2] is not None for r in rows)
     return Plan(
@@ -215,3 +210,24 @@ def _certified_on(
 Strategy = Callable[[SolveContext, ForgetPoints], Plan]
 
 STRATEGIES: dict[str, Strategy] = {"individual": _individual, "clustered": _clustered}
+
+
+def plan_patches(strategy: str, ctx: SolveContext, pts: ForgetPoints) -> Plan:
+    """Run ``strategy`` on the *distinct* regions of the forget points (points sharing a region
+    are one unit: their labels are all forbidden as targets, the largest required margin
+    applies), then map the plan back to the points."""
+    first: dict[bytes, int] = {}
+    region_of = np.empty(len(pts), dtype=np.int64)
+    reps: list[int] = []
+    for m, key in enumerate(pattern_keys(pts.active)):
+        region_of[m] = first.setdefault(key, len(first))
+        if region_of[m] == len(reps):
+            reps.append(m)
+    rep = np.asarray(reps, dtype=np.int64)
+    forbidden = np.zeros((len(rep), pts.forbidden.shape[1]), dtype=bool)
+    required = np.zeros(len(rep))
+    np.logical_or.at(forbidden, region_of, pts.forbidden)
+    np.maximum.at(required, region_of, pts.required)
+    regions = ForgetPoints(pts.x[rep], pts.active[rep], pts.logits[rep], forbidden, required)
+    plan = STRATEGIES[strategy](ctx, regions)
+    return dataclasses.replace(plan, patch_of=plan.patch_of[region_of])

@@ -1,0 +1,147 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from onnx import helper
+from torch import nn
+
+from prune.errors import ModelImportError
+from prune.model import OrtRunner, load_model
+from prune.train import export_onnx
+from tests.prune._engine_models import digits_work, graph_model, random_mlp
+
+RNG = np.random.default_rng(0)
+
+
+def _head_matches_runtime(raw: bytes, x: np.ndarray, *, cut: str | None = None) -> None:
+    model = load_model(raw, cut=cut)
+    head = model.head
+    outs = OrtRunner(raw, outputs=[*head.hidden, head.output]).run(x)
+    logits, z = head.forward(model.cut_values(x).astype(np.float64))
+    np.testing.assert_allclose(logits, outs[-1], atol=1e-4, rtol=1e-5)
+    z_rt = np.concatenate([o.reshape(len(x), -1) for o in outs[:-1]], axis=1)
+    np.testing.assert_allclose(z, z_rt, atol=1e-4, rtol=1e-5)
+
+
+def test_mlp_head_is_the_whole_model(tmp_path: Path) -> None:
+    raw = random_mlp(tmp_path / "m.onnx", dims=(6, 8, 5, 4))
+    model = load_model(raw)
+    assert model.input_space and model.head.cut == "input"
+    assert model.head.hidden_sizes == (8, 5) and model.head.classes == 4
+    assert len(model.head.hidden) == 2
+    _head_matches_runtime(raw, RNG.random((50, 6), dtype=np.float32))
+
+
+def test_matmul_add_graph_with_constant_nodes() -> None:
+    w1 = RNG.normal(size=(4, 5)).astype(np.float32)
+    b1 = RNG.normal(size=(5,)).astype(np.float32)
+    w2 = RNG.normal(size=(5, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["input", "w1"], ["a"], name="mm1"),
+        helper.make_node("Add", ["b1", "a"], ["z1"], name="add1"),  # constant on the left
+        helper.make_node("Relu", ["z1"], ["r1"], name="relu1"),
+        helper.make_node(
+            "Constant",
+            [],
+            ["w2"],
+            name="cw2",
+            value=helper.make_tensor("w2v", 1, [5, 3], w2.ravel()),
+        ),
+        helper.make_node("Gemm", ["r1", "w2"], ["logits"], name="gemm2", alpha=0.5),
+    ]
+    raw = graph_model(nodes, {"w1": w1, "b1": b1})
+    model = load_model(raw)
+    assert model.head.hidden == ("z1",)
+    _head_matches_runtime(raw, RNG.random((20, 4), dtype=np.float32))
+
+
+def test_conv_in_the_head_becomes_a_dense_matrix(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        nn.Conv2d(1, 3, 3, padding=1, stride=2),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(3 * 4 * 4, 5),
+        nn.ReLU(),
+        nn.Linear(5, 3),
+    )
+    export_onnx(net, tmp_path / "c.onnx", input_shape=(1, 8, 8))
+    raw = (tmp_path / "c.onnx").read_bytes()
+    model = load_model(raw)
+    assert model.head.cut_shape == (1, 8, 8) and model.head.input_dim == 64
+    assert model.head.hidden_sizes == (48, 5)
+    _head_matches_runtime(raw, RNG.random((10, 1, 8, 8), dtype=np.float32))
+
+
+def test_cnn_defaults_to_the_feature_cut_and_names_the_blocking_node(tmp_path: Path) -> None:
+    work = digits_work("cnn")
+    model = load_model(work.raw)
+    assert model.head.cut == "features" and not model.input_space
+    _head_matches_runtime(work.raw, work.x_test[:30])
+    with pytest.raises(ModelImportError, match=r"unsupported op MaxPool \(MaxPool node '.*'\)"):
+        load_model(work.raw, cut="input")
+
+
+@pytest.mark.parametrize(
+    ("act", "message"),
+    [
+        ("Sigmoid", r"non-ReLU activation Sigmoid \(Sigmoid node 'act'\)"),
+        ("Softmax", r"non-ReLU activation Softmax \(Softmax node 'act'\)"),
+        ("Abs", r"unsupported op Abs \(Abs node 'act'\)"),
+    ],
+)
+def test_non_piecewise_linear_head_is_refused(act: str, message: str) -> None:
+    w = RNG.normal(size=(3, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["input", "w"], ["h"], name="g", transB=1),
+        helper.make_node(act, ["h"], ["logits"], name="act"),
+    ]
+    with pytest.raises(ModelImportError, match=message):
+        load_model(graph_model(nodes, {"w": w}))
+
+
+def test_residual_connection_is_refused() -> None:
+    w = RNG.normal(size=(4, 4)).astype(np.float32)
+    w2 = RNG.normal(size=(3, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["input", "w"], ["h"], name="g", transB=1),
+        helper.make_node("Add", ["h", "input"], ["s"], name="skip"),
+        helper.make_node("Gemm", ["s", "w2"], ["logits"], name="g2", transB=1),
+    ]
+    with pytest.raises(ModelImportError, match="feeds"):
+        load_model(graph_model(nodes, {"w": w, "w2": w2}))
+
+
+def test_transposed_input_gemm_is_refused() -> None:
+    w = RNG.normal(size=(4, 3)).astype(np.float32)
+    nodes = [helper.make_node("Gemm", ["input", "w"], ["logits"], name="gt", transA=1)]
+    raw = graph_model(nodes, {"w": w}, inputs=("input", [4, 4]), output=("logits", [4, 3]))
+    with pytest.raises(ModelImportError, match="Gemm node 'gt' cannot be patched"):
+        load_model(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "message"),
+    [
+        (b"", "empty"),
+        (b"definitely not a protobuf \xff\xfe", "not an ONNX model"),
+    ],
+)
+def test_unreadable_model_bytes(raw: bytes, message: str) -> None:
+    with pytest.raises(ModelImportError, match=message):
+        load_model(raw)
+
+
+def test_unknown_cut_and_old_opset(tmp_path: Path) -> None:
+    raw = random_mlp(tmp_path / "m.onnx")
+    with pytest.raises(ModelImportError, match="no tensor named 'nope'"):
+        load_model(raw, cut="nope")
+    w = RNG.normal(size=(3, 4)).astype(np.float32)
+    old = graph_model(
+        [helper.make_node("Gemm", ["input", "w"], ["logits"], transB=1)], {"w": w}, opset=11
+    )
+    with pytest.raises(ModelImportError, match="opset 11"):
+        load_model(old)

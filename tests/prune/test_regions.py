@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prune.errors import DataError
+from prune.model import load_model
+from prune.regions import InputBox, box_from_data, linearize, pattern_keys, patterns_of
+from tests.prune._engine_models import random_mlp
+
+BOX = InputBox(0.0, 1.0, "data-range")
+
+
+@pytest.fixture(scope="module")
+def head(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    raw = random_mlp(tmp_path_factory.mktemp("regions") / "m.onnx", dims=(5, 7, 6, 3), seed=2)
+    return load_model(raw).head
+
+
+def _points_in_region(head, x0: np.ndarray, rng: np.random.Generator) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Perturbations of x0 that keep its activation pattern (rejection sampling)."""
+    pattern = patterns_of(head, x0[None])[0]
+    found = []
+    for scale in (1e-1, 1e-2, 1e-3):
+        cand = np.clip(x0 + scale * rng.normal(size=(400, len(x0))), 0.0, 1.0)
+        keep = (patterns_of(head, cand) == pattern).all(axis=1)
+        found.append(cand[keep])
+    return np.concatenate(found)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_head_is_affine_on_the_region(head, seed: int) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(seed)
+    x0 = rng.random(head.input_dim)
+    pts = _points_in_region(head, x0, rng)
+    assert len(pts) > 0
+    reg = linearize(head, patterns_of(head, x0[None]), box=BOX)
+    logits, z = head.forward(pts)
+    X = torch.from_numpy(pts)
+    lin_z = (X @ reg.A[0].T + reg.c[0]).numpy()
+    lin_f = (X @ reg.F1[0].T + reg.F2[0]).numpy()
+    np.testing.assert_allclose(lin_z, z, atol=1e-10)
+    np.testing.assert_allclose(lin_f, logits, atol=1e-10)
+    G, h = reg.constraints()
+    assert ((X @ G[0].T - h[0]).numpy() <= 1e-12).all()
+
+
+def test_constraints_are_violated_exactly_where_the_pattern_differs(head) -> None:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(1)
+    x0 = rng.random(head.input_dim)
+    reg = linearize(head, patterns_of(head, x0[None]), box=BOX)
+    G, h = reg.constraints()
+    others = rng.random((500, head.input_dim))
+    same = (patterns_of(head, others) == patterns_of(head, x0[None])).all(axis=1)
+    inside = ((torch.from_numpy(others) @ G[0].T - h[0]).numpy() <= 1e-12).all(axis=1)
+    np.testing.assert_array_equal(same, inside)
+    assert same.sum() < len(same)  # the test is not vacuous
+
+
+def test_pattern_keys_identify_regions(head) -> None:  # type: ignore[no-untyped-def]
+    x = np.random.default_rng(3).random((200, head.input_dim))
+    act = patterns_of(head, x)
+    keys = pattern_keys(act)
+    for i in range(0, 200, 17):
+        for j in range(0, 200, 13):
+            assert (keys[i] == keys[j]) == bool((act[i] == act[j]).all())
+
+
+def test_input_box_declaration() -> None:
+    assert box_from_data(np.array([[0.0, 0.5, 1.0]]), input_space=True).as_method() == {
+        "low": 0.0,
+        "high": 1.0,
+        "source": "data-range",
+    }
+    feat = box_from_data(np.array([[0.0, 2.0], [1.0, 4.0]]), input_space=False)
+    assert feat.low == 0.0 and feat.high == pytest.approx(4.4)
+    with pytest.raises(DataError):
+        InputBox(1.0, 1.0, "bad")
+
+
+def test_linearize_rejects_wrong_pattern_width(tmp_path: Path) -> None:
+    head = load_model(random_mlp(tmp_path / "m.onnx")).head
+    with pytest.raises(ValueError, match="patterns must be"):
+        linearize(head, np.ones((1, head.n_hidden + 1), dtype=bool), box=BOX)

@@ -1,0 +1,192 @@
+"""Every solver certifies the spec over the whole region; checked by an exact LP built here from
+autograd (independent of prune.regions and prune.solvers)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linprog
+
+from prune.errors import PatchError
+from prune.model import PLHead, load_model
+from prune.regions import InputBox, linearize, patterns_of
+from prune.solvers import SOLVERS, LagrangianSolver, PatchSolution, dual_bound, make_solver
+from tests.prune._engine_models import digits_work
+
+BOX = InputBox(0.0, 1.0, "data-range")
+MARGIN = 0.25
+
+
+class Case:
+    def __init__(self, head: PLHead, x: np.ndarray, targets: np.ndarray) -> None:
+        self.head, self.x, self.targets = head, x, targets
+        self.regions = linearize(head, patterns_of(head, x), box=BOX)
+
+
+@pytest.fixture(scope="module")
+def case() -> Case:
+    work = digits_work()
+    head = load_model(work.raw).head
+    x = work.x_train[[0, 7, 21]].astype(np.float64)
+    logits, _ = head.forward(x)
+    masked = logits.copy()
+    masked[np.arange(len(x)), logits.argmax(axis=1)] = -np.inf
+    return Case(head, x, masked.argmax(axis=1))
+
+
+def _torch_head(head: PLHead) -> torch.nn.Module:
+    layers: list[torch.nn.Module] = []
+    for i, layer in enumerate(head.layers):
+        lin = torch.nn.Linear(layer.weight.shape[1], layer.weight.shape[0]).double()
+        lin.weight.data = torch.from_numpy(layer.weight.copy())
+        lin.bias.data = torch.from_numpy(layer.bias.copy())
+        layers.append(lin)
+        if i < len(head.layers) - 1:
+            layers.append(torch.nn.ReLU())
+    return torch.nn.Sequential(*layers)
+
+
+def _region_by_autograd(head: PLHead, x0: np.ndarray) -> tuple[np.ndarray, ...]:
+    """(G, h, F1, F2) of x0's region from autograd Jacobians, like the reference code does."""
+    net = _torch_head(head)
+    pre = [m for m in net if isinstance(m, torch.nn.Linear)][:-1]
+
+    def hidden(x: torch.Tensor) -> torch.Tensor:
+        zs, h = [], x
+        for m in net:
+            h = m(h)
+            if isinstance(m, torch.nn.Linear) and any(m is p for p in pre):
+                zs.append(h)
+        return torch.cat(zs)
+
+    x = torch.from_numpy(x0)
+    A = torch.autograd.functional.jacobian(hidden, x).numpy()
+    z = hidden(x).detach().numpy()
+    c = z - A @ x0
+    F1 = torch.autograd.functional.jacobian(net, x).numpy()
+    F2 = net(x).detach().numpy() - F1 @ x0
+    s = np.where(z >= 0, 1.0, -1.0)
+    return -s[:, None] * A, s * c, F1, F2
+
+
+def exact_min_margin(
+    head: PLHead, x0: np.ndarray, t: int, C: np.ndarray | None, d: np.ndarray
+) -> float:
+    """min over the region of (f+p)_t - max_j (f+p)_j, by one HiGHS LP per class."""
+    G, h, F1, F2 = _region_by_autograd(head, x0)
+    F1 = F1 + (0 if C is None else C.T)
+    F2 = F2 + d
+    worst = np.inf
+    for j in range(F1.shape[0]):
+        if j == t:
+            continue
+        res = linprog(F1[t] - F1[j], A_ub=G, b_ub=h, bounds=[(0.0, 1.0)] * len(x0), method="highs")
+        assert res.status == 0
+        worst = min(worst, res.fun + F2[t] - F2[j])
+    return float(worst)
+
+
+def _solve(name: str, case: Case) -> PatchSolution:
+    margins = torch.full((len(case.x),), MARGIN, dtype=torch.float64)
+    return make_solver(name).solve(case.regions, torch.from_numpy(case.targets), margin=margins)
+
+
+@pytest.fixture(scope="module")
+def solutions(case: Case) -> dict[str, PatchSolution]:
+    return {name: _solve(name, case) for name in SOLVERS}
+
+
+@pytest.mark.parametrize("name", list(SOLVERS))
+def test_solver_certifies_the_whole_region(
+    case: Case, solutions: dict[str, PatchSolution], name: str
+) -> None:
+    sol = solutions[name]
+    for b in range(len(case.x)):
+        C = None if sol.C is None else sol.C[b].numpy()
+        exact = exact_min_margin(case.head, case.x[b], int(case.targets[b]), C, sol.d[b].numpy())
+        assert exact >= MARGIN - 1e-7, (name, b, exact)
+        # the reported certified margin is a sound lower bound of the exact minimum
+        assert float(sol.certified_margin[b]) <= exact + 1e-6
+        assert float(sol.certified_margin[b]) >= MARGIN - 1e-9
+
+
+def test_solvers_agree_and_reassure_is_minimal(
+    case: Case, solutions: dict[str, PatchSolution]
+) -> None:
+    """Same points, targets and margin: all certify (test above); REASSURE's patch is the
+    smallest in max over the region of |p|_inf, as its LP promises."""
+    sizes: dict[str, list[float]] = {}
+    for name, sol in solutions.items():
+        sizes[name] = []
+        for b in range(len(case.x)):
+            G, h, _, _ = _region_by_autograd(case.head, case.x[b])
+            C = (
+                np.zeros((case.head.input_dim, case.head.classes))
+                if sol.C is None
+                else sol.C[b].numpy()
+            )
+            d = sol.d[b].numpy()
+            biggest = 0.0
+            for o in range(case.head.classes):
+                for sign in (1.0, -1.0):
+                    res = linprog(
+                        -sign * C[:, o],
+                        A_ub=G,
+                        b_ub=h,
+                        bounds=[(0.0, 1.0)] * G.shape[1],
+                        method="highs",
+                    )
+                    biggest = max(biggest, -res.fun + sign * d[o])
+            sizes[name].append(biggest)
+    for b in range(len(case.x)):
+        assert sizes["reassure"][b] <= sizes["scale-shift"][b] + 1e-6
+        assert sizes["reassure"][b] <= sizes["lagrangian"][b] + 1e-6
+
+
+def test_lagrangian_steps_tighten_the_bound(
+    case: Case, solutions: dict[str, PatchSolution]
+) -> None:
+    loose = LagrangianSolver(steps=0).solve(
+        case.regions,
+        torch.from_numpy(case.targets),
+        margin=torch.full((3,), MARGIN, dtype=torch.float64),
+    )
+    tight = solutions["lagrangian"]
+    exact = solutions["scale-shift"]  # exact LP shift: the smallest constant target push
+    t = torch.from_numpy(case.targets).view(-1, 1)
+    push_loose = loose.d.gather(1, t).view(-1)
+    push_tight = tight.d.gather(1, t).view(-1)
+    push_exact = (exact.d.gather(1, t).view(-1) - exact.d.min(dim=1).values).clamp_min(0)
+    assert (push_tight <= push_loose).all()
+    gap_tight = push_tight - push_exact
+    gap_loose = push_loose - push_exact
+    assert (gap_tight <= 0.2 * gap_loose).all(), (gap_tight, gap_loose)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 100_000))
+def test_dual_bound_is_sound_for_any_multipliers(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    d, m = 4, 6
+    x0 = rng.random(d)
+    G = rng.normal(size=(m, d))
+    h = G @ x0 + rng.random(m)  # x0 strictly inside
+    w = rng.normal(size=d)
+    res = linprog(-w, A_ub=G, b_ub=h, bounds=[(0.0, 1.0)] * d, method="highs")
+    lam = torch.from_numpy(rng.exponential(size=(1, 1, m)) * rng.integers(0, 2, size=(1, 1, m)))
+    bound = dual_bound(
+        torch.from_numpy(G)[None],
+        torch.from_numpy(h)[None],
+        BOX,
+        torch.from_numpy(w)[None, None],
+        lam,
+    )
+    assert float(bound) >= -res.fun - 1e-9
+
+
+def test_unknown_solver() -> None:
+    with pytest.raises(PatchError, match="unknown solver 'simplex'"):
+        make_solver("simplex")

@@ -1,0 +1,275 @@
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import helper
+
+from prune.cli import cli
+from prune.export import OUTPUT
+from prune.model import OrtRunner
+from prune.regions import Regions
+from prune.solvers import SOLVERS, LagrangianSolver, PatchSolution
+from prune.unlearn import UnlearnResult, unlearn
+from tests.prune._engine_models import DigitsWork, digits_work, graph_model
+
+SUMMARY_KEYS = {
+    "forget_accuracy_before",
+    "forget_accuracy_after",
+    "retain_accuracy_before",
+    "retain_accuracy_after",
+    "test_accuracy_before",
+    "test_accuracy_after",
+    "patches",
+    "certified",
+    "seconds",
+    "peak_rss_mb",
+}
+
+
+@pytest.fixture(scope="module")
+def work() -> DigitsWork:
+    return digits_work()
+
+
+def _claims_hold(result: UnlearnResult) -> None:
+    """Every claim holds on the exported model under onnxruntime, in leaf order."""
+    logits = OrtRunner(result.patched_model, outputs=[OUTPUT]).run(result.forget_x)[0]
+    for claim in result.claims:
+        row = logits[claim.leaf_index].astype(np.float64)
+        assert row.argmax() == claim.target != claim.label
+        others = np.delete(row, claim.target)
+        assert row[claim.target] - others.max() >= claim.certified_margin
+        assert claim.region == "certified"
+        assert claim.train_index == result.forget_indices[claim.leaf_index]
+
+
+def _run(args: list[str]) -> tuple[int, str, str]:
+    res = CliRunner().invoke(cli, args)
+    return res.exit_code, res.stdout, res.stderr
+
+
+def test_sample_unlearning_cli(work: DigitsWork, tmp_path: Path) -> None:
+    forget = tmp_path / "forget.txt"
+    forget.write_text("12\n3\n\n40\n7\n")
+    out = tmp_path / "proof"
+    code, stdout, stderr = _run(
+        [
+            "unlearn", str(work.model_path), "--train", str(work.folder / "train.npz"),
+            "--test", str(work.folder / "test.npz"), "--forget-indices", str(forget),
+            "--out", str(out), "--quiet", "--threads", "1",
+        ]
+    )  # fmt: skip
+    assert code == 0, stderr
+    assert "forgot 4 samples" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["model.onnx", "summary.json"]
+    assert not out.with_name("proof.partial").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) >= SUMMARY_KEYS
+    assert summary["version"] == 1 and summary["mode"] == "samples"
+    assert summary["forget_accuracy_after"] == 0.0 and summary["certified"] == 4
+    assert summary["failed"] == [] and summary["method"]["solver"] == "lagrangian"
+    assert abs(summary["test_accuracy_after"] - summary["test_accuracy_before"]) <= 0.02
+
+
+@pytest.mark.parametrize(
+    ("strategy", "solver", "gate", "policy"),
+    [
+        ("individual", "lagrangian", "dense", "random"),
+        ("clustered", "lagrangian", "activation", "runner-up"),
+        ("individual", "scale-shift", "activation", "least-likely"),
+    ],
+)
+def test_multi_point_unlearning(
+    work: DigitsWork, strategy: str, solver: str, gate: str, policy: str
+) -> None:
+    idx = np.random.default_rng(0).choice(len(work.y_train), 12, replace=False)
+    result = unlearn(
+        work.raw,
+        work.x_train,
+        work.y_train,
+        forget_indices=idx,
+        solver=solver,
+        gate=gate,
+        target_policy=policy,
+        strategy=strategy,
+        threads=1,
+    )
+    _claims_hold(result)
+    assert [c.leaf_index for c in result.claims] == sorted(set(range(12)) - set(result.failed))
+    assert len(result.claims) == 12 and result.complete
+    assert result.summary["forget_accuracy_after"] == 0.0
+    assert result.method["strategy"] == strategy and result.method["gate"] == gate
+
+
+def test_class_unlearning_cli(work: DigitsWork, tmp_path: Path) -> None:
+    out = tmp_path / "proof"
+    code, _, stderr = _run(
+        [
+            "unlearn", str(work.model_path), "--train", str(work.folder / "train.npz"),
+            "--test", str(work.folder / "test.npz"), "--forget-class", "4", "--out", str(out),
+            "--quiet", "--threads", "1",
+        ]
+    )  # fmt: skip
+    assert code == 0, stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["mode"] == "class" and summary["forget_class"] == 4
+    assert summary["forget_points"] == int((work.y_train == 4).sum())
+    assert summary["forget_accuracy_after"] == 0.0
+    assert summary["method"]["forget_class"] == 4
+    assert set(summary["per_class_test_accuracy_after"]) == {str(k) for k in range(10)}
+
+
+def test_signed_proof(work: DigitsWork, tmp_path: Path) -> None:
+    from prune.proofs import generate_keys
+
+    keys = generate_keys(tmp_path / "keys")
+    forget = tmp_path / "f.txt"
+    forget.write_text("5\n9\n")
+    out = tmp_path / "proof"
+    code, _, stderr = _run(
+        [
+            "unlearn", str(work.model_path), "--train", str(work.folder / "train.npz"),
+            "--forget-indices", str(forget), "--key", str(keys.private_key), "--out", str(out),
+            "--quiet", "--threads", "1",
+        ]
+    )  # fmt: skip
+    assert code == 0, stderr
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "summary.json", "certificate.json", "model.sig", "forget.npz"} <= names
+    assert len(list((out / "receipts").iterdir())) == 2
+
+
+@dataclass(frozen=True)
+class _FlakySolver:
+    """Claims the margin but returns no patch on its first call; honest afterwards."""
+
+    name: ClassVar[str] = "lagrangian"
+    calls: list[int]
+
+    def options(self) -> dict[str, float | int | str]:
+        return {}
+
+    def solve(
+        self, regions: Regions, targets: torch.Tensor, *, margin: torch.Tensor
+    ) -> PatchSolution:
+        self.calls.append(len(regions))
+        if len(self.calls) == 1:
+            return PatchSolution(C=None, d=torch.zeros_like(regions.F2), certified_margin=margin)
+        return LagrangianSolver().solve(regions, targets, margin=margin)
+
+
+def test_recheck_catches_wrong_patches(work: DigitsWork, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+    monkeypatch.setitem(SOLVERS, "lagrangian", lambda: _FlakySolver(calls))  # type: ignore[arg-type]
+    result = unlearn(work.raw, work.x_train, work.y_train, forget_indices=[1, 2, 3], threads=1)
+    assert len(calls) == 2 and result.summary["resolved_after_recheck"] == 3
+    assert result.complete
+    _claims_hold(result)
+    monkeypatch.setattr("prune.unlearn._pipeline.RETRIES", 0)
+    calls.clear()
+    result = unlearn(work.raw, work.x_train, work.y_train, forget_indices=[1, 2, 3], threads=1)
+    assert result.claims == () and result.failed == (0, 1, 2)
+    assert result.summary["certified"] == 0
+
+
+def _bad_model(tmp_path: Path, op: str) -> Path:
+    w = np.ones((10, 64), dtype=np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["input", "w"], ["h"], name="dense", transB=1),
+        helper.make_node(op, ["h"], ["logits"], name="act"),
+    ]
+    path = tmp_path / f"{op}.onnx"
+    path.write_bytes(
+        graph_model(
+            nodes, {"w": w}, inputs=("input", ["batch", 64]), output=("logits", ["batch", 10])
+        )
+    )
+    return path
+
+
+def _npz(path: Path, x: np.ndarray, y: np.ndarray) -> Path:
+    np.savez(path, x=x, y=y)
+    return path
+
+
+BAD = [
+    ("unsupported-op", "unsupported op Abs (Abs node 'act')"),
+    ("sigmoid", "non-ReLU activation Sigmoid (Sigmoid node 'act')"),
+    ("out-of-range", "forget index 100000 is out of range"),
+    ("duplicate", "forget index 3 is listed more than once"),
+    ("empty", "lists no forget indices"),
+    ("not-integer", "not an integer: 'x3'"),
+    ("class-absent", "class 3 does not occur in the training data"),
+    ("class-unknown", "class 12 is not a class of the model"),
+    ("shape", "the model expects (64,)"),
+    ("nan", "contains NaN or inf"),
+    ("missing-model", "cannot read model"),
+    ("not-onnx", "not an ONNX model"),
+    ("out-exists", "exists and is not empty"),
+    ("no-request", "give exactly one of --forget-indices FILE and --forget-class K"),
+]
+
+
+@pytest.mark.parametrize(("case", "message"), BAD, ids=[c for c, _ in BAD])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(
+    work: DigitsWork, tmp_path: Path, case: str, message: str
+) -> None:
+    model = work.model_path
+    train = work.folder / "train.npz"
+    forget = tmp_path / "forget.txt"
+    forget.write_text("3\n5\n")
+    request = ["--forget-indices", str(forget)]
+    out = tmp_path / "proof"
+    if case == "unsupported-op":
+        model = _bad_model(tmp_path, "Abs")
+    elif case == "sigmoid":
+        model = _bad_model(tmp_path, "Sigmoid")
+    elif case == "out-of-range":
+        forget.write_text("3\n100000\n")
+    elif case == "duplicate":
+        forget.write_text("3\n5\n3\n")
+    elif case == "empty":
+        forget.write_text("\n")
+    elif case == "not-integer":
+        forget.write_text("1\nx3\n")
+    elif case == "class-absent":
+        keep = work.y_train != 3
+        train = _npz(tmp_path / "t.npz", work.x_train[keep], work.y_train[keep])
+        request = ["--forget-class", "3"]
+    elif case == "class-unknown":
+        request = ["--forget-class", "12"]
+    elif case == "shape":
+        train = _npz(tmp_path / "t.npz", work.x_train[:, :32], work.y_train)
+    elif case == "nan":
+        x = work.x_train.copy()
+        x[4, 7] = np.nan
+        train = _npz(tmp_path / "t.npz", x, work.y_train)
+    elif case == "missing-model":
+        model = tmp_path / "nope.onnx"
+    elif case == "not-onnx":
+        model = tmp_path / "junk.onnx"
+        model.write_bytes(b"\x08\x07junk that is not a model\xff" * 10)
+    elif case == "out-exists":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    elif case == "no-request":
+        request = []
+    code, stdout, stderr = _run(
+        ["unlearn", str(model), "--train", str(train), *request, "--out", str(out), "--quiet"]
+    )
+    assert code == 2, (stdout, stderr)
+    assert stderr.startswith("prune: error: ") and stderr.count("\n") == 1, stderr
+    assert message in stderr
+    assert "Traceback" not in stdout + stderr
+    assert not out.with_name("proof.partial").exists()
+    if case == "out-exists":
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists()
