@@ -154,3 +154,30 @@ def test_policy_validates() -> None:
         Policy(required_inputs=frozenset({"everything"}))
     with pytest.raises(InputError, match="at least 1"):
         replace(Policy(), probe_directions=0)
+
+
+def test_append_only_batch_verifies(kit: ProofKit, tmp_path: Path) -> None:
+    """Second batch of an append-only log: only its own leaves are opened; the root is rebuilt
+    through the consistency proof's old subtrees."""
+    from tests.audit.adversarial.kit import honest_patch, pick_forget
+
+    log = tmp_path / "commitments.json"
+    kit.reissue(tmp_path / "batch1", commitment_log=log)
+    rows = pick_forget(kit.work, count=3, seed=5)
+    spec, claims = honest_patch(kit.work, rows)
+    second = kit.reissue(
+        tmp_path / "batch2", rows=rows, spec=spec, claims=claims, commitment_log=log
+    )
+    report = verify_proof(kit.inputs(second), now=kit.now, rng=np.random.default_rng(0))
+    assert report.verified, report.failures
+    assert report.outcome("commitment.consistency").status == "pass"
+    assert report.outcome("commitment.openings").evidence["batch_leaves"] == 3
+    payload = payload_of(second)["predicate"]
+    assert payload["previous_root"]["size"] == len(kit.rows)
+    # the first batch's openings do not open the second batch
+    other = verify_proof(
+        kit.inputs(second, forget=tmp_path / "batch1" / "forget.npz"),
+        now=kit.now,
+        rng=np.random.default_rng(0),
+    )
+    assert "for the 3 leaves" in other.outcome("commitment.openings").detail

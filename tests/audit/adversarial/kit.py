@@ -159,6 +159,7 @@ def issue_proof(
     summary_edit: Callable[[dict[str, Any]], None] | None = None,
     model_edit: Callable[[onnx.ModelProto], None] | None = None,
     model_bytes: bytes | None = None,
+    commitment_log: Path | None = None,
     seed: int = 0,
 ) -> None:
     """Export the patched model and let the owner's real code sign everything. ``model_edit``
@@ -201,6 +202,7 @@ def issue_proof(
         result=outcome,
         original_model=original,
         key_path=keys / "owner.key",
+        commitment_log=commitment_log,
         rng=np.random.default_rng(seed),
         now=created,
     )

@@ -23,11 +23,27 @@ from onnx import helper, numpy_helper
 
 from audit.proof import Limits
 from audit.verify import VerifyInputs
-from prune.formats import PAYLOAD_TYPE, Envelope, Openings, canonical_json, sign_envelope
-from prune.proofs import load_private_key
+from prune.formats import (
+    PAYLOAD_TYPE,
+    Envelope,
+    Openings,
+    canonical_json,
+    patch_parameter_digest,
+    sha256_hex,
+    sign_envelope,
+)
+from prune.proofs import load_private_key, open_private_key, sign_model
 from tests.audit.adversarial.kit import ProofKit, build_work, honest_patch, pick_forget
 
-__all__ = ["ADVERSARIES", "Adversary", "Tampered", "edit_certificate", "flip_byte", "payload_of"]
+__all__ = [
+    "ADVERSARIES",
+    "Adversary",
+    "Tampered",
+    "edit_certificate",
+    "flip_byte",
+    "payload_of",
+    "resign_model",
+]
 
 
 @dataclass(frozen=True)
@@ -83,6 +99,20 @@ def edit_certificate(
     else:
         new = sign_envelope(payload, PAYLOAD_TYPE, load_private_key(key))
     path.write_bytes(new.to_json())
+
+
+def resign_model(proof: Path, model: bytes, *, key: Path) -> None:
+    """A dishonest owner swaps in another model and re-signs everything that names it: the
+    statement's subject and patch digests and the model signature."""
+    (proof / "model.onnx").write_bytes(model)
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["subject"][0]["digest"]["sha256"] = sha256_hex(model)
+        doc["predicate"]["patch_parameters"]["sha256"] = patch_parameter_digest(model)
+
+    edit_certificate(proof, edit, key=key)
+    (proof / "model.sig").unlink()
+    sign_model(proof / "model.onnx", proof / "model.sig", key=open_private_key(key))
 
 
 def _rewrite_forget(proof: Path, change: Callable[[dict[str, np.ndarray[Any, Any]]], None]) -> None:
