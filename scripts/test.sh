@@ -6,4 +6,4 @@ PRUNE_BROWSER=1 ./scripts/setup.sh
 . .venv/bin/activate
 ruff check prune audit threat_models tests
 mypy
-python -m pytest "$@"
+python -m pytest -q "$@"

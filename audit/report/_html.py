@@ -24,7 +24,7 @@ th{background:#f4f4f4}td.num{text-align:right;font-variant-numeric:tabular-nums}
 font-size:1.1rem;color:#fff}
 .verified{background:#1b7f3b}.failed{background:#b3261e}
 .pass{color:#1b7f3b;font-weight:600}.fail{color:#b3261e;font-weight:600}
-.not-run{color:#777}code{font-size:.85rem;word-break:break-all}
+.not-run{color:#777}code{font-size:.85rem;word-break:break-all}td>code{white-space:nowrap;word-break:normal}
 .summary{background:#f7f9fc;border-left:4px solid #1f77b4;padding:.6rem 1rem}
 .charts{display:flex;flex-wrap:wrap;gap:1rem}.muted{color:#666;font-size:.85rem}
 """
