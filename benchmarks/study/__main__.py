@@ -74,6 +74,7 @@ def _config_cells(config: str) -> list[Cell]:
 @click.option(
     "--only", multiple=True, help="Glob on dataset/arch/setting/variant/sSEED; repeatable."
 )
+@click.option("--skip", multiple=True, help="Glob of cells to leave out; repeatable.")
 @_work_opt
 @_results_opt
 @_threads_opt
@@ -84,6 +85,7 @@ def _config_cells(config: str) -> list[Cell]:
 def run(
     config: str,
     only: tuple[str, ...],
+    skip: tuple[str, ...],
     work: Path,
     results: Path,
     threads: int,
@@ -92,6 +94,9 @@ def run(
 ) -> None:
     """Run every cell of CONFIG that has no result yet (resumable)."""
     cells = select(_config_cells(config), only)
+    if skip:
+        dropped = {c.key() for c in select(cells, skip)}
+        cells = [c for c in cells if c.key() not in dropped]
     if not cells:
         raise StudyError("no cell matches --only")
     paths = _paths(work, results, _DOCS)
