@@ -3,8 +3,10 @@ MLPs, a small digits MLP and CNN trained for a few epochs, and hand-written ONNX
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ __all__ = [
     "digits_work",
     "graph_model",
     "random_mlp",
+    "single_thread",
 ]
 
 
@@ -65,13 +68,25 @@ class DigitsWork:
         np.savez(folder / "test.npz", x=self.x_test, y=self.y_test)
 
 
+@contextlib.contextmanager
+def single_thread() -> Iterator[None]:
+    """Tiny torch workloads run far faster on one thread when the shared machine is loaded."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 @functools.cache
 def digits_work(arch: str = "mlp") -> DigitsWork:
     """Trained once per test process (read-only for the tests; the folder is removed at exit)."""
     folder = Path(_TMP.name) / arch
-    if arch == "mlp":
-        return DigitsWork(folder, "mlp", (16, 16), epochs=8)
-    return DigitsWork(folder, "cnn", (16,), epochs=1)
+    with single_thread():
+        if arch == "mlp":
+            return DigitsWork(folder, "mlp", (16, 16), epochs=8)
+        return DigitsWork(folder, "cnn", (16,), epochs=1)
 
 
 _TMP = tempfile.TemporaryDirectory(prefix="prune-engine-tests-")

@@ -13,7 +13,7 @@ from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchedHead, PatchSet, patch_bounds
 from prune.regions import InputBox, box_from_data, linearize
 from prune.solvers import make_solver
-from tests.prune._engine_models import DigitsWork, digits_work
+from tests.prune._engine_models import DigitsWork, digits_work, single_thread
 
 
 def _patches(
@@ -71,12 +71,15 @@ def _check_original_kept(original: bytes, patched: bytes) -> onnx.ModelProto:
 @pytest.fixture(scope="module")
 def solved(mlp) -> dict[str, PatchSet]:  # type: ignore[no-untyped-def]
     work, model, box = mlp
-    return {
-        "lagrangian": _patches(
-            model, work.x_train[:4], box, solver="lagrangian", gate="activation"
-        ),
-        "reassure": _patches(model, work.x_train[:2], box, solver="reassure", gate="activation"),
-    }
+    with single_thread():
+        return {
+            "lagrangian": _patches(
+                model, work.x_train[:4], box, solver="lagrangian", gate="activation"
+            ),
+            "reassure": _patches(
+                model, work.x_train[:2], box, solver="reassure", gate="activation"
+            ),
+        }
 
 
 @pytest.mark.parametrize("gate", ["activation", "dense"])

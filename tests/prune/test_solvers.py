@@ -14,7 +14,7 @@ from prune.errors import PatchError
 from prune.model import PLHead, load_model
 from prune.regions import InputBox, linearize, patterns_of
 from prune.solvers import SOLVERS, LagrangianSolver, PatchSolution, dual_bound, make_solver
-from tests.prune._engine_models import digits_work
+from tests.prune._engine_models import digits_work, single_thread
 
 BOX = InputBox(0.0, 1.0, "data-range")
 MARGIN = 0.25
@@ -96,7 +96,8 @@ def _solve(name: str, case: Case) -> PatchSolution:
 
 @pytest.fixture(scope="module")
 def solutions(case: Case) -> dict[str, PatchSolution]:
-    return {name: _solve(name, case) for name in SOLVERS}
+    with single_thread():
+        return {name: _solve(name, case) for name in SOLVERS}
 
 
 @pytest.mark.parametrize("name", list(SOLVERS))
