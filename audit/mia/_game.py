@@ -145,9 +145,11 @@ def run_game(
     seed: int = 0,
     bootstrap: int = 1000,
     fprs: Sequence[float] = (0.01, 0.001),
+    roc_points: int = 1000,
     now: datetime | None = None,
 ) -> GameResult:
     """Fit every attack once on ``reference``, score both sets against every model, measure.
+    ``roc_points`` caps the ROC points kept per curve (see :func:`evaluate`).
 
     The bootstrap of each (model, attack) pair draws from its own generator, seeded from
     ``seed`` and the pair's position, so results do not depend on which attacks ran before."""
@@ -171,6 +173,7 @@ def run_game(
                 fprs=fprs,
                 bootstrap=bootstrap,
                 rng=np.random.default_rng(seeds[i * len(attacks) + j]),
+                roc_points=roc_points,
             )
             per_attack.append(AttackResult(attack.name, attack.params(), metrics))
         results.append(

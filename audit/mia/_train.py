@@ -80,8 +80,9 @@ def _train(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = arch.build()
-    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
+    # Own writable copies: joblib hands workers read-only memory maps, which torch refuses to wrap.
+    xt = torch.from_numpy(np.array(x, dtype=np.float32))
+    yt = torch.from_numpy(np.array(y, dtype=np.int64))
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     model.train()

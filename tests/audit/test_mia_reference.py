@@ -140,3 +140,22 @@ def test_scoring_reference_data_is_refused_and_candidates_keep_their_membership(
     np.testing.assert_array_equal(inside, refs.in_candidates)
     assert not refs.membership(split.non_members.x, split.non_members.y).any()
     assert refs.describe()["online"] is True and refs.describe()["models"] == 4
+
+
+@pytest.mark.parametrize(("backend", "package"), [("ray", "ray"), ("dask", "distributed")])
+def test_cluster_backends_say_what_to_install(backend: str, package: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(package) is not None:
+        pytest.skip(f"{package} is installed here")
+    split = digits_split(1)
+    with pytest.raises(InputError, match=f"backend '{backend}' needs"):
+        train_reference_models(
+            split.reference.x,
+            split.reference.y,
+            architecture=Architecture("mlp", (4,), (64,), 10),
+            count=2,
+            recipe=TrainingRecipe(epochs=1),
+            seed=0,
+            backend=backend,
+        )
