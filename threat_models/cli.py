@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -64,6 +65,12 @@ def cli() -> None:
     help="Keep every scenario and proof in this new folder (default: a temporary one).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the versioned JSON document.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Also write the JSON document to this file (atomically).",
+)
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def matrix(
     seeds: tuple[int, ...],
@@ -71,6 +78,7 @@ def matrix(
     adversaries: tuple[str, ...],
     work: Path | None,
     as_json: bool,
+    out: Path | None,
     quiet: bool,
 ) -> None:
     """Run every adversary and the honest owner against the auditor, print the matrix.
@@ -101,8 +109,11 @@ def matrix(
     finally:
         if work is None:
             shutil.rmtree(root, ignore_errors=True)
+    text = json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n"
+    if out is not None:
+        _write_atomically(out, text)
     if as_json:
-        click.echo(json.dumps(result.to_json(), indent=2, sort_keys=True))
+        click.echo(text, nl=False)
     else:
         click.echo(render_matrix(result))
     if not result.ok:
@@ -152,6 +163,19 @@ def sampling(
         cells += [f"{row['miss'][str(k)]:.4g}" for k in ks]
         cells.append(str(row["k_needed"]))
         click.echo(" | ".join(cells))
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    if not path.parent.is_dir():
+        raise ThreatModelError(f"--out: folder {path.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def main() -> None:

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from prune.cli._common import show_progress
 from prune.data import load_npz
 from prune.errors import DataError, PruneError
 from prune.gates import GATES
+from prune.privacy import add_decoys
 from prune.solvers import SOLVERS
 from prune.targets import TARGET_POLICIES
 from prune.unlearn import DEFAULT_MARGIN, DEFAULT_N, STRATEGIES, UnlearnResult, unlearn
@@ -160,6 +162,14 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     default=None,
     help="Cap torch threads while solving (default: torch's own setting).",
 )
+@click.option(
+    "--decoys",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Also forget K random training records per requested one, drawn from OS entropy, so "
+    "that being deleted no longer shows having asked (requester privacy; see prune.privacy).",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def unlearn_command(
     model: Path,
@@ -178,6 +188,7 @@ def unlearn_command(
     cut: str | None,
     seed: int,
     threads: int | None,
+    decoys: int,
     quiet: bool,
 ) -> None:
     """Patch MODEL so that it forgets training samples; write PROOF/model.onnx and summary.json
@@ -193,6 +204,12 @@ def unlearn_command(
     x_train, y_train = load_npz(train_path)
     x_test, y_test = load_npz(test_path) if test_path is not None else (None, None)
     indices = read_forget_indices(forget_indices) if forget_indices is not None else None
+    if decoys and indices is None:
+        raise DataError("--decoys needs --forget-indices (a class deletion has no requesters)")
+    if decoys and indices is not None:
+        rng = np.random.default_rng()  # OS entropy: outsiders must not reproduce the decoys
+        plan = add_decoys(indices, n_train=len(y_train), per_request=decoys, rng=rng)
+        indices = plan.forget_indices.tolist()
     passphrase = _open_key(key_path) if key_path is not None else None
     result = unlearn(
         raw,

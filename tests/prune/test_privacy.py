@@ -3,13 +3,19 @@ never a requested row, shuffled; bad requests are one-line DataErrors."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from prune.cli import cli
 from prune.errors import DataError
 from prune.privacy import add_decoys
+from tests.prune._engine_models import digits_work
 
 
 @settings(deadline=None, max_examples=60)
@@ -65,3 +71,36 @@ def test_zero_decoys_is_a_shuffle_of_the_request() -> None:
 def test_bad_requests(requested: list[int], per_request: int, message: str) -> None:
     with pytest.raises(DataError, match=message):
         add_decoys(requested, n_train=10, per_request=per_request, rng=np.random.default_rng(0))
+
+
+def test_unlearn_cli_decoys(tmp_path: Path) -> None:
+    """``prune unlearn --decoys 2``: 3 requests become 9 forgotten, certified records."""
+    work = digits_work("mlp")
+    forget = tmp_path / "forget.txt"
+    forget.write_text("12\n3\n40\n")
+    out = tmp_path / "proof"
+    res = CliRunner().invoke(
+        cli,
+        [
+            "unlearn", str(work.model_path), "--train", str(work.folder / "train.npz"),
+            "--forget-indices", str(forget), "--decoys", "2", "--out", str(out), "--quiet",
+            "--threads", "1",
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["forget_points"] == 9 and summary["certified"] == 9
+
+
+def test_unlearn_cli_decoys_need_requests(tmp_path: Path) -> None:
+    work = digits_work("mlp")
+    res = CliRunner().invoke(
+        cli,
+        [
+            "unlearn", str(work.model_path), "--train", str(work.folder / "train.npz"),
+            "--forget-class", "3", "--decoys", "1", "--out", str(tmp_path / "p"),
+        ],
+    )  # fmt: skip
+    assert res.exit_code == 2
+    assert "--decoys needs --forget-indices" in res.stderr
+    assert not (tmp_path / "p").exists()
