@@ -1,0 +1,169 @@
+"""Adversaries that are dishonest owners: every artifact is signed with the owner's real key,
+so only the verifier's own measurements (structure diff, regions, replay, probes, locality,
+utility) can catch them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from tests.audit.adversarial.kit import ProofKit, build_work, honest_patch, pick_forget
+from tests.audit.adversarial.registry import (
+    Tampered,
+    adversary,
+    reissued,
+)
+
+# -- the patched model, signed by a dishonest owner ------------------------------------------------
+
+
+@adversary("model_original_swapped_in_signed", "digest.original", "is the original model itself")
+def model_original_swapped_in_signed(kit: ProofKit, dest: Path) -> Tampered:
+    """The owner signs the unpatched original as the 'patched' model."""
+    return reissued(kit, dest, model_bytes=kit.work.model.read_bytes())
+
+
+@adversary(
+    "model_for_other_forget_set", "structure.patch", "not the region of its claimed forget sample"
+)
+def model_for_other_forget_set(kit: ProofKit, dest: Path) -> Tampered:
+    """The patched model of a different forget set, certified with this forget set's claims."""
+    other_rows = pick_forget(kit.work, count=len(kit.rows), seed=99)
+    other_spec, _ = honest_patch(kit.work, other_rows)
+    return reissued(kit, dest, spec=other_spec)
+
+
+@adversary("onnx_extra_output", "structure.patch", "graph outputs are")
+def onnx_extra_output(kit: ProofKit, dest: Path) -> Tampered:
+    """A patched model that also exposes a hidden tensor as a second output."""
+    spec = replace(kit.spec, extra_outputs=("/0/Gemm_output_0",))
+    return reissued(kit, dest, spec=spec)
+
+
+@adversary("onnx_original_weights_changed", "structure.original", "original weights changed")
+def onnx_original_weights_changed(kit: ProofKit, dest: Path) -> Tampered:
+    """The original's first-layer weights nudged inside the 'patched' model."""
+
+    def edit(model: onnx.ModelProto) -> None:
+        for i, tensor in enumerate(model.graph.initializer):
+            if tensor.name == "0.weight":
+                value = numpy_helper.to_array(tensor) * np.float32(1.01)
+                model.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, tensor.name))
+
+    return reissued(kit, dest, model_edit=edit)
+
+
+@adversary("patch_data_dependent_op", "structure.patch", "is not allowed in a patch")
+def patch_data_dependent_op(kit: ProofKit, dest: Path) -> Tampered:
+    """A patch subgraph with a comparison op (the raw material of an input trigger)."""
+    node = helper.make_node(
+        "Equal", ["prune/patch/z", "prune/patch/z"], ["prune/patch/eq"], name="prune/patch/eq"
+    )
+    return reissued(kit, dest, spec=replace(kit.spec, extra_nodes=(node,)))
+
+
+@adversary("metadata_hidden_lies", "structure.patch", "metadata prune.hidden")
+def metadata_hidden_lies(kit: ProofKit, dest: Path) -> Tampered:
+    """Metadata naming other hidden tensors than the original graph's Relu inputs."""
+    spec = replace(kit.spec, metadata={"prune.hidden": "/0/Gemm_output_0"})
+    return reissued(kit, dest, spec=spec)
+
+
+@adversary("patch_trigger_gate", "structure.patch", "does not fix the sign of every hidden neuron")
+def patch_trigger_gate(kit: ProofKit, dest: Path) -> Tampered:
+    """Gates that also demand z_k = 0 on some neurons: only a thin sliver around each point."""
+    pos = kit.spec.pos.copy()
+    neg = kit.spec.neg.copy()
+    neg[:4] = 1.0
+    pos[:4] = 1.0
+    return reissued(kit, dest, spec=replace(kit.spec, pos=pos, neg=neg))
+
+
+@adversary(
+    "patch_gated_elsewhere", "structure.patch", "not the region of its claimed forget sample"
+)
+def patch_gated_elsewhere(kit: ProofKit, dest: Path) -> Tampered:
+    """Patch 0 gated on the region of some other training point."""
+    z, _ = kit.work.mlp.forward(kit.work.x_train)
+    own = (z[kit.rows[0]] >= 0).astype(np.float64)
+    other = next(r for r in range(len(z)) if not np.array_equal((z[r] >= 0), own.astype(bool)))
+    pos = kit.spec.pos.copy()
+    pos[:, 0] = (z[other] >= 0).astype(np.float64)
+    return reissued(kit, dest, spec=replace(kit.spec, pos=pos, neg=1.0 - pos))
+
+
+@adversary("patch_unowned", "structure.patch", "belong to no claimed forget sample")
+def patch_unowned(kit: ProofKit, dest: Path) -> Tampered:
+    """An extra patch, on a region no claim explains (a hidden backdoor region)."""
+    z, _ = kit.work.mlp.forward(kit.work.x_test[:1])
+    extra = (z[0] >= 0).astype(np.float64)[:, None]
+    spec = replace(
+        kit.spec,
+        pos=np.concatenate([kit.spec.pos, extra], axis=1),
+        neg=np.concatenate([kit.spec.neg, 1.0 - extra], axis=1),
+        d=np.concatenate([kit.spec.d, kit.spec.d[:1]]),
+        K=np.concatenate([kit.spec.K, kit.spec.K[:1]]),
+    )
+    return reissued(kit, dest, spec=spec)
+
+
+@adversary("point_only_special_case", "region.probes", "break their claim")
+def point_only_special_case(kit: ProofKit, dest: Path) -> Tampered:
+    """Patches just big enough at the forget points, claimed to certify their whole regions."""
+    _, logits = kit.work.mlp.forward(kit.work.x_train[kit.rows])
+    d = np.zeros_like(kit.spec.d)
+    claims = []
+    for u, claim in enumerate(kit.claims):
+        others = np.delete(logits[u], claim.target)
+        d[u, claim.target] = others.max() - logits[u, claim.target] + 0.05
+        claims.append(replace(claim, certified_margin=0.04))
+    spec = replace(kit.spec, d=d, K=np.abs(d).max(axis=1))
+    return reissued(kit, dest, spec=spec, claims=claims)
+
+
+@adversary("claim_margin_inflated", "replay.claims", "fall short of their certified margin")
+def claim_margin_inflated(kit: ProofKit, dest: Path) -> Tampered:
+    """Claims certifying a margin far above what the patch gives."""
+    claims = [replace(c, certified_margin=1e4) for c in kit.claims]
+    return reissued(kit, dest, claims=claims)
+
+
+@adversary("claim_wrong_target", "replay.claims", "not predicted as claimed")
+def claim_wrong_target(kit: ProofKit, dest: Path) -> Tampered:
+    """Claims naming a target the patched model does not predict."""
+    claims = [
+        replace(c, target=next(t for t in range(10) if t not in (c.label, c.target)))
+        for c in kit.claims
+    ]
+    return reissued(kit, dest, claims=claims)
+
+
+@adversary("locality_leak", "locality", "get different logits")
+def locality_leak(kit: ProofKit, dest: Path) -> Tampered:
+    """K below the patch size: the patch leaks onto every input, not only its regions."""
+    return reissued(kit, dest, spec=replace(kit.spec, K=kit.spec.K / 2))
+
+
+@adversary("utility_understated", "utility", "the certificate states 0.0000")
+def utility_understated(kit: ProofKit, dest: Path) -> Tampered:
+    """A certificate that claims no accuracy loss for a patch that costs accuracy."""
+
+    def edit(summary: dict[str, Any]) -> None:
+        summary["test_accuracy_after"] = summary["test_accuracy_before"]
+
+    return reissued(kit, dest, spec=replace(kit.spec, K=kit.spec.K / 2), summary_edit=edit)
+
+
+# -- the auditor's other inputs --------------------------------------------------------------------
+
+
+@adversary("original_mismatch", "digest.original", "original model digest mismatch")
+def original_mismatch(kit: ProofKit, dest: Path) -> Tampered:
+    """The auditor is handed a different 'original' model than the one committed."""
+    other = build_work(dest / "other-work", seed=1)
+    return Tampered(kit.inputs(original=other.model))
