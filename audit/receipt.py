@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from audit.errors import InputError
 from audit.proof import Limits, ProofFileError, load_public_key, read_bounded
-from audit.runtime import OnnxModel
+from audit.runtime import OnnxModel, available_providers
 from audit.verify import (
     Check,
     CheckOutcome,
@@ -102,6 +102,7 @@ class ReceiptContext:
     def __init__(self, inputs: ReceiptInputs, *, limits: Limits, device: str = "auto") -> None:
         self.inputs = inputs
         self.device = device
+        available_providers(device)  # --device cuda without CUDA is a usage error (exit 2)
         self.public_key: ec.EllipticCurvePublicKey = load_public_key(
             inputs.public_key, limits=limits
         )

@@ -27,7 +27,7 @@ from audit.proof import (
     load_reference,
     read_bounded,
 )
-from audit.runtime import OnnxModel
+from audit.runtime import OnnxModel, available_providers
 from audit.verify._framework import CheckUnavailable, Policy
 from audit.verify._graph import PATCH_OUTPUT, Head, find_head, load_onnx, metadata, sub_model
 from audit.verify._patch import PatchParams, read_patch
@@ -92,6 +92,7 @@ class VerifyContext:
             raise InputError(f"proof folder {inputs.proof} does not exist or is not a folder")
         if now.tzinfo is None:
             raise InputError("verification time must be timezone-aware")
+        available_providers(device)  # --device cuda without CUDA is a usage error (exit 2)
         self.inputs = inputs
         self.policy = policy
         self.limits = limits
