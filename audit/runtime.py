@@ -17,7 +17,7 @@ from audit.errors import InputError
 __all__ = ["OnnxModel", "available_providers"]
 
 
-def available_providers(prefer: str = "auto") -> list[str]:
+def available_providers(prefer: str = "auto") -> list[Any]:
     """Execution providers in preference order. ``prefer``: ``auto``, ``cuda`` or ``cpu``."""
     import onnxruntime as ort
 
@@ -26,7 +26,11 @@ def available_providers(prefer: str = "auto") -> list[str]:
         return ["CPUExecutionProvider"]
     if prefer == "cuda" and "CUDAExecutionProvider" not in have:
         raise InputError("--device cuda asked for, but onnxruntime has no CUDA provider here")
-    chosen = ["CUDAExecutionProvider"] if "CUDAExecutionProvider" in have else []
+    # TF32 off: a verifier compares float32 margins against certified bounds, and TF32 matmuls
+    # move H100/H200 logits by ~3e-3, more than the owner's float32 slack.
+    chosen: list[Any] = (
+        [("CUDAExecutionProvider", {"use_tf32": "0"})] if "CUDAExecutionProvider" in have else []
+    )
     return [*chosen, "CPUExecutionProvider"]
 
 
