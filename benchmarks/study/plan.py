@@ -175,7 +175,6 @@ _CNN_CHEAP = tuple(
 
 
 def _default() -> list[Cell]:
-    base = (*BASELINES, PRUNE_VARIANTS[0])
     return (
         _digits((0,))
         + _fashion_mlp(everything=False)
