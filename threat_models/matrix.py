@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -183,11 +183,3 @@ def run_matrix(
         membership=membership,
         created=now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     )
-
-
-def statuses(rows: Sequence[Row], check: str) -> Mapping[str, int]:
-    """How many of ``rows`` gave each status for ``check``."""
-    out: dict[str, int] = {}
-    for r in rows:
-        out[r.status(check)] = out.get(r.status(check), 0) + 1
-    return out

@@ -73,7 +73,8 @@ def write_proof(
     staging.mkdir(parents=True)
     try:
         (staging / "model.onnx").write_bytes(result.patched_model)
-        summary = json.dumps(dict(result.summary), indent=2, sort_keys=True, default=_plain)
+        doc = {**result.summary, "method": dict(result.method)}  # as prune unlearn writes it
+        summary = json.dumps(doc, indent=2, sort_keys=True, default=_plain)
         (staging / "summary.json").write_text(summary + "\n")
         files = write_signed_proof(
             staging, result=result, original_model=original, key_path=key, now=created

@@ -161,7 +161,9 @@ class Scenario:
         return np.random.default_rng([self.seed, salt])
 
 
-def _canaries(rng: np.random.Generator, count: int, shape: tuple[int, ...], classes: int) -> Any:
+def _canaries(
+    rng: np.random.Generator, count: int, shape: tuple[int, ...], classes: int
+) -> tuple[F32, I64]:
     x = rng.random((count, *shape), dtype=np.float32)
     y = rng.integers(0, classes, size=count).astype(np.int64)
     return x, y
