@@ -159,9 +159,14 @@ def main(argv: list[str] | None = None) -> int:
         reference=work / "test.npz",
     )
     load_before = os.getloadavg()
+    cpu_before = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     report = verify_proof(inputs, now=now, rng=np.random.default_rng(args.seed))
     in_process = time.perf_counter() - start
+    cpu_after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_seconds = (cpu_after.ru_utime - cpu_before.ru_utime) + (
+        cpu_after.ru_stime - cpu_before.ru_stime
+    )
     print(render_table(report))
     cli = [
         str(BIN / "audit"),
@@ -214,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "verdict": report.verdict,
         "verify_in_process_s": round(in_process, 3),
+        "verify_cpu_s": round(cpu_seconds, 3),
+        "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         "seconds_per_check": {o.name: round(o.seconds, 4) for o in report.outcomes},
         "cli": {
             "exit_code": process.returncode,
@@ -243,7 +250,13 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 k: result[k]
-                for k in ("verify_in_process_s", "cli", "replay_samples_per_s", "targets")
+                for k in (
+                    "verify_in_process_s",
+                    "verify_cpu_s",
+                    "cli",
+                    "replay_samples_per_s",
+                    "targets",
+                )
             },
             indent=2,
         )

@@ -36,6 +36,7 @@ from prune.formats import Envelope, FormatError, Openings, Statement, Unlearning
 __all__ = ["Evaluation", "VerifyContext", "VerifyInputs"]
 
 T = TypeVar("T")
+_BATCH = 1024  # keeps the patch subgraph's [batch, P, O] intermediates small (peak memory)
 F64 = NDArray[np.float64]
 
 
@@ -240,7 +241,7 @@ class VerifyContext:
         self, model: OnnxModel, x: NDArray[np.float32], what: str
     ) -> list[NDArray[np.float32]]:
         try:
-            return model.run(x)
+            return model.run(x, batch_size=_BATCH)
         except InputError as exc:
             raise CheckUnavailable(f"{what}: {exc}") from exc
         except Exception as exc:  # onnxruntime's own failure types

@@ -109,7 +109,7 @@ class Policy:
     probe_points: int = 4
     probe_claims: int | None = None
     bisection_steps: int = 10
-    lp_claims: int = 2
+    lp_claims: int = 1
 
     def __post_init__(self) -> None:
         unknown = set(self.required_inputs) - set(INPUTS)

@@ -33,6 +33,7 @@ from prune.formats import FormatError, parse_decimal_string
 __all__ = ["RegionProbes", "input_box"]
 
 F64 = NDArray[np.float64]
+_LP_OPTIONS = {"presolve": False}  # dense, small LPs: presolve costs more than it saves
 
 
 def input_box(method: Any) -> tuple[float, float] | None:
@@ -231,6 +232,13 @@ def _exact(
     return None
 
 
+def _dual_floor(c: F64, mu: F64, a_ub: F64, b_ub: F64, box: tuple[float, float]) -> float:
+    """Weak duality: for any ``mu >= 0``, ``min_{x in box} (c + A^T mu) x - mu b`` is a lower
+    bound of ``min c x`` over ``{x in box : A x <= b}``. Sound whatever ``mu`` is."""
+    reduced = c + a_ub.T @ mu
+    return float(np.minimum(reduced * box[0], reduced * box[1]).sum() - mu @ b_ub)
+
+
 def _lp_min_margin(
     affine: AffineHead,
     params: Any,
@@ -241,10 +249,14 @@ def _lp_min_margin(
     box: tuple[float, float] | None,
     need: float,
 ) -> tuple[float, F64 | None, int, int, int]:
-    """Lower bound of ``min_{x in region} (f + p_u)_t(x) - (f + p_u)_j(x)`` over ``j != t``:
-    exact (an LP, scipy HiGHS) for every class whose cheap bound over the whole box does not
-    already clear ``need``. Returns (value, argmin or None, LPs solved, classes bounded, LPs the
-    solver could not finish)."""
+    """Lower bound of ``min_{x in region} (f + p_u)_t(x) - (f + p_u)_j(x)`` over ``j != t``.
+
+    Classes in order of their margin at ``x0`` (weakest first). A class is settled without an
+    LP when a sound bound already clears ``need``: the interval bound over the box, or the weak
+    dual bound with the multipliers of the last LP solved; otherwise one LP (scipy HiGHS) gives
+    its exact minimum. Returns (value, argmin or None, LPs solved, classes bounded, LPs the
+    solver could not finish); ``value`` is exact whenever every class below ``need`` was
+    solved."""
     from scipy.optimize import linprog
 
     z_rows, z_off, f_rows, f_off = affine.local_affine(x0)
@@ -257,24 +269,31 @@ def _lp_min_margin(
     if params.C is not None:
         lin = lin + params.C[:, u * classes : (u + 1) * classes].T
     bounds = [(box[0], box[1])] * len(x0) if box else [(None, None)] * len(x0)
+    at_x0 = (lin[t] - lin) @ x0 + (off[t] - off)
     best: tuple[float, F64 | None] = (np.inf, None)
     solved = bounded = unsolved = 0
-    for j in range(classes):
+    mu: F64 | None = None
+    for j in np.argsort(at_x0, kind="stable"):
         if j == t:
             continue
         c = lin[t] - lin[j]
         const = float(off[t] - off[j])
         if box is not None:
             floor = float(np.minimum(c * box[0], c * box[1]).sum()) + const
-            if floor >= need:  # holds on the whole box, a fortiori on the region
+            if mu is not None:
+                floor = max(floor, _dual_floor(c, mu, a_ub, b_ub, box) + const)
+            if floor >= need:  # a sound bound clears the claim: no LP needed
                 bounded += 1
-                best = (min(best[0], floor), best[1]) if floor < best[0] else best
+                best = (min(best[0], floor), best[1])
                 continue
-        result = linprog(c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs-ds")
+        result = linprog(
+            c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs-ds", options=_LP_OPTIONS
+        )
         solved += 1
         if result.status != 0:
             unsolved += 1  # recorded; the exact part is a complement to the probes
             continue
+        mu = np.maximum(-np.asarray(result.ineqlin.marginals, dtype=np.float64), 0.0)
         value = float(result.fun) + const
         if value < best[0]:
             best = (value, np.asarray(result.x, dtype=np.float64))

@@ -14,7 +14,8 @@
    on the original model (activation gate: the sign pattern; dense gate: the linearised
    constraint rows). A patch gated on anything else is a trigger, not an unlearning patch;
 4. numeric agreement: onnxruntime's patched head equals ``original + sum_u h_u`` evaluated with
-   the verifier's own numpy code on the forget samples and on jittered copies of them.
+   the verifier's own numpy code on the forget samples (256 at random when there are more) and
+   on jittered copies of them.
 
 Limitation (documented): (4) is agreement on sampled points, made meaningful by (1), which only
 admits continuous piecewise-linear patch subgraphs; it is not a symbolic proof."""
@@ -36,6 +37,7 @@ __all__ = ["StructureOriginal", "StructurePatch"]
 _SIGN_TOLERANCE = 1e-6  # |z| below this may legitimately round either way in float32
 _ROW_TOLERANCE = 1e-4  # float32 storage of float64 constraint rows (relative)
 _FORM_TOLERANCE = 1e-4  # float32 execution of the patch formula (relative)
+_FORM_POINTS = 256  # forget samples (at random beyond this) and as many jittered copies
 
 
 def _summarise(problems: list[str]) -> str:
@@ -168,6 +170,8 @@ class StructurePatch(Check[VerifyContext]):
         self, ctx: VerifyContext, x: Any, cut_shape: tuple[int, ...], evidence: dict[str, Any]
     ) -> str | None:
         params = ctx.patch()
+        if len(x) > _FORM_POINTS:
+            x = x[np.sort(ctx.rng.choice(len(x), _FORM_POINTS, replace=False))]
         noise = ctx.rng.normal(scale=0.05, size=x.shape) * (1.0 + np.abs(x))
         points = np.concatenate([x, x + noise]).astype(np.float32)
         z, logits = ctx.original_head(points, cut_shape)
