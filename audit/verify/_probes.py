@@ -9,10 +9,12 @@ uniformly along the segment and one just inside the boundary, re-confirms each i
 region, and requires the *patched* head to predict the claimed target with the certified margin
 (inside the region the gate is fully on, g = 1, whatever the band 1/n).
 
-Exact part (when the verifier can parse the head as affine layers, for a sample of claims): for
-every other class ``j`` an LP minimises the margin ``(f + p_u)_t - (f + p_u)_j`` over the region
-(scipy HiGHS); a minimum below the certified margin is re-checked with onnxruntime at the LP
-optimum, and only a confirmed counterexample fails the check.
+Exact part (when the verifier can parse the head as affine layers, on the ``lp_claims`` claims
+whose probes came closest to their certified margin): for every other class ``j`` not already
+settled by a sound bound (interval over the box, or weak duality with the multipliers of the
+previous LP), an LP minimises the margin ``(f + p_u)_t - (f + p_u)_j`` over the region (scipy
+HiGHS); a minimum below the certified margin is re-checked with onnxruntime at the LP optimum,
+and only a confirmed counterexample fails the check.
 
 Threat: an owner who special-cases the exact forget inputs (a lookup, a tiny gate) passes
 replay but fails here, because the verifier's points are fresh and secret until it runs."""
