@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from audit.mia import (
+    ATTACKS,
     LabelledData,
     LiraAttack,
     MiaConfig,
@@ -283,6 +284,25 @@ def _sklearn_auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(roc_auc_score(np.r_[np.ones(len(pos)), np.zeros(len(neg))], np.r_[pos, neg]))
 
 
+def _git_head() -> str:
+    """The commit the run used, with '+dirty' when the working tree had uncommitted changes."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+dirty" if dirty else "")
+
+
 def table(doc: dict[str, Any]) -> str:
     lines = []
     for game in ("members_vs_non_members", "forget_vs_non_members"):
@@ -297,13 +317,52 @@ def table(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def markdown(doc: dict[str, Any]) -> str:
+    """The recorded results as the Markdown tables of docs/MIA.md."""
+
+    def cell(e: dict[str, float]) -> str:
+        return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+    out = []
+    for game, title in (
+        ("members_vs_non_members", "members vs non-members"),
+        ("forget_vs_non_members", "forget set vs non-members (U-MIA)"),
+    ):
+        g = doc[game]
+        out += [
+            f"{doc['dataset']}, {title}: {g['members']} vs {g['non_members']}",
+            "",
+            "| model | attack | AUC [95% CI] | TPR@1%FPR | TPR@0.1%FPR | reversed TPR@1%FPR |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for label, model in g["models"].items():
+            for name in [a for a in ATTACKS if a in model["attacks"]]:
+                m = model["attacks"][name]
+                out.append(
+                    f"| {label} | {name} | {cell(m['auc'])} | {cell(m['tpr_at_fpr']['0.01'])} | "
+                    f"{cell(m['tpr_at_fpr']['0.001'])} | {cell(m['reverse_tpr_at_fpr']['0.01'])} |"
+                )
+        out.append("")
+    return "\n".join(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", choices=[*PLANS, "all"], default="all")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--markdown",
+        action="store_true",
+        help="Print the recorded results as Markdown; run nothing.",
+    )
     args = parser.parse_args()
-    for name in PLANS if args.dataset == "all" else [args.dataset]:
+    names = list(PLANS) if args.dataset == "all" else [args.dataset]
+    if args.markdown:
+        for name in names:
+            print(markdown(json.loads((RESULTS / f"mia-{name}.json").read_text())))
+        return
+    for name in names:
         plan = PLANS[name]
         work = RUNS / f"mia-{name}"
         shutil.rmtree(work, ignore_errors=True)
@@ -324,6 +383,7 @@ def main() -> None:
                 "load_average_1min_at_end": round(os.getloadavg()[0], 2),
             },
             "command": f"python benchmarks/bench_mia.py --dataset {name} --jobs {args.jobs} --seed {args.seed}",
+            "git_commit": _git_head(),
             "total_seconds": round(time.perf_counter() - start, 1),
             "owner": owner,
             **auditor,

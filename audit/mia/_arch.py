@@ -112,6 +112,8 @@ def resolve_architecture(
         if chain is None:
             raise InputError("no ONNX model to read the architecture from: declare it (--arch)")
         widths, blocker = chain
+        if blocker is None and not widths:
+            blocker = "graph without linear layers"
         if blocker is not None:
             raise InputError(
                 f"cannot read a ReLU MLP from the ONNX graph (it has a {blocker} node); "

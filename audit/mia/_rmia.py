@@ -94,7 +94,7 @@ class RmiaAttack(Attack):
         }
 
     def _fit(self, reference: ReferenceSet | None) -> None:
-        assert reference is not None  # guaranteed by Attack.fit
+        reference = self._reference()  # Attack.fit refuses None for this attack
         rng = np.random.default_rng(self.seed)
         has_out = np.flatnonzero((~reference.in_reference).any(axis=0))
         take = np.sort(rng.permutation(has_out)[: min(self.population, len(has_out))])

@@ -54,7 +54,7 @@ class ShadowAttack(Attack):
         return {"seed": self.seed, "max_iter": self.max_iter, "per_class": len(self.per_class_)}
 
     def _fit(self, reference: ReferenceSet | None) -> None:
-        assert reference is not None  # guaranteed by Attack.fit
+        reference = self._reference()  # Attack.fit refuses None for this attack
         logits = reference.logits(reference.x, reference.y)  # [K, n, C]
         features = np.concatenate([log_softmax(lg) for lg in logits])
         labels = np.tile(reference.y, reference.count)

@@ -49,7 +49,7 @@ def test_mlp_widths_are_read_from_the_onnx_graph(tmp_path: Path) -> None:
 
 
 def test_a_patched_model_is_read_through_its_original_output(tmp_path: Path) -> None:
-    """A patch subgraph (here: a Conv-free extra branch with a non-MLP op) must be ignored."""
+    """A patch subgraph (here an extra Sigmoid branch, not part of a ReLU MLP) must be ignored."""
     proto = onnx.load(str(_export(_mlp(), tmp_path / "m.onnx", (64,))))
     g = proto.graph
     g.node.append(onnx.helper.make_node("Sigmoid", ["logits"], ["prune/patch/s"]))
