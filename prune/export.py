@@ -83,23 +83,10 @@ def export_patched(model: ImportedModel, patches: PatchSet, box: InputBox) -> by
     g = make_gate(patches.gate).onnx_gate(
         sink, x=x, z=z, n=PREFIX + "n", patches=n_patches, hidden=head.n_hidden
     )
-    axes = sink.const("axes2", np.asarray([2], dtype=np.int64))
-    g3 = sink.node("Unsqueeze", [g, axes], name="g3")
-    kg = sink.node("Mul", [g3, PREFIX + "K"], name="Kg")
-    shift = sink.node("Sub", [kg, PREFIX + "K"], name="Kg-K")
-    if patches.C is not None:
-        xc = sink.node("MatMul", [x, PREFIX + "C"], name="xC")
-        shape = sink.const("p_shape", np.asarray([0, n_patches, n_out], dtype=np.int64))
-        xc3 = sink.node("Reshape", [xc, shape], name="xC3")
-        p = sink.node("Add", [xc3, PREFIX + "d"], name="p")
+    if _gate_linear(patches):
+        h_sum = sink.node("MatMul", [g, PREFIX + "d"], name="h_sum")
     else:
-        p = PREFIX + "d"
-    up = sink.node("Relu", [sink.node("Add", [p, shift], name="p+s")], name="h_up")
-    neg_p = sink.node("Neg", [p], name="-p")
-    down = sink.node("Relu", [sink.node("Add", [neg_p, shift], name="-p+s")], name="h_down")
-    h = sink.node("Sub", [up, down], name="h")
-    axes1 = sink.const("axes1", np.asarray([1], dtype=np.int64))
-    h_sum = sink.node("ReduceSum", [h, axes1], name="h_sum", keepdims=0)
+        h_sum = _patch_networks(sink, x, g, patches)
     sink.node("Add", [head.output, h_sum], name=OUTPUT)
 
     graph.initializer.extend(sink.initializers)
@@ -122,6 +109,41 @@ def export_patched(model: ImportedModel, patches: PatchSet, box: InputBox) -> by
     except Exception as exc:
         raise PatchError(f"internal: the patched model fails onnx.checker: {exc}") from exc
     return bytes(raw)
+
+
+def _gate_linear(patches: PatchSet) -> bool:
+    """Whether every patch is constant with entries in ``{0, +-K_u}`` (in float32), as the
+    Lagrangian solver's ``delta * e_t`` patches are. Then, for ``g`` in [0, 1],
+    ``h_u = ReLU(d_u + K_u g_u - K_u) - ReLU(-d_u + K_u g_u - K_u) = g_u d_u`` entrywise (an entry
+    ``+-K`` gives ``+-K g``, an entry 0 gives 0), so ``sum_u h_u = g @ d``: one MatMul instead of
+    ``[N, P, O]`` intermediates, the same function of the same parameters."""
+    if patches.C is not None:
+        return False
+    d32 = patches.d.astype(np.float32)
+    k32 = patches.K.astype(np.float32)[:, None]
+    return bool(np.all((d32 == 0) | (np.abs(d32) == k32)))
+
+
+def _patch_networks(sink: _Sink, x: str, g: str, patches: PatchSet) -> str:
+    """``sum_u h_u`` by the general formula (affine or arbitrary constant patches)."""
+    n_patches, n_out = patches.d.shape
+    axes = sink.const("axes2", np.asarray([2], dtype=np.int64))
+    g3 = sink.node("Unsqueeze", [g, axes], name="g3")
+    kg = sink.node("Mul", [g3, PREFIX + "K"], name="Kg")
+    shift = sink.node("Sub", [kg, PREFIX + "K"], name="Kg-K")
+    if patches.C is not None:
+        xc = sink.node("MatMul", [x, PREFIX + "C"], name="xC")
+        shape = sink.const("p_shape", np.asarray([0, n_patches, n_out], dtype=np.int64))
+        xc3 = sink.node("Reshape", [xc, shape], name="xC3")
+        p = sink.node("Add", [xc3, PREFIX + "d"], name="p")
+    else:
+        p = PREFIX + "d"
+    up = sink.node("Relu", [sink.node("Add", [p, shift], name="p+s")], name="h_up")
+    neg_p = sink.node("Neg", [p], name="-p")
+    down = sink.node("Relu", [sink.node("Add", [neg_p, shift], name="-p+s")], name="h_down")
+    h = sink.node("Sub", [up, down], name="h")
+    axes1 = sink.const("axes1", np.asarray([1], dtype=np.int64))
+    return sink.node("ReduceSum", [h, axes1], name="h_sum", keepdims=0)
 
 
 def _batch_dim(output: Any) -> str | int:

@@ -37,7 +37,7 @@ class LagrangianSolver:
     """``steps`` projected Adam steps with learning rate ``lr`` (on normalised rows)."""
 
     name: ClassVar[str] = "lagrangian"
-    steps: int = 100
+    steps: int = 60
     lr: float = 0.03
 
     def options(self) -> dict[str, float | int | str]:

@@ -98,6 +98,9 @@ def test_export_keeps_the_original_and_matches_torch(mlp, solved, gate: str, sol
     names = {t.name for t in proto.graph.initializer}
     assert {PREFIX + k for k in ("n", "K", "d")} <= names
     assert (PREFIX + "C" in names) == (solver == "reassure")
+    # constant delta*e_t patches take the one-MatMul form of sum_u h_u; others the general one
+    ops = {node.name: node.op_type for node in proto.graph.node}
+    assert ops[PREFIX + "h_sum"] == ("MatMul" if solver == "lagrangian" else "ReduceSum")
     assert len(patch_parameter_digest(raw)) == 64  # every patch initializer is float32
     x = np.concatenate([work.x_train[:k], work.x_test])
     ort = OrtRunner(raw, outputs=[OUTPUT]).run(x)[0]
