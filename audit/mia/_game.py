@@ -10,7 +10,6 @@ seeds and library versions.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from numpy.typing import NDArray
 from audit.errors import InputError
 from audit.mia._base import Attack
 from audit.mia._metrics import AttackMetrics, evaluate
-from audit.mia._reference import ReferenceSet
+from audit.mia._reference import ReferenceSet, row_keys
 from audit.mia._signals import LogitsFn, as_logits
 
 __all__ = [
@@ -211,9 +210,5 @@ class _Cached:
 
 
 def _check_disjoint(a: LabelledData, b: LabelledData) -> None:
-    def keys(d: LabelledData) -> set[bytes]:
-        flat = np.ascontiguousarray(d.x, dtype=np.float32).reshape(len(d.x), -1)
-        return {hashlib.blake2b(r.tobytes(), digest_size=16).digest() for r in flat}
-
-    if keys(a) & keys(b):
+    if set(row_keys(a.x)) & set(row_keys(b.x)):
         raise InputError("the member and non-member sets share samples; they must be disjoint")

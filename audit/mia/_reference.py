@@ -29,7 +29,13 @@ from audit.mia._arch import Architecture, module_from_state
 from audit.mia._signals import as_logits
 from audit.mia._train import TrainedWeights, TrainingRecipe, torch_logits_fn, train_model
 
-__all__ = ["BACKENDS", "ReferenceSet", "balanced_membership", "train_reference_models"]
+__all__ = [
+    "BACKENDS",
+    "ReferenceSet",
+    "balanced_membership",
+    "row_keys",
+    "train_reference_models",
+]
 
 
 @dataclass(frozen=True, eq=False)
@@ -63,9 +69,9 @@ class ReferenceSet:
             raise InputError("reference membership does not match the reference data")
         if self.in_candidates.shape != (k, len(self.candidates_x)):
             raise InputError("candidate membership does not match the candidates")
-        for i, key in enumerate(_row_keys(self.x, self.y)):
+        for i, key in enumerate(row_keys(self.x, self.y)):
             self._keys[key] = ("reference", i)
-        for i, key in enumerate(_row_keys(self.candidates_x, self.candidates_y)):
+        for i, key in enumerate(row_keys(self.candidates_x, self.candidates_y)):
             self._keys.setdefault(key, ("candidate", i))
 
     @property
@@ -88,7 +94,7 @@ class ReferenceSet:
         OUT everywhere. A sample that is part of the reference data raises: the auditor's
         reference data must be disjoint from what it scores."""
         out = np.zeros((self.count, len(x)), dtype=bool)
-        for n, key in enumerate(_row_keys(x, y)):
+        for n, key in enumerate(row_keys(x, y)):
             where = self._keys.get(key)
             if where is None:
                 continue
@@ -120,11 +126,13 @@ class ReferenceSet:
         }
 
 
-def _row_keys(x: NDArray[np.float32], y: NDArray[np.int64]) -> Iterator[bytes]:
+def row_keys(x: NDArray[np.float32], y: NDArray[np.int64] | None = None) -> Iterator[bytes]:
+    """A 128-bit digest per sample (of its float32 bytes, and its label when given)."""
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), int(np.prod(x.shape[1:])))
-    labels = np.asarray(y, dtype="<i8")
+    labels = np.asarray(y if y is not None else np.zeros(len(x)), dtype="<i8")
     for row, label in zip(flat, labels, strict=True):
-        yield hashlib.blake2b(row.tobytes() + label.tobytes(), digest_size=16).digest()
+        tail = label.tobytes() if y is not None else b""
+        yield hashlib.blake2b(row.tobytes() + tail, digest_size=16).digest()
 
 
 def balanced_membership(count: int, n: int, rng: np.random.Generator) -> NDArray[np.bool_]:

@@ -24,10 +24,12 @@ from audit.mia._signals import (
 __all__ = ["ConfidenceAttack", "EntropyAttack", "LossAttack"]
 
 
-class LossAttack(Attack):
-    """LOSS (Yeom et al.): score ``-CE = log p_y``; members have lower loss."""
+class _StatisticAttack(Attack):
+    """One per-sample statistic of the target's logits is the score."""
 
-    name: ClassVar[str] = "loss"
+    @staticmethod
+    def statistic(logits: NDArray[np.float64], y: NDArray[np.int64]) -> Scores:
+        raise NotImplementedError
 
     def _score(
         self,
@@ -36,10 +38,17 @@ class LossAttack(Attack):
         y: NDArray[np.int64],
         target: LogitsFn | None,
     ) -> Scores:
-        return true_class_log_probability(logits, y)
+        return self.statistic(logits, y)
 
 
-class ConfidenceAttack(Attack):
+class LossAttack(_StatisticAttack):
+    """LOSS (Yeom et al.): score ``-CE = log p_y``; members have lower loss."""
+
+    name: ClassVar[str] = "loss"
+    statistic = staticmethod(true_class_log_probability)
+
+
+class ConfidenceAttack(_StatisticAttack):
     """Prediction confidence (Salem et al.): the highest softmax probability, label-free.
 
     (The true-class probability would rank exactly as LOSS does; the label-free maximum is the
@@ -47,27 +56,17 @@ class ConfidenceAttack(Attack):
 
     name: ClassVar[str] = "confidence"
 
-    def _score(
-        self,
-        logits: NDArray[np.float64],
-        x: NDArray[np.float32],
-        y: NDArray[np.int64],
-        target: LogitsFn | None,
-    ) -> Scores:
+    @staticmethod
+    def statistic(logits: NDArray[np.float64], y: NDArray[np.int64]) -> Scores:
         return max_probability(logits)
 
 
-class EntropyAttack(Attack):
+class EntropyAttack(_StatisticAttack):
     """Modified entropy (Song & Mittal 2021): score ``-Mentr``; it is low for confident correct
     predictions and high for confident wrong ones, unlike plain entropy."""
 
     name: ClassVar[str] = "entropy"
 
-    def _score(
-        self,
-        logits: NDArray[np.float64],
-        x: NDArray[np.float32],
-        y: NDArray[np.int64],
-        target: LogitsFn | None,
-    ) -> Scores:
+    @staticmethod
+    def statistic(logits: NDArray[np.float64], y: NDArray[np.int64]) -> Scores:
         return -modified_entropy(logits, y)

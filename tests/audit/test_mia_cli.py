@@ -17,23 +17,9 @@ from audit.mia import DOCUMENT_TYPE, Architecture, TrainingRecipe
 from audit.mia._arch import module_from_state
 from audit.mia._train import train_model
 from audit.runtime import OnnxModel
-from tests.audit.test_mia_support import digits_split
+from tests.audit.test_mia_support import digits_split, export_onnx
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
-
-
-def _export(module: torch.nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
-    torch.onnx.export(
-        module.eval(),
-        (torch.zeros((1, *shape)),),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +35,11 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
         recipe=TrainingRecipe(epochs=60, batch_size=32),
         seed=0,
     )
-    _export(module_from_state(arch, trained.state), root / "model.onnx", (64,))
+    export_onnx(module_from_state(arch, trained.state), root / "model.onnx", (64,))
     other = train_model(
         arch, split.reference.x, split.reference.y, recipe=TrainingRecipe(epochs=5), seed=1
     )
-    _export(module_from_state(arch, other.state), root / "other.onnx", (64,))
+    export_onnx(module_from_state(arch, other.state), root / "other.onnx", (64,))
     for name, data in (
         ("members", split.members),
         ("non_members", split.non_members),

@@ -8,29 +8,14 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import torch
 from torch import nn
 
 from audit.errors import InputError
 from audit.mia import Architecture, TrainingRecipe, resolve_architecture, train_reference_models
 from audit.mia._reference import balanced_membership
-from tests.audit.test_mia_support import digits_split
+from tests.audit.test_mia_support import digits_split, export_onnx
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's legacy exporter
-
-
-def _export(model: nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
-    torch.onnx.export(
-        model.eval(),
-        (torch.zeros((1, *shape)),),
-        str(path),
-        input_names=["input"],
-        output_names=["logits"],
-        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-        opset_version=17,
-        dynamo=False,
-    )
-    return path
 
 
 def _mlp() -> nn.Module:
@@ -40,7 +25,7 @@ def _mlp() -> nn.Module:
 
 
 def test_mlp_widths_are_read_from_the_onnx_graph(tmp_path: Path) -> None:
-    path = _export(_mlp(), tmp_path / "m.onnx", (64,))
+    path = export_onnx(_mlp(), tmp_path / "m.onnx", (64,))
     arch = resolve_architecture(onnx_model=path, declared=None, input_shape=(64,), classes=10)
     assert arch == Architecture("mlp", (48, 24), (64,), 10, "onnx")
     assert sum(p.numel() for p in arch.build().parameters()) == sum(
@@ -50,7 +35,7 @@ def test_mlp_widths_are_read_from_the_onnx_graph(tmp_path: Path) -> None:
 
 def test_a_patched_model_is_read_through_its_original_output(tmp_path: Path) -> None:
     """A patch subgraph (here an extra Sigmoid branch, not part of a ReLU MLP) must be ignored."""
-    proto = onnx.load(str(_export(_mlp(), tmp_path / "m.onnx", (64,))))
+    proto = onnx.load(str(export_onnx(_mlp(), tmp_path / "m.onnx", (64,))))
     g = proto.graph
     g.node.append(onnx.helper.make_node("Sigmoid", ["logits"], ["prune/patch/s"]))
     g.node.append(onnx.helper.make_node("Add", ["logits", "prune/patch/s"], ["prune/output"]))
@@ -69,7 +54,7 @@ def test_a_patched_model_is_read_through_its_original_output(tmp_path: Path) -> 
 
 def test_a_cnn_needs_a_declaration_and_then_reads_its_head(tmp_path: Path) -> None:
     declared = Architecture("cnn", (32,), (1, 8, 8), 10)
-    path = _export(declared.build(), tmp_path / "c.onnx", (1, 8, 8))
+    path = export_onnx(declared.build(), tmp_path / "c.onnx", (1, 8, 8))
     with pytest.raises(InputError, match=r"Conv.*--arch cnn"):
         resolve_architecture(onnx_model=path, declared=None, input_shape=(1, 8, 8), classes=10)
     arch = resolve_architecture(onnx_model=path, declared="cnn", input_shape=(1, 8, 8), classes=10)

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import cache
+from pathlib import Path
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 from sklearn.datasets import load_digits
 
@@ -21,10 +23,25 @@ from audit.mia import (
 from audit.mia._arch import module_from_state
 from audit.mia._train import train_model
 
-__all__ = ["OVERFIT_RECIPE", "Split", "digits_split", "overfit_target"]
+__all__ = ["OVERFIT_RECIPE", "Split", "digits_split", "export_onnx", "overfit_target"]
 
 OVERFIT_RECIPE = TrainingRecipe(epochs=100, batch_size=32)
 ARCH = Architecture("mlp", (256,), (64,), 10)
+
+
+def export_onnx(module: torch.nn.Module, path: Path, shape: tuple[int, ...]) -> Path:
+    """The model as ONNX (TorchScript exporter: plain Gemm/Relu/Conv nodes), dynamic batch."""
+    torch.onnx.export(
+        module.eval(),
+        (torch.zeros((1, *shape)),),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        opset_version=17,
+        dynamo=False,
+    )
+    return path
 
 
 @dataclass(frozen=True, eq=False)
