@@ -97,6 +97,9 @@ class Regions:
     F1: torch.Tensor
     F2: torch.Tensor
     box: InputBox
+    shared: int = 0
+    """The first ``shared`` rows of ``A`` are the same matrix in every region (the first
+    layer's weights); solvers may exploit it."""
 
     def __len__(self) -> int:
         return int(self.active.shape[0])
@@ -120,6 +123,7 @@ class Regions:
             F1=self.F1[index],
             F2=self.F2[index],
             box=self.box,
+            shared=self.shared,
         )
 
 
@@ -164,4 +168,5 @@ def linearize(head: PLHead, active: BoolArray, *, box: InputBox) -> Regions:
         f2 = off @ w_out.T + b_out
     a_all = torch.cat(a_parts, dim=1) if a_parts else torch.zeros(batch, 0, d, dtype=torch.float64)
     c_all = torch.cat(c_parts, dim=1) if c_parts else torch.zeros(batch, 0, dtype=torch.float64)
-    return Regions(active=act, A=a_all, c=c_all, F1=f1, F2=f2, box=box)
+    shared = head.hidden_sizes[0] if head.hidden_sizes else 0
+    return Regions(active=act, A=a_all, c=c_all, F1=f1, F2=f2, box=box, shared=shared)

@@ -64,22 +64,31 @@ class LagrangianSolver:
     def multipliers(
         self, G: torch.Tensor, h: torch.Tensor, W: torch.Tensor, regions: Regions
     ) -> torch.Tensor:
-        """Multipliers ``lam [B,O,H] >= 0`` (float64) after ``steps`` projected Adam steps."""
+        """Multipliers ``lam [B,O,H] >= 0`` (float64) after ``steps`` projected Adam steps.
+
+        The first ``regions.shared`` rows of every region are the first layer's weights up to a
+        sign, so their products run as one GEMM against the shared matrix (``[B*O, H1] x
+        [H1, d]``) instead of per-region slabs: half the memory traffic of the step."""
         box = regions.box
+        k1 = regions.shared
         g_norm = G.norm(dim=2, keepdim=True).clamp_min(1e-12)
         w_norm = W.norm(dim=2, keepdim=True).clamp_min(1e-12)
-        g32 = (G / g_norm).to(torch.float32)
-        g32_t = g32.transpose(1, 2)
+        batch, rows = W.shape[0], W.shape[1]
+        w1 = (regions.A[0, :k1] / g_norm[0, :k1]).to(torch.float32)  # [H1, d], unit rows
+        s1 = -regions.sign[:, :k1].to(torch.float32).unsqueeze(1)  # G1 = s1 * w1, [B, 1, H1]
+        g2 = (G[:, k1:] / g_norm[:, k1:]).to(torch.float32)
+        g2_t = g2.transpose(1, 2)
         h32 = (h / g_norm.squeeze(2)).to(torch.float32).unsqueeze(1)
         w32 = (W / w_norm).to(torch.float32)
-        lam = torch.zeros(W.shape[0], W.shape[1], G.shape[1], dtype=torch.float32)
+        lam = torch.zeros(batch, rows, G.shape[1], dtype=torch.float32)
         best_lam = lam.clone()
         best = torch.full(W.shape[:2], float("inf"))
         m1 = torch.zeros_like(lam)
         m2 = torch.zeros_like(lam)
         beta1, beta2 = 0.9, 0.999
         for k in range(1, self.steps + 1):
-            r = w32 - torch.bmm(lam, g32)
+            first = ((lam[:, :, :k1] * s1).reshape(batch * rows, k1) @ w1).reshape(batch, rows, -1)
+            r = w32 - first - torch.bmm(lam[:, :, k1:], g2)
             value = (
                 r.sum(dim=2) * box.mid + r.abs().sum(dim=2) * box.radius + (lam * h32).sum(dim=2)
             )
@@ -87,7 +96,8 @@ class LagrangianSolver:
             best = torch.where(better, value, best)
             best_lam = torch.where(better.unsqueeze(2), lam, best_lam)
             x_star = box.mid + box.radius * torch.sign(r)
-            grad = h32 - torch.bmm(x_star, g32_t)
+            gx1 = (x_star.reshape(batch * rows, -1) @ w1.T).reshape(batch, rows, k1) * s1
+            grad = h32 - torch.cat([gx1, torch.bmm(x_star, g2_t)], dim=2)
             m1.mul_(beta1).add_(grad, alpha=1 - beta1)
             m2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             step = (m1 / (1 - beta1**k)) / ((m2 / (1 - beta2**k)).sqrt() + 1e-8)
