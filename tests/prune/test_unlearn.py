@@ -273,3 +273,20 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
     else:
         assert not out.exists()
+
+
+def test_cnn_is_patched_in_feature_space(tmp_path: Path) -> None:
+    cnn = digits_work("cnn")
+    forget = tmp_path / "f.txt"
+    forget.write_text("2\n11\n")
+    base = ["unlearn", str(cnn.model_path), "--train", str(cnn.folder / "train.npz")]
+    base += ["--forget-indices", str(forget), "--quiet", "--threads", "1"]
+    code, _, stderr = _run([*base, "--out", str(tmp_path / "proof")])
+    assert code == 0, stderr
+    summary = json.loads((tmp_path / "proof" / "summary.json").read_text())
+    assert summary["method"]["cut"] == "features"
+    assert summary["method"]["input_box"]["source"] == "feature-range"
+    assert summary["forget_accuracy_after"] == 0.0 and summary["certified"] == 2
+    code, _, stderr = _run([*base, "--cut", "input", "--out", str(tmp_path / "p2")])
+    assert code == 2 and "unsupported op MaxPool" in stderr and stderr.count("\n") == 1
+    assert not (tmp_path / "p2").exists()
