@@ -15,7 +15,15 @@ import numpy as np
 
 from audit.cli._common import show_progress
 from audit.errors import InputError
-from audit.verify import CHECKS, CheckOutcome, Policy, VerifyInputs, render_table, verify_proof
+from audit.verify import (
+    CHECKS,
+    CheckOutcome,
+    MembershipPolicy,
+    Policy,
+    VerifyInputs,
+    render_table,
+    verify_proof,
+)
 
 __all__ = ["verify", "write_json"]
 
@@ -101,6 +109,36 @@ def write_json(path: Path, text: str) -> None:
     type=click.Choice(list(CHECKS)),
     help="Run only these checks (repeatable).",
 )
+@click.option(
+    "--mia",
+    "mia_attack",
+    type=click.Choice(["loss", "confidence", "entropy", "shadow", "lira", "rmia"]),
+    default=None,
+    help="Also run the membership.inference check with this attack (trains reference models).",
+)
+@click.option("--mia-shadow-models", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option(
+    "--mia-sides",
+    type=click.Choice(["one", "two"]),
+    default="one",
+    show_default=True,
+    help="one: fail if the forget set still looks like members; two: also if it stands out as deleted.",
+)
+@click.option(
+    "--mia-max-gap",
+    type=click.FloatRange(0, 0.5),
+    default=0.1,
+    show_default=True,
+    help="Largest tolerated |AUC - 0.5| in a failing direction.",
+)
+@click.option(
+    "--mia-max-tpr",
+    type=click.FloatRange(0, 1),
+    default=0.05,
+    show_default=True,
+    help="Largest tolerated TPR at 1% FPR in a failing direction.",
+)
+@click.option("--arch", default=None, help="Declare the reference models' architecture (e.g. cnn).")
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed check.")
 @click.option("--quiet", is_flag=True, help="No table, no progress; only errors and --json.")
 def verify(
@@ -119,6 +157,12 @@ def verify(
     seed: int | None,
     partial: bool,
     checks: tuple[str, ...],
+    mia_attack: str | None,
+    mia_shadow_models: int,
+    mia_sides: str,
+    mia_max_gap: float,
+    mia_max_tpr: float,
+    arch: str | None,
     fail_fast: bool,
     quiet: bool,
 ) -> None:
@@ -134,6 +178,16 @@ def verify(
         probe_directions=probes,
         probe_claims=probe_claims,
         lp_claims=lp_claims,
+        membership=None
+        if mia_attack is None
+        else MembershipPolicy(
+            attack=mia_attack,
+            reference_models=mia_shadow_models,
+            sides="two" if mia_sides == "two" else "one",
+            max_gap=mia_max_gap,
+            max_tpr=mia_max_tpr,
+            arch=arch,
+        ),
     )
     if partial:
         policy = policy.partial()

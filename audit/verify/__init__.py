@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from audit.verify._context import VerifyContext, VerifyInputs
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable, Policy, run_checks
+from audit.verify._membership import MembershipPolicy
 from audit.verify._report import (
     REPORT_TYPE,
     REPORT_VERSION,
@@ -27,6 +28,7 @@ __all__ = [
     "Check",
     "CheckOutcome",
     "CheckUnavailable",
+    "MembershipPolicy",
     "Policy",
     "VerificationReport",
     "VerifyContext",

@@ -19,11 +19,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, Literal, TypeVar
 
 import numpy as np
 
 from audit.errors import AuditError, InputError, VerificationError
+
+if TYPE_CHECKING:
+    from audit.verify._membership import MembershipPolicy
 
 __all__ = [
     "INPUTS",
@@ -110,6 +113,8 @@ class Policy:
     probe_claims: int | None = None
     bisection_steps: int = 10
     lp_claims: int = 1
+    membership: MembershipPolicy | None = None
+    """A :class:`audit.verify.MembershipPolicy` enables the optional membership check."""
 
     def __post_init__(self) -> None:
         unknown = set(self.required_inputs) - set(INPUTS)

@@ -20,6 +20,7 @@ from audit.verify._digest import ModelDigest, OriginalDigest, PatchDigest
 from audit.verify._framework import Check, CheckOutcome, Policy, run_checks
 from audit.verify._freshness import Freshness, record_nonce
 from audit.verify._locality import Locality, Utility
+from audit.verify._membership import MembershipInference
 from audit.verify._probes import RegionProbes
 from audit.verify._replay import ReplayClaims
 from audit.verify._report import VerificationReport
@@ -46,6 +47,7 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
         RegionProbes,
         Locality,
         Utility,
+        MembershipInference,
     )
 }
 

@@ -1,0 +1,120 @@
+"""``membership.inference`` (optional): does the served model still reveal that the forgotten
+samples were training members?
+
+The auditor splits its reference data in two (seeded): one half trains its reference models, the
+other half are held-out non-members; the chosen attack (:mod:`audit.mia`) then compares the forget
+set with those non-members on the served model. Policy (:class:`MembershipPolicy`):
+
+* ``sides="one"`` (default, the threat is *residual memorisation*): fail when the forget set looks
+  like members — AUC above ``0.5 + max_gap`` or TPR at ``fpr`` above ``max_tpr``;
+* ``sides="two"``: also fail when it looks *less* like members than real non-members (AUC below
+  ``0.5 - max_gap`` or reversed TPR above ``max_tpr``). Every prediction-changing method, honest
+  PRUNE included, fails this: it says "these records were deleted" (docs/MIA.md, threat 11).
+
+Both directions are always measured and kept in the evidence. The check is opt-in (it trains
+models); when not requested it is reported as not run, not as a pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from audit.errors import AuditError
+from audit.verify._context import VerifyContext
+from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
+
+__all__ = ["MembershipInference", "MembershipPolicy"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MembershipPolicy:
+    attack: str = "rmia"
+    reference_models: int = 4
+    max_gap: float = 0.1
+    max_tpr: float = 0.05
+    fpr: float = 0.01
+    sides: Literal["one", "two"] = "one"
+    arch: str | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_gap <= 0.5 or not 0.0 <= self.max_tpr <= 1.0:
+            raise ValueError("max_gap must lie in [0, 0.5] and max_tpr in [0, 1]")
+        if self.sides not in ("one", "two"):
+            raise ValueError("sides must be 'one' or 'two'")
+
+
+class MembershipInference(Check[VerifyContext]):
+    name = "membership.inference"
+    summary = "the forget set does not stand out from held-out non-members (membership attack)"
+    # inputs are checked in run(): a check that was not requested needs none of them
+
+    def run(self, ctx: VerifyContext) -> CheckOutcome:
+        policy: MembershipPolicy | None = ctx.policy.membership
+        if policy is None:
+            return self.not_applicable("not requested (audit verify --mia ATTACK runs it)")
+        from audit.mia import ThresholdPolicy, forget_set_check, resolve_architecture
+
+        if ctx.reference is None:
+            raise CheckUnavailable("no --reference given")  # --forget/--original: ctx raises
+        x, y = ctx.reference
+        if len(y) < 20:
+            raise CheckUnavailable("too few reference points to train reference models")
+        openings = ctx.openings()
+        order = np.random.default_rng(policy.seed).permutation(len(y))
+        ref, non = order[: len(y) // 2], order[len(y) // 2 :]
+        try:
+            arch = resolve_architecture(
+                onnx_model=ctx.original_bytes(),
+                declared=policy.arch,
+                input_shape=tuple(int(d) for d in x.shape[1:]),
+                classes=int(max(y.max(), openings.y.max())) + 1,
+            )
+            result = forget_set_check(
+                ctx.patched_model().logits,
+                openings.x,
+                openings.y,
+                x[non],
+                y[non],
+                x[ref],
+                y[ref],
+                architecture=arch,
+                attack=policy.attack,
+                reference_models=policy.reference_models,
+                policy=ThresholdPolicy(max_distinguishability=0.5, max_tpr=1.0, fpr=policy.fpr),
+                seed=policy.seed,
+            )
+        except AuditError as exc:
+            raise CheckUnavailable(f"membership attack could not run: {exc}") from exc
+        m = result.metrics
+        auc = m.auc.value
+        tpr, rev = m.tpr(policy.fpr).value, m.tpr(policy.fpr, reverse=True).value
+        evidence = {
+            "attack": policy.attack,
+            "sides": policy.sides,
+            "reference_models": policy.reference_models,
+            "forget": m.members,
+            "non_members": m.non_members,
+            "auc": auc,
+            "auc_low": m.auc.low,
+            "auc_high": m.auc.high,
+            f"tpr_at_{policy.fpr:g}": tpr,
+            f"reverse_tpr_at_{policy.fpr:g}": rev,
+        }
+        problems = []
+        if auc > 0.5 + policy.max_gap or tpr > policy.max_tpr:
+            problems.append(
+                f"the forget set still looks like members (AUC {auc:.3f}, TPR@{policy.fpr:g}FPR "
+                f"{tpr:.3f})"
+            )
+        if policy.sides == "two" and (auc < 0.5 - policy.max_gap or rev > policy.max_tpr):
+            problems.append(
+                f"the forget set stands out as deleted (AUC {auc:.3f}, reversed "
+                f"TPR@{policy.fpr:g}FPR {rev:.3f})"
+            )
+        summary = f"{policy.attack}, {policy.sides}-sided: {result.detail.split(';')[0]}"
+        if problems:
+            return self.failed("; ".join(problems), **evidence)
+        return self.passed(summary, **evidence)
