@@ -107,7 +107,10 @@ class Auditor:
             ),
             now=a.now,
         )
-        return (*report.outcomes, *receipt.outcomes, self.membership_check(proof))
+        # audit verify's own membership check is opt-in (not run here); the matrix's planted-canary
+        # check below takes its place under the same name
+        verify_outcomes = [o for o in report.outcomes if o.name != MEMBERSHIP_CHECK]
+        return (*verify_outcomes, *receipt.outcomes, self.membership_check(proof))
 
     def reference_set(self) -> ReferenceSet:
         """The auditor's reference models, trained once on its reference data (the test split,

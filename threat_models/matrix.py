@@ -31,7 +31,7 @@ __all__ = ["ALL_CHECKS", "MATRIX_TYPE", "MATRIX_VERSION", "Matrix", "Row", "run_
 
 MATRIX_TYPE = "https://prune-audit.dev/threat-matrix/v1"
 MATRIX_VERSION = 1
-ALL_CHECKS: tuple[str, ...] = (*CHECKS, *RECEIPT_CHECKS, MEMBERSHIP_CHECK)
+ALL_CHECKS: tuple[str, ...] = tuple(dict.fromkeys((*CHECKS, *RECEIPT_CHECKS, MEMBERSHIP_CHECK)))
 
 
 @dataclass(frozen=True)
