@@ -14,7 +14,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -28,7 +28,14 @@ from audit.errors import AuditError, InputError
 from audit.report._html import render_html
 from audit.report._patch_stats import patch_statistics
 from audit.runtime import OnnxModel
-from audit.verify import CheckOutcome, Policy, VerificationReport, VerifyInputs, verify_proof
+from audit.verify import (
+    CheckOutcome,
+    MembershipPolicy,
+    Policy,
+    VerificationReport,
+    VerifyInputs,
+    verify_proof,
+)
 from prune.formats import Envelope, FormatError, Statement, file_sha256, public_key_id, sha256_hex
 from threat_models.model import THREATS
 
@@ -320,6 +327,19 @@ def build_report(
     now = now or datetime.now(UTC)
     owner_key = load_public_key(public_key)
     signing_key = load_auditor_private_key(auditor_key) if auditor_key is not None else None
+    policy = options.policy
+    if options.mia_attacks and policy.membership is None:
+        # the verdict includes the (one-sided) membership check; the section below adds the
+        # full unlearning game with ROC curves for every attack
+        policy = replace(
+            policy,
+            membership=MembershipPolicy(
+                attack=options.mia_attacks[0],
+                reference_models=options.mia_reference_models,
+                arch=options.mia_arch,
+                seed=options.seed,
+            ),
+        )
     verification = verify_proof(
         VerifyInputs(
             proof=proof,
@@ -330,7 +350,7 @@ def build_report(
         ),
         now=now,
         rng=np.random.default_rng(options.seed),
-        policy=options.policy,
+        policy=policy,
         device=options.device,
         on_done=on_check,
     )
