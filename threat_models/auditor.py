@@ -2,12 +2,15 @@
 adversary's artifacts, as one list of named check outcomes.
 
 1. ``audit verify`` (:func:`audit.verify.verify_proof`), every check, the full default policy
-   (all inputs required), with the auditor's nonce store;
+   (all inputs required), with the auditor's nonce store and its optional
+   ``membership.inference`` check switched on (default one-sided policy: the forget set against
+   held-out *reference* records);
 2. ``audit receipt`` (:func:`audit.receipt.verify_receipt`) by one data subject, against the
    certificate the auditor verified, with their own sample and the served model;
-3. ``membership.inference``: the auditor's membership check on its planted canaries
-   (:mod:`audit.mia`), see :class:`MembershipPolicy`. (``audit verify`` has no membership check
-   of its own yet; this is the auditor's step that runs next to it.)
+3. ``membership.canaries``: the auditor's membership check on its planted canaries against
+   held-out canaries (:mod:`audit.mia`), see :class:`MembershipPolicy`. It is the one that can
+   see residual memorisation: ordinary records are predicted just as well by a model that never
+   saw them, so ``membership.inference`` has nothing to measure on them.
 
 The reference models of the membership check depend only on the auditor's reference data, so
 they are trained once per scenario and shared by every row."""
@@ -31,13 +34,14 @@ from audit.mia import (
 from audit.receipt import ReceiptInputs, verify_receipt
 from audit.runtime import OnnxModel
 from audit.verify import CheckOutcome, Policy, VerifyInputs, verify_proof
+from audit.verify import MembershipPolicy as VerifyMembershipPolicy
 from threat_models.adversaries import DishonestProof
 from threat_models.errors import ThreatModelError
 from threat_models.scenario import Scenario
 
 __all__ = ["MEMBERSHIP_CHECK", "Auditor", "MembershipPolicy"]
 
-MEMBERSHIP_CHECK = "membership.inference"
+MEMBERSHIP_CHECK = "membership.canaries"
 _SEEDED_ATTACKS = frozenset({"rmia", "shadow"})
 
 
@@ -94,7 +98,7 @@ class Auditor:
             ),
             now=a.now,
             rng=np.random.default_rng([self.seed, 1]),
-            policy=Policy(),
+            policy=Policy(membership=VerifyMembershipPolicy(seed=self.seed)),
         )
         receipt = verify_receipt(
             ReceiptInputs(
@@ -107,10 +111,11 @@ class Auditor:
             ),
             now=a.now,
         )
-        # audit verify's own membership check is opt-in (not run here); the matrix's planted-canary
-        # check below takes its place under the same name
-        verify_outcomes = [o for o in report.outcomes if o.name != MEMBERSHIP_CHECK]
-        return (*verify_outcomes, *receipt.outcomes, self.membership_check(proof))
+        outcomes = (*report.outcomes, *receipt.outcomes, self.membership_check(proof))
+        names = [o.name for o in outcomes]
+        if len(set(names)) != len(names):  # a matrix column must mean one check
+            raise ThreatModelError(f"two checks share a name: {sorted(names)}")
+        return outcomes
 
     def reference_set(self) -> ReferenceSet:
         """The auditor's reference models, trained once on its reference data (the test split,

@@ -32,6 +32,7 @@ __all__ = ["ALL_CHECKS", "MATRIX_TYPE", "MATRIX_VERSION", "Matrix", "Row", "run_
 MATRIX_TYPE = "https://prune-audit.dev/threat-matrix/v1"
 MATRIX_VERSION = 1
 ALL_CHECKS: tuple[str, ...] = tuple(dict.fromkeys((*CHECKS, *RECEIPT_CHECKS, MEMBERSHIP_CHECK)))
+_MEMBERSHIP_CHECKS = frozenset({MEMBERSHIP_CHECK, "membership.inference"})
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ class Row:
             "statuses": {o.name: o.status for o in self.outcomes},
             "details": {o.name: o.detail for o in self.outcomes if o.status == "fail"},
             "evidence": {
-                o.name: dict(o.evidence) for o in self.outcomes if o.name == MEMBERSHIP_CHECK
+                o.name: dict(o.evidence) for o in self.outcomes if o.name in _MEMBERSHIP_CHECKS
             },
             "notes": self.notes,
             "seconds": round(self.seconds, 3),

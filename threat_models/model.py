@@ -112,7 +112,7 @@ class Threat:
     :data:`threat_models.adversaries.ADVERSARIES` (one per variant of the behaviour);
     ``caught_by`` lists the audit checks of which at least one must fail on each of their
     proofs. Check names are those of ``audit verify`` (:data:`audit.verify.CHECKS`), of
-    ``audit receipt`` (:data:`audit.receipt.RECEIPT_CHECKS`) and the membership check of
+    ``audit receipt`` (:data:`audit.receipt.RECEIPT_CHECKS`) and the canary membership check of
     :mod:`threat_models.auditor`."""
 
     number: int
@@ -220,7 +220,7 @@ THREATS: tuple[Threat, ...] = (
         "Residual memorisation",
         "predictions changed but membership still detectable",
         ("residual_memorisation",),
-        ("membership.inference",),
+        ("membership.canaries",),
     ),
     Threat(
         10,

@@ -34,6 +34,7 @@ COLUMN_CODES: dict[str, str] = {
     "receipt.inclusion": "rcI",
     "receipt.replay": "rcR",
     "membership.inference": "mia",
+    "membership.canaries": "can",
 }
 
 

@@ -32,6 +32,7 @@ def test_honest_owner_passes_every_check(matrix_run: MatrixRun) -> None:
     assert set(statuses) == set(ALL_CHECKS)
     not_run = {name for name, status in statuses.items() if status == "not-run"}
     assert not_run == {"commitment.consistency"}  # a first batch has no previous root
+    assert statuses["membership.inference"] == statuses["membership.canaries"] == "pass"
 
 
 @pytest.mark.parametrize("name", [n for n in ADVERSARIES if n != HONEST])
@@ -55,12 +56,14 @@ def _verify_failures(row: dict[str, object]) -> set[str]:
     return {name for name in row["failed"] if name in CHECKS}  # type: ignore[attr-defined]
 
 
-def test_residual_memorisation_is_caught_only_by_membership(matrix_run: MatrixRun) -> None:
-    """Every claim is true and certified: only the membership check can see the cheat."""
+def test_residual_memorisation_is_caught_only_by_the_canaries(matrix_run: MatrixRun) -> None:
+    """Every claim is true and certified: only the canary membership check can see the cheat
+    (``membership.inference`` compares the forget set with ordinary held-out records, which a
+    model that never saw them predicts just as well)."""
     row = matrix_run.row("residual_memorisation")
-    assert row["failed"] == ["membership.inference"]
-    evidence = row["evidence"]["membership.inference"]
-    honest = matrix_run.row(HONEST)["evidence"]["membership.inference"]
+    assert row["failed"] == ["membership.canaries"]
+    evidence = row["evidence"]["membership.canaries"]
+    honest = matrix_run.row(HONEST)["evidence"]["membership.canaries"]
     assert evidence["auc"]["value"] > evidence["max_auc"] > honest["auc"]["value"]
 
 
