@@ -5,15 +5,21 @@ from __future__ import annotations
 import click
 
 from audit.cli._common import ErrorHandlingGroup
-from audit.cli._mia import mia
-from audit.cli._receipt import receipt
-from audit.cli._report import attestation, keygen, report
-from audit.cli._verify import verify
 
 __all__ = ["cli", "main"]
 
 
-@click.group(cls=ErrorHandlingGroup)
+@click.group(
+    cls=ErrorHandlingGroup,
+    lazy={
+        "verify": "audit.cli._verify:verify",
+        "mia": "audit.cli._mia:mia",
+        "receipt": "audit.cli._receipt:receipt",
+        "report": "audit.cli._report:report",
+        "keygen": "audit.cli._report:keygen",
+        "attestation": "audit.cli._report:attestation",
+    },
+)
 @click.version_option(package_name="prune-audit")
 def cli() -> None:
     """Independent verification of PRUNE unlearning proofs (auditor side).
@@ -22,14 +28,6 @@ def cli() -> None:
     `audit verify PROOF --public-key owner.pub` checks a proof fail-closed;
     `audit mia` measures membership inference; `audit report` writes a signed report.
     """
-
-
-cli.add_command(verify)
-cli.add_command(mia)
-cli.add_command(receipt)
-cli.add_command(report)
-cli.add_command(keygen)
-cli.add_command(attestation)
 
 
 def main() -> None:

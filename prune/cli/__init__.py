@@ -6,14 +6,18 @@ from __future__ import annotations
 import click
 
 from prune.cli._common import ErrorHandlingGroup
-from prune.cli._keygen import keygen
-from prune.cli._train import train
-from prune.cli._unlearn import unlearn_command
 
 __all__ = ["cli", "main"]
 
 
-@click.group(cls=ErrorHandlingGroup)
+@click.group(
+    cls=ErrorHandlingGroup,
+    lazy={
+        "train": "prune.cli._train:train",
+        "keygen": "prune.cli._keygen:keygen",
+        "unlearn": "prune.cli._unlearn:unlearn_command",
+    },
+)
 @click.version_option(package_name="prune-audit")
 def cli() -> None:
     """PRUNE: certified machine unlearning by neural-network repair (owner side).
@@ -22,11 +26,6 @@ def cli() -> None:
     `prune unlearn MODEL --train DATA --forget-indices FILE --key KEYS/owner.key --out PROOF`.
     Hand PROOF/ and KEYS/owner.pub to the auditor (`audit verify`).
     """
-
-
-cli.add_command(train)
-cli.add_command(keygen)
-cli.add_command(unlearn_command)
 
 
 def main() -> None:
