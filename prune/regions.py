@@ -29,7 +29,15 @@ from numpy.typing import NDArray
 from prune.errors import DataError
 from prune.model import PLHead
 
-__all__ = ["InputBox", "Regions", "box_from_data", "linearize", "pattern_keys", "patterns_of"]
+__all__ = [
+    "InputBox",
+    "RegionOperator",
+    "Regions",
+    "box_from_data",
+    "linearize",
+    "pattern_keys",
+    "patterns_of",
+]
 
 Array = NDArray[np.float64]
 BoolArray = NDArray[np.bool_]
@@ -87,19 +95,79 @@ def pattern_keys(active: BoolArray) -> list[bytes]:
 
 
 @dataclass(frozen=True, eq=False)
+class RegionOperator:
+    """The constraint matrix ``G`` of a batch of regions as a linear operator, applied through
+    the layers with the ReLU masks fixed (never materialised): ``G x = -s * (A x)`` is a masked
+    forward pass, ``lam G`` a masked backward pass. Every product is a GEMM against a weight
+    matrix shared by all regions; ``dtype`` is the arithmetic precision."""
+
+    weights: tuple[torch.Tensor, ...]
+    masks: tuple[torch.Tensor, ...]
+    sign: torch.Tensor
+    input_dim: int
+
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """``A x`` (the linearised pre-activations without offsets) for ``x [B, R, d]``."""
+        if not self.weights:
+            return x.new_zeros(*x.shape[:2], 0)
+        outs: list[torch.Tensor] = []
+        u = x
+        for i, w in enumerate(self.weights):
+            u = (u if i == 0 else u * self.masks[i - 1].unsqueeze(1)) @ w.T
+            outs.append(u)
+        return torch.cat(outs, dim=2)
+
+    def linear_transpose(self, mu: torch.Tensor) -> torch.Tensor:
+        """``mu A`` for ``mu [B, R, H]``: a backward pass with the masks fixed."""
+        if not self.weights:
+            return mu.new_zeros(*mu.shape[:2], self.input_dim)
+        parts = torch.split(mu, [w.shape[0] for w in self.weights], dim=2)
+        acc = parts[-1]
+        for i in range(len(self.weights) - 1, 0, -1):
+            acc = (acc @ self.weights[i]) * self.masks[i - 1].unsqueeze(1) + parts[i - 1]
+        return acc @ self.weights[0]
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """``G x = -s * (A x)`` for ``x [B, R, d]``: ``[B, R, H]``."""
+        return self.linear(x) * -self.sign.unsqueeze(1)
+
+    def apply_transpose(self, lam: torch.Tensor) -> torch.Tensor:
+        """``lam G`` for ``lam [B, R, H]``: ``[B, R, d]``."""
+        return self.linear_transpose(lam * -self.sign.unsqueeze(1))
+
+    def row_norms(self) -> torch.Tensor:
+        """``|G_k|`` per region and row, ``[B, H]``, through Gram matrices of the layers."""
+        batch = self.sign.shape[0]
+        if not self.weights:
+            return self.sign.new_zeros(batch, 0)
+        w1 = self.weights[0]
+        norms = [w1.norm(dim=1).expand(batch, -1)]
+        gram = (w1 @ w1.T).expand(batch, -1, -1)
+        for i in range(1, len(self.weights)):
+            p = self.weights[i].unsqueeze(0) * self.masks[i - 1].unsqueeze(1)
+            q = p @ gram
+            norms.append((q * p).sum(dim=2).clamp_min(0.0).sqrt())
+            if i + 1 < len(self.weights):
+                gram = q @ p.transpose(1, 2)
+        return torch.cat(norms, dim=1)
+
+
+@dataclass(frozen=True, eq=False)
 class Regions:
-    """A batch of ``B`` regions with their linearisation (float64 torch tensors):
-    ``A [B,H,d]``, ``c [B,H]``, ``F1 [B,O,d]``, ``F2 [B,O]``; ``active [B,H]`` bool."""
+    """A batch of ``B`` regions with their linearisation (float64 torch tensors): ``c [B,H]``,
+    ``F1 [B,O,d]``, ``F2 [B,O]``; ``active [B,H]`` bool; ``A [B,H,d]`` only when built with
+    ``dense=True`` (the LP solvers and the dense gate need it; the Lagrangian solver works
+    through :meth:`operator`). ``hidden`` holds the hidden layers' weights (float64)."""
 
     active: torch.Tensor
-    A: torch.Tensor
     c: torch.Tensor
     F1: torch.Tensor
     F2: torch.Tensor
     box: InputBox
-    shared: int = 0
-    """The first ``shared`` rows of ``A`` are the same matrix in every region (the first
-    layer's weights); solvers may exploit it."""
+    hidden: tuple[torch.Tensor, ...]
+    readout: torch.Tensor
+    """The last layer's weights ``[O, H_last]`` (logits from the last ReLU outputs)."""
+    A: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.active.shape[0])
@@ -107,66 +175,83 @@ class Regions:
     @property
     def sign(self) -> torch.Tensor:
         """``+1`` active, ``-1`` inactive, ``[B, H]``."""
-        return self.active.to(self.A.dtype) * 2.0 - 1.0
+        return self.active.to(torch.float64) * 2.0 - 1.0
+
+    @property
+    def h(self) -> torch.Tensor:
+        """Right-hand sides of ``G x <= h``, ``[B, H]``."""
+        return self.sign * self.c
 
     def constraints(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(G, h)`` with ``S = {x in box : G x <= h}``; ``G [B,H,d]``, ``h [B,H]``."""
-        s = self.sign
-        return -s.unsqueeze(2) * self.A, s * self.c
+        if self.A is None:
+            raise ValueError("dense constraints need linearize(..., dense=True)")
+        return -self.sign.unsqueeze(2) * self.A, self.h
+
+    def operator(self, dtype: torch.dtype = torch.float64) -> RegionOperator:
+        masks = torch.split(self.active.to(dtype), [w.shape[0] for w in self.hidden], dim=1)
+        return RegionOperator(
+            weights=tuple(w.to(dtype) for w in self.hidden),
+            masks=tuple(masks[:-1]),
+            sign=self.sign.to(dtype),
+            input_dim=int(self.F1.shape[2]),
+        )
 
     def select(self, idx: NDArray[np.int64] | list[int]) -> Regions:
         index = torch.as_tensor(np.asarray(idx, dtype=np.int64))
         return Regions(
             active=self.active[index],
-            A=self.A[index],
             c=self.c[index],
             F1=self.F1[index],
             F2=self.F2[index],
             box=self.box,
-            shared=self.shared,
+            hidden=self.hidden,
+            readout=self.readout,
+            A=None if self.A is None else self.A[index],
         )
 
 
-def linearize(head: PLHead, active: BoolArray, *, box: InputBox) -> Regions:
-    """Linearise the head on the regions of the given patterns ``[B, H]``."""
+def linearize(head: PLHead, active: BoolArray, *, box: InputBox, dense: bool = True) -> Regions:
+    """Linearise the head on the regions of the given patterns ``[B, H]``: offsets ``c`` by a
+    masked forward pass of the biases, ``F1`` by a masked backward pass from the logits, and
+    (``dense=True``) the pre-activation rows ``A``."""
     act = torch.from_numpy(np.ascontiguousarray(active, dtype=np.bool_))
     if act.ndim != 2 or act.shape[1] != head.n_hidden:
         raise ValueError(f"patterns must be [B, {head.n_hidden}], got {tuple(act.shape)}")
     batch = act.shape[0]
-    d = head.input_dim
-    lin = torch.eye(d, dtype=torch.float64).expand(batch, d, d)
-    off = torch.zeros(batch, d, dtype=torch.float64)
-    a_parts: list[torch.Tensor] = []
+    weights = [torch.from_numpy(layer.weight) for layer in head.layers]
+    biases = [torch.from_numpy(layer.bias) for layer in head.layers]
+    masks = torch.split(act.to(torch.float64), list(head.hidden_sizes), dim=1)
     c_parts: list[torch.Tensor] = []
-    start = 0
-    first = True
-    for layer in head.layers[:-1]:
-        w = torch.from_numpy(layer.weight)
-        b = torch.from_numpy(layer.bias)
-        if first:
-            a_l = w.expand(batch, *w.shape)
-            c_l = b.expand(batch, b.shape[0])
-            first = False
-        else:
-            a_l = torch.matmul(w, lin)
-            c_l = off @ w.T + b
-        a_parts.append(a_l)
+    off = torch.zeros(batch, head.input_dim, dtype=torch.float64)
+    for i, (w, b) in enumerate(zip(weights[:-1], biases[:-1], strict=True)):
+        c_l = (b.expand(batch, -1) if i == 0 else off @ w.T + b).contiguous()
         c_parts.append(c_l)
-        width = w.shape[0]
-        mask = act[:, start : start + width].to(torch.float64)
-        start += width
-        lin = mask.unsqueeze(2) * a_l
-        off = mask * c_l
-    last = head.layers[-1]
-    w_out = torch.from_numpy(last.weight)
-    b_out = torch.from_numpy(last.bias)
-    if first:
-        f1 = w_out.expand(batch, *w_out.shape).contiguous()
-        f2 = b_out.expand(batch, b_out.shape[0]).contiguous()
-    else:
-        f1 = torch.matmul(w_out, lin)
-        f2 = off @ w_out.T + b_out
-    a_all = torch.cat(a_parts, dim=1) if a_parts else torch.zeros(batch, 0, d, dtype=torch.float64)
+        off = masks[i] * c_l
+    f2 = off @ weights[-1].T + biases[-1] if c_parts else biases[-1].expand(batch, -1).clone()
+    acc = weights[-1].expand(batch, -1, -1)
+    for i in range(len(weights) - 2, -1, -1):
+        acc = (acc * masks[i].unsqueeze(1)) @ weights[i]
+    a_all = _dense_rows(weights[:-1], masks, batch, head.input_dim) if dense else None
     c_all = torch.cat(c_parts, dim=1) if c_parts else torch.zeros(batch, 0, dtype=torch.float64)
-    shared = head.hidden_sizes[0] if head.hidden_sizes else 0
-    return Regions(active=act, A=a_all, c=c_all, F1=f1, F2=f2, box=box, shared=shared)
+    return Regions(
+        active=act,
+        c=c_all,
+        F1=acc.contiguous(),
+        F2=f2,
+        box=box,
+        hidden=tuple(weights[:-1]),
+        readout=weights[-1],
+        A=a_all,
+    )
+
+
+def _dense_rows(
+    weights: list[torch.Tensor], masks: tuple[torch.Tensor, ...], batch: int, d: int
+) -> torch.Tensor:
+    if not weights:
+        return torch.zeros(batch, 0, d, dtype=torch.float64)
+    parts = [weights[0].expand(batch, -1, -1)]
+    for i in range(1, len(weights)):
+        parts.append(weights[i] @ (masks[i - 1].unsqueeze(2) * parts[-1]))
+    return torch.cat(parts, dim=1)

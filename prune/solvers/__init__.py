@@ -14,7 +14,12 @@ from __future__ import annotations
 
 from prune.errors import PatchError
 from prune.solvers._base import PatchSolution, Solver
-from prune.solvers._bounds import dual_bound, spec_objectives, spec_upper_bounds
+from prune.solvers._bounds import (
+    dense_dual_bound,
+    dual_bound,
+    spec_objectives,
+    spec_upper_bounds,
+)
 from prune.solvers._lagrangian import LagrangianSolver
 from prune.solvers._reassure import ReassureSolver
 from prune.solvers._scale_shift import ScaleShiftSolver
@@ -26,6 +31,7 @@ __all__ = [
     "ReassureSolver",
     "ScaleShiftSolver",
     "Solver",
+    "dense_dual_bound",
     "dual_bound",
     "make_solver",
     "spec_objectives",

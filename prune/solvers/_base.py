@@ -35,6 +35,8 @@ class Solver(Protocol):
     holding their options; ``name`` is the registry key written into certificates."""
 
     name: ClassVar[str]
+    needs_dense: ClassVar[bool]
+    """Whether the solver needs the explicit constraint rows (``linearize(dense=True)``)."""
 
     def solve(
         self, regions: Regions, targets: torch.Tensor, *, margin: torch.Tensor

@@ -23,23 +23,38 @@ from numpy.typing import NDArray
 
 from prune.regions import InputBox, Regions
 
-__all__ = ["dual_bound", "lp_max", "spec_objectives", "spec_upper_bounds"]
+__all__ = [
+    "box_dual",
+    "dense_dual_bound",
+    "dual_bound",
+    "lp_max",
+    "spec_objectives",
+    "spec_upper_bounds",
+]
 
 
-def dual_bound(
-    G: torch.Tensor,
-    h: torch.Tensor,
-    box: InputBox,
-    W: torch.Tensor,
-    lam: torch.Tensor,
-) -> torch.Tensor:
-    """Upper bounds of ``max_{x in S} W[b, r].x`` for ``G [B,H,d]``, ``h [B,H]``,
-    ``W [B,R,d]``, ``lam [B,R,H]`` (clamped at 0 here, so any input is safe); returns ``[B,R]``."""
-    lam = lam.to(torch.float64).clamp_min(0.0)
-    r = W - torch.matmul(lam, G)
+def box_dual(r: torch.Tensor, lam: torch.Tensor, h: torch.Tensor, box: InputBox) -> torch.Tensor:
+    """``max_{x in box} r.x + lam.h`` in closed form, ``r [B,R,d]``, ``lam [B,R,H]``, ``h [B,H]``."""
     return (
         r.sum(dim=2) * box.mid + r.abs().sum(dim=2) * box.radius + (lam * h.unsqueeze(1)).sum(dim=2)
     )
+
+
+def dual_bound(regions: Regions, W: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    """Upper bounds of ``max_{x in S} W[b, r].x`` (float64) for ``W [B,R,d]`` and any
+    multipliers ``lam [B,R,H]`` (clamped at 0 here); returns ``[B,R]``. ``lam G`` is applied
+    through the layers (:class:`prune.regions.RegionOperator`)."""
+    lam = lam.to(torch.float64).clamp_min(0.0)
+    r = W - regions.operator(torch.float64).apply_transpose(lam)
+    return box_dual(r, lam, regions.h, regions.box)
+
+
+def dense_dual_bound(
+    G: torch.Tensor, h: torch.Tensor, box: InputBox, W: torch.Tensor, lam: torch.Tensor
+) -> torch.Tensor:
+    """:func:`dual_bound` for an explicit constraint matrix ``G [B,H,d]`` (any polytope)."""
+    lam = lam.to(torch.float64).clamp_min(0.0)
+    return box_dual(W - torch.matmul(lam, G), lam, h, box)
 
 
 def spec_objectives(
@@ -73,9 +88,8 @@ def spec_upper_bounds(
     d: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Sound ``U [B,O]`` with ``(f+p)_j - (f+p)_t <= U_j`` on each region (``U_t = -inf``)."""
-    G, h = regions.constraints()
     W, const = spec_objectives(regions, targets, C=C, d=d)
-    upper = dual_bound(G, h, regions.box, W, lam) + const
+    upper = dual_bound(regions, W, lam) + const
     return upper.scatter(1, targets.view(-1, 1), float("-inf"))
 
 

@@ -14,7 +14,8 @@ over a batch of regions and all rows ``j``. The steps run in float32 on row-norm
 final bound is re-evaluated in float64 with the unnormalised constraints. Convergence only makes
 ``delta`` smaller (a tighter, less intrusive patch); the certificate never depends on it.
 
-Cost per step: two batched matmuls of ``B x O x H x d``. Compared with the exact LP
+Cost per step: one masked forward and one masked backward pass of ``B x O`` vectors through
+the layers (GEMMs against the shared weights; the constraint matrix is never formed). Compared with the exact LP
 (:mod:`prune.solvers._scale_shift`), the bound is larger by a gap the benchmark records."""
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from prune.regions import Regions
 from prune.solvers._base import PatchSolution, certified_margins
 from prune.solvers._bounds import dual_bound, spec_objectives
 
-__all__ = ["LagrangianSolver"]
+__all__ = ["LagrangianSolver", "backward_multipliers"]
 
 
 @dataclass(frozen=True)
@@ -37,19 +38,20 @@ class LagrangianSolver:
     """``steps`` projected Adam steps with learning rate ``lr`` (on normalised rows)."""
 
     name: ClassVar[str] = "lagrangian"
-    steps: int = 60
+    steps: int = 40
     lr: float = 0.03
 
     def options(self) -> dict[str, float | int | str]:
         return {"steps": self.steps, "lr": self.lr}
 
+    needs_dense: ClassVar[bool] = False
+
     def solve(
         self, regions: Regions, targets: torch.Tensor, *, margin: torch.Tensor
     ) -> PatchSolution:
-        G, h = regions.constraints()
         W, const = spec_objectives(regions, targets)
-        lam = self.multipliers(G, h, W, regions)
-        upper = dual_bound(G, h, regions.box, W, lam) + const
+        lam = self.multipliers(regions, W, init=backward_multipliers(regions, targets))
+        upper = dual_bound(regions, W, lam) + const
         upper = upper.scatter(1, targets.view(-1, 1), float("-inf"))
         delta = margin + upper.max(dim=1).values
         if not torch.isfinite(delta).all():
@@ -62,46 +64,72 @@ class LagrangianSolver:
         return PatchSolution(C=None, d=d, certified_margin=certified_margins(upper) + delta)
 
     def multipliers(
-        self, G: torch.Tensor, h: torch.Tensor, W: torch.Tensor, regions: Regions
+        self, regions: Regions, W: torch.Tensor, *, init: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Multipliers ``lam [B,O,H] >= 0`` (float64) after ``steps`` projected Adam steps.
-
-        The first ``regions.shared`` rows of every region are the first layer's weights up to a
-        sign, so their products run as one GEMM against the shared matrix (``[B*O, H1] x
-        [H1, d]``) instead of per-region slabs: half the memory traffic of the step."""
+        """Multipliers ``lam [B,R,H] >= 0`` (float64) for the objectives ``W [B,R,d]`` after
+        ``steps`` projected Adam steps on the dual function, in float32, with the constraint
+        rows and objectives scaled to unit norm (conditioning only: the returned ``lam`` is
+        rescaled to the raw rows). ``G`` is never formed: each step is one masked forward and
+        one masked backward pass through the layers (:class:`prune.regions.RegionOperator`).
+        The dual value is tracked every ``track`` steps and at the end (the kept multipliers
+        are the best seen; any of them is sound). ``init`` (raw multipliers, e.g.
+        :func:`backward_multipliers`) is the starting point; default 0."""
         box = regions.box
-        k1 = regions.shared
-        g_norm = G.norm(dim=2, keepdim=True).clamp_min(1e-12)
-        w_norm = W.norm(dim=2, keepdim=True).clamp_min(1e-12)
-        batch, rows = W.shape[0], W.shape[1]
-        w1 = (regions.A[0, :k1] / g_norm[0, :k1]).to(torch.float32)  # [H1, d], unit rows
-        s1 = -regions.sign[:, :k1].to(torch.float32).unsqueeze(1)  # G1 = s1 * w1, [B, 1, H1]
-        g2 = (G[:, k1:] / g_norm[:, k1:]).to(torch.float32)
-        g2_t = g2.transpose(1, 2)
-        h32 = (h / g_norm.squeeze(2)).to(torch.float32).unsqueeze(1)
+        op = regions.operator(torch.float32)
+        g_norm = op.row_norms().clamp_min(1e-12).unsqueeze(1)  # [B, 1, H]
+        w_norm = W.norm(dim=2, keepdim=True).clamp_min(1e-12)  # [B, R, 1]
+        # signed row scales: lam G_norm = (lam * -s / |G|) A, G_norm x = (A x) * -s / |G|
+        scale = -op.sign.unsqueeze(1) / g_norm
+        h32 = regions.h.to(torch.float32).unsqueeze(1) / g_norm
         w32 = (W / w_norm).to(torch.float32)
-        lam = torch.zeros(batch, rows, G.shape[1], dtype=torch.float32)
+        if init is None:
+            lam = torch.zeros(W.shape[0], W.shape[1], regions.active.shape[1])
+        else:
+            lam = (init * g_norm.to(torch.float64) / w_norm).to(torch.float32).clamp_min(0.0)
         best_lam = lam.clone()
         best = torch.full(W.shape[:2], float("inf"))
         m1 = torch.zeros_like(lam)
         m2 = torch.zeros_like(lam)
-        beta1, beta2 = 0.9, 0.999
-        for k in range(1, self.steps + 1):
-            first = ((lam[:, :, :k1] * s1).reshape(batch * rows, k1) @ w1).reshape(batch, rows, -1)
-            r = w32 - first - torch.bmm(lam[:, :, k1:], g2)
-            value = (
-                r.sum(dim=2) * box.mid + r.abs().sum(dim=2) * box.radius + (lam * h32).sum(dim=2)
-            )
-            better = value < best
-            best = torch.where(better, value, best)
-            best_lam = torch.where(better.unsqueeze(2), lam, best_lam)
-            x_star = box.mid + box.radius * torch.sign(r)
-            gx1 = (x_star.reshape(batch * rows, -1) @ w1.T).reshape(batch, rows, k1) * s1
-            grad = h32 - torch.cat([gx1, torch.bmm(x_star, g2_t)], dim=2)
-            m1.mul_(beta1).add_(grad, alpha=1 - beta1)
+        beta1, beta2, track = 0.9, 0.999, 5
+        for k in range(1, self.steps + 2):
+            r = w32 - op.linear_transpose(lam * scale)
+            if k % track == 1 or k == self.steps + 1:
+                value = (r * box.mid + r.abs() * box.radius).sum(dim=2) + (lam * h32).sum(dim=2)
+                better = value < best
+                best = torch.where(better, value, best)
+                best_lam = torch.where(better.unsqueeze(2), lam, best_lam)
+            if k == self.steps + 1:
+                break
+            grad = h32 - op.linear(torch.sign(r).mul_(box.radius).add_(box.mid)) * scale
+            m1.lerp_(grad, 1 - beta1)
             m2.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            step = (m1 / (1 - beta1**k)) / ((m2 / (1 - beta2**k)).sqrt() + 1e-8)
-            lam.sub_(self.lr * step).clamp_(min=0.0)
+            denom = m2.mul(1 / (1 - beta2**k)).sqrt_().add_(1e-8)
+            lam.addcdiv_(m1, denom, value=-self.lr / (1 - beta1**k)).clamp_(min=0.0)
         # undo the normalisation: lam_raw_k = lam_k * |w_j| / |G_k|
-        raw: torch.Tensor = best_lam.to(torch.float64) * w_norm / g_norm.transpose(1, 2)
+        raw: torch.Tensor = best_lam.to(torch.float64) * w_norm / g_norm.to(torch.float64)
         return raw
+
+
+def backward_multipliers(regions: Regions, targets: torch.Tensor) -> torch.Tensor:
+    """A starting point for the spec rows of the *unpatched* head, by one backward pass.
+
+    On the region, ``f_j - f_t = v . z_L`` with ``v = (W_out[j] - W_out[t]) * m_L`` on the last
+    pre-activations. An active neuron's row is ``G_k = -A_k``, so ``lam_k = max(0, -a_k)``
+    cancels the negative part of each coefficient ``a_k``; the positive part is pushed to the
+    layer below through ``W_l`` and the masks, and so on down to the input, where the box takes
+    what is left. This is the multiplier choice of simple bound propagation; Adam then improves
+    on it. Any ``lam >= 0`` is sound, so this only changes how fast the bound gets tight."""
+    op = regions.operator(torch.float64)
+    sizes = [w.shape[0] for w in op.weights]
+    if not sizes:
+        return torch.zeros(len(regions), regions.readout.shape[0], 0, dtype=torch.float64)
+    masks = torch.split(regions.active.to(torch.float64), sizes, dim=1)
+    readout = regions.readout
+    v = readout.unsqueeze(0) - readout[targets].unsqueeze(1)  # [B, O, H_last]
+    parts: list[torch.Tensor] = []
+    for layer in range(len(sizes) - 1, -1, -1):
+        a = v * masks[layer].unsqueeze(1)
+        parts.append((-a).clamp_min(0.0))
+        if layer > 0:
+            v = a.clamp_min(0.0) @ op.weights[layer]
+    return torch.cat(parts[::-1], dim=2)

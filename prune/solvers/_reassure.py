@@ -34,6 +34,8 @@ class ReassureSolver:
 
     name: ClassVar[str] = "reassure"
 
+    needs_dense: ClassVar[bool] = True
+
     def options(self) -> dict[str, float | int | str]:
         return {"norm": "linf"}
 

@@ -28,7 +28,7 @@ import torch
 
 from prune.regions import Regions
 from prune.solvers._base import PatchSolution, certified_margins
-from prune.solvers._bounds import dual_bound, lp_max, spec_objectives, spec_upper_bounds
+from prune.solvers._bounds import dense_dual_bound, lp_max, spec_objectives, spec_upper_bounds
 
 __all__ = ["ScaleShiftSolver"]
 
@@ -39,6 +39,8 @@ class ScaleShiftSolver:
 
     name: ClassVar[str] = "scale-shift"
     spec_low: float = -100.0
+
+    needs_dense: ClassVar[bool] = True
 
     def options(self) -> dict[str, float | int | str]:
         return {"spec_low": self.spec_low}
@@ -62,7 +64,7 @@ class ScaleShiftSolver:
                 lower_lp, _ = lp_max(g_b, h_b, regions.box, -W[b, j].numpy())
                 lam_j = torch.from_numpy(lam_up).view(1, 1, -1)
                 upper = float(
-                    dual_bound(
+                    dense_dual_bound(
                         G[b : b + 1], h[b : b + 1], regions.box, W[b : b + 1, j : j + 1], lam_j
                     )[0, 0]
                 )

@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 from prune.model import PLHead
 from prune.regions import InputBox, linearize, pattern_keys
 from prune.solvers import LagrangianSolver, Solver, spec_objectives, spec_upper_bounds
+from prune.solvers._lagrangian import backward_multipliers
 from prune.targets import choose_targets
 from prune.unlearn._harmonise import harmonised_targets
 
@@ -103,7 +104,7 @@ def solve_regions(
     with tqdm(total=n, desc="patch", unit="region", disable=not ctx.progress, leave=False) as bar:
         for start in range(0, n, ctx.batch_size):
             sl = slice(start, min(start + ctx.batch_size, n))
-            regions = linearize(ctx.head, active[sl], box=ctx.box)
+            regions = linearize(ctx.head, active[sl], box=ctx.box, dense=ctx.solver.needs_dense)
             sol = ctx.solver.solve(
                 regions,
                 torch.from_numpy(targets[sl]),
@@ -196,13 +197,13 @@ def _certified_on(
     allowed = np.asarray(~pts.forbidden[members, target], dtype=bool)
     if not allowed.any():
         return allowed
-    regions = linearize(ctx.head, pts.active[members], box=ctx.box)
+    regions = linearize(ctx.head, pts.active[members], box=ctx.box, dense=False)
     t = torch.full((len(members),), target, dtype=torch.int64)
     C_t = None if C is None else torch.from_numpy(C).expand(len(members), *C.shape)
     d_t = torch.from_numpy(d).expand(len(members), -1)
-    G, h = regions.constraints()
     W, _ = spec_objectives(regions, t, C=C_t, d=d_t)
-    lam = LagrangianSolver().multipliers(G, h, W, regions)
+    init = backward_multipliers(regions, t) if C is None else None
+    lam = LagrangianSolver().multipliers(regions, W, init=init)
     margin = -spec_upper_bounds(regions, t, lam, C=C_t, d=d_t).max(dim=1).values.numpy()
     return np.asarray(allowed & (margin >= pts.required[members]))
 

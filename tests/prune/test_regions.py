@@ -63,6 +63,27 @@ def test_constraints_are_violated_exactly_where_the_pattern_differs(head) -> Non
     assert same.sum() < len(same)  # the test is not vacuous
 
 
+@pytest.mark.parametrize("dims", [(5, 7, 6, 3), (4, 6, 5, 5, 2), (3, 2)])
+def test_operator_matches_the_dense_constraints(tmp_path: Path, dims: tuple[int, ...]) -> None:
+    """G x, lam G and the row norms through the layers equal the explicit matrix's."""
+    head = load_model(random_mlp(tmp_path / "m.onnx", dims=dims, seed=4)).head
+    rng = np.random.default_rng(0)
+    act = patterns_of(head, rng.random((6, head.input_dim)))
+    dense = linearize(head, act, box=BOX)
+    lean = linearize(head, act, box=BOX, dense=False)
+    assert lean.A is None
+    for name in ("c", "F1", "F2"):
+        torch.testing.assert_close(getattr(lean, name), getattr(dense, name))
+    G, h = dense.constraints()
+    x = torch.from_numpy(rng.normal(size=(6, 3, head.input_dim)))
+    lam = torch.from_numpy(rng.random((6, 3, head.n_hidden)))
+    op = lean.operator()
+    torch.testing.assert_close(op.apply(x), x @ G.transpose(1, 2))
+    torch.testing.assert_close(op.apply_transpose(lam), lam @ G)
+    torch.testing.assert_close(op.row_norms(), G.norm(dim=2))
+    torch.testing.assert_close(lean.h, h)
+
+
 def test_pattern_keys_identify_regions(head) -> None:  # type: ignore[no-untyped-def]
     x = np.random.default_rng(3).random((200, head.input_dim))
     act = patterns_of(head, x)

@@ -13,7 +13,13 @@ from scipy.optimize import linprog
 from prune.errors import PatchError
 from prune.model import PLHead, load_model
 from prune.regions import InputBox, linearize, patterns_of
-from prune.solvers import SOLVERS, LagrangianSolver, PatchSolution, dual_bound, make_solver
+from prune.solvers import (
+    SOLVERS,
+    LagrangianSolver,
+    PatchSolution,
+    dense_dual_bound,
+    make_solver,
+)
 from tests.prune._engine_models import digits_work, single_thread
 
 BOX = InputBox(0.0, 1.0, "data-range")
@@ -178,7 +184,7 @@ def test_dual_bound_is_sound_for_any_multipliers(seed: int) -> None:
     w = rng.normal(size=d)
     res = linprog(-w, A_ub=G, b_ub=h, bounds=[(0.0, 1.0)] * d, method="highs")
     lam = torch.from_numpy(rng.exponential(size=(1, 1, m)) * rng.integers(0, 2, size=(1, 1, m)))
-    bound = dual_bound(
+    bound = dense_dual_bound(
         torch.from_numpy(G)[None],
         torch.from_numpy(h)[None],
         BOX,

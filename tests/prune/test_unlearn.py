@@ -151,6 +151,7 @@ class _FlakySolver:
     """Claims the margin but returns no patch on its first call; honest afterwards."""
 
     name: ClassVar[str] = "lagrangian"
+    needs_dense: ClassVar[bool] = False
     calls: list[int]
 
     def options(self) -> dict[str, float | int | str]:
