@@ -1,4 +1,5 @@
-"""Running models over data sets with onnxruntime, and the run summary (DESIGN.md §9).
+"""Running models over data sets with onnxruntime, and the run summary and method parameters
+(DESIGN.md §9).
 
 All accuracies are fractions in [0, 1] measured with onnxruntime on the exported files - the same
 runtime the auditor replays with - never with the owner's torch code."""
@@ -13,8 +14,19 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prune.model import OrtRunner
+from prune.regions import InputBox
+from prune.unlearn._request import ForgetRequest
 
-__all__ = ["Predictions", "batch_rows", "margins_at", "peak_rss_mb", "predictions", "utility"]
+__all__ = [
+    "Predictions",
+    "batch_rows",
+    "margins_at",
+    "method_parameters",
+    "peak_rss_mb",
+    "predictions",
+    "shared_regions",
+    "utility",
+]
 
 
 def batch_rows(patches: int, classes: int, hidden: int, *, dense: bool, budget: float = 5e8) -> int:
@@ -38,8 +50,10 @@ class Predictions:
         return {str(k): self.accuracy(y, y == k) for k in range(classes) if (y == k).any()}
 
 
-def predictions(raw: bytes, output: str, x: NDArray[np.float32], *, rows: int) -> Predictions:
-    logits = OrtRunner(raw, outputs=[output]).run(x, batch_size=rows)[0]
+def predictions(
+    raw: bytes, output: str, x: NDArray[np.float32], *, rows: int, threads: int | None = None
+) -> Predictions:
+    logits = OrtRunner(raw, outputs=[output], threads=threads).run(x, batch_size=rows)[0]
     return Predictions(np.asarray(logits.argmax(axis=1), dtype=np.int64))
 
 
@@ -89,3 +103,47 @@ def utility(
             "test_prediction_changes": int((t_before.pred != t_after.pred).sum()),
         }
     return out
+
+
+def shared_regions(active: NDArray[np.bool_]) -> int:
+    """Forget points whose region holds at least one other forget point."""
+    _, inverse, counts = np.unique(
+        np.packbits(active, axis=1), axis=0, return_inverse=True, return_counts=True
+    )
+    return int((counts[inverse.reshape(-1)] > 1).sum())
+
+
+def method_parameters(
+    request: ForgetRequest,
+    *,
+    solver: str,
+    solver_options: dict[str, float | int | str],
+    gate: str,
+    policy: str,
+    strategy: str,
+    margin: float,
+    n: float,
+    slack: float,
+    cut: str,
+    box: InputBox,
+    seed: int,
+) -> dict[str, Any]:
+    """The method parameters recorded in the certificate (JSON-able)."""
+    method: dict[str, Any] = {
+        "name": "prune",
+        "mode": request.mode,
+        "solver": solver,
+        "solver_options": solver_options,
+        "gate": gate,
+        "target_policy": policy,
+        "strategy": strategy,
+        "n": float(n),
+        "margin": float(margin),
+        "float32_slack": slack,
+        "cut": cut,
+        "input_box": box.as_method(),
+        "seed": int(seed),
+    }
+    if request.forget_class is not None:
+        method["forget_class"] = request.forget_class
+    return method

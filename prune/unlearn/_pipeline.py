@@ -35,7 +35,15 @@ from prune.patched import PatchSet, patch_bounds
 from prune.regions import InputBox, box_from_data
 from prune.solvers import SOLVERS, make_solver
 from prune.targets import TARGET_POLICIES
-from prune.unlearn._evaluate import batch_rows, margins_at, peak_rss_mb, predictions, utility
+from prune.unlearn._evaluate import (
+    batch_rows,
+    margins_at,
+    method_parameters,
+    peak_rss_mb,
+    predictions,
+    shared_regions,
+    utility,
+)
 from prune.unlearn._request import ForgetRequest, check_data, forget_request
 from prune.unlearn._strategies import (
     STRATEGIES,
@@ -115,27 +123,132 @@ def unlearn(
 ) -> UnlearnResult:
     """Patch ``model`` (ONNX bytes) so that it forgets the requested training samples.
 
-    ``threads`` caps torch's intra-op threads while solving (restored afterwards); on a loaded
-    machine one thread is often much faster for the many small batched ops of the solver."""
+    ``threads`` caps torch's intra-op threads (restored afterwards) and onnxruntime's; on a
+    loaded machine one thread is often much faster for the many small ops of the solver."""
     with _torch_threads(threads):
-        return _unlearn(
-            model,
-            x_train,
-            y_train,
-            forget_indices=forget_indices,
-            forget_class=forget_class,
-            x_test=x_test,
-            y_test=y_test,
-            solver=solver,
-            gate=gate,
+        started = clock()
+        _check_options(solver, gate, target_policy, strategy, margin, n)
+        imported = load_model(model, cut=cut)
+        head = imported.head
+        check_data(x_train, y_train, name="training data", input_shape=imported.input_shape)
+        if x_test is not None or y_test is not None:
+            check_data(x_test, y_test, name="test data", input_shape=imported.input_shape)
+        for name, labels in (("training", y_train), ("test", y_test)):
+            if labels is not None and int(labels.max()) >= head.classes:
+                raise DataError(
+                    f"{name} label {int(labels.max())} is not a class of the model (0..{head.classes - 1})"
+                )
+        request = forget_request(
+            y_train, forget_indices=forget_indices, forget_class=forget_class, classes=head.classes
+        )
+        x_train = np.ascontiguousarray(x_train, dtype=np.float32)
+        forget_x = x_train[request.indices]
+        forget_y = np.asarray(y_train, dtype=np.int64)[request.indices]
+
+        box = _declare_box(imported, x_train)
+        points, original_pred = _forget_points(
+            imported, forget_x, forget_y, request, margin, box, threads
+        )
+        ctx = SolveContext(
+            head=head,
+            box=box,
+            solver=make_solver(solver),
             target_policy=target_policy,
+            rng=np.random.default_rng(seed),
+            progress=progress,
+        )
+        t_solve = clock()
+        plan = plan_patches(strategy, ctx, points)
+        if len(plan.targets) == 0:
+            raise PatchError("no forget point could be given a certified patch")
+        t_export = clock()
+        patched, plan, ok, resolved = _export_and_recheck(
+            imported, plan, ctx, gate=gate, n=n, margin=margin, forget_x=forget_x, threads=threads
+        )
+        t_evaluate = clock()
+
+        rows_after = batch_rows(
+            len(plan.targets), head.classes, head.n_hidden, dense=gate == "dense"
+        )
+        before = predictions(imported.raw, head.output, x_train, rows=4096, threads=threads)
+        after = predictions(patched, OUTPUT, x_train, rows=rows_after, threads=threads)
+        test = None
+        if x_test is not None and y_test is not None:
+            x_te = np.ascontiguousarray(x_test, dtype=np.float32)
+            test = (
+                predictions(imported.raw, head.output, x_te, rows=4096, threads=threads),
+                predictions(patched, OUTPUT, x_te, rows=rows_after, threads=threads),
+                np.asarray(y_test, dtype=np.int64),
+            )
+        claims = tuple(
+            Claim(
+                leaf_index=m,
+                train_index=int(request.indices[m]),
+                label=int(forget_y[m]),
+                original_prediction=int(original_pred[m]),
+                target=int(plan.targets[plan.patch_of[m]]),
+                patch=int(plan.patch_of[m]),
+                certified_margin=float(margin),
+                region="certified",
+            )
+            for m in range(len(forget_y))
+            if ok[m]
+        )
+        failed = tuple(int(m) for m in np.flatnonzero(~ok))
+        method = method_parameters(
+            request,
+            solver=solver,
+            solver_options=ctx.solver.options(),
+            gate=gate,
+            policy=target_policy,
             strategy=strategy,
             margin=margin,
             n=n,
-            cut=cut,
+            slack=FLOAT32_SLACK,
+            cut=head.cut,
+            box=box,
             seed=seed,
-            progress=progress,
-            clock=clock,
+        )
+        finished = clock()
+        shared = shared_regions(points.active)
+        summary: dict[str, Any] = {
+            "version": 1,
+            "mode": request.mode,
+            "forget_class": request.forget_class,
+            "forget_points": len(forget_y),
+            **utility(
+                before=before,
+                after=after,
+                y=np.asarray(y_train, dtype=np.int64),
+                forget_rows=request.indices,
+                test=test,
+                classes=head.classes,
+            ),
+            "patches": len(plan.targets),
+            "certified": len(claims),
+            "failed": list(failed),
+            "shared_region_points": shared,
+            "distinct_regions": len(set(map(bytes, np.packbits(points.active, axis=1)))),
+            "resolved_after_recheck": resolved,
+            "rounds": plan.rounds,
+            "patch_delta_mean": float(np.abs(plan.d).max(axis=1).mean()),
+            "certified_bound_min": float(plan.certified.min()),
+            "seconds": finished - started,
+            "seconds_prepare": t_solve - started,
+            "seconds_solve": t_export - t_solve,
+            "seconds_export_recheck": t_evaluate - t_export,
+            "seconds_evaluate": finished - t_evaluate,
+            "peak_rss_mb": peak_rss_mb(),
+        }
+        return UnlearnResult(
+            patched_model=patched,
+            claims=claims,
+            method=method,
+            summary=summary,
+            forget_x=forget_x,
+            forget_y=forget_y,
+            forget_indices=request.indices,
+            failed=failed,
         )
 
 
@@ -154,137 +267,6 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _unlearn(
-    model: bytes,
-    x_train: NDArray[np.float32],
-    y_train: NDArray[np.int64],
-    *,
-    forget_indices: Sequence[int] | NDArray[np.integer] | None,
-    forget_class: int | None,
-    x_test: NDArray[np.float32] | None,
-    y_test: NDArray[np.int64] | None,
-    solver: str,
-    gate: str,
-    target_policy: str,
-    strategy: str,
-    margin: float,
-    n: float,
-    cut: str | None,
-    seed: int,
-    progress: bool,
-    clock: Callable[[], float],
-) -> UnlearnResult:
-    started = clock()
-    _check_options(solver, gate, target_policy, strategy, margin, n)
-    imported = load_model(model, cut=cut)
-    head = imported.head
-    check_data(x_train, y_train, name="training data", input_shape=imported.input_shape)
-    if x_test is not None or y_test is not None:
-        check_data(x_test, y_test, name="test data", input_shape=imported.input_shape)
-    for name, labels in (("training", y_train), ("test", y_test)):
-        if labels is not None and int(labels.max()) >= head.classes:
-            raise DataError(
-                f"{name} label {int(labels.max())} is not a class of the model (0..{head.classes - 1})"
-            )
-    request = forget_request(
-        y_train, forget_indices=forget_indices, forget_class=forget_class, classes=head.classes
-    )
-    x_train = np.ascontiguousarray(x_train, dtype=np.float32)
-    forget_x = x_train[request.indices]
-    forget_y = np.asarray(y_train, dtype=np.int64)[request.indices]
-
-    box = _declare_box(imported, x_train)
-    points, original_pred = _forget_points(imported, forget_x, forget_y, request, margin, box)
-    ctx = SolveContext(
-        head=head,
-        box=box,
-        solver=make_solver(solver),
-        target_policy=target_policy,
-        rng=np.random.default_rng(seed),
-        progress=progress,
-    )
-    t_solve = clock()
-    plan = plan_patches(strategy, ctx, points)
-    if len(plan.targets) == 0:
-        raise PatchError("no forget point could be given a certified patch")
-    t_export = clock()
-    patched, plan, ok, resolved = _export_and_recheck(
-        imported, plan, points, ctx, gate, n, margin, forget_x
-    )
-    t_evaluate = clock()
-
-    rows_after = batch_rows(len(plan.targets), head.classes, head.n_hidden, dense=gate == "dense")
-    before = predictions(imported.raw, head.output, x_train, rows=4096)
-    after = predictions(patched, OUTPUT, x_train, rows=rows_after)
-    test = None
-    if x_test is not None and y_test is not None:
-        x_te = np.ascontiguousarray(x_test, dtype=np.float32)
-        test = (
-            predictions(imported.raw, head.output, x_te, rows=4096),
-            predictions(patched, OUTPUT, x_te, rows=rows_after),
-            np.asarray(y_test, dtype=np.int64),
-        )
-    claims = tuple(
-        Claim(
-            leaf_index=m,
-            train_index=int(request.indices[m]),
-            label=int(forget_y[m]),
-            original_prediction=int(original_pred[m]),
-            target=int(plan.targets[plan.patch_of[m]]),
-            patch=int(plan.patch_of[m]),
-            certified_margin=float(margin),
-            region="certified",
-        )
-        for m in range(len(forget_y))
-        if ok[m]
-    )
-    failed = tuple(int(m) for m in np.flatnonzero(~ok))
-    method = _method(
-        request, ctx, solver, gate, target_policy, strategy, margin, n, head.cut, box, seed
-    )
-    finished = clock()
-    shared = _shared_regions(points)
-    summary: dict[str, Any] = {
-        "version": 1,
-        "mode": request.mode,
-        "forget_class": request.forget_class,
-        "forget_points": len(forget_y),
-        **utility(
-            before=before,
-            after=after,
-            y=np.asarray(y_train, dtype=np.int64),
-            forget_rows=request.indices,
-            test=test,
-            classes=head.classes,
-        ),
-        "patches": len(plan.targets),
-        "certified": len(claims),
-        "failed": list(failed),
-        "shared_region_points": shared,
-        "distinct_regions": len(set(map(bytes, np.packbits(points.active, axis=1)))),
-        "resolved_after_recheck": resolved,
-        "rounds": plan.rounds,
-        "patch_delta_mean": float(np.abs(plan.d).max(axis=1).mean()),
-        "certified_bound_min": float(plan.certified.min()),
-        "seconds": finished - started,
-        "seconds_prepare": t_solve - started,
-        "seconds_solve": t_export - t_solve,
-        "seconds_export_recheck": t_evaluate - t_export,
-        "seconds_evaluate": finished - t_evaluate,
-        "peak_rss_mb": peak_rss_mb(),
-    }
-    return UnlearnResult(
-        patched_model=patched,
-        claims=claims,
-        method=method,
-        summary=summary,
-        forget_x=forget_x,
-        forget_y=forget_y,
-        forget_indices=request.indices,
-        failed=failed,
-    )
-
-
 def _declare_box(imported: ImportedModel, x_train: NDArray[np.float32]) -> InputBox:
     if imported.input_space:
         return box_from_data(x_train.reshape(len(x_train), -1), input_space=True)
@@ -298,12 +280,13 @@ def _forget_points(
     request: ForgetRequest,
     margin: float,
     box: InputBox,
+    threads: int | None,
 ) -> tuple[ForgetPoints, NDArray[np.int64]]:
     """Cut values, runtime activation patterns and logits of the forget points. The pattern is
     the one onnxruntime computes (``z >= 0`` active), the convention the auditor replays."""
     head = imported.head
     names = [*([] if imported.input_space else [head.cut]), *head.hidden, head.output]
-    outs = OrtRunner(imported.raw, outputs=names).run(x)
+    outs = OrtRunner(imported.raw, outputs=names, threads=threads).run(x)
     cut = x.reshape(len(x), -1) if imported.input_space else outs[0].reshape(len(x), -1)
     z_parts = outs[(0 if imported.input_space else 1) : -1]
     z = np.concatenate([p.reshape(len(x), -1) for p in z_parts], axis=1)
@@ -329,12 +312,13 @@ def _forget_points(
 def _export_and_recheck(
     imported: ImportedModel,
     plan: Plan,
-    points: ForgetPoints,
     ctx: SolveContext,
+    *,
     gate: str,
     n: float,
     margin: float,
     forget_x: NDArray[np.float32],
+    threads: int | None,
 ) -> tuple[bytes, Plan, NDArray[np.bool_], int]:
     """Export, replay the forget points with onnxruntime, re-solve failing patches with a larger
     margin; returns the model, the final plan, per-point success and the re-solve count."""
@@ -357,7 +341,8 @@ def _export_and_recheck(
         )
         patched = export_patched(imported, patches, ctx.box)
         rows = batch_rows(len(d), d.shape[1], imported.head.n_hidden, dense=gate == "dense")
-        logits = OrtRunner(patched, outputs=[OUTPUT]).run(forget_x, batch_size=rows)[0]
+        runner = OrtRunner(patched, outputs=[OUTPUT], threads=threads)
+        logits = runner.run(forget_x, batch_size=rows)[0]
         has = plan.patch_of >= 0
         target = np.where(has, plan.targets[np.maximum(plan.patch_of, 0)], 0)
         ok = has & (logits.argmax(axis=1) == target) & (margins_at(logits, target) >= margin)
@@ -376,45 +361,3 @@ def _export_and_recheck(
             C[bad] = 0.0
     final = Plan(plan.active, plan.targets, C, d, certified, required, plan.patch_of, plan.rounds)
     return patched, final, ok, resolved
-
-
-def _shared_regions(points: ForgetPoints) -> int:
-    """Forget points whose region holds at least one other forget point."""
-    _, inverse, counts = np.unique(
-        np.packbits(points.active, axis=1), axis=0, return_inverse=True, return_counts=True
-    )
-    return int((counts[inverse.reshape(-1)] > 1).sum())
-
-
-def _method(
-    request: ForgetRequest,
-    ctx: SolveContext,
-    solver: str,
-    gate: str,
-    policy: str,
-    strategy: str,
-    margin: float,
-    n: float,
-    cut: str,
-    box: InputBox,
-    seed: int,
-) -> dict[str, Any]:
-    """The method parameters recorded in the certificate (JSON-able)."""
-    method: dict[str, Any] = {
-        "name": "prune",
-        "mode": request.mode,
-        "solver": solver,
-        "solver_options": ctx.solver.options(),
-        "gate": gate,
-        "target_policy": policy,
-        "strategy": strategy,
-        "n": float(n),
-        "margin": float(margin),
-        "float32_slack": FLOAT32_SLACK,
-        "cut": cut,
-        "input_box": box.as_method(),
-        "seed": int(seed),
-    }
-    if request.forget_class is not None:
-        method["forget_class"] = request.forget_class
-    return method
