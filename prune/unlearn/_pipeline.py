@@ -32,7 +32,6 @@ from prune.export import OUTPUT, export_patched
 from prune.gates import GATES
 from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
-from prune.regions import InputBox, box_from_data
 from prune.solvers import SOLVERS, make_solver
 from prune.targets import TARGET_POLICIES
 from prune.unlearn._evaluate import (
@@ -44,10 +43,10 @@ from prune.unlearn._evaluate import (
     shared_regions,
     utility,
 )
+from prune.unlearn._points import FLOAT32_SLACK, declare_box, forget_points
 from prune.unlearn._request import ForgetRequest, check_data, forget_request
 from prune.unlearn._strategies import (
     STRATEGIES,
-    ForgetPoints,
     Plan,
     SolveContext,
     plan_patches,
@@ -58,7 +57,6 @@ __all__ = ["DEFAULT_MARGIN", "DEFAULT_N", "FLOAT32_SLACK", "RETRIES", "UnlearnRe
 
 DEFAULT_MARGIN = 0.1
 DEFAULT_N = 1000.0
-FLOAT32_SLACK = 1e-3
 RETRIES = 2
 
 
@@ -130,14 +128,7 @@ def unlearn(
         _check_options(solver, gate, target_policy, strategy, margin, n)
         imported = load_model(model, cut=cut)
         head = imported.head
-        check_data(x_train, y_train, name="training data", input_shape=imported.input_shape)
-        if x_test is not None or y_test is not None:
-            check_data(x_test, y_test, name="test data", input_shape=imported.input_shape)
-        for name, labels in (("training", y_train), ("test", y_test)):
-            if labels is not None and int(labels.max()) >= head.classes:
-                raise DataError(
-                    f"{name} label {int(labels.max())} is not a class of the model (0..{head.classes - 1})"
-                )
+        _check_inputs(imported, x_train, y_train, x_test, y_test)
         request = forget_request(
             y_train, forget_indices=forget_indices, forget_class=forget_class, classes=head.classes
         )
@@ -145,8 +136,8 @@ def unlearn(
         forget_x = x_train[request.indices]
         forget_y = np.asarray(y_train, dtype=np.int64)[request.indices]
 
-        box = _declare_box(imported, x_train)
-        points, original_pred = _forget_points(
+        box = declare_box(imported, x_train)
+        points, original_pred = forget_points(
             imported, forget_x, forget_y, request, margin, box, threads
         )
         ctx = SolveContext(
@@ -167,33 +158,11 @@ def unlearn(
         )
         t_evaluate = clock()
 
-        rows_after = batch_rows(
-            len(plan.targets), head.classes, head.n_hidden, dense=gate == "dense"
+        rows = batch_rows(len(plan.targets), head.classes, head.n_hidden, dense=gate == "dense")
+        usefulness = _utility(
+            imported, patched, x_train, y_train, x_test, y_test, request, rows=rows, threads=threads
         )
-        before = predictions(imported.raw, head.output, x_train, rows=4096, threads=threads)
-        after = predictions(patched, OUTPUT, x_train, rows=rows_after, threads=threads)
-        test = None
-        if x_test is not None and y_test is not None:
-            x_te = np.ascontiguousarray(x_test, dtype=np.float32)
-            test = (
-                predictions(imported.raw, head.output, x_te, rows=4096, threads=threads),
-                predictions(patched, OUTPUT, x_te, rows=rows_after, threads=threads),
-                np.asarray(y_test, dtype=np.int64),
-            )
-        claims = tuple(
-            Claim(
-                leaf_index=m,
-                train_index=int(request.indices[m]),
-                label=int(forget_y[m]),
-                original_prediction=int(original_pred[m]),
-                target=int(plan.targets[plan.patch_of[m]]),
-                patch=int(plan.patch_of[m]),
-                certified_margin=float(margin),
-                region="certified",
-            )
-            for m in range(len(forget_y))
-            if ok[m]
-        )
+        claims = _claims(request, forget_y, original_pred, plan, ok, margin)
         failed = tuple(int(m) for m in np.flatnonzero(~ok))
         method = method_parameters(
             request,
@@ -216,14 +185,7 @@ def unlearn(
             "mode": request.mode,
             "forget_class": request.forget_class,
             "forget_points": len(forget_y),
-            **utility(
-                before=before,
-                after=after,
-                y=np.asarray(y_train, dtype=np.int64),
-                forget_rows=request.indices,
-                test=test,
-                classes=head.classes,
-            ),
+            **usefulness,
             "patches": len(plan.targets),
             "certified": len(claims),
             "failed": list(failed),
@@ -267,46 +229,81 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _declare_box(imported: ImportedModel, x_train: NDArray[np.float32]) -> InputBox:
-    if imported.input_space:
-        return box_from_data(x_train.reshape(len(x_train), -1), input_space=True)
-    return box_from_data(imported.cut_values(x_train), input_space=False)
-
-
-def _forget_points(
+def _check_inputs(
     imported: ImportedModel,
-    x: NDArray[np.float32],
-    y: NDArray[np.int64],
+    x_train: NDArray[np.float32],
+    y_train: NDArray[np.int64],
+    x_test: NDArray[np.float32] | None,
+    y_test: NDArray[np.int64] | None,
+) -> None:
+    check_data(x_train, y_train, name="training data", input_shape=imported.input_shape)
+    if x_test is not None or y_test is not None:
+        check_data(x_test, y_test, name="test data", input_shape=imported.input_shape)
+    classes = imported.head.classes
+    for name, labels in (("training", y_train), ("test", y_test)):
+        if labels is not None and int(labels.max()) >= classes:
+            raise DataError(
+                f"{name} label {int(labels.max())} is not a class of the model (0..{classes - 1})"
+            )
+
+
+def _utility(
+    imported: ImportedModel,
+    patched: bytes,
+    x_train: NDArray[np.float32],
+    y_train: NDArray[np.int64],
+    x_test: NDArray[np.float32] | None,
+    y_test: NDArray[np.int64] | None,
     request: ForgetRequest,
-    margin: float,
-    box: InputBox,
+    *,
+    rows: int,
     threads: int | None,
-) -> tuple[ForgetPoints, NDArray[np.int64]]:
-    """Cut values, runtime activation patterns and logits of the forget points. The pattern is
-    the one onnxruntime computes (``z >= 0`` active), the convention the auditor replays."""
-    head = imported.head
-    names = [*([] if imported.input_space else [head.cut]), *head.hidden, head.output]
-    outs = OrtRunner(imported.raw, outputs=names, threads=threads).run(x)
-    cut = x.reshape(len(x), -1) if imported.input_space else outs[0].reshape(len(x), -1)
-    z_parts = outs[(0 if imported.input_space else 1) : -1]
-    z = np.concatenate([p.reshape(len(x), -1) for p in z_parts], axis=1)
-    cut64 = cut.astype(np.float64)
-    logits64, _ = head.forward(cut64)
-    forbidden = np.zeros((len(x), head.classes), dtype=bool)
-    forbidden[np.arange(len(x)), y] = True
-    if request.forget_class is not None:
-        forbidden[:, request.forget_class] = True
-    slack = FLOAT32_SLACK * (1.0 + np.abs(logits64).max(axis=1))
-    points = ForgetPoints(
-        x=cut64,
-        active=np.asarray(z >= 0),
-        logits=logits64,
-        forbidden=forbidden,
-        required=margin + slack,
+) -> dict[str, Any]:
+    """Accuracies of the original and the patched model (onnxruntime) on train and test."""
+    output = imported.head.output
+    before = predictions(imported.raw, output, x_train, rows=4096, threads=threads)
+    after = predictions(patched, OUTPUT, x_train, rows=rows, threads=threads)
+    test = None
+    if x_test is not None and y_test is not None:
+        x_te = np.ascontiguousarray(x_test, dtype=np.float32)
+        test = (
+            predictions(imported.raw, output, x_te, rows=4096, threads=threads),
+            predictions(patched, OUTPUT, x_te, rows=rows, threads=threads),
+            np.asarray(y_test, dtype=np.int64),
+        )
+    return utility(
+        before=before,
+        after=after,
+        y=np.asarray(y_train, dtype=np.int64),
+        forget_rows=request.indices,
+        test=test,
+        classes=imported.head.classes,
     )
-    if not box.contains(cut64).all():
-        raise DataError("a forget point lies outside the declared input box")
-    return points, np.asarray(outs[-1].argmax(axis=1), dtype=np.int64)
+
+
+def _claims(
+    request: ForgetRequest,
+    forget_y: NDArray[np.int64],
+    original_pred: NDArray[np.int64],
+    plan: Plan,
+    ok: NDArray[np.bool_],
+    margin: float,
+) -> tuple[Claim, ...]:
+    """One claim per forget sample that passed the onnxruntime re-check, in leaf order."""
+    return tuple(
+        Claim(
+            leaf_index=m,
+            train_index=int(request.indices[m]),
+            label=int(forget_y[m]),
+            original_prediction=int(original_pred[m]),
+            target=int(plan.targets[plan.patch_of[m]]),
+            patch=int(plan.patch_of[m]),
+            certified_margin=float(margin),
+            region="certified",
+        )
+        for m in range(len(forget_y))
+        if ok[m]
+    )
 
 
 def _export_and_recheck(
