@@ -27,4 +27,5 @@ PY=${PYTHON:-python3}
 if ! python -c 'import torch' >/dev/null 2>&1; then
   pip install -q torch==2.13.0
 fi
-pip install -q -e '.[dev]'
+# the demo needs the runtime only; the test command asks for the dev tools too
+pip install -q -e ".${PRUNE_EXTRAS:+[$PRUNE_EXTRAS]}"
