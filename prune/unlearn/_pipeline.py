@@ -3,9 +3,9 @@
 Steps: validate; import the model and its PL head at the cut; run the original with
 onnxruntime (cut values, hidden pre-activations, logits); declare the input box; a strategy
 plans the patches (:mod:`prune.unlearn._strategies`), certified in float64 with margin
-``margin + slack``, ``slack = FLOAT32_SLACK * (1 + max_j |f_j(x)|)`` (float32 evaluation of the
-head and patch perturbs logits by far less on these models; the exact worst case is not claimed,
-which is why the next step exists); export; **re-check every forget point on the exported model
+``margin + slack``, ``slack = FLOAT32_SLACK * (1 + max_j |f_j(x)|)`` (a budget for the float32
+evaluation of head and patch, not a proven worst-case bound: the re-check below is what holds at
+the points, and the region claims keep the slack as their reserve); export; **re-check every forget point on the exported model
 with onnxruntime** (prediction = target, margin >= ``margin``). Patches whose points fail are
 re-solved with a larger margin (up to ``RETRIES`` times); points still failing get no claim and
 are listed in ``UnlearnResult.failed`` - never silently claimed.
