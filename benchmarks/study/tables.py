@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.study.common import read_json
+from benchmarks.study.evaluate import INFERENCE_METHOD
 from benchmarks.study.plan import CONFIGS, HARNESS_VERSION, cells_for
 
 __all__ = ["COLUMNS", "Group", "flat_row", "group_rows", "load_cells"]
@@ -120,7 +121,9 @@ def flat_row(doc: Mapping[str, Any]) -> dict[str, Any]:
             "peak_rss_after_mb": _get(doc, "memory", "peak_rss_after_unlearn_mb"),
             "model_bytes": doc["model_bytes"],
             "size_ratio": doc["size_ratio"],
-            "inference_ratio": _get(doc, "inference", "ratio"),
+            "inference_ratio": _get(doc, "inference", "ratio")
+            if _get(doc, "inference", "method") == INFERENCE_METHOD
+            else None,
             "threads": doc.get("threads"),
             "loadavg_1m": _get(doc, "machine", "loadavg_1m"),
             "facts": ";".join(f"{k}={v}" for k, v in sorted((doc.get("facts") or {}).items())),
