@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.study.evaluate import INFERENCE_METHOD
 from benchmarks.study.paper import paper_comparison
 from benchmarks.study.perf import PerfRow, perf_rows
 from benchmarks.study.plan import BASELINES, PRUNE_VARIANTS, cells_for
@@ -179,7 +180,7 @@ def _study_perf(groups: Sequence[Group]) -> list[PerfRow]:
                     source="study",
                     what=f"patched vs original, {where} ({g.fact('patches')} patches)",
                     seconds=_inference_seconds(g),
-                    details=f"{ratio:.2f}× the original's time on the test set",
+                    details=f"{ratio:.2f}× the original's CPU time on the test set",
                     command=command,
                 )
             )
@@ -189,7 +190,7 @@ def _study_perf(groups: Sequence[Group]) -> list[PerfRow]:
 def _inference_seconds(g: Group) -> float | None:
     for doc in g.docs:
         inference = doc.get("inference")
-        if isinstance(inference, dict):
+        if isinstance(inference, dict) and inference.get("method") == INFERENCE_METHOD:
             return float(inference["deployed_s"])
     return None
 
@@ -298,8 +299,9 @@ def summarise(*, results: Path, docs: Path) -> list[Path]:
         "- **peak RSS**: the cell process's peak resident memory right after unlearning; in "
         "brackets the growth during unlearning (the floor is Python + torch + data + model).",
         "- **size ×**: deployed ONNX bytes / original ONNX bytes. **inference ×**: onnxruntime "
-        "time of the deployed model on the whole test set / the original's (median of 5 "
-        "alternating runs, 1 thread).",
+        "CPU time of the deployed model on the whole test set / the original's (1 thread; best "
+        "of 7 alternating timings of back-to-back calls; CPU rather than wall time because the "
+        "shared machine's preemption swamped sub-millisecond wall-clock timings).",
         "",
         "## Results",
         "",
