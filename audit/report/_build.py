@@ -224,6 +224,15 @@ def _coverage(
     }
 
 
+_NOT_COVERED_HINT = {
+    "equivocation": " (needs a data subject's receipt: audit receipt)",
+    "residual-memorisation": (
+        " (needs planted canaries: comparing the forget set with ordinary non-members cannot "
+        "see it, docs/THREAT_MODEL.md)"
+    ),
+}
+
+
 def _threats(outcomes: Sequence[CheckOutcome], mia_ran: bool) -> list[dict[str, Any]]:
     ran = {o.name for o in outcomes if o.status != "not-run"}
     if mia_ran:
@@ -240,12 +249,7 @@ def _threats(outcomes: Sequence[CheckOutcome], mia_ran: bool) -> list[dict[str, 
                 "why": (
                     f"ran: {', '.join(covering)}"
                     if covering
-                    else "none of its checks ran in this audit"
-                    + (
-                        " (needs a data subject's receipt: audit receipt)"
-                        if t.key == "equivocation"
-                        else ""
-                    )
+                    else "none of its checks ran in this audit" + _NOT_COVERED_HINT.get(t.key, "")
                 ),
             }
         )
