@@ -42,6 +42,10 @@ def _secs(v: float | None) -> str:
     return f"{v:.3f}" if v < 1 else f"{v:.1f}"
 
 
+def _ratio(v: float) -> str:
+    return f"{v:,.0f}" if v >= 100 else f"{v:.3g}"
+
+
 def _write_csv(path: Path, docs: Sequence[dict[str, Any]]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -81,9 +85,7 @@ def _table(groups: Sequence[Group]) -> list[str]:
         mia = "not run" if auc is None else f"{auc:.3f} [{_num(lo)}, {_num(hi)}]"
         secs = g.mean("seconds")
         speed = (
-            "–"
-            if not retrain_s or not secs or g.method == "original"
-            else f"{retrain_s / secs:.3g}"
+            "–" if not retrain_s or not secs or g.method == "original" else _ratio(retrain_s / secs)
         )
         rss_b, rss_a = g.mean("peak_rss_before_mb"), g.mean("peak_rss_after_mb")
         rss = "–" if rss_a is None or rss_b is None else f"{rss_a:.0f} (+{rss_a - rss_b:.0f})"
