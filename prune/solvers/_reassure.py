@@ -30,14 +30,19 @@ __all__ = ["ReassureSolver"]
 
 @dataclass(frozen=True)
 class ReassureSolver:
-    """Minimal L-inf affine patch per region (one HiGHS LP each)."""
+    """Minimal L-inf affine patch per region (one HiGHS LP each). ``time_limit`` (seconds per
+    LP, None: no limit) turns an LP that runs past it into a :class:`PatchError`."""
 
     name: ClassVar[str] = "reassure"
+    time_limit: float | None = None
 
     needs_dense: ClassVar[bool] = True
 
     def options(self) -> dict[str, float | int | str]:
-        return {"norm": "linf"}
+        out: dict[str, float | int | str] = {"norm": "linf"}
+        if self.time_limit is not None:
+            out["time_limit"] = self.time_limit
+        return out
 
     def solve(
         self, regions: Regions, targets: torch.Tensor, *, margin: torch.Tensor
@@ -133,6 +138,7 @@ class ReassureSolver:
             b_eq=np.concatenate(eq_rhs),
             bounds=bounds,
             method="highs",
+            options={} if self.time_limit is None else {"time_limit": self.time_limit},
         )
         if res.status != 0:
             raise PatchError(f"the REASSURE LP failed: {res.message}")
