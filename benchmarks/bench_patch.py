@@ -149,9 +149,10 @@ def scenario_solvers(data: dict[str, Any], args: argparse.Namespace) -> dict[str
     """Scale-shift and REASSURE (LP solvers) against the Lagrangian bound on a few points."""
     import torch
 
+    from prune.errors import PatchError
     from prune.model import OrtRunner, load_model
     from prune.regions import box_from_data, linearize
-    from prune.solvers import make_solver
+    from prune.solvers import ReassureSolver, make_solver
 
     model = load_model(data["raw"])
     head = model.head
@@ -170,8 +171,13 @@ def scenario_solvers(data: dict[str, Any], args: argparse.Namespace) -> dict[str
     for name in ("lagrangian", "scale-shift", "reassure"):
         count = args.reassure_points if name == "reassure" else len(picks)
         sub = regions.select(list(range(count)))
+        solver = ReassureSolver(time_limit=args.lp_time_limit) if name == "reassure" else None
         start = time.perf_counter()
-        sol = make_solver(name).solve(sub, targets[:count], margin=margin[:count])
+        try:
+            sol = (solver or make_solver(name)).solve(sub, targets[:count], margin=margin[:count])
+        except PatchError as exc:
+            out[name] = {"points": count, "error": str(exc), "seconds": time.perf_counter() - start}
+            continue
         seconds = time.perf_counter() - start
         d = sol.d.numpy()
         t = targets[:count].numpy()
@@ -183,7 +189,7 @@ def scenario_solvers(data: dict[str, Any], args: argparse.Namespace) -> dict[str
             "affine": sol.C is not None,
             "max_abs_d_mean": float(np.abs(d).max(axis=1).mean()),
         }
-    lag, exact = pushes["lagrangian"], pushes["scale-shift"]
+    lag, exact = pushes["lagrangian"], pushes["scale-shift"]  # scale-shift always solves
     out["lagrangian_push_over_exact_lp"] = {
         "mean_abs_gap": float(np.mean(lag - exact)),
         "max_abs_gap": float(np.max(lag - exact)),
@@ -453,6 +459,8 @@ def run_child(args: argparse.Namespace, scenario: str, **extra: Any) -> dict[str
         str(args.reassure_points),
         "--latency-runs",
         str(args.latency_runs),
+        "--lp-time-limit",
+        str(args.lp_time_limit),
     ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
@@ -508,6 +516,9 @@ def main() -> None:
     parser.add_argument("--lp-points", type=int, default=None, help="points for scale-shift")
     parser.add_argument("--reassure-points", type=int, default=None, help="points for REASSURE")
     parser.add_argument("--latency-runs", type=int, default=50)
+    parser.add_argument(
+        "--lp-time-limit", type=float, default=900.0, help="seconds per REASSURE LP"
+    )
     parser.add_argument("--run-scenario", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--patches", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--gate", default="activation", help=argparse.SUPPRESS)
