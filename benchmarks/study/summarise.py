@@ -39,6 +39,8 @@ def _num(v: float | None, digits: int = 3) -> str:
 def _secs(v: float | None) -> str:
     if v is None:
         return "–"
+    if v < 0.01:
+        return f"{v:.2g}"
     return f"{v:.3f}" if v < 1 else f"{v:.1f}"
 
 
@@ -330,10 +332,18 @@ def summarise(*, results: Path, docs: Path) -> list[Path]:
         "| kind | what | median s | details | source | reproduce |",
         "|---|---|---|---|---|---|",
     ]
-    for r in perf_rows(REPO / "benchmarks" / "results", REPO, extra=_study_perf(groups)):
-        md.append(
-            f"| {r.kind} | {r.what} | {_secs(r.seconds)} | {r.details} | {r.source} | `{r.command}` |"
-        )
+    rows = perf_rows(REPO / "benchmarks" / "results", REPO, extra=_study_perf(groups))
+    for r in rows:
+        if r.kind != "other":
+            md.append(
+                f"| {r.kind} | {r.what} | {_secs(r.seconds)} | {r.details} | {r.source} | `{r.command}` |"
+            )
+    others = sorted({r.source for r in rows if r.kind == "other"})
+    if others:
+        md += [
+            "",
+            f"Other recorded benchmark files (not one of the kinds above): {', '.join(others)}.",
+        ]
     md.append("")
     out = docs / "BENCHMARKS.md"
     tmp = out.with_name(out.name + ".tmp")
