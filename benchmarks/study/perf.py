@@ -39,9 +39,17 @@ class PerfRow:
     command: str
 
 
+# the first of these a record holds is its time (bench_verify.py names its total explicitly)
+_TIME_KEYS = ("median_s", "seconds", "verify_in_process_s")
+
+
+def _seconds(record: Mapping[str, Any]) -> Any:
+    return next((record[k] for k in _TIME_KEYS if isinstance(record.get(k), (int, float))), None)
+
+
 def _records(doc: Any, path: str) -> Iterator[tuple[str, Mapping[str, Any]]]:
     if isinstance(doc, Mapping):
-        if any(isinstance(doc.get(k), (int, float)) for k in ("median_s", "seconds")):
+        if _seconds(doc) is not None:
             yield path, doc
             return
         for key, value in doc.items():
@@ -57,7 +65,7 @@ _MAX_DETAILS = 6
 
 def _details(record: Mapping[str, Any]) -> str:
     """The record's spread and its first few short scalar fields (sizes, counts, targets)."""
-    skip = {"median_s", "seconds", "min_s", "max_s"}
+    skip = {*_TIME_KEYS, "min_s", "max_s"}
     parts = [
         f"{k}={round(v, 4) if isinstance(v, float) else v}"
         for k, v in record.items()
@@ -102,7 +110,7 @@ def perf_rows(results_root: Path, repo: Path, *, extra: Sequence[PerfRow] = ()) 
         command = _command(doc, path.stem, repo)
         load = doc.get("load_average_1min") or (doc.get("machine") or {}).get("loadavg_1m")
         for what, record in _records(doc, ""):
-            seconds = record.get("median_s", record.get("seconds"))
+            seconds = _seconds(record)
             details = _details(record)
             if load is not None:
                 details = f"{details}; load {load}" if details else f"load {load}"
