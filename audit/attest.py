@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from audit.errors import InputError, VerificationError
+from audit.proof import Limits
+from audit.proof import load_public_key as _load_public_key
 from prune.formats import (
     PAYLOAD_TYPE,
     STATEMENT_TYPE,
@@ -143,16 +145,9 @@ def load_auditor_private_key(
 
 
 def load_public_key(path: Path) -> ec.EllipticCurvePublicKey:
-    """Load an ECDSA P-256 public key (PEM SubjectPublicKeyInfo)."""
-    try:
-        key = serialization.load_pem_public_key(path.read_bytes())
-    except OSError as exc:
-        raise InputError(f"cannot read public key {path}: {exc.strerror}") from exc
-    except ValueError as exc:
-        raise InputError(f"public key {path} is not a PEM public key") from exc
-    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-        raise InputError(f"public key {path} is not an ECDSA P-256 key")
-    return key
+    """Load an ECDSA P-256 public key (PEM SubjectPublicKeyInfo), size-bounded like every key the
+    verifier reads (:func:`audit.proof.load_public_key`)."""
+    return _load_public_key(path, limits=Limits())
 
 
 def sign_attestation(

@@ -25,6 +25,7 @@ from numpy.typing import NDArray
 
 from audit.attest import CheckVerdict, load_auditor_private_key, load_public_key, sign_attestation
 from audit.errors import AuditError, InputError
+from audit.proof import Limits, load_forget, load_reference
 from audit.report._html import render_html
 from audit.report._patch_stats import patch_statistics
 from audit.runtime import OnnxModel
@@ -79,14 +80,6 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def _load_npz(path: Path) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return np.asarray(data["x"], np.float32), np.asarray(data["y"], np.int64)
-    except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"cannot read {path}: need an .npz with x and y") from exc
 
 
 def _statement(proof: Path) -> Statement | None:
@@ -359,8 +352,15 @@ def build_report(
         on_done=on_check,
     )
     statement = _statement(proof)
-    forget_data = _load_npz(forget) if forget is not None else None
-    reference_data = _load_npz(reference) if reference is not None else None
+    limits = Limits()
+    forget_data = None
+    if forget is not None:
+        try:
+            openings = load_forget(forget, limits=limits)
+            forget_data = (openings.x, openings.y)
+        except AuditError:
+            pass  # the owner's openings are broken: the failed checks already say why
+    reference_data = load_reference(reference, limits=limits) if reference is not None else None
     model_path = proof / "model.onnx"
     per_class = None
     mia = None
