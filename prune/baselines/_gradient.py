@@ -65,6 +65,25 @@ def _step(
     opt.step()
 
 
+def _start(
+    model: nn.Module,
+    x_train: NDArray[np.float32],
+    y_train: NDArray[np.int64],
+    forget_idx: NDArray[np.int64],
+    *,
+    lr: float,
+) -> tuple[
+    NDArray[np.int64], NDArray[np.int64], torch.Tensor, torch.Tensor, nn.Module, torch.optim.Adam
+]:
+    """What every gradient method starts from: checked forget and retained indices, the data as
+    tensors, a training copy of ``model`` (the original is never touched) and its Adam."""
+    forget = check_forget(forget_idx, len(x_train))
+    keep = retain_indices(forget, len(x_train))
+    x, y = _tensors(x_train, y_train)
+    out = copy.deepcopy(model).train()
+    return forget, keep, x, y, out, torch.optim.Adam(out.parameters(), lr=lr)
+
+
 @dataclass(frozen=True, kw_only=True)
 class FineTune(UnlearningMethod):
     """``epochs`` passes over the retained data with Adam at ``lr``, batches of ``batch_size``."""
@@ -83,11 +102,7 @@ class FineTune(UnlearningMethod):
         *,
         generator: torch.Generator,
     ) -> nn.Module:
-        forget = check_forget(forget_idx, len(x_train))
-        keep = retain_indices(forget, len(x_train))
-        x, y = _tensors(x_train, y_train)
-        out = copy.deepcopy(model).train()
-        opt = torch.optim.Adam(out.parameters(), lr=self.lr)
+        _forget, keep, x, y, out, opt = _start(model, x_train, y_train, forget_idx, lr=self.lr)
         for _ in range(self.epochs):
             for idx in _epoch_batches(keep, self.batch_size, generator):
                 _step(opt, out, F.cross_entropy(out(x[idx]), y[idx]), None)
@@ -117,11 +132,7 @@ class NegGrad(UnlearningMethod):
         *,
         generator: torch.Generator,
     ) -> nn.Module:
-        forget = check_forget(forget_idx, len(x_train))
-        keep = retain_indices(forget, len(x_train))
-        x, y = _tensors(x_train, y_train)
-        out = copy.deepcopy(model).train()
-        opt = torch.optim.Adam(out.parameters(), lr=self.lr)
+        forget, keep, x, y, out, opt = _start(model, x_train, y_train, forget_idx, lr=self.lr)
         for _ in range(self.epochs):
             for idx in _epoch_batches(forget, self.batch_size, generator):
                 loss = -(1.0 - self.beta) * F.cross_entropy(out(x[idx]), y[idx])
@@ -162,13 +173,9 @@ class RandomLabels(UnlearningMethod):
         *,
         generator: torch.Generator,
     ) -> nn.Module:
-        forget = check_forget(forget_idx, len(x_train))
-        keep = retain_indices(forget, len(x_train))
-        x, y = _tensors(x_train, y_train)
-        out = copy.deepcopy(model).train()
+        forget, keep, x, y, out, opt = _start(model, x_train, y_train, forget_idx, lr=self.lr)
         with torch.no_grad():
             classes = int(out(x[:1]).shape[1])
-        opt = torch.optim.Adam(out.parameters(), lr=self.lr)
         for _ in range(self.epochs):
             for idx in _epoch_batches(forget, self.batch_size, generator):
                 shift = torch.randint(1, classes, (len(idx),), generator=generator)
