@@ -7,6 +7,7 @@ bounded number of torch threads, so that many calls can run side by side (joblib
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,8 @@ from audit.mia._arch import Architecture, module_from_state, state_to_numpy
 from audit.mia._signals import LogitsFn
 
 __all__ = ["TrainedWeights", "TrainingRecipe", "retrain", "torch_logits_fn", "train_model"]
+
+_GLOBAL_RNG = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,9 @@ def _train(
     index: int,
 ) -> TrainedWeights:
     gen = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng(devices=[]):
+    # torch's initialisation draws from the process-global RNG: with the threading backend two
+    # workers could interleave between manual_seed and build, so the seeded build is serialised
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = arch.build()
     # Own writable copies: joblib hands workers read-only memory maps, which torch refuses to wrap.
