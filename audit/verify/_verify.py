@@ -14,6 +14,7 @@ import numpy as np
 
 from audit.errors import InputError
 from audit.proof import Limits
+from audit.verify._certificate import RegionCertificate
 from audit.verify._claims import ClaimsPolicy
 from audit.verify._commitment import CommitmentConsistency, CommitmentOpenings
 from audit.verify._context import VerifyContext, VerifyInputs
@@ -35,18 +36,19 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
     cls.name: cls
     for cls in (
         CertificateSignature,
-        ClaimsPolicy,
         ModelSignature,
         ModelDigest,
         OriginalDigest,
         PatchDigest,
         Freshness,
+        ClaimsPolicy,
         CommitmentOpenings,
         CommitmentConsistency,
         StructureOriginal,
         StructurePatch,
         ReplayClaims,
         ReplayBatch,
+        RegionCertificate,
         RegionProbes,
         Locality,
         Utility,

@@ -20,6 +20,7 @@ from prune.errors import ProofError
 from prune.formats import (
     PAYLOAD_TYPE,
     ClaimRecord,
+    DualCertificate,
     ForgetSet,
     FormatError,
     Mode,
@@ -109,8 +110,11 @@ def build_statement(
     summary: Mapping[str, Any],
     now: datetime | None = None,
     rng: np.random.Generator | None = None,
+    region_certificate: DualCertificate | None = None,
 ) -> Statement:
-    """The Statement for one batch; validated by re-reading it with the strict v1 reader."""
+    """The Statement for one batch; validated by re-reading it with the strict v2 reader.
+    ``region_certificate`` describes the dual file of the certified claims (None when no claim
+    is certified)."""
     if mode not in get_args(Mode):
         raise ProofError(f"unknown deletion mode {mode!r}; expected samples or class")
     method_doc = signable(method)
@@ -127,6 +131,7 @@ def build_statement(
         nonce=random_bytes(NONCE_BYTES, rng).hex(),
         previous_root=commitment.previous,
         forget_class=None if forget_class is None else int(forget_class),
+        region_certificate=region_certificate,
     )
     statement = Statement(subject_sha256=patched_sha256, predicate=predicate)
     try:

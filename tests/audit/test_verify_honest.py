@@ -88,6 +88,7 @@ def test_partial_policy_skips_but_says_so(kit: ProofKit) -> None:
         "digest.original",
         "structure.original",
         "structure.patch",
+        "region.certificate",
         "region.probes",
         "locality",
         "utility",
