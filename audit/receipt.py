@@ -38,7 +38,8 @@ from audit.verify import (
     VerificationReport,
     run_checks,
 )
-from audit.verify._replay import margins
+from audit.verify._context import require_finite
+from audit.verify._replay import BATCH_SIZES, BATCH_TOLERANCE, margins
 from prune.formats import (
     PAYLOAD_TYPE,
     Envelope,
@@ -244,6 +245,15 @@ class ReceiptReplay(Check[ReceiptContext]):
         try:
             model = OnnxModel(ctx.model_bytes, device=ctx.device)
             logits = model.logits(ctx.sample[None, ...])
+            require_finite(logits, "model output")
+            for size in BATCH_SIZES[1:]:  # the sample inside serving batches of other sizes
+                batch = np.repeat(ctx.sample[None, ...], size, axis=0)
+                got = model.logits(batch, batch_size=size)
+                require_finite(got, f"model output in a batch of {size}")
+                if not np.allclose(got, logits, rtol=BATCH_TOLERANCE, atol=BATCH_TOLERANCE):
+                    return self.failed(
+                        f"the model answers the sample differently in a batch of {size} rows"
+                    )
         except InputError as exc:
             return self.failed(f"the model cannot run the sample: {exc}")
         target = np.array([claim.target], dtype=np.int64)

@@ -33,11 +33,27 @@ from audit.verify._graph import PATCH_OUTPUT, Head, find_head, load_onnx, metada
 from audit.verify._patch import PatchParams, read_patch
 from prune.formats import Envelope, FormatError, Openings, Statement, UnlearningPredicate
 
-__all__ = ["Evaluation", "VerifyContext", "VerifyInputs"]
+__all__ = ["Evaluation", "NonFiniteOutput", "VerifyContext", "VerifyInputs", "require_finite"]
 
 T = TypeVar("T")
 _BATCH = 1024  # keeps the patch subgraph's [batch, P, O] intermediates small (peak memory)
 F64 = NDArray[np.float64]
+
+
+class NonFiniteOutput(CheckUnavailable):
+    """A model output the verifier reads holds NaN or infinity: every check that reads it fails
+    (``argmax`` would pick a NaN, and every ``<``/``>`` comparison with NaN is False)."""
+
+
+def require_finite(values: NDArray[Any], what: str) -> None:
+    """Raise :class:`NonFiniteOutput` unless every entry of ``values`` is finite (numeric
+    arrays only; any other dtype is refused as well)."""
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.number):
+        raise NonFiniteOutput(f"{what}: non-numeric output of type {array.dtype}")
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).reshape(len(array), -1).any(axis=1).sum())
+        raise NonFiniteOutput(f"{what}: NaN or infinity in {bad} of {len(array)} rows")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -238,15 +254,23 @@ class VerifyContext:
             raise CheckUnavailable(f"{what}: {exc}") from exc
 
     def _run(
-        self, model: OnnxModel, x: NDArray[np.float32], what: str
+        self,
+        model: OnnxModel,
+        x: NDArray[np.float32],
+        what: str,
+        *,
+        batch_size: int = _BATCH,
     ) -> list[NDArray[np.float32]]:
         try:
-            return model.run(x, batch_size=_BATCH)
+            outs = model.run(x, batch_size=batch_size)
         except InputError as exc:
             raise CheckUnavailable(f"{what}: {exc}") from exc
         except Exception as exc:  # onnxruntime's own failure types
             first = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
             raise CheckUnavailable(f"{what}: onnxruntime failed: {first}") from exc
+        for name, out in zip(model.output_names, outs, strict=True):
+            require_finite(out, f"{what} output {name[:40]!r}")
+        return outs
 
     def evaluate(self, x: NDArray[np.float32], *, key: str | None = None) -> Evaluation:
         """Run the original model on ``x`` and collect cut, hidden and logits (memoised by
@@ -269,10 +293,13 @@ class VerifyContext:
         return make() if key is None else self.memo(f"eval:{key}", make)
 
     def patched_logits(
-        self, x: NDArray[np.float32], *, key: str | None = None
+        self, x: NDArray[np.float32], *, key: str | None = None, batch_size: int = _BATCH
     ) -> NDArray[np.float32]:
+        """The deployed model's output on ``x``, queried ``batch_size`` rows at a time; NaN or
+        infinity anywhere is :class:`NonFiniteOutput`."""
+
         def make() -> NDArray[np.float32]:
-            out = self._run(self.patched_model(), x, "model.onnx")[0]
+            out = self._run(self.patched_model(), x, "model.onnx", batch_size=batch_size)[0]
             if out.ndim != 2 or len(out) != len(x):
                 raise CheckUnavailable(
                     f"model.onnx: output has shape {out.shape}, expected [N, classes]"
