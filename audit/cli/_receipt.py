@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from audit.cli._common import sandbox_options
 from audit.cli._verify import write_json
 from audit.receipt import ReceiptInputs, verify_receipt
 from audit.verify import render_table
@@ -33,6 +34,7 @@ _PATH = click.Path(path_type=Path)
 )
 @click.option("--partial", is_flag=True, help="Check the receipt without your sample.")
 @click.option("--quiet", is_flag=True, help="No table; only errors and --json.")
+@sandbox_options
 def receipt(
     receipt_path: Path,
     certificate: Path,

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from audit.attest import generate_auditor_key, load_public_key, verify_attestation
-from audit.cli._common import EXIT_FAILED, show_progress
+from audit.cli._common import EXIT_FAILED, sandbox_options, show_progress
 from audit.errors import InputError
 from audit.report import ReportOptions, build_report
 from audit.verify import CheckOutcome
@@ -45,6 +45,7 @@ _PATH = click.Path(path_type=Path)
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@sandbox_options
 def report(
     proof: Path,
     public_key: Path,
