@@ -22,6 +22,7 @@ from audit.errors import InputError, VerificationError
 from audit.proof import (
     PROOF_FILES,
     Limits,
+    check_input_file,
     load_forget,
     load_public_key,
     load_reference,
@@ -113,13 +114,13 @@ class VerifyContext:
         self.public_key: ec.EllipticCurvePublicKey = load_public_key(
             inputs.public_key, limits=limits
         )
-        if inputs.original is not None and not inputs.original.is_file():
-            raise InputError(f"original model {inputs.original} does not exist")
+        if inputs.original is not None:
+            check_input_file(inputs.original, what="original model")
         self.reference: tuple[NDArray[np.float32], NDArray[np.int64]] | None = None
         if inputs.reference is not None:
             self.reference = load_reference(inputs.reference, limits=limits)
-        if inputs.forget is not None and not inputs.forget.is_file():
-            raise InputError(f"forget set {inputs.forget} does not exist")
+        if inputs.forget is not None:
+            check_input_file(inputs.forget, what="forget set")
         self._cache: dict[str, Any] = {}
 
     def memo(self, key: str, make: Callable[[], T]) -> T:
