@@ -24,7 +24,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--certificate", type=_PATH, required=True, help="PROOF/certificate.json.")
 @click.option("--public-key", type=_PATH, required=True, help="The owner's public key (PEM).")
 @click.option("--sample", type=_PATH, help="Your sample as .npy (float32, as submitted).")
-@click.option("--label", type=int, help="Your sample's label.")
+@click.option("--label", type=click.IntRange(0, 2**31 - 1), help="Your sample's label.")
 @click.option(
     "--model", type=_PATH, help="The deployed model (PROOF/model.onnx): replay your sample."
 )

@@ -25,6 +25,7 @@ from prune.formats._dsse import (
     sign_envelope,
     verify_envelope,
 )
+from prune.formats._files import PublishError, publish_exclusive, write_atomic
 from prune.formats._merkle import (
     HASH_SIZE,
     MerkleTree,
@@ -82,6 +83,7 @@ __all__ = [
     "Openings",
     "PreviousBatch",
     "ProofCheckError",
+    "PublishError",
     "Receipt",
     "Region",
     "Statement",
@@ -99,9 +101,11 @@ __all__ = [
     "parse_hex",
     "patch_parameter_digest",
     "public_key_id",
+    "publish_exclusive",
     "sha256_hex",
     "sign_envelope",
     "verify_consistency",
     "verify_envelope",
     "verify_inclusion",
+    "write_atomic",
 ]
