@@ -13,15 +13,12 @@ check works on those in-memory bytes (no time-of-check/time-of-use gap on the pr
 
 from __future__ import annotations
 
-import errno
-import io
 import os
 import stat
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, cast
+from typing import cast
 
 import numpy as np
 from cryptography.hazmat.primitives import serialization
@@ -29,7 +26,16 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from numpy.typing import NDArray
 
 from audit.errors import InputError, VerificationError
-from prune.formats import FormatError, Openings
+from prune.formats import (
+    ArrayLimits,
+    FormatError,
+    NpzError,
+    Openings,
+    UnreadableFile,
+    parse_npy,
+    parse_npz,
+    read_regular,
+)
 
 __all__ = [
     "PROOF_FILES",
@@ -75,47 +81,16 @@ class Limits:
 
 
 def read_bounded(path: Path, limit: int, *, what: str, owner: bool = True) -> bytes:
-    """The bytes of the regular file ``path``, refused beyond ``limit`` bytes.
+    """The bytes of the regular file ``path``, refused beyond ``limit`` bytes
+    (:func:`prune.formats.read_regular`: no symbolic links, FIFOs or devices, no blocking).
 
     ``owner``: the file comes from the owner (failures raise :class:`ProofFileError`) or from the
-    auditor (:class:`InputError`). The file is opened without following a final symbolic link
-    and without blocking, and only a regular file is read (a FIFO, a device or ``/dev/zero``
-    would block or never end; a symlink in a proof folder could point at the auditor's own
-    files); the read itself is capped as well, in case the file grows while being read."""
+    auditor (:class:`InputError`)."""
     error = ProofFileError if owner else InputError
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
     try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise error(f"{what}: {path} does not exist") from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise error(f"{what}: {path} is a symbolic link; only regular files are read") from None
-        raise error(f"{what}: cannot read {path}: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise error(f"{what}: {path} is not a regular file")
-        if info.st_size > limit:
-            raise error(f"{what}: {path} is {info.st_size} bytes, over the {limit}-byte limit")
-        parts: list[bytes] = []
-        left = limit + 1
-        while left > 0:
-            chunk = os.read(fd, min(left, 1 << 24))
-            if not chunk:
-                break
-            parts.append(chunk)
-            left -= len(chunk)
-    except OSError as exc:
-        raise error(f"{what}: cannot read {path}: {exc.strerror}") from None
-    finally:
-        os.close(fd)
-    data = b"".join(parts)
-    if len(data) > limit:
-        raise error(f"{what}: {path} is over the {limit}-byte limit")
-    if not data:
-        raise error(f"{what}: {path} is empty")
-    return data
+        return read_regular(path, limit)
+    except UnreadableFile as exc:
+        raise error(f"{what}: {exc}") from None
 
 
 def check_input_file(path: Path, *, what: str) -> None:
@@ -138,73 +113,21 @@ def check_input_file(path: Path, *, what: str) -> None:
         raise InputError(f"{what} {path} is not a regular file (a FIFO, socket or device)")
 
 
-def _read_npy_stream(
-    handle: IO[bytes], *, key: str, kinds: str, max_bytes: int, limits: Limits
-) -> NDArray[np.generic]:
-    """One ``.npy`` from ``handle``, strictly: a known header version, C order, a dtype of the
-    accepted kinds with no objects, a size under the limits *before* anything is allocated, and
-    exactly as many data bytes as the header declares (no truncation, no trailing data; reading
-    to the end also makes a zip member check its CRC). The array is read straight into its own
-    buffer (peak memory: the array once)."""
-    try:
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(
-                handle, max_header_size=_MAX_NPY_HEADER
-            )
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(
-                handle, max_header_size=_MAX_NPY_HEADER
-            )
-        else:
-            raise ValueError(f"unknown .npy version {version}")
-    except (ValueError, OSError, EOFError, SyntaxError, TypeError, zipfile.BadZipFile) as exc:
-        raise ValueError(f"array {key} has a malformed header ({str(exc)[:80]})") from None
-    if fortran:
-        raise ValueError(f"array {key}: Fortran-ordered arrays are not accepted")
-    if dtype.hasobject or dtype.kind not in kinds or dtype.fields is not None:
-        raise ValueError(f"array {key} has dtype {dtype}, expected kind {kinds}")
-    shape = tuple(int(s) for s in shape)
-    size = float(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-    if size > max_bytes or (shape and shape[0] > limits.max_samples):
-        raise ValueError(f"array {key} with shape {shape} is over the size limits")
-    array = np.empty(shape, dtype=dtype)
-    view = memoryview(array.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
-    filled = 0
-    try:
-        while filled < len(view):
-            got = handle.readinto(view[filled:])  # type: ignore[attr-defined]
-            if not got:
-                raise ValueError(f"array {key} is truncated")
-            filled += got
-        if handle.read(1):
-            raise ValueError(f"array {key} has trailing data after its declared size")
-    except (OSError, EOFError, zipfile.BadZipFile, RuntimeError) as exc:
-        raise ValueError(f"array {key} is truncated or corrupt ({str(exc)[:80]})") from None
-    return array
-
-
 def read_npy(
     data: bytes, *, what: str, kinds: str, limits: Limits, max_bytes: int, owner: bool = True
 ) -> NDArray[np.generic]:
     """A bare ``.npy`` held in memory, read as strictly as an ``.npz`` member."""
     error = ProofFileError if owner else InputError
     try:
-        return _read_npy_stream(
-            io.BytesIO(data), key="x", kinds=kinds, max_bytes=max_bytes, limits=limits
-        )
-    except ValueError as exc:
+        return parse_npy(data, kinds=kinds, limits=_array_limits(limits, max_bytes))
+    except NpzError as exc:
         raise error(f"{what}: {exc}") from None
 
 
-def _strict_zip(data: bytes) -> None:
-    """A zip file with nothing before its first member, nothing after its central directory and
-    no archive comment (bytes nobody reads are refused, not carried along)."""
-    if not data.startswith(b"PK\x03\x04"):
-        raise ValueError("it does not start with a zip member")
-    end = data.rfind(b"PK\x05\x06")
-    if end < 0 or len(data) - end != 22:
-        raise ValueError("trailing data or a comment after the zip directory")
+def _array_limits(limits: Limits, max_bytes: int) -> ArrayLimits:
+    return ArrayLimits(
+        max_bytes=max_bytes, total_bytes=limits.npz_total_bytes, max_rows=limits.max_samples
+    )
 
 
 def read_npz(
@@ -216,56 +139,14 @@ def read_npz(
     max_bytes: int,
     owner: bool = True,
 ) -> dict[str, NDArray[np.generic]]:
-    """Arrays of an ``.npz`` held in memory. ``kinds`` maps every required array name to the
-    accepted numpy dtype kinds (e.g. ``"f"``, ``"iu"``).
-
-    Strict zip: nothing around the archive, no encryption, stored or deflated members only, each
-    member's declared size under ``max_bytes`` and their sum under ``limits.npz_total_bytes``
-    *before* any member is decompressed (no zip bombs); every member is read to its end, so
-    its CRC is checked; each ``.npy`` is parsed strictly (:func:`_read_npy_stream`: no pickles, no
-    trailing data). Extra or duplicate members are refused (nothing unread rides along)."""
+    """Arrays of an ``.npz`` held in memory, parsed strictly (:func:`prune.formats.parse_npz`:
+    sizes budgeted before decompression, CRCs checked, no trailing data, no pickles, exactly the
+    arrays of ``kinds``)."""
     error = ProofFileError if owner else InputError
     try:
-        _strict_zip(data)
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        infos = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
-        raise error(f"{what}: not a readable .npz file ({str(exc)[:80]})") from None
-    members = [i.filename for i in infos]
-    if len(set(members)) != len(members) or not all(m.endswith(".npy") for m in members):
-        raise error(f"{what}: duplicate or non-.npy members in the archive")
-    names = {n.removesuffix(".npy"): n for n in members}
-    missing = sorted(set(kinds) - set(names))
-    if missing:
-        raise error(f"{what}: missing array {', '.join(missing)}")
-    extra = sorted(set(names) - set(kinds))
-    if extra:
-        raise error(f"{what}: unexpected array {', '.join(extra)[:80]}")
-    total = 0
-    for info in infos:
-        if info.flag_bits & 0x1 or info.compress_type not in (
-            zipfile.ZIP_STORED,
-            zipfile.ZIP_DEFLATED,
-        ):
-            raise error(f"{what}: member {info.filename[:40]} is encrypted or oddly compressed")
-        total += info.file_size
-        if info.file_size > max_bytes + _MAX_NPY_HEADER or total > limits.npz_total_bytes:
-            raise error(f"{what}: the archive's arrays are over the size limits")
-    out: dict[str, NDArray[np.generic]] = {}
-    with archive:
-        for key, member in sorted(names.items()):
-            try:
-                with archive.open(member) as handle:
-                    out[key] = _read_npy_stream(
-                        handle, key=key, kinds=kinds[key], max_bytes=max_bytes, limits=limits
-                    )
-            except ValueError as exc:
-                raise error(f"{what}: {exc}") from None
-            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError) as exc:
-                raise error(
-                    f"{what}: array {key} is truncated or corrupt ({str(exc)[:80]})"
-                ) from None
-    return out
+        return parse_npz(data, kinds=kinds, limits=_array_limits(limits, max_bytes))
+    except NpzError as exc:
+        raise error(f"{what}: {exc}") from None
 
 
 def _check_samples(

@@ -25,7 +25,13 @@ from prune.formats._dsse import (
     sign_envelope,
     verify_envelope,
 )
-from prune.formats._files import PublishError, publish_exclusive, write_atomic
+from prune.formats._files import (
+    PublishError,
+    UnreadableFile,
+    publish_exclusive,
+    read_regular,
+    write_atomic,
+)
 from prune.formats._merkle import (
     HASH_SIZE,
     MerkleTree,
@@ -33,6 +39,7 @@ from prune.formats._merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from prune.formats._npz import ArrayLimits, NpzError, parse_npy, parse_npz
 from prune.formats._openings import OPENING_KEYS, Openings
 from prune.formats._patch_digest import PATCH_PREFIX, patch_parameter_digest
 from prune.formats._receipt import RECEIPT_TYPE, RECEIPT_VERSION, Receipt
@@ -72,6 +79,7 @@ __all__ = [
     "SAMPLE_ENCODING",
     "STATEMENT_TYPE",
     "SUBJECT_NAME",
+    "ArrayLimits",
     "ClaimRecord",
     "DsseSignature",
     "Envelope",
@@ -80,6 +88,7 @@ __all__ = [
     "MalformedError",
     "MerkleTree",
     "Mode",
+    "NpzError",
     "Openings",
     "PreviousBatch",
     "ProofCheckError",
@@ -88,6 +97,7 @@ __all__ = [
     "Region",
     "Statement",
     "UnlearningPredicate",
+    "UnreadableFile",
     "canonical_json",
     "canonical_sample",
     "decimal_string",
@@ -99,9 +109,12 @@ __all__ = [
     "parse_canonical_json",
     "parse_decimal_string",
     "parse_hex",
+    "parse_npy",
+    "parse_npz",
     "patch_parameter_digest",
     "public_key_id",
     "publish_exclusive",
+    "read_regular",
     "sha256_hex",
     "sign_envelope",
     "verify_consistency",

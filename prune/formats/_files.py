@@ -9,17 +9,70 @@ fails)."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["PublishError", "publish_exclusive", "write_atomic"]
+__all__ = ["PublishError", "UnreadableFile", "publish_exclusive", "read_regular", "write_atomic"]
 
 
 class PublishError(OSError):
     """A file could not be published (the name exists, or the folder is not writable)."""
+
+
+class UnreadableFile(ValueError):
+    """A file that is missing, not a regular file, a symbolic link, empty or over its limit."""
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of the regular file ``path``, refused (:class:`UnreadableFile`) beyond
+    ``limit`` bytes. Opened without following a final symbolic link and without blocking; only a
+    regular file is read (a FIFO, a device or ``/dev/zero`` would block or never end; a link in
+    a proof folder could point at the reader's own files); the read itself is capped too, in case
+    the file grows while being read."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise UnreadableFile(f"{path} does not exist") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnreadableFile(
+                f"{path} is a symbolic link; only regular files are read"
+            ) from None
+        if exc.errno == errno.EISDIR:
+            raise UnreadableFile(f"{path} is a folder, not a file") from None
+        raise UnreadableFile(f"cannot read {path}: {exc.strerror}") from None
+    parts: list[bytes] = []
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise UnreadableFile(f"{path} is a folder, not a file")
+        if not stat.S_ISREG(info.st_mode):
+            raise UnreadableFile(f"{path} is not a regular file (a FIFO, socket or device)")
+        if info.st_size > limit:
+            raise UnreadableFile(f"{path} is {info.st_size} bytes, over the {limit}-byte limit")
+        left = limit + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break
+            parts.append(chunk)
+            left -= len(chunk)
+    except OSError as exc:
+        raise UnreadableFile(f"cannot read {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+    data = b"".join(parts)
+    if len(data) > limit:
+        raise UnreadableFile(f"{path} is over the {limit}-byte limit")
+    if not data:
+        raise UnreadableFile(f"{path} is empty")
+    return data
 
 
 def _private_tmpdir(folder: Path) -> Path:
