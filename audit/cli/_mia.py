@@ -12,7 +12,7 @@ from typing import Any, Literal, cast
 import click
 import numpy as np
 
-from audit.cli._common import show_progress
+from audit.cli._common import sandbox_options, show_progress
 from audit.errors import InputError
 from audit.mia import (
     ATTACKS,
@@ -178,6 +178,7 @@ _FILE = click.Path(path_type=Path, exists=True, dir_okay=False)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@sandbox_options
 def mia(
     model: Path,
     members: Path,

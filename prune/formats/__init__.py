@@ -34,6 +34,13 @@ from prune.formats._dsse import (
     verify_envelope,
 )
 from prune.formats._dual import dual_bytes, read_duals
+from prune.formats._files import (
+    PublishError,
+    UnreadableFile,
+    publish_exclusive,
+    read_regular,
+    write_atomic,
+)
 from prune.formats._merkle import (
     HASH_SIZE,
     MerkleTree,
@@ -41,6 +48,7 @@ from prune.formats._merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from prune.formats._npz import ArrayLimits, NpzError, parse_npy, parse_npz
 from prune.formats._openings import OPENING_KEYS, Openings
 from prune.formats._patch_digest import PATCH_PREFIX, patch_parameter_digest
 from prune.formats._receipt import RECEIPT_TYPE, RECEIPT_VERSION, Receipt
@@ -87,6 +95,7 @@ __all__ = [
     "STATEMENT_TYPE",
     "SUBJECT_NAME",
     "ClaimKind",
+    "ArrayLimits",
     "ClaimRecord",
     "DsseSignature",
     "DualCertificate",
@@ -97,14 +106,17 @@ __all__ = [
     "MerkleTree",
     "Mode",
     "Obligations",
+    "NpzError",
     "Openings",
     "PreviousBatch",
     "ProofCheckError",
+    "PublishError",
     "Receipt",
     "Region",
     "Scope",
     "Statement",
     "UnlearningPredicate",
+    "UnreadableFile",
     "canonical_json",
     "canonical_sample",
     "decimal_string",
@@ -118,13 +130,18 @@ __all__ = [
     "parse_claim",
     "parse_decimal_string",
     "parse_hex",
+    "parse_npy",
+    "parse_npz",
     "patch_parameter_digest",
     "public_key_id",
     "read_duals",
     "register_claim_kind",
+    "publish_exclusive",
+    "read_regular",
     "sha256_hex",
     "sign_envelope",
     "verify_consistency",
     "verify_envelope",
     "verify_inclusion",
+    "write_atomic",
 ]
