@@ -201,7 +201,16 @@ def test_reference_model_attacks_refuse_to_run_unfitted_or_without_references() 
         make_attack("telepathy")
     with pytest.raises(InputError, match="bad parameters"):
         make_attack("loss", variant="online")
-    assert set(ATTACKS) == {"loss", "confidence", "entropy", "shadow", "lira", "rmia"}
+    assert set(ATTACKS) == {
+        "loss",
+        "confidence",
+        "entropy",
+        "shadow",
+        "lira",
+        "rmia",
+        "gap",
+        "boundary",
+    }
 
 
 def test_lira_beats_loss_at_low_fpr_on_an_overfit_model() -> None:

@@ -37,6 +37,8 @@ def _scores_with_companions(attack, target, x, y, companions: int) -> float:
         ("entropy", {}, False),
         ("loss", {"per_class": True}, False),
         ("shadow", {"max_iter": 20}, False),
+        ("gap", {}, False),
+        ("boundary", {"directions": 2, "steps": 4}, False),
     ],
 )
 def test_a_samples_score_does_not_depend_on_its_companions(
