@@ -17,6 +17,13 @@ from prune.formats._canonical import (
     parse_hex,
     sha256_hex,
 )
+from prune.formats._class_claim import (
+    CLASS_CLAIM_KINDS,
+    CLASS_SUPPRESS_FORMAT,
+    ClassClaim,
+    float32_margin_holds,
+    removed_text,
+)
 from prune.formats._dsse import (
     DsseSignature,
     Envelope,
@@ -59,6 +66,8 @@ from prune.formats._statement import (
 from prune.formats.errors import FormatError, MalformedError, ProofCheckError
 
 __all__ = [
+    "CLASS_CLAIM_KINDS",
+    "CLASS_SUPPRESS_FORMAT",
     "HASH_SIZE",
     "MIN_SALT_BYTES",
     "OPENING_KEYS",
@@ -72,6 +81,7 @@ __all__ = [
     "STATEMENT_TYPE",
     "SUBJECT_NAME",
     "ClaimRecord",
+    "ClassClaim",
     "DsseSignature",
     "Envelope",
     "ForgetSet",
@@ -91,6 +101,7 @@ __all__ = [
     "decimal_string",
     "dsse_pae",
     "file_sha256",
+    "float32_margin_holds",
     "leaf_hash",
     "leaf_hashes",
     "node_hash",
@@ -99,6 +110,7 @@ __all__ = [
     "parse_hex",
     "patch_parameter_digest",
     "public_key_id",
+    "removed_text",
     "sha256_hex",
     "sign_envelope",
     "verify_consistency",
