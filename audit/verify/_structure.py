@@ -77,6 +77,10 @@ class StructurePatch(Check[VerifyContext]):
     requires = frozenset({"original", "forget"})
 
     def run(self, ctx: VerifyContext) -> CheckOutcome:
+        if ctx.predicate.class_claim is not None:  # another patch form, rebuilt exactly there
+            return self.not_applicable(
+                "class suppression: the form is checked by class.suppression"
+            )
         head = ctx.head()
         problems = patch_form_problems(ctx.original_proto(), ctx.patched_proto(), head)
         method = ctx.predicate.method

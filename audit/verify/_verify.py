@@ -14,6 +14,7 @@ import numpy as np
 
 from audit.errors import InputError
 from audit.proof import Limits
+from audit.verify._class import ClassReference, ClassSuppression
 from audit.verify._commitment import CommitmentConsistency, CommitmentOpenings
 from audit.verify._context import VerifyContext, VerifyInputs
 from audit.verify._digest import ModelDigest, OriginalDigest, PatchDigest
@@ -43,10 +44,12 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
         CommitmentConsistency,
         StructureOriginal,
         StructurePatch,
+        ClassSuppression,
         ReplayClaims,
         RegionProbes,
         Locality,
         Utility,
+        ClassReference,
         MembershipInference,
     )
 }
