@@ -28,6 +28,7 @@ from audit.errors import AuditError, InputError
 from audit.proof import Limits, load_forget, load_reference, read_bounded
 from audit.report._html import render_html
 from audit.report._patch_stats import patch_statistics
+from audit.report._removed import removed_statement, requested_what
 from audit.runtime import OnnxModel
 from audit.verify import (
     CheckOutcome,
@@ -307,17 +308,24 @@ def _compliance(
         requested = "The certificate could not be read, so the request itself is unknown."
     else:
         p = statement.predicate
-        what = (
-            f"every training sample of class {p.forget_class}"
-            if p.mode == "class"
-            else f"{p.forget_set.size} individual training samples"
-        )
+        what = requested_what(statement)
         requested = (
             f"The model owner certified the erasure of {what} (GDPR Art. 17), committed under the "
             f"forget-set root {p.forget_set.root[:16]}..., on {p.created}."
         )
     failed = [o.name for o in verification.failures]
-    if verification.verified:
+    suppressed = statement is not None and statement.predicate.class_claim is not None
+    if verification.verified and suppressed:
+        verified = (
+            f"All {len(verification.outcomes)} checks passed: the signatures and digests bind the "
+            "served model to the certificate; the served model is exactly the committed original "
+            "followed by the canonical class-suppression step (rebuilt by the auditor); the "
+            "auditor's own bound over the declared input box shows the class can never be the "
+            f"top class; {coverage['replayed']} forget samples were replayed and the auditor's "
+            "held-out samples of the class do not get it; every other class's logits are the "
+            "original's."
+        )
+    elif verification.verified:
         verified = (
             f"All {len(verification.outcomes)} checks passed: the signatures and digests bind the "
             f"served model to the certificate; {coverage['replayed']} forget samples were replayed "
@@ -339,6 +347,13 @@ def _compliance(
         "The patched model reveals which linear regions were patched: a party with white-box access "
         "and a candidate pool may single out deleted records (threat 11, docs/THREAT_MODEL.md).",
     ]
+    if suppressed:  # no regions, no gates: the first two items describe the region patch
+        risks = risks[2:3]
+        risks.append(
+            "Class suppression caps the class's output; the original weights, which the served "
+            "file still contains, encode the class: whoever holds the file can compute the "
+            "uncapped logit. The guarantee is about the served model's predictions."
+        )
     if mia:
         worst = max(mia["results"], key=lambda r: abs(float(r["auc"]) - 0.5), default=None)
         if worst is not None:
@@ -348,7 +363,12 @@ def _compliance(
             )
     else:
         risks.append("Membership inference was not run: residual memorisation was not measured.")
-    return {"requested": requested, "verified": verified, "residual_risks": risks}
+    return {
+        "requested": requested,
+        "verified": verified,
+        "removed": removed_statement(statement, verification),
+        "residual_risks": risks,
+    }
 
 
 def build_report(

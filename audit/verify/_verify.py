@@ -15,6 +15,7 @@ import numpy as np
 from audit.errors import InputError
 from audit.proof import Limits
 from audit.verify._claims import ClaimsPolicy
+from audit.verify._class import ClassReference, ClassSuppression
 from audit.verify._commitment import CommitmentConsistency, CommitmentOpenings
 from audit.verify._context import VerifyContext, VerifyInputs
 from audit.verify._digest import ModelDigest, OriginalDigest, PatchDigest
@@ -45,11 +46,13 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
         CommitmentConsistency,
         StructureOriginal,
         StructurePatch,
+        ClassSuppression,
         ReplayClaims,
         ReplayBatch,
         RegionProbes,
         Locality,
         Utility,
+        ClassReference,
         MembershipInference,
     )
 }

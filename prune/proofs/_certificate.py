@@ -20,6 +20,7 @@ from prune.errors import ProofError
 from prune.formats import (
     PAYLOAD_TYPE,
     ClaimRecord,
+    ClassClaim,
     ForgetSet,
     FormatError,
     Mode,
@@ -107,10 +108,11 @@ def build_statement(
     method: Mapping[str, Any],
     claims: Sequence[Claim],
     summary: Mapping[str, Any],
+    class_claim: ClassClaim | None = None,
     now: datetime | None = None,
     rng: np.random.Generator | None = None,
 ) -> Statement:
-    """The Statement for one batch; validated by re-reading it with the strict v1 reader."""
+    """The Statement for one batch (with ``class_claim`` for a class suppression); validated by re-reading it with the strict v1 reader."""
     if mode not in get_args(Mode):
         raise ProofError(f"unknown deletion mode {mode!r}; expected samples or class")
     method_doc = signable(method)
@@ -127,6 +129,7 @@ def build_statement(
         nonce=random_bytes(NONCE_BYTES, rng).hex(),
         previous_root=commitment.previous,
         forget_class=None if forget_class is None else int(forget_class),
+        class_claim=class_claim,
     )
     statement = Statement(subject_sha256=patched_sha256, predicate=predicate)
     try:
