@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from audit.cli._common import show_progress
+from audit.cli._common import sandbox_options, show_progress
 from audit.errors import InputError
 from audit.verify import (
     CHECKS,
@@ -153,6 +153,7 @@ def write_json(path: Path, text: str) -> None:
 )
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed check.")
 @click.option("--quiet", is_flag=True, help="No table, no progress; only errors and --json.")
+@sandbox_options
 def verify(
     proof: Path,
     public_key: Path,

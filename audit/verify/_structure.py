@@ -86,6 +86,10 @@ class StructurePatch(Check[VerifyContext]):
     requires = frozenset({"original", "forget"})
 
     def run(self, ctx: VerifyContext) -> CheckOutcome:
+        if ctx.predicate.class_claim is not None:  # another patch form, rebuilt exactly there
+            return self.not_applicable(
+                "class suppression: the form is checked by class.suppression"
+            )
         head = ctx.head()
         method = ctx.predicate.method
         params = ctx.patch()

@@ -16,6 +16,7 @@ from audit.errors import InputError
 from audit.proof import Limits
 from audit.verify._certificate import RegionCertificate
 from audit.verify._claims import ClaimsPolicy
+from audit.verify._class import ClassReference, ClassSuppression
 from audit.verify._commitment import CommitmentConsistency, CommitmentOpenings
 from audit.verify._context import VerifyContext, VerifyInputs
 from audit.verify._digest import ModelDigest, OriginalDigest, PatchDigest
@@ -46,12 +47,14 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
         CommitmentConsistency,
         StructureOriginal,
         StructurePatch,
+        ClassSuppression,
         ReplayClaims,
         ReplayBatch,
         RegionCertificate,
         RegionProbes,
         Locality,
         Utility,
+        ClassReference,
         MembershipInference,
     )
 }

@@ -25,6 +25,13 @@ from prune.formats._claims import (
     parse_claim,
     register_claim_kind,
 )
+from prune.formats._class_claim import (
+    CLASS_CLAIM_KINDS,
+    CLASS_SUPPRESS_FORMAT,
+    ClassClaim,
+    float32_margin_holds,
+    removed_text,
+)
 from prune.formats._dsse import (
     DsseSignature,
     Envelope,
@@ -34,6 +41,13 @@ from prune.formats._dsse import (
     verify_envelope,
 )
 from prune.formats._dual import dual_bytes, read_duals
+from prune.formats._files import (
+    PublishError,
+    UnreadableFile,
+    publish_exclusive,
+    read_regular,
+    write_atomic,
+)
 from prune.formats._merkle import (
     HASH_SIZE,
     MerkleTree,
@@ -41,6 +55,7 @@ from prune.formats._merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from prune.formats._npz import ArrayLimits, NpzError, parse_npy, parse_npz
 from prune.formats._openings import OPENING_KEYS, Openings
 from prune.formats._patch_digest import PATCH_PREFIX, patch_parameter_digest
 from prune.formats._receipt import RECEIPT_TYPE, RECEIPT_VERSION, Receipt
@@ -72,6 +87,8 @@ from prune.formats.errors import FormatError, MalformedError, ProofCheckError
 
 __all__ = [
     "CLAIM_KINDS",
+    "CLASS_CLAIM_KINDS",
+    "CLASS_SUPPRESS_FORMAT",
     "DUAL_FILE",
     "DUAL_FORMAT",
     "HASH_SIZE",
@@ -86,8 +103,10 @@ __all__ = [
     "SAMPLE_ENCODING",
     "STATEMENT_TYPE",
     "SUBJECT_NAME",
+    "ArrayLimits",
     "ClaimKind",
     "ClaimRecord",
+    "ClassClaim",
     "DsseSignature",
     "DualCertificate",
     "Envelope",
@@ -96,21 +115,25 @@ __all__ = [
     "MalformedError",
     "MerkleTree",
     "Mode",
+    "NpzError",
     "Obligations",
     "Openings",
     "PreviousBatch",
     "ProofCheckError",
+    "PublishError",
     "Receipt",
     "Region",
     "Scope",
     "Statement",
     "UnlearningPredicate",
+    "UnreadableFile",
     "canonical_json",
     "canonical_sample",
     "decimal_string",
     "dsse_pae",
     "dual_bytes",
     "file_sha256",
+    "float32_margin_holds",
     "leaf_hash",
     "leaf_hashes",
     "node_hash",
@@ -118,13 +141,19 @@ __all__ = [
     "parse_claim",
     "parse_decimal_string",
     "parse_hex",
+    "parse_npy",
+    "parse_npz",
     "patch_parameter_digest",
     "public_key_id",
+    "publish_exclusive",
     "read_duals",
+    "read_regular",
     "register_claim_kind",
+    "removed_text",
     "sha256_hex",
     "sign_envelope",
     "verify_consistency",
     "verify_envelope",
     "verify_inclusion",
+    "write_atomic",
 ]
