@@ -214,10 +214,13 @@ def _exact(
         skipped += found[3]
         unsolved += found[4]
         worst = min(worst, found[0])
-        if found[0] < need and found[1] is not None:
+        if found[1] is not None:  # onnxruntime at every LP optimum, not only below the claim
             inward = found[1] + 1e-6 * (x0[i] - found[1])
             got = ctx.patched_head(inward[None, :].astype(np.float32), ev.extra["cut_shape"])
             real = float(margins(got, cols["target"][claim : claim + 1])[0])
+            evidence["lp_onnxruntime_min_margin"] = min(
+                real, evidence.get("lp_onnxruntime_min_margin", np.inf)
+            )
             if real < need:
                 evidence["lp_counterexample_margin"] = real
                 return (
