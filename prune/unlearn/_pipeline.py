@@ -33,6 +33,7 @@ from prune.formats import ClassClaim
 from prune.gates import GATES
 from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
+from prune.proofs._duals import region_duals
 from prune.solvers import SOLVERS, make_solver
 from prune.targets import TARGET_POLICIES
 from prune.unlearn._class import DEFAULT_CLASS_MARGIN, suppress_class
@@ -92,6 +93,9 @@ class UnlearnResult:
     forget_y: NDArray[np.int64]
     forget_indices: NDArray[np.int64]
     failed: tuple[int, ...]
+    duals: NDArray[np.float32] | None = None
+    """The region certificate: dual multipliers of every certified claim's obligation rows
+    (:func:`prune.proofs.region_duals`), written to ``PROOF/certificate.dual``."""
     class_claim: ClassClaim | None = None
 
     @property
@@ -211,6 +215,11 @@ def unlearn(
             imported, patched, x_train, y_train, x_test, y_test, request, rows=rows, threads=threads
         )
         claims = _claims(request, forget_y, original_pred, plan, ok, margin)
+        t_duals = clock()
+        duals = region_duals(
+            head, box, active=plan.active, targets=plan.targets, C=plan.C, d=plan.d, claims=claims
+        )
+        t_duals = clock() - t_duals
         failed = tuple(int(m) for m in np.flatnonzero(~ok))
         method = method_parameters(
             request,
@@ -250,6 +259,7 @@ def unlearn(
             "seconds_solve": t_export - t_solve,
             "seconds_export_recheck": t_evaluate - t_export,
             "seconds_evaluate": finished - t_evaluate,
+            "seconds_region_certificate": t_duals,
             "peak_rss_mb": peak_rss_mb(),
         }
         return UnlearnResult(
@@ -261,6 +271,7 @@ def unlearn(
             forget_y=forget_y,
             forget_indices=request.indices,
             failed=failed,
+            duals=duals,
         )
 
 
