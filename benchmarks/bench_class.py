@@ -196,8 +196,8 @@ def run(model: str) -> dict[str, Any]:
                 "class_test_accuracy_before": before[k],
                 "class_test_accuracy_after": after[k],
                 "class_train_accuracy_after": float((zp_train_k.argmax(1) == k).mean()),
-                "class_train_correct_before": int(
-                    round(s["forget_accuracy_before"] * s["forget_points"])
+                "class_train_correct_before": round(
+                    s["forget_accuracy_before"] * s["forget_points"]
                 ),
                 "class_test_correct_before": int(
                     ((z_test.argmax(1) == k) & (orig.y_test == k)).sum()
