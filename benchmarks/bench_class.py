@@ -121,7 +121,22 @@ def _mia(
     }
 
 
-def run(model: str) -> dict[str, Any]:
+def _write(model: str, rows: list[dict[str, Any]], *, complete: bool) -> Path:
+    """Written after every class, so that an interrupted run keeps what it measured."""
+    doc = {
+        "version": 1,
+        "model": model,
+        "complete": complete,
+        "classes": rows,
+        "machine": machine(),
+        "loadavg_end": list(os.getloadavg()),
+    }
+    path = REPO / "benchmarks" / "results" / f"class-{model}.json"
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def run(model: str) -> Path:
     dataset, _, arch = model.rpartition("-")
     torch.set_num_threads(1)
     for kind in ("original", "mia-refs"):
@@ -241,23 +256,15 @@ def run(model: str) -> dict[str, Any]:
         )
         print(json.dumps(kl), flush=True)
         print(json.dumps(mia), flush=True)
-    return {
-        "version": 1,
-        "model": model,
-        "classes": rows,
-        "machine": machine(),
-        "loadavg_end": list(os.getloadavg()),
-    }
+        _write(model, rows, complete=False)
+    return _write(model, rows, complete=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=sorted(CLASSES), required=True)
     args = parser.parse_args()
-    out = run(args.model)
-    path = REPO / "benchmarks" / "results" / f"class-{args.model}.json"
-    path.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {path}")
+    print(f"wrote {run(args.model)}")
 
 
 if __name__ == "__main__":
