@@ -260,11 +260,51 @@ def run(model: str) -> Path:
     return _write(model, rows, complete=True)
 
 
+def _ci(e: dict[str, float]) -> str:
+    return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+
+def table() -> str:
+    """The markdown table of docs/BENCHMARKS.md ("Class unlearning") from the recorded results."""
+    head = (
+        "| model | K | class-K test acc before -> after | class-K train acc after | worst other "
+        "class (points) | unlearn s | KL / floor (plain) | KL / floor (T learnt) | CMIA AUC "
+        "patched / retrained | RMIA AUC patched / retrained | inference ratio | load |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    )
+    lines = []
+    for model in CLASSES:
+        path = REPO / "benchmarks" / "results" / f"class-{model}.json"
+        if not path.is_file():
+            continue
+        doc = json.loads(path.read_text())
+        for r in doc["classes"]:
+            mia, kl = r["mia"], r["kl"]
+            lines.append(
+                f"| {model} | {r['class']} | {r['class_test_accuracy_before']:.3f} -> "
+                f"{r['class_test_accuracy_after']:.3f} | {r['class_train_accuracy_after']:.3f} | "
+                f"{r['worst_other_change_points']:+.2f} | {r['unlearn_seconds']:.2f} | "
+                f"{kl['ratio_to_floor']:.2f} (floor {0.5 * (kl['floor_r1_r2'] + kl['floor_r2_r1']):.3f}) | "
+                f"{kl.get('ratio_calibrated', float('nan')):.2f} "
+                f"(T={kl.get('calibrated_temperature', float('nan')):.2f}) | "
+                f"{_ci(mia['patched']['cmia'])} / {_ci(mia['retrained']['cmia'])} | "
+                f"{_ci(mia['patched']['rmia'])} / {_ci(mia['retrained']['rmia'])} | "
+                f"{r['inference']['ratio']:.2f} | {r['loadavg'][0]:.1f} |"
+            )
+    return head + "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=sorted(CLASSES), required=True)
+    parser.add_argument("--model", choices=sorted(CLASSES))
+    parser.add_argument("--table", action="store_true", help="print the BENCHMARKS.md table")
     args = parser.parse_args()
-    print(f"wrote {run(args.model)}")
+    if args.table:
+        print(table(), end="")
+    elif args.model:
+        print(f"wrote {run(args.model)}")
+    else:
+        parser.error("give --model or --table")
 
 
 if __name__ == "__main__":
