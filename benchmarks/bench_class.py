@@ -294,12 +294,67 @@ def table() -> str:
     return head + "\n".join(lines) + "\n"
 
 
+NOTES = REPO / "benchmarks" / "class_notes.md"
+SECTION = REPO / "benchmarks" / "results" / "class-unlearning.md"
+
+
+def paper() -> str:
+    """Fashion-MNIST class 5 against the journal's class-level numbers (DESIGN.md §3.8)."""
+    lines = []
+    for model in ("fashion-mnist-mlp", "fashion-mnist-cnn"):
+        path = REPO / "benchmarks" / "results" / f"class-{model}.json"
+        if not path.is_file():
+            continue
+        for r in json.loads(path.read_text())["classes"]:
+            if r["class"] != 5:
+                continue
+            c7 = 100 * (r["other_test_accuracy_after"]["7"] - r["other_test_accuracy_before"]["7"])
+            lines.append(
+                f"- **{model}, class 5**: correct test samples of class 5 "
+                f"{r['class_test_correct_before']} -> {r['class_test_correct_after']} (paper: "
+                f"944 -> 84); correct training samples {r['class_train_correct_before']} -> "
+                f"{round(r['class_train_accuracy_after'] * r['class_train_correct_before'])} "
+                f"(paper: 5777 -> 0); class 7 test accuracy change {c7:+.2f} points (paper: class "
+                "7 training samples 5702 -> 4540, -20.4 %; suppression cannot lower any other "
+                "class: an input predicted j != 5 keeps j)."
+            )
+    return "\n".join(lines) + "\n" if lines else "(no Fashion-MNIST class-5 result recorded)\n"
+
+
+def section() -> Path:
+    """benchmarks/results/class-unlearning.md: the notes with the table and the paper rows."""
+    text = (
+        NOTES.read_text().replace("{table}", table().rstrip()).replace("{paper}", paper().rstrip())
+    )
+    SECTION.write_text(text.rstrip() + "\n")
+    _splice(REPO / "docs" / "BENCHMARKS.md", text.rstrip() + "\n")
+    return SECTION
+
+
+def _splice(doc: Path, text: str) -> None:
+    """Put the section where ``benchmarks.study`` includes it (before the performance rows),
+    replacing an earlier copy, so that the doc matches a regeneration."""
+    body = doc.read_text()
+    anchor = "## Performance rows from the other benchmarks"
+    first = text.splitlines()[0]
+    if first in body:
+        start = body.index(first)
+        body = body[:start] + body[body.index(anchor, start) :]
+    at = body.index(anchor)
+    doc.write_text(body[:at] + text + "\n" + body[at:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", choices=sorted(CLASSES))
     parser.add_argument("--table", action="store_true", help="print the BENCHMARKS.md table")
+    parser.add_argument(
+        "--section", action="store_true", help="write benchmarks/results/class-unlearning.md"
+    )
     args = parser.parse_args()
-    if args.table:
+    if args.section:
+        print(f"wrote {section()}")
+    elif args.table:
         print(table(), end="")
     elif args.model:
         print(f"wrote {run(args.model)}")
