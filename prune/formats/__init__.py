@@ -41,6 +41,13 @@ from prune.formats._dsse import (
     verify_envelope,
 )
 from prune.formats._dual import dual_bytes, read_duals
+from prune.formats._files import (
+    PublishError,
+    UnreadableFile,
+    publish_exclusive,
+    read_regular,
+    write_atomic,
+)
 from prune.formats._merkle import (
     HASH_SIZE,
     MerkleTree,
@@ -48,6 +55,7 @@ from prune.formats._merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from prune.formats._npz import ArrayLimits, NpzError, parse_npy, parse_npz
 from prune.formats._openings import OPENING_KEYS, Openings
 from prune.formats._patch_digest import PATCH_PREFIX, patch_parameter_digest
 from prune.formats._receipt import RECEIPT_TYPE, RECEIPT_VERSION, Receipt
@@ -95,6 +103,7 @@ __all__ = [
     "SAMPLE_ENCODING",
     "STATEMENT_TYPE",
     "SUBJECT_NAME",
+    "ArrayLimits",
     "ClaimKind",
     "ClaimRecord",
     "ClassClaim",
@@ -106,15 +115,18 @@ __all__ = [
     "MalformedError",
     "MerkleTree",
     "Mode",
+    "NpzError",
     "Obligations",
     "Openings",
     "PreviousBatch",
     "ProofCheckError",
+    "PublishError",
     "Receipt",
     "Region",
     "Scope",
     "Statement",
     "UnlearningPredicate",
+    "UnreadableFile",
     "canonical_json",
     "canonical_sample",
     "decimal_string",
@@ -129,9 +141,13 @@ __all__ = [
     "parse_claim",
     "parse_decimal_string",
     "parse_hex",
+    "parse_npy",
+    "parse_npz",
     "patch_parameter_digest",
     "public_key_id",
+    "publish_exclusive",
     "read_duals",
+    "read_regular",
     "register_claim_kind",
     "removed_text",
     "sha256_hex",
@@ -139,4 +155,5 @@ __all__ = [
     "verify_consistency",
     "verify_envelope",
     "verify_inclusion",
+    "write_atomic",
 ]
