@@ -1,6 +1,7 @@
 """Support ("gate") networks: ``g_u(x) in [0, 1]``, 1 on patch u's region, 0 outside its band.
 
-Two constructions, in the registry ``GATES`` (docs/FORMATS.md, "Patched ONNX", is the contract):
+Three constructions, in the registry ``GATES`` (docs/FORMATS.md, "Patched ONNX" and "Routed
+gate", is the contract):
 
 * ``activation`` (default): total violation of the region's sign constraints measured on the
   *real* hidden pre-activations, ``V_u = sum_k pos[k,u] ReLU(-z_k) + neg[k,u] ReLU(z_k)``,
@@ -15,7 +16,17 @@ Two constructions, in the registry ``GATES`` (docs/FORMATS.md, "Patched ONNX", i
   thousands, ``ReLU(n s + 1) - ReLU(n s)`` rounds to ``1 +- 1e-3``, which summed over ``H``
   rows leaks the patch outside its band (measured) or dims it inside.
 
-Both are 1 exactly on ``S_u`` (the linearised polytope *is* the pattern region) and 0 far from
+* ``routed``: the activation gate of *one* candidate patch per input. A decision tree over the
+  sign bits of ``z`` (:mod:`prune._routing`) picks the candidate ``r(x)``, whose packed pattern
+  is gathered and confirmed: ``g_{r(x)} = ReLU(1 - n V_{r(x)})``, every other ``g_u = 0``. Cost
+  per input ``O(depth + H + O)``, independent of ``P`` apart from the ``log P`` depth. On
+  ``S_u`` the route is ``u`` (the tree's invariant), so ``g_u = 1`` there and every other patch
+  is 0 (no neighbour-band term); everywhere ``g^routed_u <= g^activation_u``, so its supports
+  lie inside the activation gate's bands. The function is discontinuous where the route
+  changes (on split neurons' ``z_k = 0``), which is why its graph is checked node for node
+  against the canonical form rather than by the piecewise-linear op rules.
+
+The activation and dense gates are 1 exactly on ``S_u`` (the linearised polytope *is* the pattern region) and 0 far from
 it. Outside ``S_u`` walk the layers from the first one: at the first layer where the pattern of
 ``x`` differs from ``u``'s, the linearised rows equal the real pre-activations, so both gates see
 the same violated constraints with the same values, and either gate is 0 once one of them is
@@ -36,13 +47,24 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from prune._routing import RoutingTree, build_tree, pack_patterns
 from prune.errors import PatchError
 from prune.model import PLHead
 from prune.regions import InputBox, linearize
 
-__all__ = ["GATES", "ActivationGate", "DenseGate", "Gate", "NodeSink", "make_gate"]
+__all__ = [
+    "GATES",
+    "ActivationGate",
+    "DenseGate",
+    "Gate",
+    "NodeSink",
+    "RoutedGate",
+    "bit_table",
+    "make_gate",
+]
 
 F32 = NDArray[np.float32]
+Params = dict[str, NDArray[Any]]
 
 
 class NodeSink(Protocol):
@@ -57,7 +79,7 @@ class NodeSink(Protocol):
 class Gate(Protocol):
     name: ClassVar[str]
 
-    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> dict[str, F32]:
+    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
         """Initializer arrays (keys are the FORMATS.md names without ``prune/patch/``)."""
         ...
 
@@ -78,7 +100,7 @@ class Gate(Protocol):
 class ActivationGate:
     name: ClassVar[str] = "activation"
 
-    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> dict[str, F32]:
+    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
         pos = np.ascontiguousarray(active.T, dtype=np.float32)
         return {"pos": pos, "neg": np.ascontiguousarray(1.0 - pos, dtype=np.float32)}
 
@@ -109,7 +131,7 @@ class DenseGate:
     chunk: int = 64
     max_bytes: int = 1_900_000_000
 
-    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> dict[str, F32]:
+    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
         n_patches, n_hidden = active.shape
         size = 4 * n_patches * n_hidden * (head.input_dim + 1)
         if size > self.max_bytes:
@@ -157,9 +179,183 @@ class DenseGate:
         )
 
 
-GATES: dict[str, type[ActivationGate] | type[DenseGate]] = {
+def bit_table() -> F32:
+    """``[256, 8]``: row ``v`` holds the bits of byte ``v``, least significant first (the
+    routed gate unpacks its stored patterns with one Gather in this table)."""
+    values = np.arange(256, dtype=np.uint8)[:, None]
+    return np.unpackbits(values, axis=1, bitorder="little").astype(np.float32)
+
+
+def routing_tree(params: Params) -> RoutingTree:
+    """The tree held in the routed gate's parameters (the depth is that of the canonical tree
+    of the stored patterns)."""
+    child = np.asarray(params["route/child"], dtype=np.int64).reshape(-1, 2)
+    split = np.asarray(params["route/split"], dtype=np.int64)
+    leaf = np.asarray(params["route/leaf"], dtype=np.int64)
+    depth, reach = 0, np.zeros(1, dtype=np.int64)
+    while not (child[reach] == reach[:, None]).all():
+        reach = np.unique(child[reach])
+        depth += 1
+    return RoutingTree(split=split, child=child, leaf=leaf, depth=max(depth, 1))
+
+
+@dataclass(frozen=True)
+class RoutedGate:
+    """The routed gate (module docstring; docs/FORMATS.md "Routed gate"). Patch parameters
+    ``d [P,O]``, ``K [P,1]`` and (affine patches) ``C [P,d,O]`` are gathered per input."""
+
+    name: ClassVar[str] = "routed"
+
+    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
+        tree = build_tree(active)
+        return {
+            "route/patterns": pack_patterns(active),
+            "route/split": tree.split,
+            "route/child": tree.child.reshape(-1),
+            "route/leaf": tree.leaf,
+            "route/bits": bit_table(),
+        }
+
+    def routes(self, z: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Candidate patch ``[N]`` of each row of ``z``: the tree walked on ``z >= 0``."""
+        tree = routing_tree({k: v.numpy() for k, v in params.items() if k.startswith("route/")})
+        split, child = params["route/split"], params["route/child"]
+        node = torch.zeros(len(z), dtype=torch.int64)
+        for _ in range(tree.depth):
+            k = split[node]
+            bit = (z.gather(1, k.view(-1, 1)).view(-1) >= 0).to(torch.int64)
+            node = child[2 * node + bit]
+        return params["route/leaf"][node]
+
+    def candidate(
+        self, z: torch.Tensor, params: dict[str, torch.Tensor], n: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(patch [N], g [N])``: the routed candidate and its gate value."""
+        patch = self.routes(z, params)
+        packed = params["route/patterns"][patch].to(torch.int64)
+        bits = params["route/bits"][packed].reshape(len(z), -1)[:, : z.shape[1]].to(z.dtype)
+        violation = (bits * torch.relu(-z) + (1.0 - bits) * torch.relu(z)).sum(dim=1)
+        return patch, torch.relu(1.0 - violation * n)
+
+    def torch_gate(
+        self, x: torch.Tensor, z: torch.Tensor, params: dict[str, torch.Tensor], n: float
+    ) -> torch.Tensor:
+        patch, g = self.candidate(z, params, n)
+        n_patches = params["route/patterns"].shape[0]
+        out = torch.zeros(len(z), n_patches, dtype=z.dtype)
+        return out.scatter_(1, patch.view(-1, 1), g.view(-1, 1))
+
+    def onnx_gate(
+        self, sink: NodeSink, *, x: str, z: str, n: str, patches: int, hidden: int
+    ) -> str:
+        raise PatchError("internal: the routed gate is exported by onnx_delta, not onnx_gate")
+
+    def onnx_delta(
+        self,
+        sink: NodeSink,
+        *,
+        x: str,
+        z: str,
+        n: str,
+        params: Params,
+        linear: bool,
+        affine: bool,
+        hidden: int,
+        classes: int,
+    ) -> str:
+        """Add the routed gate and the one gathered patch; return ``h`` ``[N, O]``. The node
+        list is canonical: :mod:`audit.verify._routed` rebuilds it from the parameters."""
+        from onnx import TensorProto
+
+        p = "prune/patch/"
+        depth = routing_tree(params).depth
+        i64 = TensorProto.INT64
+        zero = sink.const("route/zero", np.asarray(0.0, dtype=np.float32))
+        root = sink.node(
+            "Slice",
+            [
+                p + "route/split",
+                sink.const("route/s0", np.asarray([0], np.int64)),
+                sink.const("route/s1", np.asarray([1], np.int64)),
+            ],
+            name="route/root_split",
+        )
+        z_k = sink.node("Gather", [z, root], name="route/z0", axis=1)
+        bit = sink.node(
+            "Cast",
+            [sink.node("GreaterOrEqual", [z_k, zero], name="route/ge0")],
+            name="route/bit0",
+            to=i64,
+        )
+        node = sink.node("Gather", [p + "route/child", bit], name="route/node1", axis=0)
+        for level in range(1, depth):
+            k = sink.node("Gather", [p + "route/split", node], name=f"route/k{level}", axis=0)
+            z_k = sink.node("GatherElements", [z, k], name=f"route/z{level}", axis=1)
+            ge = sink.node("GreaterOrEqual", [z_k, zero], name=f"route/ge{level}")
+            bit = sink.node("Cast", [ge], name=f"route/bit{level}", to=i64)
+            twice = sink.node("Add", [node, node], name=f"route/2node{level}")
+            index = sink.node("Add", [twice, bit], name=f"route/index{level}")
+            node = sink.node(
+                "Gather", [p + "route/child", index], name=f"route/node{level + 1}", axis=0
+            )
+        leaf = sink.node("Gather", [p + "route/leaf", node], name="route/leaf2d", axis=0)
+        axes1 = sink.const("route/axes1", np.asarray([1], dtype=np.int64))
+        patch = sink.node("Squeeze", [leaf, axes1], name="route/patch")
+        packed = sink.node("Gather", [p + "route/patterns", patch], name="route/packed", axis=0)
+        byte = sink.node("Cast", [packed], name="route/bytes", to=TensorProto.INT32)
+        bits = sink.node("Gather", [p + "route/bits", byte], name="route/bits8", axis=0)
+        width = 8 * int(np.asarray(params["route/patterns"]).shape[1])
+        flat = sink.node(
+            "Reshape",
+            [bits, sink.const("route/flat", np.asarray([0, width], np.int64))],
+            name="route/bits_flat",
+        )
+        pattern = sink.node(
+            "Slice",
+            [
+                flat,
+                sink.const("route/h0", np.asarray([0], np.int64)),
+                sink.const("route/h1", np.asarray([hidden], np.int64)),
+                axes1,
+            ],
+            name="route/pattern",
+        )
+        one = sink.const("gate/one", np.asarray(1.0, dtype=np.float32))
+        below = sink.node("Relu", [sink.node("Neg", [z], name="gate/neg_z")], name="gate/below")
+        above = sink.node("Relu", [z], name="gate/above")
+        off = sink.node("Sub", [one, pattern], name="route/off")
+        v_pos = sink.node("Mul", [pattern, below], name="gate/v_pos")
+        v_neg = sink.node("Mul", [off, above], name="gate/v_neg")
+        terms = sink.node("Add", [v_pos, v_neg], name="gate/terms")
+        violation = sink.node("ReduceSum", [terms, axes1], name="gate/violation", keepdims=1)
+        scaled = sink.node("Mul", [violation, n], name="gate/scaled")
+        g = sink.node("Relu", [sink.node("Sub", [one, scaled], name="gate/1-nV")], name="g")
+        d_u = sink.node("Gather", [p + "d", patch], name="route/d", axis=0)
+        if linear:
+            return sink.node("Mul", [g, d_u], name="h_sum")
+        k_u = sink.node("Gather", [p + "K", patch], name="route/K", axis=0)
+        kg = sink.node("Mul", [k_u, g], name="Kg")
+        shift = sink.node("Sub", [kg, k_u], name="Kg-K")
+        if affine:
+            c_u = sink.node("Gather", [p + "C", patch], name="route/C", axis=0)
+            x3 = sink.node("Unsqueeze", [x, axes1], name="route/x3")
+            xc3 = sink.node("MatMul", [x3, c_u], name="route/xC3")
+            xc = sink.node(
+                "Reshape",
+                [xc3, sink.const("route/o", np.asarray([0, classes], np.int64))],
+                name="xC",
+            )
+            d_u = sink.node("Add", [xc, d_u], name="p")
+        up = sink.node("Relu", [sink.node("Add", [d_u, shift], name="p+s")], name="h_up")
+        neg_p = sink.node("Neg", [d_u], name="-p")
+        down = sink.node("Relu", [sink.node("Add", [neg_p, shift], name="-p+s")], name="h_down")
+        return sink.node("Sub", [up, down], name="h_sum")
+
+
+GATES: dict[str, type[ActivationGate] | type[DenseGate] | type[RoutedGate]] = {
     ActivationGate.name: ActivationGate,
     DenseGate.name: DenseGate,
+    RoutedGate.name: RoutedGate,
 }
 
 
