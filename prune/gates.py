@@ -207,6 +207,8 @@ class RoutedGate:
     name: ClassVar[str] = "routed"
 
     def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
+        if head.n_hidden == 0:
+            raise PatchError("the routed gate needs hidden neurons to route on; use --gate dense")
         tree = build_tree(active)
         return {
             "route/patterns": pack_patterns(active),

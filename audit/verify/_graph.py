@@ -25,6 +25,7 @@ __all__ = [
     "metadata",
     "original_problems",
     "patch_form_problems",
+    "patch_nodes",
     "sub_model",
 ]
 
@@ -252,6 +253,11 @@ def original_problems(original: Any, patched: Any) -> list[str]:
     return problems
 
 
+def patch_nodes(original: Any, patched: Any) -> list[Any]:
+    """The nodes of ``patched`` that are not the original's, in graph order."""
+    return _match_original_nodes(original, patched)[1]
+
+
 def patch_form_problems(original: Any, patched: Any, head: Head) -> list[str]:
     """Ways in which the part of ``patched`` that is not ``original`` departs from the declared
     patch form (docs/FORMATS.md): one float32 output ``prune/output``, metadata that matches the
@@ -280,8 +286,12 @@ def patch_form_problems(original: Any, patched: Any, head: Head) -> list[str]:
                 f"metadata {key} is {meta.get(key, '<absent>')[:60]!r}, "
                 f"the original graph gives {value[:60]!r}"
             )
-    if meta.get("prune.gate") not in ("activation", "dense"):
+    if meta.get("prune.gate") not in ("activation", "dense", "routed"):
         problems.append(f"metadata prune.gate is {meta.get('prune.gate', '<absent>')[:30]!r}")
+    if meta.get("prune.gate") == "routed":
+        # a comparison and look-ups: judged node for node against the canonical rebuild
+        # (audit.verify._routed, called by structure.patch), not by the op rules below
+        return problems
     patch_inits = {t.name for t in patched.graph.initializer if t.name.startswith(PATCH_PREFIX)}
     patch_consts = {o for n in patch_nodes if n.op_type == "Constant" for o in n.output}
     problems += _patch_node_problems(

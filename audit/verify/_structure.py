@@ -29,8 +29,9 @@ import numpy as np
 from audit.verify._affine import parse_head
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome
-from audit.verify._graph import original_problems, patch_form_problems
+from audit.verify._graph import original_problems, patch_form_problems, patch_nodes
 from audit.verify._replay import claim_arrays
+from audit.verify._routed import routed_form_problems
 
 __all__ = ["StructureOriginal", "StructurePatch"]
 
@@ -83,6 +84,15 @@ class StructurePatch(Check[VerifyContext]):
         params = ctx.patch()
         if method.get("gate") != params.gate:
             problems.append(f"certificate gate {method.get('gate')!r}, model gate {params.gate!r}")
+        if params.routing is not None:
+            problems += routed_form_problems(
+                patch_nodes(ctx.original_proto(), ctx.patched_proto()),
+                head,
+                params.routing,
+                d=params.d,
+                K=params.K,
+                affine=params.C is not None,
+            )
         if (
             "cut" in method
             and method["cut"] != head.cut
@@ -131,7 +141,7 @@ class StructurePatch(Check[VerifyContext]):
     ) -> str | None:
         params = ctx.patch()
         z = z.astype(np.float64)
-        if params.gate == "activation":
+        if params.gate in ("activation", "routed"):
             assert params.pos is not None and params.neg is not None
             pos, neg = params.pos[:, patch].T, params.neg[:, patch].T  # [claims, H]
             if not np.array_equal(pos + neg, np.ones_like(pos)):
