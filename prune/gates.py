@@ -47,7 +47,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from prune._routing import RoutingTree, build_tree, pack_patterns
+from prune._routing import DEFAULT_WIDTH, RoutingTree, build_tree, pack_patterns
 from prune.errors import PatchError
 from prune.model import PLHead
 from prune.regions import InputBox, linearize
@@ -187,11 +187,11 @@ def bit_table() -> F32:
 
 
 def routing_tree(params: Params) -> RoutingTree:
-    """The tree held in the routed gate's parameters (the depth is that of the canonical tree
-    of the stored patterns)."""
-    child = np.asarray(params["route/child"], dtype=np.int64).reshape(-1, 2)
-    split = np.asarray(params["route/split"], dtype=np.int64)
-    leaf = np.asarray(params["route/leaf"], dtype=np.int64)
+    """The tree held in the routed gate's parameters; its depth is the number of levels until
+    every node reachable from the root is a leaf (at least 1)."""
+    split = np.asarray(params["route/split"], dtype=np.int32)
+    child = np.asarray(params["route/child"], dtype=np.int32).reshape(len(split), -1)
+    leaf = np.asarray(params["route/leaf"], dtype=np.int32)
     depth, reach = 0, np.zeros(1, dtype=np.int64)
     while not (child[reach] == reach[:, None]).all():
         reach = np.unique(child[reach])
@@ -202,14 +202,16 @@ def routing_tree(params: Params) -> RoutingTree:
 @dataclass(frozen=True)
 class RoutedGate:
     """The routed gate (module docstring; docs/FORMATS.md "Routed gate"). Patch parameters
-    ``d [P,O]``, ``K [P,1]`` and (affine patches) ``C [P,d,O]`` are gathered per input."""
+    ``d [P,O]``, ``K [P,1]`` and (affine patches) ``C [P,d,O]`` are gathered per input.
+    ``width``: neurons tested per tree node."""
 
     name: ClassVar[str] = "routed"
+    width: int = DEFAULT_WIDTH
 
     def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
         if head.n_hidden == 0:
             raise PatchError("the routed gate needs hidden neurons to route on; use --gate dense")
-        tree = build_tree(active)
+        tree = build_tree(active, width=self.width)
         return {
             "route/patterns": pack_patterns(active),
             "route/split": tree.split,
@@ -221,13 +223,7 @@ class RoutedGate:
     def routes(self, z: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Candidate patch ``[N]`` of each row of ``z``: the tree walked on ``z >= 0``."""
         tree = routing_tree({k: v.numpy() for k, v in params.items() if k.startswith("route/")})
-        split, child = params["route/split"], params["route/child"]
-        node = torch.zeros(len(z), dtype=torch.int64)
-        for _ in range(tree.depth):
-            k = split[node]
-            bit = (z.gather(1, k.view(-1, 1)).view(-1) >= 0).to(torch.int64)
-            node = child[2 * node + bit]
-        return params["route/leaf"][node]
+        return torch.from_numpy(tree.route((z >= 0).numpy()).astype(np.int64))
 
     def candidate(
         self, z: torch.Tensor, params: dict[str, torch.Tensor], n: float
@@ -236,7 +232,7 @@ class RoutedGate:
         patch = self.routes(z, params)
         packed = params["route/patterns"][patch].to(torch.int64)
         bits = params["route/bits"][packed].reshape(len(z), -1)[:, : z.shape[1]].to(z.dtype)
-        violation = (bits * torch.relu(-z) + (1.0 - bits) * torch.relu(z)).sum(dim=1)
+        violation = (torch.relu(z) - bits * z).sum(dim=1)
         return patch, torch.relu(1.0 - violation * n)
 
     def torch_gate(
@@ -266,71 +262,71 @@ class RoutedGate:
         classes: int,
     ) -> str:
         """Add the routed gate and the one gathered patch; return ``h`` ``[N, O]``. The node
-        list is canonical: :mod:`audit.verify._routed` rebuilds it from the parameters."""
+        list is canonical (docs/FORMATS.md): :mod:`audit.verify._routed` rebuilds it from the
+        parameters. Every op is per row; none couples the batch axis."""
         from onnx import TensorProto
 
         p = "prune/patch/"
-        depth = routing_tree(params).depth
-        i64 = TensorProto.INT64
+        tree = routing_tree(params)
+        i32 = TensorProto.INT32
         zero = sink.const("route/zero", np.asarray(0.0, dtype=np.float32))
-        root = sink.node(
+        ge = sink.node("GreaterOrEqual", [z, zero], name="route/ge")
+        signs = sink.node("Cast", [ge], name="route/signs", to=i32)
+        weights = sink.const("route/weights", (1 << np.arange(tree.width)).astype(np.int32))
+        codes = sink.const("route/codes", np.asarray(1 << tree.width, dtype=np.int32))
+        row = sink.node(
             "Slice",
             [
                 p + "route/split",
                 sink.const("route/s0", np.asarray([0], np.int64)),
                 sink.const("route/s1", np.asarray([1], np.int64)),
             ],
-            name="route/root_split",
+            name="route/root_row",
         )
-        z_k = sink.node("Gather", [z, root], name="route/z0", axis=1)
-        bit = sink.node(
-            "Cast",
-            [sink.node("GreaterOrEqual", [z_k, zero], name="route/ge0")],
-            name="route/bit0",
-            to=i64,
-        )
-        node = sink.node("Gather", [p + "route/child", bit], name="route/node1", axis=0)
-        for level in range(1, depth):
+        axes0 = sink.const("route/axes0", np.asarray([0], np.int64))
+        root = sink.node("Squeeze", [row, axes0], name="route/root")
+        bits = sink.node("Gather", [signs, root], name="route/b0", axis=1)
+        code = sink.node("MatMul", [bits, weights], name="route/code0")
+        node = sink.node("Gather", [p + "route/child", code], name="route/node1", axis=0)
+        for level in range(1, tree.depth):
             k = sink.node("Gather", [p + "route/split", node], name=f"route/k{level}", axis=0)
-            z_k = sink.node("GatherElements", [z, k], name=f"route/z{level}", axis=1)
-            ge = sink.node("GreaterOrEqual", [z_k, zero], name=f"route/ge{level}")
-            bit = sink.node("Cast", [ge], name=f"route/bit{level}", to=i64)
-            twice = sink.node("Add", [node, node], name=f"route/2node{level}")
-            index = sink.node("Add", [twice, bit], name=f"route/index{level}")
+            bits = sink.node("GatherElements", [signs, k], name=f"route/b{level}", axis=1)
+            code = sink.node("MatMul", [bits, weights], name=f"route/code{level}")
+            base = sink.node("Mul", [node, codes], name=f"route/base{level}")
+            index = sink.node("Add", [base, code], name=f"route/index{level}")
             node = sink.node(
                 "Gather", [p + "route/child", index], name=f"route/node{level + 1}", axis=0
             )
-        leaf = sink.node("Gather", [p + "route/leaf", node], name="route/leaf2d", axis=0)
-        axes1 = sink.const("route/axes1", np.asarray([1], dtype=np.int64))
-        patch = sink.node("Squeeze", [leaf, axes1], name="route/patch")
+        patch = sink.node("Gather", [p + "route/leaf", node], name="route/patch", axis=0)
         packed = sink.node("Gather", [p + "route/patterns", patch], name="route/packed", axis=0)
-        byte = sink.node("Cast", [packed], name="route/bytes", to=TensorProto.INT32)
-        bits = sink.node("Gather", [p + "route/bits", byte], name="route/bits8", axis=0)
+        byte = sink.node("Cast", [packed], name="route/bytes", to=i32)
+        unpacked = sink.node("Gather", [p + "route/bits", byte], name="route/bits8", axis=0)
         width = 8 * int(np.asarray(params["route/patterns"]).shape[1])
-        flat = sink.node(
-            "Reshape",
-            [bits, sink.const("route/flat", np.asarray([0, width], np.int64))],
-            name="route/bits_flat",
-        )
         pattern = sink.node(
-            "Slice",
-            [
-                flat,
-                sink.const("route/h0", np.asarray([0], np.int64)),
-                sink.const("route/h1", np.asarray([hidden], np.int64)),
-                axes1,
-            ],
-            name="route/pattern",
+            "Reshape",
+            [unpacked, sink.const("route/flat", np.asarray([0, width], np.int64))],
+            name="route/pattern" if width == hidden else "route/bits_flat",
         )
-        one = sink.const("gate/one", np.asarray(1.0, dtype=np.float32))
-        below = sink.node("Relu", [sink.node("Neg", [z], name="gate/neg_z")], name="gate/below")
+        axes1 = sink.const("route/axes1", np.asarray([1], dtype=np.int64))
+        if width != hidden:
+            pattern = sink.node(
+                "Slice",
+                [
+                    pattern,
+                    sink.const("route/h0", np.asarray([0], np.int64)),
+                    sink.const("route/h1", np.asarray([hidden], np.int64)),
+                    axes1,
+                ],
+                name="route/pattern",
+            )
+        # relu(z) - pattern*z is, entry by entry and exactly in floating point, the activation
+        # gate's pos*relu(-z) + neg*relu(z): 0 where the sign matches, |z_k| where it does not
         above = sink.node("Relu", [z], name="gate/above")
-        off = sink.node("Sub", [one, pattern], name="route/off")
-        v_pos = sink.node("Mul", [pattern, below], name="gate/v_pos")
-        v_neg = sink.node("Mul", [off, above], name="gate/v_neg")
-        terms = sink.node("Add", [v_pos, v_neg], name="gate/terms")
+        pz = sink.node("Mul", [pattern, z], name="route/pz")
+        terms = sink.node("Sub", [above, pz], name="gate/terms")
         violation = sink.node("ReduceSum", [terms, axes1], name="gate/violation", keepdims=1)
         scaled = sink.node("Mul", [violation, n], name="gate/scaled")
+        one = sink.const("gate/one", np.asarray(1.0, dtype=np.float32))
         g = sink.node("Relu", [sink.node("Sub", [one, scaled], name="gate/1-nV")], name="g")
         d_u = sink.node("Gather", [p + "d", patch], name="route/d", axis=0)
         if linear:

@@ -34,12 +34,13 @@ __all__ = ["ROUTED", "Routing", "read_routing", "routed_form_problems"]
 ROUTED = "routed"
 I64 = NDArray[np.int64]
 # ONNX TensorProto data types
-_FLOAT, _UINT8, _INT32, _INT64 = 1, 2, 6, 7
+_FLOAT, _UINT8, _INT32 = 1, 2, 6
+_MAX_WIDTH = 16  # neurons per node; 2^16 children per node is already far past useful
 _TABLES = {
     "route/patterns": _UINT8,
-    "route/split": _INT64,
-    "route/child": _INT64,
-    "route/leaf": _INT64,
+    "route/split": _INT32,
+    "route/child": _INT32,
+    "route/leaf": _INT32,
     "route/bits": _FLOAT,
     "route/zero": _FLOAT,
     "gate/one": _FLOAT,
@@ -53,8 +54,9 @@ def bit_table() -> NDArray[np.float32]:
 
 @dataclass(frozen=True, eq=False)
 class Routing:
-    """The routed gate's tables: ``patterns [P, H]`` (True = active, ``z >= 0``), ``split [M]``,
-    ``child [M, 2]``, ``leaf [M]``, and the tree's ``depth`` (levels in the graph)."""
+    """The routed gate's tables: ``patterns [P, H]`` (True = active, ``z >= 0``),
+    ``split [M, T]``, ``child [M, 2^T]``, ``leaf [M]``, and the tree's ``depth`` (levels in the
+    graph)."""
 
     patterns: NDArray[np.bool_]
     split: I64
@@ -62,22 +64,27 @@ class Routing:
     leaf: I64
     depth: int
 
+    @property
+    def width(self) -> int:
+        return int(self.split.shape[1])
+
+    def walk(self, signs: NDArray[np.bool_]) -> I64:
+        """The patch reached by each row of ``signs [N, H]`` (True = active)."""
+        node = np.zeros(len(signs), dtype=np.int64)
+        rows = np.arange(len(signs))[:, None]
+        weights = 1 << np.arange(self.width, dtype=np.int64)
+        for _ in range(self.depth):
+            node = self.child[node, signs[rows, self.split[node]].astype(np.int64) @ weights]
+        return np.asarray(self.leaf[node], dtype=np.int64)
+
     def route(self, z: NDArray[np.floating[Any]]) -> I64:
         """The candidate patch of each row of ``z [N, H]``, as the graph computes it."""
-        node = np.zeros(len(z), dtype=np.int64)
-        rows = np.arange(len(z))
-        for _ in range(self.depth):
-            node = self.child[node, (z[rows, self.split[node]] >= 0).astype(np.int64)]
-        return np.asarray(self.leaf[node], dtype=np.int64)
+        return self.walk(z >= 0)
 
     def misrouted(self) -> I64:
         """Patches whose own stored pattern does not route to them (must be empty)."""
-        node = np.zeros(len(self.patterns), dtype=np.int64)
-        rows = np.arange(len(self.patterns))
-        for _ in range(self.depth):
-            bit = self.patterns[rows, self.split[node]].astype(np.int64)
-            node = self.child[node, bit]
-        return np.flatnonzero(self.leaf[node] != rows).astype(np.int64)
+        reached = self.walk(self.patterns)
+        return np.flatnonzero(reached != np.arange(len(self.patterns))).astype(np.int64)
 
 
 def _tensor(found: dict[str, Any], name: str) -> NDArray[Any]:
@@ -125,10 +132,12 @@ def read_routing(patched: Any, *, patches: int, hidden: int) -> Routing:
     if bits[:, hidden:].any():
         raise CheckUnavailable("routed gate: a padding bit of a stored pattern is set")
     split, child, leaf = (_tensor(found, f"route/{k}") for k in ("split", "child", "leaf"))
-    nodes = len(split)
-    if split.shape != (nodes,) or child.shape != (2 * nodes,) or leaf.shape != (nodes,):
+    if split.ndim != 2 or not 1 <= split.shape[1] <= _MAX_WIDTH:
+        raise CheckUnavailable(f"routed gate: split has shape {split.shape}, expected [M, T]")
+    nodes, width = split.shape
+    if child.shape != (nodes << width,) or leaf.shape != (nodes,):
         raise CheckUnavailable(
-            "routed gate: split, child and leaf tables do not fit [M], [2M], [M]"
+            "routed gate: split, child and leaf tables do not fit [M, T], [M * 2^T], [M]"
         )
     if nodes < 2 or (split < 0).any() or (split >= hidden).any():
         raise CheckUnavailable("routed gate: a split names no hidden neuron (or no tree)")
@@ -142,7 +151,7 @@ def read_routing(patched: Any, *, patches: int, hidden: int) -> Routing:
         got = _tensor(found, name)
         if got.shape != np.shape(want) or not np.array_equal(got, want):
             raise CheckUnavailable(f"routed gate: constant {name} is not the canonical value")
-    child2 = child.reshape(nodes, 2).astype(np.int64)
+    child2 = child.reshape(nodes, 1 << width).astype(np.int64)
     routing = Routing(
         patterns=bits[:, :hidden].astype(bool),
         split=split.astype(np.int64),
@@ -154,7 +163,7 @@ def read_routing(patched: Any, *, patches: int, hidden: int) -> Routing:
     if len(wrong):
         raise CheckUnavailable(
             f"routed gate: the stored pattern of patch {int(wrong[0])} routes to patch "
-            f"{int(routing.route(np.where(routing.patterns[wrong[:1]], 1.0, -1.0))[0])} "
+            f"{int(routing.walk(routing.patterns[wrong[:1]])[0])} "
             f"({len(wrong)} patches misrouted): its region would not get its patch"
         )
     return routing
@@ -174,12 +183,10 @@ class _Rebuild:
         self.nodes.append(helper.make_node(op, list(inputs), [out], name=node_name, **attrs))
         return out
 
-    def ints(self, name: str, values: Sequence[int]) -> str:
+    def ints(self, name: str, values: Any, dtype: type = np.int64) -> str:
         from onnx import helper, numpy_helper
 
-        tensor = numpy_helper.from_array(
-            np.asarray(values, dtype=np.int64), name=PATCH_PREFIX + name
-        )
+        tensor = numpy_helper.from_array(np.asarray(values, dtype=dtype), name=PATCH_PREFIX + name)
         self.nodes.append(
             helper.make_node(
                 "Constant", [], [PATCH_PREFIX + name], name=PATCH_PREFIX + name, value=tensor
@@ -195,52 +202,49 @@ def canonical_nodes(
     from onnx import TensorProto
 
     p, sink = PATCH_PREFIX, _Rebuild()
-    hidden = routing.patterns.shape[1]
+    hidden, i32 = routing.patterns.shape[1], TensorProto.INT32
     x = sink.node("Flatten", [head.cut], name="x", axis=1)
     flat_z = [sink.node("Flatten", [h], name=f"z{i}", axis=1) for i, h in enumerate(head.hidden)]
     z = sink.node("Concat", flat_z, name="z", axis=1)
-    zero, i64 = p + "route/zero", TensorProto.INT64
-    root = sink.node(
-        "Slice",
-        [p + "route/split", sink.ints("route/s0", [0]), sink.ints("route/s1", [1])],
-        name="route/root_split",
-    )
-    z_k = sink.node("Gather", [z, root], name="route/z0", axis=1)
-    ge = sink.node("GreaterOrEqual", [z_k, zero], name="route/ge0")
-    bit = sink.node("Cast", [ge], name="route/bit0", to=i64)
-    node = sink.node("Gather", [p + "route/child", bit], name="route/node1", axis=0)
+    ge = sink.node("GreaterOrEqual", [z, p + "route/zero"], name="route/ge")
+    signs = sink.node("Cast", [ge], name="route/signs", to=i32)
+    weights = sink.ints("route/weights", 1 << np.arange(routing.width), np.int32)
+    codes = sink.ints("route/codes", 1 << routing.width, np.int32)
+    s0, s1 = sink.ints("route/s0", [0]), sink.ints("route/s1", [1])
+    row = sink.node("Slice", [p + "route/split", s0, s1], name="route/root_row")
+    root = sink.node("Squeeze", [row, sink.ints("route/axes0", [0])], name="route/root")
+    bits = sink.node("Gather", [signs, root], name="route/b0", axis=1)
+    code = sink.node("MatMul", [bits, weights], name="route/code0")
+    node = sink.node("Gather", [p + "route/child", code], name="route/node1", axis=0)
     for level in range(1, routing.depth):
         k = sink.node("Gather", [p + "route/split", node], name=f"route/k{level}", axis=0)
-        z_k = sink.node("GatherElements", [z, k], name=f"route/z{level}", axis=1)
-        ge = sink.node("GreaterOrEqual", [z_k, zero], name=f"route/ge{level}")
-        bit = sink.node("Cast", [ge], name=f"route/bit{level}", to=i64)
-        twice = sink.node("Add", [node, node], name=f"route/2node{level}")
-        index = sink.node("Add", [twice, bit], name=f"route/index{level}")
+        bits = sink.node("GatherElements", [signs, k], name=f"route/b{level}", axis=1)
+        code = sink.node("MatMul", [bits, weights], name=f"route/code{level}")
+        base = sink.node("Mul", [node, codes], name=f"route/base{level}")
+        index = sink.node("Add", [base, code], name=f"route/index{level}")
         node = sink.node(
             "Gather", [p + "route/child", index], name=f"route/node{level + 1}", axis=0
         )
-    leaf = sink.node("Gather", [p + "route/leaf", node], name="route/leaf2d", axis=0)
-    axes1 = sink.ints("route/axes1", [1])
-    patch = sink.node("Squeeze", [leaf, axes1], name="route/patch")
+    patch = sink.node("Gather", [p + "route/leaf", node], name="route/patch", axis=0)
     packed = sink.node("Gather", [p + "route/patterns", patch], name="route/packed", axis=0)
-    byte = sink.node("Cast", [packed], name="route/bytes", to=TensorProto.INT32)
-    bits = sink.node("Gather", [p + "route/bits", byte], name="route/bits8", axis=0)
+    byte = sink.node("Cast", [packed], name="route/bytes", to=i32)
+    unpacked = sink.node("Gather", [p + "route/bits", byte], name="route/bits8", axis=0)
     width = 8 * ((hidden + 7) // 8)
-    flat = sink.node("Reshape", [bits, sink.ints("route/flat", [0, width])], name="route/bits_flat")
     pattern = sink.node(
-        "Slice",
-        [flat, sink.ints("route/h0", [0]), sink.ints("route/h1", [hidden]), axes1],
-        name="route/pattern",
+        "Reshape",
+        [unpacked, sink.ints("route/flat", [0, width])],
+        name="route/pattern" if width == hidden else "route/bits_flat",
     )
-    one = p + "gate/one"
-    below = sink.node("Relu", [sink.node("Neg", [z], name="gate/neg_z")], name="gate/below")
+    axes1 = sink.ints("route/axes1", [1])
+    if width != hidden:
+        h0, h1 = sink.ints("route/h0", [0]), sink.ints("route/h1", [hidden])
+        pattern = sink.node("Slice", [pattern, h0, h1, axes1], name="route/pattern")
     above = sink.node("Relu", [z], name="gate/above")
-    off = sink.node("Sub", [one, pattern], name="route/off")
-    v_pos = sink.node("Mul", [pattern, below], name="gate/v_pos")
-    v_neg = sink.node("Mul", [off, above], name="gate/v_neg")
-    terms = sink.node("Add", [v_pos, v_neg], name="gate/terms")
+    pz = sink.node("Mul", [pattern, z], name="route/pz")
+    terms = sink.node("Sub", [above, pz], name="gate/terms")
     violation = sink.node("ReduceSum", [terms, axes1], name="gate/violation", keepdims=1)
     scaled = sink.node("Mul", [violation, p + "n"], name="gate/scaled")
+    one = p + "gate/one"
     g = sink.node("Relu", [sink.node("Sub", [one, scaled], name="gate/1-nV")], name="g")
     d_u = sink.node("Gather", [p + "d", patch], name="route/d", axis=0)
     if linear:

@@ -2,7 +2,7 @@
 
 ``sha256(canonical_json({name: sha256(little-endian float32 bytes)}))`` over the initializers
 whose names start with ``prune/patch/`` (docs/FORMATS.md). The routed gate's integer tables
-(uint8 packed patterns, int64 tree) are digested as ``"<dtype>:" + sha256(little-endian bytes)``,
+(uint8 packed patterns, int32 tree) are digested as ``"<dtype>:" + sha256(little-endian bytes)``,
 so a float32-only patch digests exactly as before and no value can pass for another dtype's. Values are decoded with ONNX's own
 reader, so raw_data and float_data encodings of the same tensor give the same digest."""
 
@@ -18,8 +18,8 @@ from prune.formats.errors import MalformedError
 __all__ = ["PATCH_PREFIX", "patch_parameter_digest"]
 
 PATCH_PREFIX = "prune/patch/"
-# ONNX TensorProto data types: FLOAT = 1, UINT8 = 2, INT64 = 7 -> (digest tag, numpy dtype)
-_DTYPES = {1: ("", "<f4"), 2: ("uint8:", "u1"), 7: ("int64:", "<i8")}
+# ONNX TensorProto data types: FLOAT = 1, UINT8 = 2, INT32 = 6 -> (digest tag, numpy dtype)
+_DTYPES = {1: ("", "<f4"), 2: ("uint8:", "u1"), 6: ("int32:", "<i4")}
 
 
 def _load(model: Any) -> Any:
@@ -41,7 +41,7 @@ def _load(model: Any) -> Any:
 
 def patch_parameter_digest(model: Any) -> str:
     """Digest (hex) of the ``prune/patch/`` initializers of ``model`` (``onnx.ModelProto`` or the
-    serialized bytes). Every such initializer must be float32, uint8 or int64 and names must be
+    serialized bytes). Every such initializer must be float32, uint8 or int32 and names must be
     unique; a model without patch initializers digests the empty object."""
     from onnx import TensorProto, numpy_helper
 
@@ -54,7 +54,7 @@ def patch_parameter_digest(model: Any) -> str:
             raise MalformedError(f"patch digest: initializer {tensor.name!r} appears twice")
         if tensor.data_type not in _DTYPES:
             raise MalformedError(
-                f"patch digest: initializer {tensor.name!r} is not float32, uint8 or int64"
+                f"patch digest: initializer {tensor.name!r} is not float32, uint8 or int32"
             )
         if tensor.data_location == TensorProto.EXTERNAL:
             # never follow a path chosen by the party being audited

@@ -34,25 +34,27 @@ def test_every_pattern_routes_to_its_patch(shape: tuple[int, int, int]) -> None:
     active = rng.random((patches, hidden)) < rng.uniform(0.05, 0.95)
     active = np.unique(active, axis=0)
     rng.shuffle(active)
-    tree = build_tree(active)
-    assert tree.depth >= 1
-    np.testing.assert_array_equal(tree.route(active), np.arange(len(active)))
-    leaves = tree.child[:, 0] == np.arange(len(tree.split))
-    assert (tree.child[leaves, 1] == np.flatnonzero(leaves)).all()
-    assert sorted(tree.leaf[leaves].tolist()) == list(range(len(active)))
-    # the depth stored implicitly in the tables is the tree's
-    params = {
-        "route/split": tree.split,
-        "route/child": tree.child.reshape(-1),
-        "route/leaf": tree.leaf,
-    }
-    assert routing_tree(params).depth == tree.depth
+    for width in (1, 2, 4):
+        tree = build_tree(active, width=width)
+        assert tree.depth >= 1 and tree.child.shape == (len(tree.split), 2**width)
+        np.testing.assert_array_equal(tree.route(active), np.arange(len(active)))
+        nodes = np.arange(len(tree.split))
+        leaves = (tree.child == nodes[:, None]).all(axis=1)
+        assert sorted(tree.leaf[leaves].tolist()) == list(range(len(active)))
+        # the depth stored implicitly in the tables is the tree's
+        params = {
+            "route/split": tree.split,
+            "route/child": tree.child.reshape(-1),
+            "route/leaf": tree.leaf,
+        }
+        assert routing_tree(params).depth == tree.depth
     np.testing.assert_array_equal(unpack_patterns(pack_patterns(active), hidden), active)
 
 
 def test_depth_is_logarithmic_for_diverse_patterns() -> None:
     active = np.random.default_rng(0).random((4096, 128)) < 0.5
-    assert build_tree(active).depth <= 16
+    assert build_tree(active, width=1).depth <= 16
+    assert build_tree(active, width=4).depth <= 5
 
 
 def test_identical_patterns_are_refused() -> None:
