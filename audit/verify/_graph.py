@@ -22,10 +22,10 @@ __all__ = [
     "Head",
     "find_head",
     "load_onnx",
+    "match_original_nodes",
     "metadata",
     "original_problems",
     "patch_form_problems",
-    "patch_nodes",
     "sub_model",
 ]
 
@@ -159,7 +159,7 @@ def _list_problem(kind: str, original: Sequence[Any], patched: Sequence[Any]) ->
     return []
 
 
-def _match_original_nodes(original: Any, patched: Any) -> tuple[list[str], list[Any]]:
+def match_original_nodes(original: Any, patched: Any) -> tuple[list[str], list[Any]]:
     """Original nodes must appear in the patched graph byte-identical and in the same order;
     every other node is a patch node. Returns (problems, patch nodes)."""
     problems: list[str] = []
@@ -242,7 +242,7 @@ def _patch_node_problems(
 def original_problems(original: Any, patched: Any) -> list[str]:
     """Ways in which ``patched`` fails to contain ``original`` unchanged: nodes (same bytes, same
     order), initializers, graph inputs, opsets, functions; empty when the original is intact."""
-    node_problems, _ = _match_original_nodes(original, patched)
+    node_problems, _ = match_original_nodes(original, patched)
     problems = node_problems + _initializer_problems(original, patched)
     problems += _list_problem("graph inputs", original.graph.input, patched.graph.input)
     problems += _list_problem("opset imports", original.opset_import, patched.opset_import)
@@ -253,11 +253,6 @@ def original_problems(original: Any, patched: Any) -> list[str]:
     return problems
 
 
-def patch_nodes(original: Any, patched: Any) -> list[Any]:
-    """The nodes of ``patched`` that are not the original's, in graph order."""
-    return _match_original_nodes(original, patched)[1]
-
-
 def patch_form_problems(original: Any, patched: Any, head: Head) -> list[str]:
     """Ways in which the part of ``patched`` that is not ``original`` departs from the declared
     patch form (docs/FORMATS.md): one float32 output ``prune/output``, metadata that matches the
@@ -266,7 +261,7 @@ def patch_form_problems(original: Any, patched: Any, head: Head) -> list[str]:
     import onnx
 
     problems: list[str] = []
-    _, patch_nodes = _match_original_nodes(original, patched)
+    _, patch_nodes = match_original_nodes(original, patched)
     outputs = list(patched.graph.output)
     if [o.name for o in outputs] != [PATCH_OUTPUT]:
         names = ", ".join(o.name[:40] for o in outputs)
@@ -286,12 +281,8 @@ def patch_form_problems(original: Any, patched: Any, head: Head) -> list[str]:
                 f"metadata {key} is {meta.get(key, '<absent>')[:60]!r}, "
                 f"the original graph gives {value[:60]!r}"
             )
-    if meta.get("prune.gate") not in ("activation", "dense", "routed"):
+    if meta.get("prune.gate") not in ("activation", "dense"):
         problems.append(f"metadata prune.gate is {meta.get('prune.gate', '<absent>')[:30]!r}")
-    if meta.get("prune.gate") == "routed":
-        # a comparison and look-ups: judged node for node against the canonical rebuild
-        # (audit.verify._routed, called by structure.patch), not by the op rules below
-        return problems
     patch_inits = {t.name for t in patched.graph.initializer if t.name.startswith(PATCH_PREFIX)}
     patch_consts = {o for n in patch_nodes if n.op_type == "Constant" for o in n.output}
     problems += _patch_node_problems(

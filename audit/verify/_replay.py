@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
-from prune.formats import ClaimRecord, parse_decimal_string
+from prune.formats import ClaimKind, ClaimRecord, parse_decimal_string
 
 __all__ = ["ReplayClaims", "claim_arrays", "margins"]
 
@@ -30,8 +30,19 @@ def margins(logits: NDArray[np.float32], target: NDArray[np.int64]) -> NDArray[n
     return np.asarray(own - others.max(axis=1))
 
 
-def claim_arrays(claims: tuple[ClaimRecord, ...]) -> dict[str, NDArray[Any]]:
+def flip_claims(claims: tuple[ClaimKind, ...]) -> tuple[ClaimRecord, ...]:
+    """The claims as ``flip`` claims; another kind cannot be checked as one (fail-closed)."""
+    for claim in claims:
+        if not isinstance(claim, ClaimRecord):
+            raise CheckUnavailable(
+                f"claim for leaf {claim.leaf_index}: kind {claim.kind!r} is not checked here"
+            )
+    return claims  # type: ignore[return-value]  # every element checked above
+
+
+def claim_arrays(all_claims: tuple[ClaimKind, ...]) -> dict[str, NDArray[Any]]:
     """Claims as columns: leaf, label, target, patch (int64), margin (float64), certified."""
+    claims = flip_claims(all_claims)
     return {
         "leaf": np.array([c.leaf_index for c in claims], dtype=np.int64),
         "label": np.array([c.label for c in claims], dtype=np.int64),

@@ -1,12 +1,12 @@
 """The routed gate, read and rebuilt by the verifier (docs/FORMATS.md, "Routed gate").
 
 Independent of :mod:`prune` (only the format is shared): this module reads the routing tables,
-checks the routing itself and rebuilds the canonical patch subgraph node for node.
+checks the routing itself, and is the routed entry of the canonical-graph registry
+(:mod:`audit.verify._canonical`), which rebuilds the patch subgraph node for node.
 
-Why node-for-node equality instead of the op rules of :mod:`audit.verify._graph`: routing is a
-comparison (``z_k >= 0``) followed by table look-ups, which the piecewise-linear rules exclude
-because in a free-form graph they could hide a trigger. Here the graph is fixed by the
-parameters, so the only freedom left to the owner is in the tables, and those are checked:
+Routing is a comparison (``z_k >= 0``) followed by table look-ups, which in a free-form graph
+could hide a trigger. The graph is fixed by the parameters (canonical form), so the only
+freedom left to the owner is in the tables, and those are checked:
 
 * every stored pattern, walked down the tree, reaches the leaf of its own patch, hence every
   input of region ``S_u`` is routed to ``u`` and ``g_u = 1`` there (exactness);
@@ -19,17 +19,19 @@ pattern that routes elsewhere, or a single node that differs from the rebuild is
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from audit.verify._framework import CheckUnavailable
-from audit.verify._graph import PATCH_OUTPUT, PATCH_PREFIX, Head
+from audit.verify._graph import PATCH_PREFIX
 
-__all__ = ["ROUTED", "Routing", "read_routing", "routed_form_problems"]
+if TYPE_CHECKING:
+    from audit.verify._canonical import CanonicalGraph, PatchSpec
+
+__all__ = ["ROUTED", "Routing", "read_routing", "routed_gate", "routed_patch_network"]
 
 ROUTED = "routed"
 I64 = NDArray[np.int64]
@@ -169,130 +171,91 @@ def read_routing(patched: Any, *, patches: int, hidden: int) -> Routing:
     return routing
 
 
-class _Rebuild:
-    """Collects nodes the way the owner's exporter names them (docs/FORMATS.md)."""
-
-    def __init__(self) -> None:
-        self.nodes: list[Any] = []
-
-    def node(self, op: str, inputs: Sequence[str], *, name: str, **attrs: Any) -> str:
-        from onnx import helper
-
-        out = name if name == PATCH_OUTPUT else PATCH_PREFIX + name
-        node_name = PATCH_PREFIX + ("output" if name == PATCH_OUTPUT else name)
-        self.nodes.append(helper.make_node(op, list(inputs), [out], name=node_name, **attrs))
-        return out
-
-    def ints(self, name: str, values: Any, dtype: type = np.int64) -> str:
-        from onnx import helper, numpy_helper
-
-        tensor = numpy_helper.from_array(np.asarray(values, dtype=dtype), name=PATCH_PREFIX + name)
-        self.nodes.append(
-            helper.make_node(
-                "Constant", [], [PATCH_PREFIX + name], name=PATCH_PREFIX + name, value=tensor
-            )
-        )
-        return PATCH_PREFIX + name
-
-
-def canonical_nodes(
-    head: Head, routing: Routing, *, linear: bool, affine: bool, classes: int
-) -> list[Any]:
-    """The patch subgraph of a routed patch, as the format defines it, from the parameters."""
+def routed_gate(graph: CanonicalGraph, spec: PatchSpec, x: str, z: str) -> str:
+    """Canonical-graph registry entry (:data:`audit.verify._canonical.GATE_FORMS`): the routing
+    tree walked on the sign bits, the routed patch's pattern gathered and confirmed; returns
+    ``g [N, 1]`` (the tensor ``prune/patch/route/patch`` holds the routed patch)."""
     from onnx import TensorProto
 
-    p, sink = PATCH_PREFIX, _Rebuild()
-    hidden, i32 = routing.patterns.shape[1], TensorProto.INT32
-    x = sink.node("Flatten", [head.cut], name="x", axis=1)
-    flat_z = [sink.node("Flatten", [h], name=f"z{i}", axis=1) for i, h in enumerate(head.hidden)]
-    z = sink.node("Concat", flat_z, name="z", axis=1)
-    ge = sink.node("GreaterOrEqual", [z, p + "route/zero"], name="route/ge")
-    signs = sink.node("Cast", [ge], name="route/signs", to=i32)
-    weights = sink.ints("route/weights", 1 << np.arange(routing.width), np.int32)
-    codes = sink.ints("route/codes", 1 << routing.width, np.int32)
-    s0, s1 = sink.ints("route/s0", [0]), sink.ints("route/s1", [1])
-    row = sink.node("Slice", [p + "route/split", s0, s1], name="route/root_row")
-    root = sink.node("Squeeze", [row, sink.ints("route/axes0", [0])], name="route/root")
-    bits = sink.node("Gather", [signs, root], name="route/b0", axis=1)
-    code = sink.node("MatMul", [bits, weights], name="route/code0")
-    node = sink.node("Gather", [p + "route/child", code], name="route/node1", axis=0)
+    routing = spec.routing
+    if not isinstance(routing, Routing):
+        raise CheckUnavailable("routed gate: no checked routing tables")
+    p, i32 = PATCH_PREFIX, TensorProto.INT32
+    nodes, width = routing.split.shape
+    packed_width = (spec.hidden + 7) // 8
+    graph.param("route/patterns", (spec.patches, packed_width), TensorProto.UINT8)
+    graph.param("route/split", (nodes, width), i32)
+    graph.param("route/child", (nodes << width,), i32)
+    graph.param("route/leaf", (nodes,), i32)
+    graph.const("route/bits", bit_table())
+    zero = graph.const("route/zero", np.asarray(0.0, dtype=np.float32))
+    signs = graph.node(
+        "Cast",
+        [graph.node("GreaterOrEqual", [z, zero], name="route/ge")],
+        name="route/signs",
+        to=i32,
+    )
+    weights = graph.const("route/weights", (1 << np.arange(width)).astype(np.int32))
+    codes = graph.const("route/codes", np.asarray(1 << width, dtype=np.int32))
+    s0 = graph.const("route/s0", np.asarray([0], np.int64))
+    s1 = graph.const("route/s1", np.asarray([1], np.int64))
+    row = graph.node("Slice", [p + "route/split", s0, s1], name="route/root_row")
+    axes0 = graph.const("route/axes0", np.asarray([0], np.int64))
+    root = graph.node("Squeeze", [row, axes0], name="route/root")
+    bits = graph.node("Gather", [signs, root], name="route/b0", axis=1)
+    code = graph.node("MatMul", [bits, weights], name="route/code0")
+    node = graph.node("Gather", [p + "route/child", code], name="route/node1", axis=0)
     for level in range(1, routing.depth):
-        k = sink.node("Gather", [p + "route/split", node], name=f"route/k{level}", axis=0)
-        bits = sink.node("GatherElements", [signs, k], name=f"route/b{level}", axis=1)
-        code = sink.node("MatMul", [bits, weights], name=f"route/code{level}")
-        base = sink.node("Mul", [node, codes], name=f"route/base{level}")
-        index = sink.node("Add", [base, code], name=f"route/index{level}")
-        node = sink.node(
+        k = graph.node("Gather", [p + "route/split", node], name=f"route/k{level}", axis=0)
+        bits = graph.node("GatherElements", [signs, k], name=f"route/b{level}", axis=1)
+        code = graph.node("MatMul", [bits, weights], name=f"route/code{level}")
+        base = graph.node("Mul", [node, codes], name=f"route/base{level}")
+        index = graph.node("Add", [base, code], name=f"route/index{level}")
+        node = graph.node(
             "Gather", [p + "route/child", index], name=f"route/node{level + 1}", axis=0
         )
-    patch = sink.node("Gather", [p + "route/leaf", node], name="route/patch", axis=0)
-    packed = sink.node("Gather", [p + "route/patterns", patch], name="route/packed", axis=0)
-    byte = sink.node("Cast", [packed], name="route/bytes", to=i32)
-    unpacked = sink.node("Gather", [p + "route/bits", byte], name="route/bits8", axis=0)
-    width = 8 * ((hidden + 7) // 8)
-    pattern = sink.node(
+    patch = graph.node("Gather", [p + "route/leaf", node], name="route/patch", axis=0)
+    packed = graph.node("Gather", [p + "route/patterns", patch], name="route/packed", axis=0)
+    byte = graph.node("Cast", [packed], name="route/bytes", to=i32)
+    unpacked = graph.node("Gather", [p + "route/bits", byte], name="route/bits8", axis=0)
+    flat = 8 * packed_width
+    pattern = graph.node(
         "Reshape",
-        [unpacked, sink.ints("route/flat", [0, width])],
-        name="route/pattern" if width == hidden else "route/bits_flat",
+        [unpacked, graph.const("route/flat", np.asarray([0, flat], np.int64))],
+        name="route/pattern" if flat == spec.hidden else "route/bits_flat",
     )
-    axes1 = sink.ints("route/axes1", [1])
-    if width != hidden:
-        h0, h1 = sink.ints("route/h0", [0]), sink.ints("route/h1", [hidden])
-        pattern = sink.node("Slice", [pattern, h0, h1, axes1], name="route/pattern")
-    above = sink.node("Relu", [z], name="gate/above")
-    pz = sink.node("Mul", [pattern, z], name="route/pz")
-    terms = sink.node("Sub", [above, pz], name="gate/terms")
-    violation = sink.node("ReduceSum", [terms, axes1], name="gate/violation", keepdims=1)
-    scaled = sink.node("Mul", [violation, p + "n"], name="gate/scaled")
-    one = p + "gate/one"
-    g = sink.node("Relu", [sink.node("Sub", [one, scaled], name="gate/1-nV")], name="g")
-    d_u = sink.node("Gather", [p + "d", patch], name="route/d", axis=0)
-    if linear:
-        h = sink.node("Mul", [g, d_u], name="h_sum")
-    else:
-        k_u = sink.node("Gather", [p + "K", patch], name="route/K", axis=0)
-        shift = sink.node("Sub", [sink.node("Mul", [k_u, g], name="Kg"), k_u], name="Kg-K")
-        if affine:
-            c_u = sink.node("Gather", [p + "C", patch], name="route/C", axis=0)
-            x3 = sink.node("Unsqueeze", [x, axes1], name="route/x3")
-            xc3 = sink.node("MatMul", [x3, c_u], name="route/xC3")
-            xc = sink.node("Reshape", [xc3, sink.ints("route/o", [0, classes])], name="xC")
-            d_u = sink.node("Add", [xc, d_u], name="p")
-        up = sink.node("Relu", [sink.node("Add", [d_u, shift], name="p+s")], name="h_up")
-        neg_p = sink.node("Neg", [d_u], name="-p")
-        down = sink.node("Relu", [sink.node("Add", [neg_p, shift], name="-p+s")], name="h_down")
-        h = sink.node("Sub", [up, down], name="h_sum")
-    sink.node("Add", [head.output, h], name=PATCH_OUTPUT)
-    return sink.nodes
+    axes1 = graph.const("route/axes1", np.asarray([1], dtype=np.int64))
+    if flat != spec.hidden:
+        h0 = graph.const("route/h0", np.asarray([0], np.int64))
+        h1 = graph.const("route/h1", np.asarray([spec.hidden], np.int64))
+        pattern = graph.node("Slice", [pattern, h0, h1, axes1], name="route/pattern")
+    above = graph.node("Relu", [z], name="gate/above")
+    pz = graph.node("Mul", [pattern, z], name="route/pz")
+    terms = graph.node("Sub", [above, pz], name="gate/terms")
+    violation = graph.node("ReduceSum", [terms, axes1], name="gate/violation", keepdims=1)
+    scaled = graph.node("Mul", [violation, p + "n"], name="gate/scaled")
+    one = graph.const("gate/one", np.asarray(1.0, dtype=np.float32))
+    return graph.node("Relu", [graph.node("Sub", [one, scaled], name="gate/1-nV")], name="g")
 
 
-def routed_form_problems(
-    patch_nodes: Sequence[Any],
-    head: Head,
-    routing: Routing,
-    *,
-    d: NDArray[np.float64],
-    K: NDArray[np.float64],
-    affine: bool,
-) -> list[str]:
-    """Differences between the added nodes and the canonical routed subgraph (empty when equal).
-    ``linear`` (the one-Mul form) is decided as the format says: constant patches whose float32
-    entries are all 0 or ``+-K_u``."""
-    if not head.hidden:
-        return ["routed gate: the head has no hidden neurons to route on"]
-    linear = not affine and bool(np.all((d == 0) | (np.abs(d) == K.reshape(-1, 1))))
-    want = canonical_nodes(head, routing, linear=linear, affine=affine, classes=d.shape[1])
-    if len(want) != len(patch_nodes):
-        return [
-            f"routed gate: {len(patch_nodes)} patch nodes, the canonical form of these "
-            f"parameters has {len(want)}"
-        ]
-    for got, expected in zip(patch_nodes, want, strict=True):
-        if got.SerializeToString(deterministic=True) != expected.SerializeToString(
-            deterministic=True
-        ):
-            return [
-                f"routed gate: patch node {got.name[:50] or got.op_type!r} differs from the "
-                f"canonical node {expected.name[:50]!r}"
-            ]
-    return []
+def routed_patch_network(graph: CanonicalGraph, spec: PatchSpec, x: str, g: str) -> str:
+    """``h_r`` of the routed patch ``r`` (its rows of ``d``, ``K``, ``C`` gathered per input);
+    the one-``Mul`` form ``g * d_r`` when the patch is linear in the gate."""
+    p = PATCH_PREFIX
+    patch = p + "route/patch"
+    d_u = graph.node("Gather", [p + "d", patch], name="route/d", axis=0)
+    if spec.linear:
+        return graph.node("Mul", [g, d_u], name="h_sum")
+    k_u = graph.node("Gather", [p + "K", patch], name="route/K", axis=0)
+    shift = graph.node("Sub", [graph.node("Mul", [k_u, g], name="Kg"), k_u], name="Kg-K")
+    if spec.affine:
+        c_u = graph.node("Gather", [p + "C", patch], name="route/C", axis=0)
+        x3 = graph.node("Unsqueeze", [x, p + "route/axes1"], name="route/x3")
+        xc3 = graph.node("MatMul", [x3, c_u], name="route/xC3")
+        shape = graph.const("route/o", np.asarray([0, spec.classes], np.int64))
+        xc = graph.node("Reshape", [xc3, shape], name="xC")
+        d_u = graph.node("Add", [xc, d_u], name="p")
+    up = graph.node("Relu", [graph.node("Add", [d_u, shift], name="p+s")], name="h_up")
+    neg_p = graph.node("Neg", [d_u], name="-p")
+    down = graph.node("Relu", [graph.node("Add", [neg_p, shift], name="-p+s")], name="h_down")
+    return graph.node("Sub", [up, down], name="h_sum")
