@@ -154,3 +154,37 @@ def test_routed_gate_refuses_duplicate_regions(routed) -> None:  # type: ignore[
     twice = np.concatenate([patches.active, patches.active[:1]])
     with pytest.raises(PatchError, match="same activation pattern"):
         RoutedGate().parameters(model.head, twice, BOX)
+
+
+def test_routed_export_when_the_hidden_width_is_not_a_multiple_of_8(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """13 + 7 hidden neurons: the unpacked pattern is sliced to H (the format's Slice branch)."""
+    from prune.data import load_dataset
+    from prune.train import TrainConfig, export_onnx, train
+
+    data = load_dataset("digits")
+    net, result = train(data, TrainConfig(arch="mlp", hidden=(13, 7), epochs=2, seed=0))
+    export_onnx(net, tmp_path / "m.onnx", input_shape=result.input_shape)
+    model = load_model((tmp_path / "m.onnx").read_bytes())
+    x = data.x_train.reshape(len(data.x_train), -1).astype(np.float32)
+    act = patterns_of(model.head, x[:300].astype(np.float64))
+    _, first = np.unique(act, axis=0, return_index=True)
+    rows = np.sort(first)[:20]
+    d = np.zeros((len(rows), model.head.classes))
+    d[np.arange(len(rows)), np.arange(len(rows)) % model.head.classes] = 3.0
+    patches = PatchSet(
+        "routed",
+        1000.0,
+        act[rows],
+        d,
+        None,
+        patch_bounds(None, d, BOX),
+        np.zeros(len(rows), np.int64),
+    )
+    raw = export_patched(model, patches, BOX)
+    names = {node.name for node in __import__("onnx").load_from_string(raw).graph.node}
+    assert "prune/patch/route/bits_flat" in names
+    probe = np.concatenate([x[rows], x[300:600]])
+    ort = OrtRunner(raw, outputs=[OUTPUT]).run(probe)[0]
+    ref = PatchedHead(model.head, patches, BOX)(torch.from_numpy(probe)).detach().numpy()
+    np.testing.assert_allclose(ort, ref, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ort[: len(rows)] - model.logits(x[rows]), d, atol=1e-4)
