@@ -239,7 +239,8 @@ class VerifyContext:
     def patch(self) -> PatchParams:
         def make() -> PatchParams:
             gate = metadata(self.patched_proto()).get("prune.gate", "")
-            return read_patch(self.patched_proto(), gate=gate)
+            hidden = self.hidden_width() if gate == "routed" else None
+            return read_patch(self.patched_proto(), gate=gate, hidden=hidden)
 
         return self.memo("patch", make)
 
@@ -274,6 +275,29 @@ class VerifyContext:
                 return True
 
             self.memo("gate:original", make_original)
+
+    def hidden_width(self) -> int:
+        """``H``, the total width of the head's hidden tensors, by ONNX shape inference on the
+        *original* graph (static per-sample shapes; a symbolic one is refused)."""
+
+        def make() -> int:
+            import onnx
+
+            head = self.head()
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.original_proto())
+            except Exception as exc:  # onnx raises several unrelated types
+                raise CheckUnavailable(f"original model: shape inference failed ({exc})") from exc
+            infos = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.output)}
+            width = 0
+            for name in head.hidden:
+                dims = infos[name].type.tensor_type.shape.dim[1:] if name in infos else None
+                if not dims or not all(d.HasField("dim_value") for d in dims):
+                    raise CheckUnavailable(f"original model: the width of {name[:60]!r} is unknown")
+                width += int(np.prod([d.dim_value for d in dims]))
+            return width
+
+        return self.memo("hidden_width", make)
 
     def original_model(self) -> OnnxModel:
         def make() -> OnnxModel:

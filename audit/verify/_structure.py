@@ -152,7 +152,7 @@ class StructurePatch(Check[VerifyContext]):
     ) -> str | None:
         params = ctx.patch()
         z = z.astype(np.float64)
-        if params.gate == "activation":
+        if params.gate in ("activation", "routed"):  # routed: patterns unpacked into pos/neg
             assert params.pos is not None and params.neg is not None
             pos, neg = params.pos[:, patch].T, params.neg[:, patch].T  # [claims, H]
             if not np.array_equal(pos + neg, np.ones_like(pos)):
@@ -235,6 +235,7 @@ def canonical_problems(ctx: VerifyContext, params: Any, cut_dim: int, hidden: in
         cut_dim=cut_dim,
         affine=params.C is not None,
         linear=gate_linear(params),
+        routing=params.routing,
     )
     expected = canonical_patch(spec, tail=tail or "logits")
     _, patch_nodes = match_original_nodes(original, patched)
