@@ -28,6 +28,7 @@ from prune.formats._dsse import (
 from prune.formats._files import (
     PublishError,
     UnreadableFile,
+    output_problem,
     publish_exclusive,
     read_regular,
     write_atomic,
@@ -106,6 +107,7 @@ __all__ = [
     "leaf_hash",
     "leaf_hashes",
     "node_hash",
+    "output_problem",
     "parse_canonical_json",
     "parse_decimal_string",
     "parse_hex",
