@@ -44,6 +44,7 @@ from prune.formats._dual import dual_bytes, read_duals
 from prune.formats._files import (
     PublishError,
     UnreadableFile,
+    output_problem,
     publish_exclusive,
     read_regular,
     write_atomic,
@@ -137,6 +138,7 @@ __all__ = [
     "leaf_hash",
     "leaf_hashes",
     "node_hash",
+    "output_problem",
     "parse_canonical_json",
     "parse_claim",
     "parse_decimal_string",
