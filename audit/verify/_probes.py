@@ -90,9 +90,11 @@ class RegionProbes(Check[VerifyContext]):
     def run(self, ctx: VerifyContext) -> CheckOutcome:
         predicate, policy = ctx.predicate, ctx.policy
         cols = claim_arrays(predicate.claims)
-        certified = np.flatnonzero(cols["certified"])
+        certified = np.flatnonzero(cols["certified"] & cols["flip"])
         if len(certified) == 0:
-            return self.not_applicable("no claim certifies a region (all point-only)")
+            return self.not_applicable(
+                "no flip claim certifies a region (all point-only or calibrated)"
+            )
         if policy.probe_claims is not None and len(certified) > policy.probe_claims:
             certified = np.sort(ctx.rng.choice(certified, policy.probe_claims, replace=False))
         openings = ctx.openings()

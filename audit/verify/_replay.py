@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
-from prune.formats import ClaimRecord, parse_decimal_string
+from prune.formats import AnyClaimRecord, ClaimRecord, parse_decimal_string
 
 __all__ = ["ReplayClaims", "claim_arrays", "margins"]
 
@@ -30,17 +30,29 @@ def margins(logits: NDArray[np.float32], target: NDArray[np.int64]) -> NDArray[n
     return np.asarray(own - others.max(axis=1))
 
 
-def claim_arrays(claims: tuple[ClaimRecord, ...]) -> dict[str, NDArray[Any]]:
-    """Claims as columns: leaf, label, target, patch (int64), margin (float64), certified."""
+def claim_arrays(claims: tuple[AnyClaimRecord, ...]) -> dict[str, NDArray[Any]]:
+    """Claims as columns: leaf, label, target, patch (int64), margin (float64), certified, flip.
+    ``flip`` is False for ``calibrated`` claims, whose ``target`` column holds the rival class and
+    ``margin`` NaN: checks of flip claims must select ``flip`` rows (replay.calibrated checks
+    the others)."""
+    flip = [isinstance(c, ClaimRecord) for c in claims]
     return {
         "leaf": np.array([c.leaf_index for c in claims], dtype=np.int64),
         "label": np.array([c.label for c in claims], dtype=np.int64),
-        "target": np.array([c.target for c in claims], dtype=np.int64),
+        "target": np.array(
+            [c.target if isinstance(c, ClaimRecord) else c.rival for c in claims], dtype=np.int64
+        ),
         "patch": np.array([c.patch for c in claims], dtype=np.int64),
         "margin": np.array(
-            [parse_decimal_string(c.certified_margin, field="certified_margin") for c in claims]
+            [
+                parse_decimal_string(c.certified_margin, field="certified_margin")
+                if isinstance(c, ClaimRecord)
+                else np.nan
+                for c in claims
+            ]
         ),
         "certified": np.array([c.region == "certified" for c in claims]),
+        "flip": np.array(flip, dtype=bool),
     }
 
 
@@ -54,8 +66,11 @@ class ReplayClaims(Check[VerifyContext]):
 
     def run(self, ctx: VerifyContext) -> CheckOutcome:
         predicate = ctx.predicate
+        flip = tuple(c for c in predicate.claims if isinstance(c, ClaimRecord))
+        if not flip:
+            return self.not_applicable("no flip claims (calibrated claims: replay.calibrated)")
         openings = ctx.openings()
-        cols = claim_arrays(predicate.claims)
+        cols = claim_arrays(flip)
         rows = np.searchsorted(openings.leaf_index, cols["leaf"])
         rows = np.minimum(rows, len(openings) - 1)
         if not np.array_equal(openings.leaf_index[rows], cols["leaf"]):

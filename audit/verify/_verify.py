@@ -14,6 +14,7 @@ import numpy as np
 
 from audit.errors import InputError
 from audit.proof import Limits
+from audit.verify._calibrated import ReplayCalibrated
 from audit.verify._commitment import CommitmentConsistency, CommitmentOpenings
 from audit.verify._context import VerifyContext, VerifyInputs
 from audit.verify._digest import ModelDigest, OriginalDigest, PatchDigest
@@ -44,6 +45,7 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
         StructureOriginal,
         StructurePatch,
         ReplayClaims,
+        ReplayCalibrated,
         RegionProbes,
         Locality,
         Utility,

@@ -8,6 +8,13 @@ Every reader is strict and every verifier is fail-closed: they return a value or
 
 from __future__ import annotations
 
+from prune.formats._calibrated import (
+    CALIBRATED_KIND,
+    CALIBRATED_KIND_VERSION,
+    CALIBRATED_SOURCES,
+    CalibratedClaimRecord,
+    output_tolerance,
+)
 from prune.formats._canonical import (
     canonical_json,
     decimal_string,
@@ -48,6 +55,7 @@ from prune.formats._statement import (
     PREDICATE_VERSION,
     STATEMENT_TYPE,
     SUBJECT_NAME,
+    AnyClaimRecord,
     ClaimRecord,
     ForgetSet,
     Mode,
@@ -59,6 +67,9 @@ from prune.formats._statement import (
 from prune.formats.errors import FormatError, MalformedError, ProofCheckError
 
 __all__ = [
+    "CALIBRATED_KIND",
+    "CALIBRATED_KIND_VERSION",
+    "CALIBRATED_SOURCES",
     "HASH_SIZE",
     "MIN_SALT_BYTES",
     "OPENING_KEYS",
@@ -71,6 +82,8 @@ __all__ = [
     "SAMPLE_ENCODING",
     "STATEMENT_TYPE",
     "SUBJECT_NAME",
+    "AnyClaimRecord",
+    "CalibratedClaimRecord",
     "ClaimRecord",
     "DsseSignature",
     "Envelope",
@@ -94,6 +107,7 @@ __all__ = [
     "leaf_hash",
     "leaf_hashes",
     "node_hash",
+    "output_tolerance",
     "parse_canonical_json",
     "parse_decimal_string",
     "parse_hex",

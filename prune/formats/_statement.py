@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
 
+from prune.formats._calibrated import CALIBRATED_KIND, CalibratedClaimRecord
 from prune.formats._canonical import canonical_json, parse_canonical_json, parse_decimal_string
 from prune.formats._fields import (
     expect_hex_digest,
@@ -31,6 +32,7 @@ __all__ = [
     "PREDICATE_VERSION",
     "STATEMENT_TYPE",
     "SUBJECT_NAME",
+    "AnyClaimRecord",
     "ClaimRecord",
     "ForgetSet",
     "Mode",
@@ -96,6 +98,11 @@ class ClaimRecord:
             certified_margin=margin,
             region=region,  # type: ignore[arg-type]  # checked against Region above
         )
+
+
+AnyClaimRecord = ClaimRecord | CalibratedClaimRecord
+"""A published claim of any kind: ``flip`` (:class:`ClaimRecord`, no ``kind`` field in v1) or
+``calibrated`` (:class:`~prune.formats._calibrated.CalibratedClaimRecord`)."""
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,7 @@ class UnlearningPredicate:
     forget_set: ForgetSet
     mode: Mode
     method: Mapping[str, Any]
-    claims: tuple[ClaimRecord, ...]
+    claims: tuple[AnyClaimRecord, ...]
     utility: Mapping[str, str]
     created: str
     nonce: str
@@ -284,10 +291,19 @@ def _mode(value: Any) -> Mode:
     return value  # type: ignore[no-any-return]  # checked against Mode above
 
 
-def _claims(value: Any) -> tuple[ClaimRecord, ...]:
+def _claim(item: Any, where: str) -> AnyClaimRecord:
+    """Claims without ``kind`` are v1 ``flip`` claims; ``kind: calibrated`` has its own reader."""
+    if isinstance(item, dict) and "kind" in item:
+        if item["kind"] != CALIBRATED_KIND:
+            raise MalformedError(f"{where}.kind: unknown claim kind {str(item['kind'])[:30]!r}")
+        return CalibratedClaimRecord.from_dict(item, where)
+    return ClaimRecord.from_dict(item, where)
+
+
+def _claims(value: Any) -> tuple[AnyClaimRecord, ...]:
     if not isinstance(value, list) or not value:
         raise MalformedError("claims: expected a non-empty list")
-    return tuple(ClaimRecord.from_dict(item, f"claims[{i}]") for i, item in enumerate(value))
+    return tuple(_claim(item, f"claims[{i}]") for i, item in enumerate(value))
 
 
 def _created(value: Any) -> str:
