@@ -135,7 +135,9 @@ def test_calibrated_unlearn_matches_targets_with_a_flat_certified_margin(
     targets = cross_fitted_targets(
         prepared,
         FORGET,
-        OrtRunner(work.raw, outputs=[load_model(work.raw).head.output]).run(result.forget_x)[0],
+        OrtRunner(work.raw, outputs=[load_model(work.raw).head.output])
+        .run(result.forget_x)[0]
+        .astype(np.float64),
     ).logits
     for claim in result.claims:
         assert isinstance(claim, CalibratedClaim)
