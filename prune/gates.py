@@ -24,6 +24,13 @@ violated by more than ``1/n``. Deeper layers differ: the dense gate measures the
 contains the other in general. Where only the last hidden layer differs (all rows then coincide),
 ``activation <= dense`` because it sums violations instead of clamping each at ``1/n``.
 
+All of this is exact arithmetic. The dense rows are stored in float32 (ONNX initializers), so the
+executed dense gate is the exact one moved by at most ``n sum_i |e_i(x)|``, ``e_i`` the rounding of
+row i's slack ``b_i - a_i x``; first-layer rows are the float32 weights themselves (``e_i = 0``),
+deeper rows are rounded products. With a single violated row the two gates are *equal* in exact
+arithmetic, so that rounding alone decides which is larger: ``activation <= dense`` holds for the
+executed gates only up to it (tests/prune/test_gates.py has a fixed-weight model where it flips).
+
 Threat note: a gate only *locates* the patch; the guarantee that the patch is 0 off the band
 (``|p_u| <= K_u`` on the box) comes from the patch network in :mod:`prune.patched`."""
 

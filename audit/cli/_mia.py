@@ -12,7 +12,7 @@ from typing import Any, Literal, cast
 import click
 import numpy as np
 
-from audit.cli._common import show_progress
+from audit.cli._common import sandbox_options, show_progress
 from audit.errors import InputError
 from audit.mia import (
     ATTACKS,
@@ -21,11 +21,11 @@ from audit.mia import (
     LabelledData,
     LogitsFn,
     MiaConfig,
-    TrainingRecipe,
     membership_audit,
     resolve_architecture,
 )
 from audit.mia._lira import Variance, Variant
+from audit.mia._recipe import OwnerRecipe, read_train_json
 from audit.proof import Limits, read_bounded, read_npz
 from audit.runtime import OnnxModel
 
@@ -157,9 +157,47 @@ _FILE = click.Path(path_type=Path, exists=True, dir_okay=False)
     default=None,
     help="Reference-model architecture: mlp[:W1,W2,...] or cnn[:W]. Default: read an MLP from MODEL.",
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=128, show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True)
+@click.option(
+    "--train-json",
+    type=_FILE,
+    default=None,
+    help="The owner's train.json: reference models copy its recipe (epochs, batch size, lr, "
+    "weight decay); every field below overrides it.",
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None, help="Default: train.json, else 30."
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=None, help="Default: train.json, else 128."
+)
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Default: train.json, else 1e-3.",
+)
+@click.option(
+    "--weight-decay",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Default: train.json, else 0.",
+)
+@click.option(
+    "--train-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Samples per reference model (the target's training-set size). Default: train.json's "
+    "train_size, else half the reference data.",
+)
+@click.option(
+    "--model-bootstrap",
+    type=click.IntRange(min=0),
+    default=20,
+    show_default=True,
+    help="Bootstrap draws over the reference models; intervals include their variance.",
+)
+@click.option("--per-class", is_flag=True, help="Per-class thresholds for loss/confidence/entropy.")
+@click.option("--sample-scores", is_flag=True, help="Keep every sample's score in the JSON.")
 @click.option(
     "--compare",
     multiple=True,
@@ -178,6 +216,7 @@ _FILE = click.Path(path_type=Path, exists=True, dir_okay=False)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None)
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@sandbox_options
 def mia(
     model: Path,
     members: Path,
@@ -190,9 +229,15 @@ def mia(
     rmia_a: str,
     rmia_gamma: float,
     arch: str | None,
-    epochs: int,
-    batch_size: int,
-    lr: float,
+    train_json: Path | None,
+    epochs: int | None,
+    batch_size: int | None,
+    lr: float | None,
+    weight_decay: float | None,
+    train_size: int | None,
+    model_bootstrap: int,
+    per_class: bool,
+    sample_scores: bool,
     compare: tuple[str, ...],
     seed: int,
     jobs: int,
@@ -220,10 +265,15 @@ def mia(
         input_shape=tuple(data["reference"].x.shape[1:]),
         classes=int(probe.shape[-1]),
     )
+    owner = read_train_json(train_json) if train_json is not None else OwnerRecipe({}, None, None)
     config = MiaConfig(
         attacks=attacks or tuple(ATTACKS),
         reference_models=shadow_models,
-        recipe=TrainingRecipe(epochs=epochs, batch_size=batch_size, lr=lr),
+        recipe=owner.recipe(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay),
+        train_size=train_size if train_size is not None else owner.train_size,
+        model_bootstrap=min(model_bootstrap, bootstrap),
+        per_class=per_class,
+        sample_scores=sample_scores,
         lira_variant=cast(Variant, lira_variant),  # click.Choice checked both
         lira_variance=cast(Variance, variance),
         rmia_offline_a=_rmia_a(rmia_a),

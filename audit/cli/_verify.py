@@ -13,7 +13,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from audit.cli._common import show_progress
+from audit.cli._common import sandbox_options, show_progress
 from audit.errors import InputError
 from audit.verify import (
     CHECKS,
@@ -139,8 +139,21 @@ def write_json(path: Path, text: str) -> None:
     help="Largest tolerated TPR at 1% FPR in a failing direction.",
 )
 @click.option("--arch", default=None, help="Declare the reference models' architecture (e.g. cnn).")
+@click.option(
+    "--accept-point-only",
+    is_flag=True,
+    help="Exit 0 on the point-only verdict (claims that hold at their samples, not regions).",
+)
+@click.option(
+    "--min-margin",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.min_certified_margin,
+    show_default=True,
+    help="Smallest certified margin a claim may state.",
+)
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed check.")
 @click.option("--quiet", is_flag=True, help="No table, no progress; only errors and --json.")
+@sandbox_options
 def verify(
     proof: Path,
     public_key: Path,
@@ -163,6 +176,8 @@ def verify(
     mia_max_gap: float,
     mia_max_tpr: float,
     arch: str | None,
+    accept_point_only: bool,
+    min_margin: float,
     fail_fast: bool,
     quiet: bool,
 ) -> None:
@@ -178,6 +193,8 @@ def verify(
         probe_directions=probes,
         probe_claims=probe_claims,
         lp_claims=lp_claims,
+        accept_point_only=accept_point_only,
+        min_certified_margin=min_margin,
         membership=None
         if mia_attack is None
         else MembershipPolicy(

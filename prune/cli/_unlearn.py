@@ -22,7 +22,15 @@ from prune.gates import GATES
 from prune.privacy import add_decoys
 from prune.solvers import SOLVERS
 from prune.targets import POLICY_NAMES
-from prune.unlearn import DEFAULT_MARGIN, DEFAULT_N, STRATEGIES, UnlearnResult, unlearn
+from prune.unlearn import (
+    CLASS_MODES,
+    DEFAULT_CLASS_MARGIN,
+    DEFAULT_MARGIN,
+    DEFAULT_N,
+    STRATEGIES,
+    UnlearnResult,
+    unlearn,
+)
 
 __all__ = ["read_forget_indices", "unlearn_command"]
 
@@ -101,7 +109,23 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     type=click.Path(path_type=Path),
     help="File of training-row indices, one per line.",
 )
-@click.option("--forget-class", type=int, help="Forget every training sample of this class.")
+@click.option("--forget-class", type=int, help="Forget this whole class (see --class-mode).")
+@click.option(
+    "--class-mode",
+    type=click.Choice(list(CLASS_MODES)),
+    default="suppress",
+    show_default=True,
+    help="suppress: the class is never predicted on the whole input box (certified); regions: "
+    "patch only the linear regions of the class's training samples (the class stays predictable "
+    "elsewhere).",
+)
+@click.option(
+    "--class-margin",
+    type=float,
+    default=DEFAULT_CLASS_MARGIN,
+    show_default=True,
+    help="suppress mode: logit gap between the class and the best other class.",
+)
 @click.option(
     "--test",
     "test_path",
@@ -192,6 +216,8 @@ def unlearn_command(
     train_path: Path,
     forget_indices: Path | None,
     forget_class: int | None,
+    class_mode: str,
+    class_margin: float,
     test_path: Path | None,
     key_path: Path | None,
     out: Path,
@@ -242,6 +268,8 @@ def unlearn_command(
         y_train,
         forget_indices=indices,
         forget_class=forget_class,
+        class_mode=class_mode,  # type: ignore[arg-type]  # click.Choice over CLASS_MODES
+        class_margin=class_margin,
         x_test=x_test,
         y_test=y_test,
         solver=solver,

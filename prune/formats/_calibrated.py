@@ -7,7 +7,8 @@ A calibrated claim says, for the forgotten sample at ``leaf_index``:
 2. over the sample's whole linear region, considering its patch ``patch`` alone,
    ``logit[label] - logit[rival] <= upper_margin``. As an obligation row:
    ``max_{x in S} (e_label - e_rival) . patched_logits(x) <= upper_margin``
-   (:meth:`CalibratedClaimRecord.obligations`), the form the predicate-v2 verifier checks.
+   (:meth:`CalibratedClaimRecord.obligations`, scope ``patch``), the row the predicate-v2
+   region certificate proves like any other kind's.
 
 ``source`` says where the output came from: ``cross-fitted`` (a prepared reference model that
 never saw the sample) or ``class-conditional`` (held-out statistics of the sample's class).
@@ -20,7 +21,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
+
 from prune.formats._canonical import parse_decimal_string
+from prune.formats._claims import Obligations, Region, register_claim_kind
 from prune.formats._fields import expect_int, expect_keys, expect_object, expect_str
 from prune.formats.errors import MalformedError
 
@@ -58,7 +62,7 @@ class CalibratedClaimRecord:
     upper_margin: str
     output: tuple[str, ...]
     source: str
-    region: str = "certified"
+    region: Region = "certified"
 
     def margin_bound(self) -> float:
         return parse_decimal_string(self.upper_margin, field="upper_margin")
@@ -66,11 +70,18 @@ class CalibratedClaimRecord:
     def output_values(self) -> tuple[float, ...]:
         return tuple(parse_decimal_string(v, field="output") for v in self.output)
 
-    def obligations(self) -> tuple[tuple[tuple[int, ...], str], ...]:
-        """Rows ``(coeffs over the logits, bound)``: ``max_S coeffs . patched <= bound``."""
-        coeffs = [0] * len(self.output)
-        coeffs[self.label], coeffs[self.rival] = 1, -1
-        return ((tuple(coeffs), self.upper_margin),)
+    def obligations(self, classes: int) -> Obligations:
+        """One row: ``max_S (e_label - e_rival) . patched_logits <= upper_margin``."""
+        if len(self.output) != classes or max(self.label, self.rival) >= classes:
+            raise MalformedError(f"claim for leaf {self.leaf_index}: class outside [0, {classes})")
+        coeffs = np.zeros((1, classes))
+        coeffs[0, self.label], coeffs[0, self.rival] = 1.0, -1.0
+        return Obligations(
+            coeffs=coeffs,
+            bound=np.array([self.margin_bound()]),
+            scope="patch",
+            patch=self.patch,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -137,3 +148,6 @@ class CalibratedClaimRecord:
             output=values,
             source=source,
         )
+
+
+register_claim_kind(CALIBRATED_KIND, CalibratedClaimRecord.from_dict)

@@ -19,9 +19,10 @@ from prune.claims import CalibratedClaim, Claim
 from prune.errors import ProofError
 from prune.formats import (
     PAYLOAD_TYPE,
-    AnyClaimRecord,
     CalibratedClaimRecord,
+    ClaimKind,
     ClaimRecord,
+    ClassClaim,
     ForgetSet,
     FormatError,
     Mode,
@@ -71,11 +72,11 @@ def utility_numbers(summary: Mapping[str, Any]) -> dict[str, str]:
 
 def claim_records(
     claims: Sequence[Claim | CalibratedClaim], *, first_leaf: int
-) -> tuple[AnyClaimRecord, ...]:
+) -> tuple[ClaimKind, ...]:
     """Published claims: ``claims[i]`` (the engine numbers its samples 0..N-1 in commitment
     order) becomes leaf ``first_leaf + i``. ``train_index`` and ``original_prediction`` stay
     private."""
-    records: list[AnyClaimRecord] = []
+    records: list[ClaimKind] = []
     for i, claim in enumerate(claims):
         if claim.leaf_index != i:
             raise ProofError(
@@ -124,10 +125,11 @@ def build_statement(
     method: Mapping[str, Any],
     claims: Sequence[Claim | CalibratedClaim],
     summary: Mapping[str, Any],
+    class_claim: ClassClaim | None = None,
     now: datetime | None = None,
     rng: np.random.Generator | None = None,
 ) -> Statement:
-    """The Statement for one batch; validated by re-reading it with the strict v1 reader."""
+    """The Statement for one batch (with ``class_claim`` for a class suppression); validated by re-reading it with the strict v1 reader."""
     if mode not in get_args(Mode):
         raise ProofError(f"unknown deletion mode {mode!r}; expected samples or class")
     method_doc = signable(method)
@@ -144,6 +146,7 @@ def build_statement(
         nonce=random_bytes(NONCE_BYTES, rng).hex(),
         previous_root=commitment.previous,
         forget_class=None if forget_class is None else int(forget_class),
+        class_claim=class_claim,
     )
     statement = Statement(subject_sha256=patched_sha256, predicate=predicate)
     try:

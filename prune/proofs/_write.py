@@ -182,6 +182,7 @@ def write_signed_proof(
         method=result.method,
         claims=result.claims,
         summary=result.summary,
+        class_claim=getattr(result, "class_claim", None),  # class suppression only
         now=now,
         rng=rng,
     )

@@ -22,7 +22,7 @@ from audit.verify import (
 from prune.claims import CalibratedClaim
 from prune.export import export_patched
 from prune.formats import CalibratedClaimRecord, MalformedError
-from prune.formats._statement import _claim
+from prune.formats import parse_claim as _claim
 from prune.model import load_model
 from prune.patched import PatchSet, patch_bounds
 from prune.proofs import generate_keys, write_signed_proof
@@ -188,7 +188,10 @@ def test_calibrated_record_round_trip_and_obligation() -> None:
     doc = _record()
     back = _claim(doc, "claims[0]")
     assert isinstance(back, CalibratedClaimRecord) and back.to_dict() == doc
-    assert back.obligations() == (((0, 1, -1), "1.5"),)
+    rows = back.obligations(3)
+    np.testing.assert_array_equal(rows.coeffs, [[0.0, 1.0, -1.0]])
+    np.testing.assert_array_equal(rows.bound, [1.5])
+    assert rows.scope == "patch" and rows.patch == 0
 
 
 @pytest.mark.parametrize(

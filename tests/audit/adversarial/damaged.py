@@ -193,11 +193,11 @@ def cert_signed_by_other_key(kit: ProofKit, dest: Path) -> Tampered:
 
 @adversary("cert_unknown_version", "signature.certificate", "unknown version")
 def cert_unknown_version(kit: ProofKit, dest: Path) -> Tampered:
-    """A correctly signed statement with predicate version 2 (unknown to this reader)."""
+    """A correctly signed statement with predicate version 3 (unknown to this reader)."""
     proof, inputs = copied(kit, dest)
 
     def edit(doc: dict[str, Any]) -> None:
-        doc["predicate"]["version"] = 2
+        doc["predicate"]["version"] = 3
 
     edit_certificate(proof, edit, key=kit.keys / "owner.key")
     return Tampered(inputs)
