@@ -38,6 +38,14 @@ _PATH = click.Path(path_type=Path)
 )
 @click.option("--shadow-models", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option(
+    "--mia-sides",
+    type=click.Choice(["one", "two"]),
+    default="one",
+    show_default=True,
+    help="two: a forget set that looks *less* like members than non-members (deleted) also "
+    "fails, and the two-version comparison is reported.",
+)
+@click.option(
     "--arch", default=None, help="Declare the architecture for reference models (e.g. cnn)."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -57,6 +65,7 @@ def report(
     auditor_key: Path | None,
     mia_attacks: str,
     shadow_models: int,
+    mia_sides: str,
     arch: str | None,
     seed: int,
     device: str,
@@ -84,6 +93,7 @@ def report(
             name=name or out.name,
             mia_attacks=attacks,
             mia_reference_models=shadow_models,
+            mia_sides="two" if mia_sides == "two" else "one",
             mia_arch=arch,
             seed=seed,
             device=device,
