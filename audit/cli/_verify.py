@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from audit.cli._cluster import cluster_options
 from audit.cli._common import show_progress
 from audit.errors import InputError
 from audit.verify import (
@@ -139,6 +140,7 @@ def write_json(path: Path, text: str) -> None:
     help="Largest tolerated TPR at 1% FPR in a failing direction.",
 )
 @click.option("--arch", default=None, help="Declare the reference models' architecture (e.g. cnn).")
+@cluster_options
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed check.")
 @click.option("--quiet", is_flag=True, help="No table, no progress; only errors and --json.")
 def verify(
@@ -163,6 +165,9 @@ def verify(
     mia_max_gap: float,
     mia_max_tpr: float,
     arch: str | None,
+    backend: str,
+    address: str | None,
+    jobs: int,
     fail_fast: bool,
     quiet: bool,
 ) -> None:
@@ -187,6 +192,9 @@ def verify(
             max_gap=mia_max_gap,
             max_tpr=mia_max_tpr,
             arch=arch,
+            backend=backend,
+            address=address,
+            jobs=jobs,
         ),
     )
     if partial:

@@ -79,7 +79,9 @@ def forget_set_check(
     seed: int = 0,
     bootstrap: int = 1000,
     jobs: int = 1,
-    backend: str = "loky",
+    backend: str = "local",
+    address: str | None = None,
+    device: str = "auto",
 ) -> MiaCheckResult:
     """Run one attack in the unlearning game on the deployed ``model`` and apply ``policy``
     (default :class:`ThresholdPolicy`); reference models use ``recipe`` (default
@@ -94,6 +96,8 @@ def forget_set_check(
         fprs=(policy.fpr,),
         jobs=jobs,
         backend=backend,
+        address=address,
+        device=device,
     )
     result = unlearning_audit(
         original=None,

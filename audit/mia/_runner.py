@@ -46,7 +46,9 @@ class MiaConfig:
     bootstrap: int = 1000
     fprs: tuple[float, ...] = (0.01, 0.001)
     jobs: int = 1
-    backend: str = "loky"
+    backend: str = "local"
+    address: str | None = None
+    device: str = "auto"
 
     def __post_init__(self) -> None:
         if not self.attacks:
@@ -101,6 +103,8 @@ def _reference_set(
         candidates=pool,
         jobs=config.jobs,
         backend=config.backend,
+        address=config.address,
+        device=config.device,
         progress=progress,
     )
 

@@ -55,6 +55,9 @@ class ReportOptions:
     mia_attacks: tuple[str, ...] = ("rmia", "loss")
     mia_reference_models: int = 4
     mia_arch: str | None = None
+    mia_backend: str = "local"  # where reference models train (audit.mia._execution)
+    mia_address: str | None = None
+    mia_jobs: int = 1
     seed: int = 0
     policy: Policy = field(default_factory=Policy)
     device: str = "auto"
@@ -143,6 +146,9 @@ def _mia(
         reference_models=options.mia_reference_models,
         seed=options.seed,
         fprs=(0.01, 0.001),
+        jobs=options.mia_jobs,
+        backend=options.mia_backend,
+        address=options.mia_address,
     )
     game = unlearning_audit(
         original=original_model.logits,
@@ -335,6 +341,9 @@ def build_report(
                 reference_models=options.mia_reference_models,
                 arch=options.mia_arch,
                 seed=options.seed,
+                backend=options.mia_backend,
+                address=options.mia_address,
+                jobs=options.mia_jobs,
             ),
         )
     verification = verify_proof(
