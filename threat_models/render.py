@@ -28,6 +28,8 @@ COLUMN_CODES: dict[str, str] = {
     "region.probes": "prb",
     "locality": "loc",
     "utility": "utl",
+    "class.suppression": "clS",
+    "class.reference": "clR",
     "receipt.certificate": "rcC",
     "receipt.binding": "rcB",
     "receipt.claim": "rcL",

@@ -10,11 +10,11 @@ import click
 
 from audit.attest import generate_auditor_key, load_public_key, verify_attestation
 from audit.cli._cluster import cluster_options
-from audit.cli._common import EXIT_FAILED, show_progress
-from audit.errors import InputError
+from audit.cli._common import EXIT_FAILED, sandbox_options, show_progress
+from audit.proof import Limits, read_bounded
 from audit.report import ReportOptions, build_report
 from audit.verify import CheckOutcome
-from prune.formats import file_sha256
+from prune.formats import sha256_hex
 
 __all__ = ["attestation", "keygen", "report"]
 
@@ -47,6 +47,7 @@ _PATH = click.Path(path_type=Path)
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@sandbox_options
 def report(
     proof: Path,
     public_key: Path,
@@ -136,15 +137,25 @@ def attestation(
 ) -> None:
     """Check an auditor's signed attestation (and optionally that it covers REPORT and MODEL).
     Exit 0 valid, 1 invalid, 2 bad input."""
-    try:
-        data = attestation_file.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {attestation_file}: {exc.strerror}") from exc
+    limits = Limits()
+    data = read_bounded(attestation_file, limits.certificate_bytes, what="attestation", owner=False)
+    model_sha = (
+        sha256_hex(read_bounded(model, limits.model_bytes, what="--model", owner=False))
+        if model is not None
+        else None
+    )
+    report_sha = (
+        sha256_hex(
+            read_bounded(report_json, limits.certificate_bytes, what="--report", owner=False)
+        )
+        if report_json is not None
+        else None
+    )
     att = verify_attestation(
         data,
         load_public_key(auditor_public_key),
-        model_sha256=file_sha256(model) if model else None,
-        report_sha256=file_sha256(report_json) if report_json else None,
+        model_sha256=model_sha,
+        report_sha256=report_sha,
     )
     click.echo(
         f"attestation valid: auditor {att.auditor_key_id[:16]}..., verdict {att.verdict}, "

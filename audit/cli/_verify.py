@@ -4,9 +4,8 @@ machines; exit 0 verified, 1 a check failed, 2 bad input or usage."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import click
 import numpy as np
 
 from audit.cli._cluster import cluster_options
-from audit.cli._common import show_progress
+from audit.cli._common import sandbox_options, show_progress
 from audit.errors import InputError
 from audit.verify import (
     CHECKS,
@@ -25,29 +24,37 @@ from audit.verify import (
     render_table,
     verify_proof,
 )
+from prune.formats import output_problem, write_atomic
 
-__all__ = ["verify", "write_json"]
+__all__ = ["check_output", "verify", "write_json"]
 
 _PATH = click.Path(path_type=Path)
 _DEFAULTS = Policy()
 
 
+def check_output(path: Path | None, *, inputs: Sequence[Path | None]) -> None:
+    """Refuse an unusable ``--json`` path before any work (exit 2): never an input, a folder,
+    a link or in an unwritable folder (``-`` is stdout)."""
+    if path is None or str(path) == "-":
+        return
+    problem = output_problem(path, inputs=inputs)
+    if problem is not None:
+        raise InputError(f"--json: {problem}")
+
+
 def write_json(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (``-`` is stdout): nothing half-written."""
+    """Write ``text`` to ``path`` atomically (``-`` is stdout): nothing half-written, no
+    temporary file left on any path."""
     if str(path) == "-":
         click.echo(text, nl=False)
         return
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"--json: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    problem = output_problem(path)
+    if problem is not None:
+        raise InputError(f"--json: {problem}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise InputError(f"--json: cannot write {path}: {exc.strerror or exc}") from None
 
 
 @click.command()
@@ -141,8 +148,21 @@ def write_json(path: Path, text: str) -> None:
 )
 @click.option("--arch", default=None, help="Declare the reference models' architecture (e.g. cnn).")
 @cluster_options
+@click.option(
+    "--accept-point-only",
+    is_flag=True,
+    help="Exit 0 on the point-only verdict (claims that hold at their samples, not regions).",
+)
+@click.option(
+    "--min-margin",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.min_certified_margin,
+    show_default=True,
+    help="Smallest certified margin a claim may state.",
+)
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed check.")
 @click.option("--quiet", is_flag=True, help="No table, no progress; only errors and --json.")
+@sandbox_options
 def verify(
     proof: Path,
     public_key: Path,
@@ -168,6 +188,8 @@ def verify(
     backend: str,
     address: str | None,
     jobs: int,
+    accept_point_only: bool,
+    min_margin: float,
     fail_fast: bool,
     quiet: bool,
 ) -> None:
@@ -178,11 +200,14 @@ def verify(
     VERIFIED only if every check passed; by default --original, --forget and --reference are
     required (use --partial to accept fewer inputs, with the skipped checks listed).
     """
+    check_output(json_out, inputs=[proof, public_key, original, forget, reference, nonce_store])
     policy = Policy(
         max_age=timedelta(days=max_age),
         probe_directions=probes,
         probe_claims=probe_claims,
         lp_claims=lp_claims,
+        accept_point_only=accept_point_only,
+        min_certified_margin=min_margin,
         membership=None
         if mia_attack is None
         else MembershipPolicy(

@@ -34,6 +34,7 @@ __all__ = [
     "BACKENDS",
     "ReferenceSet",
     "balanced_membership",
+    "cap_training_sets",
     "row_keys",
     "train_reference_models",
 ]
@@ -60,7 +61,10 @@ class ReferenceSet:
     models: tuple[nn.Module, ...]
     train_accuracy: tuple[float, ...]
     backend: str
+    parent: ReferenceSet | None = None
+    rows: tuple[int, ...] = ()
     _keys: dict[bytes, tuple[str, int]] = field(default_factory=dict, repr=False)
+    _cache: dict[bytes, NDArray[np.float64]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         k = len(self.models)
@@ -85,8 +89,45 @@ class ReferenceSet:
         return len(self.candidates_x) > 0
 
     def logits(self, x: NDArray[np.float32], y: NDArray[np.int64]) -> NDArray[np.float64]:
-        """Every reference model's logits on ``x``: ``[K, N, C]`` float64."""
-        return np.stack([as_logits(torch_logits_fn(m), x, y) for m in self.models])
+        """Every reference model's logits on ``x``: ``[K, N, C]`` float64. Queried in fixed-size
+        chunks (bit-for-bit independent of the other rows of ``x``) and remembered for the last
+        few ``x``, so model-bootstrap replicates do not run the models again."""
+        if self.parent is not None:
+            return self.parent.logits(x, y)[list(self.rows)]
+        arr = np.ascontiguousarray(x, dtype=np.float32)
+        key = hashlib.blake2b(
+            repr(arr.shape).encode() + arr.tobytes() + np.asarray(y, "<i8").tobytes(),
+            digest_size=16,
+        ).digest()
+        if key not in self._cache:
+            if len(self._cache) >= _CACHE_ENTRIES:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = np.stack([as_logits(torch_logits_fn(m), x, y) for m in self.models])
+        return self._cache[key]
+
+    def resample(self, rows: NDArray[np.intp]) -> ReferenceSet:
+        """The set of models ``rows`` (with repetition: a bootstrap draw over reference models),
+        sharing this set's data and logits. ``parent`` is this set."""
+        if len(rows) == 0 or rows.min() < 0 or rows.max() >= self.count:
+            raise InputError("a resample needs model indices within the reference set")
+        base = self.parent if self.parent is not None else self
+        picked = [self.rows[r] for r in rows] if self.parent is not None else list(rows)
+        return ReferenceSet(
+            architecture=self.architecture,
+            recipe=self.recipe,
+            seed=self.seed,
+            x=self.x,
+            y=self.y,
+            in_reference=base.in_reference[picked],
+            candidates_x=self.candidates_x,
+            candidates_y=self.candidates_y,
+            in_candidates=base.in_candidates[picked],
+            models=tuple(base.models[r] for r in picked),
+            train_accuracy=tuple(base.train_accuracy[r] for r in picked),
+            backend=self.backend,
+            parent=base,
+            rows=tuple(int(r) for r in picked),
+        )
 
     def membership(self, x: NDArray[np.float32], y: NDArray[np.int64]) -> NDArray[np.bool_]:
         """``[K, N]``: True where reference model ``k`` trained on sample ``n``.
@@ -117,14 +158,24 @@ class ReferenceSet:
             "online": self.online,
             "reference_size": len(self.x),
             "candidates_size": len(self.candidates_x),
+            "train_sizes": [
+                int(a + b)
+                for a, b in zip(
+                    self.in_reference.sum(axis=1), self.in_candidates.sum(axis=1), strict=True
+                )
+            ],
             "epochs": self.recipe.epochs,
             "batch_size": self.recipe.batch_size,
             "lr": self.recipe.lr,
             "weight_decay": self.recipe.weight_decay,
+            "recipe": self.recipe.describe(),
             "seed": self.seed,
             "backend": self.backend,
             "train_accuracy": [round(a, 6) for a in self.train_accuracy],
         }
+
+
+_CACHE_ENTRIES = 8
 
 
 def row_keys(x: NDArray[np.float32], y: NDArray[np.int64] | None = None) -> Iterator[bytes]:
@@ -146,6 +197,24 @@ def balanced_membership(count: int, n: int, rng: np.random.Generator) -> NDArray
     return mask
 
 
+def cap_training_sets(
+    in_ref: NDArray[np.bool_],
+    candidates_in: NDArray[np.int64],
+    train_size: int,
+    rng: np.random.Generator,
+) -> NDArray[np.bool_]:
+    """Drop random reference samples from each model's IN set until IN reference + IN
+    candidates <= ``train_size`` (when the candidates alone exceed it, no reference sample is
+    left: the model trains on its candidate half)."""
+    out = in_ref.copy()
+    for k in range(len(out)):
+        inside = np.flatnonzero(out[k])
+        keep = max(train_size - int(candidates_in[k]), 0)
+        if len(inside) > keep:
+            out[k, rng.permutation(inside)[keep:]] = False
+    return out
+
+
 def train_reference_models(
     x: NDArray[np.float32],
     y: NDArray[np.int64],
@@ -155,6 +224,7 @@ def train_reference_models(
     recipe: TrainingRecipe,
     seed: int,
     candidates: tuple[NDArray[np.float32], NDArray[np.int64]] | None = None,
+    train_size: int | None = None,
     jobs: int = 1,
     backend: str = "local",
     address: str | None = None,
@@ -164,6 +234,11 @@ def train_reference_models(
 ) -> ReferenceSet:
     """Train ``count`` reference models, model ``k`` on a balanced random half of the reference
     data (plus, when ``candidates`` is given, a balanced random half of the candidates: online).
+
+    ``train_size`` caps each model's training set (reference + candidate samples) at the
+    target's training-set size: reference samples are dropped at random from a model's half
+    until it fits (online models then train on as many samples as offline ones, not on half the
+    reference data *plus* half the candidates). ``None`` keeps the halves as drawn.
 
     Deterministic for a given ``seed`` whatever ``jobs``/``backend`` (bit for bit on CPUs):
     membership comes from ``numpy.random.default_rng(seed)``, model ``k``'s torch seed from
@@ -179,6 +254,10 @@ def train_reference_models(
     cx, cy = candidates if candidates is not None else (x[:0], y[:0])
     in_ref = balanced_membership(count, len(x), rng)
     in_cand = balanced_membership(count, len(cx), rng)
+    if train_size is not None:
+        if train_size < 1:
+            raise InputError("the reference models' training-set size must be positive")
+        in_ref = cap_training_sets(in_ref, in_cand.sum(axis=1), train_size, rng)
     seeds = tuple(int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(count))
     job = TrainingJob(
         architecture=architecture,

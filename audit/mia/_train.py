@@ -46,6 +46,16 @@ class TrainingRecipe:
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0 or self.weight_decay < 0:
             raise InputError(f"invalid training recipe {self}")
 
+    def describe(self) -> dict[str, Any]:
+        return {
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "lr": self.lr,
+            "weight_decay": self.weight_decay,
+            "optimizer": "adam",
+            "loss": "cross-entropy",
+        }
+
 
 @dataclass(frozen=True)
 class TrainedWeights:

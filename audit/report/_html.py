@@ -161,6 +161,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
         "<h2>Compliance summary (GDPR Art. 17)</h2>",
         f"<div class='summary'><p><b>Requested.</b> {_e(compliance.get('requested', ''))}</p>",
         f"<p><b>Verified.</b> {_e(compliance.get('verified', ''))}</p>",
+        f"<p><b>Removed.</b> {_e(compliance.get('removed', ''))}</p>",
         f"<p><b>Residual risks.</b></p><ul>{residual}</ul></div>",
         "<h2>Checks</h2>",
         _checks(verification),

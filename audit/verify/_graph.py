@@ -22,6 +22,7 @@ __all__ = [
     "Head",
     "find_head",
     "load_onnx",
+    "match_original_nodes",
     "metadata",
     "original_problems",
     "patch_form_problems",
@@ -158,7 +159,7 @@ def _list_problem(kind: str, original: Sequence[Any], patched: Sequence[Any]) ->
     return []
 
 
-def _match_original_nodes(original: Any, patched: Any) -> tuple[list[str], list[Any]]:
+def match_original_nodes(original: Any, patched: Any) -> tuple[list[str], list[Any]]:
     """Original nodes must appear in the patched graph byte-identical and in the same order;
     every other node is a patch node. Returns (problems, patch nodes)."""
     problems: list[str] = []
@@ -241,7 +242,7 @@ def _patch_node_problems(
 def original_problems(original: Any, patched: Any) -> list[str]:
     """Ways in which ``patched`` fails to contain ``original`` unchanged: nodes (same bytes, same
     order), initializers, graph inputs, opsets, functions; empty when the original is intact."""
-    node_problems, _ = _match_original_nodes(original, patched)
+    node_problems, _ = match_original_nodes(original, patched)
     problems = node_problems + _initializer_problems(original, patched)
     problems += _list_problem("graph inputs", original.graph.input, patched.graph.input)
     problems += _list_problem("opset imports", original.opset_import, patched.opset_import)
@@ -260,7 +261,7 @@ def patch_form_problems(original: Any, patched: Any, head: Head) -> list[str]:
     import onnx
 
     problems: list[str] = []
-    _, patch_nodes = _match_original_nodes(original, patched)
+    _, patch_nodes = match_original_nodes(original, patched)
     outputs = list(patched.graph.output)
     if [o.name for o in outputs] != [PATCH_OUTPUT]:
         names = ", ".join(o.name[:40] for o in outputs)

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -29,11 +29,14 @@ from numpy.typing import NDArray
 from prune.claims import Claim
 from prune.errors import DataError, PatchError
 from prune.export import OUTPUT, export_patched
+from prune.formats import ClassClaim
 from prune.gates import GATES
 from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
+from prune.proofs._duals import region_duals
 from prune.solvers import SOLVERS, make_solver
 from prune.targets import TARGET_POLICIES
+from prune.unlearn._class import DEFAULT_CLASS_MARGIN, suppress_class
 from prune.unlearn._evaluate import (
     batch_rows,
     margins_at,
@@ -53,11 +56,26 @@ from prune.unlearn._strategies import (
     solve_regions,
 )
 
-__all__ = ["DEFAULT_MARGIN", "DEFAULT_N", "FLOAT32_SLACK", "RETRIES", "UnlearnResult", "unlearn"]
+__all__ = [
+    "CLASS_MODES",
+    "DEFAULT_CLASS_MARGIN",
+    "DEFAULT_MARGIN",
+    "DEFAULT_N",
+    "FLOAT32_SLACK",
+    "RETRIES",
+    "UnlearnResult",
+    "unlearn",
+]
 
 DEFAULT_MARGIN = 0.1
 DEFAULT_N = 1000.0
 RETRIES = 2
+ClassMode = Literal["suppress", "regions"]
+CLASS_MODES: tuple[ClassMode, ...] = ("suppress", "regions")
+"""How ``forget_class`` is honoured: ``suppress`` (default) caps the class's logit below the best
+other class everywhere and certifies it over the whole input box (:mod:`prune.suppress`);
+``regions`` patches the linear regions of the class's training samples only (the class stays
+predictable elsewhere, e.g. on its test samples)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,6 +93,10 @@ class UnlearnResult:
     forget_y: NDArray[np.int64]
     forget_indices: NDArray[np.int64]
     failed: tuple[int, ...]
+    duals: NDArray[np.float32] | None = None
+    """The region certificate: dual multipliers of every certified claim's obligation rows
+    (:func:`prune.proofs.region_duals`), written to ``PROOF/certificate.dual``."""
+    class_claim: ClassClaim | None = None
 
     @property
     def complete(self) -> bool:
@@ -105,6 +127,8 @@ def unlearn(
     *,
     forget_indices: Sequence[int] | NDArray[np.integer] | None = None,
     forget_class: int | None = None,
+    class_mode: ClassMode = "suppress",
+    class_margin: float = DEFAULT_CLASS_MARGIN,
     x_test: NDArray[np.float32] | None = None,
     y_test: NDArray[np.int64] | None = None,
     solver: str = "lagrangian",
@@ -122,9 +146,13 @@ def unlearn(
     """Patch ``model`` (ONNX bytes) so that it forgets the requested training samples.
 
     ``threads`` caps torch's intra-op threads (restored afterwards) and onnxruntime's; on a
-    loaded machine one thread is often much faster for the many small ops of the solver."""
+    loaded machine one thread is often much faster for the many small ops of the solver.
+    A ``forget_class`` is honoured as ``class_mode`` says (:data:`CLASS_MODES`); ``class_margin``
+    is the suppression's logit gap."""
     with _torch_threads(threads):
         started = clock()
+        if class_mode not in CLASS_MODES:
+            raise PatchError(f"unknown class mode {class_mode!r} (choose {', '.join(CLASS_MODES)})")
         _check_options(solver, gate, target_policy, strategy, margin, n)
         imported = load_model(model, cut=cut)
         head = imported.head
@@ -133,6 +161,30 @@ def unlearn(
             y_train, forget_indices=forget_indices, forget_class=forget_class, classes=head.classes
         )
         x_train = np.ascontiguousarray(x_train, dtype=np.float32)
+        if request.mode == "class" and class_mode == "suppress":
+            suppressed = suppress_class(
+                imported,
+                request,
+                x_train,
+                y_train,
+                x_test,
+                y_test,
+                margin=class_margin,
+                threads=threads,
+                clock=clock,
+                started=started,
+            )
+            return UnlearnResult(
+                patched_model=suppressed.model,
+                claims=suppressed.claims,
+                method=suppressed.method,
+                summary=suppressed.summary,
+                forget_x=x_train[request.indices],
+                forget_y=np.asarray(y_train, dtype=np.int64)[request.indices],
+                forget_indices=request.indices,
+                failed=suppressed.failed,
+                class_claim=suppressed.claim,
+            )
         forget_x = x_train[request.indices]
         forget_y = np.asarray(y_train, dtype=np.int64)[request.indices]
 
@@ -163,6 +215,11 @@ def unlearn(
             imported, patched, x_train, y_train, x_test, y_test, request, rows=rows, threads=threads
         )
         claims = _claims(request, forget_y, original_pred, plan, ok, margin)
+        t_duals = clock()
+        duals = region_duals(
+            head, box, active=plan.active, targets=plan.targets, C=plan.C, d=plan.d, claims=claims
+        )
+        t_duals = clock() - t_duals
         failed = tuple(int(m) for m in np.flatnonzero(~ok))
         method = method_parameters(
             request,
@@ -178,6 +235,8 @@ def unlearn(
             box=box,
             seed=seed,
         )
+        if request.mode == "class":
+            method["class_mode"] = "regions"
         finished = clock()
         shared = shared_regions(points.active)
         summary: dict[str, Any] = {
@@ -200,6 +259,7 @@ def unlearn(
             "seconds_solve": t_export - t_solve,
             "seconds_export_recheck": t_evaluate - t_export,
             "seconds_evaluate": finished - t_evaluate,
+            "seconds_region_certificate": t_duals,
             "peak_rss_mb": peak_rss_mb(),
         }
         return UnlearnResult(
@@ -211,6 +271,7 @@ def unlearn(
             forget_y=forget_y,
             forget_indices=request.indices,
             failed=failed,
+            duals=duals,
         )
 
 

@@ -52,11 +52,13 @@ def test_a_patched_model_is_read_through_its_original_output(tmp_path: Path) -> 
     assert arch.hidden == (48, 24)
 
 
-def test_a_cnn_needs_a_declaration_and_then_reads_its_head(tmp_path: Path) -> None:
+def test_a_cnn_is_rebuilt_from_its_graph_or_read_as_declared(tmp_path: Path) -> None:
     declared = Architecture("cnn", (32,), (1, 8, 8), 10)
     path = export_onnx(declared.build(), tmp_path / "c.onnx", (1, 8, 8))
-    with pytest.raises(InputError, match=r"Conv.*--arch cnn"):
-        resolve_architecture(onnx_model=path, declared=None, input_shape=(1, 8, 8), classes=10)
+    own = resolve_architecture(onnx_model=path, declared=None, input_shape=(1, 8, 8), classes=10)
+    assert own.kind == "onnx" and own.graph == path.read_bytes()  # the target's own graph
+    with pytest.raises(InputError, match="outputs of shape"):
+        resolve_architecture(onnx_model=path, declared=None, input_shape=(1, 8, 8), classes=3)
     arch = resolve_architecture(onnx_model=path, declared="cnn", input_shape=(1, 8, 8), classes=10)
     assert (arch.kind, arch.hidden) == ("cnn", (32,))
     explicit = resolve_architecture(
