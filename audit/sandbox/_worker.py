@@ -27,10 +27,16 @@ _LENGTH = struct.Struct(">Q")
 
 def _limit(max_memory: int, cpu_seconds: int) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if max_memory > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
-    if cpu_seconds > 0:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
+    for which, soft, extra in (
+        (resource.RLIMIT_AS, max_memory, 0),
+        (resource.RLIMIT_CPU, cpu_seconds, 5),
+    ):
+        if soft <= 0:
+            continue
+        _, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:  # never above what the parent was given
+            soft, extra = min(soft, hard), max(0, min(extra, hard - soft))
+        resource.setrlimit(which, (soft, soft + extra))
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytes:
