@@ -25,7 +25,20 @@ from typing import Any, BinaryIO
 _LENGTH = struct.Struct(">Q")
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the auditor's process dies, even mid-run."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the closed pipe still ends an idle worker
+
+
 def _limit(max_memory: int, cpu_seconds: int) -> None:
+    _die_with_parent()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     for which, soft, extra in (
         (resource.RLIMIT_AS, max_memory, 0),

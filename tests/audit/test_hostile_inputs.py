@@ -530,3 +530,28 @@ def test_twelve_gigabyte_npy_header_is_refused_unallocated(kit: ProofKit, tmp_pa
     )  # fmt: skip
     assert run.code == 2 and "size limits" in _one_line(run)
     assert run.peak_rss < MEMORY_CAP
+
+
+def test_two_unlearn_runs_into_one_out_leave_one_proof_and_no_leftovers(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
+    from prune.cli._unlearn import _write
+    from prune.errors import PruneError
+
+    out = tmp_path / "proof"
+
+    def result(tag: bytes) -> Any:
+        return SimpleNamespace(patched_model=tag, summary={"run": tag.decode()}, method={})
+
+    _write(out, result(b"first"), lambda folder: None)
+    with pytest.raises(PruneError, match="cannot write the proof"):
+        _write(out, result(b"second"), lambda folder: None)
+    assert (out / "model.onnx").read_bytes() == b"first"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proof"]
+    with pytest.raises(KeyboardInterrupt):
+
+        def interrupted(folder: Path) -> None:
+            raise KeyboardInterrupt
+
+        _write(tmp_path / "other", result(b"x"), interrupted)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["proof"]
