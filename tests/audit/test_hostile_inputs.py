@@ -555,3 +555,13 @@ def test_two_unlearn_runs_into_one_out_leave_one_proof_and_no_leftovers(tmp_path
 
         _write(tmp_path / "other", result(b"x"), interrupted)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["proof"]
+
+
+@pytest.mark.parametrize("labels", [[-1, 0], [10**12, 0]])
+def test_reference_labels_must_be_class_indices(tmp_path: Path, labels: list[int]) -> None:
+    from audit.errors import InputError
+    from audit.proof import Limits, load_reference
+
+    np.savez(tmp_path / "r.npz", x=np.zeros((2, 3), np.float32), y=np.array(labels))
+    with pytest.raises(InputError, match="class indices"):
+        load_reference(tmp_path / "r.npz", limits=Limits())
