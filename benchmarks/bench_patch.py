@@ -457,6 +457,135 @@ def scenario_scaling(data: dict[str, Any], args: argparse.Namespace) -> dict[str
     }
 
 
+def scenario_speedup(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """600 random training points unlearned and certified, the ``unlearn`` call timed as the
+    study times it (the call minus its utility evaluation: runtime patterns, solve, export and
+    the onnxruntime re-check), beside retraining the same recipe on the retained rows; both in
+    this process, one after the other, in wall and process CPU time (the CPU-time ratio is the
+    one load on the shared machine distorts least)."""
+    from prune.baselines._recipe import TrainRecipe, fit
+    from prune.train import TrainConfig
+    from prune.unlearn import unlearn
+
+    rng = np.random.default_rng(0)
+    n = len(data["y_train"])
+    forget = np.sort(rng.choice(n, args.points, replace=False))
+    start, cpu = time.perf_counter(), time.process_time()
+    result = unlearn(
+        data["raw"],
+        data["x_train"],
+        data["y_train"],
+        x_test=data["x_test"],
+        y_test=data["y_test"],
+        forget_indices=forget,
+        gate=args.gate,
+        threads=args.threads or None,
+    )
+    call_wall, call_cpu = time.perf_counter() - start, time.process_time() - cpu
+    summary = result.summary
+    evaluate = float(summary["seconds_evaluate"])
+    meta_path = Path(args.work) / "meta.json"
+    recipe = json.loads(meta_path.read_text())["recipe"] if meta_path.exists() else {}
+    config = TrainConfig(
+        arch="mlp",
+        hidden=tuple(recipe.get("hidden", (256, 256))),
+        epochs=int(recipe.get("epochs", 12)),
+        batch_size=int(recipe.get("batch_size", 128)),
+        lr=float(recipe.get("lr", 1e-3)),
+        seed=0,
+    )
+    keep = np.setdiff1d(np.arange(n), forget)
+    x_flat = data["x_train"].reshape(n, -1)
+    start, cpu = time.perf_counter(), time.process_time()
+    fit(
+        TrainRecipe(config=config, input_shape=(x_flat.shape[1],), classes=10),
+        x_flat[keep],
+        data["y_train"][keep],
+        seed=0,
+    )
+    retrain_wall, retrain_cpu = time.perf_counter() - start, time.process_time() - cpu
+    unlearn_wall = call_wall - evaluate
+    # the evaluation's CPU share, in proportion to its wall share of the call
+    unlearn_cpu = call_cpu * unlearn_wall / call_wall
+    return {
+        "points": args.points,
+        "gate": args.gate,
+        "solver_options": summary.get("method", {}).get("solver_options"),
+        "certified": summary["certified"],
+        "patches": summary["patches"],
+        "failed": len(result.failed),
+        "unlearn_seconds": unlearn_wall,
+        "unlearn_cpu_seconds": unlearn_cpu,
+        "call_seconds": call_wall,
+        "seconds_prepare": summary["seconds_prepare"],
+        "seconds_solve": summary["seconds_solve"],
+        "seconds_export_recheck": summary["seconds_export_recheck"],
+        "seconds_evaluate": evaluate,
+        "retrain_seconds": retrain_wall,
+        "retrain_cpu_seconds": retrain_cpu,
+        "retrain_recipe": dataclasses_asdict(config),
+        "speedup_wall": retrain_wall / unlearn_wall,
+        "speedup_cpu": retrain_cpu / unlearn_cpu,
+        "target_speedup": 50.0,
+        "test_accuracy_before": summary.get("test_accuracy_before"),
+        "test_accuracy_after": summary.get("test_accuracy_after"),
+        "patch_delta_mean": summary.get("patch_delta_mean"),
+    }
+
+
+def dataclasses_asdict(value: Any) -> dict[str, Any]:
+    import dataclasses
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(value).items()}
+
+
+def cli_unlearn_wall(args: argparse.Namespace, gate: str) -> dict[str, Any]:
+    """``prune unlearn`` for the same 600 points as a separate process, with a key (so the
+    proof is written too): its wall time, reported beside the library call."""
+    work = Path(args.work)
+    tmp = work.parent / "cli"
+    tmp.mkdir(exist_ok=True)
+    keys = tmp / "keys"
+    prune = [sys.executable, "-c", "from prune.cli import main; main()"]
+    if not (keys / "owner.key").exists():
+        subprocess.run([*prune, "keygen", "--out", str(keys)], check=True, capture_output=True)
+    n = len(np.load(work / "train.npz")["y"])
+    forget = np.sort(np.random.default_rng(0).choice(n, args.points, replace=False))
+    (tmp / "forget.txt").write_text("".join(f"{int(i)}\n" for i in forget))
+    out = tmp / f"proof-{gate}"
+    subprocess.run(["rm", "-rf", str(out)], check=True)
+    cmd = [
+        *prune,
+        "unlearn",
+        str(work / "model.onnx"),
+        "--train",
+        str(work / "train.npz"),
+        "--test",
+        str(work / "test.npz"),
+        "--forget-indices",
+        str(tmp / "forget.txt"),
+        "--key",
+        str(keys / "owner.key"),
+        "--out",
+        str(out),
+        "--gate",
+        gate,
+        "--quiet",
+    ]
+    load_before = os.getloadavg()
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    return {
+        "command": "prune unlearn MODEL --train --test --forget-indices (600) --key --out "
+        f"--gate {gate} --quiet",
+        "exit_code": proc.returncode,
+        "wall_seconds": time.perf_counter() - start,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "stderr": proc.stderr.strip()[-300:],
+    }
+
+
 def prepare_latency_patches(data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     """Solve real patches once (distinct regions of random training points), as many as the
     largest scaling row needs."""
@@ -509,6 +638,7 @@ RUNNERS = {
     "class-wide": scenario_class_wide,
     "latency": scenario_latency,
     "scaling": scenario_scaling,
+    "speedup": scenario_speedup,
     "prepare-latency": prepare_latency_patches,
 }
 
@@ -566,6 +696,12 @@ def run_child(args: argparse.Namespace, scenario: str, **extra: Any) -> dict[str
     result["load_average_before"] = load_before
     result["load_average_after"] = load_after
     return result
+
+
+def dataclasses_replace_points(args: argparse.Namespace, points: int) -> argparse.Namespace:
+    copy = argparse.Namespace(**vars(args))
+    copy.points = points
+    return copy
 
 
 def scaling_table(args: argparse.Namespace) -> dict[str, Any]:
@@ -632,7 +768,7 @@ def main() -> None:
     )
     parser.add_argument("--run-scenario", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--patches", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--gate", default="activation", help=argparse.SUPPRESS)
+    parser.add_argument("--gate", default="routed", help="gate of the speedup scenario")
     args = parser.parse_args()
     args.work = args.work or ROOT / "runs" / f"patch-{args.dataset}" / "work"
     if args.lp_points is None:
@@ -685,6 +821,10 @@ def main() -> None:
             doc["results"]["latency"] = table
         elif scenario == "scaling":
             doc["results"]["scaling"] = scaling_table(args)
+        elif scenario == "speedup":
+            row = run_child(args, "speedup", points=600, gate=args.gate)
+            row["cli"] = cli_unlearn_wall(dataclasses_replace_points(args, 600), args.gate)
+            doc["results"]["speedup"] = row
         else:
             doc["results"][scenario] = run_child(args, scenario)
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -11,12 +11,12 @@ from typing import Any, Literal, cast
 import click
 import numpy as np
 
+from audit.cli._cluster import cluster_options
 from audit.cli._common import sandbox_options, show_progress
 from audit.cli._verify import check_output, write_json
 from audit.errors import InputError
 from audit.mia import (
     ATTACKS,
-    BACKENDS,
     GameResult,
     LabelledData,
     LogitsFn,
@@ -202,14 +202,7 @@ _FILE = click.Path(path_type=Path, exists=True, dir_okay=False)
     help="LABEL=MODEL.onnx: score another model in the same game with the same reference models.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option(
-    "--backend",
-    type=click.Choice(list(BACKENDS)),
-    default="loky",
-    show_default=True,
-    help="joblib backend for training (ray/dask need those packages).",
-)
+@cluster_options
 @click.option("--bootstrap", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None)
@@ -238,8 +231,9 @@ def mia(
     sample_scores: bool,
     compare: tuple[str, ...],
     seed: int,
-    jobs: int,
     backend: str,
+    address: str | None,
+    jobs: int,
     bootstrap: int,
     device: str,
     json_out: Path | None,
@@ -296,6 +290,8 @@ def mia(
         bootstrap=bootstrap,
         jobs=jobs,
         backend=backend,
+        address=address,
+        device=device,
     )
     result = membership_audit(
         {label: fn for label, (_, fn) in targets.items()},

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from audit.cli._cluster import cluster_options
 from audit.cli._common import sandbox_options, show_progress
 from audit.errors import InputError
 from audit.verify import (
@@ -146,6 +147,7 @@ def write_json(path: Path, text: str) -> None:
     help="Largest tolerated TPR at 1% FPR in a failing direction.",
 )
 @click.option("--arch", default=None, help="Declare the reference models' architecture (e.g. cnn).")
+@cluster_options
 @click.option(
     "--accept-point-only",
     is_flag=True,
@@ -183,6 +185,9 @@ def verify(
     mia_max_gap: float,
     mia_max_tpr: float,
     arch: str | None,
+    backend: str,
+    address: str | None,
+    jobs: int,
     accept_point_only: bool,
     min_margin: float,
     fail_fast: bool,
@@ -212,6 +217,9 @@ def verify(
             max_gap=mia_max_gap,
             max_tpr=mia_max_tpr,
             arch=arch,
+            backend=backend,
+            address=address,
+            jobs=jobs,
         ),
     )
     if partial:

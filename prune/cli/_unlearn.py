@@ -24,7 +24,7 @@ from prune.formats import UnreadableFile, read_regular
 from prune.gates import GATES
 from prune.privacy import add_decoys
 from prune.solvers import SOLVERS
-from prune.targets import TARGET_POLICIES
+from prune.targets import POLICY_NAMES
 from prune.unlearn import (
     CLASS_MODES,
     DEFAULT_CLASS_MARGIN,
@@ -170,9 +170,25 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
 @click.option("--gate", type=click.Choice(list(GATES)), default="activation", show_default=True)
 @click.option(
     "--target-policy",
-    type=click.Choice(list(TARGET_POLICIES)),
+    type=click.Choice(list(POLICY_NAMES)),
     default="runner-up",
     show_default=True,
+    help="calibrated: forgotten samples get the output of a model that never saw them "
+    "(targets from --prepared, else from --test).",
+)
+@click.option(
+    "--prepared",
+    "prepared_path",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder written by prune prepare (cross-fitted targets for --target-policy calibrated).",
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(["temperature", "none"]),
+    default="temperature",
+    show_default=True,
+    help="Map of the prepared models' logits onto the original's scale.",
 )
 @click.option(
     "--strategy", type=click.Choice(list(STRATEGIES)), default="individual", show_default=True
@@ -231,6 +247,8 @@ def unlearn_command(
     solver: str,
     gate: str,
     target_policy: str,
+    prepared_path: Path | None,
+    calibration: str,
     strategy: str,
     margin: float,
     n: float,
@@ -260,6 +278,13 @@ def unlearn_command(
         rng = np.random.default_rng()  # OS entropy: outsiders must not reproduce the decoys
         plan = add_decoys(indices, n_train=len(y_train), per_request=decoys, rng=rng)
         indices = plan.forget_indices.tolist()
+    prepared = None
+    if prepared_path is not None:
+        if target_policy != "calibrated":
+            raise DataError("--prepared is only used with --target-policy calibrated")
+        from prune.calibrate import load_prepared
+
+        prepared = load_prepared(prepared_path, model=raw, x_train=x_train, y_train=y_train)
     passphrase = _open_key(key_path) if key_path is not None else None
     result = unlearn(
         raw,
@@ -281,6 +306,8 @@ def unlearn_command(
         seed=seed,
         progress=show_progress(quiet),
         threads=threads,
+        prepared=prepared,
+        calibration=calibration,
     )
     if key_path is not None and not result.complete:
         raise PruneError(

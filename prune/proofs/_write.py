@@ -23,7 +23,7 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from numpy.typing import NDArray
 
-from prune.claims import Claim
+from prune.claims import CalibratedClaim, Claim
 from prune.errors import ProofError
 from prune.formats import (
     DUAL_FILE,
@@ -67,7 +67,7 @@ class UnlearnOutcome(Protocol):
     @property
     def patched_model(self) -> bytes: ...
     @property
-    def claims(self) -> Sequence[Claim]: ...
+    def claims(self) -> Sequence[Claim | CalibratedClaim]: ...
     @property
     def method(self) -> Mapping[str, Any]: ...
     @property

@@ -125,3 +125,23 @@ def test_the_owners_train_json_is_read_and_malformed_ones_are_refused(tmp_path: 
         path.write_text(doc)
         with pytest.raises(InputError, match=message):
             read_train_json(path)
+
+
+def test_online_lira_takes_its_in_variance_from_the_training_pool_when_the_cap_leaves_none() -> (
+    None
+):
+    split = digits_split(0)
+    pool = (split.members.x, split.members.y)
+    refs = train_reference_models(
+        split.reference.x,
+        split.reference.y,
+        architecture=Architecture("mlp", (8,), (64,), 10),
+        count=4,
+        recipe=TrainingRecipe(epochs=1),
+        seed=0,
+        candidates=pool,
+        train_size=50,  # below each model's 100 candidates: no reference sample stays IN
+    )
+    assert not refs.in_reference.any()
+    attack = LiraAttack(variant="online").fit(reference=refs)
+    assert np.isfinite(attack.sd_in_) and attack.sd_in_ > 0 and np.isfinite(attack.sd_out_)

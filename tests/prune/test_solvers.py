@@ -161,7 +161,11 @@ def test_lagrangian_steps_tighten_the_bound(
         torch.from_numpy(case.targets),
         margin=torch.full((3,), MARGIN, dtype=torch.float64),
     )
-    tight = solutions["lagrangian"]
+    tight = LagrangianSolver(steps=40, scales="exact").solve(
+        case.regions,
+        torch.from_numpy(case.targets),
+        margin=torch.full((3,), MARGIN, dtype=torch.float64),
+    )
     exact = solutions["scale-shift"]  # exact LP shift: the smallest constant target push
     t = torch.from_numpy(case.targets).view(-1, 1)
     push_loose = loose.d.gather(1, t).view(-1)
