@@ -128,7 +128,9 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     type=click.Path(path_type=Path),
     help="File of training-row indices, one per line.",
 )
-@click.option("--forget-class", type=click.IntRange(min=0), help="Forget this whole class (see --class-mode).")
+@click.option(
+    "--forget-class", type=click.IntRange(min=0), help="Forget this whole class (see --class-mode)."
+)
 @click.option(
     "--class-mode",
     type=click.Choice(list(CLASS_MODES)),
