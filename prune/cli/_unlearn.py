@@ -171,10 +171,9 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
 @click.option(
     "--target-policy",
     type=click.Choice(list(POLICY_NAMES)),
-    default="runner-up",
-    show_default=True,
-    help="calibrated: forgotten samples get the output of a model that never saw them "
-    "(targets from --prepared, else from --test).",
+    default=None,
+    help="Default: calibrated with --prepared, else runner-up. calibrated: forgotten samples "
+    "get the output of a model that never saw them (targets from --prepared, else from --test).",
 )
 @click.option(
     "--prepared",
@@ -246,7 +245,7 @@ def unlearn_command(
     out: Path,
     solver: str,
     gate: str,
-    target_policy: str,
+    target_policy: str | None,
     prepared_path: Path | None,
     calibration: str,
     strategy: str,
@@ -280,7 +279,7 @@ def unlearn_command(
         indices = plan.forget_indices.tolist()
     prepared = None
     if prepared_path is not None:
-        if target_policy != "calibrated":
+        if target_policy not in (None, "calibrated"):
             raise DataError("--prepared is only used with --target-policy calibrated")
         from prune.calibrate import load_prepared
 
