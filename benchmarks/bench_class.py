@@ -140,7 +140,7 @@ def _write(model: str, rows: list[dict[str, Any]], *, complete: bool) -> Path:
     return path
 
 
-def run(model: str, classes: tuple[int, ...] | None = None) -> Path:
+def run(model: str, order: tuple[int, ...] | None = None) -> Path:
     dataset, _, arch = model.rpartition("-")
     torch.set_num_threads(1)
     for kind in ("original", "mia-refs"):
@@ -152,7 +152,7 @@ def run(model: str, classes: tuple[int, ...] | None = None) -> Path:
     z_train = logits(orig.onnx, orig.x_train, threads=1)
     before = _per_class(z_test, orig.y_test, classes)
     rows: list[dict[str, Any]] = []
-    for k in classes or CLASSES[model]:
+    for k in order or CLASSES[model]:
         result = unlearn(
             orig.onnx,
             orig.x_train,

@@ -49,7 +49,7 @@ def test_verified_exit_0_with_table_and_json(kit: ProofKit, tmp_path: Path) -> N
     assert f"VERIFIED: {len(CHECKS) - 4} passed, 0 failed, 4 not run" in result.output
     doc = json.loads(out.read_text())
     assert doc["verdict"] == "verified" and doc["settings"]["seed"] == 3
-    assert [c["name"] for c in doc["checks"]][:2] == ["signature.certificate", "signature.model"]
+    assert [c["name"] for c in doc["checks"]][:2] == ["signature.certificate", "claims.policy"]
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
