@@ -2,12 +2,19 @@
 
 Threat assumption: the model file is the owner's own, but it may be malformed or come from another
 exporter; everything that cannot be read raises :class:`ModelImportError` with one line naming the
-file problem, the op or the node."""
+file problem, the op or the node.
+
+Logits and output tail: exporters end classifiers with Softmax/LogSoftmax/ArgMax and extra
+outputs (probabilities, label). The *logits* tensor is the one input shared by the first of those
+ops on the way to the outputs (or the single graph output when there are none); every graph
+output must be computed from the logits and constants alone (the *tail*). The patch is added to
+the logits and the tail is replayed on the patched logits (docs/FORMATS.md, "Output tail")."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,10 +22,13 @@ from numpy.typing import NDArray
 
 from prune.errors import ModelImportError
 
-__all__ = ["MIN_OPSET", "GraphIndex", "describe_node", "parse_model"]
+__all__ = ["MIN_OPSET", "TAIL_OPS", "GraphIndex", "describe_node", "parse_model", "read_model"]
 
 MIN_OPSET = 13
 """The patch subgraph uses the opset-13 forms of ReduceSum/Unsqueeze (axes as inputs)."""
+
+TAIL_OPS = frozenset({"Softmax", "LogSoftmax", "ArgMax"})
+"""Default-domain ops that mark the start of the output tail: their input is the logits."""
 
 
 def describe_node(node: Any, index: int) -> str:
@@ -27,18 +37,88 @@ def describe_node(node: Any, index: int) -> str:
     return f"{node.op_type} node '{name}'"
 
 
-def parse_model(raw: bytes) -> Any:
-    """Decode and check an ONNX ``ModelProto``; reject what the patch engine cannot export."""
+def read_model(path: Path) -> bytes:
+    """The model file at ``path`` as self-contained ONNX bytes: tensors stored as external data
+    (``torch.onnx.export``'s ``model.onnx.data``) are read from files *inside the model's folder*
+    (no absolute paths, no ``..``, no symlink leaving it, regular files only) and embedded. The
+    patched export and the certificate's original digest are over these bytes."""
+    from onnx import external_data_helper
+
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ModelImportError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+    proto = _decode(raw)
+    external = [t for t in _all_tensors(proto.graph) if _is_external(t)]
+    if not external:
+        return raw
+    folder = path.resolve().parent
+    for tensor in external:
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelImportError(
+                f"tensor '{tensor.name}' stores its data at {location!r}, outside the model's "
+                f"folder {folder}; keep the data file next to the model"
+            )
+        if not target.is_file():
+            raise ModelImportError(
+                f"tensor '{tensor.name}' stores its data in {location!r}, which is not a regular "
+                f"file in {folder}"
+            )
+    try:
+        external_data_helper.load_external_data_for_model(proto, str(folder))
+    except Exception as exc:  # onnx raises ValueError/OSError variants
+        raise ModelImportError(f"cannot read the external data of {path}: {exc}") from exc
+    if proto.ByteSize() >= 2_000_000_000:
+        raise ModelImportError(
+            f"{path} with its external data is over the 2 GB protobuf limit; not supported"
+        )
+    return bytes(proto.SerializeToString())
+
+
+def _decode(raw: bytes) -> Any:
     import onnx
 
     if not raw:
         raise ModelImportError("the model file is empty")
     try:
-        proto = onnx.load_from_string(raw)
+        return onnx.load_from_string(raw)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelImportError(
             f"not an ONNX model (cannot decode protobuf: {exc.__class__.__name__})"
         ) from exc
+
+
+def _is_external(tensor: Any) -> bool:
+    import onnx
+
+    return bool(tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data)
+
+
+def _all_tensors(graph: Any) -> Iterator[Any]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+
+
+def parse_model(raw: bytes) -> Any:
+    """Decode and check an ONNX ``ModelProto``; reject what the patch engine cannot export.
+    ``raw`` must be self-contained (see :func:`read_model` for models with external data)."""
+    import onnx
+
+    proto = _decode(raw)
+    for tensor in _all_tensors(proto.graph):
+        if _is_external(tensor):
+            raise ModelImportError(
+                f"tensor '{tensor.name}' is stored as external data; load the model from its "
+                "file with prune.model.read_model (the CLI does), which embeds the data found "
+                "next to it"
+            )
     if not proto.graph.node:
         raise ModelImportError("not an ONNX model (the graph has no nodes)")
     try:
@@ -51,10 +131,6 @@ def parse_model(raw: bytes) -> Any:
         raise ModelImportError(
             f"the model uses ONNX opset {opset}; the patch export needs opset >= {MIN_OPSET} "
             "(re-export the model with a newer opset)"
-        )
-    if len(proto.graph.output) != 1:
-        raise ModelImportError(
-            f"the model must have exactly one output (the logits), it has {len(proto.graph.output)}"
         )
     if len(_real_inputs(proto)) != 1:
         raise ModelImportError(
@@ -79,7 +155,9 @@ def _real_inputs(proto: Any) -> list[Any]:
 class GraphIndex:
     """Lookup tables over one graph. ``constants`` holds every initializer and every ``Constant``
     node output as float64/int64 arrays; ``producer``/``consumers`` map tensor names to node
-    positions (nodes are in the file's topological order)."""
+    positions (nodes are in the file's topological order). ``output_name`` is the logits tensor
+    (see the module docstring), ``outputs`` the graph outputs and ``tail`` the positions of the
+    nodes computed from the logits."""
 
     proto: Any
     nodes: tuple[Any, ...]
@@ -89,6 +167,8 @@ class GraphIndex:
     input_name: str
     input_shape: tuple[int | str, ...]
     output_name: str
+    outputs: tuple[str, ...] = ()
+    tail: tuple[int, ...] = ()
 
     @classmethod
     def build(cls, proto: Any) -> GraphIndex:
@@ -115,15 +195,20 @@ class GraphIndex:
         shape = tuple(
             d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims
         )
+        nodes = tuple(graph.node)
+        outputs = tuple(o.name for o in graph.output)
+        logits, tail = _logits_and_tail(nodes, outputs, set(constants))
         return cls(
             proto=proto,
-            nodes=tuple(graph.node),
+            nodes=nodes,
             constants=constants,
             producer=producer,
             consumers={k: tuple(v) for k, v in consumers.items()},
             input_name=inp.name,
             input_shape=shape,
-            output_name=graph.output[0].name,
+            output_name=logits,
+            outputs=outputs,
+            tail=tail,
         )
 
     def tensor_names(self) -> set[str]:
@@ -163,6 +248,57 @@ class GraphIndex:
                 d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims
             )
         return out
+
+
+def _logits_and_tail(
+    nodes: tuple[Any, ...], outputs: tuple[str, ...], constants: set[str]
+) -> tuple[str, tuple[int, ...]]:
+    """The logits tensor and the tail node positions (module docstring)."""
+    after_tail: set[str] = set()
+    starts: list[tuple[int, Any]] = []
+    for i, node in enumerate(nodes):
+        reads_tail = any(name in after_tail for name in node.input)
+        if node.op_type in TAIL_OPS and node.domain in ("", "ai.onnx") and not reads_tail:
+            starts.append((i, node))
+            after_tail.update(node.output)
+        elif reads_tail:
+            after_tail.update(node.output)
+    candidates = sorted({node.input[0] for _, node in starts})
+    if not candidates:
+        if len(outputs) != 1:
+            raise ModelImportError(
+                f"the model has {len(outputs)} outputs and no Softmax/LogSoftmax/ArgMax to "
+                "tell the logits from them; export the logits as the single output"
+            )
+        return outputs[0], ()
+    if len(candidates) > 1:
+        where = ", ".join(describe_node(node, i) for i, node in starts)
+        raise ModelImportError(
+            f"the output tail ({where}) reads {len(candidates)} different tensors "
+            f"({', '.join(candidates)}); the model must have one logits tensor"
+        )
+    logits = candidates[0]
+    after = {logits}
+    tail: list[int] = []
+    for i, node in enumerate(nodes):
+        if any(name in after for name in node.input):
+            tail.append(i)
+            after.update(o for o in node.output if o)
+    for i in tail:
+        node = nodes[i]
+        for name in node.input:
+            if name and name not in after and name not in constants:
+                raise ModelImportError(
+                    f"{describe_node(node, i)} in the output tail after the logits '{logits}' "
+                    f"also reads '{name}'; every output must be computed from the logits alone"
+                )
+    for name in outputs:
+        if name not in after:
+            raise ModelImportError(
+                f"the model output '{name}' is not computed from the logits '{logits}'; "
+                "export the classifier's outputs only"
+            )
+    return logits, tuple(tail)
 
 
 def _constant_value(node: Any, index: int) -> NDArray[Any] | None:

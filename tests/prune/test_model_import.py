@@ -81,15 +81,15 @@ def test_cnn_defaults_to_the_feature_cut_and_names_the_blocking_node(tmp_path: P
     model = load_model(work.raw)
     assert model.head.cut == "features" and not model.input_space
     _head_matches_runtime(work.raw, work.x_test[:30])
-    with pytest.raises(ModelImportError, match=r"unsupported op MaxPool \(MaxPool node '.*'\)"):
+    with pytest.raises(ModelImportError, match=r"max pooling .* MaxPool \(MaxPool node '.*'\)"):
         load_model(work.raw, cut="input")
 
 
 @pytest.mark.parametrize(
     ("act", "message"),
     [
-        ("Sigmoid", r"non-ReLU activation Sigmoid \(Sigmoid node 'act'\)"),
-        ("Softmax", r"non-ReLU activation Softmax \(Softmax node 'act'\)"),
+        ("Sigmoid", r"non-piecewise-linear activation Sigmoid \(Sigmoid node 'act'\)"),
+        ("Softmax", r"no Relu/LeakyRelu/PRelu after the cut 'input'"),
         ("Abs", r"unsupported op Abs \(Abs node 'act'\)"),
     ],
 )
@@ -117,7 +117,10 @@ def test_residual_connection_is_refused() -> None:
 
 def test_transposed_input_gemm_is_refused() -> None:
     w = RNG.normal(size=(4, 3)).astype(np.float32)
-    nodes = [helper.make_node("Gemm", ["input", "w"], ["logits"], name="gt", transA=1)]
+    nodes = [
+        helper.make_node("Gemm", ["input", "w"], ["h"], name="gt", transA=1),
+        helper.make_node("Relu", ["h"], ["logits"], name="r"),
+    ]
     raw = graph_model(nodes, {"w": w}, inputs=("input", [4, 4]), output=("logits", [4, 3]))
     with pytest.raises(ModelImportError, match="Gemm node 'gt' cannot be patched"):
         load_model(raw)
