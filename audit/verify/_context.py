@@ -220,7 +220,7 @@ class VerifyContext:
     def original_model(self) -> OnnxModel:
         def make() -> OnnxModel:
             head = self.head()
-            extra = [n for n in (head.cut, *head.hidden) if n != head.input]
+            extra = [n for n in (head.cut, *head.hidden, head.output) if n != head.input]
             return self._session(self.original_bytes(), "original model", extra)
 
         return self.memo("ort:original", make)
@@ -238,10 +238,14 @@ class VerifyContext:
             raise CheckUnavailable(f"{what}: {exc}") from exc
 
     def _run(
-        self, model: OnnxModel, x: NDArray[np.float32], what: str
+        self,
+        model: OnnxModel,
+        x: NDArray[np.float32],
+        what: str,
+        outputs: list[str] | None = None,
     ) -> list[NDArray[np.float32]]:
         try:
-            return model.run(x, batch_size=_BATCH)
+            return model.run(x, outputs=outputs, batch_size=_BATCH)
         except InputError as exc:
             raise CheckUnavailable(f"{what}: {exc}") from exc
         except Exception as exc:  # onnxruntime's own failure types
@@ -255,7 +259,9 @@ class VerifyContext:
         def make() -> Evaluation:
             head = self.head()
             model = self.original_model()
-            outs = dict(zip(model.output_names, self._run(model, x, "original model"), strict=True))
+            names = list(dict.fromkeys(n for n in (head.cut, *head.hidden, head.output)))
+            names = [n for n in names if n != head.input]
+            outs = dict(zip(names, self._run(model, x, "original model", names), strict=True))
             cut = x if head.cut == head.input else outs[head.cut]
             z = [outs[name].reshape(len(x), -1) for name in head.hidden]
             hidden = np.concatenate(z, axis=1) if z else np.zeros((len(x), 0), np.float32)
@@ -272,7 +278,7 @@ class VerifyContext:
         self, x: NDArray[np.float32], *, key: str | None = None
     ) -> NDArray[np.float32]:
         def make() -> NDArray[np.float32]:
-            out = self._run(self.patched_model(), x, "model.onnx")[0]
+            out = self._run(self.patched_model(), x, "model.onnx", [PATCH_OUTPUT])[0]
             if out.ndim != 2 or len(out) != len(x):
                 raise CheckUnavailable(
                     f"model.onnx: output has shape {out.shape}, expected [N, classes]"
@@ -310,7 +316,8 @@ class VerifyContext:
         head = self.head()
         model = self._head_sessions(cut_shape)[0]
         shaped = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *cut_shape)
-        outs = dict(zip(model.output_names, self._run(model, shaped, "original head"), strict=True))
+        names = list(dict.fromkeys((*head.hidden, head.output)))
+        outs = dict(zip(names, self._run(model, shaped, "original head", names), strict=True))
         z = [outs[name].reshape(len(x), -1) for name in head.hidden]
         hidden = np.concatenate(z, axis=1) if z else np.zeros((len(x), 0), np.float32)
         return hidden, outs[head.output].reshape(len(x), -1)
@@ -321,4 +328,4 @@ class VerifyContext:
         """The patched model's logits on flattened cut values ``x`` ``[N, d]``."""
         model = self._head_sessions(cut_shape)[1]
         shaped = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *cut_shape)
-        return self._run(model, shaped, "patched head")[0].reshape(len(x), -1)
+        return self._run(model, shaped, "patched head", [PATCH_OUTPUT])[0].reshape(len(x), -1)

@@ -138,6 +138,15 @@ def _past_layout(index: GraphIndex, cut: str) -> str:
     return cut
 
 
+def _affine_model(index: GraphIndex) -> bool:
+    """The whole model is affine (no activation at all): its one region is the input box."""
+    try:
+        check_cut(index, index.input_name, require_activation=False)
+    except ModelImportError:
+        return False
+    return True
+
+
 def inspect_model(raw: bytes) -> tuple[GraphIndex, list[CutReport]]:
     """Every candidate cut of the model, in node order (the input first)."""
     proto = parse_model(raw)
@@ -151,6 +160,7 @@ def load_model(raw: bytes, *, cut: str | None = None) -> ImportedModel:
     proto = parse_model(raw)
     index = GraphIndex.build(proto)
     input_shape = index.sample_shape(index.input_name)
+    affine_model = False
     if cut is None:
         reports = []
         for name in _candidates(index):
@@ -159,6 +169,8 @@ def load_model(raw: bytes, *, cut: str | None = None) -> ImportedModel:
                 cut = name
                 break
             reports.append(report)
+        if cut is None and _affine_model(index):
+            cut, affine_model = index.input_name, True
         if cut is None:
             first = reports[0].reason if reports else "the graph has no computed tensors"
             raise ModelImportError(
@@ -166,7 +178,7 @@ def load_model(raw: bytes, *, cut: str | None = None) -> ImportedModel:
                 "`prune inspect MODEL` lists why for each tensor"
             )
         cut = _past_layout(index, cut)
-    head = extract_head(index, cut)
+    head = extract_head(index, cut, require_activation=not affine_model)
     return ImportedModel(
         raw=raw,
         proto=proto,

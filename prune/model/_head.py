@@ -102,9 +102,9 @@ MAX_DENSE_ENTRIES = 150_000_000
 (1.2 GB): a whole convolutional network as dense layers does not fit; a later cut does."""
 
 
-def extract_head(index: GraphIndex, cut: str) -> PLHead:
+def extract_head(index: GraphIndex, cut: str, *, require_activation: bool = True) -> PLHead:
     """Convert the graph after ``cut`` to a :class:`PLHead`, or raise naming the op and node."""
-    chain = check_cut(index, cut)
+    chain = check_cut(index, cut, require_activation=require_activation)
     shape = index.sample_shape(cut)
     segments: list[list[tuple[Any, int, int]]] = [[]]
     activations: list[tuple[Any, int]] = []
@@ -134,10 +134,14 @@ def extract_head(index: GraphIndex, cut: str) -> PLHead:
     )
 
 
-def check_cut(index: GraphIndex, cut: str) -> list[tuple[int, int]]:
+def check_cut(
+    index: GraphIndex, cut: str, *, require_activation: bool = True
+) -> list[tuple[int, int]]:
     """The head's nodes after ``cut`` (each with the position of its computed input), checked
-    without evaluating anything: a chain of affine ops and activations with at least one
-    activation. Raises :class:`ModelImportError` naming the op, the node and what to do."""
+    without evaluating anything: a chain of affine ops and activations (with at least one
+    activation when ``require_activation``: an affine head has a single region, the whole box,
+    so its patch acts on every input). Raises :class:`ModelImportError` naming the op, the node
+    and what to do."""
     if cut not in index.tensor_names():
         raise ModelImportError(f"the model has no tensor named '{cut}' to cut at")
     if cut in index.constants:
@@ -148,7 +152,7 @@ def check_cut(index: GraphIndex, cut: str) -> list[tuple[int, int]]:
             f"'{cut}' is in the output tail after the logits '{index.output_name}'; cut before it"
         )
     chain = _chain(index, cut)
-    if not any(index.nodes[i].op_type in ACTIVATIONS for i, _ in chain):
+    if require_activation and not any(index.nodes[i].op_type in ACTIVATIONS for i, _ in chain):
         raise ModelImportError(
             f"no Relu/LeakyRelu/PRelu after the cut '{cut}': the head is affine, so a patch "
             "would act on every input; cut earlier (`prune inspect MODEL` lists the cuts)"
