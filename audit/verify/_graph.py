@@ -201,9 +201,7 @@ def find_head(original: Any, cut: str) -> Head:
                 )
     if outputs[0] not in after:
         raise CheckUnavailable(f"the logits {outputs[0]!r} do not depend on the cut {cut!r}")
-    hidden = tuple(
-        graph.node[i].input[0] for i in nodes if graph.node[i].op_type in _ACTIVATIONS
-    )
+    hidden = tuple(graph.node[i].input[0] for i in nodes if graph.node[i].op_type in _ACTIVATIONS)
     return Head(inputs[0], cut, hidden, outputs[0], tuple(nodes), tail)
 
 

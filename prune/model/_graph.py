@@ -13,7 +13,7 @@ the logits and the tail is replayed on the patched logits (docs/FORMATS.md, "Out
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,8 @@ class GraphIndex:
     output_name: str
     outputs: tuple[str, ...] = ()
     tail: tuple[int, ...] = ()
+    _shapes: dict[str, tuple[int | str, ...]] = field(default_factory=dict, repr=False)
+    _inferred: dict[str, tuple[int | str, ...]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, proto: Any) -> GraphIndex:
@@ -223,9 +225,12 @@ class GraphIndex:
             dims = self.input_shape[1:]
         else:
             dims = self._inferred_shapes().get(tensor, ())
+            if not dims or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+                dims = self._runtime_shapes().get(tensor, ())
             if not dims:
                 raise ModelImportError(
-                    f"cannot infer the shape of tensor '{tensor}' (ONNX shape inference gives none)"
+                    f"cannot infer the shape of tensor '{tensor}' (neither ONNX shape inference "
+                    "nor a run of the model gives one)"
                 )
             dims = dims[1:]
         if not all(isinstance(d, int) and d > 0 for d in dims):
@@ -234,7 +239,47 @@ class GraphIndex:
             )
         return tuple(int(d) for d in dims)
 
+    def _runtime_shapes(self) -> dict[str, tuple[int | str, ...]]:
+        """Shapes seen by onnxruntime on one all-zero sample (for tensors after shape
+        computations that ONNX shape inference cannot follow, e.g. ``x.view(x.size(0), ...)``);
+        the per-sample shape must be static, which the head's evaluation re-checks."""
+        if "\0runtime" in self._shapes:
+            return self._shapes
+        import onnx
+        import onnxruntime as ort
+
+        self._shapes["\0runtime"] = ()
+        try:
+            per_sample = self.sample_shape(self.input_name)
+        except ModelImportError:
+            return self._shapes
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        known = {o.name for o in proto.graph.output}
+        names = [
+            o for n in proto.graph.node for o in n.output if o and o not in known
+        ]
+        for name in names:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            session = ort.InferenceSession(
+                proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+            feed = {self.input_name: np.zeros((1, *per_sample), dtype=np.float32)}
+            outs = session.run(names, feed)
+        except Exception:  # onnxruntime's own types; shape inference then stays the only source
+            return self._shapes
+        for name, value in zip(names, outs, strict=True):
+            if isinstance(value, np.ndarray):
+                self._shapes[name] = tuple(int(d) for d in value.shape)
+        return self._shapes
+
     def _inferred_shapes(self) -> dict[str, tuple[int | str, ...]]:
+        if "\0inferred" in self._shapes:
+            return self._inferred
         import onnx
 
         try:
@@ -247,6 +292,8 @@ class GraphIndex:
             out[vi.name] = tuple(
                 d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims
             )
+        self._shapes["\0inferred"] = ()
+        self._inferred.update(out)
         return out
 
 

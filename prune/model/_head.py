@@ -12,6 +12,7 @@ each node has exactly one computed input, and only affine ops and those activati
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,7 +169,7 @@ def dense_entries(index: GraphIndex, cut: str, chain: list[tuple[int, int]]) -> 
         if node.op_type in ACTIVATIONS:
             sizes.append(int(np.prod(index.sample_shape(node.input[0]))))
     sizes.append(int(np.prod(index.sample_shape(index.output_name))))
-    return sum(a * b for a, b in zip(sizes, sizes[1:], strict=False))
+    return sum(a * b for a, b in itertools.pairwise(sizes))
 
 
 def _slope(node: Any, node_index: int, shape: tuple[int, ...], index: GraphIndex) -> Array:
@@ -227,11 +228,19 @@ def _chain(index: GraphIndex, cut: str) -> list[tuple[int, int]]:
                 f"{kind} {node.op_type} ({label}) after the cut '{cut}'; the patched part may "
                 "only use affine ops and Relu/LeakyRelu/PRelu: cut after it"
             )
+        outside = [
+            name
+            for i, name in enumerate(node.input)
+            if name and i != dynamic[0] and name not in index.constants
+        ]
+        if outside:
+            raise ModelImportError(
+                f"{label} also reads '{outside[0]}', computed before the cut '{cut}' (a skip "
+                "connection around it); cut after the join"
+            )
         if node.op_type in ACTIVATIONS and dynamic[0] != 0:
             raise ModelImportError(f"{label}: the computed tensor must be the data input")
-        extra = [
-            o for o in node.output[1:] if o and (o in index.consumers or o in index.outputs)
-        ]
+        extra = [o for o in node.output[1:] if o and (o in index.consumers or o in index.outputs)]
         if not node.output or extra:
             raise ModelImportError(f"{label} has {len(node.output)} used outputs; expected one")
         chain.append((node_index, dynamic[0]))
