@@ -256,9 +256,7 @@ class GraphIndex:
         proto = onnx.ModelProto()
         proto.CopyFrom(self.proto)
         known = {o.name for o in proto.graph.output}
-        names = [
-            o for n in proto.graph.node for o in n.output if o and o not in known
-        ]
+        names = [o for n in proto.graph.node for o in n.output if o and o not in known]
         for name in names:
             proto.graph.output.append(onnx.ValueInfoProto(name=name))
         opts = ort.SessionOptions()

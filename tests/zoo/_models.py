@@ -153,7 +153,9 @@ class ZooModel:
     covers: tuple[str, ...]
     epochs: int = 12
 
-    def export(self, data: Digits, folder: Path) -> tuple[Path, Callable[[NDArray[np.float32]], NDArray[np.float64]]]:
+    def export(
+        self, data: Digits, folder: Path
+    ) -> tuple[Path, Callable[[NDArray[np.float32]], NDArray[np.float64]]]:
         """Train (seeded), export to ``folder/model.onnx``; return the path and a function giving
         the framework's own class scores (logits or probabilities) for the comparison."""
         folder.mkdir(parents=True, exist_ok=True)
@@ -224,17 +226,61 @@ def _sklearn(data: Digits, path: Path) -> Callable[[NDArray[np.float32]], NDArra
 
 
 ZOO: tuple[ZooModel, ...] = (
-    ZooModel("skl_mlp", "skl2onnx", None, False, ("Cast", "MatMul+Add", "[1,H] bias", "Softmax", "ArgMax", "ZipMap", "ai.onnx.ml tail")),
-    ZooModel("dyn_leaky_dropout", "dynamo", _mlp_leaky, True, ("external data", "LeakyRelu", "Dropout", "Gemm", "Softmax")),
-    ZooModel("leg_leaky_dropout", "legacy", _mlp_leaky, False, ("LeakyRelu", "Dropout", "Gemm transB")),
+    ZooModel(
+        "skl_mlp",
+        "skl2onnx",
+        None,
+        False,
+        ("Cast", "MatMul+Add", "[1,H] bias", "Softmax", "ArgMax", "ZipMap", "ai.onnx.ml tail"),
+    ),
+    ZooModel(
+        "dyn_leaky_dropout",
+        "dynamo",
+        _mlp_leaky,
+        True,
+        ("external data", "LeakyRelu", "Dropout", "Gemm", "Softmax"),
+    ),
+    ZooModel(
+        "leg_leaky_dropout", "legacy", _mlp_leaky, False, ("LeakyRelu", "Dropout", "Gemm transB")
+    ),
     ZooModel("dyn_prelu", "dynamo", _mlp_prelu, False, ("PRelu", "external data")),
     ZooModel("leg_prelu", "legacy", _mlp_prelu, True, ("PRelu", "Softmax")),
     ZooModel("leg_bn", "legacy", _mlp_bn, False, ("BatchNormalization",)),
-    ZooModel("dyn_cnn_gap", "dynamo", _cnn_gap, False, ("Reshape", "Conv", "BatchNormalization", "AveragePool", "ReduceMean"), epochs=4),
-    ZooModel("leg_cnn_gap", "legacy", _cnn_gap, True, ("Reshape", "Conv", "AveragePool", "GlobalAveragePool", "Flatten", "Softmax"), epochs=4),
-    ZooModel("leg_cnn_mean", "legacy", _cnn_mean, False, ("ReduceMean", "LeakyRelu", "Conv"), epochs=4),
-    ZooModel("dyn_cnn_maxpool", "dynamo", _cnn_maxpool, False, ("MaxPool (prefix; default cut after it)",), epochs=4),
-    ZooModel("leg_resnet", "legacy", _resnet, True, ("residual Add (prefix; default cut after the join)", "Conv", "BatchNormalization"), epochs=4),
+    ZooModel(
+        "dyn_cnn_gap",
+        "dynamo",
+        _cnn_gap,
+        False,
+        ("Reshape", "Conv", "BatchNormalization", "AveragePool", "ReduceMean"),
+        epochs=4,
+    ),
+    ZooModel(
+        "leg_cnn_gap",
+        "legacy",
+        _cnn_gap,
+        True,
+        ("Reshape", "Conv", "AveragePool", "GlobalAveragePool", "Flatten", "Softmax"),
+        epochs=4,
+    ),
+    ZooModel(
+        "leg_cnn_mean", "legacy", _cnn_mean, False, ("ReduceMean", "LeakyRelu", "Conv"), epochs=4
+    ),
+    ZooModel(
+        "dyn_cnn_maxpool",
+        "dynamo",
+        _cnn_maxpool,
+        False,
+        ("MaxPool (prefix; default cut after it)",),
+        epochs=4,
+    ),
+    ZooModel(
+        "leg_resnet",
+        "legacy",
+        _resnet,
+        True,
+        ("residual Add (prefix; default cut after the join)", "Conv", "BatchNormalization"),
+        epochs=4,
+    ),
     ZooModel("dyn_resnet", "dynamo", _resnet, False, ("residual Add", "external data"), epochs=4),
     ZooModel("leg_relu6", "legacy", _mlp_relu6, False, ("Clip (prefix; default cut after it)",)),
 )

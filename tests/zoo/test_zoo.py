@@ -29,9 +29,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Digits]:
     data = digits()
     np.savez(root / "train.npz", x=data.x_train.reshape(len(data.x_train), -1), y=data.y_train)
     np.savez(root / "test.npz", x=data.x_test.reshape(len(data.x_test), -1), y=data.y_test)
-    keys = CliRunner().invoke(
-        prune_cli, ["keygen", "--out", str(root / "keys"), "--no-passphrase"]
-    )
+    keys = CliRunner().invoke(prune_cli, ["keygen", "--out", str(root / "keys"), "--no-passphrase"])
     assert keys.exit_code == 0, keys.output
     return root, data
 
@@ -56,7 +54,9 @@ def _label(session: ort.InferenceSession, x: NDArray[np.float32]) -> NDArray[np.
 
 def _params() -> list[object]:
     return [
-        pytest.param(m, id=m.name, marks=[pytest.mark.slow] if any(k in m.name for k in _CONV) else [])
+        pytest.param(
+            m, id=m.name, marks=[pytest.mark.slow] if any(k in m.name for k in _CONV) else []
+        )
         for m in ZOO
     ]
 
