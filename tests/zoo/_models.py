@@ -75,7 +75,7 @@ def _mlp_leaky() -> nn.Module:
 
 
 def _mlp_prelu() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 24), nn.PReLU(24), nn.Linear(24, 10))
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.PReLU(64), nn.Linear(64, 10))
 
 
 def _mlp_bn() -> nn.Module:
