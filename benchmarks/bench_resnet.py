@@ -43,7 +43,9 @@ class Block(nn.Module):
         self.b2 = nn.BatchNorm2d(cout)
         self.short: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            self.short = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.relu(self.short(x) + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
@@ -52,7 +54,9 @@ class Block(nn.Module):
 class ResNet20(nn.Module):
     def __init__(self, classes: int = 10) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+        )
         blocks: list[nn.Module] = []
         cin = 16
         for cout, stride in ((16, 1), (32, 2), (64, 2)):
@@ -100,7 +104,9 @@ def train(x: np.ndarray, y: np.ndarray, *, epochs: int, seed: int) -> tuple[ResN
 
 def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     with torch.no_grad():
-        pred = torch.cat([net(torch.from_numpy(x[i : i + 256])).argmax(1) for i in range(0, len(x), 256)])
+        pred = torch.cat(
+            [net(torch.from_numpy(x[i : i + 256])).argmax(1) for i in range(0, len(x), 256)]
+        )
     return float((pred.numpy() == y).mean())
 
 
@@ -155,7 +161,9 @@ def main() -> None:
     (work / "forget.txt").write_text("".join(f"{i}\n" for i in forget))
     keys = work / "keys"
     if not (keys / "owner.key").exists():
-        subprocess.run([str(BIN / "prune"), "keygen", "--out", str(keys), "--no-passphrase"], check=True)
+        subprocess.run(
+            [str(BIN / "prune"), "keygen", "--out", str(keys), "--no-passphrase"], check=True
+        )
     proof = work / "proof"
     if proof.exists():
         import shutil

@@ -27,6 +27,7 @@ __all__ = [
     "Head",
     "find_head",
     "load_onnx",
+    "match_original_nodes",
     "metadata",
     "original_problems",
     "output_tail",
@@ -243,7 +244,7 @@ def expected_outputs(original: Any) -> list[Any]:
     return outs
 
 
-def _match_original_nodes(original: Any, patched: Any) -> tuple[list[str], list[Any]]:
+def match_original_nodes(original: Any, patched: Any) -> tuple[list[str], list[Any]]:
     """Original nodes before the tail must appear in the patched graph byte-identical and in
     the same order; the patched graph must end with the replayed tail (:func:`replayed_tail`);
     every other node is a patch node. Returns (problems, patch nodes)."""
@@ -336,7 +337,7 @@ def _patch_node_problems(
 def original_problems(original: Any, patched: Any) -> list[str]:
     """Ways in which ``patched`` fails to contain ``original`` unchanged: nodes (same bytes, same
     order), initializers, graph inputs, opsets, functions; empty when the original is intact."""
-    node_problems, _ = _match_original_nodes(original, patched)
+    node_problems, _ = match_original_nodes(original, patched)
     problems = node_problems + _initializer_problems(original, patched)
     problems += _list_problem("graph inputs", original.graph.input, patched.graph.input)
     problems += _list_problem("opset imports", original.opset_import, patched.opset_import)
@@ -355,7 +356,7 @@ def patch_form_problems(original: Any, patched: Any, head: Head) -> list[str]:
     import onnx
 
     problems: list[str] = []
-    _, patch_nodes = _match_original_nodes(original, patched)
+    _, patch_nodes = match_original_nodes(original, patched)
     outputs = list(patched.graph.output)
     expected_out = expected_outputs(original)
     want = [PATCH_OUTPUT if o is None else o.name for o in expected_out]

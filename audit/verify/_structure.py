@@ -27,10 +27,19 @@ from typing import Any
 import numpy as np
 
 from audit.verify._affine import parse_head
+from audit.verify._canonical import (
+    GATE_FORMS,
+    TAIL_FORMS,
+    PatchSpec,
+    canonical_patch,
+    compare_patch_graph,
+    expected_metadata,
+    gate_linear,
+)
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome
-from audit.verify._graph import original_problems, patch_form_problems
-from audit.verify._replay import claim_arrays
+from audit.verify._graph import match_original_nodes, metadata, original_problems
+from audit.verify._replay import patch_arrays
 
 __all__ = ["StructureOriginal", "StructurePatch"]
 
@@ -77,10 +86,14 @@ class StructurePatch(Check[VerifyContext]):
     requires = frozenset({"original", "forget"})
 
     def run(self, ctx: VerifyContext) -> CheckOutcome:
+        if ctx.predicate.class_claim is not None:  # another patch form, rebuilt exactly there
+            return self.not_applicable(
+                "class suppression: the form is checked by class.suppression"
+            )
         head = ctx.head()
-        problems = patch_form_problems(ctx.original_proto(), ctx.patched_proto(), head)
         method = ctx.predicate.method
         params = ctx.patch()
+        problems: list[str] = []
         if method.get("gate") != params.gate:
             problems.append(f"certificate gate {method.get('gate')!r}, model gate {params.gate!r}")
         if (
@@ -103,7 +116,15 @@ class StructurePatch(Check[VerifyContext]):
         }
         if problems:
             return self.failed(_summarise(problems), problems=problems[:20], **evidence)
-        cols = claim_arrays(ctx.predicate.claims)
+        problems = canonical_problems(ctx, params, ev.x.shape[1], ev.z.shape[1])
+        evidence["canonical"] = not problems
+        if problems:
+            return self.failed(
+                f"patch graph is not the canonical form: {_summarise(problems)}",
+                problems=problems[:20],
+                **evidence,
+            )
+        cols = patch_arrays(ctx.predicate.claims)
         rows = np.searchsorted(openings.leaf_index, cols["leaf"]).clip(0, len(openings) - 1)
         if (cols["patch"] >= params.patches).any():
             return self.failed(f"a claim names a patch outside [0, {params.patches})", **evidence)
@@ -131,7 +152,7 @@ class StructurePatch(Check[VerifyContext]):
     ) -> str | None:
         params = ctx.patch()
         z = z.astype(np.float64)
-        if params.gate == "activation":
+        if params.gate in ("activation", "routed"):  # routed: patterns unpacked into pos/neg
             assert params.pos is not None and params.neg is not None
             pos, neg = params.pos[:, patch].T, params.neg[:, patch].T  # [claims, H]
             if not np.array_equal(pos + neg, np.ones_like(pos)):
@@ -191,3 +212,37 @@ class StructurePatch(Check[VerifyContext]):
                 f"{error:.3g} on {len(points)} points)"
             )
         return None
+
+
+def canonical_problems(ctx: VerifyContext, params: Any, cut_dim: int, hidden: int) -> list[str]:
+    """Differences between the patched model's added subgraph and the canonical patch graph
+    rebuilt from the declared parameters (:mod:`audit.verify._canonical`)."""
+    head = ctx.head()
+    original, patched = ctx.original_proto(), ctx.patched_proto()
+    meta = metadata(patched)
+    gate = meta.get("prune.gate", "")
+    tail = meta.get("prune.tail")
+    if gate not in GATE_FORMS:
+        return [f"metadata prune.gate {gate[:30]!r} names no known patch form"]
+    if (tail or "logits") not in TAIL_FORMS:
+        return [f"metadata prune.tail {str(tail)[:30]!r} names no known patch tail"]
+    spec = PatchSpec(
+        head=head,
+        gate=gate,
+        patches=params.patches,
+        classes=params.classes,
+        hidden=hidden,
+        cut_dim=cut_dim,
+        affine=params.C is not None,
+        linear=gate_linear(params),
+        routing=params.routing,
+    )
+    expected = canonical_patch(spec, tail=tail or "logits")
+    _, patch_nodes = match_original_nodes(original, patched)
+    return compare_patch_graph(
+        expected=expected,
+        patch_nodes=patch_nodes,
+        patched=patched,
+        original=original,
+        expected_meta=expected_metadata(head, gate, tail),
+    )

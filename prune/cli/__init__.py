@@ -17,6 +17,7 @@ __all__ = ["cli", "main"]
         "keygen": "prune.cli._keygen:keygen",
         "unlearn": "prune.cli._unlearn:unlearn_command",
         "inspect": "prune.cli._inspect:inspect_command",
+        "prepare": "prune.cli._prepare:prepare_command",
     },
 )
 @click.version_option(package_name="prune-audit")

@@ -20,7 +20,7 @@ __all__ = ["inspect_command"]
 def inspect_command(model: Path, show_all: bool, as_json: bool) -> None:
     """List MODEL's piecewise-linear part: the logits and output tail, the default cut, every
     valid cut (with its head's activations and dense size) and why the other tensors are not."""
-    raw = read_model(model)
+    raw, _ = read_model(model)
     index, reports = inspect_model(raw)
     try:
         default: PLHead | None = load_model(raw).head

@@ -15,6 +15,8 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 from prune.formats._canonical import canonical_json, parse_canonical_json, parse_decimal_string
+from prune.formats._claims import ClaimKind, ClaimRecord, Region, parse_claim
+from prune.formats._class_claim import ClassClaim
 from prune.formats._fields import (
     expect_hex_digest,
     expect_int,
@@ -26,12 +28,16 @@ from prune.formats._sample import SAMPLE_ENCODING
 from prune.formats.errors import MalformedError
 
 __all__ = [
+    "DUAL_FILE",
+    "DUAL_FORMAT",
     "PAYLOAD_TYPE",
     "PREDICATE_TYPE",
     "PREDICATE_VERSION",
     "STATEMENT_TYPE",
     "SUBJECT_NAME",
+    "ClaimKind",
     "ClaimRecord",
+    "DualCertificate",
     "ForgetSet",
     "Mode",
     "PreviousBatch",
@@ -41,61 +47,16 @@ __all__ = [
 ]
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
-PREDICATE_TYPE = "https://prune-audit.dev/unlearning/v1"
-PREDICATE_VERSION = 1
+PREDICATE_TYPE = "https://prune-audit.dev/unlearning/v2"
+PREDICATE_VERSION = 2
+DUAL_FORMAT = "prune/dual/v1"
+DUAL_FILE = "certificate.dual"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 SUBJECT_NAME = "model.onnx"
 
 Mode = Literal["samples", "class"]
-Region = Literal["certified", "point-only"]
 _RFC3339_UTC = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _NONCE = re.compile(r"[0-9a-f]{32}")
-
-
-@dataclass(frozen=True)
-class ClaimRecord:
-    """One published guarantee (a :class:`prune.claims.Claim` without ``train_index``):
-    the patched model predicts ``target`` (never ``label``) with logit margin at least
-    ``certified_margin`` (decimal string) on the sample's region or only at the point."""
-
-    leaf_index: int
-    label: int
-    target: int
-    patch: int
-    certified_margin: str
-    region: Region
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "leaf_index": self.leaf_index,
-            "label": self.label,
-            "target": self.target,
-            "patch": self.patch,
-            "certified_margin": self.certified_margin,
-            "region": self.region,
-        }
-
-    @classmethod
-    def from_dict(cls, doc: Any, where: str) -> ClaimRecord:
-        doc = expect_object(doc, where)
-        expect_keys(doc, where, required=set(cls.__dataclass_fields__))
-        region = expect_str(doc["region"], f"{where}.region")
-        if region not in get_args(Region):
-            raise MalformedError(f"{where}.region: unknown value {region[:30]!r}")
-        margin = expect_str(doc["certified_margin"], f"{where}.certified_margin")
-        parse_decimal_string(margin, field=f"{where}.certified_margin")
-        label = expect_int(doc["label"], f"{where}.label", minimum=0)
-        target = expect_int(doc["target"], f"{where}.target", minimum=0)
-        if target == label:
-            raise MalformedError(f"{where}: target equals label {label}")
-        return cls(
-            leaf_index=expect_int(doc["leaf_index"], f"{where}.leaf_index", minimum=0),
-            label=label,
-            target=target,
-            patch=expect_int(doc["patch"], f"{where}.patch", minimum=0),
-            certified_margin=margin,
-            region=region,  # type: ignore[arg-type]  # checked against Region above
-        )
 
 
 @dataclass(frozen=True)
@@ -154,6 +115,45 @@ class PreviousBatch:
         )
 
 
+@dataclass(frozen=True)
+class DualCertificate:
+    """The region certificate file (``PROOF/certificate.dual``, format ``prune/dual/v1``):
+    ``rows x hidden`` little-endian float32 dual multipliers, one row per obligation row of every
+    ``certified`` claim, claims in leaf order, each claim's rows in its obligation order. Bound to
+    the signature by ``sha256``; any values are admissible (negative ones count as 0), so the
+    file can only make a bound looser, never unsound."""
+
+    sha256: str
+    rows: int
+    hidden: int
+    format: str = DUAL_FORMAT
+    path: str = DUAL_FILE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": self.format,
+            "path": self.path,
+            "sha256": self.sha256,
+            "rows": self.rows,
+            "hidden": self.hidden,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Any) -> DualCertificate:
+        where = "region_certificate"
+        doc = expect_object(doc, where)
+        expect_keys(doc, where, required={"format", "path", "sha256", "rows", "hidden"})
+        if doc["format"] != DUAL_FORMAT:
+            raise MalformedError(f"{where}.format: unknown {str(doc['format'])[:40]!r}")
+        if doc["path"] != DUAL_FILE:
+            raise MalformedError(f"{where}.path: expected {DUAL_FILE!r}")
+        return cls(
+            sha256=expect_hex_digest(doc["sha256"], f"{where}.sha256"),
+            rows=expect_int(doc["rows"], f"{where}.rows", minimum=0),
+            hidden=expect_int(doc["hidden"], f"{where}.hidden", minimum=0),
+        )
+
+
 def _check_utility(doc: Any) -> dict[str, str]:
     doc = expect_object(doc, "utility")
     for key, value in doc.items():
@@ -169,7 +169,12 @@ def _check_method(doc: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class UnlearningPredicate:
-    """Predicate ``https://prune-audit.dev/unlearning/v1``, version 1.
+    """Predicate ``https://prune-audit.dev/unlearning/v2``, version 2.
+
+    Version 2 (docs/FORMATS.md): every claim has a ``kind`` (:data:`prune.formats.CLAIM_KINDS`)
+    and ``region_certificate`` names the dual-multiplier file that proves every certified claim
+    over its region (``null`` when no claim is certified). Version 1 is no longer read: it
+    carried region claims without any certificate.
 
     Invariant (checked by the reader): ``claims[i].leaf_index == first_leaf + i`` and the claims
     end at ``forget_set.size``, where ``first_leaf`` is ``previous_root.size`` for an
@@ -180,12 +185,16 @@ class UnlearningPredicate:
     forget_set: ForgetSet
     mode: Mode
     method: Mapping[str, Any]
-    claims: tuple[ClaimRecord, ...]
+    claims: tuple[ClaimKind, ...]
     utility: Mapping[str, str]
     created: str
     nonce: str
     previous_root: PreviousBatch | None = None
     forget_class: int | None = field(default=None)
+    region_certificate: DualCertificate | None = None
+    class_claim: ClassClaim | None = field(default=None)
+    """Optional (class mode only): the class-level claim over the declared input box
+    (:class:`prune.formats.ClassClaim`); absent for region-only class deletions."""
 
     @property
     def first_leaf(self) -> int:
@@ -204,14 +213,24 @@ class UnlearningPredicate:
             "created": self.created,
             "nonce": self.nonce,
             "previous_root": None if self.previous_root is None else self.previous_root.to_dict(),
+            "region_certificate": (
+                None if self.region_certificate is None else self.region_certificate.to_dict()
+            ),
         }
         if self.forget_class is not None:
             doc["forget_class"] = self.forget_class
+        if self.class_claim is not None:
+            doc["class_claim"] = self.class_claim.to_dict()
         return doc
 
     @classmethod
     def from_dict(cls, doc: Any) -> UnlearningPredicate:
         doc = expect_object(doc, "predicate")
+        if doc.get("version") == 1:
+            raise MalformedError(
+                "predicate: version 1 is no longer accepted (its region claims carry no "
+                "certificate); reissue the proof with this release"
+            )
         if doc.get("version") != PREDICATE_VERSION:
             raise MalformedError(
                 f"predicate: unknown version {str(doc.get('version'))[:20]}; "
@@ -229,8 +248,9 @@ class UnlearningPredicate:
             "created",
             "nonce",
             "previous_root",
+            "region_certificate",
         }
-        expect_keys(doc, "predicate", required=required, optional={"forget_class"})
+        expect_keys(doc, "predicate", required=required, optional={"forget_class", "class_claim"})
         predicate = cls(
             original_model_sha256=_digest_object(doc["original_model"], "original_model"),
             patch_parameters_sha256=_digest_object(doc["patch_parameters"], "patch_parameters"),
@@ -251,6 +271,14 @@ class UnlearningPredicate:
                 if "forget_class" not in doc
                 else expect_int(doc["forget_class"], "forget_class", minimum=0)
             ),
+            region_certificate=(
+                None
+                if doc["region_certificate"] is None
+                else DualCertificate.from_dict(doc["region_certificate"])
+            ),
+            class_claim=(
+                None if "class_claim" not in doc else ClassClaim.from_dict(doc["class_claim"])
+            ),
         )
         predicate._check_consistent()
         return predicate
@@ -258,6 +286,8 @@ class UnlearningPredicate:
     def _check_consistent(self) -> None:
         if (self.mode == "class") != (self.forget_class is not None):
             raise MalformedError("predicate: forget_class must be given exactly when mode is class")
+        if self.class_claim is not None and self.class_claim.forget_class != self.forget_class:
+            raise MalformedError("predicate: class_claim.class is not the forget_class")
         first, size = self.first_leaf, self.forget_set.size
         if self.previous_root is not None and self.previous_root.size >= size:
             raise MalformedError("predicate: previous_root.size must be below forget_set.size")
@@ -284,10 +314,10 @@ def _mode(value: Any) -> Mode:
     return value  # type: ignore[no-any-return]  # checked against Mode above
 
 
-def _claims(value: Any) -> tuple[ClaimRecord, ...]:
+def _claims(value: Any) -> tuple[ClaimKind, ...]:
     if not isinstance(value, list) or not value:
         raise MalformedError("claims: expected a non-empty list")
-    return tuple(ClaimRecord.from_dict(item, f"claims[{i}]") for i, item in enumerate(value))
+    return tuple(parse_claim(item, f"claims[{i}]") for i, item in enumerate(value))
 
 
 def _created(value: Any) -> str:

@@ -37,22 +37,26 @@ def describe_node(node: Any, index: int) -> str:
     return f"{node.op_type} node '{name}'"
 
 
-def read_model(path: Path) -> bytes:
-    """The model file at ``path`` as self-contained ONNX bytes: tensors stored as external data
-    (``torch.onnx.export``'s ``model.onnx.data``) are read from files *inside the model's folder*
-    (no absolute paths, no ``..``, no symlink leaving it, regular files only) and embedded. The
-    patched export and the certificate's original digest are over these bytes."""
-    from onnx import external_data_helper
+def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
+    """The model file at ``path`` as self-contained ONNX bytes, and whether external data was
+    embedded. Tensors stored as external data (``torch.onnx.export``'s ``model.onnx.data``) are
+    read from regular files *inside the model's folder* (no absolute path, no ``..``, no
+    symbolic link: :func:`prune.formats.read_regular`), each file at most ``limit`` bytes, and
+    embedded. The patched export and the certificate's original digest are over these bytes."""
+    from onnx import TensorProto
+
+    from prune.formats import UnreadableFile, read_regular
 
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ModelImportError(f"cannot read model {path}: {exc.strerror or exc}") from exc
+        raw = read_regular(path, limit)
+    except UnreadableFile as exc:
+        raise ModelImportError(f"model: {exc}") from None
     proto = _decode(raw)
     external = [t for t in _all_tensors(proto.graph) if _is_external(t)]
     if not external:
-        return raw
+        return raw, False
     folder = path.resolve().parent
+    files: dict[Path, bytes] = {}
     for tensor in external:
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
@@ -62,20 +66,33 @@ def read_model(path: Path) -> bytes:
                 f"tensor '{tensor.name}' stores its data at {location!r}, outside the model's "
                 f"folder {folder}; keep the data file next to the model"
             )
-        if not target.is_file():
+        if target not in files:
+            try:
+                files[target] = read_regular(folder / location, limit)
+            except UnreadableFile as exc:
+                raise ModelImportError(
+                    f"tensor '{tensor.name}' stores its data in {location!r}, which is not a "
+                    f"regular file in the model's folder ({exc})"
+                ) from None
+        data = files[target]
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else len(data) - offset
+        except ValueError:
+            raise ModelImportError(f"tensor '{tensor.name}': malformed external data") from None
+        if offset < 0 or length < 0 or offset + length > len(data):
             raise ModelImportError(
-                f"tensor '{tensor.name}' stores its data in {location!r}, which is not a regular "
-                f"file in {folder}"
+                f"tensor '{tensor.name}' reads bytes {offset}..{offset + length} of {location!r}, "
+                f"which has {len(data)}"
             )
-    try:
-        external_data_helper.load_external_data_for_model(proto, str(folder))
-    except Exception as exc:  # onnx raises ValueError/OSError variants
-        raise ModelImportError(f"cannot read the external data of {path}: {exc}") from exc
+        tensor.raw_data = data[offset : offset + length]
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.DEFAULT
     if proto.ByteSize() >= 2_000_000_000:
         raise ModelImportError(
             f"{path} with its external data is over the 2 GB protobuf limit; not supported"
         )
-    return bytes(proto.SerializeToString())
+    return bytes(proto.SerializeToString()), True
 
 
 def _decode(raw: bytes) -> Any:

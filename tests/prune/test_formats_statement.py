@@ -1,8 +1,9 @@
 """The certificate's Statement and predicate: golden bytes, round trip, strict reader.
 
-Golden files (tests/prune/golden/) pin the v1 encoding; regenerate with
+Golden files (tests/prune/golden/) pin the v2 encoding; regenerate with
 ``python -m pytest tests/prune --update-golden`` and review the diff. ``certificate-v1.json`` is
-a signed envelope made by an earlier run: new code must keep verifying it."""
+a signed v1 envelope made by an earlier release: its signature must keep verifying, and the v2
+reader must refuse its predicate by name (v1 region claims carry no certificate)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from prune.formats import (
+    CLAIM_KINDS,
     PAYLOAD_TYPE,
     ClaimRecord,
+    DualCertificate,
     Envelope,
     ForgetSet,
     MalformedError,
@@ -61,6 +64,7 @@ def make_predicate(**overrides: Any) -> UnlearningPredicate:
         "created": "2026-01-02T03:04:05Z",
         "nonce": "0f" * 16,
         "previous_root": PreviousBatch(root="04" * 32, size=1, consistency_proof=("05" * 32,)),
+        "region_certificate": DualCertificate(sha256="07" * 32, rows=18, hidden=32),
     }
     fields.update(overrides)
     return UnlearningPredicate(**fields)
@@ -79,7 +83,7 @@ def check_golden(name: str, data: bytes, update: bool) -> None:
 
 def test_statement_golden(update_golden: bool) -> None:
     data = make_statement().to_json()
-    check_golden("statement-v1.json", data, update_golden)
+    check_golden("statement-v2.json", data, update_golden)
     assert Statement.from_json(data) == make_statement()
 
 
@@ -96,23 +100,47 @@ def test_receipt_golden(update_golden: bool) -> None:
     assert Receipt.from_json(receipt.to_json()) == receipt
 
 
-def test_signed_certificate_from_an_earlier_run_still_verifies(update_golden: bool) -> None:
-    # kept across --update-golden: an old signature that new code must still verify is the point;
-    # delete both files by hand to mint new ones after an intended format change
-    if update_golden and not (GOLDEN / "certificate-v1.json").exists():
-        key = ec.generate_private_key(ec.SECP256R1())
-        envelope = sign_envelope(make_statement().to_json(), PAYLOAD_TYPE, key)
-        (GOLDEN / "certificate-v1.json").write_bytes(envelope.to_json())
-        (GOLDEN / "certificate-v1.pub").write_bytes(
-            key.public_key().public_bytes(
-                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-            )
-        )
+def test_v1_certificate_signature_verifies_and_its_predicate_is_refused() -> None:
     public = serialization.load_pem_public_key((GOLDEN / "certificate-v1.pub").read_bytes())
     assert isinstance(public, ec.EllipticCurvePublicKey)
     envelope = Envelope.from_json((GOLDEN / "certificate-v1.json").read_bytes())
     payload = verify_envelope(envelope, public, payload_type=PAYLOAD_TYPE)
+    doc = json.loads(payload)
+    doc["predicateType"] = "https://prune-audit.dev/unlearning/v2"  # only the version is left
+    with pytest.raises(MalformedError, match="version 1 is no longer accepted"):
+        Statement.from_json(canonical_json(doc))
+    with pytest.raises(MalformedError, match="predicateType"):
+        Statement.from_json(payload)
+
+
+def test_signed_v2_certificate_from_an_earlier_run_still_verifies(update_golden: bool) -> None:
+    # kept across --update-golden: an old signature that new code must still verify is the point;
+    # delete both files by hand to mint new ones after an intended format change
+    if update_golden and not (GOLDEN / "certificate-v2.json").exists():
+        key = ec.generate_private_key(ec.SECP256R1())
+        envelope = sign_envelope(make_statement().to_json(), PAYLOAD_TYPE, key)
+        (GOLDEN / "certificate-v2.json").write_bytes(envelope.to_json())
+        (GOLDEN / "certificate-v2.pub").write_bytes(
+            key.public_key().public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+    public = serialization.load_pem_public_key((GOLDEN / "certificate-v2.pub").read_bytes())
+    assert isinstance(public, ec.EllipticCurvePublicKey)
+    envelope = Envelope.from_json((GOLDEN / "certificate-v2.json").read_bytes())
+    payload = verify_envelope(envelope, public, payload_type=PAYLOAD_TYPE)
     assert Statement.from_json(payload) == make_statement()
+
+
+def test_flip_claim_obligations() -> None:
+    claim = ClaimRecord(
+        leaf_index=0, label=1, target=2, patch=4, certified_margin="0.5", region="certified"
+    )
+    ob = claim.obligations(4)
+    assert ob.patch == 4 and ob.scope == "patch"
+    assert ob.coeffs.tolist() == [[1, 0, -1, 0], [0, 1, -1, 0], [0, 0, -1, 1]]
+    assert ob.bound.tolist() == [-0.5, -0.5, -0.5]
+    assert set(CLAIM_KINDS) >= {"flip"}
 
 
 def test_class_mode_and_first_batch() -> None:
@@ -140,10 +168,16 @@ def _encode(doc: dict[str, Any]) -> bytes:
     [
         (lambda d: d.update(_type="https://in-toto.io/Statement/v0.1"), "_type"),
         (
-            lambda d: d.update(predicateType="https://prune-audit.dev/unlearning/v2"),
+            lambda d: d.update(predicateType="https://prune-audit.dev/unlearning/v1"),
             "predicateType",
         ),
-        (lambda d: d["predicate"].update(version=2), "unknown version"),
+        (lambda d: d["predicate"].update(version=3), "unknown version"),
+        (lambda d: d["predicate"].update(version=1), "version 1 is no longer accepted"),
+        (lambda d: d["predicate"]["claims"][0].update(kind="oracle"), "unknown claim kind"),
+        (lambda d: d["predicate"]["claims"][0].pop("kind"), "unknown claim kind"),
+        (lambda d: d["predicate"].pop("region_certificate"), "missing region_certificate"),
+        (lambda d: d["predicate"]["region_certificate"].update(path="../x"), "path"),
+        (lambda d: d["predicate"]["region_certificate"].update(format="npy"), "format"),
         (lambda d: d["predicate"].pop("version"), "unknown version"),
         (lambda d: d["predicate"].update(surprise=1), "unknown field"),
         (lambda d: d["predicate"].pop("nonce"), "missing nonce"),

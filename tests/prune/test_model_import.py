@@ -89,7 +89,6 @@ def test_cnn_defaults_to_the_feature_cut_and_names_the_blocking_node(tmp_path: P
     ("act", "message"),
     [
         ("Sigmoid", r"non-piecewise-linear activation Sigmoid \(Sigmoid node 'act'\)"),
-        ("Softmax", r"no Relu/LeakyRelu/PRelu after the cut 'input'"),
         ("Abs", r"unsupported op Abs \(Abs node 'act'\)"),
     ],
 )
@@ -101,6 +100,18 @@ def test_non_piecewise_linear_head_is_refused(act: str, message: str) -> None:
     ]
     with pytest.raises(ModelImportError, match=message):
         load_model(graph_model(nodes, {"w": w}))
+
+
+def test_softmax_at_the_end_is_the_output_tail() -> None:
+    """A final Softmax is the tail, not part of the head: the logits are its input (here the
+    model is affine, so its one region is the whole input box)."""
+    w = RNG.normal(size=(3, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["input", "w"], ["h"], name="g", transB=1),
+        helper.make_node("Softmax", ["h"], ["logits"], name="act"),
+    ]
+    model = load_model(graph_model(nodes, {"w": w}))
+    assert model.head.output == "h" and model.head.hidden == () and len(model.tail) == 1
 
 
 def test_residual_connection_is_refused() -> None:

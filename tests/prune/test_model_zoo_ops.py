@@ -201,8 +201,8 @@ def _with_external_data(folder: Path, location: str) -> Path:
 
 def test_external_data_is_embedded_from_the_model_folder(tmp_path: Path) -> None:
     path = _with_external_data(tmp_path / "m", "model.onnx.data")
-    raw = read_model(path)
-    assert load_model(raw).head.hidden == ("h",)
+    raw, embedded = read_model(path)
+    assert embedded and load_model(raw).head.hidden == ("h",)
     with pytest.raises(ModelImportError, match="external data; load the model from its file"):
         load_model(path.read_bytes())
 

@@ -191,13 +191,21 @@ def cert_signed_by_other_key(kit: ProofKit, dest: Path) -> Tampered:
     return Tampered(inputs)
 
 
+@adversary("duals_flipped_byte", "region.certificate", "SHA-256 differs")
+def duals_flipped_byte(kit: ProofKit, dest: Path) -> Tampered:
+    """One bit of the region certificate flipped after signing."""
+    proof, inputs = copied(kit, dest)
+    flip_byte(proof / "certificate.dual")
+    return Tampered(inputs)
+
+
 @adversary("cert_unknown_version", "signature.certificate", "unknown version")
 def cert_unknown_version(kit: ProofKit, dest: Path) -> Tampered:
-    """A correctly signed statement with predicate version 2 (unknown to this reader)."""
+    """A correctly signed statement with predicate version 3 (unknown to this reader)."""
     proof, inputs = copied(kit, dest)
 
     def edit(doc: dict[str, Any]) -> None:
-        doc["predicate"]["version"] = 2
+        doc["predicate"]["version"] = 3
 
     edit_certificate(proof, edit, key=kit.keys / "owner.key")
     return Tampered(inputs)

@@ -157,67 +157,43 @@ class PatchSpec:
 def patched_onnx(
     original: onnx.ModelProto, spec: PatchSpec, *, hidden: Sequence[str]
 ) -> onnx.ModelProto:
-    """The original graph unchanged plus the activation-gated patch subgraph."""
+    """The original graph unchanged plus the canonical activation-gated patch subgraph of
+    docs/FORMATS.md (the same node sequence ``prune.export`` writes), then ``extra_nodes``."""
+    from audit.verify._canonical import CanonicalGraph, canonical_patch
+    from audit.verify._canonical import PatchSpec as Canonical
+    from audit.verify._graph import Head
+
     model = onnx.ModelProto()
     model.CopyFrom(original)
     graph = model.graph
     p = "prune/patch/"
     classes = spec.d.shape[1]
-    graph.initializer.extend(
-        [
-            _init(p + "n", np.array(spec.n)),
-            _init(p + "K", spec.K.reshape(-1, 1)),
-            _init(p + "d", spec.d),
-            _init(p + "pos", spec.pos),
-            _init(p + "neg", spec.neg),
-            _init(p + "one", np.array(1.0)),
-        ]
+    d32, k32 = spec.d.astype(np.float32), spec.K.astype(np.float32)[:, None]
+    canonical: CanonicalGraph = canonical_patch(
+        Canonical(
+            head=Head("input", "input", tuple(hidden), "logits", ()),
+            gate="activation",
+            patches=spec.d.shape[0],
+            classes=classes,
+            hidden=spec.pos.shape[0],
+            cut_dim=int(original.graph.input[0].type.tensor_type.shape.dim[1].dim_value),
+            affine=spec.C is not None,
+            linear=spec.C is None and bool(np.all((d32 == 0) | (np.abs(d32) == k32))),
+        )
     )
+    values = {
+        "n": np.array(spec.n),
+        "K": spec.K.reshape(-1, 1),
+        "d": spec.d,
+        "pos": spec.pos,
+        "neg": spec.neg,
+    }
     if spec.C is not None:
-        graph.initializer.append(_init(p + "C", spec.C))
-    n = lambda op, ins, outs, **kw: helper.make_node(op, ins, outs, name=outs[0], **kw)  # noqa: E731
-
-    def const(name: str, value: list[int]) -> onnx.NodeProto:
-        tensor = numpy_helper.from_array(np.array(value, dtype=np.int64), name)
-        return helper.make_node("Constant", [], [name], name=name, value=tensor)
-
-    nodes = [
-        const(p + "axis1", [1]),
-        const(p + "axis2", [2]),
-        n("Concat", list(hidden), [p + "z"], axis=1),
-        n("Neg", [p + "z"], [p + "negz"]),
-        n("Relu", [p + "negz"], [p + "below"]),
-        n("Relu", [p + "z"], [p + "above"]),
-        n("MatMul", [p + "below", p + "pos"], [p + "vpos"]),
-        n("MatMul", [p + "above", p + "neg"], [p + "vneg"]),
-        n("Add", [p + "vpos", p + "vneg"], [p + "V"]),
-        n("Mul", [p + "V", p + "n"], [p + "nV"]),
-        n("Sub", [p + "one", p + "nV"], [p + "1-nV"]),
-        n("Relu", [p + "1-nV"], [p + "g"]),
-        n("Unsqueeze", [p + "g", p + "axis2"], [p + "g3"]),
-        n("Mul", [p + "g3", p + "K"], [p + "Kg"]),
-        n("Sub", [p + "Kg", p + "K"], [p + "Kg-K"]),
-    ]
-    if spec.C is not None:
-        nodes += [
-            const(p + "shapePO", [-1, spec.d.shape[0], classes]),
-            n("MatMul", ["input", p + "C"], [p + "xC"]),
-            n("Reshape", [p + "xC", p + "shapePO"], [p + "xC3"]),
-            n("Add", [p + "xC3", p + "d"], [p + "p"]),
-        ]
-    else:
-        nodes.append(n("Identity", [p + "d"], [p + "p"]))
-    nodes += [
-        n("Add", [p + "p", p + "Kg-K"], [p + "up"]),
-        n("Neg", [p + "p"], [p + "-p"]),
-        n("Add", [p + "-p", p + "Kg-K"], [p + "down"]),
-        n("Relu", [p + "up"], [p + "rup"]),
-        n("Relu", [p + "down"], [p + "rdown"]),
-        n("Sub", [p + "rup", p + "rdown"], [p + "h"]),
-        n("ReduceSum", [p + "h", p + "axis1"], [p + "sum"], keepdims=0),
-        n("Add", ["logits", p + "sum"], ["prune/output"]),
-        *spec.extra_nodes,
-    ]
+        values["C"] = spec.C
+    for name, (_, fixed) in canonical.initializers.items():
+        value = fixed if fixed is not None else values[name[len(p) :]]
+        graph.initializer.append(_init(name, value))
+    nodes = [*canonical.nodes, *spec.extra_nodes]
     graph.node.extend(nodes)
     del graph.output[:]
     graph.output.append(
@@ -249,6 +225,7 @@ class Outcome:
     summary: Mapping[str, Any]
     forget_x: F32
     forget_y: NDArray[np.int64]
+    duals: NDArray[np.float32] | None = None
 
 
 def utc_now() -> datetime:
