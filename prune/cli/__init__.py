@@ -18,6 +18,7 @@ __all__ = ["cli", "main"]
         "train": "prune.cli._train:train",
         "keygen": "prune.cli._keygen:keygen",
         "unlearn": "prune.cli._unlearn:unlearn_command",
+        "inspect": "prune.cli._inspect:inspect_command",
         "prepare": "prune.cli._prepare:prepare_command",
     },
 )

@@ -271,7 +271,12 @@ def unlearn(
             certified_min = float(plan.certified.min())
             t_duals = clock()
             duals = region_duals(
-                head, box, active=plan.active, targets=plan.targets, C=plan.C, d=plan.d,
+                head,
+                box,
+                active=plan.active,
+                targets=plan.targets,
+                C=plan.C,
+                d=plan.d,
                 claims=claims,
             )
             t_duals = clock() - t_duals
