@@ -60,6 +60,7 @@ from prune.model import PLHead
 from prune.regions import InputBox, linearize
 
 __all__ = [
+    "AUTO",
     "GATES",
     "ActivationGate",
     "DenseGate",
@@ -67,6 +68,7 @@ __all__ = [
     "NodeSink",
     "RoutedGate",
     "make_gate",
+    "resolve_gate",
     "sign_table",
 ]
 
@@ -367,6 +369,21 @@ GATES: dict[str, type[ActivationGate] | type[DenseGate] | type[RoutedGate]] = {
     DenseGate.name: DenseGate,
     RoutedGate.name: RoutedGate,
 }
+
+
+AUTO = "auto"
+ROUTED_FROM = 64
+"""``auto`` picks the routed gate from this many patches on, the activation gate below: the
+activation gate's cost grows with ``P`` (x1.2 of the original at 1-10 patches, x1.6 at 100,
+x70 at 1000 on Fashion-MNIST, batch 256), the routed gate's does not (x1.4-1.5 at 1 to 6000
+patches); docs/BENCHMARKS.md, "Serving cost and speed"."""
+
+
+def resolve_gate(name: str, patches: int) -> str:
+    """The gate ``name`` stands for with ``patches`` patches (``auto`` -> a registered gate)."""
+    if name == AUTO:
+        return RoutedGate.name if patches >= ROUTED_FROM else ActivationGate.name
+    return name
 
 
 def make_gate(name: str) -> Gate:

@@ -18,7 +18,7 @@ import numpy as np
 from prune.cli._common import show_progress
 from prune.data import load_npz
 from prune.errors import DataError, PruneError
-from prune.gates import GATES
+from prune.gates import AUTO, GATES, ROUTED_FROM
 from prune.privacy import add_decoys
 from prune.solvers import SOLVERS
 from prune.targets import TARGET_POLICIES
@@ -122,7 +122,13 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     help="Proof folder PROOF (must not exist or be empty).",
 )
 @click.option("--solver", type=click.Choice(list(SOLVERS)), default="lagrangian", show_default=True)
-@click.option("--gate", type=click.Choice(list(GATES)), default="activation", show_default=True)
+@click.option(
+    "--gate",
+    type=click.Choice([*GATES, AUTO]),
+    default=AUTO,
+    show_default=True,
+    help=f"Support gate; auto: routed from {ROUTED_FROM} patches on, activation below.",
+)
 @click.option(
     "--target-policy",
     type=click.Choice(list(TARGET_POLICIES)),

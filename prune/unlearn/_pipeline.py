@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 from prune.claims import Claim
 from prune.errors import DataError, PatchError
 from prune.export import OUTPUT, export_patched
-from prune.gates import GATES
+from prune.gates import AUTO, GATES, resolve_gate
 from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
 from prune.solvers import SOLVERS, make_solver
@@ -86,7 +86,7 @@ def _check_options(
 ) -> None:
     for kind, value, registry in (
         ("solver", solver, SOLVERS),
-        ("gate", gate, GATES),
+        ("gate", gate, {**GATES, AUTO: None}),
         ("target policy", policy, TARGET_POLICIES),
         ("strategy", strategy, STRATEGIES),
     ):
@@ -108,7 +108,7 @@ def unlearn(
     x_test: NDArray[np.float32] | None = None,
     y_test: NDArray[np.int64] | None = None,
     solver: str = "lagrangian",
-    gate: str = "activation",
+    gate: str = AUTO,
     target_policy: str = "runner-up",
     strategy: str = "individual",
     margin: float = DEFAULT_MARGIN,
@@ -152,6 +152,7 @@ def unlearn(
         plan = plan_patches(strategy, ctx, points)
         if len(plan.targets) == 0:
             raise PatchError("no forget point could be given a certified patch")
+        gate = resolve_gate(gate, len(plan.targets))
         t_export = clock()
         patched, plan, ok, resolved = _export_and_recheck(
             imported, plan, ctx, gate=gate, n=n, margin=margin, forget_x=forget_x, threads=threads
