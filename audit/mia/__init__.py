@@ -3,7 +3,8 @@ was in training?
 
 Attacks are estimators in :data:`ATTACKS` (``fit(reference=...)``, ``score(target, x, y)``,
 higher = more member-like): LOSS, confidence, modified entropy, the shadow-model attack, LiRA
-(online/offline, fixed/per-example variance) and RMIA offline. Reference models are the
+(online/offline, fixed/per-example variance), RMIA offline, and the label-only gap and
+decision-boundary attacks. Reference models are the
 auditor's own torch models, trained on its reference data in parallel (joblib backends, Ray or
 Dask optional). :func:`membership_audit` plays members vs non-members, :func:`unlearning_audit`
 the unlearning game (U-MIA), :func:`forget_set_check` is the optional check of ``audit verify``.
@@ -24,8 +25,11 @@ from audit.mia._game import (
     ModelResult,
     run_game,
 )
+from audit.mia._label_only import BoundaryAttack, GapAttack
 from audit.mia._lira import LiraAttack
 from audit.mia._metrics import AttackMetrics, Estimate, evaluate, roc_curve
+from audit.mia._onnx_torch import OnnxModule
+from audit.mia._recipe import OwnerRecipe, read_train_json
 from audit.mia._reference import BACKENDS, ReferenceSet, train_reference_models
 from audit.mia._registry import ATTACKS, make_attack
 from audit.mia._rmia import RmiaAttack
@@ -44,10 +48,12 @@ __all__ = [
     "Attack",
     "AttackMetrics",
     "AttackResult",
+    "BoundaryAttack",
     "ConfidenceAttack",
     "EntropyAttack",
     "Estimate",
     "GameResult",
+    "GapAttack",
     "LabelledData",
     "LiraAttack",
     "LogitsFn",
@@ -55,6 +61,8 @@ __all__ = [
     "MiaCheckResult",
     "MiaConfig",
     "ModelResult",
+    "OnnxModule",
+    "OwnerRecipe",
     "ReferenceSet",
     "RmiaAttack",
     "ShadowAttack",
@@ -65,6 +73,7 @@ __all__ = [
     "forget_set_check",
     "make_attack",
     "membership_audit",
+    "read_train_json",
     "resolve_architecture",
     "retrain",
     "roc_curve",

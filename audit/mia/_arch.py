@@ -10,15 +10,19 @@ models of the same shape:
   ``Identity`` allowed). For a PRUNE-patched model (``prune.original_output`` metadata) the patch
   subgraph is ignored: the reference models copy the *original* network, which is what a
   retrained-from-scratch model would look like.
-* any other graph (e.g. with ``Conv``) needs a declaration: ``cnn`` (the project's small CNN
-  family: conv8-pool-conv16-pool-ReLU head) or ``mlp:64,64`` / ``cnn:128`` with explicit widths.
+* any other graph the converter takes (Conv, pooling, BatchNorm, residual Adds, ...) is rebuilt
+  node for node as a trainable torch module with fresh weights (``onnx``, see
+  :mod:`audit.mia._onnx_torch`): reference models of the target's own architecture.
+* a declaration overrides: ``onnx`` (force the graph conversion), ``cnn`` (the project's small
+  CNN family: conv8-pool-conv16-pool-ReLU head) or ``mlp:64,64`` / ``cnn:128`` with widths.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
@@ -36,7 +40,7 @@ __all__ = [
     "state_to_numpy",
 ]
 
-Kind = Literal["mlp", "cnn"]
+Kind = Literal["mlp", "cnn", "onnx"]
 _CHAIN_OPS = frozenset({"Gemm", "MatMul", "Add", "Relu", "Flatten", "Reshape", "Identity"})
 
 
@@ -50,6 +54,8 @@ class Architecture:
     input_shape: tuple[int, ...]
     classes: int
     source: Literal["onnx", "declared"] = "declared"
+    graph: bytes | None = field(default=None, repr=False)
+    """The ONNX model whose logits subgraph ``kind="onnx"`` rebuilds."""
 
     def build(self) -> nn.Module:
         """A freshly initialised torch module (initialisation follows torch's global RNG; the
@@ -57,6 +63,9 @@ class Architecture:
         return ARCHITECTURES[self.kind](self)
 
     def describe(self) -> str:
+        if self.kind == "onnx":
+            digest = hashlib.sha256(self.graph or b"").hexdigest()[:16]
+            return f"onnx:sha256={digest}"
         return f"{self.kind}:{','.join(str(h) for h in self.hidden)}"
 
 
@@ -92,9 +101,18 @@ def _build_cnn(arch: Architecture) -> nn.Module:
     )
 
 
+def _build_onnx(arch: Architecture) -> nn.Module:
+    from audit.mia._onnx_torch import OnnxModule
+
+    if arch.graph is None:
+        raise InputError("the onnx architecture needs the target's ONNX model")
+    return OnnxModule(arch.graph)
+
+
 ARCHITECTURES: dict[str, Callable[[Architecture], nn.Module]] = {
     "mlp": _build_mlp,
     "cnn": _build_cnn,
+    "onnx": _build_onnx,
 }
 
 
@@ -115,11 +133,12 @@ def resolve_architecture(
         if blocker is None and not widths:
             blocker = "graph without linear layers"
         if blocker is not None:
-            raise InputError(
-                f"cannot read a ReLU MLP from the ONNX graph (it has a {blocker} node); "
-                "declare the architecture, e.g. --arch cnn or --arch mlp:64,64"
-            )
+            return _from_graph(onnx_model, input_shape, classes)
         return _checked("mlp", tuple(widths[:-1]), widths[-1], input_shape, classes, "onnx")
+    if declared == "onnx":
+        if onnx_model is None:
+            raise InputError("--arch onnx needs the target's ONNX model")
+        return _from_graph(onnx_model, input_shape, classes)
     name, _, widths_text = declared.partition(":")
     if name not in ARCHITECTURES:
         raise InputError(f"unknown architecture {name!r} (choose {', '.join(ARCHITECTURES)})")
@@ -134,6 +153,23 @@ def resolve_architecture(
         raise InputError(f"declare the hidden widths too, e.g. --arch {kind}:64")
     head = chain[0]
     return _checked(kind, tuple(head[:-1]), head[-1], input_shape, classes, "declared")
+
+
+def _from_graph(
+    model: bytes | Path | None, input_shape: tuple[int, ...], classes: int
+) -> Architecture:
+    """The target's own graph as the architecture, after one trial forward pass."""
+    raw = model.read_bytes() if isinstance(model, Path) else model
+    arch = Architecture("onnx", (), tuple(input_shape), classes, "onnx", raw)
+    module = arch.build()
+    with torch.no_grad():
+        out = module.eval()(torch.zeros((2, *input_shape)))
+    if tuple(out.shape) != (2, classes):
+        raise InputError(
+            f"the converted graph gives outputs of shape {tuple(out.shape)[1:]} per sample, "
+            f"the labels need {classes} classes"
+        )
+    return arch
 
 
 def _checked(

@@ -8,6 +8,7 @@ is computed afterwards from the scores (see :mod:`audit.mia._metrics`).
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Self
 
@@ -34,9 +35,15 @@ class Attack(ABC):
         self.reference_: ReferenceSet | None = None
         self.fitted_ = False
 
+    @property
+    def uses_reference_models(self) -> bool:
+        """Whether this configured attack reads reference models (a class property, or an
+        option such as per-class thresholds)."""
+        return self.needs_reference_models
+
     def fit(self, *, reference: ReferenceSet | None = None) -> Self:
         """Learn from the auditor's reference models; required for reference-model attacks."""
-        if self.needs_reference_models and reference is None:
+        if self.uses_reference_models and reference is None:
             raise InputError(f"the {self.name} attack needs reference models (--shadow-models)")
         self.reference_ = reference
         self._fit(reference)
@@ -61,6 +68,20 @@ class Attack(ABC):
     def params(self) -> dict[str, Any]:
         """Parameters and fitted choices to record next to the results."""
         return {}
+
+    def resampled(self, rows: NDArray[np.intp]) -> Attack:
+        """A copy fitted on the reference models ``rows`` (a bootstrap draw with repetition):
+        one replicate of the reference-model randomness, for confidence intervals. An attack
+        that reads no reference models returns itself (its scores do not depend on them)."""
+        if not self.uses_reference_models:
+            return self
+        clone = copy.copy(self)
+        clone._before_resample(self)
+        return clone.fit(reference=self._reference().resample(rows))
+
+    def _before_resample(self, fitted: Attack) -> None:  # noqa: B027 (optional hook)
+        """Override to carry choices the fitted attack made (e.g. a tuned parameter) into a
+        replicate, so that the replicate varies only the reference models."""
 
     def _fit(self, reference: ReferenceSet | None) -> None:  # noqa: B027 (optional hook)
         """Override to learn from ``reference``; threshold attacks learn nothing."""

@@ -31,7 +31,9 @@ __all__ = ["MiaCheckResult", "ThresholdPolicy", "forget_set_check"]
 class ThresholdPolicy:
     """Bounds the auditor sets. ``decide_on="estimate"`` compares point estimates;
     ``"ci-low"`` compares the lower end of the bootstrap interval (fails only on significant
-    leakage: more lenient with small forget sets)."""
+    leakage: more lenient with small forget sets). The interval is the two-level bootstrap over
+    reference models and candidates (``model_bootstrap`` of :func:`forget_set_check`), so a
+    verdict on it accounts for the luck of the auditor's reference seed."""
 
     max_distinguishability: float = 0.1
     max_tpr: float = 0.05
@@ -60,6 +62,7 @@ class MiaCheckResult:
     metrics: AttackMetrics
     reference_models: int
     detail: str
+    forget_scores: tuple[float, ...] | None = None
 
 
 def forget_set_check(
@@ -78,12 +81,18 @@ def forget_set_check(
     recipe: TrainingRecipe | None = None,
     seed: int = 0,
     bootstrap: int = 1000,
+    model_bootstrap: int = 20,
+    train_size: int | None = None,
+    sample_scores: bool = False,
     jobs: int = 1,
-    backend: str = "loky",
+    backend: str = "local",
+    address: str | None = None,
+    device: str = "auto",
 ) -> MiaCheckResult:
     """Run one attack in the unlearning game on the deployed ``model`` and apply ``policy``
     (default :class:`ThresholdPolicy`); reference models use ``recipe`` (default
-    :class:`TrainingRecipe`)."""
+    :class:`TrainingRecipe`) and ``train_size`` samples each. ``sample_scores`` keeps each
+    forget-set sample's score in the result (``forget_scores``, in input order)."""
     policy = policy or ThresholdPolicy()
     config = MiaConfig(
         attacks=(attack,),
@@ -91,9 +100,14 @@ def forget_set_check(
         recipe=recipe or TrainingRecipe(),
         seed=seed,
         bootstrap=bootstrap,
+        model_bootstrap=min(model_bootstrap, bootstrap),
         fprs=(policy.fpr,),
         jobs=jobs,
         backend=backend,
+        address=address,
+        device=device,
+        train_size=train_size,
+        sample_scores=sample_scores,
     )
     result = unlearning_audit(
         original=None,
@@ -104,7 +118,9 @@ def forget_set_check(
         architecture=architecture,
         config=config,
     )
-    metrics = result.model("patched").attack(attack)
+    patched = result.model("patched")
+    metrics = patched.attack(attack)
+    scores = next(a.scores for a in patched.attacks if a.attack == attack)
     dist = metrics.distinguishability
     tpr, rev = metrics.tpr(policy.fpr), metrics.tpr(policy.fpr, reverse=True)
     failures = []
@@ -129,4 +145,5 @@ def forget_set_check(
         metrics=metrics,
         reference_models=reference_models,
         detail=detail,
+        forget_scores=scores[0] if scores is not None else None,
     )

@@ -54,9 +54,19 @@ class LabelledData:
 
 @dataclass(frozen=True)
 class AttackResult:
+    """One attack on one model. ``scores`` holds the per-sample scores (members, then
+    non-members, in input order) when the game was asked to keep them."""
+
     attack: str
     params: Mapping[str, Any]
     metrics: AttackMetrics
+    scores: tuple[tuple[float, ...], tuple[float, ...]] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {"params": dict(self.params), **self.metrics.to_dict()}
+        if self.scores is not None:
+            out["scores"] = {"members": list(self.scores[0]), "non_members": list(self.scores[1])}
+        return out
 
 
 @dataclass(frozen=True)
@@ -86,6 +96,7 @@ class GameResult:
     bootstrap: int
     fprs: tuple[float, ...]
     created: str | None
+    model_bootstrap: int = 0
 
     def model(self, label: str) -> ModelResult:
         for result in self.models:
@@ -103,6 +114,7 @@ class GameResult:
             "non_members": self.non_members,
             "fprs": list(self.fprs),
             "bootstrap": self.bootstrap,
+            "model_bootstrap": self.model_bootstrap,
             "seed": self.seed,
             "reference_models": self.reference,
             "versions": library_versions(),
@@ -110,10 +122,7 @@ class GameResult:
                 m.label: {
                     "accuracy_members": m.accuracy_members,
                     "accuracy_non_members": m.accuracy_non_members,
-                    "attacks": {
-                        a.attack: {"params": dict(a.params), **a.metrics.to_dict()}
-                        for a in m.attacks
-                    },
+                    "attacks": {a.attack: a.to_dict() for a in m.attacks},
                 }
                 for m in self.models
             },
@@ -145,10 +154,17 @@ def run_game(
     bootstrap: int = 1000,
     fprs: Sequence[float] = (0.01, 0.001),
     roc_points: int = 1000,
+    model_bootstrap: int = 0,
+    sample_scores: bool = False,
     now: datetime | None = None,
 ) -> GameResult:
     """Fit every attack once on ``reference``, score both sets against every model, measure.
     ``roc_points`` caps the ROC points kept per curve (see :func:`evaluate`).
+
+    ``model_bootstrap`` (``R``): each reference-model attack is also refitted on ``R`` bootstrap
+    draws of the reference models (seeded from ``seed``), and its intervals are the two-level
+    bootstrap over those draws and the candidates (:func:`evaluate`). ``sample_scores`` keeps
+    every sample's score in the result (a data subject's own record can then be examined).
 
     The bootstrap of each (model, attack) pair draws from its own generator, seeded from
     ``seed`` and the pair's position, so results do not depend on which attacks ran before."""
@@ -159,22 +175,37 @@ def run_game(
     _check_disjoint(members, non_members)
     for attack in attacks:
         attack.fit(reference=reference)
+    if model_bootstrap < 0 or (model_bootstrap > 0 and model_bootstrap > bootstrap):
+        raise InputError("model_bootstrap must lie in [0, bootstrap]")
+    draws = _model_draws(reference, model_bootstrap, seed)
+    replicas = [
+        [a.resampled(rows) for rows in draws] if a.uses_reference_models else [] for a in attacks
+    ]
     seeds = np.random.SeedSequence(seed).spawn(len(models) * len(attacks))
     results = []
     for i, (label, model) in enumerate(models.items()):
         lm = as_logits(model, members.x, members.y)
         ln = as_logits(model, non_members.x, non_members.y)
         per_attack = []
+        cm, cn = _Cached(model, members.x, lm), _Cached(model, non_members.x, ln)
         for j, attack in enumerate(attacks):
+            pos = attack.score(cm, members.x, members.y)
+            neg = attack.score(cn, non_members.x, non_members.y)
+            reps = [
+                (r.score(cm, members.x, members.y), r.score(cn, non_members.x, non_members.y))
+                for r in replicas[j]
+            ]
             metrics = evaluate(
-                attack.score(_Cached(model, members.x, lm), members.x, members.y),
-                attack.score(_Cached(model, non_members.x, ln), non_members.x, non_members.y),
+                pos,
+                neg,
                 fprs=fprs,
                 bootstrap=bootstrap,
                 rng=np.random.default_rng(seeds[i * len(attacks) + j]),
                 roc_points=roc_points,
+                replicates=reps,
             )
-            per_attack.append(AttackResult(attack.name, attack.params(), metrics))
+            kept = (tuple(map(float, pos)), tuple(map(float, neg))) if sample_scores else None
+            per_attack.append(AttackResult(attack.name, attack.params(), metrics, kept))
         results.append(
             ModelResult(
                 label,
@@ -193,7 +224,16 @@ def run_game(
         bootstrap=bootstrap,
         fprs=tuple(fprs),
         created=now.isoformat() if now is not None else None,
+        model_bootstrap=len(draws),
     )
+
+
+def _model_draws(reference: ReferenceSet | None, count: int, seed: int) -> list[NDArray[np.intp]]:
+    """``count`` bootstrap draws (with repetition) of the reference models' indices."""
+    if reference is None or count == 0:
+        return []
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
+    return [rng.integers(0, reference.count, reference.count) for _ in range(count)]
 
 
 class _Cached:

@@ -26,13 +26,15 @@ from torch import nn
 
 from audit.errors import InputError
 from audit.mia._arch import Architecture, module_from_state
+from audit.mia._execution import BACKENDS, TrainingJob, make_backend, reference_tasks
 from audit.mia._signals import as_logits
-from audit.mia._train import TrainedWeights, TrainingRecipe, torch_logits_fn, train_model
+from audit.mia._train import TrainingRecipe, torch_logits_fn
 
 __all__ = [
     "BACKENDS",
     "ReferenceSet",
     "balanced_membership",
+    "cap_training_sets",
     "row_keys",
     "train_reference_models",
 ]
@@ -59,7 +61,10 @@ class ReferenceSet:
     models: tuple[nn.Module, ...]
     train_accuracy: tuple[float, ...]
     backend: str
+    parent: ReferenceSet | None = None
+    rows: tuple[int, ...] = ()
     _keys: dict[bytes, tuple[str, int]] = field(default_factory=dict, repr=False)
+    _cache: dict[bytes, NDArray[np.float64]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         k = len(self.models)
@@ -84,8 +89,45 @@ class ReferenceSet:
         return len(self.candidates_x) > 0
 
     def logits(self, x: NDArray[np.float32], y: NDArray[np.int64]) -> NDArray[np.float64]:
-        """Every reference model's logits on ``x``: ``[K, N, C]`` float64."""
-        return np.stack([as_logits(torch_logits_fn(m), x, y) for m in self.models])
+        """Every reference model's logits on ``x``: ``[K, N, C]`` float64. Queried in fixed-size
+        chunks (bit-for-bit independent of the other rows of ``x``) and remembered for the last
+        few ``x``, so model-bootstrap replicates do not run the models again."""
+        if self.parent is not None:
+            return self.parent.logits(x, y)[list(self.rows)]
+        arr = np.ascontiguousarray(x, dtype=np.float32)
+        key = hashlib.blake2b(
+            repr(arr.shape).encode() + arr.tobytes() + np.asarray(y, "<i8").tobytes(),
+            digest_size=16,
+        ).digest()
+        if key not in self._cache:
+            if len(self._cache) >= _CACHE_ENTRIES:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = np.stack([as_logits(torch_logits_fn(m), x, y) for m in self.models])
+        return self._cache[key]
+
+    def resample(self, rows: NDArray[np.intp]) -> ReferenceSet:
+        """The set of models ``rows`` (with repetition: a bootstrap draw over reference models),
+        sharing this set's data and logits. ``parent`` is this set."""
+        if len(rows) == 0 or rows.min() < 0 or rows.max() >= self.count:
+            raise InputError("a resample needs model indices within the reference set")
+        base = self.parent if self.parent is not None else self
+        picked = [self.rows[r] for r in rows] if self.parent is not None else list(rows)
+        return ReferenceSet(
+            architecture=self.architecture,
+            recipe=self.recipe,
+            seed=self.seed,
+            x=self.x,
+            y=self.y,
+            in_reference=base.in_reference[picked],
+            candidates_x=self.candidates_x,
+            candidates_y=self.candidates_y,
+            in_candidates=base.in_candidates[picked],
+            models=tuple(base.models[r] for r in picked),
+            train_accuracy=tuple(base.train_accuracy[r] for r in picked),
+            backend=self.backend,
+            parent=base,
+            rows=tuple(int(r) for r in picked),
+        )
 
     def membership(self, x: NDArray[np.float32], y: NDArray[np.int64]) -> NDArray[np.bool_]:
         """``[K, N]``: True where reference model ``k`` trained on sample ``n``.
@@ -116,14 +158,24 @@ class ReferenceSet:
             "online": self.online,
             "reference_size": len(self.x),
             "candidates_size": len(self.candidates_x),
+            "train_sizes": [
+                int(a + b)
+                for a, b in zip(
+                    self.in_reference.sum(axis=1), self.in_candidates.sum(axis=1), strict=True
+                )
+            ],
             "epochs": self.recipe.epochs,
             "batch_size": self.recipe.batch_size,
             "lr": self.recipe.lr,
             "weight_decay": self.recipe.weight_decay,
+            "recipe": self.recipe.describe(),
             "seed": self.seed,
             "backend": self.backend,
             "train_accuracy": [round(a, 6) for a in self.train_accuracy],
         }
+
+
+_CACHE_ENTRIES = 8
 
 
 def row_keys(x: NDArray[np.float32], y: NDArray[np.int64] | None = None) -> Iterator[bytes]:
@@ -145,45 +197,22 @@ def balanced_membership(count: int, n: int, rng: np.random.Generator) -> NDArray
     return mask
 
 
-@contextlib.contextmanager
-def _no_setup() -> Iterator[None]:
-    yield
-
-
-@contextlib.contextmanager
-def _ray() -> Iterator[None]:
-    try:
-        from ray.util.joblib import register_ray  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise InputError("backend 'ray' needs the ray package: pip install 'ray[default]'") from exc
-    register_ray()  # connects to RAY_ADDRESS when set, else starts a local Ray
-    yield
-
-
-@contextlib.contextmanager
-def _dask() -> Iterator[None]:
-    try:
-        from distributed import Client, get_client  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise InputError("backend 'dask' needs dask.distributed: pip install distributed") from exc
-    try:
-        get_client()  # an existing client (e.g. to a cluster scheduler) is used as is
-        yield
-    except ValueError:
-        with Client(processes=True):  # otherwise a local cluster for the duration
-            yield
-
-
-BACKENDS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
-    "loky": _no_setup,
-    "multiprocessing": _no_setup,
-    "threading": _no_setup,
-    "sequential": _no_setup,
-    "ray": _ray,
-    "dask": _dask,
-}
-"""joblib backends the training can run on, each with its setup. Ray and Dask let a cluster
-train many reference models; they are optional installs."""
+def cap_training_sets(
+    in_ref: NDArray[np.bool_],
+    candidates_in: NDArray[np.int64],
+    train_size: int,
+    rng: np.random.Generator,
+) -> NDArray[np.bool_]:
+    """Drop random reference samples from each model's IN set until IN reference + IN
+    candidates <= ``train_size`` (when the candidates alone exceed it, no reference sample is
+    left: the model trains on its candidate half)."""
+    out = in_ref.copy()
+    for k in range(len(out)):
+        inside = np.flatnonzero(out[k])
+        keep = max(train_size - int(candidates_in[k]), 0)
+        if len(inside) > keep:
+            out[k, rng.permutation(inside)[keep:]] = False
+    return out
 
 
 def train_reference_models(
@@ -195,50 +224,62 @@ def train_reference_models(
     recipe: TrainingRecipe,
     seed: int,
     candidates: tuple[NDArray[np.float32], NDArray[np.int64]] | None = None,
+    train_size: int | None = None,
     jobs: int = 1,
-    backend: str = "loky",
+    backend: str = "local",
+    address: str | None = None,
+    device: str = "cpu",
     threads: int = 1,
     progress: bool = False,
 ) -> ReferenceSet:
     """Train ``count`` reference models, model ``k`` on a balanced random half of the reference
     data (plus, when ``candidates`` is given, a balanced random half of the candidates: online).
 
-    Deterministic for a given ``seed`` whatever ``jobs``/``backend``: membership comes from
-    ``numpy.random.default_rng(seed)``, model ``k``'s torch seed from ``SeedSequence(seed)``.
-    ``threads`` bounds torch's threads per model: small MLPs train fastest on one thread, and
-    parallelism comes from ``jobs``."""
-    import joblib
+    ``train_size`` caps each model's training set (reference + candidate samples) at the
+    target's training-set size: reference samples are dropped at random from a model's half
+    until it fits (online models then train on as many samples as offline ones, not on half the
+    reference data *plus* half the candidates). ``None`` keeps the halves as drawn.
 
+    Deterministic for a given ``seed`` whatever ``jobs``/``backend`` (bit for bit on CPUs):
+    membership comes from ``numpy.random.default_rng(seed)``, model ``k``'s torch seed from
+    ``SeedSequence(seed)``. ``threads`` bounds torch's threads per model: small MLPs train fastest
+    on one thread, and parallelism comes from ``jobs`` or the cluster. ``backend``/``address``
+    choose where the models train (:mod:`audit.mia._execution`), ``device`` on what."""
     if count < 1:
         raise InputError("at least one reference model is needed")
     if len(x) < 2:
         raise InputError("the reference data needs at least two samples")
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
+    runner = make_backend(backend)
     rng = np.random.default_rng(seed)
     cx, cy = candidates if candidates is not None else (x[:0], y[:0])
     in_ref = balanced_membership(count, len(x), rng)
     in_cand = balanced_membership(count, len(cx), rng)
-    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(count)]
-    jobs = max(1, min(jobs, count))
-
-    def task(k: int) -> Any:
-        tx = np.concatenate([x[in_ref[k]], cx[in_cand[k]]])
-        ty = np.concatenate([y[in_ref[k]], cy[in_cand[k]]])
-        return joblib.delayed(train_model)(
-            architecture, tx, ty, recipe=recipe, seed=seeds[k], index=k, threads=threads
-        )
-
-    results: list[TrainedWeights | None] = [None] * count
-    with BACKENDS[backend](), joblib.parallel_config(backend=backend, n_jobs=jobs):
-        stream = joblib.Parallel(return_as="generator_unordered")(task(k) for k in range(count))
+    if train_size is not None:
+        if train_size < 1:
+            raise InputError("the reference models' training-set size must be positive")
+        in_ref = cap_training_sets(in_ref, in_cand.sum(axis=1), train_size, rng)
+    seeds = tuple(int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(count))
+    job = TrainingJob(
+        architecture=architecture,
+        recipe=recipe,
+        x=x,
+        y=y,
+        candidates_x=cx,
+        candidates_y=cy,
+        in_reference=in_ref,
+        in_candidates=in_cand,
+        seeds=seeds,
+        threads=threads,
+        device=device,
+    )
+    with contextlib.ExitStack() as stack:
+        tick: Callable[[int, object], None] = lambda k, result: None  # noqa: E731
         if progress:
             from tqdm import tqdm
 
-            stream = tqdm(stream, total=count, desc="reference models", unit="model")
-        for trained in stream:
-            results[trained.index] = trained
-    done = [r for r in results if r is not None]
+            bar = stack.enter_context(tqdm(total=count, desc="reference models", unit="model"))
+            tick = lambda k, result: bar.update(1)  # noqa: E731
+        done = runner.map(reference_tasks(job), jobs=jobs, address=address, on_result=tick)
     return ReferenceSet(
         architecture=architecture,
         recipe=recipe,

@@ -6,6 +6,8 @@ from typing import Any
 
 from audit.errors import InputError
 from audit.mia._base import Attack
+from audit.mia._cmia import CmiaAttack
+from audit.mia._label_only import BoundaryAttack, GapAttack
 from audit.mia._lira import LiraAttack
 from audit.mia._rmia import RmiaAttack
 from audit.mia._shadow import ShadowAttack
@@ -22,6 +24,9 @@ ATTACKS: dict[str, type[Attack]] = {
         ShadowAttack,
         LiraAttack,
         RmiaAttack,
+        GapAttack,
+        BoundaryAttack,
+        CmiaAttack,
     )
 }
 

@@ -93,6 +93,10 @@ class RmiaAttack(Attack):
             "seed": self.seed,
         }
 
+    def _before_resample(self, fitted: Attack) -> None:
+        if isinstance(fitted, RmiaAttack):
+            self.offline_a = fitted.a_  # a replicate keeps the tuned a: only the models vary
+
     def _fit(self, reference: ReferenceSet | None) -> None:
         reference = self._reference()  # Attack.fit refuses None for this attack
         rng = np.random.default_rng(self.seed)
@@ -155,12 +159,23 @@ class RmiaAttack(Attack):
     ) -> Scores:
         if target is None:
             raise InputError("RMIA queries the target on population samples: pass the model")
-        ref = self._reference()
-        p_ref = np.exp(np.stack([true_class_log_probability(lg, y) for lg in ref.logits(x, y)]))
-        out = ~ref.membership(x, y)
-        ratio_x = true_class_log_probability(logits, y) - log_prior(p_ref, out, self.a_)
+        ratio_x = true_class_log_probability(logits, y) - self._log_prior_x(self._reference(), x, y)
         z_logits = as_logits(target, self.z_x_, self.z_y_)
         ratio_z = true_class_log_probability(z_logits, self.z_y_) - log_prior(
             self.z_p_ref_, self.z_out_, self.a_
         )
         return rmia_scores(ratio_x, ratio_z, self.gamma)
+
+    def _log_prior_x(
+        self, ref: ReferenceSet, x: NDArray[np.float32], y: NDArray[np.int64]
+    ) -> NDArray[np.float64]:
+        """``log Pr(x)`` from ``x``'s OUT reference models. In a model-bootstrap replicate
+        (``ref.parent``), a candidate left without an OUT model keeps the full set's prior."""
+        p_ref = np.exp(np.stack([true_class_log_probability(lg, y) for lg in ref.logits(x, y)]))
+        out = ~ref.membership(x, y)
+        short = ~out.any(axis=0)
+        if ref.parent is not None and short.any():
+            prior = self._log_prior_x(ref.parent, x, y)
+            prior[~short] = log_prior(p_ref[:, ~short], out[:, ~short], self.a_)
+            return prior
+        return log_prior(p_ref, out, self.a_)

@@ -44,9 +44,15 @@ class MiaConfig:
     rmia_gamma: float = 1.0
     seed: int = 0
     bootstrap: int = 1000
+    model_bootstrap: int = 20
     fprs: tuple[float, ...] = (0.01, 0.001)
     jobs: int = 1
-    backend: str = "loky"
+    backend: str = "local"
+    address: str | None = None
+    device: str = "auto"
+    train_size: int | None = None
+    per_class: bool = False
+    sample_scores: bool = False
 
     def __post_init__(self) -> None:
         if not self.attacks:
@@ -56,6 +62,10 @@ class MiaConfig:
             raise InputError(f"unknown attack {unknown[0]!r} (choose {', '.join(ATTACKS)})")
         if self.reference_models < 1:
             raise InputError("at least one reference model is needed")
+        if not 0 <= self.model_bootstrap <= self.bootstrap:
+            raise InputError("model_bootstrap must lie in [0, bootstrap]")
+        if self.train_size is not None and self.train_size < 1:
+            raise InputError("train_size must be positive")
 
 
 _PARAMS: dict[str, Callable[[MiaConfig], dict[str, Any]]] = {
@@ -63,14 +73,18 @@ _PARAMS: dict[str, Callable[[MiaConfig], dict[str, Any]]] = {
     "rmia": lambda c: {"offline_a": c.rmia_offline_a, "gamma": c.rmia_gamma, "seed": c.seed},
     "shadow": lambda c: {"seed": c.seed},
 }
+_PER_CLASS = frozenset({"loss", "confidence", "entropy"})
 
 
 def build_attacks(config: MiaConfig) -> list[Attack]:
     """The configured attacks, unfitted, in the configured order."""
-    return [
-        make_attack(name, **(_PARAMS[name](config) if name in _PARAMS else {}))
-        for name in config.attacks
-    ]
+    out = []
+    for name in config.attacks:
+        params = _PARAMS[name](config) if name in _PARAMS else {}
+        if config.per_class and name in _PER_CLASS:
+            params["per_class"] = True
+        out.append(make_attack(name, **params))
+    return out
 
 
 def _reference_set(
@@ -82,7 +96,7 @@ def _reference_set(
     config: MiaConfig,
     progress: bool,
 ) -> ReferenceSet | None:
-    if not any(a.needs_reference_models for a in attacks):
+    if not any(a.uses_reference_models for a in attacks):
         return None
     online = "lira" in config.attacks and config.lira_variant == "online"
     pool = None
@@ -99,8 +113,11 @@ def _reference_set(
         recipe=config.recipe,
         seed=config.seed,
         candidates=pool,
+        train_size=config.train_size if config.train_size is not None else len(reference.y) // 2,
         jobs=config.jobs,
         backend=config.backend,
+        address=config.address,
+        device=config.device,
         progress=progress,
     )
 
@@ -135,7 +152,9 @@ def membership_audit(
         game="members-vs-non-members",
         seed=config.seed,
         bootstrap=config.bootstrap,
+        model_bootstrap=config.model_bootstrap,
         fprs=config.fprs,
+        sample_scores=config.sample_scores,
         now=now,
     )
 
@@ -188,6 +207,8 @@ def unlearning_audit(
         game="forget-vs-non-members",
         seed=config.seed,
         bootstrap=config.bootstrap,
+        model_bootstrap=config.model_bootstrap,
         fprs=config.fprs,
+        sample_scores=config.sample_scores,
         now=now,
     )

@@ -1,8 +1,15 @@
 """Per-example signals computed from logits, in float64 and numerically stable.
 
 Every attack reads a model only through its logits ``[N, C]`` and the true labels ``[N]``. The
-signals here never exponentiate a large logit: they work in log space (``logsumexp``) so that a
-confidently-correct overfit model (``p_y`` within 1e-12 of 1) still gives finite, ordered values.
+signals here never exponentiate a large logit and never form ``1 - p`` from a rounded ``p``: a
+confidently-correct overfit model (``p_y`` within 1e-17 of 1, where ``p_y`` itself rounds to 1
+in float64) still gives finite, *distinct*, correctly ordered values. The ranking signals are
+logit-scaled (log-odds) forms, ``log(p / (1 - p))`` computed as a difference of logits and a
+log-sum-exp of the *other* classes, which never saturates for finite logits.
+
+Models are queried in fixed-size, zero-padded chunks (:func:`query`), so a sample's logits, and
+every score computed from them, do not depend on which other samples were queried with it (a
+BLAS kernel may round a row differently for a different batch size).
 """
 
 from __future__ import annotations
@@ -16,12 +23,15 @@ from numpy.typing import NDArray
 from audit.errors import InputError
 
 __all__ = [
+    "QUERY_CHUNK",
     "LogitsFn",
     "as_logits",
     "log_softmax",
     "logit_confidence",
+    "max_logit_confidence",
     "max_probability",
     "modified_entropy",
+    "query",
     "true_class_log_probability",
 ]
 
@@ -30,6 +40,24 @@ LogitsFn: TypeAlias = Callable[[NDArray[np.float32]], NDArray[Any]]
 ``audit.runtime.OnnxModel.logits`` is one; a torch module wrapped in ``no_grad`` is another."""
 
 Float64 = NDArray[np.float64]
+QUERY_CHUNK = 256
+"""Rows per model query: every query has exactly this batch size (the last one zero-padded)."""
+
+
+def query(model: LogitsFn, x: NDArray[np.float32], *, chunk: int = QUERY_CHUNK) -> NDArray[Any]:
+    """``model(x)`` evaluated in batches of exactly ``chunk`` rows, the last padded with zeros
+    and the padding dropped: each row's output is computed in the same kernel shape whatever
+    its companions, so it is bit-for-bit independent of them."""
+    if len(x) == 0:
+        return np.asarray(model(x))
+    parts = []
+    for start in range(0, len(x), chunk):
+        batch = np.ascontiguousarray(x[start : start + chunk], dtype=np.float32)
+        rows = len(batch)
+        if rows < chunk:
+            batch = np.concatenate([batch, np.zeros((chunk - rows, *x.shape[1:]), np.float32)])
+        parts.append(np.asarray(model(batch))[:rows])
+    return np.concatenate(parts)
 
 
 def as_logits(
@@ -39,7 +67,7 @@ def as_logits(
 
     Rejects shapes that disagree with ``y`` and labels outside the model's classes, so that no
     attack silently reads a wrong column."""
-    raw = np.asarray(target if isinstance(target, np.ndarray) else target(x))
+    raw = np.asarray(target if isinstance(target, np.ndarray) else query(target, x))
     logits = raw.astype(np.float64, copy=False)
     if logits.ndim != 2 or logits.shape[0] != len(y):
         raise InputError(f"the model returned logits of shape {logits.shape} for {len(y)} samples")
@@ -61,9 +89,22 @@ def log_softmax(logits: Float64) -> Float64:
 
 
 def true_class_log_probability(logits: Float64, y: NDArray[np.int64]) -> Float64:
-    """``log p_y`` (the negative cross-entropy loss)."""
-    rows = np.arange(len(y))
-    out: Float64 = log_softmax(logits)[rows, y]
+    """``log p_y`` (the negative cross-entropy loss), as ``-log(1 + exp(-phi))`` from the
+    log-odds :func:`logit_confidence`: accurate to rounding when ``p_y`` is within 1e-300 of 1
+    (``log(sum exp)`` of the shifted row would round ``log(1 + 1e-20)`` to 0)."""
+    out: Float64 = -np.logaddexp(0.0, -logit_confidence(logits, y))
+    return out
+
+
+def _log_odds(logits: Float64, column: NDArray[np.intp]) -> Float64:
+    """``log(p_c / (1 - p_c))`` for class ``column[n]`` of row ``n``: its logit minus the
+    log-sum-exp of the other logits (shifted by their own maximum)."""
+    rows = np.arange(len(column))
+    others = logits.copy()
+    others[rows, column] = -np.inf
+    top = others.max(axis=1)
+    lse_others = top + np.log(np.exp(others - top[:, None]).sum(axis=1))
+    out: Float64 = logits[rows, column] - lse_others
     return out
 
 
@@ -71,19 +112,23 @@ def logit_confidence(logits: Float64, y: NDArray[np.int64]) -> Float64:
     """LiRA's logit-scaled confidence ``phi = log(p_y / (1 - p_y))``.
 
     Computed as ``logit_y - logsumexp(logits of the other classes)``, which equals the definition
-    and stays finite when ``p_y`` rounds to 1 in float64."""
-    rows = np.arange(len(y))
-    others = logits.copy()
-    others[rows, y] = -np.inf
-    top = others.max(axis=1)
-    lse_others = top + np.log(np.exp(others - top[:, None]).sum(axis=1))
-    out: Float64 = logits[rows, y] - lse_others
-    return out
+    and stays finite and ordered when ``p_y`` rounds to 1 in float64. It is a strictly
+    increasing function of ``log p_y``, so it ranks samples exactly as the loss does."""
+    return _log_odds(logits, np.asarray(y, dtype=np.intp))
+
+
+def max_logit_confidence(logits: Float64) -> Float64:
+    """The log-odds of the highest softmax probability, ``log(p_max / (1 - p_max))``: a strictly
+    increasing function of :func:`max_probability` that never rounds to a tie."""
+    return _log_odds(logits, logits.argmax(axis=1))
 
 
 def max_probability(logits: Float64) -> Float64:
-    """The highest softmax probability (label-free confidence, Salem et al. 2019)."""
-    out: Float64 = np.exp(log_softmax(logits).max(axis=1))
+    """The highest softmax probability (label-free confidence, Salem et al. 2019). Rounds to 1
+    for confident rows; attacks rank by :func:`max_logit_confidence` instead."""
+    from scipy.special import expit
+
+    out: Float64 = expit(max_logit_confidence(logits))
     return out
 
 

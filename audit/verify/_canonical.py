@@ -219,7 +219,9 @@ def canonical_patch(spec: PatchSpec, *, tail: str = "logits") -> CanonicalGraph:
 
 def _describe(node: Any) -> str:
     ins = ", ".join(n[:40] for n in node.input)
-    return f"{node.op_type} {node.name[:60]!r}({ins})"
+    outs = ", ".join(n[:40] for n in node.output)
+    attrs = ",".join(a.name for a in node.attribute)
+    return f"{node.op_type} {node.name[:60]!r}({ins}) -> {outs}" + (f" [{attrs}]" if attrs else "")
 
 
 def _node_bytes(node: Any) -> bytes:

@@ -38,6 +38,10 @@ class Locality(Check[VerifyContext]):
     requires = frozenset({"original", "reference"})
 
     def run(self, ctx: VerifyContext) -> CheckOutcome:
+        if ctx.predicate.class_claim is not None:  # no supports: every point is replayed exactly
+            return self.not_applicable(
+                "class suppression: other logits are unchanged by construction (class.suppression)"
+            )
         x, _ = _reference(ctx)
         ev = ctx.evaluate(x, key="reference")
         params = ctx.patch()

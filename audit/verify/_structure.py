@@ -39,7 +39,7 @@ from audit.verify._canonical import (
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome
 from audit.verify._graph import match_original_nodes, metadata, original_problems
-from audit.verify._replay import claim_arrays
+from audit.verify._replay import patch_arrays
 
 __all__ = ["StructureOriginal", "StructurePatch"]
 
@@ -86,6 +86,10 @@ class StructurePatch(Check[VerifyContext]):
     requires = frozenset({"original", "forget"})
 
     def run(self, ctx: VerifyContext) -> CheckOutcome:
+        if ctx.predicate.class_claim is not None:  # another patch form, rebuilt exactly there
+            return self.not_applicable(
+                "class suppression: the form is checked by class.suppression"
+            )
         head = ctx.head()
         method = ctx.predicate.method
         params = ctx.patch()
@@ -120,7 +124,7 @@ class StructurePatch(Check[VerifyContext]):
                 problems=problems[:20],
                 **evidence,
             )
-        cols = claim_arrays(ctx.predicate.claims)
+        cols = patch_arrays(ctx.predicate.claims)
         rows = np.searchsorted(openings.leaf_index, cols["leaf"]).clip(0, len(openings) - 1)
         if (cols["patch"] >= params.patches).any():
             return self.failed(f"a claim names a patch outside [0, {params.patches})", **evidence)

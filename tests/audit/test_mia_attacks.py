@@ -73,7 +73,7 @@ def test_modified_entropy_matches_song_and_mittal() -> None:
     assert np.isfinite(modified_entropy(np.array([[1e4, 0.0]]), np.array([1]))).all()
 
 
-def _phi_table(refs: ReferenceSet, x, y):
+def _phi_table(refs: ReferenceSet, x, y, membership=None):
     """Per model, per example, by loops: phi and IN/OUT."""
     rows = []
     for model in refs.models:
@@ -82,23 +82,34 @@ def _phi_table(refs: ReferenceSet, x, y):
         with torch.no_grad():
             logits = model(torch.from_numpy(x)).double().numpy()
         rows.append([log(p / (1 - p)) for p in softmax(logits, axis=1)[np.arange(len(y)), y]])
-    return np.array(rows), refs.membership(x, y)
+    return np.array(rows), refs.membership(x, y) if membership is None else membership
 
 
-def _naive_gaussians(phi, inside, variance: str):
+def _means_and_sds(phi, inside):
     means, sds = [], []
     for n in range(phi.shape[1]):
         vals = [phi[k, n] for k in range(phi.shape[0]) if inside[k, n]]
-        means.append(sum(vals) / len(vals))
-        sds.append(sqrt(sum((v - means[-1]) ** 2 for v in vals) / len(vals)))
+        means.append(sum(vals) / len(vals) if vals else float("nan"))
+        sds.append(sqrt(sum((v - means[-1]) ** 2 for v in vals) / len(vals)) if vals else 0.0)
+    return means, sds
+
+
+def _naive_gaussians(phi, inside, variance: str, refs: ReferenceSet, side_in: bool):
+    """Per-example: the candidate's own spread. Fixed: pooled over the *reference data* on the
+    same side (IN or OUT), never over the candidates."""
+    means, sds = _means_and_sds(phi, inside)
     if variance == "fixed":
-        num = sum(
-            (phi[k, n] - means[n]) ** 2
-            for n in range(phi.shape[1])
-            for k in range(phi.shape[0])
-            if inside[k, n]
-        )
-        dof = sum(inside[:, n].sum() - 1 for n in range(phi.shape[1]))
+        rphi, rin = _phi_table(refs, refs.x, refs.y, refs.in_reference)
+        rmask = rin if side_in else ~rin
+        rmeans, _ = _means_and_sds(rphi, rmask)
+        num = dof = 0.0
+        for n in range(rphi.shape[1]):
+            count = int(rmask[:, n].sum())
+            if count >= 2:
+                num += sum(
+                    (rphi[k, n] - rmeans[n]) ** 2 for k in range(rphi.shape[0]) if rmask[k, n]
+                )
+                dof += count - 1
         sds = [sqrt(num / dof)] * len(means)
     return np.array(means), np.maximum(np.array(sds), 1e-6)
 
@@ -113,11 +124,11 @@ def test_lira_equals_a_per_example_loop(variant: str, variance: str) -> None:
     got = attack.score(target, x, y)
     phi_t = [log(p / (1 - p)) for p in softmax(target(x).astype(float), 1)[np.arange(60), y]]
     phi, inside = _phi_table(refs, x, y)
-    mu_out, sd_out = _naive_gaussians(phi, ~inside, variance)
+    mu_out, sd_out = _naive_gaussians(phi, ~inside, variance, refs, side_in=False)
     if variant == "offline":
         want = [norm.logcdf(p, m, s) for p, m, s in zip(phi_t, mu_out, sd_out, strict=True)]
     else:
-        mu_in, sd_in = _naive_gaussians(phi, inside, variance)
+        mu_in, sd_in = _naive_gaussians(phi, inside, variance, refs, side_in=True)
         want = [
             norm.logpdf(p, mi, si) - norm.logpdf(p, mo, so)
             for p, mi, si, mo, so in zip(phi_t, mu_in, sd_in, mu_out, sd_out, strict=True)
@@ -190,7 +201,17 @@ def test_reference_model_attacks_refuse_to_run_unfitted_or_without_references() 
         make_attack("telepathy")
     with pytest.raises(InputError, match="bad parameters"):
         make_attack("loss", variant="online")
-    assert set(ATTACKS) == {"loss", "confidence", "entropy", "shadow", "lira", "rmia"}
+    assert set(ATTACKS) == {
+        "loss",
+        "confidence",
+        "entropy",
+        "shadow",
+        "lira",
+        "rmia",
+        "gap",
+        "boundary",
+        "cmia",
+    }
 
 
 def test_lira_beats_loss_at_low_fpr_on_an_overfit_model() -> None:

@@ -95,11 +95,73 @@ def test_mia_prints_a_table_and_writes_a_versioned_document(work: Path, tmp_path
             want = (onnx_model.logits(data["x"]).argmax(1) == data["y"]).mean()
         assert model[key] == pytest.approx(want)
     lira = model["attacks"]["lira"]
-    assert lira["params"] == {"variant": "offline", "variance": "fixed"}
+    assert lira["params"]["variant"] == "offline" and lira["params"]["variance"] == "fixed"
+    assert lira["params"]["sd_out"] > 0  # the fit-time variance is recorded
+    assert lira["model_bootstrap"] == 20 and doc["model_bootstrap"] == 20
+    assert "scores" not in lira
     assert lira["auc"]["low"] <= lira["auc"]["value"] <= lira["auc"]["high"]
     assert set(lira["tpr_at_fpr"]) == {"0.01", "0.001"}
     assert len(lira["roc"]["fpr"]) == len(lira["roc"]["tpr"]) >= 2
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_the_owners_recipe_per_sample_scores_and_per_class_thresholds(
+    work: Path, tmp_path: Path
+) -> None:
+    train_json = tmp_path / "train.json"
+    train_json.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "config": {
+                    "arch": "mlp",
+                    "hidden": [32, 16],
+                    "epochs": 7,
+                    "batch_size": 32,
+                    "lr": 0.002,
+                    "weight_decay": 0.0001,
+                    "seed": 0,
+                },
+                "train_size": 150,
+            }
+        )
+    )
+    out = tmp_path / "mia.json"
+    args = _args(
+        work,
+        "--json",
+        str(out),
+        "--train-json",
+        str(train_json),
+        "--attack",
+        "loss",
+        "--attack",
+        "lira",
+        "--per-class",
+        "--sample-scores",
+        "--model-bootstrap",
+        "4",
+    )
+    args.remove("--epochs")
+    args.remove("5")
+    result = CliRunner().invoke(cli, [*args, "--batch-size", "64"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(out.read_text())
+    ref = doc["reference_models"]
+    assert (ref["epochs"], ref["batch_size"], ref["lr"], ref["weight_decay"]) == (
+        7,
+        64,
+        0.002,
+        1e-4,
+    )
+    assert max(ref["train_sizes"]) <= 150
+    loss = doc["models"]["model"]["attacks"]["loss"]
+    assert loss["params"] == {"per_class": True} and loss["model_bootstrap"] == 4
+    assert len(loss["scores"]["members"]) == 150 and len(loss["scores"]["non_members"]) == 150
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"version": 1, "config": {"epochs": "many"}}))
+    result = CliRunner().invoke(cli, [*args, "--train-json", str(bad)])
+    assert result.exit_code == 2 and "config.epochs must be a number" in result.output
 
 
 def test_online_lira_with_per_example_variance(work: Path) -> None:
