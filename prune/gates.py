@@ -26,6 +26,9 @@ gate", is the contract):
   changes (on split neurons' ``z_k = 0``), which is why its graph is checked node for node
   against the canonical form rather than by the piecewise-linear op rules.
 
+``auto`` (:func:`resolve_gate`, the pipeline's default) picks the routed gate from
+:data:`ROUTED_FROM` patches on and the activation gate below, by the measured serving cost.
+
 The activation and dense gates are 1 exactly on ``S_u`` (the linearised polytope *is* the pattern region) and 0 far from
 it. Outside ``S_u`` walk the layers from the first one: at the first layer where the pattern of
 ``x`` differs from ``u``'s, the linearised rows equal the real pre-activations, so both gates see
