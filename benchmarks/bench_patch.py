@@ -109,22 +109,24 @@ def scenario_single(data: dict[str, Any], args: argparse.Namespace) -> dict[str,
     runner = OrtRunner(
         data["raw"], outputs=[*head.hidden, head.output], threads=args.threads or None
     )
-    solver = LagrangianSolver()
+    solvers = {"default": LagrangianSolver(), "tight": LagrangianSolver(steps=40, scales="exact")}
     rng = np.random.default_rng(1)
     picks = rng.choice(len(data["y_train"]), args.points, replace=False)
     times: list[float] = []
+    tight_times: list[float] = []
     for i in picks:
         x = data["x_train"][i : i + 1]
-        start = time.perf_counter()
-        outs = runner.run(x)
-        z = np.concatenate([o.reshape(1, -1) for o in outs[:-1]], axis=1)
-        logits = outs[-1].astype(np.float64)
-        logits[0, data["y_train"][i]] = -np.inf
-        target = torch.tensor([int(logits.argmax())])
-        regions = linearize(head, z >= 0, box=box, dense=False)
-        sol = solver.solve(regions, target, margin=torch.tensor([DEFAULT_MARGIN + 0.01]))
-        times.append(time.perf_counter() - start)
-        assert float(sol.certified_margin[0]) >= DEFAULT_MARGIN
+        for name, solver in solvers.items():  # alternated: load hits both alike
+            start = time.perf_counter()
+            outs = runner.run(x)
+            z = np.concatenate([o.reshape(1, -1) for o in outs[:-1]], axis=1)
+            logits = outs[-1].astype(np.float64)
+            logits[0, data["y_train"][i]] = -np.inf
+            target = torch.tensor([int(logits.argmax())])
+            regions = linearize(head, z >= 0, box=box, dense=False)
+            sol = solver.solve(regions, target, margin=torch.tensor([DEFAULT_MARGIN + 0.01]))
+            (times if name == "default" else tight_times).append(time.perf_counter() - start)
+            assert float(sol.certified_margin[0]) >= DEFAULT_MARGIN
     pipeline = []
     for i in picks[:5]:
         res = unlearn(data["raw"], data["x_train"], data["y_train"], forget_indices=[int(i)])
@@ -144,8 +146,10 @@ def scenario_single(data: dict[str, Any], args: argparse.Namespace) -> dict[str,
         "patch_ms_p50": 1e3 * _pct(times, 50),
         "patch_ms_p90": 1e3 * _pct(times, 90),
         "patch_ms_mean": 1e3 * statistics.mean(times),
-        "target_ms_p50": 50.0,
-        "meets_target": 1e3 * _pct(times, 50) <= 50.0,
+        "tight_solver_ms_p50": 1e3 * _pct(tight_times, 50),
+        "solvers": {k: v.options() for k, v in solvers.items()},
+        "target_ms_p50": 10.0,
+        "meets_target": 1e3 * _pct(times, 50) <= 10.0,
         "what": "runtime pattern + linearisation + Lagrangian solve, one point per call",
         "pipeline_one_point": {
             "runs": len(pipeline),
@@ -434,14 +438,19 @@ def scenario_scaling(data: dict[str, Any], args: argparse.Namespace) -> dict[str
         patched.run([OUTPUT], feed_p)
     t_o: list[float] = []
     t_p: list[float] = []
+    c_o: list[float] = []
+    c_p: list[float] = []
     for _ in range(args.latency_runs):
-        a = time.perf_counter()
+        a, ca = time.perf_counter(), time.process_time()
         original.run([out_o], feed_o)
-        b = time.perf_counter()
+        b, cb = time.perf_counter(), time.process_time()
         patched.run([OUTPUT], feed_p)
         t_o.append(b - a)
         t_p.append(time.perf_counter() - b)
-    ms_o, ms_p = 1e3 * _pct(t_o, 50), 1e3 * _pct(t_p, 50)
+        c_o.append(cb - ca)
+        c_p.append(time.process_time() - cb)
+    ms_o, ms_p = 1e3 * _pct(c_o, 50), 1e3 * _pct(c_p, 50)
+    wall_o, wall_p = 1e3 * _pct(t_o, 50), 1e3 * _pct(t_p, 50)
     return {
         "patches": p,
         "gate": args.gate,
@@ -452,6 +461,11 @@ def scenario_scaling(data: dict[str, Any], args: argparse.Namespace) -> dict[str
         "original_ms_p50": ms_o,
         "patched_ms_p50": ms_p,
         "latency_ratio": ms_p / ms_o,
+        "latency_clock": "process CPU time (one onnxruntime thread; wall time of ~1 ms calls "
+        "on the loaded 2-core machine is preemption noise), wall medians beside it",
+        "original_wall_ms_p50": wall_o,
+        "patched_wall_ms_p50": wall_p,
+        "wall_ratio": wall_p / wall_o,
         "batch": len(x),
         "runs": args.latency_runs,
     }
@@ -711,7 +725,16 @@ def scaling_table(args: argparse.Namespace) -> dict[str, Any]:
     table: dict[str, Any] = {}
     if not prepared.exists() or len(np.load(prepared)["d"]) < max(SCALING_PATCHES):
         table["prepare"] = run_child(args, "prepare-latency")
+    gates = args.scaling_gates.split(",") if args.scaling_gates else list(SCALING_GATES)
+    previous = (
+        json.loads(args.out.read_text()).get("results", {}).get("scaling", {})
+        if args.out.exists()
+        else {}
+    )
+    table.update({k: v for k, v in previous.items() if k.split("-")[0] not in gates})
     for gate, largest in SCALING_GATES.items():
+        if gate not in gates:
+            continue
         for p in SCALING_PATCHES:
             if p <= largest:
                 print(f"[bench_patch]   {gate} x {p}", file=sys.stderr, flush=True)
@@ -767,6 +790,9 @@ def main() -> None:
         "--lp-time-limit", type=float, default=900.0, help="seconds per REASSURE LP"
     )
     parser.add_argument("--run-scenario", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--scaling-gates", default="", help="gates the scaling scenario re-measures (default all)"
+    )
     parser.add_argument("--patches", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--gate", default="routed", help="gate of the speedup scenario")
     args = parser.parse_args()
@@ -778,7 +804,7 @@ def main() -> None:
     if args.run_scenario:
         child(args)
         return
-    out = args.out or ROOT / "results" / f"patch-{args.dataset}.json"
+    out = args.out = args.out or ROOT / "results" / f"patch-{args.dataset}.json"
     model = ensure_model(args)
     doc: dict[str, Any] = {
         "version": 1,

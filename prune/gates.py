@@ -26,6 +26,9 @@ gate", is the contract):
   changes (on split neurons' ``z_k = 0``), which is why its graph is checked node for node
   against the canonical form rather than by the piecewise-linear op rules.
 
+``auto`` (:func:`resolve_gate`, the pipeline's default) picks the routed gate from
+:data:`ROUTED_FROM` patches on and the activation gate below, by the measured serving cost.
+
 The activation and dense gates are 1 exactly on ``S_u`` (the linearised polytope *is* the pattern region) and 0 far from
 it. Outside ``S_u`` walk the layers from the first one: at the first layer where the pattern of
 ``x`` differs from ``u``'s, the linearised rows equal the real pre-activations, so both gates see
@@ -60,14 +63,16 @@ from prune.model import PLHead
 from prune.regions import InputBox, linearize
 
 __all__ = [
+    "AUTO",
     "GATES",
     "ActivationGate",
     "DenseGate",
     "Gate",
     "NodeSink",
     "RoutedGate",
-    "bit_table",
     "make_gate",
+    "resolve_gate",
+    "sign_table",
 ]
 
 F32 = NDArray[np.float32]
@@ -186,11 +191,14 @@ class DenseGate:
         )
 
 
-def bit_table() -> F32:
-    """``[256, 8]``: row ``v`` holds the bits of byte ``v``, least significant first (the
-    routed gate unpacks its stored patterns with one Gather in this table)."""
+def sign_table() -> F32:
+    """``[256, 8]``: row ``v`` holds ``1 - 2 bit_j(v)`` for the bits of byte ``v``, least
+    significant first: ``-1`` for an active neuron, ``+1`` for an inactive one. The routed gate
+    unpacks a stored pattern with one Gather in this table, and ``ReLU(sign_k z_k)`` is then
+    exactly the activation gate's violation term of neuron ``k``."""
     values = np.arange(256, dtype=np.uint8)[:, None]
-    return np.unpackbits(values, axis=1, bitorder="little").astype(np.float32)
+    bits = np.unpackbits(values, axis=1, bitorder="little").astype(np.float32)
+    return np.asarray(1.0 - 2.0 * bits, dtype=np.float32)
 
 
 def routing_tree(params: Params) -> RoutingTree:
@@ -224,7 +232,7 @@ class RoutedGate:
             "route/split": tree.split,
             "route/child": tree.child.reshape(-1),
             "route/leaf": tree.leaf,
-            "route/bits": bit_table(),
+            "route/signs": sign_table(),
         }
 
     def routes(self, z: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -238,8 +246,8 @@ class RoutedGate:
         """``(patch [N], g [N])``: the routed candidate and its gate value."""
         patch = self.routes(z, params)
         packed = params["route/patterns"][patch].to(torch.int64)
-        bits = params["route/bits"][packed].reshape(len(z), -1)[:, : z.shape[1]].to(z.dtype)
-        violation = (torch.relu(z) - bits * z).sum(dim=1)
+        sign = params["route/signs"][packed].reshape(len(z), -1)[:, : z.shape[1]].to(z.dtype)
+        violation = torch.relu(z * sign).sum(dim=1)
         return patch, torch.relu(1.0 - violation * n)
 
     def torch_gate(
@@ -277,8 +285,6 @@ class RoutedGate:
         tree = routing_tree(params)
         i32 = TensorProto.INT32
         zero = sink.const("route/zero", np.asarray(0.0, dtype=np.float32))
-        ge = sink.node("GreaterOrEqual", [z, zero], name="route/ge")
-        signs = sink.node("Cast", [ge], name="route/signs", to=i32)
         weights = sink.const("route/weights", (1 << np.arange(tree.width)).astype(np.int32))
         codes = sink.const("route/codes", np.asarray(1 << tree.width, dtype=np.int32))
         row = sink.node(
@@ -292,12 +298,17 @@ class RoutedGate:
         )
         axes0 = sink.const("route/axes0", np.asarray([0], np.int64))
         root = sink.node("Squeeze", [row, axes0], name="route/root")
-        bits = sink.node("Gather", [signs, root], name="route/b0", axis=1)
+        # only the T tested neurons' signs are computed per level, never all H of them
+        z_k = sink.node("Gather", [z, root], name="route/z0", axis=1)
+        ge = sink.node("GreaterOrEqual", [z_k, zero], name="route/ge0")
+        bits = sink.node("Cast", [ge], name="route/b0", to=i32)
         code = sink.node("MatMul", [bits, weights], name="route/code0")
         node = sink.node("Gather", [p + "route/child", code], name="route/node1", axis=0)
         for level in range(1, tree.depth):
             k = sink.node("Gather", [p + "route/split", node], name=f"route/k{level}", axis=0)
-            bits = sink.node("GatherElements", [signs, k], name=f"route/b{level}", axis=1)
+            z_k = sink.node("GatherElements", [z, k], name=f"route/z{level}", axis=1)
+            ge = sink.node("GreaterOrEqual", [z_k, zero], name=f"route/ge{level}")
+            bits = sink.node("Cast", [ge], name=f"route/b{level}", to=i32)
             code = sink.node("MatMul", [bits, weights], name=f"route/code{level}")
             base = sink.node("Mul", [node, codes], name=f"route/base{level}")
             index = sink.node("Add", [base, code], name=f"route/index{level}")
@@ -307,30 +318,29 @@ class RoutedGate:
         patch = sink.node("Gather", [p + "route/leaf", node], name="route/patch", axis=0)
         packed = sink.node("Gather", [p + "route/patterns", patch], name="route/packed", axis=0)
         byte = sink.node("Cast", [packed], name="route/bytes", to=i32)
-        unpacked = sink.node("Gather", [p + "route/bits", byte], name="route/bits8", axis=0)
+        unpacked = sink.node("Gather", [p + "route/signs", byte], name="route/signs8", axis=0)
         width = 8 * int(np.asarray(params["route/patterns"]).shape[1])
-        pattern = sink.node(
+        sign = sink.node(
             "Reshape",
             [unpacked, sink.const("route/flat", np.asarray([0, width], np.int64))],
-            name="route/pattern" if width == hidden else "route/bits_flat",
+            name="route/sign" if width == hidden else "route/signs_flat",
         )
         axes1 = sink.const("route/axes1", np.asarray([1], dtype=np.int64))
         if width != hidden:
-            pattern = sink.node(
+            sign = sink.node(
                 "Slice",
                 [
-                    pattern,
+                    sign,
                     sink.const("route/h0", np.asarray([0], np.int64)),
                     sink.const("route/h1", np.asarray([hidden], np.int64)),
                     axes1,
                 ],
-                name="route/pattern",
+                name="route/sign",
             )
-        # relu(z) - pattern*z is, entry by entry and exactly in floating point, the activation
-        # gate's pos*relu(-z) + neg*relu(z): 0 where the sign matches, |z_k| where it does not
-        above = sink.node("Relu", [z], name="gate/above")
-        pz = sink.node("Mul", [pattern, z], name="route/pz")
-        terms = sink.node("Sub", [above, pz], name="gate/terms")
+        # ReLU(sign_k z_k) is, entry by entry and exactly in floating point (sign_k = +-1),
+        # the activation gate's pos*relu(-z) + neg*relu(z): 0 where the sign matches, |z_k| not
+        signed = sink.node("Mul", [z, sign], name="gate/signed")
+        terms = sink.node("Relu", [signed], name="gate/terms")
         violation = sink.node("ReduceSum", [terms, axes1], name="gate/violation", keepdims=1)
         scaled = sink.node("Mul", [violation, n], name="gate/scaled")
         one = sink.const("gate/one", np.asarray(1.0, dtype=np.float32))
@@ -362,6 +372,21 @@ GATES: dict[str, type[ActivationGate] | type[DenseGate] | type[RoutedGate]] = {
     DenseGate.name: DenseGate,
     RoutedGate.name: RoutedGate,
 }
+
+
+AUTO = "auto"
+ROUTED_FROM = 64
+"""``auto`` picks the routed gate from this many patches on, the activation gate below: the
+activation gate's cost grows with ``P`` (x1.2 of the original at 1-10 patches, x1.6 at 100,
+x70 at 1000 on Fashion-MNIST, batch 256), the routed gate's does not (x1.4-1.5 at 1 to 6000
+patches); docs/BENCHMARKS.md, "Serving cost and speed"."""
+
+
+def resolve_gate(name: str, patches: int) -> str:
+    """The gate ``name`` stands for with ``patches`` patches (``auto`` -> a registered gate)."""
+    if name == AUTO:
+        return RoutedGate.name if patches >= ROUTED_FROM else ActivationGate.name
+    return name
 
 
 def make_gate(name: str) -> Gate:

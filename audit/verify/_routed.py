@@ -43,15 +43,17 @@ _TABLES = {
     "route/split": _INT32,
     "route/child": _INT32,
     "route/leaf": _INT32,
-    "route/bits": _FLOAT,
+    "route/signs": _FLOAT,
     "route/zero": _FLOAT,
     "gate/one": _FLOAT,
 }
 
 
-def bit_table() -> NDArray[np.float32]:
+def sign_table() -> NDArray[np.float32]:
+    """``[256, 8]``: ``1 - 2 * bit_j(v)`` (FORMATS.md): -1 active, +1 inactive."""
     values = np.arange(256, dtype=np.uint8)[:, None]
-    return np.unpackbits(values, axis=1, bitorder="little").astype(np.float32)
+    bits = np.unpackbits(values, axis=1, bitorder="little").astype(np.float32)
+    return np.asarray(1.0 - 2.0 * bits, dtype=np.float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,7 +148,7 @@ def read_routing(patched: Any, *, patches: int, hidden: int) -> Routing:
     if (child < 0).any() or (child >= nodes).any() or (leaf < 0).any() or (leaf >= patches).any():
         raise CheckUnavailable("routed gate: a child or leaf index is out of range")
     for name, want in (
-        ("route/bits", bit_table()),
+        ("route/signs", sign_table()),
         ("route/zero", np.float32(0.0)),
         ("gate/one", np.float32(1.0)),
     ):
@@ -187,14 +189,8 @@ def routed_gate(graph: CanonicalGraph, spec: PatchSpec, x: str, z: str) -> str:
     graph.param("route/split", (nodes, width), i32)
     graph.param("route/child", (nodes << width,), i32)
     graph.param("route/leaf", (nodes,), i32)
-    graph.const("route/bits", bit_table())
+    graph.const("route/signs", sign_table())
     zero = graph.const("route/zero", np.asarray(0.0, dtype=np.float32))
-    signs = graph.node(
-        "Cast",
-        [graph.node("GreaterOrEqual", [z, zero], name="route/ge")],
-        name="route/signs",
-        to=i32,
-    )
     weights = graph.const("route/weights", (1 << np.arange(width)).astype(np.int32))
     codes = graph.const("route/codes", np.asarray(1 << width, dtype=np.int32))
     s0 = graph.const("route/s0", np.asarray([0], np.int64))
@@ -202,12 +198,16 @@ def routed_gate(graph: CanonicalGraph, spec: PatchSpec, x: str, z: str) -> str:
     row = graph.node("Slice", [p + "route/split", s0, s1], name="route/root_row")
     axes0 = graph.const("route/axes0", np.asarray([0], np.int64))
     root = graph.node("Squeeze", [row, axes0], name="route/root")
-    bits = graph.node("Gather", [signs, root], name="route/b0", axis=1)
+    z_k = graph.node("Gather", [z, root], name="route/z0", axis=1)
+    ge = graph.node("GreaterOrEqual", [z_k, zero], name="route/ge0")
+    bits = graph.node("Cast", [ge], name="route/b0", to=i32)
     code = graph.node("MatMul", [bits, weights], name="route/code0")
     node = graph.node("Gather", [p + "route/child", code], name="route/node1", axis=0)
     for level in range(1, routing.depth):
         k = graph.node("Gather", [p + "route/split", node], name=f"route/k{level}", axis=0)
-        bits = graph.node("GatherElements", [signs, k], name=f"route/b{level}", axis=1)
+        z_k = graph.node("GatherElements", [z, k], name=f"route/z{level}", axis=1)
+        ge = graph.node("GreaterOrEqual", [z_k, zero], name=f"route/ge{level}")
+        bits = graph.node("Cast", [ge], name=f"route/b{level}", to=i32)
         code = graph.node("MatMul", [bits, weights], name=f"route/code{level}")
         base = graph.node("Mul", [node, codes], name=f"route/base{level}")
         index = graph.node("Add", [base, code], name=f"route/index{level}")
@@ -217,21 +217,20 @@ def routed_gate(graph: CanonicalGraph, spec: PatchSpec, x: str, z: str) -> str:
     patch = graph.node("Gather", [p + "route/leaf", node], name="route/patch", axis=0)
     packed = graph.node("Gather", [p + "route/patterns", patch], name="route/packed", axis=0)
     byte = graph.node("Cast", [packed], name="route/bytes", to=i32)
-    unpacked = graph.node("Gather", [p + "route/bits", byte], name="route/bits8", axis=0)
+    unpacked = graph.node("Gather", [p + "route/signs", byte], name="route/signs8", axis=0)
     flat = 8 * packed_width
-    pattern = graph.node(
+    sign = graph.node(
         "Reshape",
         [unpacked, graph.const("route/flat", np.asarray([0, flat], np.int64))],
-        name="route/pattern" if flat == spec.hidden else "route/bits_flat",
+        name="route/sign" if flat == spec.hidden else "route/signs_flat",
     )
     axes1 = graph.const("route/axes1", np.asarray([1], dtype=np.int64))
     if flat != spec.hidden:
         h0 = graph.const("route/h0", np.asarray([0], np.int64))
         h1 = graph.const("route/h1", np.asarray([spec.hidden], np.int64))
-        pattern = graph.node("Slice", [pattern, h0, h1, axes1], name="route/pattern")
-    above = graph.node("Relu", [z], name="gate/above")
-    pz = graph.node("Mul", [pattern, z], name="route/pz")
-    terms = graph.node("Sub", [above, pz], name="gate/terms")
+        sign = graph.node("Slice", [sign, h0, h1, axes1], name="route/sign")
+    signed = graph.node("Mul", [z, sign], name="gate/signed")
+    terms = graph.node("Relu", [signed], name="gate/terms")
     violation = graph.node("ReduceSum", [terms, axes1], name="gate/violation", keepdims=1)
     scaled = graph.node("Mul", [violation, p + "n"], name="gate/scaled")
     one = graph.const("gate/one", np.asarray(1.0, dtype=np.float32))

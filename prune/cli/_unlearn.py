@@ -21,7 +21,7 @@ from prune.cli._common import SEED, check_output_folder, finite_range, show_prog
 from prune.data import load_npz
 from prune.errors import DataError, PruneError
 from prune.formats import UnreadableFile, read_regular
-from prune.gates import GATES
+from prune.gates import AUTO, GATES, ROUTED_FROM
 from prune.model import read_model
 from prune.privacy import add_decoys
 from prune.solvers import SOLVERS
@@ -171,7 +171,13 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     help="Proof folder PROOF (must not exist or be empty).",
 )
 @click.option("--solver", type=click.Choice(list(SOLVERS)), default="lagrangian", show_default=True)
-@click.option("--gate", type=click.Choice(list(GATES)), default="activation", show_default=True)
+@click.option(
+    "--gate",
+    type=click.Choice([*GATES, AUTO]),
+    default=AUTO,
+    show_default=True,
+    help=f"Support gate; auto: routed from {ROUTED_FROM} patches on, activation below.",
+)
 @click.option(
     "--target-policy",
     type=click.Choice(list(POLICY_NAMES)),

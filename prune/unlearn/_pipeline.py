@@ -31,7 +31,7 @@ from prune.claims import CalibratedClaim, Claim
 from prune.errors import DataError, PatchError
 from prune.export import OUTPUT, export_patched
 from prune.formats import ClassClaim
-from prune.gates import GATES
+from prune.gates import AUTO, GATES, resolve_gate
 from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
 from prune.proofs._duals import region_duals
@@ -110,7 +110,7 @@ def _check_options(
 ) -> None:
     for kind, value, registry in (
         ("solver", solver, SOLVERS),
-        ("gate", gate, GATES),
+        ("gate", gate, {**GATES, AUTO: None}),
         ("target policy", policy, POLICY_NAMES),
         ("strategy", strategy, STRATEGIES),
     ):
@@ -134,7 +134,7 @@ def unlearn(
     x_test: NDArray[np.float32] | None = None,
     y_test: NDArray[np.int64] | None = None,
     solver: str = "lagrangian",
-    gate: str = "activation",
+    gate: str = AUTO,
     target_policy: str | None = None,
     strategy: str = "individual",
     margin: float = DEFAULT_MARGIN,
@@ -231,6 +231,7 @@ def unlearn(
                 y_test=y_test,
                 threads=threads,
             )
+            gate = resolve_gate(gate, len(points))
             t_export = clock()
             out = run_calibrated(
                 imported,
@@ -255,6 +256,7 @@ def unlearn(
             plan = plan_patches(strategy, ctx, points)
             if len(plan.targets) == 0:
                 raise PatchError("no forget point could be given a certified patch")
+            gate = resolve_gate(gate, len(plan.targets))
             t_export = clock()
             patched, plan, ok, resolved = _export_and_recheck(
                 imported,

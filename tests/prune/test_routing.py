@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from prune._routing import build_tree, pack_patterns, unpack_patterns
 from prune.errors import PatchError
 from prune.export import OUTPUT, export_patched
-from prune.gates import RoutedGate, bit_table, routing_tree
+from prune.gates import RoutedGate, routing_tree, sign_table
 from prune.model import OrtRunner, load_model
 from prune.patched import PatchedHead, PatchSet, patch_bounds
 from prune.regions import InputBox, box_from_data, linearize, patterns_of
@@ -63,10 +63,11 @@ def test_identical_patterns_are_refused() -> None:
         build_tree(active)
 
 
-def test_bit_table_unpacks_bytes() -> None:
-    table = bit_table()
+def test_sign_table_unpacks_bytes() -> None:
+    table = sign_table()
     assert table.shape == (256, 8) and table.dtype == np.float32
-    assert (table @ (2.0 ** np.arange(8)) == np.arange(256)).all()
+    assert set(np.unique(table)) == {-1.0, 1.0}
+    assert (((1.0 - table) / 2.0) @ (2.0 ** np.arange(8)) == np.arange(256)).all()
 
 
 BOX = InputBox(0.0, 1.0, "data-range")
@@ -182,7 +183,7 @@ def test_routed_export_when_the_hidden_width_is_not_a_multiple_of_8(tmp_path) ->
     )
     raw = export_patched(model, patches, BOX)
     names = {node.name for node in __import__("onnx").load_from_string(raw).graph.node}
-    assert "prune/patch/route/bits_flat" in names
+    assert "prune/patch/route/signs_flat" in names
     probe = np.concatenate([x[rows], x[300:600]])
     ort = OrtRunner(raw, outputs=[OUTPUT]).run(probe)[0]
     ref = PatchedHead(model.head, patches, BOX)(torch.from_numpy(probe)).detach().numpy()
