@@ -23,16 +23,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from audit.errors import InputError, VerificationError
-from audit.proof import Limits
+from audit.proof import Limits, read_bounded
 from audit.proof import load_public_key as _load_public_key
 from prune.formats import (
     PAYLOAD_TYPE,
     STATEMENT_TYPE,
     Envelope,
     FormatError,
+    PublishError,
     canonical_json,
     parse_canonical_json,
     public_key_id,
+    publish_exclusive,
     sign_envelope,
     verify_envelope,
 )
@@ -97,9 +99,8 @@ def generate_auditor_key(out: Path, *, passphrase: bytes | None = None) -> tuple
     """Write ``auditor.key`` (PKCS#8 PEM, mode 0600, encrypted when a passphrase is given) and
     ``auditor.pub``. Refuses to overwrite an existing key."""
     key_path, pub_path = out / "auditor.key", out / "auditor.pub"
-    if key_path.exists() or pub_path.exists():
+    if os.path.lexists(key_path) or os.path.lexists(pub_path):
         raise InputError(f"{out} already holds an auditor key; refusing to overwrite it")
-    out.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP256R1())
     encryption: serialization.KeySerializationEncryption = (
         serialization.BestAvailableEncryption(passphrase)
@@ -109,14 +110,15 @@ def generate_auditor_key(out: Path, *, passphrase: bytes | None = None) -> tuple
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(pem)
-    pub_path.write_bytes(
-        key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    try:
+        publish_exclusive(out, [("auditor.key", pem, 0o600), ("auditor.pub", public, 0o644)])
+    except PublishError as exc:
+        raise InputError(str(exc)) from None
+    except OSError as exc:
+        raise InputError(f"cannot write keys to {out}: {exc.strerror or exc}") from None
     return key_path, pub_path
 
 
@@ -127,10 +129,7 @@ def load_auditor_private_key(
     variable ``AUDIT_KEY_PASSPHRASE``."""
     if passphrase is None and os.environ.get("AUDIT_KEY_PASSPHRASE"):
         passphrase = os.environ["AUDIT_KEY_PASSPHRASE"].encode()
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read auditor key {path}: {exc.strerror}") from exc
+    data = read_bounded(path, Limits().key_bytes, what="auditor key", owner=False)
     try:
         key = serialization.load_pem_private_key(data, password=passphrase)
     except TypeError as exc:

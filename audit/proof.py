@@ -13,14 +13,12 @@ check works on those in-memory bytes (no time-of-check/time-of-use gap on the pr
 
 from __future__ import annotations
 
-import io
 import os
 import stat
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import numpy as np
 from cryptography.hazmat.primitives import serialization
@@ -28,21 +26,34 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from numpy.typing import NDArray
 
 from audit.errors import InputError, VerificationError
-from prune.formats import FormatError, Openings
+from prune.formats import (
+    ArrayLimits,
+    FormatError,
+    NpzError,
+    Openings,
+    UnreadableFile,
+    parse_npy,
+    parse_npz,
+    read_regular,
+)
 
 __all__ = [
     "PROOF_FILES",
     "Limits",
     "ProofFileError",
+    "check_input_file",
     "load_forget",
     "load_public_key",
     "load_reference",
     "read_bounded",
+    "read_npy",
     "read_npz",
 ]
 
 MiB = 1 << 20
 GiB = 1 << 30
+
+_MAX_NPY_HEADER = 64 * 1024
 
 PROOF_FILES = {"model": "model.onnx", "certificate": "certificate.json", "signature": "model.sig"}
 
@@ -57,58 +68,66 @@ class Limits:
     beyond a bound is refused before it is read or decompressed."""
 
     model_bytes: int = 512 * MiB
-    certificate_bytes: int = 64 * MiB
+    certificate_bytes: int = 32 * MiB
     signature_bytes: int = 16 * MiB
-    forget_bytes: int = 2 * GiB
-    reference_bytes: int = 2 * GiB
+    forget_bytes: int = 768 * MiB
+    reference_bytes: int = 768 * MiB
     receipt_bytes: int = 1 * MiB
     sample_bytes: int = 64 * MiB
     key_bytes: int = 64 * 1024
     max_samples: int = 10_000_000
     max_sample_elements: int = 16 * MiB
+    npz_total_bytes: int = 768 * MiB
 
 
 def read_bounded(path: Path, limit: int, *, what: str, owner: bool = True) -> bytes:
-    """The bytes of the regular file ``path``, refused beyond ``limit`` bytes.
+    """The bytes of the regular file ``path``, refused beyond ``limit`` bytes
+    (:func:`prune.formats.read_regular`: no symbolic links, FIFOs or devices, no blocking).
 
     ``owner``: the file comes from the owner (failures raise :class:`ProofFileError`) or from the
-    auditor (:class:`InputError`). Only regular files are read (a FIFO or device would block or
-    never end); the read itself is capped as well, in case the file grows while being read."""
+    auditor (:class:`InputError`)."""
     error = ProofFileError if owner else InputError
     try:
-        info = os.stat(path)
-    except FileNotFoundError:
-        raise error(f"{what}: {path} does not exist") from None
-    except OSError as exc:
-        raise error(f"{what}: cannot read {path}: {exc.strerror}") from exc
-    if not stat.S_ISREG(info.st_mode):
-        raise error(f"{what}: {path} is not a regular file")
-    if info.st_size > limit:
-        raise error(f"{what}: {path} is {info.st_size} bytes, over the {limit}-byte limit")
+        return read_regular(path, limit)
+    except UnreadableFile as exc:
+        raise error(f"{what}: {exc}") from None
+
+
+def check_input_file(path: Path, *, what: str) -> None:
+    """Refuse (:class:`InputError`, exit 2) an auditor-named path that is not a regular file,
+    with the reason (missing, a folder, a FIFO or device, a symbolic link)."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(limit + 1)
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist") from None
     except OSError as exc:
-        raise error(f"{what}: cannot read {path}: {exc.strerror}") from exc
-    if len(data) > limit:
-        raise error(f"{what}: {path} is over the {limit}-byte limit")
-    if not data:
-        raise error(f"{what}: {path} is empty")
-    return data
+        raise InputError(f"{what} {path}: {exc.strerror}") from None
+    if stat.S_ISLNK(info.st_mode):
+        try:
+            info = os.stat(path)
+        except OSError:
+            raise InputError(f"{what} {path} is a dangling symbolic link") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise InputError(f"{what} {path} is a folder, not a file")
+    if not stat.S_ISREG(info.st_mode):
+        raise InputError(f"{what} {path} is not a regular file (a FIFO, socket or device)")
 
 
-def _member_header(archive: zipfile.ZipFile, member: str) -> tuple[tuple[int, ...], np.dtype[Any]]:
-    with archive.open(member) as handle:
-        version = np.lib.format.read_magic(handle)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(handle)
-        elif version in ((2, 0), (3, 0)):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(handle)
-        else:
-            raise ValueError(f"unknown .npy version {version}")
-    if fortran:
-        raise ValueError("Fortran-ordered arrays are not accepted")
-    return tuple(int(s) for s in shape), dtype
+def read_npy(
+    data: bytes, *, what: str, kinds: str, limits: Limits, max_bytes: int, owner: bool = True
+) -> NDArray[np.generic]:
+    """A bare ``.npy`` held in memory, read as strictly as an ``.npz`` member."""
+    error = ProofFileError if owner else InputError
+    try:
+        return parse_npy(data, kinds=kinds, limits=_array_limits(limits, max_bytes))
+    except NpzError as exc:
+        raise error(f"{what}: {exc}") from None
+
+
+def _array_limits(limits: Limits, max_bytes: int) -> ArrayLimits:
+    return ArrayLimits(
+        max_bytes=max_bytes, total_bytes=limits.npz_total_bytes, max_rows=limits.max_samples
+    )
 
 
 def read_npz(
@@ -120,45 +139,14 @@ def read_npz(
     max_bytes: int,
     owner: bool = True,
 ) -> dict[str, NDArray[np.generic]]:
-    """Arrays of an ``.npz`` held in memory. ``kinds`` maps every required array name to the
-    accepted numpy dtype kinds (e.g. ``"f"``, ``"iu"``). Headers (dtype, shape) are checked
-    before any array is decompressed: at most ``limits.max_samples`` rows and ``max_bytes``
-    decompressed bytes per array (no zip bombs); object arrays are refused (no pickle); extra or
-    duplicate members are refused too (nothing unread rides along)."""
+    """Arrays of an ``.npz`` held in memory, parsed strictly (:func:`prune.formats.parse_npz`:
+    sizes budgeted before decompression, CRCs checked, no trailing data, no pickles, exactly the
+    arrays of ``kinds``)."""
     error = ProofFileError if owner else InputError
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        members = archive.namelist()
-    except (zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise error(f"{what}: not a readable .npz file ({exc})") from exc
-    if len(set(members)) != len(members) or not all(m.endswith(".npy") for m in members):
-        raise error(f"{what}: duplicate or non-.npy members in the archive")
-    names = {n.removesuffix(".npy"): n for n in members}
-    missing = sorted(set(kinds) - set(names))
-    if missing:
-        raise error(f"{what}: missing array {', '.join(missing)}")
-    extra = sorted(set(names) - set(kinds))
-    if extra:
-        raise error(f"{what}: unexpected array {', '.join(extra)[:80]}")
-    out: dict[str, NDArray[np.generic]] = {}
-    with archive:
-        for key, member in sorted(names.items()):
-            try:
-                shape, dtype = _member_header(archive, member)
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise error(f"{what}: array {key} has a malformed header ({exc})") from exc
-            if dtype.kind not in kinds[key] or dtype.hasobject:
-                raise error(f"{what}: array {key} has dtype {dtype}, expected kind {kinds[key]}")
-            size = float(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-            if size > max_bytes or (shape and shape[0] > limits.max_samples):
-                raise error(f"{what}: array {key} with shape {shape} is over the size limits")
-            try:
-                with archive.open(member) as handle:
-                    array = np.lib.format.read_array(handle, allow_pickle=False)
-            except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
-                raise error(f"{what}: array {key} is truncated or corrupt ({exc})") from exc
-            out[key] = array
-    return out
+        return parse_npz(data, kinds=kinds, limits=_array_limits(limits, max_bytes))
+    except NpzError as exc:
+        raise error(f"{what}: {exc}") from None
 
 
 def _check_samples(

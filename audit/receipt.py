@@ -17,7 +17,6 @@ the public key and the subject's own sample are trusted."""
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,8 +26,15 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
 from numpy.typing import NDArray
 
-from audit.errors import InputError
-from audit.proof import Limits, ProofFileError, load_public_key, read_bounded
+from audit.errors import AuditError, InputError
+from audit.proof import (
+    Limits,
+    ProofFileError,
+    check_input_file,
+    load_public_key,
+    read_bounded,
+    read_npy,
+)
 from audit.runtime import OnnxModel, available_providers
 from audit.verify import (
     Check,
@@ -38,7 +44,8 @@ from audit.verify import (
     VerificationReport,
     run_checks,
 )
-from audit.verify._replay import margins
+from audit.verify._context import require_finite
+from audit.verify._replay import BATCH_SIZES, BATCH_TOLERANCE, margins
 from prune.formats import (
     PAYLOAD_TYPE,
     Envelope,
@@ -76,24 +83,19 @@ class ReceiptInputs:
 
 def _load_sample(path: Path, limits: Limits) -> NDArray[np.float32]:
     data = read_bounded(path, limits.sample_bytes, what="sample", owner=False)
-    try:
-        handle = io.BytesIO(data)
-        version = np.lib.format.read_magic(handle)
-        shape, _, dtype = (
-            np.lib.format.read_array_header_1_0(handle)
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0(handle)
-        )
-        if dtype.hasobject or dtype.kind != "f":
-            raise InputError(f"sample {path}: dtype {dtype}, expected float32")
-        if int(np.prod(shape)) > limits.max_sample_elements:
-            raise InputError(f"sample {path}: shape {shape} is over the size limits")
-        array = np.load(io.BytesIO(data), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise InputError(f"sample {path}: not a readable .npy file ({exc})") from exc
+    array = read_npy(
+        data,
+        what=f"sample {path}",
+        kinds="f",
+        limits=limits,
+        max_bytes=4 * limits.max_sample_elements,
+        owner=False,
+    )
     if array.dtype != np.float32:
         raise InputError(f"sample {path}: dtype {array.dtype}, the commitment encodes float32")
-    return np.ascontiguousarray(array)
+    if array.size == 0 or not np.isfinite(array).all():
+        raise InputError(f"sample {path}: empty, or contains NaN or infinity")
+    return np.ascontiguousarray(array, dtype=np.float32)
 
 
 class ReceiptContext:
@@ -107,10 +109,9 @@ class ReceiptContext:
             inputs.public_key, limits=limits
         )
         for path, what in ((inputs.receipt, "receipt"), (inputs.certificate, "certificate")):
-            if not path.is_file():
-                raise InputError(f"{what} {path} does not exist")
-        if inputs.model is not None and not inputs.model.is_file():
-            raise InputError(f"model {inputs.model} does not exist")
+            check_input_file(path, what=what)
+        if inputs.model is not None:
+            check_input_file(inputs.model, what="model")
         if (inputs.sample is None) != (inputs.label is None):
             raise InputError("--sample and --label go together")
         self.sample = None if inputs.sample is None else _load_sample(inputs.sample, limits)
@@ -241,11 +242,28 @@ class ReceiptReplay(Check[ReceiptContext]):
         statement, claim = ctx.statement(), _claim(ctx)
         if sha256_hex(ctx.model_bytes) != statement.subject_sha256:
             return self.failed("the model is not the one the certificate names (digest mismatch)")
+        try:  # fail-closed: only a model the owner's signature covers is ever run
+            verify_envelope(
+                Envelope.from_json(ctx.certificate_bytes), ctx.public_key, payload_type=PAYLOAD_TYPE
+            )
+        except FormatError:
+            return self.failed("not run: the certificate's signature does not verify")
         try:
             model = OnnxModel(ctx.model_bytes, device=ctx.device)
             logits = model.logits(ctx.sample[None, ...])
-        except InputError as exc:
+            require_finite(logits, "model output")
+            for size in BATCH_SIZES[1:]:  # the sample inside serving batches of other sizes
+                batch = np.repeat(ctx.sample[None, ...], size, axis=0)
+                got = model.logits(batch, batch_size=size)
+                require_finite(got, f"model output in a batch of {size}")
+                if not np.allclose(got, logits, rtol=BATCH_TOLERANCE, atol=BATCH_TOLERANCE):
+                    return self.failed(
+                        f"the model answers the sample differently in a batch of {size} rows"
+                    )
+        except AuditError as exc:
             return self.failed(f"the model cannot run the sample: {exc}")
+        if not np.isfinite(logits).all():
+            return self.failed("the model's output on the sample is not finite")
         target = np.array([claim.target], dtype=np.int64)
         margin = float(margins(logits, target)[0])
         need = parse_decimal_string(claim.certified_margin, field="certified_margin")

@@ -1,10 +1,12 @@
 """onnxruntime sessions for the verifier: CUDA when onnxruntime-gpu sees a device, CPU otherwise.
 
-The verifier only ever runs models through here, so that every replayed query uses the same
+Every session lives in the sandbox's worker process (:mod:`audit.sandbox`), behind the static
+admission test. The verifier only ever runs models through here, so that every replayed query uses the same
 runtime the model will be served with, never the owner's PyTorch code."""
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from audit.errors import InputError
+from audit.proof import Limits, read_bounded
+from audit.sandbox import ModelRunError, Sandbox, admit, current
 
 __all__ = ["OnnxModel", "available_providers"]
 
@@ -35,10 +39,15 @@ def available_providers(prefer: str = "auto") -> list[Any]:
 
 
 class OnnxModel:
-    """A loaded ONNX model with batched float32 inference.
+    """A loaded ONNX model with batched float32 inference, run in the sandbox.
 
-    ``extra_outputs`` exposes intermediate tensors (e.g. hidden pre-activations) as additional
-    outputs of an in-memory copy; the file on disk is never changed."""
+    The graph passes :func:`audit.sandbox.admit` first (bounded ops, static shapes, declared
+    sizes under the budget); the session lives in the command's sandbox worker
+    (:func:`audit.sandbox.current`), never in this process. ``extra_outputs`` exposes
+    intermediate tensors (e.g. hidden pre-activations) as additional outputs of an in-memory
+    copy; the file on disk is never changed. A model given as a path is read with the bounded,
+    no-follow loader. Failures are :class:`~audit.sandbox.ModelRunError` (the model's fault, a
+    failed check) or :class:`~audit.sandbox.SandboxLimitError` (a limit was hit)."""
 
     def __init__(
         self,
@@ -47,42 +56,38 @@ class OnnxModel:
         extra_outputs: Sequence[str] = (),
         device: str = "auto",
         threads: int | None = None,
+        sandbox: Sandbox | None = None,
     ) -> None:
         import onnx
-        import onnxruntime as ort
 
+        box = sandbox or current()
+        if isinstance(model, Path):
+            raw = read_bounded(model, Limits().model_bytes, what=f"model {model}")
+        else:
+            raw = model
         try:
-            raw = model.read_bytes() if isinstance(model, Path) else model
             proto = onnx.load_from_string(raw)
-        except (OSError, Exception) as exc:  # onnx raises DecodeError subclasses of Exception
-            raise InputError(
-                f"cannot read ONNX model {model if isinstance(model, Path) else ''}: {exc.__class__.__name__}".strip()
-            ) from exc
+        except Exception as exc:  # onnx raises DecodeError subclasses of Exception
+            raise ModelRunError(f"not an ONNX model ({exc.__class__.__name__})") from exc
         if extra_outputs:
             known = {o.name for o in proto.graph.output}
             for name in extra_outputs:
                 if name not in known:
                     proto.graph.output.append(onnx.ValueInfoProto(name=name))
             raw = proto.SerializeToString()
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads is not None:
-            opts.intra_op_num_threads = threads
-        try:
-            self._session = ort.InferenceSession(
-                raw, sess_options=opts, providers=available_providers(device)
-            )
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise InputError(
-                f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}"
-            ) from exc
-        inputs = self._session.get_inputs()
+        self._cost = admit(proto, budget=box.limits.tensor_budget)
+        providers = available_providers(device)
+        self._box = box
+        self._worker, answer = box.load(raw, providers=providers, threads=threads)
+        self._id = int(answer["id"])
+        weakref.finalize(self, box.drop, self._worker, self._id)
+        inputs = answer["inputs"]
         if len(inputs) != 1:
-            raise InputError(f"the model must have exactly one input, it has {len(inputs)}")
-        self.input_name: str = inputs[0].name
-        self.input_shape: tuple[Any, ...] = tuple(inputs[0].shape)
-        self.output_names: list[str] = [o.name for o in self._session.get_outputs()]
-        self.providers: list[str] = list(self._session.get_providers())
+            raise ModelRunError(f"the model must have exactly one input, it has {len(inputs)}")
+        self.input_name: str = str(inputs[0][0])
+        self.input_shape: tuple[Any, ...] = tuple(inputs[0][1])
+        self.output_names: list[str] = [str(o) for o in answer["outputs"]]
+        self.providers: list[str] = [str(p) for p in answer["providers"]]
 
     def run(
         self,
@@ -91,18 +96,26 @@ class OnnxModel:
         outputs: Sequence[str] | None = None,
         batch_size: int = 4096,
     ) -> list[NDArray[np.float32]]:
-        """Run in batches; returns one array per requested output (default: all outputs)."""
+        """Run in batches; returns one array per requested output (default: all outputs).
+        Batches are cut so that the graph's declared values fit the sandbox's tensor budget."""
         names = list(outputs) if outputs is not None else self.output_names
+        unknown = [n for n in names if n not in self.output_names]
+        if unknown:
+            raise InputError(f"the model has no output {unknown[0][:60]!r}")
         expected = tuple(d for d in self.input_shape[1:])
         if all(isinstance(d, int) for d in expected) and tuple(x.shape[1:]) != expected:
             raise InputError(
                 f"samples have shape {tuple(x.shape[1:])}, the model expects {expected}"
             )
+        rows = min(batch_size, self._cost.max_rows(self._box.limits.tensor_budget))
         parts: list[list[NDArray[np.float32]]] = [[] for _ in names]
-        for i in range(0, max(len(x), 1), batch_size):
-            batch = np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32)
-            for j, out in enumerate(self._session.run(names, {self.input_name: batch})):
-                parts[j].append(np.asarray(out, dtype=np.float32))
+        for i in range(0, max(len(x), 1), rows):
+            batch = np.ascontiguousarray(x[i : i + rows], dtype=np.float32)
+            outs = self._box.run(
+                self._worker, self._id, batch, names, max_bytes=self._box.limits.max_memory
+            )
+            for j, out in enumerate(outs):
+                parts[j].append(out)
         return [np.concatenate(p) if p else np.zeros((0,), np.float32) for p in parts]
 
     def logits(self, x: NDArray[np.float32], *, batch_size: int = 4096) -> NDArray[np.float32]:

@@ -11,12 +11,13 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from prune.errors import DataError
+from prune.formats import ArrayLimits, NpzError, UnreadableFile, parse_npz, read_regular
 
 __all__ = [
     "FASHION_MNIST_DIR",
@@ -131,6 +132,9 @@ def _read_idx(path: Path) -> NDArray[np.uint8]:
     return body.reshape(dims)
 
 
+_NPZ_LIMITS = ArrayLimits(max_bytes=2 << 30, total_bytes=4 << 30)
+
+
 def load_npz(
     path: Path, *, input_shape: tuple[int, ...] | None = None
 ) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
@@ -138,15 +142,15 @@ def load_npz(
 
     ``input_shape`` (without the batch axis) is checked when given."""
     try:
-        with np.load(path, allow_pickle=False) as data:
-            if "x" not in data or "y" not in data:
-                raise DataError(f"{path} must contain arrays 'x' and 'y'")
-            x = np.asarray(data["x"])
-            y = np.asarray(data["y"])
-    except DataError:
-        raise
-    except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {path}: not a readable .npz file") from exc
+        arrays = parse_npz(
+            read_regular(path, _NPZ_LIMITS.total_bytes),
+            kinds={"x": "biufc", "y": "biufc"},  # dtypes are checked below, by name
+            limits=_NPZ_LIMITS,
+        )
+    except (UnreadableFile, NpzError) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+    x: NDArray[Any] = arrays["x"]
+    y: NDArray[Any] = arrays["y"]
     if not np.issubdtype(x.dtype, np.floating):
         raise DataError(f"{path}: x must be float32, got {x.dtype}")
     if not np.issubdtype(y.dtype, np.integer):

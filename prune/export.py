@@ -14,7 +14,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prune.errors import PatchError
-from prune.gates import make_gate
+from prune.gates import RoutedGate, make_gate
 from prune.model import ImportedModel
 from prune.patched import PatchSet
 from prune.regions import InputBox
@@ -41,6 +41,13 @@ class _Sink:
         self.nodes.append(helper.make_node(op, inputs, [out], name=node_name, **attrs))
         return out
 
+    def param(self, name: str, value: NDArray[np.generic]) -> str:
+        """A patch parameter: always an initializer (covered by the patch digest)."""
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name=PREFIX + name))
+        return PREFIX + name
+
     def const(self, name: str, value: NDArray[np.generic]) -> str:
         """Float32 values become initializers (the patch parameters, all covered by the patch
         digest, which is defined over float32 only); integer shapes and axes become
@@ -61,16 +68,15 @@ class _Sink:
 def export_patched(model: ImportedModel, patches: PatchSet, box: InputBox) -> bytes:
     """Serialized patched model; passes ``onnx.checker``. ``model.raw`` is not modified."""
     import onnx
-    from onnx import TensorProto, helper
 
     head = model.head
     if len(patches) == 0:
         raise PatchError("no patches to export")
     proto = onnx.load_from_string(model.raw)
-    graph = proto.graph
     sink = _Sink()
-    for key, value in patches.parameters(head, box).items():
-        sink.const(key, value)
+    params = patches.parameters(head, box)
+    for key, value in params.items():
+        sink.param(key, value)
     x = sink.node("Flatten", [head.cut], name="x", axis=1)
     flat_z = [
         sink.node("Flatten", [name], name=f"z{i}", axis=1) for i, name in enumerate(head.hidden)
@@ -80,15 +86,35 @@ def export_patched(model: ImportedModel, patches: PatchSet, box: InputBox) -> by
     else:
         z = sink.node("Mul", [x, sink.const("no_hidden", np.zeros((0,), np.float32))], name="z")
     n_patches, n_out = patches.d.shape
-    g = make_gate(patches.gate).onnx_gate(
-        sink, x=x, z=z, n=PREFIX + "n", patches=n_patches, hidden=head.n_hidden
-    )
+    gate = make_gate(patches.gate)
+    if isinstance(gate, RoutedGate):
+        h_sum = gate.onnx_delta(
+            sink,
+            x=x,
+            z=z,
+            n=PREFIX + "n",
+            params=params,
+            linear=_gate_linear(patches),
+            affine=patches.C is not None,
+            hidden=head.n_hidden,
+            classes=n_out,
+        )
+        sink.node("Add", [head.output, h_sum], name=OUTPUT)
+        return _finish(proto, sink, patches.gate, head, n_out)
+    g = gate.onnx_gate(sink, x=x, z=z, n=PREFIX + "n", patches=n_patches, hidden=head.n_hidden)
     if _gate_linear(patches):
         h_sum = sink.node("MatMul", [g, PREFIX + "d"], name="h_sum")
     else:
         h_sum = _patch_networks(sink, x, g, patches)
     sink.node("Add", [head.output, h_sum], name=OUTPUT)
+    return _finish(proto, sink, patches.gate, head, n_out)
 
+
+def _finish(proto: Any, sink: _Sink, gate: str, head: Any, n_out: int) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = proto.graph
     graph.initializer.extend(sink.initializers)
     graph.node.extend(sink.nodes)
     batch = _batch_dim(graph.output[0])
@@ -96,7 +122,7 @@ def export_patched(model: ImportedModel, patches: PatchSet, box: InputBox) -> by
     graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, n_out]))
     for meta_key, meta_value in (
         ("prune.format", FORMAT),
-        ("prune.gate", patches.gate),
+        ("prune.gate", gate),
         ("prune.cut", head.cut),
         ("prune.original_output", head.output),
         ("prune.hidden", ",".join(head.hidden)),

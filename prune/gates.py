@@ -1,6 +1,7 @@
 """Support ("gate") networks: ``g_u(x) in [0, 1]``, 1 on patch u's region, 0 outside its band.
 
-Two constructions, in the registry ``GATES`` (docs/FORMATS.md, "Patched ONNX", is the contract):
+Three constructions, in the registry ``GATES`` (docs/FORMATS.md, "Patched ONNX" and "Routed
+gate", is the contract):
 
 * ``activation`` (default): total violation of the region's sign constraints measured on the
   *real* hidden pre-activations, ``V_u = sum_k pos[k,u] ReLU(-z_k) + neg[k,u] ReLU(z_k)``,
@@ -15,7 +16,17 @@ Two constructions, in the registry ``GATES`` (docs/FORMATS.md, "Patched ONNX", i
   thousands, ``ReLU(n s + 1) - ReLU(n s)`` rounds to ``1 +- 1e-3``, which summed over ``H``
   rows leaks the patch outside its band (measured) or dims it inside.
 
-Both are 1 exactly on ``S_u`` (the linearised polytope *is* the pattern region) and 0 far from
+* ``routed``: the activation gate of *one* candidate patch per input. A decision tree over the
+  sign bits of ``z`` (:mod:`prune._routing`) picks the candidate ``r(x)``, whose packed pattern
+  is gathered and confirmed: ``g_{r(x)} = ReLU(1 - n V_{r(x)})``, every other ``g_u = 0``. Cost
+  per input ``O(depth + H + O)``, independent of ``P`` apart from the ``log P`` depth. On
+  ``S_u`` the route is ``u`` (the tree's invariant), so ``g_u = 1`` there and every other patch
+  is 0 (no neighbour-band term); everywhere ``g^routed_u <= g^activation_u``, so its supports
+  lie inside the activation gate's bands. The function is discontinuous where the route
+  changes (on split neurons' ``z_k = 0``), which is why its graph is checked node for node
+  against the canonical form rather than by the piecewise-linear op rules.
+
+The activation and dense gates are 1 exactly on ``S_u`` (the linearised polytope *is* the pattern region) and 0 far from
 it. Outside ``S_u`` walk the layers from the first one: at the first layer where the pattern of
 ``x`` differs from ``u``'s, the linearised rows equal the real pre-activations, so both gates see
 the same violated constraints with the same values, and either gate is 0 once one of them is
@@ -43,13 +54,24 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from prune._routing import DEFAULT_WIDTH, RoutingTree, build_tree, pack_patterns
 from prune.errors import PatchError
 from prune.model import PLHead
 from prune.regions import InputBox, linearize
 
-__all__ = ["GATES", "ActivationGate", "DenseGate", "Gate", "NodeSink", "make_gate"]
+__all__ = [
+    "GATES",
+    "ActivationGate",
+    "DenseGate",
+    "Gate",
+    "NodeSink",
+    "RoutedGate",
+    "bit_table",
+    "make_gate",
+]
 
 F32 = NDArray[np.float32]
+Params = dict[str, NDArray[Any]]
 
 
 class NodeSink(Protocol):
@@ -64,7 +86,7 @@ class NodeSink(Protocol):
 class Gate(Protocol):
     name: ClassVar[str]
 
-    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> dict[str, F32]:
+    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
         """Initializer arrays (keys are the FORMATS.md names without ``prune/patch/``)."""
         ...
 
@@ -85,7 +107,7 @@ class Gate(Protocol):
 class ActivationGate:
     name: ClassVar[str] = "activation"
 
-    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> dict[str, F32]:
+    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
         pos = np.ascontiguousarray(active.T, dtype=np.float32)
         return {"pos": pos, "neg": np.ascontiguousarray(1.0 - pos, dtype=np.float32)}
 
@@ -116,7 +138,7 @@ class DenseGate:
     chunk: int = 64
     max_bytes: int = 1_900_000_000
 
-    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> dict[str, F32]:
+    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
         n_patches, n_hidden = active.shape
         size = 4 * n_patches * n_hidden * (head.input_dim + 1)
         if size > self.max_bytes:
@@ -164,9 +186,181 @@ class DenseGate:
         )
 
 
-GATES: dict[str, type[ActivationGate] | type[DenseGate]] = {
+def bit_table() -> F32:
+    """``[256, 8]``: row ``v`` holds the bits of byte ``v``, least significant first (the
+    routed gate unpacks its stored patterns with one Gather in this table)."""
+    values = np.arange(256, dtype=np.uint8)[:, None]
+    return np.unpackbits(values, axis=1, bitorder="little").astype(np.float32)
+
+
+def routing_tree(params: Params) -> RoutingTree:
+    """The tree held in the routed gate's parameters; its depth is the number of levels until
+    every node reachable from the root is a leaf (at least 1)."""
+    split = np.asarray(params["route/split"], dtype=np.int32)
+    child = np.asarray(params["route/child"], dtype=np.int32).reshape(len(split), -1)
+    leaf = np.asarray(params["route/leaf"], dtype=np.int32)
+    depth, reach = 0, np.zeros(1, dtype=np.int64)
+    while not (child[reach] == reach[:, None]).all():
+        reach = np.unique(child[reach])
+        depth += 1
+    return RoutingTree(split=split, child=child, leaf=leaf, depth=max(depth, 1))
+
+
+@dataclass(frozen=True)
+class RoutedGate:
+    """The routed gate (module docstring; docs/FORMATS.md "Routed gate"). Patch parameters
+    ``d [P,O]``, ``K [P,1]`` and (affine patches) ``C [P,d,O]`` are gathered per input.
+    ``width``: neurons tested per tree node."""
+
+    name: ClassVar[str] = "routed"
+    width: int = DEFAULT_WIDTH
+
+    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
+        if head.n_hidden == 0:
+            raise PatchError("the routed gate needs hidden neurons to route on; use --gate dense")
+        tree = build_tree(active, width=self.width)
+        return {
+            "route/patterns": pack_patterns(active),
+            "route/split": tree.split,
+            "route/child": tree.child.reshape(-1),
+            "route/leaf": tree.leaf,
+            "route/bits": bit_table(),
+        }
+
+    def routes(self, z: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Candidate patch ``[N]`` of each row of ``z``: the tree walked on ``z >= 0``."""
+        tree = routing_tree({k: v.numpy() for k, v in params.items() if k.startswith("route/")})
+        return torch.from_numpy(tree.route((z >= 0).numpy()).astype(np.int64))
+
+    def candidate(
+        self, z: torch.Tensor, params: dict[str, torch.Tensor], n: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(patch [N], g [N])``: the routed candidate and its gate value."""
+        patch = self.routes(z, params)
+        packed = params["route/patterns"][patch].to(torch.int64)
+        bits = params["route/bits"][packed].reshape(len(z), -1)[:, : z.shape[1]].to(z.dtype)
+        violation = (torch.relu(z) - bits * z).sum(dim=1)
+        return patch, torch.relu(1.0 - violation * n)
+
+    def torch_gate(
+        self, x: torch.Tensor, z: torch.Tensor, params: dict[str, torch.Tensor], n: float
+    ) -> torch.Tensor:
+        patch, g = self.candidate(z, params, n)
+        n_patches = params["route/patterns"].shape[0]
+        out = torch.zeros(len(z), n_patches, dtype=z.dtype)
+        return out.scatter_(1, patch.view(-1, 1), g.view(-1, 1))
+
+    def onnx_gate(
+        self, sink: NodeSink, *, x: str, z: str, n: str, patches: int, hidden: int
+    ) -> str:
+        raise PatchError("internal: the routed gate is exported by onnx_delta, not onnx_gate")
+
+    def onnx_delta(
+        self,
+        sink: NodeSink,
+        *,
+        x: str,
+        z: str,
+        n: str,
+        params: Params,
+        linear: bool,
+        affine: bool,
+        hidden: int,
+        classes: int,
+    ) -> str:
+        """Add the routed gate and the one gathered patch; return ``h`` ``[N, O]``. The node
+        list is canonical (docs/FORMATS.md): :mod:`audit.verify._routed` rebuilds it from the
+        parameters. Every op is per row; none couples the batch axis."""
+        from onnx import TensorProto
+
+        p = "prune/patch/"
+        tree = routing_tree(params)
+        i32 = TensorProto.INT32
+        zero = sink.const("route/zero", np.asarray(0.0, dtype=np.float32))
+        ge = sink.node("GreaterOrEqual", [z, zero], name="route/ge")
+        signs = sink.node("Cast", [ge], name="route/signs", to=i32)
+        weights = sink.const("route/weights", (1 << np.arange(tree.width)).astype(np.int32))
+        codes = sink.const("route/codes", np.asarray(1 << tree.width, dtype=np.int32))
+        row = sink.node(
+            "Slice",
+            [
+                p + "route/split",
+                sink.const("route/s0", np.asarray([0], np.int64)),
+                sink.const("route/s1", np.asarray([1], np.int64)),
+            ],
+            name="route/root_row",
+        )
+        axes0 = sink.const("route/axes0", np.asarray([0], np.int64))
+        root = sink.node("Squeeze", [row, axes0], name="route/root")
+        bits = sink.node("Gather", [signs, root], name="route/b0", axis=1)
+        code = sink.node("MatMul", [bits, weights], name="route/code0")
+        node = sink.node("Gather", [p + "route/child", code], name="route/node1", axis=0)
+        for level in range(1, tree.depth):
+            k = sink.node("Gather", [p + "route/split", node], name=f"route/k{level}", axis=0)
+            bits = sink.node("GatherElements", [signs, k], name=f"route/b{level}", axis=1)
+            code = sink.node("MatMul", [bits, weights], name=f"route/code{level}")
+            base = sink.node("Mul", [node, codes], name=f"route/base{level}")
+            index = sink.node("Add", [base, code], name=f"route/index{level}")
+            node = sink.node(
+                "Gather", [p + "route/child", index], name=f"route/node{level + 1}", axis=0
+            )
+        patch = sink.node("Gather", [p + "route/leaf", node], name="route/patch", axis=0)
+        packed = sink.node("Gather", [p + "route/patterns", patch], name="route/packed", axis=0)
+        byte = sink.node("Cast", [packed], name="route/bytes", to=i32)
+        unpacked = sink.node("Gather", [p + "route/bits", byte], name="route/bits8", axis=0)
+        width = 8 * int(np.asarray(params["route/patterns"]).shape[1])
+        pattern = sink.node(
+            "Reshape",
+            [unpacked, sink.const("route/flat", np.asarray([0, width], np.int64))],
+            name="route/pattern" if width == hidden else "route/bits_flat",
+        )
+        axes1 = sink.const("route/axes1", np.asarray([1], dtype=np.int64))
+        if width != hidden:
+            pattern = sink.node(
+                "Slice",
+                [
+                    pattern,
+                    sink.const("route/h0", np.asarray([0], np.int64)),
+                    sink.const("route/h1", np.asarray([hidden], np.int64)),
+                    axes1,
+                ],
+                name="route/pattern",
+            )
+        # relu(z) - pattern*z is, entry by entry and exactly in floating point, the activation
+        # gate's pos*relu(-z) + neg*relu(z): 0 where the sign matches, |z_k| where it does not
+        above = sink.node("Relu", [z], name="gate/above")
+        pz = sink.node("Mul", [pattern, z], name="route/pz")
+        terms = sink.node("Sub", [above, pz], name="gate/terms")
+        violation = sink.node("ReduceSum", [terms, axes1], name="gate/violation", keepdims=1)
+        scaled = sink.node("Mul", [violation, n], name="gate/scaled")
+        one = sink.const("gate/one", np.asarray(1.0, dtype=np.float32))
+        g = sink.node("Relu", [sink.node("Sub", [one, scaled], name="gate/1-nV")], name="g")
+        d_u = sink.node("Gather", [p + "d", patch], name="route/d", axis=0)
+        if linear:
+            return sink.node("Mul", [g, d_u], name="h_sum")
+        k_u = sink.node("Gather", [p + "K", patch], name="route/K", axis=0)
+        kg = sink.node("Mul", [k_u, g], name="Kg")
+        shift = sink.node("Sub", [kg, k_u], name="Kg-K")
+        if affine:
+            c_u = sink.node("Gather", [p + "C", patch], name="route/C", axis=0)
+            x3 = sink.node("Unsqueeze", [x, axes1], name="route/x3")
+            xc3 = sink.node("MatMul", [x3, c_u], name="route/xC3")
+            xc = sink.node(
+                "Reshape",
+                [xc3, sink.const("route/o", np.asarray([0, classes], np.int64))],
+                name="xC",
+            )
+            d_u = sink.node("Add", [xc, d_u], name="p")
+        up = sink.node("Relu", [sink.node("Add", [d_u, shift], name="p+s")], name="h_up")
+        neg_p = sink.node("Neg", [d_u], name="-p")
+        down = sink.node("Relu", [sink.node("Add", [neg_p, shift], name="-p+s")], name="h_down")
+        return sink.node("Sub", [up, down], name="h_sum")
+
+
+GATES: dict[str, type[ActivationGate] | type[DenseGate] | type[RoutedGate]] = {
     ActivationGate.name: ActivationGate,
     DenseGate.name: DenseGate,
+    RoutedGate.name: RoutedGate,
 }
 
 

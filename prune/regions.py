@@ -151,6 +151,23 @@ class RegionOperator:
                 gram = q @ p.transpose(1, 2)
         return torch.cat(norms, dim=1)
 
+    def row_scales(self) -> torch.Tensor:
+        """Cheap positive stand-ins for :meth:`row_norms`, ``[B, H]``: the norms the rows would
+        have if each layer's weight rows were orthogonal (``|A_l[k]|^2 ~ sum_i W_l[k,i]^2 m_i
+        |A_{l-1}[i]|^2``), one ``[B, H_l] x [H_l, H_{l-1}]`` product per layer instead of a Gram
+        matrix per region. Exact for the first layer. Any positive row scaling is a valid
+        preconditioner of the dual ascent (the returned multipliers are rescaled to the raw
+        rows), so this trades only convergence speed, never soundness."""
+        batch = self.sign.shape[0]
+        if not self.weights:
+            return self.sign.new_zeros(batch, 0)
+        sq = (self.weights[0] ** 2).sum(dim=1).expand(batch, -1)
+        parts = [sq]
+        for i in range(1, len(self.weights)):
+            sq = (self.masks[i - 1] * sq) @ (self.weights[i] ** 2).T
+            parts.append(sq)
+        return torch.cat(parts, dim=1).clamp_min(0.0).sqrt()
+
 
 @dataclass(frozen=True, eq=False)
 class Regions:

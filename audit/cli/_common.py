@@ -3,16 +3,25 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import sys
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import click
 
 from audit.errors import AuditError, VerificationError
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "ErrorHandlingGroup", "show_progress"]
+__all__ = [
+    "EXIT_BAD_INPUT",
+    "EXIT_FAILED",
+    "ErrorHandlingGroup",
+    "sandbox_options",
+    "show_progress",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
@@ -48,8 +57,47 @@ class ErrorHandlingGroup(click.Group):
         except AuditError as exc:
             click.echo(f"audit: error: {exc}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
+        except OSError as exc:  # last resort: a file problem no loader anticipated
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"audit: error: cannot use{where}: {exc.strerror or exc}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+        except MemoryError:
+            click.echo("audit: error: out of memory", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
 
 
 def show_progress(quiet: bool) -> bool:
     """Progress bars only on an interactive terminal and without ``--quiet``."""
     return not quiet and sys.stderr.isatty()
+
+
+def sandbox_options(command: F) -> F:
+    """``--max-memory`` and ``--timeout`` for a command that runs the owner's models: the command
+    body runs inside one sandbox (one worker process) with those limits, stopped on exit."""
+    from audit.sandbox import SandboxLimits
+
+    defaults = SandboxLimits()
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, max_memory: int, timeout: float, **kwargs: Any) -> Any:
+        from audit.sandbox import sandboxed
+
+        limits = SandboxLimits(max_memory=max_memory * (1 << 20), timeout=timeout)
+        with sandboxed(limits):
+            return command(*args, **kwargs)
+
+    wrapper = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True, max=86_400),
+        default=defaults.timeout,
+        show_default=True,
+        help="Wall-clock seconds one model call may take before the model fails.",
+    )(wrapper)
+    wrapper = click.option(
+        "--max-memory",
+        type=click.IntRange(min=512, max=1 << 30),
+        default=defaults.max_memory >> 20,
+        show_default=True,
+        help="Address space (MiB) of the process that runs the owner's models.",
+    )(wrapper)
+    return wrapper  # type: ignore[return-value]  # same signature minus the two options

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from audit.cli._verify import write_json
+from audit.cli._common import sandbox_options
+from audit.cli._verify import check_output, write_json
 from audit.receipt import ReceiptInputs, verify_receipt
 from audit.verify import render_table
 
@@ -23,7 +24,7 @@ _PATH = click.Path(path_type=Path)
 @click.option("--certificate", type=_PATH, required=True, help="PROOF/certificate.json.")
 @click.option("--public-key", type=_PATH, required=True, help="The owner's public key (PEM).")
 @click.option("--sample", type=_PATH, help="Your sample as .npy (float32, as submitted).")
-@click.option("--label", type=int, help="Your sample's label.")
+@click.option("--label", type=click.IntRange(0, 2**31 - 1), help="Your sample's label.")
 @click.option(
     "--model", type=_PATH, help="The deployed model (PROOF/model.onnx): replay your sample."
 )
@@ -33,6 +34,7 @@ _PATH = click.Path(path_type=Path)
 )
 @click.option("--partial", is_flag=True, help="Check the receipt without your sample.")
 @click.option("--quiet", is_flag=True, help="No table; only errors and --json.")
+@sandbox_options
 def receipt(
     receipt_path: Path,
     certificate: Path,
@@ -50,6 +52,7 @@ def receipt(
     Without --sample/--label only the receipt itself can be checked, which proves nothing about
     your data: that needs --partial. With them, the sample must hash to the committed leaf.
     """
+    check_output(json_out, inputs=[receipt_path, certificate, public_key, sample, model])
     report = verify_receipt(
         ReceiptInputs(
             receipt=receipt_path,

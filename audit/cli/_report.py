@@ -9,11 +9,12 @@ from pathlib import Path
 import click
 
 from audit.attest import generate_auditor_key, load_public_key, verify_attestation
-from audit.cli._common import EXIT_FAILED, show_progress
-from audit.errors import InputError
+from audit.cli._cluster import cluster_options
+from audit.cli._common import EXIT_FAILED, sandbox_options, show_progress
+from audit.proof import Limits, read_bounded
 from audit.report import ReportOptions, build_report
 from audit.verify import CheckOutcome
-from prune.formats import file_sha256
+from prune.formats import sha256_hex
 
 __all__ = ["attestation", "keygen", "report"]
 
@@ -38,13 +39,23 @@ _PATH = click.Path(path_type=Path)
 )
 @click.option("--shadow-models", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option(
+    "--mia-sides",
+    type=click.Choice(["one", "two"]),
+    default="one",
+    show_default=True,
+    help="two: a forget set that looks *less* like members than non-members (deleted) also "
+    "fails, and the two-version comparison is reported.",
+)
+@click.option(
     "--arch", default=None, help="Declare the architecture for reference models (e.g. cnn)."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@cluster_options
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
 @click.option("--quiet", is_flag=True, help="No progress output.")
+@sandbox_options
 def report(
     proof: Path,
     public_key: Path,
@@ -56,8 +67,12 @@ def report(
     auditor_key: Path | None,
     mia_attacks: str,
     shadow_models: int,
+    mia_sides: str,
     arch: str | None,
     seed: int,
+    backend: str,
+    address: str | None,
+    jobs: int,
     device: str,
     quiet: bool,
 ) -> None:
@@ -83,7 +98,11 @@ def report(
             name=name or out.name,
             mia_attacks=attacks,
             mia_reference_models=shadow_models,
+            mia_sides="two" if mia_sides == "two" else "one",
             mia_arch=arch,
+            mia_backend=backend,
+            mia_address=address,
+            mia_jobs=jobs,
             seed=seed,
             device=device,
             command=tuple(sys.argv),
@@ -128,15 +147,25 @@ def attestation(
 ) -> None:
     """Check an auditor's signed attestation (and optionally that it covers REPORT and MODEL).
     Exit 0 valid, 1 invalid, 2 bad input."""
-    try:
-        data = attestation_file.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {attestation_file}: {exc.strerror}") from exc
+    limits = Limits()
+    data = read_bounded(attestation_file, limits.certificate_bytes, what="attestation", owner=False)
+    model_sha = (
+        sha256_hex(read_bounded(model, limits.model_bytes, what="--model", owner=False))
+        if model is not None
+        else None
+    )
+    report_sha = (
+        sha256_hex(
+            read_bounded(report_json, limits.certificate_bytes, what="--report", owner=False)
+        )
+        if report_json is not None
+        else None
+    )
     att = verify_attestation(
         data,
         load_public_key(auditor_public_key),
-        model_sha256=file_sha256(model) if model else None,
-        report_sha256=file_sha256(report_json) if report_json else None,
+        model_sha256=model_sha,
+        report_sha256=report_sha,
     )
     click.echo(
         f"attestation valid: auditor {att.auditor_key_id[:16]}..., verdict {att.verdict}, "

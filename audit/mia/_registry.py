@@ -6,6 +6,7 @@ from typing import Any
 
 from audit.errors import InputError
 from audit.mia._base import Attack
+from audit.mia._cmia import CmiaAttack
 from audit.mia._label_only import BoundaryAttack, GapAttack
 from audit.mia._lira import LiraAttack
 from audit.mia._rmia import RmiaAttack
@@ -25,6 +26,7 @@ ATTACKS: dict[str, type[Attack]] = {
         RmiaAttack,
         GapAttack,
         BoundaryAttack,
+        CmiaAttack,
     )
 }
 

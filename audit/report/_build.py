@@ -18,16 +18,17 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from audit.attest import CheckVerdict, load_auditor_private_key, load_public_key, sign_attestation
 from audit.errors import AuditError, InputError
-from audit.proof import Limits, load_forget, load_reference
+from audit.proof import Limits, load_forget, load_reference, read_bounded
 from audit.report._html import render_html
 from audit.report._patch_stats import patch_statistics
+from audit.report._removed import removed_statement, requested_what
 from audit.runtime import OnnxModel
 from audit.verify import (
     CheckOutcome,
@@ -37,7 +38,15 @@ from audit.verify import (
     VerifyInputs,
     verify_proof,
 )
-from prune.formats import Envelope, FormatError, Statement, file_sha256, public_key_id, sha256_hex
+from prune.formats import (
+    PAYLOAD_TYPE,
+    Envelope,
+    FormatError,
+    Statement,
+    public_key_id,
+    sha256_hex,
+    verify_envelope,
+)
 from threat_models.model import THREATS
 
 __all__ = ["REPORT_TYPE", "ReportOptions", "ReportResult", "build_report"]
@@ -54,7 +63,11 @@ class ReportOptions:
     name: str
     mia_attacks: tuple[str, ...] = ("rmia", "loss")
     mia_reference_models: int = 4
+    mia_sides: Literal["one", "two"] = "one"
     mia_arch: str | None = None
+    mia_backend: str = "local"  # where reference models train (audit.mia._execution)
+    mia_address: str | None = None
+    mia_jobs: int = 1
     seed: int = 0
     policy: Policy = field(default_factory=Policy)
     device: str = "auto"
@@ -82,22 +95,62 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _statement(proof: Path) -> Statement | None:
+def _statement(certificate: bytes | None) -> Statement | None:
     """The certificate's statement, parsed strictly; ``None`` when it cannot be read (the
     verification outcomes already say why)."""
+    if certificate is None:
+        return None
     try:
-        return Statement.from_json(
-            Envelope.from_json((proof / "certificate.json").read_bytes()).payload
-        )
-    except (OSError, FormatError):
+        return Statement.from_json(Envelope.from_json(certificate).payload)
+    except FormatError:
         return None
 
 
+def _read(path: Path | None, limit: int, what: str) -> bytes | None:
+    """``path``'s bytes through the bounded, no-follow loader; ``None`` when there is no path or
+    the file is unusable (the verification outcomes already say why)."""
+    if path is None:
+        return None
+    try:
+        return read_bounded(path, limit, what=what)
+    except AuditError:
+        return None
+
+
+def _authentic(
+    certificate: bytes | None,
+    model: bytes | None,
+    original: bytes | None,
+    owner_key: Any,
+) -> bool:
+    """Whether the bytes the report would run are the ones the owner signed: the envelope
+    verifies with the owner's key and both models are the statement's digests. The report's
+    own model runs (per-class accuracy, membership inference) happen only then: fail-closed,
+    and on the very bytes that were checked (the files are not read again)."""
+    if certificate is None or model is None or original is None:
+        return False
+    try:
+        envelope = Envelope.from_json(certificate)
+        verify_envelope(envelope, owner_key, payload_type=PAYLOAD_TYPE)
+        statement = Statement.from_json(envelope.payload)
+    except FormatError:
+        return False
+    return (
+        sha256_hex(model) == statement.subject_sha256
+        and sha256_hex(original) == statement.predicate.original_model_sha256
+    )
+
+
 def _per_class(
-    original: Path, patched: Path, x: NDArray[np.float32], y: NDArray[np.int64], device: str
+    original: bytes, patched: bytes, x: NDArray[np.float32], y: NDArray[np.int64], device: str
 ) -> dict[str, Any]:
-    before = OnnxModel(original, device=device).logits(x).argmax(axis=1)
-    after = OnnxModel(patched, device=device).logits(x).argmax(axis=1)
+    before_logits = OnnxModel(original, device=device).logits(x)
+    after_logits = OnnxModel(patched, device=device).logits(x)
+    before = before_logits.argmax(axis=1)
+    after = after_logits.argmax(axis=1)
+    # a non-finite logit is never a correct prediction (argmax of NaN is meaningless)
+    before = np.where(np.isfinite(before_logits).all(axis=1), before, -1)
+    after = np.where(np.isfinite(after_logits).all(axis=1), after, -1)
     classes = sorted({int(c) for c in np.unique(y)})
     counts = [int((y == c).sum()) for c in classes]
 
@@ -116,8 +169,8 @@ def _per_class(
 
 def _mia(
     options: ReportOptions,
-    original: Path,
-    patched: Path,
+    original: bytes,
+    patched: bytes,
     forget: tuple[NDArray[np.float32], NDArray[np.int64]],
     reference: tuple[NDArray[np.float32], NDArray[np.int64]],
     progress: bool,
@@ -143,6 +196,9 @@ def _mia(
         reference_models=options.mia_reference_models,
         seed=options.seed,
         fprs=(0.01, 0.001),
+        jobs=options.mia_jobs,
+        backend=options.mia_backend,
+        address=options.mia_address,
     )
     game = unlearning_audit(
         original=original_model.logits,
@@ -212,9 +268,22 @@ def _coverage(
     return {
         "committed": statement.predicate.forget_set.size if statement else "unreadable",
         "opened": opened if opened is not None else "not given",
-        "replayed": evidence("replay.claims", "claims"),
+        "replayed": (
+            evidence("replay.claims", "claims")
+            if evidence("replay.claims", "claims") != "not run"
+            else evidence("replay.calibrated", "claims")
+        ),
         "probed": evidence("region.probes", "claims_probed"),
     }
+
+
+def _deletion_words(verification: VerificationReport) -> str | None:
+    """The membership check's plain-words answer to "is deletion detectable?" (None: not run)."""
+    try:
+        outcome = verification.outcome("membership.inference")
+    except KeyError:
+        return None
+    return None if outcome.status == "not-run" else outcome.detail
 
 
 _NOT_COVERED_HINT = {
@@ -259,17 +328,24 @@ def _compliance(
         requested = "The certificate could not be read, so the request itself is unknown."
     else:
         p = statement.predicate
-        what = (
-            f"every training sample of class {p.forget_class}"
-            if p.mode == "class"
-            else f"{p.forget_set.size} individual training samples"
-        )
+        what = requested_what(statement)
         requested = (
             f"The model owner certified the erasure of {what} (GDPR Art. 17), committed under the "
             f"forget-set root {p.forget_set.root[:16]}..., on {p.created}."
         )
     failed = [o.name for o in verification.failures]
-    if verification.verified:
+    suppressed = statement is not None and statement.predicate.class_claim is not None
+    if verification.verified and suppressed:
+        verified = (
+            f"All {len(verification.outcomes)} checks passed: the signatures and digests bind the "
+            "served model to the certificate; the served model is exactly the committed original "
+            "followed by the canonical class-suppression step (rebuilt by the auditor); the "
+            "auditor's own bound over the declared input box shows the class can never be the "
+            f"top class; {coverage['replayed']} forget samples were replayed and the auditor's "
+            "held-out samples of the class do not get it; every other class's logits are the "
+            "original's."
+        )
+    elif verification.verified:
         verified = (
             f"All {len(verification.outcomes)} checks passed: the signatures and digests bind the "
             f"served model to the certificate; {coverage['replayed']} forget samples were replayed "
@@ -291,6 +367,13 @@ def _compliance(
         "The patched model reveals which linear regions were patched: a party with white-box access "
         "and a candidate pool may single out deleted records (threat 11, docs/THREAT_MODEL.md).",
     ]
+    if suppressed:  # no regions, no gates: the first two items describe the region patch
+        risks = risks[2:3]
+        risks.append(
+            "Class suppression caps the class's output; the original weights, which the served "
+            "file still contains, encode the class: whoever holds the file can compute the "
+            "uncapped logit. The guarantee is about the served model's predictions."
+        )
     if mia:
         worst = max(mia["results"], key=lambda r: abs(float(r["auc"]) - 0.5), default=None)
         if worst is not None:
@@ -300,7 +383,12 @@ def _compliance(
             )
     else:
         risks.append("Membership inference was not run: residual memorisation was not measured.")
-    return {"requested": requested, "verified": verified, "residual_risks": risks}
+    return {
+        "requested": requested,
+        "verified": verified,
+        "removed": removed_statement(statement, verification),
+        "residual_risks": risks,
+    }
 
 
 def build_report(
@@ -319,8 +407,7 @@ def build_report(
 ) -> ReportResult:
     """Verify ``proof`` and write the report folder ``out`` (refused if it exists and is not
     empty; written to a temporary sibling and renamed, so a failure leaves nothing behind)."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise InputError(f"report folder {out} exists and is not empty")
+    parent = _prepare_out(out)
     now = now or datetime.now(UTC)
     owner_key = load_public_key(public_key)
     signing_key = load_auditor_private_key(auditor_key) if auditor_key is not None else None
@@ -333,8 +420,12 @@ def build_report(
             membership=MembershipPolicy(
                 attack=options.mia_attacks[0],
                 reference_models=options.mia_reference_models,
+                sides=options.mia_sides,
                 arch=options.mia_arch,
                 seed=options.seed,
+                backend=options.mia_backend,
+                address=options.mia_address,
+                jobs=options.mia_jobs,
             ),
         )
     verification = verify_proof(
@@ -351,8 +442,11 @@ def build_report(
         device=options.device,
         on_done=on_check,
     )
-    statement = _statement(proof)
     limits = Limits()
+    certificate = _read(proof / "certificate.json", limits.certificate_bytes, "certificate")
+    model = _read(proof / "model.onnx", limits.model_bytes, "model.onnx")
+    original_bytes = _read(original, limits.model_bytes, "original model")
+    statement = _statement(certificate)
     forget_data = None
     if forget is not None:
         try:
@@ -361,31 +455,35 @@ def build_report(
         except AuditError:
             pass  # the owner's openings are broken: the failed checks already say why
     reference_data = load_reference(reference, limits=limits) if reference is not None else None
-    model_path = proof / "model.onnx"
     per_class = None
     mia = None
-    if original is not None and reference_data is not None:
-        try:
-            per_class = _per_class(original, model_path, *reference_data, options.device)
-        except AuditError:
-            per_class = None  # the model did not load: the failed checks already say why
-    if (
-        options.mia_attacks
-        and original is not None
-        and forget_data is not None
-        and reference_data is not None
-    ):
-        mia = _mia(options, original, model_path, forget_data, reference_data, progress)
+    runnable = _authentic(certificate, model, original_bytes, owner_key)
+    if runnable and model is not None and original_bytes is not None:
+        if reference_data is not None:
+            try:
+                per_class = _per_class(original_bytes, model, *reference_data, options.device)
+            except AuditError:
+                per_class = None  # the model did not run: the failed checks already say why
+        if options.mia_attacks and forget_data is not None and reference_data is not None:
+            try:
+                mia = _mia(options, original_bytes, model, forget_data, reference_data, progress)
+            except AuditError:
+                mia = None  # the models did not run or gave unusable outputs
     coverage = _coverage(
         statement, verification, None if forget_data is None else len(forget_data[1])
     )
     digests = {
-        "model.onnx": _digest(model_path),
-        "certificate.json": _digest(proof / "certificate.json"),
-        "original": _digest(original) if original else None,
-        "forget.npz": _digest(forget) if forget else None,
-        "reference": _digest(reference) if reference else None,
+        "model.onnx": _sha(model),
+        "certificate.json": _sha(certificate),
+        "original": _sha(original_bytes),
+        "forget.npz": _sha(_read(forget, limits.forget_bytes, "forget set")),
+        "reference": _sha(_read(reference, limits.reference_bytes, "reference data")),
     }
+    if signing_key is not None and (model is None or certificate is None):
+        signing_key = None  # nothing to attest to: the proof's own files are unreadable
+        unsigned = "unsigned: model.onnx or certificate.json is unreadable"
+    else:
+        unsigned = "unsigned"
     doc: dict[str, Any] = {
         "type": REPORT_TYPE,
         "version": 1,
@@ -397,7 +495,8 @@ def build_report(
         "coverage": coverage,
         "per_class": per_class,
         "mia": mia,
-        "patch": patch_statistics(model_path, original),
+        "deletion_detectable": _deletion_words(verification),
+        "patch": patch_statistics(model, None if original_bytes is None else len(original_bytes)),
         "threats": _threats(verification.outcomes, mia is not None),
         "compliance": _compliance(statement, verification, coverage, mia),
         "reproducibility": {
@@ -405,15 +504,14 @@ def build_report(
             "seed": options.seed,
             "digests": json.dumps(digests, sort_keys=True),
             "command": " ".join(options.command) if options.command else " ".join(sys.argv),
-            "auditor_key": public_key_id(signing_key.public_key()) if signing_key else "unsigned",
+            "auditor_key": public_key_id(signing_key.public_key()) if signing_key else unsigned,
         },
     }
     report_json = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    tmp = Path(
-        tempfile.mkdtemp(
-            prefix=f".{out.name}.", dir=out.parent if out.parent.is_dir() else _mkparent(out)
-        )
-    )
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=parent))
+    except OSError as exc:
+        raise InputError(f"cannot write the report folder {out}: {exc.strerror}") from None
     try:
         (tmp / "report.json").write_text(report_json, encoding="utf-8")
         (tmp / "report.html").write_text(render_html(doc), encoding="utf-8")
@@ -429,25 +527,41 @@ def build_report(
                 now=now,
             )
             (tmp / "attestation.json").write_bytes(attestation)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+        os.chmod(tmp, 0o755)
+        if out.is_dir() and not out.is_symlink():
+            out.rmdir()  # empty (checked above); a folder filled meanwhile makes this fail
+        os.rename(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise InputError(f"cannot write the report folder {out}: {exc.strerror}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return ReportResult(out, verification, doc)
 
 
-def _mkparent(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent
-
-
-def _digest(path: Path) -> str | None:
+def _prepare_out(out: Path) -> Path:
+    """Refuse an unusable report folder *before* the verification runs (exit 2): it must not
+    exist or be an empty folder (never a link or a file: an output never replaces an input),
+    and its parent must be a writable folder (created if missing)."""
+    if out.is_symlink():
+        raise InputError(f"report folder {out} is a symbolic link")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"report folder {out} exists and is not empty")
+    parent = out.parent if str(out.parent) else Path(".")
     try:
-        return file_sha256(path)
-    except OSError:
-        return None
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"cannot create the report folder's parent {parent}: {exc.strerror}"
+        ) from None
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"report folder: {parent} is not a writable folder")
+    return parent
+
+
+def _sha(data: bytes | None) -> str | None:
+    return None if data is None else sha256_hex(data)
 
 
 def _certificate_fields(statement: Statement | None, *, owner_key_id: str) -> dict[str, Any]:

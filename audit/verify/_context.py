@@ -22,6 +22,7 @@ from audit.errors import InputError, VerificationError
 from audit.proof import (
     PROOF_FILES,
     Limits,
+    check_input_file,
     load_forget,
     load_public_key,
     load_reference,
@@ -31,13 +32,38 @@ from audit.runtime import OnnxModel, available_providers
 from audit.verify._framework import CheckUnavailable, Policy
 from audit.verify._graph import PATCH_OUTPUT, Head, find_head, load_onnx, metadata, sub_model
 from audit.verify._patch import PatchParams, read_patch
-from prune.formats import Envelope, FormatError, Openings, Statement, UnlearningPredicate
+from prune.formats import (
+    PAYLOAD_TYPE,
+    Envelope,
+    FormatError,
+    Openings,
+    Statement,
+    UnlearningPredicate,
+    sha256_hex,
+    verify_envelope,
+)
 
-__all__ = ["Evaluation", "VerifyContext", "VerifyInputs"]
+__all__ = ["Evaluation", "NonFiniteOutput", "VerifyContext", "VerifyInputs", "require_finite"]
 
 T = TypeVar("T")
 _BATCH = 1024  # keeps the patch subgraph's [batch, P, O] intermediates small (peak memory)
 F64 = NDArray[np.float64]
+
+
+class NonFiniteOutput(CheckUnavailable):
+    """A model output the verifier reads holds NaN or infinity: every check that reads it fails
+    (``argmax`` would pick a NaN, and every ``<``/``>`` comparison with NaN is False)."""
+
+
+def require_finite(values: NDArray[Any], what: str) -> None:
+    """Raise :class:`NonFiniteOutput` unless every entry of ``values`` is finite (numeric
+    arrays only; any other dtype is refused as well)."""
+    array = np.asarray(values)
+    if not np.issubdtype(array.dtype, np.number):
+        raise NonFiniteOutput(f"{what}: non-numeric output of type {array.dtype}")
+    if not np.isfinite(array).all():
+        bad = int((~np.isfinite(array)).reshape(len(array), -1).any(axis=1).sum())
+        raise NonFiniteOutput(f"{what}: NaN or infinity in {bad} of {len(array)} rows")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -104,13 +130,13 @@ class VerifyContext:
         self.public_key: ec.EllipticCurvePublicKey = load_public_key(
             inputs.public_key, limits=limits
         )
-        if inputs.original is not None and not inputs.original.is_file():
-            raise InputError(f"original model {inputs.original} does not exist")
+        if inputs.original is not None:
+            check_input_file(inputs.original, what="original model")
         self.reference: tuple[NDArray[np.float32], NDArray[np.int64]] | None = None
         if inputs.reference is not None:
             self.reference = load_reference(inputs.reference, limits=limits)
-        if inputs.forget is not None and not inputs.forget.is_file():
-            raise InputError(f"forget set {inputs.forget} does not exist")
+        if inputs.forget is not None:
+            check_input_file(inputs.forget, what="forget set")
         self._cache: dict[str, Any] = {}
 
     def memo(self, key: str, make: Callable[[], T]) -> T:
@@ -213,12 +239,69 @@ class VerifyContext:
     def patch(self) -> PatchParams:
         def make() -> PatchParams:
             gate = metadata(self.patched_proto()).get("prune.gate", "")
-            return read_patch(self.patched_proto(), gate=gate)
+            hidden = self.hidden_width() if gate == "routed" else None
+            return read_patch(self.patched_proto(), gate=gate, hidden=hidden)
 
         return self.memo("patch", make)
 
+    def authentic(self, *, original: bool) -> None:
+        """Fail-closed gate before any owner model runs: the certificate's envelope verifies with
+        the auditor's key, ``model.onnx`` is its signed subject and (``original``) ``--original``
+        is its signed original. A proof that fails these never has a model executed; the checks
+        that would run one fail with "not run" instead."""
+
+        def make() -> bool:
+            try:
+                verify_envelope(self.envelope(), self.public_key, payload_type=PAYLOAD_TYPE)
+            except FormatError as exc:
+                raise CheckUnavailable(
+                    "not run: the certificate's signature does not verify, so no model is run"
+                ) from exc
+            if sha256_hex(self.proof_file("model")) != self.statement().subject_sha256:
+                raise CheckUnavailable(
+                    "not run: model.onnx is not the certificate's signed subject, so it is not run"
+                )
+            return True
+
+        self.memo("gate:patched", make)
+        if original:
+
+            def make_original() -> bool:
+                if sha256_hex(self.original_bytes()) != self.predicate.original_model_sha256:
+                    raise CheckUnavailable(
+                        "not run: --original is not the certificate's signed original model, "
+                        "so it is not run"
+                    )
+                return True
+
+            self.memo("gate:original", make_original)
+
+    def hidden_width(self) -> int:
+        """``H``, the total width of the head's hidden tensors, by ONNX shape inference on the
+        *original* graph (static per-sample shapes; a symbolic one is refused)."""
+
+        def make() -> int:
+            import onnx
+
+            head = self.head()
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.original_proto())
+            except Exception as exc:  # onnx raises several unrelated types
+                raise CheckUnavailable(f"original model: shape inference failed ({exc})") from exc
+            infos = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.output)}
+            width = 0
+            for name in head.hidden:
+                dims = infos[name].type.tensor_type.shape.dim[1:] if name in infos else None
+                if not dims or not all(d.HasField("dim_value") for d in dims):
+                    raise CheckUnavailable(f"original model: the width of {name[:60]!r} is unknown")
+                width += int(np.prod([d.dim_value for d in dims]))
+            return width
+
+        return self.memo("hidden_width", make)
+
     def original_model(self) -> OnnxModel:
         def make() -> OnnxModel:
+            self.authentic(original=True)
             head = self.head()
             extra = [n for n in (head.cut, *head.hidden) if n != head.input]
             return self._session(self.original_bytes(), "original model", extra)
@@ -227,26 +310,37 @@ class VerifyContext:
 
     def patched_model(self) -> OnnxModel:
         """The deployed model as a black box: exactly the file's graph, no extra outputs."""
-        return self.memo(
-            "ort:patched", lambda: self._session(self.proof_file("model"), "model.onnx", [])
-        )
+
+        def make() -> OnnxModel:
+            self.authentic(original=False)
+            return self._session(self.proof_file("model"), "model.onnx", [])
+
+        return self.memo("ort:patched", make)
 
     def _session(self, data: bytes, what: str, extra: list[str]) -> OnnxModel:
         try:
             return OnnxModel(data, extra_outputs=extra, device=self.device, threads=self.threads)
-        except InputError as exc:  # the model is the owner's: unusable means failed
+        except (InputError, VerificationError) as exc:  # the owner's model: unusable is failed
             raise CheckUnavailable(f"{what}: {exc}") from exc
 
     def _run(
-        self, model: OnnxModel, x: NDArray[np.float32], what: str
+        self,
+        model: OnnxModel,
+        x: NDArray[np.float32],
+        what: str,
+        *,
+        batch_size: int = _BATCH,
     ) -> list[NDArray[np.float32]]:
         try:
-            return model.run(x, batch_size=_BATCH)
-        except InputError as exc:
+            outs = model.run(x, batch_size=batch_size)
+        except (InputError, VerificationError) as exc:  # incl. the sandbox's limits
             raise CheckUnavailable(f"{what}: {exc}") from exc
         except Exception as exc:  # onnxruntime's own failure types
             first = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
             raise CheckUnavailable(f"{what}: onnxruntime failed: {first}") from exc
+        for name, out in zip(model.output_names, outs, strict=True):
+            require_finite(out, f"{what} output {name[:40]!r}")
+        return outs
 
     def evaluate(self, x: NDArray[np.float32], *, key: str | None = None) -> Evaluation:
         """Run the original model on ``x`` and collect cut, hidden and logits (memoised by
@@ -269,10 +363,13 @@ class VerifyContext:
         return make() if key is None else self.memo(f"eval:{key}", make)
 
     def patched_logits(
-        self, x: NDArray[np.float32], *, key: str | None = None
+        self, x: NDArray[np.float32], *, key: str | None = None, batch_size: int = _BATCH
     ) -> NDArray[np.float32]:
+        """The deployed model's output on ``x``, queried ``batch_size`` rows at a time; NaN or
+        infinity anywhere is :class:`NonFiniteOutput`."""
+
         def make() -> NDArray[np.float32]:
-            out = self._run(self.patched_model(), x, "model.onnx")[0]
+            out = self._run(self.patched_model(), x, "model.onnx", batch_size=batch_size)[0]
             if out.ndim != 2 or len(out) != len(x):
                 raise CheckUnavailable(
                     f"model.onnx: output has shape {out.shape}, expected [N, classes]"
@@ -283,6 +380,7 @@ class VerifyContext:
 
     def _head_sessions(self, cut_shape: tuple[int, ...]) -> tuple[OnnxModel, OnnxModel]:
         def make() -> tuple[OnnxModel, OnnxModel]:
+            self.authentic(original=True)
             head = self.head()
             if head.cut == head.input:  # the head is the whole model: reuse the sessions
                 return self.original_model(), self.patched_model()

@@ -100,7 +100,10 @@ class Policy:
     them, so that "verified" always means every check ran). ``margin_tolerance``: absolute slack
     on a claimed logit margin (float32 execution of a float64 certificate). ``locality_atol``:
     largest allowed |patched - original| outside every patch support. ``utility_tolerance``:
-    allowed excess of the measured accuracy drop over the certified one (fraction)."""
+    allowed excess of the measured accuracy drop over the certified one (fraction).
+    ``min_certified_margin``: the smallest certified margin a claim may state (a hair margin
+    cannot survive the float32 execution of the model). ``accept_point_only``: the auditor
+    accepts claims that hold only at the sample (verdict ``point-only``, exit 0)."""
 
     required_inputs: frozenset[str] = frozenset({"original", "forget", "reference", "sample"})
     max_age: timedelta = timedelta(days=365)
@@ -113,6 +116,8 @@ class Policy:
     probe_claims: int | None = None
     bisection_steps: int = 10
     lp_claims: int = 1
+    min_certified_margin: float = 0.01
+    accept_point_only: bool = False
     membership: MembershipPolicy | None = None
     """A :class:`audit.verify.MembershipPolicy` enables the optional membership check."""
 

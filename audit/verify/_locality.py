@@ -38,10 +38,14 @@ class Locality(Check[VerifyContext]):
     requires = frozenset({"original", "reference"})
 
     def run(self, ctx: VerifyContext) -> CheckOutcome:
+        if ctx.predicate.class_claim is not None:  # no supports: every point is replayed exactly
+            return self.not_applicable(
+                "class suppression: other logits are unchanged by construction (class.suppression)"
+            )
         x, _ = _reference(ctx)
         ev = ctx.evaluate(x, key="reference")
         params = ctx.patch()
-        if params.gate == "activation":
+        if params.gate in ("activation", "routed"):  # routed: g_u <= the activation gate
             if params.pos is None or ev.z.shape[1] != params.pos.shape[0]:
                 raise CheckUnavailable("patch gate does not fit the original model's hidden size")
             # float32 is enough here: points within the 1e-3 band are not judged

@@ -19,16 +19,23 @@ __all__ = ["REPORT_TYPE", "REPORT_VERSION", "Verdict", "VerificationReport", "re
 REPORT_TYPE = "https://prune-audit.dev/verification/v1"
 REPORT_VERSION = 1
 
-Verdict = Literal["verified", "failed"]
+Verdict = Literal["verified", "point-only", "failed"]
+POINT_ONLY_EVIDENCE = "point_only_claims"
+"""Evidence key by which a passing check says how many claims hold only at their sample."""
 
 
 def _verdict(outcomes: Sequence[CheckOutcome]) -> Verdict:
+    """``failed`` if any check failed or none passed; ``point-only`` if every check passed but
+    some claims are point-only (a weaker promise than a region, never reported as verified);
+    else ``verified``."""
     if not outcomes:
         raise AuditError("no check outcomes: an empty list of checks is never a pass")
     if any(o.status == "fail" for o in outcomes):
         return "failed"
     if not any(o.status == "pass" for o in outcomes):
         return "failed"
+    if any(int(o.evidence.get(POINT_ONLY_EVIDENCE, 0) or 0) > 0 for o in outcomes):
+        return "point-only"
     return "verified"
 
 
@@ -52,6 +59,20 @@ class VerificationReport:
         return self.verdict == "verified"
 
     @property
+    def point_only_claims(self) -> int:
+        return max(
+            (int(o.evidence.get(POINT_ONLY_EVIDENCE, 0) or 0) for o in self.outcomes), default=0
+        )
+
+    @property
+    def accepted(self) -> bool:
+        """Verified, or point-only with the auditor's explicit ``accept_point_only``."""
+        policy = self.settings.get("policy", {})
+        return self.verified or (
+            self.verdict == "point-only" and bool(policy.get("accept_point_only", False))
+        )
+
+    @property
     def complete(self) -> bool:
         """False when a check was skipped because an input was not given (``--partial``);
         checks that do not apply (e.g. no previous batch) do not make a report partial."""
@@ -70,9 +91,15 @@ class VerificationReport:
         raise KeyError(name)
 
     def raise_for_failure(self) -> None:
-        """Raise :class:`VerificationError` naming the first failed check (fail-closed API)."""
-        if self.verified:
+        """Raise :class:`VerificationError` naming the first failed check (fail-closed API);
+        a point-only verdict raises unless the policy accepted it."""
+        if self.accepted:
             return
+        if self.verdict == "point-only":
+            raise VerificationError(
+                f"claims.policy: {self.point_only_claims} claims hold only at their sample "
+                "(point-only), not over a region; pass --accept-point-only to accept that"
+            )
         first = self.failures[0] if self.failures else None
         if first is None:
             raise VerificationError("no check passed")
@@ -87,6 +114,7 @@ class VerificationReport:
             "kind": self.kind,
             "verdict": self.verdict,
             "complete": self.complete,
+            "point_only_claims": self.point_only_claims,
             "created": self.created,
             "subject": dict(self.subject),
             "settings": dict(self.settings),
@@ -132,6 +160,12 @@ def render_table(report: VerificationReport, *, width: int = 100) -> str:
     if report.verified:
         scope = "" if report.complete else " (partial: inputs missing, some checks did not run)"
         lines.append(f"VERIFIED{scope}: {tally}")
+    elif report.verdict == "point-only":
+        accepted = " (accepted by --accept-point-only)" if report.accepted else ""
+        lines.append(
+            f"POINT-ONLY{accepted}: {report.point_only_claims} claims hold only at their sample; "
+            f"{tally}"
+        )
     else:
         lines.append(f"FAILED: {tally}")
     return "\n".join(lines)

@@ -14,6 +14,10 @@ import numpy as np
 
 from audit.errors import InputError
 from audit.proof import Limits
+from audit.verify._calibrated import ReplayCalibrated
+from audit.verify._certificate import RegionCertificate
+from audit.verify._claims import ClaimsPolicy
+from audit.verify._class import ClassReference, ClassSuppression
 from audit.verify._commitment import CommitmentConsistency, CommitmentOpenings
 from audit.verify._context import VerifyContext, VerifyInputs
 from audit.verify._digest import ModelDigest, OriginalDigest, PatchDigest
@@ -22,7 +26,7 @@ from audit.verify._freshness import Freshness, record_nonce
 from audit.verify._locality import Locality, Utility
 from audit.verify._membership import MembershipInference
 from audit.verify._probes import RegionProbes
-from audit.verify._replay import ReplayClaims
+from audit.verify._replay import ReplayBatch, ReplayClaims
 from audit.verify._report import VerificationReport
 from audit.verify._signature import CertificateSignature, ModelSignature
 from audit.verify._structure import StructureOriginal, StructurePatch
@@ -39,14 +43,20 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
         OriginalDigest,
         PatchDigest,
         Freshness,
+        ClaimsPolicy,
         CommitmentOpenings,
         CommitmentConsistency,
         StructureOriginal,
         StructurePatch,
+        ClassSuppression,
         ReplayClaims,
+        ReplayBatch,
+        RegionCertificate,
+        ReplayCalibrated,
         RegionProbes,
         Locality,
         Utility,
+        ClassReference,
         MembershipInference,
     )
 }
@@ -114,6 +124,8 @@ def verify_proof(
                 "probe_directions": policy.probe_directions,
                 "probe_points": policy.probe_points,
                 "lp_claims": policy.lp_claims,
+                "min_certified_margin": policy.min_certified_margin,
+                "accept_point_only": policy.accept_point_only,
             },
             "inputs": sorted(inputs.given),
             "device": device,

@@ -16,6 +16,7 @@ __all__ = ["cli", "main"]
         "train": "prune.cli._train:train",
         "keygen": "prune.cli._keygen:keygen",
         "unlearn": "prune.cli._unlearn:unlearn_command",
+        "prepare": "prune.cli._prepare:prepare_command",
     },
 )
 @click.version_option(package_name="prune-audit")

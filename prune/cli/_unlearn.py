@@ -8,39 +8,57 @@ sample is refused rather than signed."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from prune.cli._common import show_progress
+from prune.cli._common import SEED, check_output_folder, finite_range, show_progress
 from prune.data import load_npz
 from prune.errors import DataError, PruneError
+from prune.formats import UnreadableFile, read_regular
 from prune.gates import GATES
 from prune.privacy import add_decoys
 from prune.solvers import SOLVERS
-from prune.targets import TARGET_POLICIES
-from prune.unlearn import DEFAULT_MARGIN, DEFAULT_N, STRATEGIES, UnlearnResult, unlearn
+from prune.targets import POLICY_NAMES
+from prune.unlearn import (
+    CLASS_MODES,
+    DEFAULT_CLASS_MARGIN,
+    DEFAULT_MARGIN,
+    DEFAULT_N,
+    STRATEGIES,
+    UnlearnResult,
+    unlearn,
+)
 
 __all__ = ["read_forget_indices", "unlearn_command"]
 
 
+_MAX_INDEX_FILE = 256 << 20
+_MAX_MODEL = 2 << 30
+
+
 def read_forget_indices(path: Path) -> list[int]:
-    """One integer per line (blank lines ignored)."""
+    """One non-negative integer per line, ASCII digits only (blank lines ignored): ``1_7``,
+    ``+3`` or fullwidth digits, which Python's ``int`` would accept, are refused."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read forget-index file {path}: {exc}") from exc
+        text = read_regular(path, _MAX_INDEX_FILE).decode("ascii")
+    except UnreadableFile as exc:
+        raise DataError(f"forget-index file: {exc}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"forget-index file {path} is not ASCII text") from None
     out: list[int] = []
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+        item = line.strip()
+        if not item:
             continue
-        try:
-            out.append(int(line.strip()))
-        except ValueError:
-            raise DataError(f"{path}:{number}: not an integer: {line.strip()[:40]!r}") from None
+        if not item.isdigit() or len(item) > 18:
+            raise DataError(f"{path}:{number}: not a row index: {item[:40]!r}")
+        out.append(int(item))
     if not out:
         raise DataError(f"{path} lists no forget indices (the forget set is empty)")
     return out
@@ -68,10 +86,13 @@ def _sign(
 
 
 def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        raise PruneError(f"{partial} exists (left by an interrupted run?); remove it first")
-    partial.mkdir(parents=True)
+    """Write the proof into a private temporary sibling and rename it into place: a failed or
+    concurrent run leaves no half-written proof and no temporary folder."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
+    except OSError as exc:
+        raise PruneError(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
         (partial / "model.onnx").write_bytes(result.patched_model)
         doc = {**result.summary, "method": result.method}
@@ -79,9 +100,15 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
             json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"
         )
         sign(partial)
-        if out.exists():
-            out.rmdir()
-        partial.replace(out)
+        os.chmod(partial, 0o755)
+        if out.is_dir() and not out.is_symlink():
+            out.rmdir()  # empty (checked first); filled meanwhile by another run: refused
+        os.rename(partial, out)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise PruneError(
+            f"cannot write the proof to {out}: {exc.strerror or exc} (another run writing it?)"
+        ) from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -101,7 +128,23 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     type=click.Path(path_type=Path),
     help="File of training-row indices, one per line.",
 )
-@click.option("--forget-class", type=int, help="Forget every training sample of this class.")
+@click.option("--forget-class", type=click.IntRange(min=0), help="Forget this whole class (see --class-mode).")
+@click.option(
+    "--class-mode",
+    type=click.Choice(list(CLASS_MODES)),
+    default="suppress",
+    show_default=True,
+    help="suppress: the class is never predicted on the whole input box (certified); regions: "
+    "patch only the linear regions of the class's training samples (the class stays predictable "
+    "elsewhere).",
+)
+@click.option(
+    "--class-margin",
+    type=click.FloatRange(min=0.0, min_open=True, max=1e6),
+    default=DEFAULT_CLASS_MARGIN,
+    show_default=True,
+    help="suppress mode: logit gap between the class and the best other class.",
+)
 @click.option(
     "--test",
     "test_path",
@@ -125,9 +168,25 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
 @click.option("--gate", type=click.Choice(list(GATES)), default="activation", show_default=True)
 @click.option(
     "--target-policy",
-    type=click.Choice(list(TARGET_POLICIES)),
+    type=click.Choice(list(POLICY_NAMES)),
     default="runner-up",
     show_default=True,
+    help="calibrated: forgotten samples get the output of a model that never saw them "
+    "(targets from --prepared, else from --test).",
+)
+@click.option(
+    "--prepared",
+    "prepared_path",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Folder written by prune prepare (cross-fitted targets for --target-policy calibrated).",
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(["temperature", "none"]),
+    default="temperature",
+    show_default=True,
+    help="Map of the prepared models' logits onto the original's scale.",
 )
 @click.option(
     "--strategy", type=click.Choice(list(STRATEGIES)), default="individual", show_default=True
@@ -135,6 +194,7 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
 @click.option(
     "--margin",
     type=float,
+    callback=finite_range(0.0, 1e4),
     default=DEFAULT_MARGIN,
     show_default=True,
     help="Certified logit margin of every claim.",
@@ -143,6 +203,7 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     "--n",
     "n",
     type=float,
+    callback=finite_range(0.0, 1e12),
     default=DEFAULT_N,
     show_default=True,
     help="Support sharpness (band 1/n).",
@@ -154,7 +215,7 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     help="Tensor to patch after (default: the input if the model is piecewise linear, else 'features').",
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seeds target choice and clustering."
+    "--seed", type=SEED, default=0, show_default=True, help="Seeds target choice and clustering."
 )
 @click.option(
     "--threads",
@@ -164,7 +225,7 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
 )
 @click.option(
     "--decoys",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 1000),
     default=0,
     show_default=True,
     help="Also forget K random training records per requested one, drawn from OS entropy, so "
@@ -176,12 +237,16 @@ def unlearn_command(
     train_path: Path,
     forget_indices: Path | None,
     forget_class: int | None,
+    class_mode: str,
+    class_margin: float,
     test_path: Path | None,
     key_path: Path | None,
     out: Path,
     solver: str,
     gate: str,
     target_policy: str,
+    prepared_path: Path | None,
+    calibration: str,
     strategy: str,
     margin: float,
     n: float,
@@ -195,12 +260,13 @@ def unlearn_command(
     (and, with --key, the signed certificate, model signature, openings and receipts)."""
     if (forget_indices is None) == (forget_class is None):
         raise DataError("give exactly one of --forget-indices FILE and --forget-class K")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    check_output_folder(out, inputs=[model, train_path, test_path, forget_indices, key_path])
+    if out.exists() and any(out.iterdir()):
         raise PruneError(f"output folder {out} exists and is not empty")
     try:
-        raw = model.read_bytes()
-    except OSError as exc:
-        raise PruneError(f"cannot read model {model}: {exc.strerror or exc}") from exc
+        raw = read_regular(model, _MAX_MODEL)
+    except UnreadableFile as exc:
+        raise PruneError(f"model: {exc}") from None
     x_train, y_train = load_npz(train_path)
     x_test, y_test = load_npz(test_path) if test_path is not None else (None, None)
     indices = read_forget_indices(forget_indices) if forget_indices is not None else None
@@ -210,6 +276,13 @@ def unlearn_command(
         rng = np.random.default_rng()  # OS entropy: outsiders must not reproduce the decoys
         plan = add_decoys(indices, n_train=len(y_train), per_request=decoys, rng=rng)
         indices = plan.forget_indices.tolist()
+    prepared = None
+    if prepared_path is not None:
+        if target_policy != "calibrated":
+            raise DataError("--prepared is only used with --target-policy calibrated")
+        from prune.calibrate import load_prepared
+
+        prepared = load_prepared(prepared_path, model=raw, x_train=x_train, y_train=y_train)
     passphrase = _open_key(key_path) if key_path is not None else None
     result = unlearn(
         raw,
@@ -217,6 +290,8 @@ def unlearn_command(
         y_train,
         forget_indices=indices,
         forget_class=forget_class,
+        class_mode=class_mode,  # type: ignore[arg-type]  # click.Choice over CLASS_MODES
+        class_margin=class_margin,
         x_test=x_test,
         y_test=y_test,
         solver=solver,
@@ -229,6 +304,8 @@ def unlearn_command(
         seed=seed,
         progress=show_progress(quiet),
         threads=threads,
+        prepared=prepared,
+        calibration=calibration,
     )
     if key_path is not None and not result.complete:
         raise PruneError(

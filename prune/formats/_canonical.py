@@ -17,6 +17,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from prune.formats.errors import FormatError, MalformedError
 
 __all__ = [
@@ -88,9 +90,33 @@ def _unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
+MAX_JSON_BYTES = 32 << 20
+MAX_JSON_DEPTH = 64
+MAX_JSON_VALUES = 2_000_000
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
+
+
+def _check_bounds(data: bytes) -> None:
+    """Refuse, before parsing, JSON whose size, nesting or number of values is beyond the
+    bounds (a 60 MB file of empty objects would otherwise cost gigabytes of Python objects)."""
+    if len(data) > MAX_JSON_BYTES:
+        raise MalformedError(f"canonical JSON: {len(data)} bytes, over the {MAX_JSON_BYTES} limit")
+    bare = np.frombuffer(_STRING.sub(b'""', data), dtype=np.uint8)
+    opens = (bare == ord("[")) | (bare == ord("{"))
+    closes = (bare == ord("]")) | (bare == ord("}"))
+    depth = np.cumsum(opens.astype(np.int64) - closes.astype(np.int64))
+    if depth.size and int(depth.max()) > MAX_JSON_DEPTH:
+        raise MalformedError(f"canonical JSON: nested deeper than {MAX_JSON_DEPTH} levels")
+    values = int(opens.sum()) + int((bare == ord(",")).sum())
+    if values > MAX_JSON_VALUES:
+        raise MalformedError(f"canonical JSON: more than {MAX_JSON_VALUES} values")
+
+
 def parse_canonical_json(data: bytes) -> Any:
     """Parse ``data``, accepting only the exact bytes :func:`canonical_json` would produce
-    (no floats, no duplicate keys, sorted keys, no whitespace, valid UTF-8)."""
+    (no floats, no duplicate keys, sorted keys, no whitespace, valid UTF-8), within
+    :data:`MAX_JSON_BYTES`, :data:`MAX_JSON_DEPTH` and :data:`MAX_JSON_VALUES`."""
+    _check_bounds(data)
     try:
         text = data.decode("utf-8")
         value = json.loads(

@@ -51,9 +51,14 @@ def _b64decode(text: Any, field: str) -> bytes:
     if not isinstance(text, str):
         raise MalformedError(f"DSSE envelope: {field} must be a base64 string")
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
         raise MalformedError(f"DSSE envelope: {field} is not valid base64") from exc
+    if base64.b64encode(raw).decode("ascii") != text:
+        # non-zero unused low bits or odd padding: another spelling of the same bytes would
+        # change the file's digest without changing what verifies (a malleable certificate)
+        raise MalformedError(f"DSSE envelope: {field} is not canonical base64")
+    return raw
 
 
 def _b64encode(raw: bytes) -> str:

@@ -16,6 +16,7 @@ from typing import Any, Literal, get_args
 
 from prune.formats._canonical import canonical_json, parse_canonical_json, parse_decimal_string
 from prune.formats._claims import ClaimKind, ClaimRecord, Region, parse_claim
+from prune.formats._class_claim import ClassClaim
 from prune.formats._fields import (
     expect_hex_digest,
     expect_int,
@@ -191,6 +192,9 @@ class UnlearningPredicate:
     previous_root: PreviousBatch | None = None
     forget_class: int | None = field(default=None)
     region_certificate: DualCertificate | None = None
+    class_claim: ClassClaim | None = field(default=None)
+    """Optional (class mode only): the class-level claim over the declared input box
+    (:class:`prune.formats.ClassClaim`); absent for region-only class deletions."""
 
     @property
     def first_leaf(self) -> int:
@@ -215,6 +219,8 @@ class UnlearningPredicate:
         }
         if self.forget_class is not None:
             doc["forget_class"] = self.forget_class
+        if self.class_claim is not None:
+            doc["class_claim"] = self.class_claim.to_dict()
         return doc
 
     @classmethod
@@ -244,7 +250,7 @@ class UnlearningPredicate:
             "previous_root",
             "region_certificate",
         }
-        expect_keys(doc, "predicate", required=required, optional={"forget_class"})
+        expect_keys(doc, "predicate", required=required, optional={"forget_class", "class_claim"})
         predicate = cls(
             original_model_sha256=_digest_object(doc["original_model"], "original_model"),
             patch_parameters_sha256=_digest_object(doc["patch_parameters"], "patch_parameters"),
@@ -270,6 +276,9 @@ class UnlearningPredicate:
                 if doc["region_certificate"] is None
                 else DualCertificate.from_dict(doc["region_certificate"])
             ),
+            class_claim=(
+                None if "class_claim" not in doc else ClassClaim.from_dict(doc["class_claim"])
+            ),
         )
         predicate._check_consistent()
         return predicate
@@ -277,6 +286,8 @@ class UnlearningPredicate:
     def _check_consistent(self) -> None:
         if (self.mode == "class") != (self.forget_class is not None):
             raise MalformedError("predicate: forget_class must be given exactly when mode is class")
+        if self.class_claim is not None and self.class_claim.forget_class != self.forget_class:
+            raise MalformedError("predicate: class_claim.class is not the forget_class")
         first, size = self.first_leaf, self.forget_set.size
         if self.previous_root is not None and self.previous_root.size >= size:
             raise MalformedError("predicate: previous_root.size must be below forget_set.size")

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from prune.errors import ProofError
+from prune.formats import PublishError, publish_exclusive
 
 __all__ = [
     "PASSPHRASE_ENV",
@@ -77,7 +78,7 @@ def generate_keys(out: Path, *, passphrase: bytes | None = None) -> KeyPair:
     out = Path(out)
     private_path, public_path = out / PRIVATE_KEY_NAME, out / PUBLIC_KEY_NAME
     for path in (private_path, public_path):
-        if path.exists():
+        if os.path.lexists(path):
             raise ProofError(f"{path} already exists; refusing to overwrite a key")
     key = ec.generate_private_key(ec.SECP256R1())
     encryption: serialization.KeySerializationEncryption = (
@@ -92,26 +93,14 @@ def generate_keys(out: Path, *, passphrase: bytes | None = None) -> KeyPair:
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp_private, tmp_public = out / f".{PRIVATE_KEY_NAME}.tmp", out / f".{PUBLIC_KEY_NAME}.tmp"
-        _write_new(tmp_private, private_pem, mode=0o600)
-        _write_new(tmp_public, public_pem, mode=0o644)
-        os.replace(tmp_public, public_path)
-        os.replace(tmp_private, private_path)
+        publish_exclusive(
+            out, [(PRIVATE_KEY_NAME, private_pem, 0o600), (PUBLIC_KEY_NAME, public_pem, 0o644)]
+        )
+    except PublishError as exc:
+        raise ProofError(str(exc)) from None
     except OSError as exc:
-        for leftover in (out / f".{PRIVATE_KEY_NAME}.tmp", out / f".{PUBLIC_KEY_NAME}.tmp"):
-            leftover.unlink(missing_ok=True)
-        raise ProofError(f"cannot write keys to {out}: {exc.strerror or exc}") from exc
+        raise ProofError(f"cannot write keys to {out}: {exc.strerror or exc}") from None
     return KeyPair(private_path, public_path, encrypted=passphrase is not None)
-
-
-def _write_new(path: Path, data: bytes, *, mode: int) -> None:
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
 
 
 def _read_key_file(path: Path) -> bytes:

@@ -6,6 +6,8 @@ method parameters, run summary), which ``prune unlearn`` writes to the proof fol
 from __future__ import annotations
 
 from prune.unlearn._pipeline import (
+    CLASS_MODES,
+    DEFAULT_CLASS_MARGIN,
     DEFAULT_MARGIN,
     DEFAULT_N,
     FLOAT32_SLACK,
@@ -17,6 +19,8 @@ from prune.unlearn._request import ForgetRequest, forget_request
 from prune.unlearn._strategies import STRATEGIES
 
 __all__ = [
+    "CLASS_MODES",
+    "DEFAULT_CLASS_MARGIN",
     "DEFAULT_MARGIN",
     "DEFAULT_N",
     "FLOAT32_SLACK",

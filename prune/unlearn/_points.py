@@ -9,6 +9,7 @@ from numpy.typing import NDArray
 
 from prune.errors import DataError
 from prune.model import ImportedModel, OrtRunner
+from prune.proofs._duals import float32_logit_error
 from prune.regions import InputBox, box_from_data
 from prune.unlearn._request import ForgetRequest
 from prune.unlearn._strategies import ForgetPoints
@@ -50,10 +51,14 @@ def forget_points(
     forbidden[np.arange(len(x)), y] = True
     if request.forget_class is not None:
         forbidden[:, request.forget_class] = True
-    slack = FLOAT32_SLACK * (1.0 + np.abs(logits64).max(axis=1))
+    active = np.asarray(z >= 0)
+    # the float32 budget: a rigorous bound of the served logits' rounding on the point's region
+    # (both logits of a spec row), plus the relative budget for the rest (patch add, float64)
+    rigorous = 2.0 * float32_logit_error(head, active, box).max(axis=1)
+    slack = FLOAT32_SLACK * (1.0 + np.abs(logits64).max(axis=1)) + rigorous
     points = ForgetPoints(
         x=cut64,
-        active=np.asarray(z >= 0),
+        active=active,
         logits=logits64,
         forbidden=forbidden,
         required=margin + slack,

@@ -16,6 +16,7 @@ from tests.audit.adversarial.kit import ProofKit, build_work, honest_patch, pick
 from tests.audit.adversarial.registry import (
     Tampered,
     adversary,
+    edit_certificate,
     reissued,
 )
 
@@ -157,6 +158,118 @@ def utility_understated(kit: ProofKit, dest: Path) -> Tampered:
         summary["test_accuracy_after"] = summary["test_accuracy_before"]
 
     return reissued(kit, dest, spec=replace(kit.spec, K=kit.spec.K / 2), summary_edit=edit)
+
+
+# -- root causes of issue 11: NaN, batch coupling, hair margins ------------------------------------
+
+
+def _reroute_output(model: onnx.ModelProto, nodes: list[onnx.NodeProto], out: str) -> None:
+    """Rename the canonical output node's result to ``prune/patch/out0`` and append ``nodes``
+    that compute the graph output ``prune/output`` from it (``out`` is their final tensor)."""
+    for node in model.graph.node:
+        if list(node.output) == ["prune/output"]:
+            node.output[0] = "prune/patch/out0"
+    nodes[-1].output[0] = "prune/output"
+    assert out == "prune/output"
+    model.graph.node.extend(nodes)
+
+
+def _batch_rows(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """Nodes computing ``prune/patch/rows`` ``[1, 1]``: the number of rows in the batch (a
+    ReduceSum over axis 0 of a column of ones)."""
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(np.zeros((64, 1), np.float32), "prune/patch/zero_col"),
+            numpy_helper.from_array(np.ones((1, 1), np.float32), "prune/patch/one11"),
+        ]
+    )
+    axis0 = numpy_helper.from_array(np.array([0], np.int64), "prune/patch/axis0")
+    return [
+        helper.make_node("Constant", [], ["prune/patch/axis0"], value=axis0),
+        helper.make_node("MatMul", ["input", "prune/patch/zero_col"], ["prune/patch/zc"]),
+        helper.make_node("Add", ["prune/patch/zc", "prune/patch/one11"], ["prune/patch/ones"]),
+        helper.make_node(
+            "ReduceSum", ["prune/patch/ones", "prune/patch/axis0"], ["prune/patch/rows"], keepdims=1
+        ),
+    ]
+
+
+@adversary("patch_batch_coupled", "structure.patch", "not the canonical form")
+def patch_batch_coupled(kit: ProofKit, dest: Path) -> Tampered:
+    """The patch is multiplied by ``min(rows - 1, 1)``, a ReduceSum over the batch axis: on in
+    batches, off for a user who queries one row at a time."""
+
+    def edit(model: onnx.ModelProto) -> None:
+        model.graph.initializer.append(
+            numpy_helper.from_array(np.ones((1, 1), np.float32), "prune/patch/one_b")
+        )
+        nodes = [
+            *_batch_rows(model),
+            helper.make_node("Sub", ["prune/patch/rows", "prune/patch/one_b"], ["prune/patch/r1"]),
+            helper.make_node("Relu", ["prune/patch/r1"], ["prune/patch/r1p"]),
+            helper.make_node("Neg", ["prune/patch/r1p"], ["prune/patch/-r1"]),
+            helper.make_node("Add", ["prune/patch/-r1", "prune/patch/one_b"], ["prune/patch/1-r"]),
+            helper.make_node("Relu", ["prune/patch/1-r"], ["prune/patch/off"]),
+            helper.make_node("Sub", ["prune/patch/one_b", "prune/patch/off"], ["prune/patch/on"]),
+            helper.make_node("Sub", ["prune/patch/out0", "logits"], ["prune/patch/hh"]),
+            helper.make_node("Mul", ["prune/patch/hh", "prune/patch/on"], ["prune/patch/hon"]),
+            helper.make_node("Add", ["logits", "prune/patch/hon"], ["prune/patch/final"]),
+        ]
+        _reroute_output(model, nodes, "prune/output")
+
+    return reissued(kit, dest, model_edit=edit)
+
+
+@adversary("patch_nan_target", "structure.patch", "not the canonical form")
+def patch_nan_target(kit: ProofKit, dest: Path) -> Tampered:
+    """NaN written into each patch's target column: numpy's argmax reads NaN as the maximum,
+    onnxruntime's ArgMax returns the original label."""
+
+    def edit(model: onnx.ModelProto) -> None:
+        nan = np.zeros(kit.spec.d.shape, np.float32)
+        nan[kit.spec.d > 0] = np.nan
+        model.graph.initializer.append(numpy_helper.from_array(nan, "prune/patch/nan"))
+        nodes = [
+            helper.make_node("MatMul", ["prune/patch/g", "prune/patch/nan"], ["prune/patch/gn"]),
+            helper.make_node("Add", ["prune/patch/out0", "prune/patch/gn"], ["prune/patch/final"]),
+        ]
+        _reroute_output(model, nodes, "prune/output")
+
+    return reissued(kit, dest, model_edit=edit)
+
+
+@adversary("claims_hair_margin_point_only", "claims.policy", "below the minimum")
+def claims_hair_margin_point_only(kit: ProofKit, dest: Path) -> Tampered:
+    """Every claim point-only with certified margin 1e-7."""
+    claims = [replace(c, certified_margin=1e-7, region="point-only") for c in kit.claims]
+    return reissued(kit, dest, claims=claims)
+
+
+@adversary("duals_dropped", "region.certificate", "names no region certificate")
+def duals_dropped(kit: ProofKit, dest: Path) -> Tampered:
+    """Certified claims without any region certificate (re-signed by the owner)."""
+    proof = kit.copy_proof(dest / "proof")
+    (proof / "certificate.dual").unlink()
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["predicate"]["region_certificate"] = None
+
+    edit_certificate(proof, edit, key=kit.keys / "owner.key")
+    return Tampered(kit.inputs(proof))
+
+
+@adversary("claims_beyond_the_region", "region.certificate", "not proved over their")
+def claims_beyond_the_region(kit: ProofKit, dest: Path) -> Tampered:
+    """Each claim states (nearly) the margin the patched model has *at its forget sample*: replay
+    passes, but the margin does not hold over the whole region, and no certificate proves it."""
+    _, logits = kit.work.mlp.forward(kit.work.x_train[kit.rows])
+    claims = []
+    for u, claim in enumerate(kit.claims):
+        patched = logits[u] + kit.spec.d[claim.patch]
+        others = np.delete(patched, claim.target)
+        margin = float(patched[claim.target] - others.max())
+        claims.append(replace(claim, certified_margin=margin - 1e-3))
+    return reissued(kit, dest, claims=claims)
 
 
 # -- the auditor's other inputs --------------------------------------------------------------------

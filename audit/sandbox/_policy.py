@@ -1,0 +1,201 @@
+"""The static admission test an owner's ONNX graph passes before the auditor runs it.
+
+Threat assumption: the owner signs whatever it likes, so a signed ``model.onnx`` may still be
+built to exhaust the auditor (a ``Loop`` with 2^40 trips, a ``ConstantOfShape`` of 36 GB, a
+tensor whose size depends on the data) or to make onnxruntime open a file (external data). The
+sandbox's hard limits stop such a run; this test refuses it *before* it starts, so that a hostile
+graph is a one-line failed check rather than a killed worker.
+
+A graph is admitted only if
+
+* it uses the default ONNX domain, with ops from :data:`ALLOWED_OPS` (straight-line tensor
+  algebra: no control flow, no subgraph or function attributes, no random or sequence ops);
+* it holds no tensor stored as external data and no model-local functions;
+* ONNX shape inference (strict, with constant propagation) gives every value a fully known
+  shape at two batch sizes, and every tensor grows at most linearly with the batch (no
+  data-dependent or batch-squared shapes);
+* the declared bytes of all values for one sample, and of every tensor that does not scale with
+  the batch, stay under the budget.
+
+The result, :class:`GraphCost`, tells the runtime how many samples fit in one call."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from audit.errors import VerificationError
+
+__all__ = ["ALLOWED_OPS", "GraphCost", "UnsafeModelError", "admit"]
+
+ALLOWED_OPS = frozenset(
+    {
+        # arithmetic and activations
+        *("Abs", "Add", "Sub", "Mul", "Div", "Neg", "Reciprocal", "Sqrt", "Exp", "Log", "Pow"),
+        *("Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Sigmoid", "HardSigmoid", "HardSwish"),
+        *("Tanh", "Softplus", "Softsign", "Erf", "Gelu", "Clip", "Max", "Min", "Sum", "Mean"),
+        *("Sign", "Floor", "Ceil", "Round", "Softmax", "LogSoftmax"),
+        # linear layers, convolutions, normalisation, pooling
+        *("Gemm", "MatMul", "Conv", "BatchNormalization", "LayerNormalization"),
+        *("InstanceNormalization", "MaxPool", "AveragePool", "GlobalAveragePool"),
+        *("GlobalMaxPool",),
+        # reductions and heads
+        *("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ArgMax", "ArgMin"),
+        # comparisons and selection (sizes are still fixed by shape inference)
+        *("Greater", "GreaterOrEqual", "Less", "LessOrEqual", "Equal", "Where", "Not", "And"),
+        *("Or",),
+        # layout (output sizes come from constants; checked by shape inference)
+        *("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice"),
+        *("Gather", "Shape", "Identity", "Constant", "Cast", "Dropout", "Pad", "Expand", "Tile"),
+        *("ConstantOfShape",),
+    }
+)
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_GRAPH_ATTRIBUTES = (5, 10, 13)  # AttributeProto: GRAPH, GRAPHS, TYPE_PROTO(S) are not needed
+_BATCHES = (1, 3)
+
+
+class UnsafeModelError(VerificationError):
+    """The owner's graph cannot be run with bounded cost (or would read outside its bytes)."""
+
+
+@dataclass(frozen=True)
+class GraphCost:
+    """Declared memory of one run: ``per_sample`` bytes of all values that scale with the batch,
+    ``fixed`` bytes of those that do not (initializers excluded: the file's size bounds them).
+    ``batch``: the input's fixed batch size, or ``None`` when the batch dimension is free."""
+
+    per_sample: int
+    fixed: int
+    batch: int | None
+
+    def max_rows(self, budget: int) -> int:
+        """The most samples one call may hold so that the declared values fit in ``budget``."""
+        if self.batch is not None:
+            return self.batch
+        room = budget - self.fixed
+        return max(1, room // max(self.per_sample, 1))
+
+
+def _nodes(graph: Any) -> Iterable[Any]:
+    yield from graph.node
+
+
+def _refuse_structure(proto: Any) -> None:
+    import onnx
+
+    if proto.functions:
+        raise UnsafeModelError("the model defines local functions, which the auditor does not run")
+    opsets = {entry.domain: entry.version for entry in proto.opset_import}
+    if not any(d in opsets for d in _DEFAULT_DOMAINS):
+        raise UnsafeModelError("the model imports no default-domain ONNX opset")
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+            raise UnsafeModelError(f"tensor {tensor.name[:60]!r} uses external data")
+    for sparse in proto.graph.sparse_initializer:
+        raise UnsafeModelError(f"sparse initializer {sparse.values.name[:60]!r} is not accepted")
+    for node in _nodes(proto.graph):
+        where = f"node {node.name[:40]!r} ({node.op_type[:40]})"
+        if node.domain not in _DEFAULT_DOMAINS:
+            raise UnsafeModelError(f"{where} is in domain {node.domain[:40]!r}, not ONNX's")
+        if node.op_type not in ALLOWED_OPS:
+            raise UnsafeModelError(
+                f"{where}: op {node.op_type[:40]} is not on the auditor's list of bounded ops"
+            )
+        for attr in node.attribute:
+            if attr.type in _GRAPH_ATTRIBUTES or attr.HasField("g") or len(attr.graphs):
+                raise UnsafeModelError(f"{where} has a subgraph attribute")
+            tensors = [attr.t] if attr.HasField("t") else []
+            for tensor in [*tensors, *attr.tensors]:
+                if tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data:
+                    raise UnsafeModelError(f"{where}: its tensor uses external data")
+            if attr.HasField("sparse_tensor") or len(attr.sparse_tensors):
+                raise UnsafeModelError(f"{where} has a sparse tensor attribute")
+
+
+def _sizes(proto: Any, batch: int) -> dict[str, int]:
+    """Bytes of every graph value (inputs, node outputs) with the batch fixed at ``batch``."""
+    import onnx
+    from onnx import shape_inference
+
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    copy.graph.ClearField("value_info")
+    for value in copy.graph.input:
+        dims = value.type.tensor_type.shape.dim
+        if dims and not dims[0].HasField("dim_value"):
+            dims[0].Clear()
+            dims[0].dim_value = batch
+    for value in copy.graph.output:  # declared outputs must not constrain inference
+        value.type.tensor_type.ClearField("shape")
+    try:
+        inferred = shape_inference.infer_shapes(
+            copy, check_type=True, strict_mode=True, data_prop=True
+        )
+    except Exception as exc:  # onnx raises InferenceError / ValidationError / ValueError
+        first = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
+        raise UnsafeModelError(f"shape inference refuses the graph: {first}") from exc
+    known = {
+        v.name: v
+        for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+    }
+    sizes: dict[str, int] = {}
+    for name in [v.name for v in proto.graph.input] + [
+        out for node in proto.graph.node for out in node.output if out
+    ]:
+        value = known.get(name)
+        if value is None or value.type.WhichOneof("value") != "tensor_type":
+            raise UnsafeModelError(f"value {name[:60]!r} has no inferable tensor type")
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape"):
+            raise UnsafeModelError(f"value {name[:60]!r} has a data-dependent shape")
+        count = 1
+        for dim in tensor.shape.dim:
+            if not dim.HasField("dim_value") or dim.dim_value < 0:
+                raise UnsafeModelError(f"value {name[:60]!r} has a data-dependent shape")
+            count *= dim.dim_value
+        itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+        sizes[name] = count * max(int(itemsize), 1)
+    return sizes
+
+
+def admit(proto: Any, *, budget: int) -> GraphCost:
+    """Refuse (:class:`UnsafeModelError`) a graph whose cost cannot be bounded before running
+    it; otherwise its declared memory. ``budget``: bytes the declared values of one sample plus
+    the batch-independent values may take."""
+    _refuse_structure(proto)
+    inputs = [
+        v for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}
+    ]
+    if len(inputs) != 1:
+        raise UnsafeModelError(f"the model must have exactly one input, it has {len(inputs)}")
+    dims = inputs[0].type.tensor_type.shape.dim
+    fixed_batch = int(dims[0].dim_value) if dims and dims[0].HasField("dim_value") else None
+    if fixed_batch is not None:
+        sizes = _sizes(proto, fixed_batch)
+        total = sum(sizes.values())
+        if total > budget:
+            raise UnsafeModelError(
+                f"the graph declares {total} bytes of values, over the {budget}-byte budget"
+            )
+        return GraphCost(per_sample=total, fixed=0, batch=fixed_batch)
+    low, high = (_sizes(proto, b) for b in _BATCHES)
+    step = _BATCHES[1] - _BATCHES[0]
+    per_sample = fixed = 0
+    for name, small in low.items():
+        big = high[name]
+        growth, rest = divmod(big - small, step)
+        constant = small - growth * _BATCHES[0]
+        if rest or growth < 0 or constant < 0:
+            raise UnsafeModelError(
+                f"value {name[:60]!r} does not grow linearly with the batch ({small} -> {big} bytes)"
+            )
+        per_sample += growth
+        fixed += constant
+        if fixed + per_sample > budget:
+            raise UnsafeModelError(
+                f"value {name[:60]!r} takes the graph's declared values over the "
+                f"{budget}-byte budget"
+            )
+    return GraphCost(per_sample=per_sample, fixed=fixed, batch=None)

@@ -1,0 +1,366 @@
+"""Class-unlearning benchmark (issue 14): class suppression against retraining without the class.
+
+For each model (digits MLP, Fashion-MNIST MLP and CNN; the study's recipes and cached originals
+under benchmarks/runs/study) and three classes K each:
+
+* ``prune.unlearn(..., forget_class=K)`` (suppress mode, default margin), timed end to end;
+  class-K test and training accuracy after, every other class's test accuracy before/after;
+* two models retrained without K (seeds 1 and 2, the original's recipe): the seed-to-seed floor
+  ``KL(r1 || r2)`` (and ``KL(r2 || r1)``) on the class-K test inputs, against
+  ``KL(r_s || patched)``; the same KL for other margins and for the plain original, computed with
+  the suppression formula in float32 numpy (bit-identical to onnxruntime, checked by
+  ``audit verify``);
+* CMIA and RMIA (the study's 4 cached reference models), class-K training samples (members)
+  against the class-K samples of the non-member half of the test split, on the original, the
+  patched and the first retrained model: AUC with 95 % bootstrap intervals;
+* inference CPU time of the patched model against the original (the study's method).
+
+Run: ``nice -n 10 python benchmarks/bench_class.py --model digits-mlp`` (also
+``fashion-mnist-mlp``, ``fashion-mnist-cnn``); writes benchmarks/results/class-<model>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from audit.mia import LabelledData, make_attack, run_game
+from audit.verify._class import suppress_logits
+from benchmarks.study.artifacts import (
+    BUILDERS,
+    ArtifactKey,
+    load_mia_references,
+    load_original,
+    mia_non_member_rows,
+    mia_reference_rows,
+)
+from benchmarks.study.common import machine
+from benchmarks.study.evaluate import inference_overhead, kl_divergence, logits
+from prune.baselines._recipe import fit
+from prune.train import export_onnx
+from prune.unlearn import DEFAULT_CLASS_MARGIN, unlearn
+
+REPO = Path(__file__).resolve().parents[1]
+WORK = REPO / "benchmarks" / "runs" / "study"
+CLASSES = {"digits-mlp": (3, 5, 8), "fashion-mnist-mlp": (2, 5, 7), "fashion-mnist-cnn": (2, 5, 7)}
+RETRAIN_SEEDS = (1, 2)
+MARGINS = (0.1, 1.0, 2.0, 4.0, 8.0, 16.0)
+TEMPERATURES = (1.0, 1.25, 1.5, 2.0, 3.0)
+
+
+def _tempered(z: np.ndarray, k: int, t: float) -> np.ndarray:
+    """The calibrated variant studied: every logit divided by ``t``, then the suppression."""
+    scaled = (np.asarray(z, dtype=np.float32) / np.float32(t)).astype(np.float32)
+    return suppress_logits(scaled, k, DEFAULT_CLASS_MARGIN).astype(np.float64)
+
+
+def _calibrated_temperature(z: np.ndarray, y: np.ndarray, k: int) -> float:
+    """Temperature scaling learnt on held-out data without the class: the ``t`` (grid, log-spaced
+    0.25..8) minimising the negative log-likelihood of the remaining classes' softmax."""
+    keep = y != k
+    zz, yy = np.delete(z[keep], k, axis=1), y[keep]
+    yy = yy - (yy > k)
+    best = (np.inf, 1.0)
+    for t in np.exp(np.linspace(np.log(0.25), np.log(8.0), 61)):
+        q = zz / t
+        q = q - q.max(1, keepdims=True)
+        nll = float(-(q[np.arange(len(yy)), yy] - np.log(np.exp(q).sum(1))).mean())
+        best = min(best, (nll, float(t)))
+    return best[1]
+
+
+def _ensure(key: ArtifactKey) -> None:
+    if not key.ready(WORK):
+        BUILDERS[key.kind](key, WORK)
+
+
+def _retrained(orig: Any, dataset: str, arch: str, k: int, seed: int) -> bytes:
+    folder = WORK / "class-retrain" / f"{dataset}-{arch}-class-{k}-s{seed}"
+    path = folder / "model.onnx"
+    if not path.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        keep = np.flatnonzero(orig.y_train != k)
+        start = time.perf_counter()
+        model = fit(orig.recipe, orig.x_train[keep], orig.y_train[keep], seed=seed)
+        export_onnx(model, folder / "tmp.onnx", input_shape=orig.recipe.input_shape)
+        (folder / "seconds.txt").write_text(f"{time.perf_counter() - start:.3f}\n")
+        (folder / "tmp.onnx").replace(path)
+    return path.read_bytes()
+
+
+def _per_class(z: np.ndarray, y: np.ndarray, classes: int) -> list[float]:
+    return [float((z[y == c].argmax(1) == c).mean()) for c in range(classes)]
+
+
+def _mia(
+    models: dict[str, bytes], members: LabelledData, non: LabelledData, refs: Any
+) -> dict[str, Any]:
+    from audit.runtime import OnnxModel
+
+    fns = {name: OnnxModel(raw, device="cpu", threads=1).logits for name, raw in models.items()}
+    game = run_game(
+        fns,
+        members,
+        non,
+        attacks=[make_attack("cmia"), make_attack("rmia", seed=0)],
+        reference=refs,
+        game="forget-vs-non-members",
+        seed=0,
+        bootstrap=500,
+    )
+    return {
+        name: {a: game.model(name).attack(a).auc.to_dict() for a in ("cmia", "rmia")}
+        for name in models
+    }
+
+
+def _write(model: str, rows: list[dict[str, Any]], *, complete: bool) -> Path:
+    """Written after every class, so that an interrupted run keeps what it measured."""
+    doc = {
+        "version": 1,
+        "model": model,
+        "complete": complete,
+        "classes": rows,
+        "machine": machine(),
+        "loadavg_end": list(os.getloadavg()),
+    }
+    path = REPO / "benchmarks" / "results" / f"class-{model}.json"
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def run(model: str) -> Path:
+    dataset, _, arch = model.rpartition("-")
+    torch.set_num_threads(1)
+    for kind in ("original", "mia-refs"):
+        _ensure(ArtifactKey(kind=kind, dataset=dataset, arch=arch, seed=0))
+    orig = load_original(WORK, dataset, arch, 0)
+    refs = load_mia_references(WORK, orig, dataset, arch, 0)
+    classes = int(orig.recipe.classes)
+    z_test = logits(orig.onnx, orig.x_test, threads=1)
+    before = _per_class(z_test, orig.y_test, classes)
+    rows: list[dict[str, Any]] = []
+    for k in CLASSES[model]:
+        result = unlearn(
+            orig.onnx,
+            orig.x_train,
+            orig.y_train,
+            forget_class=k,
+            x_test=orig.x_test,
+            y_test=orig.y_test,
+            threads=1,
+        )
+        patched = result.patched_model
+        s = result.summary
+        zp_test = logits(patched, orig.x_test, threads=1)
+        after = _per_class(zp_test, orig.y_test, classes)
+        zp_train_k = logits(patched, orig.x_train[orig.y_train == k], threads=1)
+        retrained = [_retrained(orig, dataset, arch, k, seed) for seed in RETRAIN_SEEDS]
+        kx = orig.x_test[orig.y_test == k]
+        zr = [logits(r, kx, threads=1) for r in retrained]
+        zo = z_test[orig.y_test == k]
+        kl = {
+            "floor_r1_r2": kl_divergence(zr[0], zr[1]),
+            "floor_r2_r1": kl_divergence(zr[1], zr[0]),
+            "patched": [kl_divergence(r, zp_test[orig.y_test == k]) for r in zr],
+            "original": [kl_divergence(r, zo) for r in zr],
+            "by_margin": {
+                repr(m): [
+                    kl_divergence(
+                        r, suppress_logits(zo.astype(np.float32), k, m).astype(np.float64)
+                    )
+                    for r in zr
+                ]
+                for m in MARGINS
+            },
+        }
+        floor = 0.5 * (kl["floor_r1_r2"] + kl["floor_r2_r1"])
+        kl["ratio_to_floor"] = float(np.mean(kl["patched"]) / floor)
+        kl["ratio_by_temperature"] = {
+            repr(t): float(np.mean([kl_divergence(r, _tempered(zo, k, t)) for r in zr]) / floor)
+            for t in TEMPERATURES
+        }
+        cal = mia_reference_rows(len(orig.y_test), 0)
+        t_cal = _calibrated_temperature(z_test[cal], orig.y_test[cal], k)
+        kl["calibrated_temperature"] = t_cal
+        kl["ratio_calibrated"] = float(
+            np.mean([kl_divergence(r, _tempered(zo, k, t_cal)) for r in zr]) / floor
+        )
+        members_rows = np.flatnonzero(orig.y_train == k)
+        non_rows = mia_non_member_rows(f"class-{k}", len(members_rows), orig.y_test, 0)
+        mia = _mia(
+            {"original": orig.onnx, "patched": patched, "retrained": retrained[0]},
+            LabelledData(orig.x_train[members_rows], orig.y_train[members_rows]),
+            LabelledData(orig.x_test[non_rows], orig.y_test[non_rows]),
+            refs,
+        )
+        infer = inference_overhead(orig.onnx, patched, orig.x_test[:1000], threads=1)
+        others = [c for c in range(classes) if c != k]
+        rows.append(
+            {
+                "class": k,
+                "margin": DEFAULT_CLASS_MARGIN,
+                "unlearn_seconds": s["seconds"],
+                "class_test_accuracy_before": before[k],
+                "class_test_accuracy_after": after[k],
+                "class_train_accuracy_after": float((zp_train_k.argmax(1) == k).mean()),
+                "class_train_correct_before": round(
+                    s["forget_accuracy_before"] * s["forget_points"]
+                ),
+                "class_test_correct_before": int(
+                    ((z_test.argmax(1) == k) & (orig.y_test == k)).sum()
+                ),
+                "class_test_correct_after": int(
+                    ((zp_test.argmax(1) == k) & (orig.y_test == k)).sum()
+                ),
+                "other_test_accuracy_before": {str(c): before[c] for c in others},
+                "other_test_accuracy_after": {str(c): after[c] for c in others},
+                "worst_other_change_points": 100 * min(after[c] - before[c] for c in others),
+                "kl": kl,
+                "mia": mia,
+                "inference": infer,
+                "retrain_seconds": [
+                    float(
+                        (
+                            WORK
+                            / "class-retrain"
+                            / f"{dataset}-{arch}-class-{k}-s{sd}"
+                            / "seconds.txt"
+                        ).read_text()
+                    )
+                    for sd in RETRAIN_SEEDS
+                ],
+                "loadavg": list(os.getloadavg()),
+            }
+        )
+        print(
+            json.dumps(
+                {
+                    key: rows[-1][key]
+                    for key in (
+                        "class",
+                        "unlearn_seconds",
+                        "class_test_accuracy_after",
+                        "worst_other_change_points",
+                    )
+                }
+            ),
+            flush=True,
+        )
+        print(json.dumps(kl), flush=True)
+        print(json.dumps(mia), flush=True)
+        _write(model, rows, complete=False)
+    return _write(model, rows, complete=True)
+
+
+def _ci(e: dict[str, float]) -> str:
+    return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+
+def table() -> str:
+    """The markdown table of docs/BENCHMARKS.md ("Class unlearning") from the recorded results."""
+    head = (
+        "| model | K | class-K test acc before -> after | class-K train acc after | worst other "
+        "class (points) | unlearn s | KL / floor (plain) | KL / floor (T learnt) | CMIA AUC "
+        "patched / retrained | RMIA AUC patched / retrained | inference ratio | load |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    )
+    lines = []
+    for model in CLASSES:
+        path = REPO / "benchmarks" / "results" / f"class-{model}.json"
+        if not path.is_file():
+            continue
+        doc = json.loads(path.read_text())
+        for r in doc["classes"]:
+            mia, kl = r["mia"], r["kl"]
+            lines.append(
+                f"| {model} | {r['class']} | {r['class_test_accuracy_before']:.3f} -> "
+                f"{r['class_test_accuracy_after']:.3f} | {r['class_train_accuracy_after']:.3f} | "
+                f"{r['worst_other_change_points']:+.2f} | {r['unlearn_seconds']:.2f} | "
+                f"{kl['ratio_to_floor']:.2f} (floor {0.5 * (kl['floor_r1_r2'] + kl['floor_r2_r1']):.3f}) | "
+                f"{kl.get('ratio_calibrated', float('nan')):.2f} "
+                f"(T={kl.get('calibrated_temperature', float('nan')):.2f}) | "
+                f"{_ci(mia['patched']['cmia'])} / {_ci(mia['retrained']['cmia'])} | "
+                f"{_ci(mia['patched']['rmia'])} / {_ci(mia['retrained']['rmia'])} | "
+                f"{r['inference']['ratio']:.2f} | {r['loadavg'][0]:.1f} |"
+            )
+    return head + "\n".join(lines) + "\n"
+
+
+NOTES = REPO / "benchmarks" / "class_notes.md"
+SECTION = REPO / "benchmarks" / "results" / "class-unlearning.md"
+
+
+def paper() -> str:
+    """Fashion-MNIST class 5 against the journal's class-level numbers (DESIGN.md §3.8)."""
+    lines = []
+    for model in ("fashion-mnist-mlp", "fashion-mnist-cnn"):
+        path = REPO / "benchmarks" / "results" / f"class-{model}.json"
+        if not path.is_file():
+            continue
+        for r in json.loads(path.read_text())["classes"]:
+            if r["class"] != 5:
+                continue
+            c7 = 100 * (r["other_test_accuracy_after"]["7"] - r["other_test_accuracy_before"]["7"])
+            lines.append(
+                f"- **{model}, class 5**: correct test samples of class 5 "
+                f"{r['class_test_correct_before']} -> {r['class_test_correct_after']} (paper: "
+                f"944 -> 84); correct training samples {r['class_train_correct_before']} -> "
+                f"{round(r['class_train_accuracy_after'] * r['class_train_correct_before'])} "
+                f"(paper: 5777 -> 0); class 7 test accuracy change {c7:+.2f} points (paper: class "
+                "7 training samples 5702 -> 4540, -20.4 %; suppression cannot lower any other "
+                "class: an input predicted j != 5 keeps j)."
+            )
+    return "\n".join(lines) + "\n" if lines else "(no Fashion-MNIST class-5 result recorded)\n"
+
+
+def section() -> Path:
+    """benchmarks/results/class-unlearning.md: the notes with the table and the paper rows."""
+    text = (
+        NOTES.read_text().replace("{table}", table().rstrip()).replace("{paper}", paper().rstrip())
+    )
+    SECTION.write_text(text.rstrip() + "\n")
+    _splice(REPO / "docs" / "BENCHMARKS.md", text.rstrip() + "\n")
+    return SECTION
+
+
+def _splice(doc: Path, text: str) -> None:
+    """Put the section where ``benchmarks.study`` includes it (before the performance rows),
+    replacing an earlier copy, so that the doc matches a regeneration."""
+    body = doc.read_text()
+    anchor = "## Performance rows from the other benchmarks"
+    first = text.splitlines()[0]
+    if first in body:
+        start = body.index(first)
+        body = body[:start] + body[body.index(anchor, start) :]
+    at = body.index(anchor)
+    doc.write_text(body[:at] + text + "\n" + body[at:])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", choices=sorted(CLASSES))
+    parser.add_argument("--table", action="store_true", help="print the BENCHMARKS.md table")
+    parser.add_argument(
+        "--section", action="store_true", help="write benchmarks/results/class-unlearning.md"
+    )
+    args = parser.parse_args()
+    if args.section:
+        print(f"wrote {section()}")
+    elif args.table:
+        print(table(), end="")
+    elif args.model:
+        print(f"wrote {run(args.model)}")
+    else:
+        parser.error("give --model or --table")
+
+
+if __name__ == "__main__":
+    main()

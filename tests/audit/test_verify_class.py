@@ -1,0 +1,185 @@
+"""Class deletions end to end: ``prune unlearn --forget-class`` (suppress and regions modes) ->
+``audit verify``. The suppression proof verifies; a region-only class proof fails when the
+auditor's class data still gets the class; every tampered suppression graph (re-signed by a
+dishonest owner) fails ``class.suppression``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from audit.cli import cli as audit_cli
+from audit.verify._class import expected_suppression
+from prune.cli import cli as prune_cli
+from prune.formats import ClassClaim
+from tests.audit.adversarial.registry import edit_certificate, payload_of, resign_model
+
+pytestmark = pytest.mark.slow
+
+K = 3
+
+
+@dataclass(frozen=True)
+class Work:
+    root: Path
+    suppress: Path
+    regions: Path
+
+
+def _prune(*args: str) -> None:
+    result = CliRunner().invoke(prune_cli, list(args))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory: pytest.TempPathFactory) -> Work:
+    root = tmp_path_factory.mktemp("class")
+    _prune(
+        "train", "--dataset", "digits", "--hidden", "16,16", "--epochs", "20",
+        "--out", str(root / "work"), "--quiet",
+    )  # fmt: skip
+    _prune("keygen", "--out", str(root / "keys"), "--no-passphrase")
+    common = [
+        str(root / "work" / "model.onnx"),
+        "--train", str(root / "work" / "train.npz"),
+        "--test", str(root / "work" / "test.npz"),
+        "--forget-class", str(K),
+        "--key", str(root / "keys" / "owner.key"),
+        "--quiet",
+    ]  # fmt: skip
+    _prune("unlearn", *common, "--out", str(root / "suppress"))
+    _prune("unlearn", *common, "--class-mode", "regions", "--out", str(root / "regions"))
+    return Work(root, root / "suppress", root / "regions")
+
+
+def _verify(work: Work, proof: Path, reference: Path | None = None) -> tuple[int, dict[str, Any]]:
+    out = proof.parent / f"{proof.name}-report.json"
+    result = CliRunner().invoke(
+        audit_cli,
+        [
+            "verify", str(proof),
+            "--public-key", str(work.root / "keys" / "owner.pub"),
+            "--original", str(work.root / "work" / "model.onnx"),
+            "--forget", str(proof / "forget.npz"),
+            "--reference", str(reference or work.root / "work" / "test.npz"),
+            "--seed", "0", "--quiet", "--json", str(out),
+        ],
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    return result.exit_code, {c["name"]: c for c in report["checks"]}
+
+
+def test_suppression_proof_verifies(work: Work) -> None:
+    code, checks = _verify(work, work.suppress)
+    assert code == 0
+    assert checks["class.suppression"]["status"] == "pass"
+    assert checks["class.suppression"]["evidence"]["formula_mismatches"] == 0
+    assert checks["class.reference"]["status"] == "pass"
+    assert checks["structure.patch"]["status"] == "not-run"
+    claim = payload_of(work.suppress)["predicate"]["class_claim"]
+    assert claim["class"] == K and claim["removed"].startswith(f"class {K} is never predicted")
+
+
+def test_region_only_class_proof_fails_on_the_auditors_class_data(work: Work) -> None:
+    code, checks = _verify(work, work.regions)
+    assert code == 1
+    assert checks["class.reference"]["status"] == "fail"
+    assert checks["class.reference"]["evidence"]["still_predicted"] > 0
+    assert checks["class.suppression"]["status"] == "not-run"
+
+
+def test_reference_without_the_class_cannot_show_its_removal(work: Work, tmp_path: Path) -> None:
+    with np.load(work.root / "work" / "test.npz") as z:
+        keep = z["y"] != K
+        np.savez(tmp_path / "ref.npz", x=z["x"][keep], y=z["y"][keep])
+    code, checks = _verify(work, work.suppress, tmp_path / "ref.npz")
+    assert code == 1 and checks["class.reference"]["status"] == "fail"
+
+
+def _set_op(model: onnx.ModelProto, name: str, op: str) -> None:
+    next(n for n in model.graph.node if n.name == name).op_type = op
+
+
+def _set_margin(model: onnx.ModelProto, value: float) -> None:
+    for i, t in enumerate(model.graph.initializer):
+        if t.name == "prune/patch/class/cap":
+            cap = numpy_helper.to_array(t).copy()
+            cap[K] = -value
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(cap, name=t.name))
+
+
+def _extra_node(model: onnx.ModelProto) -> None:
+    last = model.graph.node[-1]
+    last.output[0] = "prune/patch/class/pre"  # the final Min now feeds an extra node
+    model.graph.node.append(
+        onnx.helper.make_node("Relu", ["prune/patch/class/pre"], ["prune/output"], name="x")
+    )
+
+
+TAMPERS = {
+    "min-to-max": lambda m: _set_op(m, "prune/patch/output", "Max"),
+    "smaller-margin": lambda m: _set_margin(m, 0.5),
+    "extra-node": _extra_node,
+}
+
+
+@pytest.mark.parametrize("tamper", sorted(TAMPERS))
+def test_tampered_suppression_graph_fails(work: Work, tmp_path: Path, tamper: str) -> None:
+    proof = Path(shutil.copytree(work.suppress, tmp_path / "proof"))
+    model = onnx.load_from_string((proof / "model.onnx").read_bytes())
+    TAMPERS[tamper](model)
+    resign_model(proof, model.SerializeToString(), key=work.root / "keys" / "owner.key")
+    code, checks = _verify(work, proof)
+    assert code == 1
+    assert checks["class.suppression"]["status"] == "fail"
+    assert "canonical" in checks["class.suppression"]["detail"]
+
+
+def _reissue_claim(work: Work, proof: Path, **changes: Any) -> None:
+    """A dishonest owner re-signs a certificate whose class claim (and model) it changed."""
+    claim = ClassClaim.from_dict(payload_of(proof)["predicate"]["class_claim"])
+    claim = ClassClaim(**{**claim.__dict__, **changes})
+    original = onnx.load_from_string((work.root / "work" / "model.onnx").read_bytes())
+    from audit.verify._graph import find_head
+
+    head = find_head(original, "input")
+    model = expected_suppression(
+        original, cut=head.cut, hidden=head.hidden, logits=head.output, classes=10, claim=claim
+    )
+    key = work.root / "keys" / "owner.key"
+    resign_model(proof, model.SerializeToString(), key=key)
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["predicate"]["class_claim"] = claim.to_dict()
+        doc["predicate"]["forget_class"] = claim.forget_class
+
+    edit_certificate(proof, edit, key=key)
+
+
+def test_margin_float32_cannot_honour_fails(work: Work, tmp_path: Path) -> None:
+    proof = Path(shutil.copytree(work.suppress, tmp_path / "proof"))
+    _reissue_claim(work, proof, margin="1e-09")
+    code, checks = _verify(work, proof)
+    assert code == 1
+    assert "float32" in checks["class.suppression"]["detail"]
+
+
+def test_suppressing_another_class_than_the_deleted_one_fails(work: Work, tmp_path: Path) -> None:
+    """Claim and model both say class 4 while the forget set is class 3: replay and the
+    auditor's class-3 data catch it."""
+    proof = Path(shutil.copytree(work.suppress, tmp_path / "proof"))
+    _reissue_claim(work, proof, forget_class=4)
+    code, checks = _verify(work, proof)
+    assert code == 1
+    assert (
+        checks["replay.claims"]["status"] == "fail" or checks["class.reference"]["status"] == "fail"
+    )
