@@ -73,6 +73,7 @@ def cluster(backend: str, workers: int) -> Iterator[None]:
         import ray
 
         ray.init(
+            address="local",
             num_cpus=workers,
             include_dashboard=False,
             _node_ip_address="127.0.0.1",

@@ -6,6 +6,7 @@ a worker keeps dying (never a partial result)."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from audit.mia._execution import (
 from audit.mia._train import TrainedWeights
 from tests.audit import _dying
 from tests.audit._clusters import dask_cluster, ray_cluster
+from tests.audit.test_mia_cli import _args, work  # noqa: F401  (the fixture)
 from tests.audit.test_mia_reference import digits_split
 
 ARCH = Architecture("mlp", (16,), (64,), 10)
@@ -190,3 +192,27 @@ def test_an_unreachable_cluster_is_one_line(
     monkeypatch.setattr(_execution, "CONNECT_TIMEOUT_S", 2)
     with pytest.raises(InputError, match=r"cannot start or reach tcp://127\.0\.0\.1"):
         DaskBackend().map(reference_tasks(job), jobs=1, address=f"tcp://127.0.0.1:{free_port()}")
+
+
+@pytest.mark.parametrize("address", ["ray", "dask"], indirect=True)
+def test_audit_mia_on_a_cluster_prints_the_local_result(
+    request: pytest.FixtureRequest,
+    address: str,
+    work: Path,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """``audit mia --backend B --address A``: the same attack results as the local backend."""
+    from click.testing import CliRunner
+
+    from audit.cli import cli
+
+    name = request.node.callspec.params["address"]
+    docs = []
+    for where in (["--backend", "local"], ["--backend", name, "--address", address]):
+        out = tmp_path / f"{where[1]}.json"
+        args = _args(work, "--attack", "lira", "--json", str(out), "--device", "cpu", *where)
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        docs.append(json.loads(out.read_text()))
+    local, remote = ({k: v for k, v in d.items() if k not in ("created", "inputs")} for d in docs)
+    assert local["models"] == remote["models"]
