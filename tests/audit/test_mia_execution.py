@@ -216,3 +216,36 @@ def test_audit_mia_on_a_cluster_prints_the_local_result(
         docs.append(json.loads(out.read_text()))
     local, remote = ({k: v for k, v in d.items() if k not in ("created", "inputs")} for d in docs)
     assert local["models"] == remote["models"]
+
+
+def test_the_training_device_is_a_parameter() -> None:
+    import torch
+
+    from audit.mia._train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(InputError, match="unknown training device 'tpu'"):
+        resolve_device("tpu")
+
+
+@pytest.mark.gpu
+def test_reference_models_train_on_cuda_and_come_back_as_cpu_arrays(
+    job: TrainingJob, local_weights: list[TrainedWeights]
+) -> None:
+    import dataclasses
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    on_gpu = dataclasses.replace(job, device="cuda")
+    got = LocalBackend("sequential").map(reference_tasks(on_gpu), jobs=1, address=None)
+    for a, b in zip(got, local_weights, strict=True):
+        assert a.device == "cuda"
+        assert {k: v.shape for k, v in a.state.items()} == {k: v.shape for k, v in b.state.items()}
+        assert all(isinstance(v, np.ndarray) for v in a.state.values())
+        assert abs(a.train_accuracy - b.train_accuracy) < 0.1  # CUDA kernels: not bit-identical
