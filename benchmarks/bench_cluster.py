@@ -12,6 +12,9 @@ local backend (joblib processes), Ray and Dask, each with 1 and 2 workers, on th
    ``overhead_per_model_s = (w * wall_s - t_seq) / K``: worker-seconds spent per model beyond the
    in-process training itself (start-up of worker processes, shipping data and weights,
    scheduling, idle workers at the end). ``speedup_2v1 = wall_s(w=1) / wall_s(w=2)``.
+   The local backend with one worker runs in this process (joblib runs ``n_jobs=1``
+   sequentially): its speed-up includes the start of two worker processes, Ray's and Dask's
+   do not (both counts start their workers).
 4. LiRA offline (fixed variance) with the baseline's reference models scores members vs
    non-members on the target: AUC and TPR at 0.1% FPR (no bootstrap: the timing is the point).
 
