@@ -224,6 +224,19 @@ class RegionCertificate(Check[VerifyContext]):
         if box is None:
             return self.failed("certified claims need a declared input box (method.input_box)")
         head = parse_head(ctx.original_proto(), ctx.head())
+        openings = ctx.openings()
+        ev = ctx.evaluate(openings.x, key="forget")
+        parse_error = head.max_error(
+            ev.x.astype(np.float64), ev.z.astype(np.float64), ev.logits.astype(np.float64)
+        )
+        if not parse_error <= _PARSE_TOLERANCE:
+            return self.failed(
+                f"the verifier's parse of the head disagrees with onnxruntime on the forget "
+                f"samples (relative error {parse_error:.3g}): no certificate can be checked"
+            )
+        box_problem = _box_problem(ctx, ev.x, box)
+        if box_problem:
+            return self.failed(box_problem)
         params = ctx.patch()
         classes = head.weights[-1].shape[0]
         hidden = sum(w.shape[0] for w in head.weights[:-1])
@@ -277,6 +290,34 @@ class RegionCertificate(Check[VerifyContext]):
             f"{evidence['max_float32_term']:.2g})",
             **evidence,
         )
+
+
+_PARSE_TOLERANCE = 1e-4  # relative; float32 onnxruntime against the float64 parse
+_BOX_COVERAGE = 0.99  # reference points (cut values) that must lie in the declared box
+
+
+def _box_problem(
+    ctx: VerifyContext, forget_cut: NDArray[Any], box: tuple[float, float]
+) -> str | None:
+    """The claims hold on the declared box only: it must contain every forget sample and (with
+    reference data) nearly all of the auditor's reference points, so that a box drawn tight
+    around the samples cannot make the certificates vacuous."""
+    low, high = box
+    outside = ((forget_cut < low) | (forget_cut > high)).any(axis=1)
+    if outside.any():
+        return (
+            f"{int(outside.sum())} forget samples lie outside the declared input box "
+            f"[{low:g}, {high:g}]"
+        )
+    if ctx.reference is not None:
+        ref = ctx.evaluate(ctx.reference[0], key="reference").x
+        inside = float(((ref >= low) & (ref <= high)).all(axis=1).mean())
+        if inside < _BOX_COVERAGE:
+            return (
+                f"only {inside:.1%} of the reference points lie in the declared input box "
+                f"[{low:g}, {high:g}] (at least {_BOX_COVERAGE:.0%} required)"
+            )
+    return None
 
 
 def _patterns(
