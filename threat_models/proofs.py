@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from prune.claims import Claim
+from prune.claims import CalibratedClaim, Claim
 from prune.errors import PruneError
 from prune.proofs import ProofFiles, UnlearnOutcome, write_signed_proof
 from threat_models.errors import ScenarioError
@@ -33,12 +33,14 @@ class Outcome:
     :class:`prune.proofs.UnlearnOutcome`); :meth:`of` copies the engine's result."""
 
     patched_model: bytes
-    claims: Sequence[Claim]
+    claims: Sequence[Claim | CalibratedClaim]
     method: Mapping[str, Any]
     summary: Mapping[str, Any]
     forget_x: NDArray[np.float32]
     forget_y: NDArray[np.int64]
     notes: Mapping[str, Any] = field(default_factory=dict)
+    duals: NDArray[np.float32] | None = None
+    """The region certificate of the certified claims (copied from the engine's result)."""
 
     @classmethod
     def of(cls, result: UnlearnOutcome) -> Outcome:
@@ -49,6 +51,7 @@ class Outcome:
             summary=dict(result.summary),
             forget_x=np.asarray(result.forget_x, dtype=np.float32),
             forget_y=np.asarray(result.forget_y, dtype=np.int64),
+            duals=getattr(result, "duals", None),
         )
 
     def but(self, **changes: Any) -> Outcome:

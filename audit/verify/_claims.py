@@ -2,6 +2,8 @@
 
 VERIFIED requires every claim to be ``certified`` (a promise over the sample's whole region,
 proved by ``region.certificate``) with a margin of at least ``Policy.min_certified_margin``.
+A class-suppression proof (``class_claim``) is exempt: its per-sample claims are implied by the
+class claim, which ``class.suppression`` proves over the whole box.
 Point-only claims (a promise at the sample alone, checked only by replay) give the distinct
 verdict ``point-only`` (exit 1 unless the auditor passes ``--accept-point-only``); a claim
 below the minimum margin fails: a hair margin says nothing about the served float32 model.
@@ -33,7 +35,8 @@ class ClaimsPolicy(Check[VerifyContext]):
     )
 
     def run(self, ctx: VerifyContext) -> CheckOutcome:
-        claims = ctx.predicate.claims
+        predicate = ctx.predicate
+        claims = predicate.claims
         kinds = Counter(c.kind for c in claims)
         regions = Counter(c.region for c in claims)
         minimum = ctx.policy.min_certified_margin
@@ -50,6 +53,13 @@ class ClaimsPolicy(Check[VerifyContext]):
             "min_margin": min(margins, default=None),
             "min_certified_margin": minimum,
         }
+        if predicate.class_claim is not None:
+            evidence[POINT_ONLY_EVIDENCE] = 0
+            return self.passed(
+                f"class suppression: the {len(claims)} sample claims are covered by the class "
+                f"claim over the whole input box (checked by class.suppression)",
+                **evidence,
+            )
         if low:
             return self.failed(
                 f"{len(low)} claims state a margin below the minimum {minimum:g} (first: leaf "

@@ -39,7 +39,7 @@ from audit.verify._canonical import (
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome
 from audit.verify._graph import match_original_nodes, metadata, original_problems
-from audit.verify._replay import claim_arrays
+from audit.verify._replay import patch_arrays
 
 __all__ = ["StructureOriginal", "StructurePatch"]
 
@@ -124,7 +124,7 @@ class StructurePatch(Check[VerifyContext]):
                 problems=problems[:20],
                 **evidence,
             )
-        cols = claim_arrays(ctx.predicate.claims)
+        cols = patch_arrays(ctx.predicate.claims)
         rows = np.searchsorted(openings.leaf_index, cols["leaf"]).clip(0, len(openings) - 1)
         if (cols["patch"] >= params.patches).any():
             return self.failed(f"a claim names a patch outside [0, {params.patches})", **evidence)
@@ -152,7 +152,7 @@ class StructurePatch(Check[VerifyContext]):
     ) -> str | None:
         params = ctx.patch()
         z = z.astype(np.float64)
-        if params.gate == "activation":
+        if params.gate in ("activation", "routed"):  # routed: patterns unpacked into pos/neg
             assert params.pos is not None and params.neg is not None
             pos, neg = params.pos[:, patch].T, params.neg[:, patch].T  # [claims, H]
             if not np.array_equal(pos + neg, np.ones_like(pos)):
@@ -235,6 +235,7 @@ def canonical_problems(ctx: VerifyContext, params: Any, cut_dim: int, hidden: in
         cut_dim=cut_dim,
         affine=params.C is not None,
         linear=gate_linear(params),
+        routing=params.routing,
     )
     expected = canonical_patch(spec, tail=tail or "logits")
     _, patch_nodes = match_original_nodes(original, patched)

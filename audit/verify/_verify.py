@@ -14,6 +14,8 @@ import numpy as np
 
 from audit.errors import InputError
 from audit.proof import Limits
+from audit.verify._calibrated import ReplayCalibrated
+from audit.verify._certificate import RegionCertificate
 from audit.verify._claims import ClaimsPolicy
 from audit.verify._class import ClassReference, ClassSuppression
 from audit.verify._commitment import CommitmentConsistency, CommitmentOpenings
@@ -36,12 +38,12 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
     cls.name: cls
     for cls in (
         CertificateSignature,
-        ClaimsPolicy,
         ModelSignature,
         ModelDigest,
         OriginalDigest,
         PatchDigest,
         Freshness,
+        ClaimsPolicy,
         CommitmentOpenings,
         CommitmentConsistency,
         StructureOriginal,
@@ -49,6 +51,8 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
         ClassSuppression,
         ReplayClaims,
         ReplayBatch,
+        RegionCertificate,
+        ReplayCalibrated,
         RegionProbes,
         Locality,
         Utility,

@@ -15,12 +15,15 @@ from typing import Any, get_args
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from prune.claims import Claim
+from prune.claims import CalibratedClaim, Claim
 from prune.errors import ProofError
 from prune.formats import (
     PAYLOAD_TYPE,
+    CalibratedClaimRecord,
+    ClaimKind,
     ClaimRecord,
     ClassClaim,
+    DualCertificate,
     ForgetSet,
     FormatError,
     Mode,
@@ -68,16 +71,31 @@ def utility_numbers(summary: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def claim_records(claims: Sequence[Claim], *, first_leaf: int) -> tuple[ClaimRecord, ...]:
+def claim_records(
+    claims: Sequence[Claim | CalibratedClaim], *, first_leaf: int
+) -> tuple[ClaimKind, ...]:
     """Published claims: ``claims[i]`` (the engine numbers its samples 0..N-1 in commitment
     order) becomes leaf ``first_leaf + i``. ``train_index`` and ``original_prediction`` stay
     private."""
-    records = []
+    records: list[ClaimKind] = []
     for i, claim in enumerate(claims):
         if claim.leaf_index != i:
             raise ProofError(
                 f"claim {i} is for sample {claim.leaf_index}; claims must follow the forget set order"
             )
+        if isinstance(claim, CalibratedClaim):
+            records.append(
+                CalibratedClaimRecord(
+                    leaf_index=first_leaf + i,
+                    label=int(claim.label),
+                    rival=int(claim.rival),
+                    patch=int(claim.patch),
+                    upper_margin=decimal_string(claim.upper_margin),
+                    output=tuple(decimal_string(v) for v in claim.output),
+                    source=claim.source,
+                )
+            )
+            continue
         records.append(
             ClaimRecord(
                 leaf_index=first_leaf + i,
@@ -106,13 +124,16 @@ def build_statement(
     mode: str,
     forget_class: int | None,
     method: Mapping[str, Any],
-    claims: Sequence[Claim],
+    claims: Sequence[Claim | CalibratedClaim],
     summary: Mapping[str, Any],
     class_claim: ClassClaim | None = None,
     now: datetime | None = None,
     rng: np.random.Generator | None = None,
+    region_certificate: DualCertificate | None = None,
 ) -> Statement:
-    """The Statement for one batch (with ``class_claim`` for a class suppression); validated by re-reading it with the strict v1 reader."""
+    """The Statement for one batch (with ``class_claim`` for a class suppression); validated
+    by re-reading it with the strict v2 reader. ``region_certificate`` describes the dual file
+    of the certified claims (None when no claim is certified)."""
     if mode not in get_args(Mode):
         raise ProofError(f"unknown deletion mode {mode!r}; expected samples or class")
     method_doc = signable(method)
@@ -129,6 +150,7 @@ def build_statement(
         nonce=random_bytes(NONCE_BYTES, rng).hex(),
         previous_root=commitment.previous,
         forget_class=None if forget_class is None else int(forget_class),
+        region_certificate=region_certificate,
         class_claim=class_claim,
     )
     statement = Statement(subject_sha256=patched_sha256, predicate=predicate)
