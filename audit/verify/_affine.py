@@ -44,6 +44,19 @@ class AffineHead:
     biases: tuple[F64, ...]
     slopes: tuple[F64, ...] = ()
 
+    def factors(self, masks: F64) -> F64:
+        """Activation factors ``[P, H]`` on the regions of patterns ``masks`` (1 = active): 1 on
+        active units, the unit's negative-side slope on inactive ones (0 for Relu)."""
+        if not self.slopes:
+            return masks
+        return masks + (1.0 - masks) * np.concatenate(self.slopes)[None, :]
+
+    def lipschitz(self) -> F64 | float:
+        """Per hidden unit, the Lipschitz constant of its activation (``max(1, |slope|)``)."""
+        if not self.slopes:
+            return 1.0
+        return np.maximum(1.0, np.abs(np.concatenate(self.slopes)))[None, :]
+
     def _slope(self, layer: int) -> F64 | float:
         return self.slopes[layer] if self.slopes else 0.0
 

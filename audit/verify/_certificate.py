@@ -92,17 +92,24 @@ def float32_errors(
     w_abs = [np.abs(w) for w in weights]
     sizes = [w.shape[0] for w in weights[:-1]]
     split = np.split(masks, np.cumsum(sizes)[:-1], axis=1) if sizes else []
+    # LeakyRelu/PRelu (docs/FORMATS.md "Imported models"): the served activation is a z~ with
+    # factor a = 1 (active) or the slope (inactive); |a| scales values and errors, and the
+    # activation is max(1, |slope|)-Lipschitz
+    f_split = np.split(np.abs(head.factors(masks)), np.cumsum(sizes)[:-1], axis=1) if sizes else []
+    lip = np.broadcast_to(head.lipschitz(), masks.shape)
+    l_split = np.split(lip, np.cumsum(sizes)[:-1], axis=1) if sizes else []
     first = w_abs[0].sum(axis=1) * box_abs + np.abs(biases[0])
     zt = np.broadcast_to(first, (len(masks), len(first))).copy()
     g = gamma(weights[0].shape[1] + 2)
     err = g * zt
     for layer in range(1, len(weights)):
-        m = split[layer - 1]
+        m, a, lc = split[layer - 1], f_split[layer - 1], l_split[layer - 1]
         mag = zt * (1.0 + g)
         if served_pattern:
-            a_bound, e_in = m * mag, m * err
+            a_bound, e_in = a * mag, a * err
         else:
-            a_bound, e_in = m * mag + (1.0 - m) * np.minimum(err, mag), err
+            a_bound = a * mag + (1.0 - m) * lc * np.minimum(err, mag)
+            e_in = lc * err
         g = gamma(weights[layer].shape[1] + 2)
         zt = a_bound @ w_abs[layer].T + np.abs(biases[layer])
         err = e_in @ w_abs[layer].T + g * zt
@@ -128,7 +135,7 @@ def certify_rows(
     sizes = [w.shape[0] for w in weights[:-1]]
     cuts = np.cumsum(sizes)[:-1]
     lam = np.maximum(lam, 0.0)
-    m_parts = np.split(masks, cuts, axis=1)
+    m_parts = np.split(head.factors(masks), cuts, axis=1)  # activation factors (slopes)
     l_parts = np.split(lam, cuts, axis=1)
     sign = 1.0 - 2.0 * masks  # -s_k: +1 inactive (z <= 0), -1 active (-z <= 0)
     s_parts = np.split(sign, cuts, axis=1)
@@ -138,7 +145,7 @@ def certify_rows(
     const_abs = np.abs(coeffs) @ np.abs(biases[-1]) + np.abs(bound_const)
     for layer in range(len(sizes) - 1, -1, -1):
         coef = m_parts[layer] * g - l_parts[layer] * s_parts[layer]  # on z_layer
-        coef_abs = m_parts[layer] * g_abs + l_parts[layer]
+        coef_abs = np.abs(m_parts[layer]) * g_abs + l_parts[layer]
         const += coef @ biases[layer]
         const_abs += coef_abs @ np.abs(biases[layer])
         g = coef @ weights[layer]

@@ -30,7 +30,15 @@ from audit.proof import (
 )
 from audit.runtime import OnnxModel, available_providers
 from audit.verify._framework import CheckUnavailable, Policy
-from audit.verify._graph import PATCH_OUTPUT, Head, find_head, load_onnx, metadata, sub_model
+from audit.verify._graph import (
+    PATCH_OUTPUT,
+    Head,
+    find_head,
+    load_onnx,
+    metadata,
+    sub_model,
+    up_to,
+)
 from audit.verify._patch import PatchParams, read_patch
 from prune.formats import (
     PAYLOAD_TYPE,
@@ -304,16 +312,26 @@ class VerifyContext:
             self.authentic(original=True)
             head = self.head()
             extra = [n for n in (head.cut, *head.hidden, head.output) if n != head.input]
-            return self._session(self.original_bytes(), "original model", extra)
+            data = self.original_bytes()
+            if head.tail:  # run up to the logits; the tail is checked node for node instead
+                data = up_to(self.original_proto(), [head.output])
+            return self._session(data, "original model", extra)
 
         return self.memo("ort:original", make)
 
     def patched_model(self) -> OnnxModel:
-        """The deployed model as a black box: exactly the file's graph, no extra outputs."""
+        """The deployed model as a black box: exactly the file's graph, no extra outputs; with
+        an output tail (``prune.tail = replay``), the graph up to ``prune/output``: the tail is
+        a function of it, checked node for node by ``structure.patch`` (it may hold ops such
+        as ``ai.onnx.ml.ZipMap`` that the sandbox does not run)."""
 
         def make() -> OnnxModel:
             self.authentic(original=False)
-            return self._session(self.proof_file("model"), "model.onnx", [])
+            data = self.proof_file("model")
+            proto = self.patched_proto()
+            if [o.name for o in proto.graph.output] != [PATCH_OUTPUT]:
+                data = up_to(proto, [PATCH_OUTPUT])
+            return self._session(data, "model.onnx", [])
 
         return self.memo("ort:patched", make)
 

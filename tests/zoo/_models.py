@@ -118,7 +118,9 @@ def _cnn_maxpool() -> nn.Module:
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(128, 32),
+        nn.Linear(128, 64),
+        nn.ReLU(),
+        nn.Linear(64, 32),
         nn.ReLU(),
         nn.Linear(32, 10),
     )
@@ -140,7 +142,14 @@ def _resnet() -> nn.Module:
 
 def _mlp_relu6() -> nn.Module:
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(64, 32), nn.ReLU6(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)
+        nn.Flatten(),
+        nn.Linear(64, 64),
+        nn.ReLU6(),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
     )
 
 
