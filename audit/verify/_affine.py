@@ -255,7 +255,8 @@ def _reduce(kind: str) -> Any:
 
 def _reshape(node: Any, graph: _Graph, x: F64, dyn: int) -> F64:
     shape = [int(s) for s in np.asarray(graph.const(node, 1)).reshape(-1)]
-    if not shape or shape[0] not in (0, -1) or int(_attr(node, "allowzero", 0)):
+    allowzero = int(_attr(node, "allowzero", 0))
+    if not shape or shape[0] not in (0, -1) or (allowzero and 0 in shape):
         raise _refuse(node, f"target shape {shape} does not keep the batch axis")
     dims = [x.shape[i + 1] if s == 0 else s for i, s in enumerate(shape[1:])]
     try:

@@ -47,7 +47,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from audit.proof import read_bounded
-from audit.verify._affine import AffineHead, parse_head
+from audit.verify._affine import AffineHead
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
 from audit.verify._patch import PatchParams
@@ -188,7 +188,7 @@ class RegionCertificate(Check[VerifyContext]):
         box = input_box(predicate.method)
         if box is None:
             return self.failed("certified claims need a declared input box (method.input_box)")
-        head = parse_head(ctx.original_proto(), ctx.head())
+        head = ctx.affine_head()
         params = ctx.patch()
         classes = head.weights[-1].shape[0]
         hidden = sum(w.shape[0] for w in head.weights[:-1])

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from audit.verify._affine import parse_head
 from audit.verify._canonical import (
     GATE_FORMS,
     TAIL_FORMS,
@@ -164,7 +163,7 @@ class StructurePatch(Check[VerifyContext]):
             wrong = ((pos == 1) & (z < -_SIGN_TOLERANCE)) | ((neg == 1) & (z > _SIGN_TOLERANCE))
             evidence["sign_ties"] = int((np.abs(z) <= _SIGN_TOLERANCE).sum())
         else:
-            affine = parse_head(ctx.original_proto(), ctx.head())
+            affine = ctx.affine_head()
             assert params.A is not None and params.b is not None
             hidden = z.shape[1]
             wrong = np.zeros_like(z, dtype=bool)
