@@ -98,15 +98,18 @@ class PatchedHead(torch.nn.Module):
         self.n = float(np.float32(patches.n))
         self.n_patches = len(patches)
         self.dtype = dtype
+        self.slopes = [
+            torch.from_numpy(head.slope(i).copy()).to(dtype) for i in range(len(head.hidden))
+        ]
 
     def original(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unpatched logits and concatenated pre-activations ``z``."""
         h = x.to(self.dtype)
         zs = []
-        for w, b in zip(self.weights[:-1], self.biases[:-1], strict=True):
+        for w, b, slope in zip(self.weights[:-1], self.biases[:-1], self.slopes, strict=True):
             z = h @ w + b
             zs.append(z)
-            h = torch.relu(z)
+            h = torch.where(z >= 0, z, z * slope)
         logits = h @ self.weights[-1] + self.biases[-1]
         z_all = torch.cat(zs, dim=1) if zs else torch.zeros(len(h), 0, dtype=self.dtype)
         return logits, z_all

@@ -23,7 +23,14 @@ from numpy.typing import NDArray
 
 from prune.errors import PatchError
 
-__all__ = ["CALIBRATED", "POLICY_NAMES", "TARGET_POLICIES", "TargetPolicy", "choose_targets"]
+__all__ = [
+    "CALIBRATED",
+    "POLICY_NAMES",
+    "TARGET_POLICIES",
+    "TargetPolicy",
+    "choose_targets",
+    "default_policy",
+]
 
 TargetPolicy = Callable[
     [NDArray[np.float64], NDArray[np.bool_], np.random.Generator], NDArray[np.int64]
@@ -57,6 +64,15 @@ TARGET_POLICIES: dict[str, TargetPolicy] = {
 
 CALIBRATED = "calibrated"
 POLICY_NAMES: tuple[str, ...] = (*TARGET_POLICIES, CALIBRATED)
+
+
+def default_policy(*, prepared: bool) -> str:
+    """The default target policy, chosen by the measurements (docs/BENCHMARKS.md, "Calibrated
+    targets"): ``calibrated`` whenever prepared reference models are given - its forgotten
+    samples are as indistinguishable from non-members as a retrained model's, where
+    ``runner-up``'s stand out as deleted (RMIA/LiRA AUC near 0) - else ``runner-up``, the paper's
+    policy, which needs no preparation and no held-out data (class deletion, quick runs)."""
+    return CALIBRATED if prepared else "runner-up"
 
 
 def choose_targets(

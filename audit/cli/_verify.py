@@ -88,9 +88,11 @@ def write_json(path: Path, text: str) -> None:
 )
 @click.option(
     "--probe-claims",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Probe only this many certified claims, drawn at random (default: all).",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.probe_claims,
+    show_default=True,
+    help="Probe this many certified claims, drawn at random (0: all); every certified claim "
+    "is proved by region.certificate, probes are defence in depth.",
 )
 @click.option(
     "--lp-claims",
@@ -204,7 +206,7 @@ def verify(
     policy = Policy(
         max_age=timedelta(days=max_age),
         probe_directions=probes,
-        probe_claims=probe_claims,
+        probe_claims=probe_claims or None,
         lp_claims=lp_claims,
         accept_point_only=accept_point_only,
         min_certified_margin=min_margin,

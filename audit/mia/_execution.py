@@ -273,7 +273,16 @@ def _ray_session(ray: Any, *, address: str | None, jobs: int) -> Iterator[None]:
     quiet = {"log_to_driver": False, "logging_level": logging.WARNING}
     try:
         if address is None:
-            ray.init(num_cpus=jobs, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+            ray.init(  # "local": a new Ray of our own, never one found running on this host
+                address="local",
+                num_cpus=jobs,
+                include_dashboard=False,
+                _node_ip_address="127.0.0.1",
+                **quiet,
+            )
+        elif address.rsplit(":", 1)[0].split("//")[-1] in ("127.0.0.1", "localhost"):
+            # a cluster on the loopback interface: this driver is one of its hosts, reached there
+            ray.init(address=address, _node_ip_address="127.0.0.1", **quiet)
         else:
             ray.init(address=address, **quiet)
     except Exception as exc:

@@ -114,14 +114,40 @@ def _refuse_structure(proto: Any) -> None:
                 raise UnsafeModelError(f"{where} has a sparse tensor attribute")
 
 
+_INLINE_BYTES = 4096
+
+
+def _skeleton(proto: Any) -> Any:
+    """A copy of ``proto`` for shape inference without its large weights: an initializer over
+    :data:`_INLINE_BYTES` becomes a graph input of the same type and shape (inference needs its
+    shape, not its values; small ones, such as Reshape targets, keep their values). Peak memory
+    stays near the model's size instead of a multiple of it."""
+    import onnx
+
+    graph = onnx.GraphProto(name=proto.graph.name)
+    graph.node.extend(proto.graph.node)
+    graph.input.extend(proto.graph.input)
+    graph.output.extend(proto.graph.output)
+    declared = {v.name for v in proto.graph.input}
+    for tensor in proto.graph.initializer:
+        if tensor.ByteSize() <= _INLINE_BYTES:
+            graph.initializer.append(tensor)
+        elif tensor.name not in declared:
+            graph.input.append(
+                onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, list(tensor.dims))
+            )
+    model = onnx.ModelProto(ir_version=proto.ir_version)
+    model.opset_import.extend(proto.opset_import)
+    model.graph.CopyFrom(graph)
+    return model
+
+
 def _sizes(proto: Any, batch: int) -> dict[str, int]:
     """Bytes of every graph value (inputs, node outputs) with the batch fixed at ``batch``."""
     import onnx
     from onnx import shape_inference
 
-    copy = onnx.ModelProto()
-    copy.CopyFrom(proto)
-    copy.graph.ClearField("value_info")
+    copy = _skeleton(proto)
     for value in copy.graph.input:
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):

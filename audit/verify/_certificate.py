@@ -119,11 +119,17 @@ def certify_rows(
     box: tuple[float, float],
     patch_x: F64 | None,
     output_errors: F64,
+    groups: NDArray[np.int64] | None = None,
 ) -> RowBounds:
     """Upper bounds of ``c . out(x)`` for ``N`` rows: ``coeffs [N, O]`` (c), ``bound_const [N]``
     (``c . d_u``), ``masks [N, H]`` (pattern of the row's patch), ``lam [N, H]``, ``patch_x``
     ``[N, d]`` (``C_u c`` for affine patches, else None) and ``output_errors [N]``
-    (``|c| . E_out``, the float32 term)."""
+    (``|c| . E_out``, the float32 term).
+
+    ``groups [N]`` (e.g. the patch of each row): the absolute-value pass that bounds this
+    function's own rounding runs once per group on the group's elementwise maxima of the masks,
+    ``|c|``, ``lam``, ``|c . d_u|`` and ``|C_u c|`` (it is monotone in each, so the group bound
+    covers every row of the group)."""
     weights, biases = head.weights, head.biases
     sizes = [w.shape[0] for w in weights[:-1]]
     cuts = np.cumsum(sizes)[:-1]
@@ -133,29 +139,65 @@ def certify_rows(
     sign = 1.0 - 2.0 * masks  # -s_k: +1 inactive (z <= 0), -1 active (-z <= 0)
     s_parts = np.split(sign, cuts, axis=1)
     g = coeffs @ weights[-1]  # coefficient of relu(z_{L-1})
-    g_abs = np.abs(coeffs) @ np.abs(weights[-1])
     const = coeffs @ biases[-1] + bound_const
-    const_abs = np.abs(coeffs) @ np.abs(biases[-1]) + np.abs(bound_const)
     for layer in range(len(sizes) - 1, -1, -1):
         coef = m_parts[layer] * g - l_parts[layer] * s_parts[layer]  # on z_layer
-        coef_abs = m_parts[layer] * g_abs + l_parts[layer]
         const += coef @ biases[layer]
-        const_abs += coef_abs @ np.abs(biases[layer])
         g = coef @ weights[layer]
-        g_abs = coef_abs @ np.abs(weights[layer])
     if patch_x is not None:
         g = g + patch_x
-        g_abs = g_abs + np.abs(patch_x)
     low, high = box
+    scale = max(abs(low), abs(high))
     dual = np.maximum(g * low, g * high).sum(axis=1) + const
     float32 = output_errors
-    scale = max(abs(low), abs(high))
-    absolute = g_abs.sum(axis=1) * scale + const_abs + float32
+    absolute = (
+        _absolute_pass(head, coeffs, bound_const, masks, lam, patch_x, scale, groups) + float32
+    )
     steps = (
         head.weights[0].shape[1] + sum(sizes) + head.weights[-1].shape[0] + 4 * len(weights) + 16
     )
     rounding = 2.0 * gamma(steps, U64) * absolute
     return RowBounds(value=dual + float32 + rounding, dual=dual, float32=float32, rounding=rounding)
+
+
+def _absolute_pass(
+    head: AffineHead,
+    coeffs: F64,
+    bound_const: F64,
+    masks: F64,
+    lam: F64,
+    patch_x: F64 | None,
+    scale: float,
+    groups: NDArray[np.int64] | None,
+) -> F64:
+    """``Abs`` per row: the dual bound's computation with every quantity replaced by its
+    absolute value (``gamma_N * Abs`` bounds the float64 rounding of that computation)."""
+    if groups is None:
+        groups = np.arange(len(coeffs))
+    count = int(groups.max(initial=-1)) + 1
+    c_abs = np.zeros((count, coeffs.shape[1]))
+    np.maximum.at(c_abs, groups, np.abs(coeffs))
+    l_max = np.zeros((count, lam.shape[1]))
+    np.maximum.at(l_max, groups, lam)
+    k_max = np.zeros(count)
+    np.maximum.at(k_max, groups, np.abs(bound_const))
+    m = np.zeros((count, masks.shape[1]))
+    np.maximum.at(m, groups, masks)  # monotone in the masks too: any mix is covered
+    weights, biases = head.weights, head.biases
+    sizes = [w.shape[0] for w in weights[:-1]]
+    cuts = np.cumsum(sizes)[:-1]
+    m_parts, l_parts = np.split(m, cuts, axis=1), np.split(l_max, cuts, axis=1)
+    g_abs = c_abs @ np.abs(weights[-1])
+    const_abs = c_abs @ np.abs(biases[-1]) + k_max
+    for layer in range(len(sizes) - 1, -1, -1):
+        coef_abs = m_parts[layer] * g_abs + l_parts[layer]
+        const_abs += coef_abs @ np.abs(biases[layer])
+        g_abs = coef_abs @ np.abs(weights[layer])
+    if patch_x is not None:
+        p_max = np.zeros((count, patch_x.shape[1]))
+        np.maximum.at(p_max, groups, np.abs(patch_x))
+        g_abs = g_abs + p_max
+    return np.asarray((g_abs.sum(axis=1) * scale + const_abs)[groups])
 
 
 class RegionCertificate(Check[VerifyContext]):
@@ -313,6 +355,7 @@ def _check(
         box=box,
         patch_x=patch_x,
         output_errors=(np.abs(coeffs) * out_err).sum(axis=1),
+        groups=patch,
     )
     exactness = np.abs(beta) * 2.0 * U64  # beta is the nearest float64 to a decimal
     return {

@@ -303,7 +303,7 @@ class VerifyContext:
         def make() -> OnnxModel:
             self.authentic(original=True)
             head = self.head()
-            extra = [n for n in (head.cut, *head.hidden) if n != head.input]
+            extra = [n for n in (head.cut, *head.hidden, head.output) if n != head.input]
             return self._session(self.original_bytes(), "original model", extra)
 
         return self.memo("ort:original", make)
@@ -328,17 +328,19 @@ class VerifyContext:
         model: OnnxModel,
         x: NDArray[np.float32],
         what: str,
+        outputs: list[str] | None = None,
         *,
         batch_size: int = _BATCH,
     ) -> list[NDArray[np.float32]]:
+        """Run ``model``; ``outputs`` names the tensors (default: every graph output)."""
         try:
-            outs = model.run(x, batch_size=batch_size)
+            outs = model.run(x, outputs=outputs, batch_size=batch_size)
         except (InputError, VerificationError) as exc:  # incl. the sandbox's limits
             raise CheckUnavailable(f"{what}: {exc}") from exc
         except Exception as exc:  # onnxruntime's own failure types
             first = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
             raise CheckUnavailable(f"{what}: onnxruntime failed: {first}") from exc
-        for name, out in zip(model.output_names, outs, strict=True):
+        for name, out in zip(outputs or model.output_names, outs, strict=True):
             require_finite(out, f"{what} output {name[:40]!r}")
         return outs
 
@@ -349,7 +351,9 @@ class VerifyContext:
         def make() -> Evaluation:
             head = self.head()
             model = self.original_model()
-            outs = dict(zip(model.output_names, self._run(model, x, "original model"), strict=True))
+            names = list(dict.fromkeys(n for n in (head.cut, *head.hidden, head.output)))
+            names = [n for n in names if n != head.input]
+            outs = dict(zip(names, self._run(model, x, "original model", names), strict=True))
             cut = x if head.cut == head.input else outs[head.cut]
             z = [outs[name].reshape(len(x), -1) for name in head.hidden]
             hidden = np.concatenate(z, axis=1) if z else np.zeros((len(x), 0), np.float32)
@@ -369,7 +373,9 @@ class VerifyContext:
         infinity anywhere is :class:`NonFiniteOutput`."""
 
         def make() -> NDArray[np.float32]:
-            out = self._run(self.patched_model(), x, "model.onnx", batch_size=batch_size)[0]
+            out = self._run(
+                self.patched_model(), x, "model.onnx", [PATCH_OUTPUT], batch_size=batch_size
+            )[0]
             if out.ndim != 2 or len(out) != len(x):
                 raise CheckUnavailable(
                     f"model.onnx: output has shape {out.shape}, expected [N, classes]"
@@ -408,7 +414,8 @@ class VerifyContext:
         head = self.head()
         model = self._head_sessions(cut_shape)[0]
         shaped = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *cut_shape)
-        outs = dict(zip(model.output_names, self._run(model, shaped, "original head"), strict=True))
+        names = list(dict.fromkeys((*head.hidden, head.output)))
+        outs = dict(zip(names, self._run(model, shaped, "original head", names), strict=True))
         z = [outs[name].reshape(len(x), -1) for name in head.hidden]
         hidden = np.concatenate(z, axis=1) if z else np.zeros((len(x), 0), np.float32)
         return hidden, outs[head.output].reshape(len(x), -1)
@@ -419,4 +426,4 @@ class VerifyContext:
         """The patched model's logits on flattened cut values ``x`` ``[N, d]``."""
         model = self._head_sessions(cut_shape)[1]
         shaped = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *cut_shape)
-        return self._run(model, shaped, "patched head")[0].reshape(len(x), -1)
+        return self._run(model, shaped, "patched head", [PATCH_OUTPUT])[0].reshape(len(x), -1)

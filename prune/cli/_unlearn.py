@@ -22,6 +22,7 @@ from prune.data import load_npz
 from prune.errors import DataError, PruneError
 from prune.formats import UnreadableFile, read_regular
 from prune.gates import AUTO, GATES, ROUTED_FROM
+from prune.model import read_model
 from prune.privacy import add_decoys
 from prune.solvers import SOLVERS
 from prune.targets import POLICY_NAMES
@@ -34,6 +35,9 @@ from prune.unlearn import (
     UnlearnResult,
     unlearn,
 )
+
+ORIGINAL_EMBEDDED = "original.onnx"
+"""Written to PROOF/ when the model's external data was embedded (its digest is the original's)."""
 
 __all__ = ["read_forget_indices", "unlearn_command"]
 
@@ -177,10 +181,9 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
 @click.option(
     "--target-policy",
     type=click.Choice(list(POLICY_NAMES)),
-    default="runner-up",
-    show_default=True,
-    help="calibrated: forgotten samples get the output of a model that never saw them "
-    "(targets from --prepared, else from --test).",
+    default=None,
+    help="Default: calibrated with --prepared, else runner-up. calibrated: forgotten samples "
+    "get the output of a model that never saw them (targets from --prepared, else from --test).",
 )
 @click.option(
     "--prepared",
@@ -220,7 +223,8 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     "--cut",
     type=str,
     default=None,
-    help="Tensor to patch after (default: the input if the model is piecewise linear, else 'features').",
+    help="Tensor to patch after (default: the input if the model is piecewise linear, else the "
+    "earliest tensor after which it is; `prune inspect MODEL` lists them).",
 )
 @click.option(
     "--seed", type=SEED, default=0, show_default=True, help="Seeds target choice and clustering."
@@ -252,7 +256,7 @@ def unlearn_command(
     out: Path,
     solver: str,
     gate: str,
-    target_policy: str,
+    target_policy: str | None,
     prepared_path: Path | None,
     calibration: str,
     strategy: str,
@@ -271,10 +275,7 @@ def unlearn_command(
     check_output_folder(out, inputs=[model, train_path, test_path, forget_indices, key_path])
     if out.exists() and any(out.iterdir()):
         raise PruneError(f"output folder {out} exists and is not empty")
-    try:
-        raw = read_regular(model, _MAX_MODEL)
-    except UnreadableFile as exc:
-        raise PruneError(f"model: {exc}") from None
+    raw, embedded = read_model(model, limit=_MAX_MODEL)  # embeds external data next to it
     x_train, y_train = load_npz(train_path)
     x_test, y_test = load_npz(test_path) if test_path is not None else (None, None)
     indices = read_forget_indices(forget_indices) if forget_indices is not None else None
@@ -286,7 +287,7 @@ def unlearn_command(
         indices = plan.forget_indices.tolist()
     prepared = None
     if prepared_path is not None:
-        if target_policy != "calibrated":
+        if target_policy not in (None, "calibrated"):
             raise DataError("--prepared is only used with --target-policy calibrated")
         from prune.calibrate import load_prepared
 
@@ -323,6 +324,8 @@ def unlearn_command(
         )
 
     def sign(folder: Path) -> None:
+        if embedded:  # the committed original is the self-contained model the auditor replays
+            (folder / ORIGINAL_EMBEDDED).write_bytes(raw)
         if key_path is not None:
             _sign(folder, result, raw, key_path, passphrase)
 
@@ -338,6 +341,11 @@ def unlearn_command(
         f"{s['forget_accuracy_after']:.4f}{test_part}; {s['patches']} patches, {s['certified']} "
         f"certified claims, {s['seconds']:.1f} s -> {out}"
     )
+    if embedded:
+        click.echo(
+            f"the model's external data was embedded: the committed original is "
+            f"{out}/{ORIGINAL_EMBEDDED} (give it to `audit verify --original`)"
+        )
     if result.failed:
         click.echo(
             f"prune: warning: {len(result.failed)} forget samples could not be changed and "

@@ -134,7 +134,7 @@ def backward_multipliers(regions: Regions, targets: torch.Tensor) -> torch.Tenso
     sizes = [w.shape[0] for w in op.weights]
     if not sizes:
         return torch.zeros(len(regions), regions.readout.shape[0], 0, dtype=torch.float64)
-    masks = torch.split(regions.active.to(torch.float64), sizes, dim=1)
+    masks = torch.split(regions.masks(torch.float64), sizes, dim=1)
     readout = regions.readout
     v = readout.unsqueeze(0) - readout[targets].unsqueeze(1)  # [B, O, H_last]
     parts: list[torch.Tensor] = []

@@ -2,8 +2,10 @@
 saw it (:mod:`prune.calibrate`), export, and re-check with onnxruntime.
 
 Points that share a linear region share one patch (the representative is the first of them):
-the true-class margin is flat over the region, so every point in it gets the representative's
-margin, and its declared output is ``(f+p)(x)`` at its own cut value. The onnxruntime re-check
+the representative's true-class margin is flat over the region, so every point with the same
+label gets the representative's margin; a point with another label gets a sound (looser)
+Lagrangian bound of its own margin. Every point's declared output is ``(f+p)(x)`` at its own cut
+value. The onnxruntime re-check
 requires, per point, ``|ORT logits - declared output| <= tolerance`` (elementwise, tolerance
 ``FLOAT32_SLACK * (1 + max |output|)``) and ``logit[label] - logit[rival] <= upper_margin``;
 a point failing either gets no claim and is listed as failed."""
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 from numpy.typing import NDArray
 
 from prune.calibrate import (
@@ -22,13 +25,15 @@ from prune.calibrate import (
     calibrated_patches,
     class_conditional_targets,
     cross_fitted_targets,
+    rivals,
 )
 from prune.claims import CalibratedClaim
 from prune.errors import PatchError
 from prune.export import OUTPUT, export_patched
-from prune.model import ImportedModel, OrtRunner
+from prune.model import ImportedModel, OrtRunner, PLHead
 from prune.patched import PatchSet, patch_bounds
-from prune.regions import InputBox, pattern_keys
+from prune.regions import InputBox, linearize, pattern_keys
+from prune.solvers import LagrangianSolver, dual_bound
 from prune.unlearn._evaluate import batch_rows
 from prune.unlearn._points import FLOAT32_SLACK
 from prune.unlearn._request import ForgetRequest
@@ -98,6 +103,27 @@ def calibrated_targets(
     )
 
 
+def _own_bounds(
+    head: PLHead,
+    box: InputBox,
+    active: NDArray[np.bool_],
+    labels: NDArray[np.int64],
+    rival: NDArray[np.int64],
+    C: NDArray[np.float64],
+    d: NDArray[np.float64],
+) -> NDArray[np.float64]:
+    """Sound upper bounds of ``max_S (e_label - e_rival) . (f + p)`` (weak duality, Lagrangian
+    multipliers) for points whose region's patch flattens another label's margin."""
+    regions = linearize(head, active, box=box, dense=False)
+    rows = np.arange(len(labels))
+    f1 = regions.F1.numpy() + C.transpose(0, 2, 1)
+    f2 = regions.F2.numpy() + d
+    w = torch.from_numpy(f1[rows, labels] - f1[rows, rival]).unsqueeze(1)
+    const = f2[rows, labels] - f2[rows, rival]
+    lam = LagrangianSolver().multipliers(regions, w)
+    return np.asarray(dual_bound(regions, w, lam)[:, 0].numpy() + const)
+
+
 def run_calibrated(
     imported: ImportedModel,
     points: ForgetPoints,
@@ -131,6 +157,14 @@ def run_calibrated(
     declared = points.logits + np.einsum("mi,mio->mo", points.x, C_m) + d_m
     rival = sol.rival[region_of]
     bound = sol.bound[region_of]
+    other = np.flatnonzero(forget_y != forget_y[rep][region_of])
+    if len(other):
+        # a point sharing a region with another label: its margin is not the flattened one;
+        # state a sound (looser) bound of its own obligation instead
+        rival[other] = rivals(declared[other], forget_y[other])
+        bound[other] = _own_bounds(
+            head, box, points.active[other], forget_y[other], rival[other], C_m[other], d_m[other]
+        ) + FLOAT32_SLACK * (1.0 + np.abs(declared[other]).max(axis=1))
     patches = PatchSet(
         gate=gate,
         n=n,

@@ -36,7 +36,7 @@ from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
 from prune.proofs._duals import region_duals
 from prune.solvers import SOLVERS, make_solver
-from prune.targets import CALIBRATED, POLICY_NAMES
+from prune.targets import CALIBRATED, POLICY_NAMES, default_policy
 from prune.unlearn._calibrated import calibrated_targets, run_calibrated
 from prune.unlearn._class import DEFAULT_CLASS_MARGIN, suppress_class
 from prune.unlearn._evaluate import (
@@ -135,7 +135,7 @@ def unlearn(
     y_test: NDArray[np.int64] | None = None,
     solver: str = "lagrangian",
     gate: str = AUTO,
-    target_policy: str = "runner-up",
+    target_policy: str | None = None,
     strategy: str = "individual",
     margin: float = DEFAULT_MARGIN,
     n: float = DEFAULT_N,
@@ -151,6 +151,8 @@ def unlearn(
 
     ``threads`` caps torch's intra-op threads (restored afterwards) and onnxruntime's; on a
     loaded machine one thread is often much faster for the many small ops of the solver.
+    ``target_policy`` defaults to :func:`prune.targets.default_policy` (``calibrated`` when
+    ``prepared`` is given, else ``runner-up``).
     ``target_policy="calibrated"`` takes its targets from ``prepared`` (``prune prepare``,
     mapped with ``calibration``) or, without it, from the held-out ``x_test``/``y_test``.
     A ``forget_class`` is honoured as ``class_mode`` says (:data:`CLASS_MODES`); ``class_margin``
@@ -159,6 +161,7 @@ def unlearn(
         started = clock()
         if class_mode not in CLASS_MODES:
             raise PatchError(f"unknown class mode {class_mode!r} (choose {', '.join(CLASS_MODES)})")
+        target_policy = target_policy or default_policy(prepared=prepared is not None)
         _check_options(solver, gate, target_policy, strategy, margin, n)
         imported = load_model(model, cut=cut)
         head = imported.head

@@ -6,6 +6,7 @@ a worker keeps dying (never a partial result)."""
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from audit.mia._execution import (
 from audit.mia._train import TrainedWeights
 from tests.audit import _dying
 from tests.audit._clusters import dask_cluster, ray_cluster
+from tests.audit.test_mia_cli import _args, work  # noqa: F401  (the fixture)
 from tests.audit.test_mia_reference import digits_split
 
 ARCH = Architecture("mlp", (16,), (64,), 10)
@@ -190,3 +192,60 @@ def test_an_unreachable_cluster_is_one_line(
     monkeypatch.setattr(_execution, "CONNECT_TIMEOUT_S", 2)
     with pytest.raises(InputError, match=r"cannot start or reach tcp://127\.0\.0\.1"):
         DaskBackend().map(reference_tasks(job), jobs=1, address=f"tcp://127.0.0.1:{free_port()}")
+
+
+@pytest.mark.parametrize("address", ["ray", "dask"], indirect=True)
+def test_audit_mia_on_a_cluster_prints_the_local_result(
+    request: pytest.FixtureRequest,
+    address: str,
+    work: Path,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """``audit mia --backend B --address A``: the same attack results as the local backend."""
+    from click.testing import CliRunner
+
+    from audit.cli import cli
+
+    name = request.node.callspec.params["address"]
+    docs = []
+    for where in (["--backend", "local"], ["--backend", name, "--address", address]):
+        out = tmp_path / f"{where[1]}.json"
+        args = _args(work, "--attack", "lira", "--json", str(out), "--device", "cpu", *where)
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        docs.append(json.loads(out.read_text()))
+    local, remote = ({k: v for k, v in d.items() if k not in ("created", "inputs")} for d in docs)
+    assert local["models"] == remote["models"]
+
+
+def test_the_training_device_is_a_parameter() -> None:
+    import torch
+
+    from audit.mia._train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(InputError, match="unknown training device 'tpu'"):
+        resolve_device("tpu")
+
+
+@pytest.mark.gpu
+def test_reference_models_train_on_cuda_and_come_back_as_cpu_arrays(
+    job: TrainingJob, local_weights: list[TrainedWeights]
+) -> None:
+    import dataclasses
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    on_gpu = dataclasses.replace(job, device="cuda")
+    got = LocalBackend("sequential").map(reference_tasks(on_gpu), jobs=1, address=None)
+    for a, b in zip(got, local_weights, strict=True):
+        assert a.device == "cuda"
+        assert {k: v.shape for k, v in a.state.items()} == {k: v.shape for k, v in b.state.items()}
+        assert all(isinstance(v, np.ndarray) for v in a.state.values())
+        assert abs(a.train_accuracy - b.train_accuracy) < 0.1  # CUDA kernels: not bit-identical

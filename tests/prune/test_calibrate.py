@@ -245,8 +245,6 @@ def test_prepare_and_calibrated_unlearn_cli(work: DigitsWork, tmp_path: Path) ->
             str(work.folder / "train.npz"),
             "--forget-indices",
             str(tmp_path / "f.txt"),
-            "--target-policy",
-            "calibrated",
             "--prepared",
             str(tmp_path / "prep"),
             "--out",
@@ -255,7 +253,8 @@ def test_prepare_and_calibrated_unlearn_cli(work: DigitsWork, tmp_path: Path) ->
     )
     assert res.exit_code == 0, res.output
     summary = json.loads((tmp_path / "P" / "summary.json").read_text())
-    assert summary["certified"] == 3
+    assert summary["certified"] == 3  # --prepared alone: the default policy is calibrated
+    assert summary["method"]["target_policy"] == "calibrated"
     assert summary["method"]["targets"] == {
         "source": "cross-fitted",
         "calibration": "temperature",
@@ -271,6 +270,8 @@ def test_prepare_and_calibrated_unlearn_cli(work: DigitsWork, tmp_path: Path) ->
             str(work.folder / "train.npz"),
             "--forget-indices",
             str(tmp_path / "f.txt"),
+            "--target-policy",
+            "runner-up",
             "--prepared",
             str(tmp_path / "prep"),
             "--out",
@@ -280,3 +281,10 @@ def test_prepare_and_calibrated_unlearn_cli(work: DigitsWork, tmp_path: Path) ->
     assert res.exit_code == 2 and "only used with" in res.output
     res = runner.invoke(cli, args)
     assert res.exit_code == 2 and "not empty" in res.output
+
+
+def test_default_policy_is_calibrated_only_with_prepared_references() -> None:
+    from prune.targets import default_policy
+
+    assert default_policy(prepared=True) == "calibrated"
+    assert default_policy(prepared=False) == "runner-up"
