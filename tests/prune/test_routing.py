@@ -209,6 +209,13 @@ def test_deep_routed_model_is_admitted_by_the_auditor_sandbox() -> None:
         "routed", 1000.0, act[rows], d, None, patch_bounds(None, d, BOX), np.zeros(len(rows), int)
     )
     assert routing_tree(patches.parameters(model.head, BOX)).depth >= 2
-    proto = load_from_string(export_patched(model, patches, BOX))
+    raw = export_patched(model, patches, BOX)
+    proto = load_from_string(raw)
     assert any(node.op_type == "GatherElements" for node in proto.graph.node)
     assert admit(proto, budget=1 << 30).per_sample > 0
+    # the deep tree in onnxruntime routes as the reference does: every forget row gets its patch
+    x = np.concatenate([work.x_train[rows], work.x_test]).astype(np.float32)
+    ort = OrtRunner(raw, outputs=[OUTPUT]).run(x)[0]
+    ref = PatchedHead(model.head, patches, BOX)(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(ort, ref, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ort[: len(rows)] - model.logits(x[: len(rows)]), d, atol=1e-4)
