@@ -56,7 +56,7 @@ ALLOWED_OPS = frozenset(
         # layout (output sizes come from constants; checked by shape inference)
         *("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice"),
         *("Gather", "Shape", "Identity", "Constant", "Cast", "Dropout", "Pad", "Expand", "Tile"),
-        *("ConstantOfShape",),
+        *("ConstantOfShape", "GatherElements"),  # the routed patch's per-row tree walk
     }
 )
 _DEFAULT_DOMAINS = ("", "ai.onnx")
