@@ -84,14 +84,19 @@ def _ensure(key: ArtifactKey) -> None:
 def _retrained(orig: Any, dataset: str, arch: str, k: int, seed: int) -> bytes:
     folder = WORK / "class-retrain" / f"{dataset}-{arch}-class-{k}-s{seed}"
     path = folder / "model.onnx"
+    lock = folder / "training.lock"  # another process (--retrain-only) is training this one
+    while lock.is_file() and not path.is_file():
+        time.sleep(10)
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
+        lock.write_text(f"{os.getpid()}\n")
         keep = np.flatnonzero(orig.y_train != k)
         start = time.perf_counter()
         model = fit(orig.recipe, orig.x_train[keep], orig.y_train[keep], seed=seed)
         export_onnx(model, folder / "tmp.onnx", input_shape=orig.recipe.input_shape)
         (folder / "seconds.txt").write_text(f"{time.perf_counter() - start:.3f}\n")
         (folder / "tmp.onnx").replace(path)
+        lock.unlink()
     return path.read_bytes()
 
 
@@ -364,12 +369,27 @@ def main() -> None:
     parser.add_argument(
         "--classes", help="comma-separated classes, in this order (default: the model's three)"
     )
+    parser.add_argument(
+        "--retrain-only",
+        type=int,
+        metavar="SEED",
+        help="only train (and cache) the retrained models of --classes with this seed, so that "
+        "a second process can share the retraining of one class",
+    )
     parser.add_argument("--table", action="store_true", help="print the BENCHMARKS.md table")
     parser.add_argument(
         "--section", action="store_true", help="write benchmarks/results/class-unlearning.md"
     )
     args = parser.parse_args()
-    if args.section:
+    if args.retrain_only is not None and args.model:
+        dataset, _, arch = args.model.rpartition("-")
+        orig = load_original(WORK, dataset, arch, 0)
+        torch.set_num_threads(1)
+        for k in (
+            tuple(int(c) for c in args.classes.split(",")) if args.classes else CLASSES[args.model]
+        ):
+            _retrained(orig, dataset, arch, k, args.retrain_only)
+    elif args.section:
         print(f"wrote {section()}")
     elif args.table:
         print(table(), end="")

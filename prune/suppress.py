@@ -117,6 +117,11 @@ def export_suppressed(
     from prune.export import OUTPUT, _batch_dim, _Sink
 
     head = model.head
+    if model.tail:
+        raise PatchError(
+            "class suppression of a model with an output tail after the logits (Softmax, ArgMax, "
+            "label lookup) is not supported: export the logits, or use --class-mode regions"
+        )
     bound = logit_bound(head, box)
     if not float32_margin_holds(margin, bound):
         raise PatchError(
