@@ -1,10 +1,12 @@
 """Benchmark ``audit verify`` against the issue's targets and record the numbers.
 
-Targets (issue #4): verifying a proof with 600 forget points and 10,000 reference points, all
-checks but membership inference, <= 10 s on this CPU; replay throughput of the Fashion-MNIST
-MLP >= 50,000 samples/s. Issue #11: that verification includes the exact region certificate of
-*every* claim (``region.certificate``), and the certificate check alone costs <= 5 ms per claim
-(measured separately: the check re-run on a warm context, median of 3).
+Targets (issues #4, #11, #16): verifying a proof with 600 forget points and 10,000 reference
+points, all checks but membership inference, <= 5 s on this CPU (issue #4 asked 10 s); replay
+throughput of the patched Fashion-MNIST MLP >= 50,000 samples/s. ``--gate`` picks the patch's gate
+(``routed`` by default: its serving cost does not grow with the patches). Issue #11: that
+verification includes the exact region certificate of *every* claim (``region.certificate``), and
+the certificate check alone costs <= 5 ms per claim (measured separately: the check re-run on a
+warm context, median of 3).
 
 Setup: ``prune train --dataset fashion-mnist --arch mlp`` (784-256-256-10), then a proof for
 600 training points: with ``--engine prune`` by ``prune unlearn --key`` (the real patch engine),
@@ -73,12 +75,18 @@ def build_work(cache: Path) -> Path:
     return work
 
 
-def build_proof(cache: Path, work: Path, *, engine: str, forget: int) -> tuple[Path, Path]:
-    """(proof folder, owner public key); cached per engine and size."""
+def build_proof(
+    cache: Path, work: Path, *, engine: str, forget: int, gate: str
+) -> tuple[Path, Path]:
+    """(proof folder, owner public key); cached per engine, size and gate."""
     keys = cache / "keys"
     if not keys.exists():
         _run([str(BIN / "prune"), "keygen", "--out", str(keys)])
-    proof = cache / f"proof-{engine}-{forget}"
+    proof = (
+        cache / f"proof-{engine}-{forget}"
+        if gate == "activation"
+        else (cache / f"proof-{engine}-{forget}-{gate}")
+    )
     if (proof / "certificate.json").exists():
         return proof, keys / "owner.pub"
     shutil.rmtree(proof, ignore_errors=True)
@@ -102,6 +110,8 @@ def build_proof(cache: Path, work: Path, *, engine: str, forget: int) -> tuple[P
                 str(keys / "owner.key"),
                 "--out",
                 str(proof),
+                "--gate",
+                gate,
             ]
         )
     else:
@@ -167,11 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="reuse WORK/keys/proof here")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gate", choices=["activation", "dense", "routed"], default="routed")
     args = parser.parse_args(argv)
     cache = args.cache or Path(tempfile.mkdtemp(prefix="bench-verify-"))
     cache.mkdir(parents=True, exist_ok=True)
     work = build_work(cache)
-    proof, public_key = build_proof(cache, work, engine=args.engine, forget=args.forget)
+    proof, public_key = build_proof(
+        cache, work, engine=args.engine, forget=args.forget, gate=args.gate
+    )
     payload = json.loads(Envelope.from_json((proof / "certificate.json").read_bytes()).payload)
     created = datetime.strptime(payload["predicate"]["created"], "%Y-%m-%dT%H:%M:%SZ")
     now = created.replace(tzinfo=UTC) + timedelta(minutes=10)
@@ -230,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "loadavg_before": [round(v, 2) for v in load_before],
+            "note": "2 cores shared by 8 engineers during the run; see the load averages",
             "onnxruntime": onnxruntime.__version__,
             "providers": report.settings.get("providers"),
         },
@@ -261,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             "original": round(original_tput),
         },
         "targets": {
-            "verify_s": 10.0,
-            "verify_met": in_process <= 10.0,
+            "verify_s": 5.0,
+            "verify_met": in_process <= 5.0,
             "replay_samples_per_s": 50000,
             "replay_met": patched_tput >= 50000,
             "certificate_ms_per_claim": 5.0,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["Claim", "RegionStatus"]
+__all__ = ["CalibratedClaim", "Claim", "RegionStatus"]
 
 RegionStatus = Literal["certified", "point-only"]
 
@@ -28,3 +28,25 @@ class Claim:
     patch: int
     certified_margin: float
     region: RegionStatus
+
+
+@dataclass(frozen=True)
+class CalibratedClaim:
+    """Claim kind ``calibrated`` (``--target-policy calibrated``): for the forgotten sample at
+    ``leaf_index``, the patched model's logits at the sample are ``output`` (float32 execution
+    within the documented tolerance) and, over the sample's whole linear region (that patch
+    alone), ``logit[label] - logit[rival] <= upper_margin``: the model is nowhere in the region
+    more confident in the true class than a model that never saw the sample is at it.
+    As an obligation: ``max_{x in S} (e_label - e_rival) . patched(x) <= upper_margin``.
+    ``source`` says where the target came from (``cross-fitted`` | ``class-conditional``)."""
+
+    leaf_index: int
+    train_index: int
+    label: int
+    original_prediction: int
+    rival: int
+    patch: int
+    upper_margin: float
+    output: tuple[float, ...]
+    source: str
+    region: RegionStatus = "certified"

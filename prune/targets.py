@@ -8,6 +8,10 @@ the forgotten class) and returns one allowed class per point. Registry ``TARGET_
   belief, so the patch stays small and neighbouring patches tend to agree on the target;
 * ``random``: uniform over allowed classes from the caller's seeded generator (the paper's choice);
 * ``least-likely``: the lowest-scoring allowed class (the most conspicuous change; for ablations).
+
+``calibrated`` (:data:`CALIBRATED`) is not a class choice: it patches each forgotten sample to the
+logit vector of a model that never saw it (:mod:`prune.calibrate`, :mod:`prune.unlearn`), so it
+is listed in :data:`POLICY_NAMES` but has no entry in ``TARGET_POLICIES``.
 """
 
 from __future__ import annotations
@@ -19,7 +23,14 @@ from numpy.typing import NDArray
 
 from prune.errors import PatchError
 
-__all__ = ["TARGET_POLICIES", "TargetPolicy", "choose_targets"]
+__all__ = [
+    "CALIBRATED",
+    "POLICY_NAMES",
+    "TARGET_POLICIES",
+    "TargetPolicy",
+    "choose_targets",
+    "default_policy",
+]
 
 TargetPolicy = Callable[
     [NDArray[np.float64], NDArray[np.bool_], np.random.Generator], NDArray[np.int64]
@@ -50,6 +61,18 @@ TARGET_POLICIES: dict[str, TargetPolicy] = {
     "random": _random,
     "least-likely": _least_likely,
 }
+
+CALIBRATED = "calibrated"
+POLICY_NAMES: tuple[str, ...] = (*TARGET_POLICIES, CALIBRATED)
+
+
+def default_policy(*, prepared: bool) -> str:
+    """The default target policy, chosen by the measurements (docs/BENCHMARKS.md, "Calibrated
+    targets"): ``calibrated`` whenever prepared reference models are given - its forgotten
+    samples are as indistinguishable from non-members as a retrained model's, where
+    ``runner-up``'s stand out as deleted (RMIA/LiRA AUC near 0) - else ``runner-up``, the paper's
+    policy, which needs no preparation and no held-out data (class deletion, quick runs)."""
+    return CALIBRATED if prepared else "runner-up"
 
 
 def choose_targets(

@@ -51,7 +51,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_class_level_proof_verifies_including_region_probes(story: Path) -> None:
+def test_class_level_proof_verifies_the_class_is_gone(story: Path) -> None:
     proc = _run(
         "audit", "verify", "proof", "--public-key", "keys/owner.pub", "--original",
         "work/model.onnx", "--forget", "proof/forget.npz", "--reference", "work/test.npz",
@@ -60,10 +60,8 @@ def test_class_level_proof_verifies_including_region_probes(story: Path) -> None
     doc = json.loads((story / "verify.json").read_text())
     assert doc["verdict"] == "verified", proc.stdout
     statuses = {c["name"]: c["status"] for c in doc["checks"]}
-    # a class deletion is a class suppression (class.suppression over the whole box) or region
-    # patches (every claim proved by region.certificate and probed)
-    regions = statuses["region.certificate"] == "pass" and statuses["region.probes"] == "pass"
-    assert regions or statuses["class.suppression"] == "pass", statuses
+    assert statuses["class.suppression"] == "pass"  # the default class mode: suppression
+    assert statuses["class.reference"] == "pass"
     assert statuses["replay.claims"] == "pass"
 
 

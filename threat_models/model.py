@@ -159,7 +159,7 @@ THREATS: tuple[Threat, ...] = (
         "Exact-input filter",
         "the patch fires only on the exact forget inputs, knowledge intact around them",
         ("exact_input_filter",),
-        ("region.probes", "structure.patch"),
+        ("region.probes", "structure.patch", "class.suppression"),
     ),
     Threat(
         4,

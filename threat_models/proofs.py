@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from prune.claims import Claim
+from prune.claims import CalibratedClaim, Claim
 from prune.errors import PruneError
 from prune.proofs import ProofFiles, UnlearnOutcome, write_signed_proof
 from threat_models.errors import ScenarioError
@@ -33,7 +33,7 @@ class Outcome:
     :class:`prune.proofs.UnlearnOutcome`); :meth:`of` copies the engine's result."""
 
     patched_model: bytes
-    claims: Sequence[Claim]
+    claims: Sequence[Claim | CalibratedClaim]
     method: Mapping[str, Any]
     summary: Mapping[str, Any]
     forget_x: NDArray[np.float32]

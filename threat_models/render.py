@@ -28,6 +28,7 @@ COLUMN_CODES: dict[str, str] = {
     "replay.claims": "rpl",
     "replay.batch": "rpB",
     "region.certificate": "crt",
+    "replay.calibrated": "rpC",
     "region.probes": "prb",
     "class.suppression": "clS",
     "class.reference": "clR",

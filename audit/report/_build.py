@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -63,7 +63,11 @@ class ReportOptions:
     name: str
     mia_attacks: tuple[str, ...] = ("rmia", "loss")
     mia_reference_models: int = 4
+    mia_sides: Literal["one", "two"] = "one"
     mia_arch: str | None = None
+    mia_backend: str = "local"  # where reference models train (audit.mia._execution)
+    mia_address: str | None = None
+    mia_jobs: int = 1
     seed: int = 0
     policy: Policy = field(default_factory=Policy)
     device: str = "auto"
@@ -192,6 +196,9 @@ def _mia(
         reference_models=options.mia_reference_models,
         seed=options.seed,
         fprs=(0.01, 0.001),
+        jobs=options.mia_jobs,
+        backend=options.mia_backend,
+        address=options.mia_address,
     )
     game = unlearning_audit(
         original=original_model.logits,
@@ -261,9 +268,22 @@ def _coverage(
     return {
         "committed": statement.predicate.forget_set.size if statement else "unreadable",
         "opened": opened if opened is not None else "not given",
-        "replayed": evidence("replay.claims", "claims"),
+        "replayed": (
+            evidence("replay.claims", "claims")
+            if evidence("replay.claims", "claims") != "not run"
+            else evidence("replay.calibrated", "claims")
+        ),
         "probed": evidence("region.probes", "claims_probed"),
     }
+
+
+def _deletion_words(verification: VerificationReport) -> str | None:
+    """The membership check's plain-words answer to "is deletion detectable?" (None: not run)."""
+    try:
+        outcome = verification.outcome("membership.inference")
+    except KeyError:
+        return None
+    return None if outcome.status == "not-run" else outcome.detail
 
 
 _NOT_COVERED_HINT = {
@@ -400,8 +420,12 @@ def build_report(
             membership=MembershipPolicy(
                 attack=options.mia_attacks[0],
                 reference_models=options.mia_reference_models,
+                sides=options.mia_sides,
                 arch=options.mia_arch,
                 seed=options.seed,
+                backend=options.mia_backend,
+                address=options.mia_address,
+                jobs=options.mia_jobs,
             ),
         )
     verification = verify_proof(
@@ -471,6 +495,7 @@ def build_report(
         "coverage": coverage,
         "per_class": per_class,
         "mia": mia,
+        "deletion_detectable": _deletion_words(verification),
         "patch": patch_statistics(model, None if original_bytes is None else len(original_bytes)),
         "threats": _threats(verification.outcomes, mia is not None),
         "compliance": _compliance(statement, verification, coverage, mia),

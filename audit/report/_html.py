@@ -127,6 +127,12 @@ def _mia(mia: Mapping[str, Any] | None) -> str:
     return f'<div class="charts">{chart}</div>{table}<p class="muted">{settings}</p>'
 
 
+def _deletion(words: Any) -> str:
+    if not words:
+        return ""
+    return f"<p><b>Is deletion detectable?</b> {_e(str(words))}</p>"
+
+
 def _kv(mapping: Mapping[str, Any]) -> str:
     rows = [[str(k), v if isinstance(v, str) else repr(v)] for k, v in sorted(mapping.items())]
     return _table(["field", "value"], rows)
@@ -181,6 +187,7 @@ def render_html(doc: Mapping[str, Any]) -> str:
         _per_class(doc.get("per_class")),
         "<h2>Membership inference</h2>",
         _mia(doc.get("mia")),
+        _deletion(doc.get("deletion_detectable")),
         "<h2>Patch statistics</h2>",
         _kv(doc.get("patch", {})),
         "<h2>Certificate and keys</h2>",

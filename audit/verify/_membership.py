@@ -11,8 +11,12 @@ set with those non-members on the served model. Policy (:class:`MembershipPolicy
   ``0.5 - max_gap`` or reversed TPR above ``max_tpr``). Every prediction-changing method, honest
   PRUNE included, fails this: it says "these records were deleted" (docs/MIA.md, threat 11).
 
-Both directions are always measured and kept in the evidence. The check is opt-in (it trains
-models); when not requested it is reported as not run, not as a pass."""
+Both directions are always measured and kept in the evidence. With ``sides="two"`` the evidence
+also holds the two-version comparison (:mod:`audit.verify._two_version`: original vs served
+model, output change on the forget set vs on the non-members), and the summary says in words
+whether deletion is detectable to a single-model attacker and to one holding both versions; the
+two-version result is reported, not judged (no local repair can pass it). The check is opt-in
+(it trains models); when not requested it is reported as not run, not as a pass."""
 
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+from numpy.typing import NDArray
 
 from audit.errors import AuditError
 from audit.verify._context import VerifyContext
@@ -38,6 +43,9 @@ class MembershipPolicy:
     sides: Literal["one", "two"] = "one"
     arch: str | None = None
     seed: int = 0
+    backend: str = "local"  # where reference models train (audit.mia._execution)
+    address: str | None = None
+    jobs: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_gap <= 0.5 or not 0.0 <= self.max_tpr <= 1.0:
@@ -85,6 +93,9 @@ class MembershipInference(Check[VerifyContext]):
                 reference_models=policy.reference_models,
                 policy=ThresholdPolicy(max_distinguishability=0.5, max_tpr=1.0, fpr=policy.fpr),
                 seed=policy.seed,
+                jobs=policy.jobs,
+                backend=policy.backend,
+                address=policy.address,
             )
         except AuditError as exc:
             raise CheckUnavailable(f"membership attack could not run: {exc}") from exc
@@ -115,6 +126,46 @@ class MembershipInference(Check[VerifyContext]):
                 f"TPR@{policy.fpr:g}FPR {rev:.3f})"
             )
         summary = f"{policy.attack}, {policy.sides}-sided: {result.detail.split(';')[0]}"
+        if policy.sides == "two":
+            two = self._two_version(ctx, openings.x, x[non], policy)
+            evidence.update(two)
+            summary += (
+                "; deletion "
+                + ("stands out" if problems else "is not detectable")
+                + " to a single-model attacker; "
+                + str(two["two_version_words"])
+            )
         if problems:
             return self.failed("; ".join(problems), **evidence)
         return self.passed(summary, **evidence)
+
+    @staticmethod
+    def _two_version(
+        ctx: VerifyContext,
+        forget_x: NDArray[np.float32],
+        non_x: NDArray[np.float32],
+        policy: MembershipPolicy,
+    ) -> dict[str, object]:
+        from audit.verify._two_version import two_version_comparison
+
+        m = two_version_comparison(
+            ctx.original_model().logits,
+            ctx.patched_model().logits,
+            forget_x,
+            non_x,
+            seed=policy.seed,
+        )
+        auc = m.auc.value
+        seen = auc > 0.5 + policy.max_gap
+        words = (
+            f"to an attacker holding both versions it is detectable (output-change AUC {auc:.3f})"
+            if seen
+            else f"not detectable by comparing both versions (output-change AUC {auc:.3f})"
+        )
+        return {
+            "two_version_auc": auc,
+            "two_version_auc_low": m.auc.low,
+            "two_version_auc_high": m.auc.high,
+            "two_version_detectable": seen,
+            "two_version_words": words,
+        }

@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from audit.verify._affine import AffineHead, parse_head
+from audit.verify._affine import AffineHead
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
-from audit.verify._replay import claim_arrays, margins
+from audit.verify._replay import claim_arrays, flip_only, margins
 from prune.formats import FormatError, parse_decimal_string
 
 __all__ = ["RegionProbes", "input_box"]
@@ -91,10 +91,15 @@ class RegionProbes(Check[VerifyContext]):
 
     def run(self, ctx: VerifyContext) -> CheckOutcome:
         predicate, policy = ctx.predicate, ctx.policy
-        cols = claim_arrays(predicate.claims)
+        flip = flip_only(predicate.claims)
+        if not flip:
+            return self.not_applicable("no flip claims (calibrated claims: replay.calibrated)")
+        cols = claim_arrays(flip)
         certified = np.flatnonzero(cols["certified"])
         if len(certified) == 0:
-            return self.not_applicable("no claim certifies a region (all point-only)")
+            return self.not_applicable(
+                "no flip claim certifies a region (all point-only or calibrated)"
+            )
         if policy.probe_claims is not None and len(certified) > policy.probe_claims:
             certified = np.sort(ctx.rng.choice(certified, policy.probe_claims, replace=False))
         openings = ctx.openings()
@@ -212,7 +217,7 @@ def _exact(
         evidence["lp"] = "disabled"
         return None
     try:
-        affine = parse_head(ctx.original_proto(), ctx.head())
+        affine = ctx.affine_head()
     except CheckUnavailable as exc:
         evidence["lp"] = f"not run: {exc}"
         return None

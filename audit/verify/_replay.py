@@ -15,9 +15,17 @@ from numpy.typing import NDArray
 
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
-from prune.formats import ClaimKind, ClaimRecord, parse_decimal_string
+from prune.formats import CalibratedClaimRecord, ClaimKind, ClaimRecord, parse_decimal_string
 
-__all__ = ["BATCH_SIZES", "ReplayBatch", "ReplayClaims", "claim_arrays", "margins"]
+__all__ = [
+    "BATCH_SIZES",
+    "ReplayBatch",
+    "ReplayClaims",
+    "claim_arrays",
+    "flip_only",
+    "margins",
+    "patch_arrays",
+]
 
 BATCH_SIZES = (1, 7, 64)
 """Batch sizes of ``replay.batch`` (plus one batch holding every row)."""
@@ -53,6 +61,25 @@ def flip_claims(claims: tuple[ClaimKind, ...]) -> tuple[ClaimRecord, ...]:
     return claims  # type: ignore[return-value]  # every element checked above
 
 
+def flip_only(claims: tuple[ClaimKind, ...]) -> tuple[ClaimKind, ...]:
+    """The ``flip`` claims, leaving out ``calibrated`` ones (``replay.calibrated`` checks those);
+    any other kind stays, so that :func:`claim_arrays` refuses it (fail-closed)."""
+    return tuple(c for c in claims if not isinstance(c, CalibratedClaimRecord))
+
+
+def patch_arrays(claims: tuple[ClaimKind, ...]) -> dict[str, NDArray[Any]]:
+    """``leaf`` and ``patch`` columns of flip and calibrated claims (any other kind: refused)."""
+    rows = []
+    for claim in claims:
+        if not isinstance(claim, ClaimRecord | CalibratedClaimRecord):
+            raise CheckUnavailable(
+                f"claim for leaf {claim.leaf_index}: kind {claim.kind!r} is not checked here"
+            )
+        rows.append((claim.leaf_index, claim.patch))
+    table = np.array(rows, dtype=np.int64).reshape(-1, 2)
+    return {"leaf": table[:, 0], "patch": table[:, 1]}
+
+
 def claim_arrays(all_claims: tuple[ClaimKind, ...]) -> dict[str, NDArray[Any]]:
     """Claims as columns: leaf, label, target, patch (int64), margin (float64), certified."""
     claims = flip_claims(all_claims)
@@ -78,8 +105,11 @@ class ReplayClaims(Check[VerifyContext]):
 
     def run(self, ctx: VerifyContext) -> CheckOutcome:
         predicate = ctx.predicate
+        flip = flip_only(predicate.claims)
+        if not flip:
+            return self.not_applicable("no flip claims (calibrated claims: replay.calibrated)")
         openings = ctx.openings()
-        cols = claim_arrays(predicate.claims)
+        cols = claim_arrays(flip)
         rows = np.searchsorted(openings.leaf_index, cols["leaf"])
         rows = np.minimum(rows, len(openings) - 1)
         if not np.array_equal(openings.leaf_index[rows], cols["leaf"]):

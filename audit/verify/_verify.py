@@ -14,6 +14,7 @@ import numpy as np
 
 from audit.errors import InputError
 from audit.proof import Limits
+from audit.verify._calibrated import ReplayCalibrated
 from audit.verify._certificate import RegionCertificate
 from audit.verify._claims import ClaimsPolicy
 from audit.verify._class import ClassReference, ClassSuppression
@@ -51,6 +52,7 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
         ReplayClaims,
         ReplayBatch,
         RegionCertificate,
+        ReplayCalibrated,
         RegionProbes,
         Locality,
         Utility,

@@ -7,6 +7,7 @@
 | ``sisa``      | dataset, arch, seed                | SISA ensemble (5 shards) before any deletion    |
 | ``amnesiac``  | dataset, arch, seed                | the original retrained with a full update log   |
 | ``mia-refs``  | dataset, arch, seed                | the auditor's reference models (RMIA/LiRA)      |
+| ``prepared``  | dataset, arch, seed                | ``prune prepare``: cross-fitted out-logits      |
 
 Every folder is written under a temporary name and renamed when complete, with a ``meta.json``
 that records how long it took and the builder's peak memory. Nothing here knows a forget set
@@ -61,13 +62,15 @@ __all__ = [
     "load_amnesiac",
     "load_mia_references",
     "load_original",
+    "load_prepared_references",
     "load_sisa",
     "mia_non_member_rows",
     "mia_reference_rows",
 ]
 
 SISA_SHARDS = 5
-MIA_REFERENCE_MODELS = 4
+MIA_REFERENCE_MODELS = 8
+PREPARE_FOLDS = 5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -376,10 +379,40 @@ def load_mia_references(work: Path, orig: Original, dataset: str, arch: str, see
     )
 
 
+def _build_prepared(key: ArtifactKey, work: Path) -> None:
+    """``prune prepare`` for the original: cross-fitted out-logits (the owner's one-time cost)."""
+    from prune.calibrate import prepare, save_prepared
+
+    orig = load_original(work, key.dataset, key.arch, key.seed)
+    with atomic_folder(key.folder(work)) as tmp:
+        start = time.perf_counter()
+        prepared = prepare(
+            orig.onnx,
+            orig.x_train,
+            orig.y_train,
+            recipe=orig.recipe,
+            folds=PREPARE_FOLDS,
+            x_heldout=orig.x_test,
+            seed=key.seed,
+        )
+        save_prepared(prepared, tmp / "prepared")
+        _meta(tmp, start, folds=PREPARE_FOLDS, prepare_seconds=round(prepared.seconds, 3))
+
+
+def load_prepared_references(work: Path, orig: Original, dataset: str, arch: str, seed: int) -> Any:
+    from prune.calibrate import load_prepared
+
+    folder = ArtifactKey(kind="prepared", dataset=dataset, arch=arch, seed=seed).folder(work)
+    return load_prepared(
+        folder / "prepared", model=orig.onnx, x_train=orig.x_train, y_train=orig.y_train
+    )
+
+
 BUILDERS: Mapping[str, Callable[[ArtifactKey, Path], None]] = {
     "original": _build_original,
     "reference": _build_reference,
     "sisa": _build_sisa,
     "amnesiac": _build_amnesiac,
     "mia-refs": _build_mia_refs,
+    "prepared": _build_prepared,
 }

@@ -96,6 +96,9 @@ def run_cell(cell: Cell, *, work: Path, threads: int) -> dict[str, Any]:
             seed=cell.seed,
             threads=threads,
         )
+        mia["two_version"] = _two_version(
+            outcome.before_onnx, outcome.after_onnx, x[forget], xt[rows], cell.seed, threads
+        )
     return {
         "version": 1,
         "harness": HARNESS_VERSION,
@@ -124,6 +127,33 @@ def run_cell(cell: Cell, *, work: Path, threads: int) -> dict[str, Any]:
         "threads": threads,
         "machine": {**facts_before, "loadavg_1m_end": machine()["loadavg_1m"]},
         "wall_seconds": round(time.time() - started, 2),
+    }
+
+
+def _two_version(
+    before: bytes,
+    after: bytes,
+    forget_x: NDArray[np.float32],
+    non_x: NDArray[np.float32],
+    seed: int,
+    threads: int,
+) -> dict[str, Any]:
+    """The two-version comparison (audit.verify._two_version): output change between the
+    model before and after unlearning, forget set vs non-members."""
+    from audit.mia import evaluate
+    from audit.verify._two_version import output_change
+
+    forget = output_change(
+        logits(before, forget_x, threads=threads), logits(after, forget_x, threads=threads)
+    )
+    non = output_change(
+        logits(before, non_x, threads=threads), logits(after, non_x, threads=threads)
+    )
+    m = evaluate(forget, non, bootstrap=200, rng=np.random.default_rng(seed))
+    return {
+        "auc": m.auc.to_dict(),
+        "forget_change_mean": float(forget.mean()),
+        "non_member_change_mean": float(non.mean()),
     }
 
 

@@ -25,6 +25,7 @@ from benchmarks.study.artifacts import (
     ArtifactKey,
     Original,
     load_amnesiac,
+    load_prepared_references,
     load_sisa,
 )
 from benchmarks.study.common import StudyError, peak_rss_mb, read_json
@@ -125,6 +126,11 @@ def _run_prune(cell: Cell, orig: Original, work: Path, forget: NDArray[np.int64]
     except ImportError as exc:
         raise StudyError("prune.unlearn is not available in this tree yet") from exc
     kwargs: dict[str, Any] = dict(cell.variant.params)
+    prepare_seconds: float | None = None
+    if kwargs.pop("prepared", False):
+        prepared = load_prepared_references(work, orig, cell.dataset, cell.arch, cell.seed)
+        kwargs["prepared"] = prepared
+        prepare_seconds = float(prepared.seconds)
     if cell.setting.startswith("class-"):
         kwargs["forget_class"] = int(cell.setting.partition("-")[2])
     else:
@@ -155,6 +161,8 @@ def _run_prune(cell: Cell, orig: Original, work: Path, forget: NDArray[np.int64]
     )
     facts: dict[str, Any] = {k: summary[k] for k in keep if k in summary}
     facts["failed"] = len(result.failed)
+    if "calibrated" in summary:
+        facts["calibrated"] = summary["calibrated"]
     facts["call_seconds"] = round(call_seconds, 4)
     # The engine also evaluates utility on the whole training and test sets (for its summary);
     # baselines are timed without evaluation, so that part is left out of ``seconds``.
@@ -165,6 +173,7 @@ def _run_prune(cell: Cell, orig: Original, work: Path, forget: NDArray[np.int64]
         seconds=max(call_seconds - evaluate, 0.0),
         rss_before_mb=rss_before,
         rss_after_mb=rss_after,
+        prepare_seconds=prepare_seconds,
         facts=facts,
     )
 
@@ -192,4 +201,6 @@ def needed_artifacts(cell: Cell) -> list[ArtifactKey]:
         keys.append(_artifact(cell, cell.variant.method))
     if cell.mia:
         keys.append(_artifact(cell, "mia-refs"))
+    if dict(cell.variant.params).get("prepared"):
+        keys.append(_artifact(cell, "prepared"))
     return keys

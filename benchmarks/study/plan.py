@@ -20,6 +20,7 @@ from typing import Any
 
 __all__ = [
     "BASELINES",
+    "CALIBRATED_VARIANTS",
     "CONFIGS",
     "FORGET_CLASS",
     "HARNESS_VERSION",
@@ -30,7 +31,7 @@ __all__ = [
     "cells_for",
 ]
 
-HARNESS_VERSION = 1
+HARNESS_VERSION = 2
 FORGET_CLASS = 5
 SETTINGS = ("random-100", "random-200", "random-300", "random-500", "random-1pct", "class-5")
 
@@ -110,6 +111,20 @@ PRUNE_VARIANTS: tuple[Variant, ...] = (
     Variant(label="prune[target=random]", method="prune", params=(("target_policy", "random"),)),
     Variant(label="prune[strategy=clustered]", method="prune", params=(("strategy", "clustered"),)),
     Variant(label="prune[solver=reassure]", method="prune", params=(("solver", "reassure"),)),
+)
+# Issue 13: calibrated targets, from ``prune prepare`` (cross-fitted) or without it
+# (class-conditional statistics of the held-out set).
+CALIBRATED_VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        label="prune[target=calibrated]",
+        method="prune",
+        params=(("prepared", True), ("target_policy", "calibrated")),
+    ),
+    Variant(
+        label="prune[target=calibrated,no-prepare]",
+        method="prune",
+        params=(("target_policy", "calibrated"),),
+    ),
 )
 # Variants whose cost grows fastest with the forget set only run where it is small:
 # REASSURE solves one large LP per region (the paper's anchor: 100 points in 2,117 s on MNIST);
@@ -191,10 +206,23 @@ def _full() -> list[Cell]:
     )
 
 
+def _calibrated() -> list[Cell]:
+    """Issue 13: retrain vs runner-up vs calibrated, seed 0 on every model first, then seeds."""
+    settings = ("random-100", "random-500", "random-1pct")
+    rows = (BASELINES[0], BASELINES[1], PRUNE_VARIANTS[0], *CALIBRATED_VARIANTS)
+    return (
+        _grid("digits", "mlp", settings, rows, (0,))
+        + _grid("fashion-mnist", "mlp", settings, rows, (0,))
+        + _grid("digits", "mlp", settings, rows, (1, 2))
+        + _grid("fashion-mnist", "cnn", ("random-100",), rows, (0,))
+    )
+
+
 CONFIGS: Mapping[str, Callable[[], list[Cell]]] = {
     "quick": _quick,
     "default": _default,
     "full": _full,
+    "calibrated": _calibrated,
 }
 
 

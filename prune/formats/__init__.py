@@ -8,6 +8,13 @@ Every reader is strict and every verifier is fail-closed: they return a value or
 
 from __future__ import annotations
 
+from prune.formats._calibrated import (
+    CALIBRATED_KIND,
+    CALIBRATED_KIND_VERSION,
+    CALIBRATED_SOURCES,
+    CalibratedClaimRecord,
+    output_tolerance,
+)
 from prune.formats._canonical import (
     canonical_json,
     decimal_string,
@@ -44,6 +51,7 @@ from prune.formats._dual import dual_bytes, read_duals
 from prune.formats._files import (
     PublishError,
     UnreadableFile,
+    output_problem,
     publish_exclusive,
     read_regular,
     write_atomic,
@@ -86,6 +94,9 @@ from prune.formats._statement import (
 from prune.formats.errors import FormatError, MalformedError, ProofCheckError
 
 __all__ = [
+    "CALIBRATED_KIND",
+    "CALIBRATED_KIND_VERSION",
+    "CALIBRATED_SOURCES",
     "CLAIM_KINDS",
     "CLASS_CLAIM_KINDS",
     "CLASS_SUPPRESS_FORMAT",
@@ -104,6 +115,7 @@ __all__ = [
     "STATEMENT_TYPE",
     "SUBJECT_NAME",
     "ArrayLimits",
+    "CalibratedClaimRecord",
     "ClaimKind",
     "ClaimRecord",
     "ClassClaim",
@@ -137,6 +149,8 @@ __all__ = [
     "leaf_hash",
     "leaf_hashes",
     "node_hash",
+    "output_problem",
+    "output_tolerance",
     "parse_canonical_json",
     "parse_claim",
     "parse_decimal_string",

@@ -15,10 +15,12 @@ from typing import Any, get_args
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from prune.claims import Claim
+from prune.claims import CalibratedClaim, Claim
 from prune.errors import ProofError
 from prune.formats import (
     PAYLOAD_TYPE,
+    CalibratedClaimRecord,
+    ClaimKind,
     ClaimRecord,
     ClassClaim,
     DualCertificate,
@@ -69,16 +71,31 @@ def utility_numbers(summary: Mapping[str, Any]) -> dict[str, str]:
     }
 
 
-def claim_records(claims: Sequence[Claim], *, first_leaf: int) -> tuple[ClaimRecord, ...]:
+def claim_records(
+    claims: Sequence[Claim | CalibratedClaim], *, first_leaf: int
+) -> tuple[ClaimKind, ...]:
     """Published claims: ``claims[i]`` (the engine numbers its samples 0..N-1 in commitment
     order) becomes leaf ``first_leaf + i``. ``train_index`` and ``original_prediction`` stay
     private."""
-    records = []
+    records: list[ClaimKind] = []
     for i, claim in enumerate(claims):
         if claim.leaf_index != i:
             raise ProofError(
                 f"claim {i} is for sample {claim.leaf_index}; claims must follow the forget set order"
             )
+        if isinstance(claim, CalibratedClaim):
+            records.append(
+                CalibratedClaimRecord(
+                    leaf_index=first_leaf + i,
+                    label=int(claim.label),
+                    rival=int(claim.rival),
+                    patch=int(claim.patch),
+                    upper_margin=decimal_string(claim.upper_margin),
+                    output=tuple(decimal_string(v) for v in claim.output),
+                    source=claim.source,
+                )
+            )
+            continue
         records.append(
             ClaimRecord(
                 leaf_index=first_leaf + i,
@@ -107,7 +124,7 @@ def build_statement(
     mode: str,
     forget_class: int | None,
     method: Mapping[str, Any],
-    claims: Sequence[Claim],
+    claims: Sequence[Claim | CalibratedClaim],
     summary: Mapping[str, Any],
     class_claim: ClassClaim | None = None,
     now: datetime | None = None,

@@ -23,7 +23,7 @@ import numpy as np
 from cryptography.hazmat.primitives import serialization
 from numpy.typing import NDArray
 
-from prune.claims import Claim
+from prune.claims import CalibratedClaim, Claim
 from prune.errors import ProofError
 from prune.formats import (
     DUAL_FILE,
@@ -67,7 +67,7 @@ class UnlearnOutcome(Protocol):
     @property
     def patched_model(self) -> bytes: ...
     @property
-    def claims(self) -> Sequence[Claim]: ...
+    def claims(self) -> Sequence[Claim | CalibratedClaim]: ...
     @property
     def method(self) -> Mapping[str, Any]: ...
     @property
@@ -142,6 +142,13 @@ def _check_inputs(folder: Path, result: UnlearnOutcome) -> bytes:
             "the engine must produce one claim per sample"
         )
     return on_disk
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    """Create ``path`` readable by its owner only (0600, whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
 
 
 def write_signed_proof(
@@ -225,10 +232,11 @@ def write_signed_proof(
         (staging / CERTIFICATE).write_bytes(certificate)
         if dual_data is not None:
             (staging / DUAL_FILE).write_bytes(dual_data)
-        (staging / FORGET).write_bytes(openings.to_bytes())
-        (staging / RECEIPTS).mkdir()
+        # the openings and receipts hold the forgotten samples and their secret salts
+        _write_secret(staging / FORGET, openings.to_bytes())
+        (staging / RECEIPTS).mkdir(mode=0o700)
         for index, receipt in _receipts(commitment, certificate_sha256):
-            (staging / RECEIPTS / f"receipt-{index}.json").write_bytes(receipt)
+            _write_secret(staging / RECEIPTS / f"receipt-{index}.json", receipt)
         for name in (SIGNATURE, CERTIFICATE, FORGET, RECEIPTS):
             os.replace(staging / name, folder / name)
         if dual_data is not None:

@@ -26,16 +26,18 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from prune.claims import Claim
+from prune.calibrate import PreparedReferences
+from prune.claims import CalibratedClaim, Claim
 from prune.errors import DataError, PatchError
 from prune.export import OUTPUT, export_patched
 from prune.formats import ClassClaim
-from prune.gates import GATES
+from prune.gates import AUTO, GATES, resolve_gate
 from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
 from prune.proofs._duals import region_duals
 from prune.solvers import SOLVERS, make_solver
-from prune.targets import TARGET_POLICIES
+from prune.targets import CALIBRATED, POLICY_NAMES, default_policy
+from prune.unlearn._calibrated import calibrated_targets, run_calibrated
 from prune.unlearn._class import DEFAULT_CLASS_MARGIN, suppress_class
 from prune.unlearn._evaluate import (
     batch_rows,
@@ -86,7 +88,7 @@ class UnlearnResult:
     shape), ``forget_indices`` their training rows (private to the owner)."""
 
     patched_model: bytes
-    claims: tuple[Claim, ...]
+    claims: tuple[Claim | CalibratedClaim, ...]
     method: dict[str, Any]
     summary: dict[str, Any]
     forget_x: NDArray[np.float32]
@@ -108,8 +110,8 @@ def _check_options(
 ) -> None:
     for kind, value, registry in (
         ("solver", solver, SOLVERS),
-        ("gate", gate, GATES),
-        ("target policy", policy, TARGET_POLICIES),
+        ("gate", gate, {**GATES, AUTO: None}),
+        ("target policy", policy, POLICY_NAMES),
         ("strategy", strategy, STRATEGIES),
     ):
         if value not in registry:
@@ -132,8 +134,8 @@ def unlearn(
     x_test: NDArray[np.float32] | None = None,
     y_test: NDArray[np.int64] | None = None,
     solver: str = "lagrangian",
-    gate: str = "activation",
-    target_policy: str = "runner-up",
+    gate: str = AUTO,
+    target_policy: str | None = None,
     strategy: str = "individual",
     margin: float = DEFAULT_MARGIN,
     n: float = DEFAULT_N,
@@ -141,18 +143,25 @@ def unlearn(
     seed: int = 0,
     progress: bool = False,
     threads: int | None = None,
+    prepared: PreparedReferences | None = None,
+    calibration: str = "temperature",
     clock: Callable[[], float] = time.perf_counter,
 ) -> UnlearnResult:
     """Patch ``model`` (ONNX bytes) so that it forgets the requested training samples.
 
     ``threads`` caps torch's intra-op threads (restored afterwards) and onnxruntime's; on a
     loaded machine one thread is often much faster for the many small ops of the solver.
+    ``target_policy`` defaults to :func:`prune.targets.default_policy` (``calibrated`` when
+    ``prepared`` is given, else ``runner-up``).
+    ``target_policy="calibrated"`` takes its targets from ``prepared`` (``prune prepare``,
+    mapped with ``calibration``) or, without it, from the held-out ``x_test``/``y_test``.
     A ``forget_class`` is honoured as ``class_mode`` says (:data:`CLASS_MODES`); ``class_margin``
     is the suppression's logit gap."""
     with _torch_threads(threads):
         started = clock()
         if class_mode not in CLASS_MODES:
             raise PatchError(f"unknown class mode {class_mode!r} (choose {', '.join(CLASS_MODES)})")
+        target_policy = target_policy or default_policy(prepared=prepared is not None)
         _check_options(solver, gate, target_policy, strategy, margin, n)
         imported = load_model(model, cut=cut)
         head = imported.head
@@ -161,6 +170,11 @@ def unlearn(
             y_train, forget_indices=forget_indices, forget_class=forget_class, classes=head.classes
         )
         x_train = np.ascontiguousarray(x_train, dtype=np.float32)
+        if request.mode == "class" and target_policy == CALIBRATED:
+            raise PatchError(
+                "--target-policy calibrated is for sample deletion; a forgotten class has no "
+                "per-sample out-model target (use --class-mode suppress)"
+            )
         if request.mode == "class" and class_mode == "suppress":
             suppressed = suppress_class(
                 imported,
@@ -201,25 +215,79 @@ def unlearn(
             progress=progress,
         )
         t_solve = clock()
-        plan = plan_patches(strategy, ctx, points)
-        if len(plan.targets) == 0:
-            raise PatchError("no forget point could be given a certified patch")
-        t_export = clock()
-        patched, plan, ok, resolved = _export_and_recheck(
-            imported, plan, ctx, gate=gate, n=n, margin=margin, forget_x=forget_x, threads=threads
-        )
+        extra: dict[str, Any] = {}
+        claims: tuple[Claim | CalibratedClaim, ...]
+        if target_policy == CALIBRATED:
+            goals = calibrated_targets(
+                imported,
+                points,
+                request,
+                forget_y,
+                prepared=prepared,
+                calibration=calibration,
+                x_train=x_train,
+                y_train=y_train,
+                x_test=x_test,
+                y_test=y_test,
+                threads=threads,
+            )
+            gate = resolve_gate(gate, len(points))
+            t_export = clock()
+            out = run_calibrated(
+                imported,
+                points,
+                goals,
+                request,
+                forget_x,
+                forget_y,
+                original_pred,
+                box=box,
+                gate=gate,
+                n=n,
+                threads=threads,
+            )
+            patched, ok, claims = out.patched, out.ok, out.claims
+            n_patches, d_abs, resolved, rounds = out.patches, np.abs(out.d), 0, 1
+            certified_min: float | None = None
+            extra = {"calibrated": out.facts}
+            duals: NDArray[np.float32] | None = None  # TODO(calib): multipliers of calibrated rows
+            t_duals = 0.0
+        else:
+            plan = plan_patches(strategy, ctx, points)
+            if len(plan.targets) == 0:
+                raise PatchError("no forget point could be given a certified patch")
+            gate = resolve_gate(gate, len(plan.targets))
+            t_export = clock()
+            patched, plan, ok, resolved = _export_and_recheck(
+                imported,
+                plan,
+                ctx,
+                gate=gate,
+                n=n,
+                margin=margin,
+                forget_x=forget_x,
+                threads=threads,
+            )
+            claims = _claims(request, forget_y, original_pred, plan, ok, margin)
+            n_patches, d_abs, rounds = len(plan.targets), np.abs(plan.d), plan.rounds
+            certified_min = float(plan.certified.min())
+            t_duals = clock()
+            duals = region_duals(
+                head,
+                box,
+                active=plan.active,
+                targets=plan.targets,
+                C=plan.C,
+                d=plan.d,
+                claims=claims,
+            )
+            t_duals = clock() - t_duals
         t_evaluate = clock()
 
-        rows = batch_rows(len(plan.targets), head.classes, head.n_hidden, dense=gate == "dense")
+        rows = batch_rows(n_patches, head.classes, head.n_hidden, dense=gate == "dense")
         usefulness = _utility(
             imported, patched, x_train, y_train, x_test, y_test, request, rows=rows, threads=threads
         )
-        claims = _claims(request, forget_y, original_pred, plan, ok, margin)
-        t_duals = clock()
-        duals = region_duals(
-            head, box, active=plan.active, targets=plan.targets, C=plan.C, d=plan.d, claims=claims
-        )
-        t_duals = clock() - t_duals
         failed = tuple(int(m) for m in np.flatnonzero(~ok))
         method = method_parameters(
             request,
@@ -235,6 +303,14 @@ def unlearn(
             box=box,
             seed=seed,
         )
+        if target_policy == CALIBRATED:
+            method["targets"] = {
+                "source": extra["calibrated"]["target_source"],
+                "calibration": extra["calibrated"]["calibration"],
+                "folds": None if prepared is None else prepared.folds,
+            }
+            if prepared is not None:
+                extra["calibrated"]["prepare_seconds"] = prepared.seconds
         if request.mode == "class":
             method["class_mode"] = "regions"
         finished = clock()
@@ -245,15 +321,15 @@ def unlearn(
             "forget_class": request.forget_class,
             "forget_points": len(forget_y),
             **usefulness,
-            "patches": len(plan.targets),
+            "patches": n_patches,
             "certified": len(claims),
             "failed": list(failed),
             "shared_region_points": shared,
             "distinct_regions": len(set(map(bytes, np.packbits(points.active, axis=1)))),
             "resolved_after_recheck": resolved,
-            "rounds": plan.rounds,
-            "patch_delta_mean": float(np.abs(plan.d).max(axis=1).mean()),
-            "certified_bound_min": float(plan.certified.min()),
+            "rounds": rounds,
+            "patch_delta_mean": float(d_abs.max(axis=1).mean()),
+            "certified_bound_min": certified_min,
             "seconds": finished - started,
             "seconds_prepare": t_solve - started,
             "seconds_solve": t_export - t_solve,
@@ -261,6 +337,7 @@ def unlearn(
             "seconds_evaluate": finished - t_evaluate,
             "seconds_region_certificate": t_duals,
             "peak_rss_mb": peak_rss_mb(),
+            **extra,
         }
         return UnlearnResult(
             patched_model=patched,

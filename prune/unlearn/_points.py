@@ -44,7 +44,11 @@ def forget_points(
     outs = OrtRunner(imported.raw, outputs=names, threads=threads).run(x)
     cut = x.reshape(len(x), -1) if imported.input_space else outs[0].reshape(len(x), -1)
     z_parts = outs[(0 if imported.input_space else 1) : -1]
-    z = np.concatenate([p.reshape(len(x), -1) for p in z_parts], axis=1)
+    z = (
+        np.concatenate([p.reshape(len(x), -1) for p in z_parts], axis=1)
+        if z_parts
+        else np.zeros((len(x), 0), dtype=np.float32)
+    )
     cut64 = cut.astype(np.float64)
     logits64, _ = head.forward(cut64)
     forbidden = np.zeros((len(x), head.classes), dtype=bool)

@@ -35,6 +35,7 @@ def test_honest_proof_verifies(report: VerificationReport) -> None:
         "membership.inference",
         "class.suppression",  # sample deletion: no class claim
         "class.reference",
+        "replay.calibrated",  # flip claims only
     }
     assert all(o.status == "pass" for o in report.outcomes if o.name not in optional)
     report.raise_for_failure()
@@ -68,7 +69,7 @@ def test_table_names_every_check(report: VerificationReport) -> None:
     table = render_table(report)
     assert all(name in table for name in CHECKS)
     assert table.splitlines()[-1].startswith(
-        f"VERIFIED: {len(CHECKS) - 4} passed, 0 failed, 4 not run"
+        f"VERIFIED: {len(CHECKS) - 5} passed, 0 failed, 5 not run"  # + replay.calibrated
     )
 
 
@@ -101,6 +102,7 @@ def test_partial_policy_skips_but_says_so(kit: ProofKit) -> None:
         "region.probes",
         "locality",
         "utility",
+        "replay.calibrated",
     }
     assert "partial" in render_table(report)
 

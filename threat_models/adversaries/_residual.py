@@ -111,7 +111,10 @@ class ResidualMemorisation(Adversary):
         imported = load_model(scenario.original_bytes)
         box = _input_box(honest.method)
         x = honest.forget_x.reshape(len(honest.forget_x), -1)
-        claims = sorted(honest.claims, key=lambda c: c.patch)
+        flip = tuple(c for c in honest.claims if isinstance(c, Claim))
+        if len(flip) != len(honest.claims):
+            raise ScenarioError("the tie patch needs flip claims (a class-choosing target policy)")
+        claims = sorted(flip, key=lambda c: c.patch)
         first = {c.patch: c for c in reversed(claims)}  # one owner per patch (first claim)
         owners = [first[u] for u in range(len(first))]
         active = _patterns(imported, x[[c.leaf_index for c in owners]])
@@ -133,7 +136,7 @@ class ResidualMemorisation(Adversary):
                 targets=targets,
             )
             model = export_patched(imported, patches, box)
-            short = self._short(model, honest.forget_x, honest.claims)
+            short = self._short(model, honest.forget_x, flip)
             if not short.any():
                 break
             margins = margins + short * (scenario.config.margin + slack)

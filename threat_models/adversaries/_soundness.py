@@ -26,6 +26,7 @@ from typing import Any, ClassVar
 import numpy as np
 from numpy.typing import NDArray
 
+from prune.claims import Claim
 from threat_models.adversaries._base import Adversary, DishonestProof, signed, standard
 from threat_models.adversaries._onnx import PREFIX, patch_parameters
 from threat_models.errors import ScenarioError
@@ -335,7 +336,9 @@ class HairMarginPointOnly(Adversary):
         out.mkdir(parents=True)
         honest = scenario.honest
         claims = tuple(
-            replace(c, region="point-only", certified_margin=1e-7) for c in honest.claims
+            replace(c, region="point-only", certified_margin=1e-7)
+            for c in honest.claims
+            if isinstance(c, Claim)  # the scenario's honest owner makes flip claims only
         )
         outcome = Outcome.of(honest).but(claims=claims, duals=None)
         proof = signed(scenario, out / "proof", outcome)

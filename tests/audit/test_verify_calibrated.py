@@ -1,0 +1,215 @@
+"""``replay.calibrated`` and the ``calibrated`` claim kind: an honest calibrated proof verifies;
+each named dishonest variant (re-signed by the owner, so only the claim check can catch it)
+fails with its message; the reader rejects malformed calibrated claims."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audit.verify import (
+    MembershipPolicy,
+    Policy,
+    VerificationReport,
+    VerifyInputs,
+    verify_proof,
+)
+from prune.claims import CalibratedClaim
+from prune.export import export_patched
+from prune.formats import CalibratedClaimRecord, MalformedError
+from prune.formats import parse_claim as _claim
+from prune.model import load_model
+from prune.patched import PatchSet, patch_bounds
+from prune.proofs import generate_keys, write_signed_proof
+from prune.unlearn import UnlearnResult, unlearn
+from prune.unlearn._points import declare_box
+from tests.prune._engine_models import DigitsWork, digits_work
+
+FORGET = np.array([3, 7, 12, 40, 41, 99], dtype=np.int64)
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[DigitsWork, UnlearnResult, Path]:
+    work = digits_work()
+    result = unlearn(
+        work.raw,
+        work.x_train,
+        work.y_train,
+        forget_indices=FORGET,
+        x_test=work.x_test,
+        y_test=work.y_test,
+        target_policy="calibrated",
+    )
+    keys = tmp_path_factory.mktemp("keys")
+    generate_keys(keys)
+    return work, result, keys
+
+
+def _proof(
+    setup: tuple[DigitsWork, UnlearnResult, Path], dest: Path, result: UnlearnResult | None = None
+) -> VerifyInputs:
+    work, honest, keys = setup
+    out = result or honest
+    dest.mkdir()
+    (dest / "model.onnx").write_bytes(out.patched_model)
+    write_signed_proof(
+        dest, result=out, original_model=work.raw, key_path=keys / "owner.key", now=NOW
+    )
+    return VerifyInputs(
+        proof=dest,
+        public_key=keys / "owner.pub",
+        original=work.model_path,
+        forget=dest / "forget.npz",
+        reference=work.folder / "test.npz",
+    )
+
+
+def _verify(inputs: VerifyInputs, policy: Policy | None = None) -> VerificationReport:
+    return verify_proof(
+        inputs, now=NOW + timedelta(minutes=1), rng=np.random.default_rng(0), policy=policy
+    )
+
+
+def _claims(
+    result: UnlearnResult, edit: Callable[[CalibratedClaim], CalibratedClaim]
+) -> UnlearnResult:
+    claims = tuple(edit(c) if isinstance(c, CalibratedClaim) else c for c in result.claims)
+    return dataclasses.replace(result, claims=claims)
+
+
+def test_honest_calibrated_proof_verifies(
+    setup: tuple[DigitsWork, UnlearnResult, Path], tmp_path: Path
+) -> None:
+    report = _verify(_proof(setup, tmp_path / "P"))
+    assert report.verdict == "verified", [
+        (o.name, o.detail) for o in report.outcomes if o.status == "fail"
+    ]
+    outcome = report.outcome("replay.calibrated")
+    assert outcome.status == "pass" and outcome.evidence["claims"] == len(FORGET)
+    assert report.outcome("replay.claims").status == "not-run"
+
+
+def test_calibrated_output_lie_fails(
+    setup: tuple[DigitsWork, UnlearnResult, Path], tmp_path: Path
+) -> None:
+    def lie(c: CalibratedClaim) -> CalibratedClaim:
+        out = list(c.output)
+        out[c.rival] += 0.5
+        return dataclasses.replace(c, output=tuple(out))
+
+    report = _verify(_proof(setup, tmp_path / "P", _claims(setup[1], lie)))
+    outcome = report.outcome("replay.calibrated")
+    assert outcome.status == "fail" and "do not output the declared logits" in outcome.detail
+
+
+def test_calibrated_bound_understated_fails(
+    setup: tuple[DigitsWork, UnlearnResult, Path], tmp_path: Path
+) -> None:
+    def lie(c: CalibratedClaim) -> CalibratedClaim:
+        return dataclasses.replace(c, upper_margin=c.upper_margin - 0.5)
+
+    report = _verify(_proof(setup, tmp_path / "P", _claims(setup[1], lie)))
+    outcome = report.outcome("replay.calibrated")
+    assert outcome.status == "fail"
+    assert "more confident than their claimed bound" in outcome.detail
+    assert "region claims do not hold" in outcome.detail
+
+
+def test_calibrated_constant_patch_is_not_flat_over_the_region(
+    setup: tuple[DigitsWork, UnlearnResult, Path], tmp_path: Path
+) -> None:
+    """The owner outputs the target at the sample with a constant patch (no flattening): the
+    sample itself passes, but the margin grows inside the region beyond the claimed bound."""
+    work, honest, _ = setup
+    imported = load_model(work.raw)
+    head = imported.head
+    box = declare_box(imported, work.x_train)
+    x = honest.forget_x.reshape(len(FORGET), -1).astype(np.float64)
+    logits, z = head.forward(x)
+    claims = [c for c in honest.claims if isinstance(c, CalibratedClaim)]
+    target = np.array([c.output for c in claims])
+    d = target - logits
+    patches = PatchSet(
+        gate="activation",
+        n=float(honest.method["n"]),
+        active=z >= 0,
+        d=d,
+        C=None,
+        K=patch_bounds(None, d, box),
+        targets=np.array([c.rival for c in claims]),
+    )
+    model = export_patched(imported, patches, box)
+    lied = dataclasses.replace(honest, patched_model=model)
+    report = _verify(_proof(setup, tmp_path / "P", lied))
+    outcome = report.outcome("replay.calibrated")
+    assert outcome.status == "fail", outcome.detail
+    assert "region claims do not hold" in outcome.detail
+    assert "declared logits" not in outcome.detail  # the sample itself is honest
+    assert outcome.evidence["region_lps"] > 0
+
+
+def test_two_sided_membership_passes_calibrated_and_reports_two_versions(
+    setup: tuple[DigitsWork, UnlearnResult, Path], tmp_path: Path
+) -> None:
+    policy = Policy(membership=MembershipPolicy(attack="loss", sides="two"))
+    report = verify_proof(
+        _proof(setup, tmp_path / "P"),
+        now=NOW + timedelta(minutes=1),
+        rng=np.random.default_rng(0),
+        policy=policy,
+        checks=["membership.inference"],
+    )
+    outcome = report.outcome("membership.inference")
+    assert outcome.status == "pass", outcome.detail
+    assert "not detectable to a single-model attacker" in outcome.detail
+    assert "two_version_auc" in outcome.evidence
+    assert outcome.evidence["two_version_detectable"] is True  # a local patch always is
+
+
+def _record() -> dict[str, object]:
+    return CalibratedClaimRecord(
+        leaf_index=0,
+        label=1,
+        rival=2,
+        patch=0,
+        upper_margin="1.5",
+        output=("0.0", "2.0", "0.5"),
+        source="cross-fitted",
+    ).to_dict()
+
+
+def test_calibrated_record_round_trip_and_obligation() -> None:
+    doc = _record()
+    back = _claim(doc, "claims[0]")
+    assert isinstance(back, CalibratedClaimRecord) and back.to_dict() == doc
+    rows = back.obligations(3)
+    np.testing.assert_array_equal(rows.coeffs, [[0.0, 1.0, -1.0]])
+    np.testing.assert_array_equal(rows.bound, [1.5])
+    assert rows.scope == "patch" and rows.patch == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"kind": "teleport"}, "unknown claim kind"),
+        ({"kind_version": 2}, "kind_version"),
+        ({"rival": 1}, "two different classes"),
+        ({"rival": 3}, "two different classes"),
+        ({"region": "point-only"}, "region claim"),
+        ({"source": "guess"}, "source"),
+        ({"upper_margin": 1.5}, "expected a string"),
+        ({"upper_margin": "1.50"}, "upper_margin"),
+        ({"output": ["1.0"]}, "at least two"),
+        ({"extra": 1}, "extra"),
+    ],
+)
+def test_malformed_calibrated_records_are_rejected(change: dict[str, object], message: str) -> None:
+    doc = {**_record(), **change}
+    with pytest.raises(MalformedError, match=message):
+        _claim(doc, "claims[0]")

@@ -1,0 +1,290 @@
+"""Calibrated unlearning (issue 13): ``prune prepare``, calibrated targets, the flat-margin patch
+and its claims, on a tiny digits MLP."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from prune.baselines import TrainRecipe
+from prune.calibrate import (
+    PreparedReferences,
+    class_conditional_targets,
+    cross_fitted_targets,
+    load_prepared,
+    prepare,
+    save_prepared,
+    true_class_margins,
+)
+from prune.claims import CalibratedClaim
+from prune.cli import cli
+from prune.errors import DataError, PatchError, PruneError
+from prune.export import OUTPUT
+from prune.model import OrtRunner, load_model
+from prune.train import TrainConfig
+from prune.unlearn import unlearn
+from tests.prune._engine_models import DigitsWork, digits_work
+
+FORGET = np.array([3, 7, 12, 40, 41, 99, 250, 600], dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def work() -> DigitsWork:
+    return digits_work()
+
+
+def _recipe(work: DigitsWork) -> TrainRecipe:
+    config = TrainConfig(arch="mlp", hidden=(16, 16), epochs=8, seed=0)
+    return TrainRecipe(config=config, input_shape=(64,), classes=10)
+
+
+@pytest.fixture(scope="module")
+def prepared(work: DigitsWork) -> PreparedReferences:
+    return prepare(
+        work.raw, work.x_train, work.y_train, recipe=_recipe(work), folds=3, x_heldout=work.x_test
+    )
+
+
+def test_prepare_every_row_is_out_of_exactly_one_fold(
+    work: DigitsWork, prepared: PreparedReferences
+) -> None:
+    assert prepared.folds == 3
+    assert np.bincount(prepared.fold).min() >= len(work.y_train) // 3
+    assert prepared.out_logits.shape == (len(work.y_train), 10)
+    assert prepared.heldout_folds is not None and prepared.heldout_folds.shape[0] == 3
+    # the out-model is less sure of a training row than the original (which saw it)
+    original = OrtRunner(work.raw, outputs=[load_model(work.raw).head.output]).run(work.x_train)[0]
+    m_in = true_class_margins(original, work.y_train).mean()
+    m_out = true_class_margins(prepared.out_logits, work.y_train).mean()
+    assert m_out < m_in
+
+
+def test_prepared_round_trip_and_digest_binding(
+    work: DigitsWork, prepared: PreparedReferences, tmp_path: Path
+) -> None:
+    save_prepared(prepared, tmp_path / "p")
+    back = load_prepared(tmp_path / "p", model=work.raw, x_train=work.x_train, y_train=work.y_train)
+    np.testing.assert_array_equal(back.out_logits, prepared.out_logits)
+    np.testing.assert_array_equal(back.fold, prepared.fold)
+    with pytest.raises(DataError, match="another model"):
+        load_prepared(
+            tmp_path / "p", model=work.raw + b"x", x_train=work.x_train, y_train=work.y_train
+        )
+    other_y = work.y_train.copy()
+    other_y[0] = (other_y[0] + 1) % 10
+    with pytest.raises(DataError, match="other training data"):
+        load_prepared(tmp_path / "p", model=work.raw, x_train=work.x_train, y_train=other_y)
+    with pytest.raises(PruneError, match="not empty"):
+        save_prepared(prepared, tmp_path / "p")
+
+
+def test_cross_fitted_targets_keep_out_model_distribution(prepared: PreparedReferences) -> None:
+    rows = FORGET
+    original = np.zeros((len(rows), 10)) + 3.0
+    plain = cross_fitted_targets(prepared, rows, original, calibration="none")
+    scaled = cross_fitted_targets(prepared, rows, original, calibration="temperature")
+    out = prepared.out_logits[rows].astype(np.float64)
+    # softmax-equivalent to the out-model's logits; the mean is the original's
+    np.testing.assert_allclose(
+        plain.logits - plain.logits.mean(1, keepdims=True),
+        out - out.mean(1, keepdims=True),
+        atol=1e-5,
+    )
+    np.testing.assert_allclose(plain.logits.mean(axis=1), 3.0)
+    assert len(scaled.scales) == 3 and all(s > 0 for s in scaled.scales)
+    assert scaled.source == "cross-fitted"
+
+
+def test_class_conditional_targets_match_held_out_quantiles() -> None:
+    rng = np.random.default_rng(0)
+    member = rng.normal(size=(400, 3))
+    member[np.arange(400), 0] += 6.0  # members of class 0 are confident
+    held = rng.normal(size=(400, 3))
+    held[np.arange(400), 0] += 2.0  # non-members less so
+    y = np.zeros(400, dtype=np.int64)
+    forget = member[:50]
+    out = class_conditional_targets(
+        forget, y[:50], member_logits=member, member_y=y, heldout_logits=held, heldout_y=y
+    )
+    got = true_class_margins(out.logits, y[:50])
+    want = np.median(true_class_margins(held, y))
+    assert abs(np.median(got) - want) < 0.6
+    np.testing.assert_array_equal(out.logits[:, 1:], forget[:, 1:])  # only the label moves
+    assert out.source == "class-conditional"
+
+
+def test_calibrated_unlearn_matches_targets_with_a_flat_certified_margin(
+    work: DigitsWork, prepared: PreparedReferences
+) -> None:
+    result = unlearn(
+        work.raw,
+        work.x_train,
+        work.y_train,
+        forget_indices=FORGET,
+        x_test=work.x_test,
+        y_test=work.y_test,
+        target_policy="calibrated",
+        prepared=prepared,
+    )
+    assert result.complete and len(result.claims) == len(FORGET)
+    logits = OrtRunner(result.patched_model, outputs=[OUTPUT]).run(result.forget_x)[0]
+    targets = cross_fitted_targets(
+        prepared,
+        FORGET,
+        OrtRunner(work.raw, outputs=[load_model(work.raw).head.output])
+        .run(result.forget_x)[0]
+        .astype(np.float64),
+    ).logits
+    for claim in result.claims:
+        assert isinstance(claim, CalibratedClaim)
+        row = logits[claim.leaf_index].astype(np.float64)
+        np.testing.assert_allclose(row, claim.output, atol=1e-3 * (1 + np.abs(row).max()))
+        assert row[claim.label] - row[claim.rival] <= claim.upper_margin
+        assert claim.source == "cross-fitted"
+    # a point that has its own region gets its target (up to float32)
+    np.testing.assert_allclose(logits[0], targets[0], atol=1e-3 * (1 + np.abs(targets[0]).max()))
+    # the true-class margin is flat over the region: probe points that keep the pattern
+    imported = load_model(work.raw)
+    head = imported.head
+    rng = np.random.default_rng(0)
+    x0 = result.forget_x[0].astype(np.float64)
+    _, z0 = head.forward(x0[None])
+    claim = result.claims[0]
+    assert isinstance(claim, CalibratedClaim)
+    kept = 0
+    for _ in range(40):
+        x = np.clip(x0 + rng.normal(scale=1e-3, size=x0.shape), 0.0, 1.0)
+        _, z = head.forward(x[None])
+        if not np.array_equal(z >= 0, z0 >= 0):
+            continue
+        kept += 1
+        out = OrtRunner(result.patched_model, outputs=[OUTPUT]).run(x[None].astype(np.float32))[0]
+        margin = float(out[0, claim.label] - out[0, claim.rival])
+        assert margin <= claim.upper_margin + 1e-4
+        assert margin == pytest.approx(claim.upper_margin, abs=2e-2)
+    assert kept > 0
+    assert result.summary["calibrated"]["target_source"] == "cross-fitted"
+    assert result.method["targets"]["source"] == "cross-fitted"
+
+
+def test_calibrated_without_preparation_uses_held_out_statistics(work: DigitsWork) -> None:
+    result = unlearn(
+        work.raw,
+        work.x_train,
+        work.y_train,
+        forget_indices=FORGET,
+        x_test=work.x_test,
+        y_test=work.y_test,
+        target_policy="calibrated",
+    )
+    assert result.complete
+    assert {c.source for c in result.claims if isinstance(c, CalibratedClaim)} == {
+        "class-conditional"
+    }
+    with pytest.raises(PatchError, match="needs prepared reference models"):
+        unlearn(
+            work.raw, work.x_train, work.y_train, forget_indices=FORGET, target_policy="calibrated"
+        )
+    with pytest.raises(PatchError, match="sample deletion"):
+        unlearn(
+            work.raw,
+            work.x_train,
+            work.y_train,
+            forget_class=3,
+            x_test=work.x_test,
+            y_test=work.y_test,
+            target_policy="calibrated",
+        )
+
+
+def test_prepare_and_calibrated_unlearn_cli(work: DigitsWork, tmp_path: Path) -> None:
+    recipe = {
+        "config": {
+            "arch": "mlp",
+            "hidden": [16, 16],
+            "epochs": 2,
+            "batch_size": 128,
+            "lr": 0.001,
+            "weight_decay": 0.0,
+            "seed": 0,
+        },
+        "input_shape": [64],
+        "classes": 10,
+    }
+    (tmp_path / "train.json").write_text(json.dumps(recipe))
+    runner = CliRunner()
+    args = [
+        "prepare",
+        str(work.model_path),
+        "--train",
+        str(work.folder / "train.npz"),
+        "--test",
+        str(work.folder / "test.npz"),
+        "--recipe",
+        str(tmp_path / "train.json"),
+        "--folds",
+        "2",
+        "--out",
+        str(tmp_path / "prep"),
+    ]
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads((tmp_path / "prep" / "manifest.json").read_text())
+    assert manifest["folds"] == 2 and manifest["version"] == 1
+    (tmp_path / "f.txt").write_text("3\n7\n12\n")
+    res = runner.invoke(
+        cli,
+        [
+            "unlearn",
+            str(work.model_path),
+            "--train",
+            str(work.folder / "train.npz"),
+            "--forget-indices",
+            str(tmp_path / "f.txt"),
+            "--prepared",
+            str(tmp_path / "prep"),
+            "--out",
+            str(tmp_path / "P"),
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "P" / "summary.json").read_text())
+    assert summary["certified"] == 3  # --prepared alone: the default policy is calibrated
+    assert summary["method"]["target_policy"] == "calibrated"
+    assert summary["method"]["targets"] == {
+        "source": "cross-fitted",
+        "calibration": "temperature",
+        "folds": 2,
+    }
+    # --prepared with another policy, and a folder prepared elsewhere, are usage errors
+    res = runner.invoke(
+        cli,
+        [
+            "unlearn",
+            str(work.model_path),
+            "--train",
+            str(work.folder / "train.npz"),
+            "--forget-indices",
+            str(tmp_path / "f.txt"),
+            "--target-policy",
+            "runner-up",
+            "--prepared",
+            str(tmp_path / "prep"),
+            "--out",
+            str(tmp_path / "Q"),
+        ],
+    )
+    assert res.exit_code == 2 and "only used with" in res.output
+    res = runner.invoke(cli, args)
+    assert res.exit_code == 2 and "not empty" in res.output
+
+
+def test_default_policy_is_calibrated_only_with_prepared_references() -> None:
+    from prune.targets import default_policy
+
+    assert default_policy(prepared=True) == "calibrated"
+    assert default_policy(prepared=False) == "runner-up"
