@@ -55,6 +55,8 @@ GiB = 1 << 30
 
 _MAX_NPY_HEADER = 64 * 1024
 
+_MAX_LABEL = 1 << 16  # far above any classifier's class count; -1 or 10**12 is not a label
+
 PROOF_FILES = {"model": "model.onnx", "certificate": "certificate.json", "signature": "model.sig"}
 
 
@@ -201,6 +203,11 @@ def load_reference(path: Path, *, limits: Limits) -> tuple[NDArray[np.float32], 
     _check_samples(x, "reference data", limits, InputError)
     if y.shape != (x.shape[0],):
         raise InputError(f"reference data: y has shape {y.shape}, expected [{x.shape[0]}]")
+    if y.size and (int(y.min()) < 0 or int(y.max()) >= _MAX_LABEL):
+        raise InputError(
+            f"reference data: labels must be class indices in 0..{_MAX_LABEL - 1}, "
+            f"found {int(y.min())}..{int(y.max())}"
+        )
     return np.ascontiguousarray(x, dtype=np.float32), y.astype(np.int64)
 
 

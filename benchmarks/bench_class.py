@@ -84,15 +84,24 @@ def _ensure(key: ArtifactKey) -> None:
 def _retrained(orig: Any, dataset: str, arch: str, k: int, seed: int) -> bytes:
     folder = WORK / "class-retrain" / f"{dataset}-{arch}-class-{k}-s{seed}"
     path = folder / "model.onnx"
+    lock = folder / "training.lock"  # another process (--retrain-only) is training this one
+    while lock.is_file() and not path.is_file():
+        time.sleep(10)
     if not path.is_file():
         folder.mkdir(parents=True, exist_ok=True)
+        lock.write_text(f"{os.getpid()}\n")
         keep = np.flatnonzero(orig.y_train != k)
         start = time.perf_counter()
         model = fit(orig.recipe, orig.x_train[keep], orig.y_train[keep], seed=seed)
         export_onnx(model, folder / "tmp.onnx", input_shape=orig.recipe.input_shape)
         (folder / "seconds.txt").write_text(f"{time.perf_counter() - start:.3f}\n")
         (folder / "tmp.onnx").replace(path)
+        lock.unlink()
     return path.read_bytes()
+
+
+def _correct(z: np.ndarray, y: np.ndarray, classes: int) -> list[int]:
+    return [int(((z.argmax(1) == c) & (y == c)).sum()) for c in range(classes)]
 
 
 def _per_class(z: np.ndarray, y: np.ndarray, classes: int) -> list[float]:
@@ -121,7 +130,22 @@ def _mia(
     }
 
 
-def run(model: str) -> dict[str, Any]:
+def _write(model: str, rows: list[dict[str, Any]], *, complete: bool) -> Path:
+    """Written after every class, so that an interrupted run keeps what it measured."""
+    doc = {
+        "version": 1,
+        "model": model,
+        "complete": complete,
+        "classes": rows,
+        "machine": machine(),
+        "loadavg_end": list(os.getloadavg()),
+    }
+    path = REPO / "benchmarks" / "results" / f"class-{model}.json"
+    path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def run(model: str, order: tuple[int, ...] | None = None) -> Path:
     dataset, _, arch = model.rpartition("-")
     torch.set_num_threads(1)
     for kind in ("original", "mia-refs"):
@@ -130,9 +154,10 @@ def run(model: str) -> dict[str, Any]:
     refs = load_mia_references(WORK, orig, dataset, arch, 0)
     classes = int(orig.recipe.classes)
     z_test = logits(orig.onnx, orig.x_test, threads=1)
+    z_train = logits(orig.onnx, orig.x_train, threads=1)
     before = _per_class(z_test, orig.y_test, classes)
     rows: list[dict[str, Any]] = []
-    for k in CLASSES[model]:
+    for k in order or CLASSES[model]:
         result = unlearn(
             orig.onnx,
             orig.x_train,
@@ -146,7 +171,8 @@ def run(model: str) -> dict[str, Any]:
         s = result.summary
         zp_test = logits(patched, orig.x_test, threads=1)
         after = _per_class(zp_test, orig.y_test, classes)
-        zp_train_k = logits(patched, orig.x_train[orig.y_train == k], threads=1)
+        zp_train = logits(patched, orig.x_train, threads=1)
+        zp_train_k = zp_train[orig.y_train == k]
         retrained = [_retrained(orig, dataset, arch, k, seed) for seed in RETRAIN_SEEDS]
         kx = orig.x_test[orig.y_test == k]
         zr = [logits(r, kx, threads=1) for r in retrained]
@@ -196,8 +222,8 @@ def run(model: str) -> dict[str, Any]:
                 "class_test_accuracy_before": before[k],
                 "class_test_accuracy_after": after[k],
                 "class_train_accuracy_after": float((zp_train_k.argmax(1) == k).mean()),
-                "class_train_correct_before": int(
-                    round(s["forget_accuracy_before"] * s["forget_points"])
+                "class_train_correct_before": round(
+                    s["forget_accuracy_before"] * s["forget_points"]
                 ),
                 "class_test_correct_before": int(
                     ((z_test.argmax(1) == k) & (orig.y_test == k)).sum()
@@ -207,6 +233,8 @@ def run(model: str) -> dict[str, Any]:
                 ),
                 "other_test_accuracy_before": {str(c): before[c] for c in others},
                 "other_test_accuracy_after": {str(c): after[c] for c in others},
+                "train_correct_before": _correct(z_train, orig.y_train, classes),
+                "train_correct_after": _correct(zp_train, orig.y_train, classes),
                 "worst_other_change_points": 100 * min(after[c] - before[c] for c in others),
                 "kl": kl,
                 "mia": mia,
@@ -241,23 +269,135 @@ def run(model: str) -> dict[str, Any]:
         )
         print(json.dumps(kl), flush=True)
         print(json.dumps(mia), flush=True)
-    return {
-        "version": 1,
-        "model": model,
-        "classes": rows,
-        "machine": machine(),
-        "loadavg_end": list(os.getloadavg()),
-    }
+        _write(model, rows, complete=False)
+    return _write(model, rows, complete=True)
+
+
+def _ci(e: dict[str, float]) -> str:
+    return f"{e['value']:.3f} [{e['low']:.3f}, {e['high']:.3f}]"
+
+
+def table() -> str:
+    """The markdown table of docs/BENCHMARKS.md ("Class unlearning") from the recorded results."""
+    head = (
+        "| model | K | class-K test acc before -> after | class-K train acc after | worst other "
+        "class (points) | unlearn s | KL / floor (plain) | KL / floor (T learnt) | CMIA AUC "
+        "patched / retrained | RMIA AUC patched / retrained | inference ratio | load |\n"
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
+    )
+    lines = []
+    for model in CLASSES:
+        path = REPO / "benchmarks" / "results" / f"class-{model}.json"
+        if not path.is_file():
+            continue
+        doc = json.loads(path.read_text())
+        for r in doc["classes"]:
+            mia, kl = r["mia"], r["kl"]
+            lines.append(
+                f"| {model} | {r['class']} | {r['class_test_accuracy_before']:.3f} -> "
+                f"{r['class_test_accuracy_after']:.3f} | {r['class_train_accuracy_after']:.3f} | "
+                f"{r['worst_other_change_points']:+.2f} | {r['unlearn_seconds']:.2f} | "
+                f"{kl['ratio_to_floor']:.2f} (floor {0.5 * (kl['floor_r1_r2'] + kl['floor_r2_r1']):.3f}) | "
+                f"{kl.get('ratio_calibrated', float('nan')):.2f} "
+                f"(T={kl.get('calibrated_temperature', float('nan')):.2f}) | "
+                f"{_ci(mia['patched']['cmia'])} / {_ci(mia['retrained']['cmia'])} | "
+                f"{_ci(mia['patched']['rmia'])} / {_ci(mia['retrained']['rmia'])} | "
+                f"{r['inference']['ratio']:.2f} | {r['loadavg'][0]:.1f} |"
+            )
+    return head + "\n".join(lines) + "\n"
+
+
+NOTES = REPO / "benchmarks" / "class_notes.md"
+SECTION = REPO / "benchmarks" / "results" / "class-unlearning.md"
+
+
+def paper() -> str:
+    """Fashion-MNIST class 5 against the journal's class-level numbers (DESIGN.md §3.8)."""
+    lines = []
+    for model in ("fashion-mnist-mlp", "fashion-mnist-cnn"):
+        path = REPO / "benchmarks" / "results" / f"class-{model}.json"
+        if not path.is_file():
+            continue
+        for r in json.loads(path.read_text())["classes"]:
+            if r["class"] != 5:
+                continue
+            c7 = 100 * (r["other_test_accuracy_after"]["7"] - r["other_test_accuracy_before"]["7"])
+            c7_train = (
+                f"class 7 correct training samples {r['train_correct_before'][7]} -> "
+                f"{r['train_correct_after'][7]}, "
+                if "train_correct_before" in r
+                else ""
+            )
+            lines.append(
+                f"- **{model}, class 5**: correct test samples of class 5 "
+                f"{r['class_test_correct_before']} -> {r['class_test_correct_after']} (paper: "
+                f"944 -> 84); correct training samples {r['class_train_correct_before']} -> "
+                f"{round(r['class_train_accuracy_after'] * r['class_train_correct_before'])} "
+                f"(paper: 5777 -> 0); {c7_train}class 7 test accuracy change {c7:+.2f} points (paper: class "
+                "7 training samples 5702 -> 4540, -20.4 %; suppression cannot lower any other "
+                "class: an input predicted j != 5 keeps j)."
+            )
+    return "\n".join(lines) + "\n" if lines else "(no Fashion-MNIST class-5 result recorded)\n"
+
+
+def section() -> Path:
+    """benchmarks/results/class-unlearning.md: the notes with the table and the paper rows."""
+    text = (
+        NOTES.read_text().replace("{table}", table().rstrip()).replace("{paper}", paper().rstrip())
+    )
+    SECTION.write_text(text.rstrip() + "\n")
+    _splice(REPO / "docs" / "BENCHMARKS.md", text.rstrip() + "\n")
+    return SECTION
+
+
+def _splice(doc: Path, text: str) -> None:
+    """Put the section where ``benchmarks.study`` includes it (before the performance rows),
+    replacing an earlier copy, so that the doc matches a regeneration."""
+    body = doc.read_text()
+    anchor = "## Performance rows from the other benchmarks"
+    first = text.splitlines()[0]
+    if first in body:
+        start = body.index(first)
+        body = body[:start] + body[body.index(anchor, start) :]
+    at = body.index(anchor)
+    doc.write_text(body[:at] + text + "\n" + body[at:])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--model", choices=sorted(CLASSES), required=True)
+    parser.add_argument("--model", choices=sorted(CLASSES))
+    parser.add_argument(
+        "--classes", help="comma-separated classes, in this order (default: the model's three)"
+    )
+    parser.add_argument(
+        "--retrain-only",
+        type=int,
+        metavar="SEED",
+        help="only train (and cache) the retrained models of --classes with this seed, so that "
+        "a second process can share the retraining of one class",
+    )
+    parser.add_argument("--table", action="store_true", help="print the BENCHMARKS.md table")
+    parser.add_argument(
+        "--section", action="store_true", help="write benchmarks/results/class-unlearning.md"
+    )
     args = parser.parse_args()
-    out = run(args.model)
-    path = REPO / "benchmarks" / "results" / f"class-{args.model}.json"
-    path.write_text(json.dumps(out, indent=2, sort_keys=True) + "\n")
-    print(f"wrote {path}")
+    if args.retrain_only is not None and args.model:
+        dataset, _, arch = args.model.rpartition("-")
+        orig = load_original(WORK, dataset, arch, 0)
+        torch.set_num_threads(1)
+        for k in (
+            tuple(int(c) for c in args.classes.split(",")) if args.classes else CLASSES[args.model]
+        ):
+            _retrained(orig, dataset, arch, k, args.retrain_only)
+    elif args.section:
+        print(f"wrote {section()}")
+    elif args.table:
+        print(table(), end="")
+    elif args.model:
+        order = tuple(int(c) for c in args.classes.split(",")) if args.classes else None
+        print(f"wrote {run(args.model, order)}")
+    else:
+        parser.error("give --model or --table")
 
 
 if __name__ == "__main__":

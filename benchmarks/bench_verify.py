@@ -1,8 +1,12 @@
 """Benchmark ``audit verify`` against the issue's targets and record the numbers.
 
-Targets (issue #4): verifying a proof with 600 forget points and 10,000 reference points, all
-checks but membership inference, <= 10 s on this CPU; replay throughput of the Fashion-MNIST
-MLP >= 50,000 samples/s.
+Targets (issues #4, #11, #16): verifying a proof with 600 forget points and 10,000 reference
+points, all checks but membership inference, <= 5 s on this CPU (issue #4 asked 10 s); replay
+throughput of the patched Fashion-MNIST MLP >= 50,000 samples/s. ``--gate`` picks the patch's gate
+(``routed`` by default: its serving cost does not grow with the patches). Issue #11: that
+verification includes the exact region certificate of *every* claim (``region.certificate``), and
+the certificate check alone costs <= 5 ms per claim (measured separately: the check re-run on a
+warm context, median of 3).
 
 Setup: ``prune train --dataset fashion-mnist --arch mlp`` (784-256-256-10), then a proof for
 600 training points: with ``--engine prune`` by ``prune unlearn --key`` (the real patch engine),
@@ -71,12 +75,18 @@ def build_work(cache: Path) -> Path:
     return work
 
 
-def build_proof(cache: Path, work: Path, *, engine: str, forget: int) -> tuple[Path, Path]:
-    """(proof folder, owner public key); cached per engine and size."""
+def build_proof(
+    cache: Path, work: Path, *, engine: str, forget: int, gate: str
+) -> tuple[Path, Path]:
+    """(proof folder, owner public key); cached per engine, size and gate."""
     keys = cache / "keys"
     if not keys.exists():
         _run([str(BIN / "prune"), "keygen", "--out", str(keys)])
-    proof = cache / f"proof-{engine}-{forget}"
+    proof = (
+        cache / f"proof-{engine}-{forget}"
+        if gate == "activation"
+        else (cache / f"proof-{engine}-{forget}-{gate}")
+    )
     if (proof / "certificate.json").exists():
         return proof, keys / "owner.pub"
     shutil.rmtree(proof, ignore_errors=True)
@@ -100,6 +110,8 @@ def build_proof(cache: Path, work: Path, *, engine: str, forget: int) -> tuple[P
                 str(keys / "owner.key"),
                 "--out",
                 str(proof),
+                "--gate",
+                gate,
             ]
         )
     else:
@@ -125,6 +137,28 @@ def build_proof(cache: Path, work: Path, *, engine: str, forget: int) -> tuple[P
     return proof, keys / "owner.pub"
 
 
+def certificate_alone(inputs: VerifyInputs, *, now: datetime, seed: int) -> float:
+    """Seconds of ``region.certificate`` alone on a warm context (models loaded, forget samples
+    evaluated), median of 3 runs; the run must pass."""
+    from audit.proof import Limits
+    from audit.verify import Policy, VerifyContext
+    from audit.verify._certificate import RegionCertificate
+
+    ctx = VerifyContext(
+        inputs, policy=Policy(), limits=Limits(), now=now, rng=np.random.default_rng(seed)
+    )
+    check = RegionCertificate()
+    first = check.run(ctx)
+    if first.status != "pass":
+        raise SystemExit(f"region.certificate did not pass: {first.detail}")
+    seconds = []
+    for _ in range(3):
+        start = time.perf_counter()
+        check.run(ctx)
+        seconds.append(time.perf_counter() - start)
+    return statistics.median(seconds)
+
+
 def replay_throughput(model: Path, x: np.ndarray[Any, Any]) -> float:
     session = OnnxModel(model)
     session.logits(x[:4096])  # warm up
@@ -143,11 +177,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", type=Path, default=None, help="reuse WORK/keys/proof here")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--gate", choices=["activation", "dense", "routed"], default="routed")
     args = parser.parse_args(argv)
     cache = args.cache or Path(tempfile.mkdtemp(prefix="bench-verify-"))
     cache.mkdir(parents=True, exist_ok=True)
     work = build_work(cache)
-    proof, public_key = build_proof(cache, work, engine=args.engine, forget=args.forget)
+    proof, public_key = build_proof(
+        cache, work, engine=args.engine, forget=args.forget, gate=args.gate
+    )
     payload = json.loads(Envelope.from_json((proof / "certificate.json").read_bytes()).payload)
     created = datetime.strptime(payload["predicate"]["created"], "%Y-%m-%dT%H:%M:%SZ")
     now = created.replace(tzinfo=UTC) + timedelta(minutes=10)
@@ -192,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     with np.load(work / "test.npz") as test:
         x_ref = np.ascontiguousarray(test["x"], dtype=np.float32)
+    certificate_s = certificate_alone(inputs, now=now, seed=args.seed)
+    claims = len(payload["predicate"]["claims"])
     patched_tput = replay_throughput(proof / "model.onnx", x_ref)
     original_tput = replay_throughput(work / "model.onnx", x_ref)
     import onnxruntime
@@ -204,6 +243,7 @@ def main(argv: list[str] | None = None) -> int:
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "loadavg_before": [round(v, 2) for v in load_before],
+            "note": "2 cores shared by 8 engineers during the run; see the load averages",
             "onnxruntime": onnxruntime.__version__,
             "providers": report.settings.get("providers"),
         },
@@ -219,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
         },
         "verdict": report.verdict,
         "verify_in_process_s": round(in_process, 3),
+        "certificate_check_s": round(certificate_s, 4),
+        "certificate_ms_per_claim": round(1000 * certificate_s / claims, 3),
         "verify_cpu_s": round(cpu_seconds, 3),
         "loadavg_after": [round(v, 2) for v in os.getloadavg()],
         "seconds_per_check": {o.name: round(o.seconds, 4) for o in report.outcomes},
@@ -233,15 +275,26 @@ def main(argv: list[str] | None = None) -> int:
             "original": round(original_tput),
         },
         "targets": {
-            "verify_s": 10.0,
-            "verify_met": in_process <= 10.0,
+            "verify_s": 5.0,
+            "verify_met": in_process <= 5.0,
             "replay_samples_per_s": 50000,
             "replay_met": patched_tput >= 50000,
+            "certificate_ms_per_claim": 5.0,
+            "certificate_met": 1000 * certificate_s / claims <= 5.0,
         },
         "evidence": {
             o.name: o.evidence
             for o in report.outcomes
-            if o.name in ("region.probes", "locality", "utility", "replay.claims")
+            if o.name
+            in (
+                "claims.policy",
+                "region.certificate",
+                "region.probes",
+                "locality",
+                "utility",
+                "replay.claims",
+                "replay.batch",
+            )
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -253,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
                 for k in (
                     "verify_in_process_s",
                     "verify_cpu_s",
+                    "certificate_ms_per_claim",
                     "cli",
                     "replay_samples_per_s",
                     "targets",

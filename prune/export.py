@@ -2,9 +2,16 @@
 
 Invariant, tested byte for byte: every node and initializer of the original graph is kept
 unchanged and in place (same names, order, attributes, raw data); the patch adds only nodes and
-initializers named ``prune/patch/*``, appended after the original ones, and replaces the graph
-outputs by the single ``prune/output = original_output + sum_u h_u``. A verifier can therefore
-diff the file against the committed original and inspect the patch subgraph on its own."""
+initializers named ``prune/patch/*``, appended after the original ones, and
+``prune/output = logits + sum_u h_u``. A verifier can therefore diff the file against the
+committed original and inspect the patch subgraph on its own.
+
+Output tail (docs/FORMATS.md, "Output tail"): when the original computes its outputs from the
+logits through more nodes (Softmax, ArgMax, label lookup, ...), those *tail* nodes are moved after
+the patch subgraph, each unchanged except that every read of the logits reads ``prune/output``
+instead; the graph outputs keep their names, order and types, with the logits (if they were an
+output) replaced by ``prune/output``, and ``prune/output`` appended when they were not. Without a
+tail this is the v1 form: the single output ``prune/output``."""
 
 from __future__ import annotations
 
@@ -14,16 +21,18 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prune.errors import PatchError
-from prune.gates import make_gate
+from prune.gates import RoutedGate, make_gate
 from prune.model import ImportedModel
 from prune.patched import PatchSet
 from prune.regions import InputBox
 
-__all__ = ["FORMAT", "OUTPUT", "PREFIX", "export_patched"]
+__all__ = ["FORMAT", "OUTPUT", "PREFIX", "TAIL_FORM", "export_patched"]
 
 FORMAT = "prune/patch/v1"
 PREFIX = "prune/patch/"
 OUTPUT = "prune/output"
+TAIL_FORM = "replay"
+"""Metadata ``prune.tail``: the original's output tail replayed on ``prune/output``."""
 
 
 class _Sink:
@@ -40,6 +49,13 @@ class _Sink:
         node_name = PREFIX + ("output" if name == OUTPUT else name)
         self.nodes.append(helper.make_node(op, inputs, [out], name=node_name, **attrs))
         return out
+
+    def param(self, name: str, value: NDArray[np.generic]) -> str:
+        """A patch parameter: always an initializer (covered by the patch digest)."""
+        from onnx import numpy_helper
+
+        self.initializers.append(numpy_helper.from_array(np.asarray(value), name=PREFIX + name))
+        return PREFIX + name
 
     def const(self, name: str, value: NDArray[np.generic]) -> str:
         """Float32 values become initializers (the patch parameters, all covered by the patch
@@ -61,16 +77,15 @@ class _Sink:
 def export_patched(model: ImportedModel, patches: PatchSet, box: InputBox) -> bytes:
     """Serialized patched model; passes ``onnx.checker``. ``model.raw`` is not modified."""
     import onnx
-    from onnx import TensorProto, helper
 
     head = model.head
     if len(patches) == 0:
         raise PatchError("no patches to export")
     proto = onnx.load_from_string(model.raw)
-    graph = proto.graph
     sink = _Sink()
-    for key, value in patches.parameters(head, box).items():
-        sink.const(key, value)
+    params = patches.parameters(head, box)
+    for key, value in params.items():
+        sink.param(key, value)
     x = sink.node("Flatten", [head.cut], name="x", axis=1)
     flat_z = [
         sink.node("Flatten", [name], name=f"z{i}", axis=1) for i, name in enumerate(head.hidden)
@@ -80,27 +95,63 @@ def export_patched(model: ImportedModel, patches: PatchSet, box: InputBox) -> by
     else:
         z = sink.node("Mul", [x, sink.const("no_hidden", np.zeros((0,), np.float32))], name="z")
     n_patches, n_out = patches.d.shape
-    g = make_gate(patches.gate).onnx_gate(
-        sink, x=x, z=z, n=PREFIX + "n", patches=n_patches, hidden=head.n_hidden
-    )
+    gate = make_gate(patches.gate)
+    if isinstance(gate, RoutedGate):
+        h_sum = gate.onnx_delta(
+            sink,
+            x=x,
+            z=z,
+            n=PREFIX + "n",
+            params=params,
+            linear=_gate_linear(patches),
+            affine=patches.C is not None,
+            hidden=head.n_hidden,
+            classes=n_out,
+        )
+        sink.node("Add", [head.output, h_sum], name=OUTPUT)
+        return _finish(proto, sink, patches.gate, head, n_out, model.tail)
+    g = gate.onnx_gate(sink, x=x, z=z, n=PREFIX + "n", patches=n_patches, hidden=head.n_hidden)
     if _gate_linear(patches):
         h_sum = sink.node("MatMul", [g, PREFIX + "d"], name="h_sum")
     else:
         h_sum = _patch_networks(sink, x, g, patches)
     sink.node("Add", [head.output, h_sum], name=OUTPUT)
+    return _finish(proto, sink, patches.gate, head, n_out, model.tail)
 
+
+def _finish(
+    proto: Any, sink: _Sink, gate: str, head: Any, n_out: int, tail_nodes: tuple[int, ...]
+) -> bytes:
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = proto.graph
     graph.initializer.extend(sink.initializers)
-    graph.node.extend(sink.nodes)
     batch = _batch_dim(graph.output[0])
+    out_info = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, n_out])
+    tail_positions = set(tail_nodes)
+    kept = [_copy(node) for i, node in enumerate(graph.node) if i not in tail_positions]
+    tail = [_rewired(graph.node[i], head.output) for i in sorted(tail_positions)]
+    del graph.node[:]
+    graph.node.extend([*kept, *sink.nodes, *tail])
+    outputs = [out_info if o.name == head.output else o for o in graph.output]
+    if not tail_positions:
+        outputs = [out_info]
+    elif all(o.name != head.output for o in graph.output):
+        outputs.append(out_info)
+    kept_outputs = [_copy(o) for o in outputs]
     del graph.output[:]
-    graph.output.append(helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, n_out]))
-    for meta_key, meta_value in (
+    graph.output.extend(kept_outputs)
+    meta = [
         ("prune.format", FORMAT),
-        ("prune.gate", patches.gate),
+        ("prune.gate", gate),
         ("prune.cut", head.cut),
         ("prune.original_output", head.output),
         ("prune.hidden", ",".join(head.hidden)),
-    ):
+    ]
+    if tail_positions:
+        meta.append(("prune.tail", TAIL_FORM))
+    for meta_key, meta_value in meta:
         entry = proto.metadata_props.add()
         entry.key, entry.value = meta_key, meta_value
     raw = proto.SerializeToString()
@@ -109,6 +160,21 @@ def export_patched(model: ImportedModel, patches: PatchSet, box: InputBox) -> by
     except Exception as exc:
         raise PatchError(f"internal: the patched model fails onnx.checker: {exc}") from exc
     return bytes(raw)
+
+
+def _copy(message: Any) -> Any:
+    copy = type(message)()
+    copy.CopyFrom(message)
+    return copy
+
+
+def _rewired(node: Any, logits: str) -> Any:
+    """A copy of tail ``node`` reading ``prune/output`` wherever it read the logits."""
+    copy = _copy(node)
+    for i, name in enumerate(copy.input):
+        if name == logits:
+            copy.input[i] = OUTPUT
+    return copy
 
 
 def _gate_linear(patches: PatchSet) -> bool:

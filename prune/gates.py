@@ -1,6 +1,7 @@
 """Support ("gate") networks: ``g_u(x) in [0, 1]``, 1 on patch u's region, 0 outside its band.
 
-Two constructions, in the registry ``GATES`` (docs/FORMATS.md, "Patched ONNX", is the contract):
+Three constructions, in the registry ``GATES`` (docs/FORMATS.md, "Patched ONNX" and "Routed
+gate", is the contract):
 
 * ``activation`` (default): total violation of the region's sign constraints measured on the
   *real* hidden pre-activations, ``V_u = sum_k pos[k,u] ReLU(-z_k) + neg[k,u] ReLU(z_k)``,
@@ -15,7 +16,20 @@ Two constructions, in the registry ``GATES`` (docs/FORMATS.md, "Patched ONNX", i
   thousands, ``ReLU(n s + 1) - ReLU(n s)`` rounds to ``1 +- 1e-3``, which summed over ``H``
   rows leaks the patch outside its band (measured) or dims it inside.
 
-Both are 1 exactly on ``S_u`` (the linearised polytope *is* the pattern region) and 0 far from
+* ``routed``: the activation gate of *one* candidate patch per input. A decision tree over the
+  sign bits of ``z`` (:mod:`prune._routing`) picks the candidate ``r(x)``, whose packed pattern
+  is gathered and confirmed: ``g_{r(x)} = ReLU(1 - n V_{r(x)})``, every other ``g_u = 0``. Cost
+  per input ``O(depth + H + O)``, independent of ``P`` apart from the ``log P`` depth. On
+  ``S_u`` the route is ``u`` (the tree's invariant), so ``g_u = 1`` there and every other patch
+  is 0 (no neighbour-band term); everywhere ``g^routed_u <= g^activation_u``, so its supports
+  lie inside the activation gate's bands. The function is discontinuous where the route
+  changes (on split neurons' ``z_k = 0``), which is why its graph is checked node for node
+  against the canonical form rather than by the piecewise-linear op rules.
+
+``auto`` (:func:`resolve_gate`, the pipeline's default) picks the routed gate from
+:data:`ROUTED_FROM` patches on and the activation gate below, by the measured serving cost.
+
+The activation and dense gates are 1 exactly on ``S_u`` (the linearised polytope *is* the pattern region) and 0 far from
 it. Outside ``S_u`` walk the layers from the first one: at the first layer where the pattern of
 ``x`` differs from ``u``'s, the linearised rows equal the real pre-activations, so both gates see
 the same violated constraints with the same values, and either gate is 0 once one of them is
@@ -43,13 +57,26 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from prune._routing import DEFAULT_WIDTH, RoutingTree, build_tree, pack_patterns
 from prune.errors import PatchError
 from prune.model import PLHead
 from prune.regions import InputBox, linearize
 
-__all__ = ["GATES", "ActivationGate", "DenseGate", "Gate", "NodeSink", "make_gate"]
+__all__ = [
+    "AUTO",
+    "GATES",
+    "ActivationGate",
+    "DenseGate",
+    "Gate",
+    "NodeSink",
+    "RoutedGate",
+    "make_gate",
+    "resolve_gate",
+    "sign_table",
+]
 
 F32 = NDArray[np.float32]
+Params = dict[str, NDArray[Any]]
 
 
 class NodeSink(Protocol):
@@ -64,7 +91,7 @@ class NodeSink(Protocol):
 class Gate(Protocol):
     name: ClassVar[str]
 
-    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> dict[str, F32]:
+    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
         """Initializer arrays (keys are the FORMATS.md names without ``prune/patch/``)."""
         ...
 
@@ -85,7 +112,7 @@ class Gate(Protocol):
 class ActivationGate:
     name: ClassVar[str] = "activation"
 
-    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> dict[str, F32]:
+    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
         pos = np.ascontiguousarray(active.T, dtype=np.float32)
         return {"pos": pos, "neg": np.ascontiguousarray(1.0 - pos, dtype=np.float32)}
 
@@ -116,7 +143,7 @@ class DenseGate:
     chunk: int = 64
     max_bytes: int = 1_900_000_000
 
-    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> dict[str, F32]:
+    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
         n_patches, n_hidden = active.shape
         size = 4 * n_patches * n_hidden * (head.input_dim + 1)
         if size > self.max_bytes:
@@ -164,10 +191,202 @@ class DenseGate:
         )
 
 
-GATES: dict[str, type[ActivationGate] | type[DenseGate]] = {
+def sign_table() -> F32:
+    """``[256, 8]``: row ``v`` holds ``1 - 2 bit_j(v)`` for the bits of byte ``v``, least
+    significant first: ``-1`` for an active neuron, ``+1`` for an inactive one. The routed gate
+    unpacks a stored pattern with one Gather in this table, and ``ReLU(sign_k z_k)`` is then
+    exactly the activation gate's violation term of neuron ``k``."""
+    values = np.arange(256, dtype=np.uint8)[:, None]
+    bits = np.unpackbits(values, axis=1, bitorder="little").astype(np.float32)
+    return np.asarray(1.0 - 2.0 * bits, dtype=np.float32)
+
+
+def routing_tree(params: Params) -> RoutingTree:
+    """The tree held in the routed gate's parameters; its depth is the number of levels until
+    every node reachable from the root is a leaf (at least 1)."""
+    split = np.asarray(params["route/split"], dtype=np.int32)
+    child = np.asarray(params["route/child"], dtype=np.int32).reshape(len(split), -1)
+    leaf = np.asarray(params["route/leaf"], dtype=np.int32)
+    depth, reach = 0, np.zeros(1, dtype=np.int64)
+    while not (child[reach] == reach[:, None]).all():
+        reach = np.unique(child[reach])
+        depth += 1
+    return RoutingTree(split=split, child=child, leaf=leaf, depth=max(depth, 1))
+
+
+@dataclass(frozen=True)
+class RoutedGate:
+    """The routed gate (module docstring; docs/FORMATS.md "Routed gate"). Patch parameters
+    ``d [P,O]``, ``K [P,1]`` and (affine patches) ``C [P,d,O]`` are gathered per input.
+    ``width``: neurons tested per tree node."""
+
+    name: ClassVar[str] = "routed"
+    width: int = DEFAULT_WIDTH
+
+    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
+        if head.n_hidden == 0:
+            raise PatchError("the routed gate needs hidden neurons to route on; use --gate dense")
+        tree = build_tree(active, width=self.width)
+        return {
+            "route/patterns": pack_patterns(active),
+            "route/split": tree.split,
+            "route/child": tree.child.reshape(-1),
+            "route/leaf": tree.leaf,
+            "route/signs": sign_table(),
+        }
+
+    def routes(self, z: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Candidate patch ``[N]`` of each row of ``z``: the tree walked on ``z >= 0``."""
+        tree = routing_tree({k: v.numpy() for k, v in params.items() if k.startswith("route/")})
+        return torch.from_numpy(tree.route((z >= 0).numpy()).astype(np.int64))
+
+    def candidate(
+        self, z: torch.Tensor, params: dict[str, torch.Tensor], n: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(patch [N], g [N])``: the routed candidate and its gate value."""
+        patch = self.routes(z, params)
+        packed = params["route/patterns"][patch].to(torch.int64)
+        sign = params["route/signs"][packed].reshape(len(z), -1)[:, : z.shape[1]].to(z.dtype)
+        violation = torch.relu(z * sign).sum(dim=1)
+        return patch, torch.relu(1.0 - violation * n)
+
+    def torch_gate(
+        self, x: torch.Tensor, z: torch.Tensor, params: dict[str, torch.Tensor], n: float
+    ) -> torch.Tensor:
+        patch, g = self.candidate(z, params, n)
+        n_patches = params["route/patterns"].shape[0]
+        out = torch.zeros(len(z), n_patches, dtype=z.dtype)
+        return out.scatter_(1, patch.view(-1, 1), g.view(-1, 1))
+
+    def onnx_gate(
+        self, sink: NodeSink, *, x: str, z: str, n: str, patches: int, hidden: int
+    ) -> str:
+        raise PatchError("internal: the routed gate is exported by onnx_delta, not onnx_gate")
+
+    def onnx_delta(
+        self,
+        sink: NodeSink,
+        *,
+        x: str,
+        z: str,
+        n: str,
+        params: Params,
+        linear: bool,
+        affine: bool,
+        hidden: int,
+        classes: int,
+    ) -> str:
+        """Add the routed gate and the one gathered patch; return ``h`` ``[N, O]``. The node
+        list is canonical (docs/FORMATS.md): :mod:`audit.verify._routed` rebuilds it from the
+        parameters. Every op is per row; none couples the batch axis."""
+        from onnx import TensorProto
+
+        p = "prune/patch/"
+        tree = routing_tree(params)
+        i32 = TensorProto.INT32
+        zero = sink.const("route/zero", np.asarray(0.0, dtype=np.float32))
+        weights = sink.const("route/weights", (1 << np.arange(tree.width)).astype(np.int32))
+        codes = sink.const("route/codes", np.asarray(1 << tree.width, dtype=np.int32))
+        row = sink.node(
+            "Slice",
+            [
+                p + "route/split",
+                sink.const("route/s0", np.asarray([0], np.int64)),
+                sink.const("route/s1", np.asarray([1], np.int64)),
+            ],
+            name="route/root_row",
+        )
+        axes0 = sink.const("route/axes0", np.asarray([0], np.int64))
+        root = sink.node("Squeeze", [row, axes0], name="route/root")
+        # only the T tested neurons' signs are computed per level, never all H of them
+        z_k = sink.node("Gather", [z, root], name="route/z0", axis=1)
+        ge = sink.node("GreaterOrEqual", [z_k, zero], name="route/ge0")
+        bits = sink.node("Cast", [ge], name="route/b0", to=i32)
+        code = sink.node("MatMul", [bits, weights], name="route/code0")
+        node = sink.node("Gather", [p + "route/child", code], name="route/node1", axis=0)
+        for level in range(1, tree.depth):
+            k = sink.node("Gather", [p + "route/split", node], name=f"route/k{level}", axis=0)
+            z_k = sink.node("GatherElements", [z, k], name=f"route/z{level}", axis=1)
+            ge = sink.node("GreaterOrEqual", [z_k, zero], name=f"route/ge{level}")
+            bits = sink.node("Cast", [ge], name=f"route/b{level}", to=i32)
+            code = sink.node("MatMul", [bits, weights], name=f"route/code{level}")
+            base = sink.node("Mul", [node, codes], name=f"route/base{level}")
+            index = sink.node("Add", [base, code], name=f"route/index{level}")
+            node = sink.node(
+                "Gather", [p + "route/child", index], name=f"route/node{level + 1}", axis=0
+            )
+        patch = sink.node("Gather", [p + "route/leaf", node], name="route/patch", axis=0)
+        packed = sink.node("Gather", [p + "route/patterns", patch], name="route/packed", axis=0)
+        byte = sink.node("Cast", [packed], name="route/bytes", to=i32)
+        unpacked = sink.node("Gather", [p + "route/signs", byte], name="route/signs8", axis=0)
+        width = 8 * int(np.asarray(params["route/patterns"]).shape[1])
+        sign = sink.node(
+            "Reshape",
+            [unpacked, sink.const("route/flat", np.asarray([0, width], np.int64))],
+            name="route/sign" if width == hidden else "route/signs_flat",
+        )
+        axes1 = sink.const("route/axes1", np.asarray([1], dtype=np.int64))
+        if width != hidden:
+            sign = sink.node(
+                "Slice",
+                [
+                    sign,
+                    sink.const("route/h0", np.asarray([0], np.int64)),
+                    sink.const("route/h1", np.asarray([hidden], np.int64)),
+                    axes1,
+                ],
+                name="route/sign",
+            )
+        # ReLU(sign_k z_k) is, entry by entry and exactly in floating point (sign_k = +-1),
+        # the activation gate's pos*relu(-z) + neg*relu(z): 0 where the sign matches, |z_k| not
+        signed = sink.node("Mul", [z, sign], name="gate/signed")
+        terms = sink.node("Relu", [signed], name="gate/terms")
+        violation = sink.node("ReduceSum", [terms, axes1], name="gate/violation", keepdims=1)
+        scaled = sink.node("Mul", [violation, n], name="gate/scaled")
+        one = sink.const("gate/one", np.asarray(1.0, dtype=np.float32))
+        g = sink.node("Relu", [sink.node("Sub", [one, scaled], name="gate/1-nV")], name="g")
+        d_u = sink.node("Gather", [p + "d", patch], name="route/d", axis=0)
+        if linear:
+            return sink.node("Mul", [g, d_u], name="h_sum")
+        k_u = sink.node("Gather", [p + "K", patch], name="route/K", axis=0)
+        kg = sink.node("Mul", [k_u, g], name="Kg")
+        shift = sink.node("Sub", [kg, k_u], name="Kg-K")
+        if affine:
+            c_u = sink.node("Gather", [p + "C", patch], name="route/C", axis=0)
+            x3 = sink.node("Unsqueeze", [x, axes1], name="route/x3")
+            xc3 = sink.node("MatMul", [x3, c_u], name="route/xC3")
+            xc = sink.node(
+                "Reshape",
+                [xc3, sink.const("route/o", np.asarray([0, classes], np.int64))],
+                name="xC",
+            )
+            d_u = sink.node("Add", [xc, d_u], name="p")
+        up = sink.node("Relu", [sink.node("Add", [d_u, shift], name="p+s")], name="h_up")
+        neg_p = sink.node("Neg", [d_u], name="-p")
+        down = sink.node("Relu", [sink.node("Add", [neg_p, shift], name="-p+s")], name="h_down")
+        return sink.node("Sub", [up, down], name="h_sum")
+
+
+GATES: dict[str, type[ActivationGate] | type[DenseGate] | type[RoutedGate]] = {
     ActivationGate.name: ActivationGate,
     DenseGate.name: DenseGate,
+    RoutedGate.name: RoutedGate,
 }
+
+
+AUTO = "auto"
+ROUTED_FROM = 64
+"""``auto`` picks the routed gate from this many patches on, the activation gate below: the
+activation gate's cost grows with ``P`` (x1.2 of the original at 1-10 patches, x1.6 at 100,
+x70 at 1000 on Fashion-MNIST, batch 256), the routed gate's does not (x1.4-1.5 at 1 to 6000
+patches); docs/BENCHMARKS.md, "Serving cost and speed"."""
+
+
+def resolve_gate(name: str, patches: int) -> str:
+    """The gate ``name`` stands for with ``patches`` patches (``auto`` -> a registered gate)."""
+    if name == AUTO:
+        return RoutedGate.name if patches >= ROUTED_FROM else ActivationGate.name
+    return name
 
 
 def make_gate(name: str) -> Gate:

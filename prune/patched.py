@@ -15,6 +15,7 @@ This module is the reference the ONNX export (:mod:`prune.export`) is tested aga
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -44,15 +45,18 @@ class PatchSet:
     def __len__(self) -> int:
         return int(self.d.shape[0])
 
-    def parameters(self, head: PLHead, box: InputBox) -> dict[str, NDArray[np.float32]]:
-        """Float32 patch parameters under their FORMATS.md names (without ``prune/patch/``)."""
+    def parameters(self, head: PLHead, box: InputBox) -> dict[str, NDArray[Any]]:
+        """Patch parameters under their FORMATS.md names (without ``prune/patch/``): float32,
+        except the routed gate's packed patterns (uint8) and tree tables (int64)."""
         n_patches, n_out = self.d.shape
-        params: dict[str, NDArray[np.float32]] = {
+        params: dict[str, NDArray[Any]] = {
             "n": np.asarray(self.n, dtype=np.float32),
             "K": self.K.astype(np.float32).reshape(n_patches, 1),
             "d": self.d.astype(np.float32),
         }
-        if self.C is not None:
+        if self.C is not None and self.gate == "routed":
+            params["C"] = np.ascontiguousarray(self.C, dtype=np.float32)  # [P, d, O]: gathered
+        elif self.C is not None:
             # column u*O + o holds C_u[:, o]
             params["C"] = np.ascontiguousarray(
                 self.C.transpose(1, 0, 2).reshape(head.input_dim, n_patches * n_out),
@@ -86,20 +90,26 @@ class PatchedHead(torch.nn.Module):
         self.weights = [torch.from_numpy(layer.weight.T.copy()).to(dtype) for layer in head.layers]
         self.biases = [torch.from_numpy(layer.bias.copy()).to(dtype) for layer in head.layers]
         params = patches.parameters(head, box)
-        self.params = {k: torch.from_numpy(np.asarray(v)).to(dtype) for k, v in params.items()}
+        self.params = {
+            k: torch.from_numpy(np.asarray(v)).to(dtype if v.dtype == np.float32 else None)
+            for k, v in params.items()
+        }
         self.gate = make_gate(patches.gate)
         self.n = float(np.float32(patches.n))
         self.n_patches = len(patches)
         self.dtype = dtype
+        self.slopes = [
+            torch.from_numpy(head.slope(i).copy()).to(dtype) for i in range(len(head.hidden))
+        ]
 
     def original(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Unpatched logits and concatenated pre-activations ``z``."""
         h = x.to(self.dtype)
         zs = []
-        for w, b in zip(self.weights[:-1], self.biases[:-1], strict=True):
+        for w, b, slope in zip(self.weights[:-1], self.biases[:-1], self.slopes, strict=True):
             z = h @ w + b
             zs.append(z)
-            h = torch.relu(z)
+            h = torch.where(z >= 0, z, z * slope)
         logits = h @ self.weights[-1] + self.biases[-1]
         z_all = torch.cat(zs, dim=1) if zs else torch.zeros(len(h), 0, dtype=self.dtype)
         return logits, z_all
@@ -114,7 +124,9 @@ class PatchedHead(torch.nn.Module):
         g = self.gate.torch_gate(x, z, self.params, self.n)
         k = self.params["K"].view(1, -1, 1)
         shift = g.unsqueeze(2) * k - k  # [N, P, 1]
-        if "C" in self.params:
+        if "C" in self.params and self.params["C"].ndim == 3:  # routed layout [P, d, O]
+            p = torch.einsum("nd,pdo->npo", x, self.params["C"]) + self.params["d"]
+        elif "C" in self.params:
             p = (x @ self.params["C"]).reshape(len(x), self.n_patches, -1) + self.params["d"]
         else:
             p = self.params["d"].unsqueeze(0)

@@ -6,8 +6,9 @@ hidden pre-activation ``z_k(x0) >= 0``):
     S(sigma) = { x in box : z_k(x) >= 0 where sigma_k, z_k(x) <= 0 elsewhere }.
 
 On ``S`` the pre-activations are affine, ``z = A x + c``, and so are the logits,
-``f(x) = F1 x + F2``; both are obtained by propagating the layers with the ReLU masks fixed to
-``sigma``. In constraint form ``S = { x in box : G x <= h }`` with ``G = -s*A``, ``h = s*c`` and
+``f(x) = F1 x + F2``; both are obtained by propagating the layers with the activation masks fixed
+by ``sigma``: 1 on active units, the unit's negative-side slope on inactive ones (0 for Relu,
+``alpha`` for LeakyRelu, the slope for PRelu), so every activation is linear on ``S``. In constraint form ``S = { x in box : G x <= h }`` with ``G = -s*A``, ``h = s*c`` and
 ``s = +1`` on active neurons, ``-1`` on inactive ones (one row per hidden neuron, in the order of
 the ``prune.hidden`` tensors). Linearisation depends only on the pattern, never on the point, so
 regions are keyed by pattern and rebuilt from it when needed.
@@ -151,6 +152,23 @@ class RegionOperator:
                 gram = q @ p.transpose(1, 2)
         return torch.cat(norms, dim=1)
 
+    def row_scales(self) -> torch.Tensor:
+        """Cheap positive stand-ins for :meth:`row_norms`, ``[B, H]``: the norms the rows would
+        have if each layer's weight rows were orthogonal (``|A_l[k]|^2 ~ sum_i W_l[k,i]^2 m_i
+        |A_{l-1}[i]|^2``), one ``[B, H_l] x [H_l, H_{l-1}]`` product per layer instead of a Gram
+        matrix per region. Exact for the first layer. Any positive row scaling is a valid
+        preconditioner of the dual ascent (the returned multipliers are rescaled to the raw
+        rows), so this trades only convergence speed, never soundness."""
+        batch = self.sign.shape[0]
+        if not self.weights:
+            return self.sign.new_zeros(batch, 0)
+        sq = (self.weights[0] ** 2).sum(dim=1).expand(batch, -1)
+        parts = [sq]
+        for i in range(1, len(self.weights)):
+            sq = (self.masks[i - 1] * sq) @ (self.weights[i] ** 2).T
+            parts.append(sq)
+        return torch.cat(parts, dim=1).clamp_min(0.0).sqrt()
+
 
 @dataclass(frozen=True, eq=False)
 class Regions:
@@ -168,6 +186,15 @@ class Regions:
     readout: torch.Tensor
     """The last layer's weights ``[O, H_last]`` (logits from the last ReLU outputs)."""
     A: torch.Tensor | None = None
+    slope: torch.Tensor | None = None
+    """Negative-side slope per hidden unit ``[H]``; ``None`` means all Relu (0)."""
+
+    def masks(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+        """The activation masks ``[B, H]``: 1 where active, the unit's slope where inactive."""
+        act = self.active.to(dtype)
+        if self.slope is None:
+            return act
+        return act + (1.0 - act) * self.slope.to(dtype)
 
     def __len__(self) -> int:
         return int(self.active.shape[0])
@@ -189,7 +216,7 @@ class Regions:
         return -self.sign.unsqueeze(2) * self.A, self.h
 
     def operator(self, dtype: torch.dtype = torch.float64) -> RegionOperator:
-        masks = torch.split(self.active.to(dtype), [w.shape[0] for w in self.hidden], dim=1)
+        masks = torch.split(self.masks(dtype), [w.shape[0] for w in self.hidden], dim=1)
         return RegionOperator(
             weights=tuple(w.to(dtype) for w in self.hidden),
             masks=tuple(masks[:-1]),
@@ -208,6 +235,7 @@ class Regions:
             hidden=self.hidden,
             readout=self.readout,
             A=None if self.A is None else self.A[index],
+            slope=self.slope,
         )
 
 
@@ -221,7 +249,10 @@ def linearize(head: PLHead, active: BoolArray, *, box: InputBox, dense: bool = T
     batch = act.shape[0]
     weights = [torch.from_numpy(layer.weight) for layer in head.layers]
     biases = [torch.from_numpy(layer.bias) for layer in head.layers]
-    masks = torch.split(act.to(torch.float64), list(head.hidden_sizes), dim=1)
+    slope = None if head.is_relu else torch.from_numpy(head.negative_slope)
+    act64 = act.to(torch.float64)
+    full = act64 if slope is None else act64 + (1.0 - act64) * slope
+    masks = torch.split(full, list(head.hidden_sizes), dim=1)
     c_parts: list[torch.Tensor] = []
     off = torch.zeros(batch, head.input_dim, dtype=torch.float64)
     for i, (w, b) in enumerate(zip(weights[:-1], biases[:-1], strict=True)):
@@ -243,6 +274,7 @@ def linearize(head: PLHead, active: BoolArray, *, box: InputBox, dense: bool = T
         hidden=tuple(weights[:-1]),
         readout=weights[-1],
         A=a_all,
+        slope=slope,
     )
 
 

@@ -54,32 +54,30 @@ def append_class_suppression(
 ) -> str:
     """Append ``z'_K = min(z_K, max_{j != K} z_j - margin)`` after ``logits`` ``[N, classes]``;
     returns the name of the suppressed logits (``output``). Node order and names are part of the
-    format: the verifier rebuilds this list and compares it node for node."""
+    format: the verifier rebuilds this list and compares it node for node.
+
+    Four elementwise/per-row nodes (measured: the first construction with Gather/Concat cost
+    1.55x the inference time of the digits MLP, this one 1.17x): ``others = z + mask`` (mask 0,
+    ``-inf`` at K: exact), ``best = ReduceMax(others, axis 1)``, ``ceiling = best + cap`` (cap
+    ``+inf``, ``-margin`` at K: ``fl(best - margin)`` at K, ``+inf`` elsewhere),
+    ``output = Min(z, ceiling)`` (``z_j`` exactly for ``j != K``)."""
     k = int(forget_class)
     if classes < 2 or not 0 <= k < classes:
         raise PatchError(f"cannot suppress class {k} of a {classes}-class model")
-    others = np.asarray([j for j in range(classes) if j != k], dtype=np.int64)
-    perm = np.arange(classes, dtype=np.int64)
-    perm[k] = classes
-    sink.const("class/margin", np.asarray([margin], dtype=np.float32))
-    z_others = sink.node(
-        "Gather", [logits, sink.const("class/others", others)], name="class/z_others", axis=1
-    )
+    mask = np.zeros(classes, dtype=np.float32)
+    mask[k] = -np.inf
+    cap = np.full(classes, np.inf, dtype=np.float32)
+    cap[k] = -np.float32(margin)
+    mask_name = sink.const("class/mask", mask)
+    cap_name = sink.const("class/cap", cap)
+    others = sink.node("Add", [logits, mask_name], name="class/others")
     if opset >= 18:
         axes = sink.const("class/axes", np.asarray([1], dtype=np.int64))
-        best = sink.node("ReduceMax", [z_others, axes], name="class/best_other", keepdims=1)
+        best = sink.node("ReduceMax", [others, axes], name="class/best_other", keepdims=1)
     else:
-        best = sink.node("ReduceMax", [z_others], name="class/best_other", axes=[1], keepdims=1)
-    ceiling = sink.node("Sub", [best, "prune/patch/class/margin"], name="class/ceiling")
-    z_k = sink.node(
-        "Gather",
-        [logits, sink.const("class/k", np.asarray([k], dtype=np.int64))],
-        name="class/z_k",
-        axis=1,
-    )
-    capped = sink.node("Min", [z_k, ceiling], name="class/z_k_capped")
-    extended = sink.node("Concat", [logits, capped], name="class/extended", axis=1)
-    return sink.node("Gather", [extended, sink.const("class/perm", perm)], name=output, axis=1)
+        best = sink.node("ReduceMax", [others], name="class/best_other", axes=[1], keepdims=1)
+    ceiling = sink.node("Add", [best, cap_name], name="class/ceiling")
+    return sink.node("Min", [logits, ceiling], name=output)
 
 
 def logit_bound(head: PLHead, box: InputBox) -> float:
@@ -119,6 +117,11 @@ def export_suppressed(
     from prune.export import OUTPUT, _batch_dim, _Sink
 
     head = model.head
+    if model.tail:
+        raise PatchError(
+            "class suppression of a model with an output tail after the logits (Softmax, ArgMax, "
+            "label lookup) is not supported: export the logits, or use --class-mode regions"
+        )
     bound = logit_bound(head, box)
     if not float32_margin_holds(margin, bound):
         raise PatchError(

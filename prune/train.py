@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -218,23 +221,28 @@ def train_to_folder(
 
     Files are written into a temporary sibling folder which is renamed at the end, so a failed run
     leaves nothing half-written."""
-    if out.exists() and any(out.iterdir()):
+    if out.is_symlink() or (out.exists() and (not out.is_dir() or any(out.iterdir()))):
         raise PruneError(f"output folder {out} exists and is not empty")
     model, result = train(data, config, progress=progress)
-    tmp = out.with_name(out.name + ".partial")
-    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise PruneError(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
         export_onnx(model, tmp / "model.onnx", input_shape=result.input_shape)
         save_npz(tmp / "train.npz", model_input(config.arch, data.x_train), data.y_train)
         save_npz(tmp / "test.npz", model_input(config.arch, data.x_test), data.y_test)
         doc = {"version": 1, **asdict(result)}
         (tmp / "train.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        if out.exists():
+        os.chmod(tmp, 0o755)
+        if out.is_dir():
             out.rmdir()
-        tmp.replace(out)
+        os.rename(tmp, out)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise PruneError(f"cannot write {out}: {exc.strerror or exc}") from None
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return result

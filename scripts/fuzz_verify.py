@@ -7,6 +7,7 @@ Usage::
         --proof PROOF --public-key KEYS/owner.pub --original WORK/model.onnx \\
         --reference WORK/test.npz [--json OUT.json]
     python scripts/fuzz_verify.py --mutations 1000 --seed 0 --demo   # builds the test kit
+    python scripts/fuzz_verify.py --mutations 10000 --seed 0 --demo --kinds sample,class
 
 Mutation kinds (uniformly drawn): ``byte_flip`` and ``truncate`` on any of model.onnx,
 certificate.json, model.sig, forget.npz; ``cert_field`` edits one leaf value of the signed
@@ -21,8 +22,13 @@ for example a bit flip in a zip timestamp of forget.npz, or in the unused low bi
 character that a lenient decoder ignores. Those change no content and are reported apart as
 ``equivalent``; ``accepted`` counts only mutations whose content differs and still verified.
 
-Each mutated proof is verified fail-fast with the default (strict) policy and a fixed clock one
-hour after the certificate's creation. Exit status 1 when ``accepted > 0``."""
+Each mutated proof is verified with the default (strict) policy and a fixed clock one hour after
+the certificate's creation, *without* fail-fast by default: every check runs on every mutation,
+so the checks that run the owner's model (through the sandbox) see the mutated files too, not
+only the signature checks that catch most mutations first (``--fail-fast`` for a quick run).
+``--demo --kinds sample,class`` builds two honest proofs (the test kit's sample proof and a
+class-suppression proof made by ``prune unlearn --forget-class``) and splits the mutations
+between them. Exit status 1 when ``accepted > 0``."""
 
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ import base64
 import copy
 import io
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -216,7 +223,15 @@ def _inputs(honest: Honest, proof: Path) -> VerifyInputs:
     )
 
 
-def fuzz(honest: Honest, *, mutations: int, seed: int, work: Path) -> dict[str, Any]:
+def fuzz(
+    honest: Honest,
+    *,
+    mutations: int,
+    seed: int,
+    work: Path,
+    fail_fast: bool = False,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run ``mutations`` random mutations; return the counts (see the module docstring). The
     honest proof must verify first, or every rejection would be meaningless."""
     check = verify_proof(
@@ -229,9 +244,29 @@ def fuzz(honest: Honest, *, mutations: int, seed: int, work: Path) -> dict[str, 
     counts: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
     caught_by: Counter[str] = Counter()
+    ran: Counter[str] = Counter()  # per check: mutations on which it ran (not "not run")
     accepted: list[str] = []
     equivalent: list[str] = []
     start = time.perf_counter()
+
+    def summary(done: int) -> dict[str, Any]:
+        return {
+            "version": 1,
+            "type": "https://prune-audit.dev/fuzz-verify/v1",
+            "mutations": done,
+            "seed": seed,
+            "fail_fast": fail_fast,
+            "rejected": counts["rejected"],
+            "accepted": counts["accepted"],
+            "equivalent": counts["equivalent"],
+            "accepted_mutations": accepted,
+            "equivalent_mutations": equivalent,
+            "kinds": dict(kinds),
+            "first_failed_check": dict(caught_by.most_common()),
+            "checks_ran": dict(sorted(ran.items())),
+            "seconds": round(time.perf_counter() - start, 2),
+        }
+
     for i in range(mutations):
         folder = work / f"m{i}"
         shutil.copytree(honest.proof, folder, ignore=shutil.ignore_patterns("receipts"))
@@ -242,8 +277,11 @@ def fuzz(honest: Honest, *, mutations: int, seed: int, work: Path) -> dict[str, 
             _inputs(honest, folder),
             now=honest.now,
             rng=np.random.default_rng(seed + i),
-            fail_fast=True,
+            fail_fast=fail_fast,
         )
+        for outcome in report.outcomes:
+            if outcome.status != "not-run" and not outcome.detail.startswith("not run"):
+                ran[outcome.name] += 1
         if report.verified:
             if _decoded(folder) == baseline:
                 counts["equivalent"] += 1
@@ -255,20 +293,9 @@ def fuzz(honest: Honest, *, mutations: int, seed: int, work: Path) -> dict[str, 
             counts["rejected"] += 1
             caught_by[report.failures[0].name] += 1
         shutil.rmtree(folder)
-    return {
-        "version": 1,
-        "type": "https://prune-audit.dev/fuzz-verify/v1",
-        "mutations": mutations,
-        "seed": seed,
-        "rejected": counts["rejected"],
-        "accepted": counts["accepted"],
-        "equivalent": counts["equivalent"],
-        "accepted_mutations": accepted,
-        "equivalent_mutations": equivalent,
-        "kinds": dict(kinds),
-        "first_failed_check": dict(caught_by.most_common()),
-        "seconds": round(time.perf_counter() - start, 2),
-    }
+        if on_progress is not None and (i + 1) % 250 == 0:
+            on_progress(summary(i + 1))
+    return summary(mutations)
 
 
 def _demo(root: Path) -> Honest:
@@ -277,6 +304,60 @@ def _demo(root: Path) -> Honest:
 
     kit = build_kit(root / "kit")
     return Honest(kit.proof, kit.keys / "owner.pub", kit.work.model, kit.work.test, kit.now)
+
+
+def _demo_class(root: Path) -> Honest:
+    """An honest class-suppression proof made with the owner's real commands."""
+    from click.testing import CliRunner
+
+    from prune.cli import cli as prune_cli
+
+    work, keys, proof = root / "class-work", root / "class-keys", root / "class-proof"
+
+    def run(*args: str) -> None:
+        result = CliRunner().invoke(prune_cli, list(args))
+        if result.exit_code != 0:
+            raise SystemExit(f"prune {args[0]} failed: {result.output.strip()[:200]}")
+
+    run(
+        "train",
+        "--dataset",
+        "digits",
+        "--hidden",
+        "16,16",
+        "--epochs",
+        "20",
+        "--out",
+        str(work),
+        "--quiet",
+    )
+    run("keygen", "--out", str(keys), "--no-passphrase")
+    run(
+        "unlearn", str(work / "model.onnx"), "--train", str(work / "train.npz"),
+        "--test", str(work / "test.npz"), "--forget-class", "3",
+        "--key", str(keys / "owner.key"), "--out", str(proof), "--quiet",
+    )  # fmt: skip
+    return Honest(
+        proof,
+        keys / "owner.pub",
+        work / "model.onnx",
+        work / "test.npz",
+        _created(proof) + timedelta(hours=1),
+    )
+
+
+def _combine(parts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One summary over several honest proofs (counts added, per-kind details kept)."""
+    total: dict[str, Any] = {
+        "version": 1,
+        "type": "https://prune-audit.dev/fuzz-verify/v1",
+        "proofs": parts,
+    }
+    for key in ("mutations", "rejected", "accepted", "equivalent", "seconds"):
+        total[key] = round(sum(p[key] for p in parts.values()), 2)
+    total["accepted_mutations"] = [m for p in parts.values() for m in p["accepted_mutations"]]
+    total["fail_fast"] = any(p["fail_fast"] for p in parts.values())
+    return total
 
 
 def _created(proof: Path) -> datetime:
@@ -295,22 +376,63 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--original", type=Path)
     parser.add_argument("--reference", type=Path)
     parser.add_argument("--json", type=Path, help="also write the summary here")
+    parser.add_argument(
+        "--kinds",
+        default="sample",
+        help="with --demo: honest proofs to mutate, comma-separated (sample, class)",
+    )
+    parser.add_argument(
+        "--fail-fast", action="store_true", help="stop each verification at its first failure"
+    )
     args = parser.parse_args(argv)
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    if not kinds or set(kinds) - {"sample", "class"}:
+        parser.error("--kinds takes sample and/or class")
     with tempfile.TemporaryDirectory(prefix="fuzz-verify-") as tmp:
         root = Path(tmp)
         if args.demo:
-            honest = _demo(root)
+            builders = {"sample": _demo, "class": _demo_class}
+            honest_by_kind = {k: builders[k](root) for k in kinds}
         else:
             if not all((args.proof, args.public_key, args.original, args.reference)):
                 parser.error("give --demo, or all of --proof --public-key --original --reference")
-            honest = Honest(
-                args.proof,
-                args.public_key,
-                args.original,
-                args.reference,
-                _created(args.proof) + timedelta(hours=1),
+            honest_by_kind = {
+                "given": Honest(
+                    args.proof,
+                    args.public_key,
+                    args.original,
+                    args.reference,
+                    _created(args.proof) + timedelta(hours=1),
+                )
+            }
+        parts = {}
+        for index, (kind, honest) in enumerate(honest_by_kind.items()):
+            share = args.mutations // len(honest_by_kind) + (
+                1 if index < args.mutations % len(honest_by_kind) else 0
             )
-        summary = fuzz(honest, mutations=args.mutations, seed=args.seed, work=root)
+            (root / f"work-{kind}").mkdir()
+
+            def progress(partial: dict[str, Any], kind: str = kind) -> None:
+                if args.json:
+                    doc = _combine({**parts, kind: partial})
+                    doc["complete"] = False
+                    args.json.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+            parts[kind] = fuzz(
+                honest,
+                mutations=share,
+                seed=args.seed + index,
+                work=root / f"work-{kind}",
+                fail_fast=args.fail_fast,
+                on_progress=progress,
+            )
+        summary = _combine(parts)
+        summary["seed"] = args.seed
+        summary["command"] = "python scripts/fuzz_verify.py " + " ".join(
+            argv if argv is not None else sys.argv[1:]
+        )
+        summary["load_average"] = list(os.getloadavg())
+        summary["complete"] = True
     text = json.dumps(summary, indent=2, sort_keys=True) + "\n"
     if args.json:
         args.json.write_text(text)

@@ -51,7 +51,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def test_class_level_proof_verifies_including_region_probes(story: Path) -> None:
+def test_class_level_proof_verifies_the_class_is_gone(story: Path) -> None:
     proc = _run(
         "audit", "verify", "proof", "--public-key", "keys/owner.pub", "--original",
         "work/model.onnx", "--forget", "proof/forget.npz", "--reference", "work/test.npz",
@@ -60,7 +60,8 @@ def test_class_level_proof_verifies_including_region_probes(story: Path) -> None
     doc = json.loads((story / "verify.json").read_text())
     assert doc["verdict"] == "verified", proc.stdout
     statuses = {c["name"]: c["status"] for c in doc["checks"]}
-    assert statuses["region.probes"] == "pass"
+    assert statuses["class.suppression"] == "pass"  # the default class mode: suppression
+    assert statuses["class.reference"] == "pass"
     assert statuses["replay.claims"] == "pass"
 
 

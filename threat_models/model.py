@@ -159,7 +159,7 @@ THREATS: tuple[Threat, ...] = (
         "Exact-input filter",
         "the patch fires only on the exact forget inputs, knowledge intact around them",
         ("exact_input_filter",),
-        ("region.probes", "structure.patch"),
+        ("region.probes", "structure.patch", "class.suppression"),
     ),
     Threat(
         4,
@@ -229,6 +229,56 @@ THREATS: tuple[Threat, ...] = (
         "the patch is removed after certification",
         ("rollback",),
         ("digest.model", "signature.model", "replay.claims"),
+    ),
+    Threat(
+        12,
+        "batch-coupling",
+        "Batch-dependent serving",
+        "the patch depends on the other rows of the batch: on when the auditor queries in "
+        "batches, off for a single row or for a serving batch of one size",
+        ("batch_coupled_gate", "batch_size_switch"),
+        ("structure.patch", "replay.batch", "receipt.replay"),
+    ),
+    Threat(
+        13,
+        "non-finite",
+        "Non-finite outputs",
+        "NaN or infinity in the served logits, which numpy and onnxruntime read differently",
+        ("nan_target", "nan_top_class"),
+        ("structure.patch", "replay.claims", "replay.batch", "locality"),
+    ),
+    Threat(
+        14,
+        "region-cap",
+        "Region cap beyond probe reach",
+        "the gates are cut by an extra half-space far from each sample: certified regions are "
+        "mostly unpatched where sampled probes rarely go",
+        ("region_cap",),
+        ("structure.patch",),
+    ),
+    Threat(
+        15,
+        "additive-trigger",
+        "Additive trigger",
+        "a backdoor built from allowed piecewise-linear ops, added to the patched output",
+        ("trigger_backdoor",),
+        ("structure.patch",),
+    ),
+    Threat(
+        16,
+        "point-only",
+        "Hair-margin point-only claims",
+        "claims that hold only at the samples, with a margin float32 rounding can erase",
+        ("hair_margin_point_only",),
+        ("claims.policy",),
+    ),
+    Threat(
+        17,
+        "output-concat",
+        "Second answer in the output",
+        "the served output carries the original logits next to the patched ones",
+        ("concat_original",),
+        ("structure.patch",),
     ),
 )
 

@@ -39,6 +39,8 @@ class Outcome:
     forget_x: NDArray[np.float32]
     forget_y: NDArray[np.int64]
     notes: Mapping[str, Any] = field(default_factory=dict)
+    duals: NDArray[np.float32] | None = None
+    """The region certificate of the certified claims (copied from the engine's result)."""
 
     @classmethod
     def of(cls, result: UnlearnOutcome) -> Outcome:
@@ -49,6 +51,7 @@ class Outcome:
             summary=dict(result.summary),
             forget_x=np.asarray(result.forget_x, dtype=np.float32),
             forget_y=np.asarray(result.forget_y, dtype=np.int64),
+            duals=getattr(result, "duals", None),
         )
 
     def but(self, **changes: Any) -> Outcome:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import click
 
 from audit.cli._common import ErrorHandlingGroup
@@ -30,5 +32,10 @@ def cli() -> None:
     """
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: temporary files and the sandbox are cleaned up
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="audit")

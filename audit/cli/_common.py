@@ -57,6 +57,13 @@ class ErrorHandlingGroup(click.Group):
         except AuditError as exc:
             click.echo(f"audit: error: {exc}", err=True)
             ctx.exit(EXIT_BAD_INPUT)
+        except OSError as exc:  # last resort: a file problem no loader anticipated
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"audit: error: cannot use{where}: {exc.strerror or exc}", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
+        except MemoryError:
+            click.echo("audit: error: out of memory", err=True)
+            ctx.exit(EXIT_BAD_INPUT)
 
 
 def show_progress(quiet: bool) -> bool:

@@ -4,7 +4,6 @@ reference models the auditor trains itself on its reference data."""
 from __future__ import annotations
 
 import json
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, cast
@@ -12,11 +11,12 @@ from typing import Any, Literal, cast
 import click
 import numpy as np
 
+from audit.cli._cluster import cluster_options
 from audit.cli._common import sandbox_options, show_progress
+from audit.cli._verify import check_output, write_json
 from audit.errors import InputError
 from audit.mia import (
     ATTACKS,
-    BACKENDS,
     GameResult,
     LabelledData,
     LogitsFn,
@@ -53,9 +53,13 @@ def _load(path: Path, what: str) -> LabelledData:
     return LabelledData(np.ascontiguousarray(x, dtype=np.float32), y)
 
 
+def _model_bytes(path: Path) -> bytes:
+    return read_bounded(path, Limits().model_bytes, what=f"model {path}", owner=False)
+
+
 def _models(model: Path, compare: tuple[str, ...], device: str) -> dict[str, tuple[Path, LogitsFn]]:
     out: dict[str, tuple[Path, LogitsFn]] = {
-        "model": (model, OnnxModel(model, device=device).logits)
+        "model": (model, OnnxModel(_model_bytes(model), device=device).logits)
     }
     for item in compare:
         label, sep, path = item.partition("=")
@@ -63,7 +67,7 @@ def _models(model: Path, compare: tuple[str, ...], device: str) -> dict[str, tup
             raise InputError(f"--compare takes LABEL=MODEL.onnx, got {item!r}")
         if label in out:
             raise InputError(f"--compare label {label!r} is used twice")
-        out[label] = (Path(path), OnnxModel(Path(path), device=device).logits)
+        out[label] = (Path(path), OnnxModel(_model_bytes(Path(path)), device=device).logits)
     return out
 
 
@@ -105,13 +109,7 @@ def render_table(result: GameResult) -> str:
 
 
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    try:
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write {path}: {exc.strerror}") from exc
+    write_json(path, json.dumps(doc, indent=2, sort_keys=True) + "\n")
 
 
 def _rmia_a(value: str) -> float | Literal["auto"]:
@@ -204,14 +202,7 @@ _FILE = click.Path(path_type=Path, exists=True, dir_okay=False)
     help="LABEL=MODEL.onnx: score another model in the same game with the same reference models.",
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True)
-@click.option(
-    "--backend",
-    type=click.Choice(list(BACKENDS)),
-    default="loky",
-    show_default=True,
-    help="joblib backend for training (ray/dask need those packages).",
-)
+@cluster_options
 @click.option("--bootstrap", type=click.IntRange(min=1), default=1000, show_default=True)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
 @click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), default=None)
@@ -240,8 +231,9 @@ def mia(
     sample_scores: bool,
     compare: tuple[str, ...],
     seed: int,
-    jobs: int,
     backend: str,
+    address: str | None,
+    jobs: int,
     bootstrap: int,
     device: str,
     json_out: Path | None,
@@ -249,6 +241,16 @@ def mia(
 ) -> None:
     """Membership inference on MODEL: members vs non-members, every chosen attack, with
     bootstrap confidence intervals (AUC, TPR at 1% and 0.1% FPR, two-sided)."""
+    check_output(
+        json_out,
+        inputs=[
+            model,
+            members,
+            non_members,
+            reference,
+            *(Path(c.partition("=")[2]) for c in compare),
+        ],
+    )
     data = {
         name: _load(path, name)
         for name, path in (
@@ -259,6 +261,12 @@ def mia(
     }
     targets = _models(model, compare, device)
     probe = np.asarray(targets["model"][1](data["reference"].x[:1]))
+    classes = int(probe.shape[-1]) if probe.ndim == 2 else 0
+    for name, labelled in data.items():
+        if classes and int(labelled.y.max()) >= classes:
+            raise InputError(
+                f"{name}: label {int(labelled.y.max())} is not a class of the model (0..{classes - 1})"
+            )
     architecture = resolve_architecture(
         onnx_model=model,
         declared=arch,
@@ -282,6 +290,8 @@ def mia(
         bootstrap=bootstrap,
         jobs=jobs,
         backend=backend,
+        address=address,
+        device=device,
     )
     result = membership_audit(
         {label: fn for label, (_, fn) in targets.items()},

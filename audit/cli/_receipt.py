@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from audit.cli._common import sandbox_options
-from audit.cli._verify import write_json
+from audit.cli._verify import check_output, write_json
 from audit.receipt import ReceiptInputs, verify_receipt
 from audit.verify import render_table
 
@@ -52,6 +52,7 @@ def receipt(
     Without --sample/--label only the receipt itself can be checked, which proves nothing about
     your data: that needs --partial. With them, the sample must hash to the committed leaf.
     """
+    check_output(json_out, inputs=[receipt_path, certificate, public_key, sample, model])
     report = verify_receipt(
         ReceiptInputs(
             receipt=receipt_path,

@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from audit.attest import generate_auditor_key, load_public_key, verify_attestation
+from audit.cli._cluster import cluster_options
 from audit.cli._common import EXIT_FAILED, sandbox_options, show_progress
 from audit.proof import Limits, read_bounded
 from audit.report import ReportOptions, build_report
@@ -49,6 +50,7 @@ _PATH = click.Path(path_type=Path)
     "--arch", default=None, help="Declare the architecture for reference models (e.g. cnn)."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
+@cluster_options
 @click.option(
     "--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True
 )
@@ -68,6 +70,9 @@ def report(
     mia_sides: str,
     arch: str | None,
     seed: int,
+    backend: str,
+    address: str | None,
+    jobs: int,
     device: str,
     quiet: bool,
 ) -> None:
@@ -95,6 +100,9 @@ def report(
             mia_reference_models=shadow_models,
             mia_sides="two" if mia_sides == "two" else "one",
             mia_arch=arch,
+            mia_backend=backend,
+            mia_address=address,
+            mia_jobs=jobs,
             seed=seed,
             device=device,
             command=tuple(sys.argv),

@@ -4,15 +4,15 @@ machines; exit 0 verified, 1 a check failed, 2 bad input or usage."""
 from __future__ import annotations
 
 import json
-import os
 import secrets
-import tempfile
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
 import numpy as np
 
+from audit.cli._cluster import cluster_options
 from audit.cli._common import sandbox_options, show_progress
 from audit.errors import InputError
 from audit.verify import (
@@ -24,29 +24,37 @@ from audit.verify import (
     render_table,
     verify_proof,
 )
+from prune.formats import output_problem, write_atomic
 
-__all__ = ["verify", "write_json"]
+__all__ = ["check_output", "verify", "write_json"]
 
 _PATH = click.Path(path_type=Path)
 _DEFAULTS = Policy()
 
 
+def check_output(path: Path | None, *, inputs: Sequence[Path | None]) -> None:
+    """Refuse an unusable ``--json`` path before any work (exit 2): never an input, a folder,
+    a link or in an unwritable folder (``-`` is stdout)."""
+    if path is None or str(path) == "-":
+        return
+    problem = output_problem(path, inputs=inputs)
+    if problem is not None:
+        raise InputError(f"--json: {problem}")
+
+
 def write_json(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (``-`` is stdout): nothing half-written."""
+    """Write ``text`` to ``path`` atomically (``-`` is stdout): nothing half-written, no
+    temporary file left on any path."""
     if str(path) == "-":
         click.echo(text, nl=False)
         return
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise InputError(f"--json: folder {folder} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=folder)
+    problem = output_problem(path)
+    if problem is not None:
+        raise InputError(f"--json: {problem}")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        write_atomic(path, text.encode("utf-8"))
+    except OSError as exc:
+        raise InputError(f"--json: cannot write {path}: {exc.strerror or exc}") from None
 
 
 @click.command()
@@ -80,9 +88,11 @@ def write_json(path: Path, text: str) -> None:
 )
 @click.option(
     "--probe-claims",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Probe only this many certified claims, drawn at random (default: all).",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.probe_claims,
+    show_default=True,
+    help="Probe this many certified claims, drawn at random (0: all); every certified claim "
+    "is proved by region.certificate, probes are defence in depth.",
 )
 @click.option(
     "--lp-claims",
@@ -139,6 +149,7 @@ def write_json(path: Path, text: str) -> None:
     help="Largest tolerated TPR at 1% FPR in a failing direction.",
 )
 @click.option("--arch", default=None, help="Declare the reference models' architecture (e.g. cnn).")
+@cluster_options
 @click.option(
     "--accept-point-only",
     is_flag=True,
@@ -176,6 +187,9 @@ def verify(
     mia_max_gap: float,
     mia_max_tpr: float,
     arch: str | None,
+    backend: str,
+    address: str | None,
+    jobs: int,
     accept_point_only: bool,
     min_margin: float,
     fail_fast: bool,
@@ -188,10 +202,11 @@ def verify(
     VERIFIED only if every check passed; by default --original, --forget and --reference are
     required (use --partial to accept fewer inputs, with the skipped checks listed).
     """
+    check_output(json_out, inputs=[proof, public_key, original, forget, reference, nonce_store])
     policy = Policy(
         max_age=timedelta(days=max_age),
         probe_directions=probes,
-        probe_claims=probe_claims,
+        probe_claims=probe_claims or None,
         lp_claims=lp_claims,
         accept_point_only=accept_point_only,
         min_certified_margin=min_margin,
@@ -204,6 +219,9 @@ def verify(
             max_gap=mia_max_gap,
             max_tpr=mia_max_tpr,
             arch=arch,
+            backend=backend,
+            address=address,
+            jobs=jobs,
         ),
     )
     if partial:

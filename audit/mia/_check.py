@@ -85,7 +85,9 @@ def forget_set_check(
     train_size: int | None = None,
     sample_scores: bool = False,
     jobs: int = 1,
-    backend: str = "loky",
+    backend: str = "local",
+    address: str | None = None,
+    device: str = "auto",
 ) -> MiaCheckResult:
     """Run one attack in the unlearning game on the deployed ``model`` and apply ``policy``
     (default :class:`ThresholdPolicy`); reference models use ``recipe`` (default
@@ -102,6 +104,8 @@ def forget_set_check(
         fprs=(policy.fpr,),
         jobs=jobs,
         backend=backend,
+        address=address,
+        device=device,
         train_size=train_size,
         sample_scores=sample_scores,
     )

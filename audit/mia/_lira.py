@@ -13,9 +13,12 @@ with few models); ``fixed`` is one variance per side (Carlini et al. recommend a
 below ~64 reference models), estimated at **fit time from the reference models on the auditor's
 reference data alone**: each reference sample is IN for half of the models and OUT for the
 others, and the pooled within-sample variance ``sum (phi - mu_n)^2 / sum (count_n - 1)`` over
-those samples is the variance of the side. It never looks at the candidates, so a sample's
-score is the same whether it is scored alone or with any number of companions (pooling over the
-candidates of one ``score()`` call made a small forget set's scores depend on its size).
+those samples is the variance of the side (online, when capping the models' training sets at
+the target's size left no reference sample IN for two models, the IN variance comes from the
+candidate pool the models were trained with, also fixed at training). It never looks at the
+samples of a ``score()`` call, so a sample's score is the same whether it is scored alone or
+with any number of companions (pooling over the candidates of one ``score()`` call made a
+small forget set's scores depend on its size).
 
 Not done: the paper's query augmentations (flips/shifts), which do not apply to flat inputs.
 """
@@ -133,7 +136,18 @@ class LiraAttack(Attack):
             phi = np.stack([logit_confidence(lg, ref.y) for lg in ref.logits(ref.x, ref.y)])
             self.sd_out_ = pooled_sd(phi, ~ref.in_reference)
             if self.variant == "online":
-                self.sd_in_ = pooled_sd(phi, ref.in_reference)
+                self.sd_in_ = self._online_in_sd(ref, phi)
+
+    @staticmethod
+    def _online_in_sd(ref: ReferenceSet, phi: NDArray[np.float64]) -> float:
+        """The IN variance from the reference data; when capping the models' training sets at
+        the target's size left no reference sample IN for two models, from the candidate pool
+        the models were trained with (fixed when they were trained, whatever is scored)."""
+        if (ref.in_reference.sum(axis=0) >= 2).any():
+            return pooled_sd(phi, ref.in_reference)
+        cx, cy = ref.candidates_x, ref.candidates_y
+        pool = np.stack([logit_confidence(lg, cy) for lg in ref.logits(cx, cy)])
+        return pooled_sd(pool, ref.in_candidates)
 
     def _side(
         self, ref: ReferenceSet, x: NDArray[np.float32], y: NDArray[np.int64], inside: bool

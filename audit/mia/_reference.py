@@ -26,8 +26,9 @@ from torch import nn
 
 from audit.errors import InputError
 from audit.mia._arch import Architecture, module_from_state
+from audit.mia._execution import BACKENDS, TrainingJob, make_backend, reference_tasks
 from audit.mia._signals import as_logits
-from audit.mia._train import TrainedWeights, TrainingRecipe, torch_logits_fn, train_model
+from audit.mia._train import TrainingRecipe, torch_logits_fn
 
 __all__ = [
     "BACKENDS",
@@ -214,47 +215,6 @@ def cap_training_sets(
     return out
 
 
-@contextlib.contextmanager
-def _no_setup() -> Iterator[None]:
-    yield
-
-
-@contextlib.contextmanager
-def _ray() -> Iterator[None]:
-    try:
-        from ray.util.joblib import register_ray  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise InputError("backend 'ray' needs the ray package: pip install 'ray[default]'") from exc
-    register_ray()  # connects to RAY_ADDRESS when set, else starts a local Ray
-    yield
-
-
-@contextlib.contextmanager
-def _dask() -> Iterator[None]:
-    try:
-        from distributed import Client, get_client  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise InputError("backend 'dask' needs dask.distributed: pip install distributed") from exc
-    try:
-        get_client()  # an existing client (e.g. to a cluster scheduler) is used as is
-        yield
-    except ValueError:
-        with Client(processes=True):  # otherwise a local cluster for the duration
-            yield
-
-
-BACKENDS: dict[str, Callable[[], contextlib.AbstractContextManager[None]]] = {
-    "loky": _no_setup,
-    "multiprocessing": _no_setup,
-    "threading": _no_setup,
-    "sequential": _no_setup,
-    "ray": _ray,
-    "dask": _dask,
-}
-"""joblib backends the training can run on, each with its setup. Ray and Dask let a cluster
-train many reference models; they are optional installs."""
-
-
 def train_reference_models(
     x: NDArray[np.float32],
     y: NDArray[np.int64],
@@ -266,7 +226,9 @@ def train_reference_models(
     candidates: tuple[NDArray[np.float32], NDArray[np.int64]] | None = None,
     train_size: int | None = None,
     jobs: int = 1,
-    backend: str = "loky",
+    backend: str = "local",
+    address: str | None = None,
+    device: str = "cpu",
     threads: int = 1,
     progress: bool = False,
 ) -> ReferenceSet:
@@ -278,18 +240,16 @@ def train_reference_models(
     until it fits (online models then train on as many samples as offline ones, not on half the
     reference data *plus* half the candidates). ``None`` keeps the halves as drawn.
 
-    Deterministic for a given ``seed`` whatever ``jobs``/``backend``: membership comes from
-    ``numpy.random.default_rng(seed)``, model ``k``'s torch seed from ``SeedSequence(seed)``.
-    ``threads`` bounds torch's threads per model: small MLPs train fastest on one thread, and
-    parallelism comes from ``jobs``."""
-    import joblib
-
+    Deterministic for a given ``seed`` whatever ``jobs``/``backend`` (bit for bit on CPUs):
+    membership comes from ``numpy.random.default_rng(seed)``, model ``k``'s torch seed from
+    ``SeedSequence(seed)``. ``threads`` bounds torch's threads per model: small MLPs train fastest
+    on one thread, and parallelism comes from ``jobs`` or the cluster. ``backend``/``address``
+    choose where the models train (:mod:`audit.mia._execution`), ``device`` on what."""
     if count < 1:
         raise InputError("at least one reference model is needed")
     if len(x) < 2:
         raise InputError("the reference data needs at least two samples")
-    if backend not in BACKENDS:
-        raise InputError(f"unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
+    runner = make_backend(backend)
     rng = np.random.default_rng(seed)
     cx, cy = candidates if candidates is not None else (x[:0], y[:0])
     in_ref = balanced_membership(count, len(x), rng)
@@ -298,26 +258,28 @@ def train_reference_models(
         if train_size < 1:
             raise InputError("the reference models' training-set size must be positive")
         in_ref = cap_training_sets(in_ref, in_cand.sum(axis=1), train_size, rng)
-    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(count)]
-    jobs = max(1, min(jobs, count))
-
-    def task(k: int) -> Any:
-        tx = np.concatenate([x[in_ref[k]], cx[in_cand[k]]])
-        ty = np.concatenate([y[in_ref[k]], cy[in_cand[k]]])
-        return joblib.delayed(train_model)(
-            architecture, tx, ty, recipe=recipe, seed=seeds[k], index=k, threads=threads
-        )
-
-    results: list[TrainedWeights | None] = [None] * count
-    with BACKENDS[backend](), joblib.parallel_config(backend=backend, n_jobs=jobs):
-        stream = joblib.Parallel(return_as="generator_unordered")(task(k) for k in range(count))
+    seeds = tuple(int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(count))
+    job = TrainingJob(
+        architecture=architecture,
+        recipe=recipe,
+        x=x,
+        y=y,
+        candidates_x=cx,
+        candidates_y=cy,
+        in_reference=in_ref,
+        in_candidates=in_cand,
+        seeds=seeds,
+        threads=threads,
+        device=device,
+    )
+    with contextlib.ExitStack() as stack:
+        tick: Callable[[int, object], None] = lambda k, result: None  # noqa: E731
         if progress:
             from tqdm import tqdm
 
-            stream = tqdm(stream, total=count, desc="reference models", unit="model")
-        for trained in stream:
-            results[trained.index] = trained
-    done = [r for r in results if r is not None]
+            bar = stack.enter_context(tqdm(total=count, desc="reference models", unit="model"))
+            tick = lambda k, result: bar.update(1)  # noqa: E731
+        done = runner.map(reference_tasks(job), jobs=jobs, address=address, on_result=tick)
     return ReferenceSet(
         architecture=architecture,
         recipe=recipe,

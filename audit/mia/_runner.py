@@ -47,7 +47,9 @@ class MiaConfig:
     model_bootstrap: int = 20
     fprs: tuple[float, ...] = (0.01, 0.001)
     jobs: int = 1
-    backend: str = "loky"
+    backend: str = "local"
+    address: str | None = None
+    device: str = "auto"
     train_size: int | None = None
     per_class: bool = False
     sample_scores: bool = False
@@ -114,6 +116,8 @@ def _reference_set(
         train_size=config.train_size if config.train_size is not None else len(reference.y) // 2,
         jobs=config.jobs,
         backend=config.backend,
+        address=config.address,
+        device=config.device,
         progress=progress,
     )
 

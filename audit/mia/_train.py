@@ -20,7 +20,14 @@ from audit.errors import InputError
 from audit.mia._arch import Architecture, module_from_state, state_to_numpy
 from audit.mia._signals import LogitsFn
 
-__all__ = ["TrainedWeights", "TrainingRecipe", "retrain", "torch_logits_fn", "train_model"]
+__all__ = [
+    "TrainedWeights",
+    "TrainingRecipe",
+    "resolve_device",
+    "retrain",
+    "torch_logits_fn",
+    "train_model",
+]
 
 _GLOBAL_RNG = threading.Lock()
 
@@ -57,6 +64,7 @@ class TrainedWeights:
     index: int
     state: dict[str, NDArray[Any]]
     train_accuracy: float
+    device: str = "cpu"
 
 
 def train_model(
@@ -68,14 +76,18 @@ def train_model(
     seed: int,
     index: int = 0,
     threads: int = 1,
+    device: str = "cpu",
 ) -> TrainedWeights:
-    """Train one model of ``arch`` on ``(x, y)``; fully determined by ``seed`` on a CPU."""
+    """Train one model of ``arch`` on ``(x, y)``; fully determined by ``seed`` and ``threads``
+    on a CPU. ``device``: ``cpu``, ``cuda`` or ``auto`` (CUDA when this process sees a GPU);
+    the weights come back as CPU numpy arrays either way."""
     if len(x) == 0:
         raise InputError("cannot train a reference model on an empty set")
+    target = resolve_device(device)
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads))
     try:
-        return _train(arch, x, y, recipe=recipe, seed=seed, index=index)
+        return _train(arch, x, y, recipe=recipe, seed=seed, index=index, device=target)
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -88,6 +100,7 @@ def _train(
     recipe: TrainingRecipe,
     seed: int,
     index: int,
+    device: torch.device,
 ) -> TrainedWeights:
     gen = torch.Generator().manual_seed(seed)
     # torch's initialisation draws from the process-global RNG: with the threading backend two
@@ -95,23 +108,36 @@ def _train(
     with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = arch.build()
+    model.to(device)  # initialised on the CPU above: the same weights whatever the device
     # Own writable copies: joblib hands workers read-only memory maps, which torch refuses to wrap.
-    xt = torch.from_numpy(np.array(x, dtype=np.float32))
-    yt = torch.from_numpy(np.array(y, dtype=np.int64))
+    xt = torch.from_numpy(np.array(x, dtype=np.float32)).to(device)
+    yt = torch.from_numpy(np.array(y, dtype=np.int64)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     model.train()
     for _ in range(recipe.epochs):
         order = torch.randperm(len(xt), generator=gen)
         for i in range(0, len(order), recipe.batch_size):
-            idx = order[i : i + recipe.batch_size]
+            idx = order[i : i + recipe.batch_size].to(device)
             opt.zero_grad()
             loss_fn(model(xt[idx]), yt[idx]).backward()
             opt.step()
     model.eval()
     with torch.no_grad():
         acc = float((model(xt).argmax(1) == yt).float().mean())
-    return TrainedWeights(index, state_to_numpy(model), acc)
+    return TrainedWeights(index, state_to_numpy(model), acc, device.type)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` is CUDA when this process sees a GPU, else the CPU; ``cuda`` without one is an
+    error (never a silent CPU run the auditor did not ask for)."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("training device cuda requested, but this worker has no CUDA device")
+    if device not in ("cpu", "cuda"):
+        raise InputError(f"unknown training device {device!r} (choose auto, cpu, cuda)")
+    return torch.device(device)
 
 
 def torch_logits_fn(module: nn.Module, *, batch_size: int = 8192) -> LogitsFn:

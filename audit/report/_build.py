@@ -65,6 +65,9 @@ class ReportOptions:
     mia_reference_models: int = 4
     mia_sides: Literal["one", "two"] = "one"
     mia_arch: str | None = None
+    mia_backend: str = "local"  # where reference models train (audit.mia._execution)
+    mia_address: str | None = None
+    mia_jobs: int = 1
     seed: int = 0
     policy: Policy = field(default_factory=Policy)
     device: str = "auto"
@@ -193,6 +196,9 @@ def _mia(
         reference_models=options.mia_reference_models,
         seed=options.seed,
         fprs=(0.01, 0.001),
+        jobs=options.mia_jobs,
+        backend=options.mia_backend,
+        address=options.mia_address,
     )
     game = unlearning_audit(
         original=original_model.logits,
@@ -417,6 +423,9 @@ def build_report(
                 sides=options.mia_sides,
                 arch=options.mia_arch,
                 seed=options.seed,
+                backend=options.mia_backend,
+                address=options.mia_address,
+                jobs=options.mia_jobs,
             ),
         )
     verification = verify_proof(

@@ -25,12 +25,31 @@ from typing import Any, BinaryIO
 _LENGTH = struct.Struct(">Q")
 
 
+def _die_with_parent() -> None:
+    """Linux: the kernel kills this worker when the auditor's process dies, even mid-run."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the closed pipe still ends an idle worker
+
+
 def _limit(max_memory: int, cpu_seconds: int) -> None:
+    _die_with_parent()
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if max_memory > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (max_memory, max_memory))
-    if cpu_seconds > 0:
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
+    for which, soft, extra in (
+        (resource.RLIMIT_AS, max_memory, 0),
+        (resource.RLIMIT_CPU, cpu_seconds, 5),
+    ):
+        if soft <= 0:
+            continue
+        _, hard = resource.getrlimit(which)
+        if hard != resource.RLIM_INFINITY:  # never above what the parent was given
+            soft, extra = min(soft, hard), max(0, min(extra, hard - soft))
+        resource.setrlimit(which, (soft, soft + extra))
 
 
 def _read_exact(stream: BinaryIO, n: int) -> bytes:

@@ -28,8 +28,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from audit.verify._graph import PATCH_FORMAT, PATCH_OUTPUT, PATCH_PREFIX, Head, metadata
+from audit.verify._graph import (
+    PATCH_FORMAT,
+    PATCH_OUTPUT,
+    PATCH_PREFIX,
+    TAIL_FORM,
+    Head,
+    expected_outputs,
+    metadata,
+)
 from audit.verify._patch import PatchParams
+from audit.verify._routed import ROUTED, routed_gate, routed_patch_network
 
 __all__ = [
     "GATE_FORMS",
@@ -55,6 +64,9 @@ class PatchSpec:
     cut_dim: int
     affine: bool
     linear: bool
+    routing: Any = None
+    """The routed gate's checked tables (:class:`audit.verify._routed.Routing`): the tree's
+    depth and width fix how many levels the graph has; ``None`` for the other gates."""
 
 
 @dataclass
@@ -65,6 +77,8 @@ class CanonicalGraph:
     initializers: dict[str, tuple[tuple[int, ...], NDArray[np.float32] | None]] = field(
         default_factory=dict
     )
+    dtypes: dict[str, int] = field(default_factory=dict)
+    """ONNX data type of an initializer when it is not FLOAT (the routed gate's tables)."""
 
     def node(self, op: str, inputs: list[str], *, name: str, **attrs: Any) -> str:
         from onnx import helper
@@ -74,9 +88,12 @@ class CanonicalGraph:
         self.nodes.append(helper.make_node(op, inputs, [out], name=node_name, **attrs))
         return out
 
-    def param(self, name: str, shape: tuple[int, ...]) -> str:
-        """A declared float32 parameter (its value is the owner's, checked elsewhere)."""
+    def param(self, name: str, shape: tuple[int, ...], dtype: int = 1) -> str:
+        """A declared parameter, float32 unless ``dtype`` (an ONNX data type) says otherwise;
+        its value is the owner's, checked elsewhere."""
         self.initializers[PATCH_PREFIX + name] = (shape, None)
+        if dtype != 1:
+            self.dtypes[PATCH_PREFIX + name] = dtype
         return PATCH_PREFIX + name
 
     def const(self, name: str, value: NDArray[Any]) -> str:
@@ -134,8 +151,11 @@ def _dense_gate(graph: CanonicalGraph, spec: PatchSpec, x: str, z: str) -> str:
 
 
 def _logits_tail(graph: CanonicalGraph, spec: PatchSpec, x: str, g: str) -> None:
-    """``prune/output = original logits + sum_u h_u`` (FORMATS.md "Patched ONNX")."""
-    if spec.linear:
+    """``prune/output = original logits + sum_u h_u`` (FORMATS.md "Patched ONNX"); for the
+    routed gate, ``+ h_r`` of the one routed patch (FORMATS.md "Routed gate")."""
+    if spec.gate == ROUTED:
+        h_sum = routed_patch_network(graph, spec, x, g)
+    elif spec.linear:
         h_sum = graph.node("MatMul", [g, PATCH_PREFIX + "d"], name="h_sum")
     else:
         h_sum = _patch_networks(graph, spec, x, g)
@@ -163,10 +183,17 @@ def _patch_networks(graph: CanonicalGraph, spec: PatchSpec, x: str, g: str) -> s
     return graph.node("ReduceSum", [h, axes1], name="h_sum", keepdims=0)
 
 
-GATE_FORMS: dict[str, GateForm] = {"activation": _activation_gate, "dense": _dense_gate}
+GATE_FORMS: dict[str, GateForm] = {
+    "activation": _activation_gate,
+    "dense": _dense_gate,
+    ROUTED: routed_gate,
+}
 """``prune.gate`` -> the gate's canonical nodes (returns the ``g [N, P]`` tensor)."""
-TAIL_FORMS: dict[str, TailForm] = {"logits": _logits_tail}
-"""``prune.tail`` (absent: ``logits``) -> the nodes after the gate, ending in the output."""
+TAIL_FORMS: dict[str, TailForm] = {"logits": _logits_tail, TAIL_FORM: _logits_tail}
+"""``prune.tail`` (absent: ``logits``) -> the nodes after the gate, ending in the output.
+``replay`` (FORMATS.md "Output tail form") adds the same patch nodes; the original's output tail
+replayed on ``prune/output`` follows them and is checked node for node by
+:func:`audit.verify._graph.match_original_nodes`, the outputs by :func:`expected_outputs`."""
 
 
 def gate_linear(params: PatchParams) -> bool:
@@ -185,7 +212,9 @@ def canonical_patch(spec: PatchSpec, *, tail: str = "logits") -> CanonicalGraph:
     graph.param("n", ())
     graph.param("K", (spec.patches, 1))
     graph.param("d", (spec.patches, spec.classes))
-    if spec.affine:
+    if spec.affine and spec.gate == ROUTED:  # gathered per input: one [d, O] block per patch
+        graph.param("C", (spec.patches, spec.cut_dim, spec.classes))
+    elif spec.affine:
         graph.param("C", (spec.cut_dim, spec.patches * spec.classes))
     head = spec.head
     x = graph.node("Flatten", [head.cut], name="x", axis=1)
@@ -242,20 +271,28 @@ def compare_patch_graph(
         if tensor is None:
             problems.append(f"initializer {name!r} is missing")
             continue
-        if tensor.data_type != TensorProto.FLOAT or tuple(tensor.dims) != shape:
-            problems.append(f"initializer {name!r}: expected float32 of shape {list(shape)}")
+        dtype = expected.dtypes.get(name, TensorProto.FLOAT)
+        if tensor.data_type != dtype or tuple(tensor.dims) != shape:
+            kind = TensorProto.DataType.Name(dtype).lower()
+            problems.append(f"initializer {name!r}: expected {kind} of shape {list(shape)}")
             continue
         if value is not None:
             got_value = numpy_helper.to_array(tensor)
             if not np.array_equal(got_value, value):
                 problems.append(f"initializer {name!r}: expected the constant {value.tolist()}")
     outputs = list(patched.graph.output)
-    if [o.name for o in outputs] != [PATCH_OUTPUT]:
+    want_out = expected_outputs(original)
+    want_names = [PATCH_OUTPUT if o is None else o.name for o in want_out]
+    if [o.name for o in outputs] != want_names:
         problems.append(
-            f"graph outputs are {[o.name[:40] for o in outputs]}, expected [{PATCH_OUTPUT!r}]"
+            f"graph outputs are {[o.name[:40] for o in outputs]}, expected {want_names}"
         )
-    elif outputs[0].type.tensor_type.elem_type != TensorProto.FLOAT:
-        problems.append(f"{PATCH_OUTPUT} is not float32")
+    else:
+        for got_out, want in zip(outputs, want_out, strict=True):
+            if want is None and got_out.type.tensor_type.elem_type != TensorProto.FLOAT:
+                problems.append(f"{PATCH_OUTPUT} is not float32")
+            elif want is not None and _node_bytes(got_out) != _node_bytes(want):
+                problems.append(f"graph output {got_out.name[:40]!r} differs from the original's")
     if list(patched.graph.value_info) != list(original.graph.value_info):
         problems.append("graph value_info differs from the original model's")
     meta = metadata(patched)

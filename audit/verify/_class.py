@@ -75,12 +75,14 @@ def expected_suppression(
     model = onnx.ModelProto()
     model.CopyFrom(original)
     nodes: list[Any] = []
-
-    def const(name: str, values: list[int]) -> str:
-        full = PATCH_PREFIX + name
-        tensor = numpy_helper.from_array(np.asarray(values, dtype=np.int64), name=full)
-        nodes.append(helper.make_node("Constant", [], [full], name=full, value=tensor))
-        return full
+    mask = np.zeros(classes, dtype=np.float32)
+    mask[k] = -np.inf
+    cap = np.full(classes, np.inf, dtype=np.float32)
+    cap[k] = -margin
+    inits = [
+        numpy_helper.from_array(mask, name=PATCH_PREFIX + "class/mask"),
+        numpy_helper.from_array(cap, name=PATCH_PREFIX + "class/cap"),
+    ]
 
     def node(op: str, inputs: list[str], name: str, **attrs: Any) -> str:
         out = name if name == PATCH_OUTPUT else PATCH_PREFIX + name
@@ -88,23 +90,18 @@ def expected_suppression(
         nodes.append(helper.make_node(op, inputs, [out], name=node_name, **attrs))
         return out
 
-    others = [j for j in range(classes) if j != k]
-    perm = [classes if j == k else j for j in range(classes)]
-    z_others = node("Gather", [logits, const("class/others", others)], "class/z_others", axis=1)
+    others = node("Add", [logits, PATCH_PREFIX + "class/mask"], "class/others")
     if _opset(original) >= 18:
-        axes = const("class/axes", [1])
-        best = node("ReduceMax", [z_others, axes], "class/best_other", keepdims=1)
+        axes = PATCH_PREFIX + "class/axes"
+        one = numpy_helper.from_array(np.asarray([1], dtype=np.int64), name=axes)
+        nodes.append(helper.make_node("Constant", [], [axes], name=axes, value=one))
+        best = node("ReduceMax", [others, axes], "class/best_other", keepdims=1)
     else:
-        best = node("ReduceMax", [z_others], "class/best_other", axes=[1], keepdims=1)
-    ceiling = node("Sub", [best, PATCH_PREFIX + "class/margin"], "class/ceiling")
-    z_k = node("Gather", [logits, const("class/k", [k])], "class/z_k", axis=1)
-    capped = node("Min", [z_k, ceiling], "class/z_k_capped")
-    extended = node("Concat", [logits, capped], "class/extended", axis=1)
-    node("Gather", [extended, const("class/perm", perm)], PATCH_OUTPUT, axis=1)
+        best = node("ReduceMax", [others], "class/best_other", axes=[1], keepdims=1)
+    ceiling = node("Add", [best, PATCH_PREFIX + "class/cap"], "class/ceiling")
+    node("Min", [logits, ceiling], PATCH_OUTPUT)
     graph = model.graph
-    graph.initializer.append(
-        numpy_helper.from_array(np.asarray([margin]), name=PATCH_PREFIX + "class/margin")
-    )
+    graph.initializer.extend(inits)
     graph.node.extend(nodes)
     batch = _batch_dim(graph.output[0])
     del graph.output[:]

@@ -29,8 +29,17 @@ from audit.proof import (
     read_bounded,
 )
 from audit.runtime import OnnxModel, available_providers
+from audit.verify._affine import AffineHead, parse_head
 from audit.verify._framework import CheckUnavailable, Policy
-from audit.verify._graph import PATCH_OUTPUT, Head, find_head, load_onnx, metadata, sub_model
+from audit.verify._graph import (
+    PATCH_OUTPUT,
+    Head,
+    find_head,
+    load_onnx,
+    metadata,
+    sub_model,
+    up_to,
+)
 from audit.verify._patch import PatchParams, read_patch
 from prune.formats import (
     PAYLOAD_TYPE,
@@ -236,10 +245,27 @@ class VerifyContext:
 
         return self.memo("head", make)
 
+    def affine_head(self) -> AffineHead:
+        """The verifier's own float64 parse of the head (:func:`parse_head`). The cut's
+        per-sample shape comes from ONNX shape inference, or, where inference cannot follow the
+        graph (shapes computed at run time), from running the original on the forget openings."""
+
+        def make() -> AffineHead:
+            try:
+                return parse_head(self.original_proto(), self.head())
+            except CheckUnavailable as exc:
+                if "shape of the cut" not in str(exc):
+                    raise
+            shape = self.evaluate(self.openings().x, key="forget").extra["cut_shape"]
+            return parse_head(self.original_proto(), self.head(), tuple(shape))
+
+        return self.memo("affine", make)
+
     def patch(self) -> PatchParams:
         def make() -> PatchParams:
             gate = metadata(self.patched_proto()).get("prune.gate", "")
-            return read_patch(self.patched_proto(), gate=gate)
+            hidden = self.hidden_width() if gate == "routed" else None
+            return read_patch(self.patched_proto(), gate=gate, hidden=hidden)
 
         return self.memo("patch", make)
 
@@ -275,21 +301,54 @@ class VerifyContext:
 
             self.memo("gate:original", make_original)
 
+    def hidden_width(self) -> int:
+        """``H``, the total width of the head's hidden tensors, by ONNX shape inference on the
+        *original* graph (static per-sample shapes; a symbolic one is refused)."""
+
+        def make() -> int:
+            import onnx
+
+            head = self.head()
+            try:
+                inferred = onnx.shape_inference.infer_shapes(self.original_proto())
+            except Exception as exc:  # onnx raises several unrelated types
+                raise CheckUnavailable(f"original model: shape inference failed ({exc})") from exc
+            infos = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.output)}
+            width = 0
+            for name in head.hidden:
+                dims = infos[name].type.tensor_type.shape.dim[1:] if name in infos else None
+                if not dims or not all(d.HasField("dim_value") for d in dims):
+                    raise CheckUnavailable(f"original model: the width of {name[:60]!r} is unknown")
+                width += int(np.prod([d.dim_value for d in dims]))
+            return width
+
+        return self.memo("hidden_width", make)
+
     def original_model(self) -> OnnxModel:
         def make() -> OnnxModel:
             self.authentic(original=True)
             head = self.head()
-            extra = [n for n in (head.cut, *head.hidden) if n != head.input]
-            return self._session(self.original_bytes(), "original model", extra)
+            extra = [n for n in (head.cut, *head.hidden, head.output) if n != head.input]
+            data = self.original_bytes()
+            if head.tail:  # run up to the logits; the tail is checked node for node instead
+                data = up_to(self.original_proto(), [head.output])
+            return self._session(data, "original model", extra)
 
         return self.memo("ort:original", make)
 
     def patched_model(self) -> OnnxModel:
-        """The deployed model as a black box: exactly the file's graph, no extra outputs."""
+        """The deployed model as a black box: exactly the file's graph, no extra outputs; with
+        an output tail (``prune.tail = replay``), the graph up to ``prune/output``: the tail is
+        a function of it, checked node for node by ``structure.patch`` (it may hold ops such
+        as ``ai.onnx.ml.ZipMap`` that the sandbox does not run)."""
 
         def make() -> OnnxModel:
             self.authentic(original=False)
-            return self._session(self.proof_file("model"), "model.onnx", [])
+            data = self.proof_file("model")
+            proto = self.patched_proto()
+            if [o.name for o in proto.graph.output] != [PATCH_OUTPUT]:
+                data = up_to(proto, [PATCH_OUTPUT])
+            return self._session(data, "model.onnx", [])
 
         return self.memo("ort:patched", make)
 
@@ -304,17 +363,19 @@ class VerifyContext:
         model: OnnxModel,
         x: NDArray[np.float32],
         what: str,
+        outputs: list[str] | None = None,
         *,
         batch_size: int = _BATCH,
     ) -> list[NDArray[np.float32]]:
+        """Run ``model``; ``outputs`` names the tensors (default: every graph output)."""
         try:
-            outs = model.run(x, batch_size=batch_size)
+            outs = model.run(x, outputs=outputs, batch_size=batch_size)
         except (InputError, VerificationError) as exc:  # incl. the sandbox's limits
             raise CheckUnavailable(f"{what}: {exc}") from exc
         except Exception as exc:  # onnxruntime's own failure types
             first = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
             raise CheckUnavailable(f"{what}: onnxruntime failed: {first}") from exc
-        for name, out in zip(model.output_names, outs, strict=True):
+        for name, out in zip(outputs or model.output_names, outs, strict=True):
             require_finite(out, f"{what} output {name[:40]!r}")
         return outs
 
@@ -325,8 +386,11 @@ class VerifyContext:
         def make() -> Evaluation:
             head = self.head()
             model = self.original_model()
-            outs = dict(zip(model.output_names, self._run(model, x, "original model"), strict=True))
-            cut = x if head.cut == head.input else outs[head.cut]
+            names = list(dict.fromkeys(n for n in (head.cut, *head.hidden, head.output)))
+            names = [n for n in names if n != head.input]
+            outs = dict(zip(names, self._run(model, x, "original model", names), strict=True))
+            outs[head.input] = x
+            cut = outs[head.cut]
             z = [outs[name].reshape(len(x), -1) for name in head.hidden]
             hidden = np.concatenate(z, axis=1) if z else np.zeros((len(x), 0), np.float32)
             return Evaluation(
@@ -345,7 +409,9 @@ class VerifyContext:
         infinity anywhere is :class:`NonFiniteOutput`."""
 
         def make() -> NDArray[np.float32]:
-            out = self._run(self.patched_model(), x, "model.onnx", batch_size=batch_size)[0]
+            out = self._run(
+                self.patched_model(), x, "model.onnx", [PATCH_OUTPUT], batch_size=batch_size
+            )[0]
             if out.ndim != 2 or len(out) != len(x):
                 raise CheckUnavailable(
                     f"model.onnx: output has shape {out.shape}, expected [N, classes]"
@@ -364,7 +430,7 @@ class VerifyContext:
                 self.original_proto(),
                 cut=head.cut,
                 cut_shape=cut_shape,
-                outputs=[*head.hidden, head.output],
+                outputs=[n for n in dict.fromkeys((*head.hidden, head.output)) if n != head.cut],
             )
             patched = sub_model(
                 self.patched_proto(), cut=head.cut, cut_shape=cut_shape, outputs=[PATCH_OUTPUT]
@@ -384,7 +450,10 @@ class VerifyContext:
         head = self.head()
         model = self._head_sessions(cut_shape)[0]
         shaped = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *cut_shape)
-        outs = dict(zip(model.output_names, self._run(model, shaped, "original head"), strict=True))
+        # the cut itself may be a breakpoint tensor (a cut at a Relu input): it is the input
+        names = [n for n in dict.fromkeys((*head.hidden, head.output)) if n != head.cut]
+        outs = dict(zip(names, self._run(model, shaped, "original head", names), strict=True))
+        outs[head.cut] = shaped
         z = [outs[name].reshape(len(x), -1) for name in head.hidden]
         hidden = np.concatenate(z, axis=1) if z else np.zeros((len(x), 0), np.float32)
         return hidden, outs[head.output].reshape(len(x), -1)
@@ -395,4 +464,4 @@ class VerifyContext:
         """The patched model's logits on flattened cut values ``x`` ``[N, d]``."""
         model = self._head_sessions(cut_shape)[1]
         shaped = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *cut_shape)
-        return self._run(model, shaped, "patched head")[0].reshape(len(x), -1)
+        return self._run(model, shaped, "patched head", [PATCH_OUTPUT])[0].reshape(len(x), -1)

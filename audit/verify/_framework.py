@@ -103,7 +103,9 @@ class Policy:
     allowed excess of the measured accuracy drop over the certified one (fraction).
     ``min_certified_margin``: the smallest certified margin a claim may state (a hair margin
     cannot survive the float32 execution of the model). ``accept_point_only``: the auditor
-    accepts claims that hold only at the sample (verdict ``point-only``, exit 0)."""
+    accepts claims that hold only at the sample (verdict ``point-only``, exit 0).
+    ``probe_claims``: certified claims probed (at random; ``None``: all). Probes are defence in
+    depth: every certified claim is proved by ``region.certificate``."""
 
     required_inputs: frozenset[str] = frozenset({"original", "forget", "reference", "sample"})
     max_age: timedelta = timedelta(days=365)
@@ -113,7 +115,7 @@ class Policy:
     utility_tolerance: float = 0.01
     probe_directions: int = 4
     probe_points: int = 4
-    probe_claims: int | None = None
+    probe_claims: int | None = 64
     bisection_steps: int = 10
     lp_claims: int = 1
     min_certified_margin: float = 0.01

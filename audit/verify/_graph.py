@@ -4,7 +4,12 @@ original-versus-patched structure diff, and the rules a patch subgraph must foll
 Threat assumption: both models come from the owner. Nothing in the patched model's metadata is
 trusted: the cut must be a tensor of the *original* graph that separates it, the hidden tensors
 are recomputed here as the inputs of the Relu nodes after the cut, and the metadata must agree.
-External data is refused (an ONNX file must never make the verifier open a path)."""
+External data is refused (an ONNX file must never make the verifier open a path).
+
+Output tail: the logits are the one tensor read by the first Softmax/LogSoftmax/ArgMax nodes on
+the way to the outputs (or the single output when there are none); the nodes computed from the
+logits form the tail, which the patched model must replay unchanged on ``prune/output``
+(docs/FORMATS.md, "Output tail")."""
 
 from __future__ import annotations
 
@@ -19,19 +24,27 @@ __all__ = [
     "ALLOWED_PATCH_OPS",
     "PATCH_OUTPUT",
     "PATCH_PREFIX",
+    "TAIL_FORM",
     "Head",
+    "expected_outputs",
     "find_head",
     "load_onnx",
     "match_original_nodes",
     "metadata",
     "original_problems",
+    "output_tail",
     "patch_form_problems",
+    "replayed_tail",
     "sub_model",
+    "up_to",
 ]
 
 PATCH_PREFIX = "prune/patch/"
 PATCH_OUTPUT = "prune/output"
 PATCH_FORMAT = "prune/patch/v1"
+TAIL_FORM = "replay"
+_TAIL_OPS = frozenset({"Softmax", "LogSoftmax", "ArgMax"})
+_ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu"})
 # Continuous piecewise-linear ops only: no comparisons, no control flow, no data-dependent
 # shapes. A trigger on exact inputs needs one of the excluded ops (Equal, Where, If, ...).
 ALLOWED_PATCH_OPS = frozenset(
@@ -98,14 +111,58 @@ def metadata(proto: Any) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Head:
-    """The original model after the cut: ``hidden`` are the inputs of its Relu nodes in node
-    order, ``nodes`` the indices of the nodes downstream of the cut, ``output`` the logits."""
+    """The original model after the cut: ``hidden`` are the inputs of its activation nodes
+    (Relu, LeakyRelu, PRelu: the breakpoint tensors) in node order, ``nodes`` the indices of the
+    nodes downstream of the cut up to the logits ``output``, ``tail`` those after the logits."""
 
     input: str
     cut: str
     hidden: tuple[str, ...]
     output: str
     nodes: tuple[int, ...]
+    tail: tuple[int, ...] = ()
+
+
+def output_tail(original: Any) -> tuple[str, tuple[int, ...]]:
+    """(logits tensor, tail node indices) of ``original`` (module docstring)."""
+    graph = original.graph
+    outputs = [o.name for o in graph.output]
+    after_tail: set[str] = set()
+    firsts: set[str] = set()
+    for node in graph.node:
+        reads_tail = any(name in after_tail for name in node.input)
+        if node.op_type in _TAIL_OPS and node.domain in ("", "ai.onnx") and not reads_tail:
+            if node.input:
+                firsts.add(node.input[0])
+            after_tail.update(node.output)
+        elif reads_tail:
+            after_tail.update(node.output)
+    if not firsts:
+        if len(outputs) != 1:
+            raise CheckUnavailable(
+                f"original model: {len(outputs)} outputs and no Softmax/LogSoftmax/ArgMax"
+            )
+        return outputs[0], ()
+    if len(firsts) != 1:
+        raise CheckUnavailable(f"original model: the output tail reads {len(firsts)} tensors")
+    logits = next(iter(firsts))
+    constants = _constants(graph)
+    after = {logits}
+    tail: list[int] = []
+    for index, node in enumerate(graph.node):
+        if node.op_type != "Constant" and any(name in after for name in node.input):
+            tail.append(index)
+            after.update(node.output)
+    for index in tail:
+        for name in graph.node[index].input:
+            if name and name not in after and name not in constants:
+                raise CheckUnavailable(
+                    f"original model: tail node {graph.node[index].name[:60]!r} reads "
+                    f"{name[:60]!r}, which is not computed from the logits"
+                )
+    if any(name not in after for name in outputs):
+        raise CheckUnavailable("original model: an output is not computed from the logits")
+    return logits, tuple(tail)
 
 
 def _constants(graph: Any) -> set[str]:
@@ -121,20 +178,24 @@ def find_head(original: Any, cut: str) -> Head:
     graph = original.graph
     constants = _constants(graph)
     inputs = [i.name for i in graph.input if i.name not in constants]
-    outputs = [o.name for o in graph.output]
-    if len(inputs) != 1 or len(outputs) != 1:
-        raise CheckUnavailable(
-            f"original model: expected one input and one output, got {len(inputs)} and {len(outputs)}"
-        )
+    if len(inputs) != 1:
+        raise CheckUnavailable(f"original model: expected one input, got {len(inputs)}")
+    logits, tail = output_tail(original)
+    tail_set = set(tail)
+    outputs = [logits]
     produced = {name for node in graph.node for name in node.output}
     if cut != inputs[0] and cut not in produced:
         raise CheckUnavailable(f"cut tensor {cut[:60]!r} is not a tensor of the original model")
     after = {cut}
     nodes: list[int] = []
     for index, node in enumerate(graph.node):
+        if index in tail_set:
+            continue
         if node.op_type != "Constant" and any(name in after for name in node.input):
             nodes.append(index)
             after.update(node.output)
+    if cut in {o for i in tail for o in graph.node[i].output}:
+        raise CheckUnavailable(f"cut tensor {cut[:60]!r} is after the logits")
     for index in nodes:
         node = graph.node[index]
         for name in node.input:
@@ -145,8 +206,8 @@ def find_head(original: Any, cut: str) -> Head:
                 )
     if outputs[0] not in after:
         raise CheckUnavailable(f"the logits {outputs[0]!r} do not depend on the cut {cut!r}")
-    hidden = tuple(graph.node[i].input[0] for i in nodes if graph.node[i].op_type == "Relu")
-    return Head(inputs[0], cut, hidden, outputs[0], tuple(nodes))
+    hidden = tuple(graph.node[i].input[0] for i in nodes if graph.node[i].op_type in _ACTIVATIONS)
+    return Head(inputs[0], cut, hidden, outputs[0], tuple(nodes), tail)
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -159,14 +220,52 @@ def _list_problem(kind: str, original: Sequence[Any], patched: Sequence[Any]) ->
     return []
 
 
+def replayed_tail(original: Any) -> list[Any]:
+    """The canonical tail of the patched model: the original's tail nodes in order, each
+    reading ``prune/output`` where it read the logits (byte-identical otherwise)."""
+    logits, tail = output_tail(original)
+    out: list[Any] = []
+    for index in tail:
+        node = type(original.graph.node[index])()
+        node.CopyFrom(original.graph.node[index])
+        for i, name in enumerate(node.input):
+            if name == logits:
+                node.input[i] = PATCH_OUTPUT
+        out.append(node)
+    return out
+
+
+def expected_outputs(original: Any) -> list[Any]:
+    """The patched model's graph outputs, as ``ValueInfoProto``s with ``prune/output`` typed
+    by the caller: the original's outputs with the logits renamed to ``prune/output`` (or
+    ``prune/output`` appended), or ``[prune/output]`` alone when there is no tail."""
+    logits, tail = output_tail(original)
+    if not tail:
+        return [None]
+    outs: list[Any] = [None if o.name == logits else o for o in original.graph.output]
+    if None not in outs:
+        outs.append(None)
+    return outs
+
+
 def match_original_nodes(original: Any, patched: Any) -> tuple[list[str], list[Any]]:
-    """Original nodes must appear in the patched graph byte-identical and in the same order;
+    """Original nodes before the tail must appear in the patched graph byte-identical and in
+    the same order; the patched graph must end with the replayed tail (:func:`replayed_tail`);
     every other node is a patch node. Returns (problems, patch nodes)."""
     problems: list[str] = []
     extra: list[Any] = []
     j = 0
-    base = list(original.graph.node)
-    for node in patched.graph.node:
+    _, tail = output_tail(original)
+    tail_set = set(tail)
+    base = [n for i, n in enumerate(original.graph.node) if i not in tail_set]
+    nodes = list(patched.graph.node)
+    if tail:
+        canonical = replayed_tail(original)
+        got = nodes[-len(canonical) :] if len(nodes) >= len(canonical) else []
+        if len(got) != len(canonical) or not all(map(_same, got, canonical)):
+            problems.append("the output tail is not the original's replayed on prune/output")
+        nodes = nodes[: -len(canonical)] if len(nodes) >= len(canonical) else nodes
+    for node in nodes:
         if j < len(base) and _same(node, base[j]):
             j += 1
         else:
@@ -263,11 +362,17 @@ def patch_form_problems(original: Any, patched: Any, head: Head) -> list[str]:
     problems: list[str] = []
     _, patch_nodes = match_original_nodes(original, patched)
     outputs = list(patched.graph.output)
-    if [o.name for o in outputs] != [PATCH_OUTPUT]:
+    expected_out = expected_outputs(original)
+    want = [PATCH_OUTPUT if o is None else o.name for o in expected_out]
+    if [o.name for o in outputs] != want:
         names = ", ".join(o.name[:40] for o in outputs)
-        problems.append(f"graph outputs are [{names}], expected exactly [{PATCH_OUTPUT}]")
-    elif outputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        problems.append(f"{PATCH_OUTPUT} is not float32")
+        problems.append(f"graph outputs are [{names}], expected exactly [{', '.join(want)}]")
+    else:
+        for got, exp in zip(outputs, expected_out, strict=True):
+            if exp is None and got.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+                problems.append(f"{PATCH_OUTPUT} is not float32")
+            elif exp is not None and not _same(got, exp):
+                problems.append(f"graph output {got.name[:40]!r} differs from the original's")
     meta = metadata(patched)
     expected = {
         "prune.format": PATCH_FORMAT,
@@ -275,6 +380,10 @@ def patch_form_problems(original: Any, patched: Any, head: Head) -> list[str]:
         "prune.original_output": head.output,
         "prune.hidden": ",".join(head.hidden),
     }
+    if head.tail:
+        expected["prune.tail"] = TAIL_FORM
+    elif "prune.tail" in meta:
+        problems.append("metadata prune.tail is present but the original has no output tail")
     for key, value in expected.items():
         if meta.get(key) != value:
             problems.append(
@@ -308,6 +417,7 @@ def sub_model(proto: Any, *, cut: str, cut_shape: Sequence[int], outputs: Sequen
             before.update(name for name in node.output if name != cut)
         else:
             nodes.append(node)
+    nodes = _needed(nodes, outputs)
     cut_info = onnx.helper.make_tensor_value_info(
         cut, onnx.TensorProto.FLOAT, ["batch", *[int(s) for s in cut_shape]]
     )
@@ -317,4 +427,44 @@ def sub_model(proto: Any, *, cut: str, cut_shape: Sequence[int], outputs: Sequen
     )
     model = onnx.helper.make_model(sub, opset_imports=list(proto.opset_import))
     model.ir_version = proto.ir_version
+    return bytes(model.SerializeToString())
+
+
+def _needed(nodes: Sequence[Any], outputs: Sequence[str]) -> list[Any]:
+    """The nodes ``outputs`` depend on, in their order."""
+    want = set(outputs)
+    keep: list[Any] = []
+    for node in reversed(list(nodes)):
+        if any(name in want for name in node.output):
+            keep.append(node)
+            want.update(name for name in node.input if name)
+    return keep[::-1]
+
+
+def up_to(proto: Any, outputs: Sequence[str]) -> bytes:
+    """``proto`` cut down to the nodes ``outputs`` need, with those as its graph outputs (the
+    output tail after the logits removed). ``proto`` is not modified."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    kept = [onnx.NodeProto() for _ in range(0)]
+    for node in _needed(list(proto.graph.node), outputs):
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        kept.append(copy)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    del model.graph.output[:]
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
+    used = {name for node in kept for name in node.input}
+    inits = [t for t in model.graph.initializer if t.name in used]
+    copies = []
+    for tensor in inits:
+        c = onnx.TensorProto()
+        c.CopyFrom(tensor)
+        copies.append(c)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(copies)
+    model.graph.ClearField("value_info")
     return bytes(model.SerializeToString())

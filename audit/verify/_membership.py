@@ -43,6 +43,9 @@ class MembershipPolicy:
     sides: Literal["one", "two"] = "one"
     arch: str | None = None
     seed: int = 0
+    backend: str = "local"  # where reference models train (audit.mia._execution)
+    address: str | None = None
+    jobs: int = 1
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_gap <= 0.5 or not 0.0 <= self.max_tpr <= 1.0:
@@ -90,6 +93,9 @@ class MembershipInference(Check[VerifyContext]):
                 reference_models=policy.reference_models,
                 policy=ThresholdPolicy(max_distinguishability=0.5, max_tpr=1.0, fpr=policy.fpr),
                 seed=policy.seed,
+                jobs=policy.jobs,
+                backend=policy.backend,
+                address=policy.address,
             )
         except AuditError as exc:
             raise CheckUnavailable(f"membership attack could not run: {exc}") from exc

@@ -3,7 +3,10 @@ in docs/FORMATS.md ("Patched ONNX") that the verifier compares with what onnxrun
 
 The evaluation is float64 and deliberately naive (one einsum per term): it is the reference that
 the ONNX patch subgraph must agree with. Column layout: patch ``u`` owns columns
-``u*O .. u*O+O-1`` of ``C`` and ``u*H .. u*H+H-1`` of ``A`` / ``b`` (patch-major)."""
+``u*O .. u*O+O-1`` of ``C`` and ``u*H .. u*H+H-1`` of ``A`` / ``b`` (patch-major); the routed
+gate gathers ``C`` per input and stores it ``[P, d, O]``. Its packed patterns are unpacked into
+``pos``/``neg`` so that the region and locality checks read them as they read the activation
+gate's (the routed gate is the activation gate of the one routed candidate)."""
 
 from __future__ import annotations
 
@@ -15,13 +18,18 @@ from numpy.typing import NDArray
 
 from audit.verify._framework import CheckUnavailable
 from audit.verify._graph import PATCH_PREFIX
+from audit.verify._routed import Routing, read_routing
 
 __all__ = ["Gate", "PatchParams", "read_patch"]
 
-Gate = Literal["activation", "dense"]
+Gate = Literal["activation", "dense", "routed"]
 F64 = NDArray[np.float64]
 _NAMES = {"n", "K", "d", "C", "pos", "neg", "A", "b"}
-_GATE_NAMES: dict[str, set[str]] = {"activation": {"pos", "neg"}, "dense": {"A", "b"}}
+_GATE_NAMES: dict[str, set[str]] = {
+    "activation": {"pos", "neg"},
+    "dense": {"A", "b"},
+    "routed": set(),
+}
 
 
 @dataclass(frozen=True, eq=False)
@@ -38,6 +46,7 @@ class PatchParams:
     neg: F64 | None = None
     A: F64 | None = None
     b: F64 | None = None
+    routing: Routing | None = None
 
     @property
     def patches(self) -> int:
@@ -53,7 +62,12 @@ class PatchParams:
         p = self.patches
         if self.classes != classes:
             problems.append(f"patch d has {self.classes} classes, the model has {classes}")
-        if self.C is not None and self.C.shape != (cut_dim, p * classes):
+        if self.gate == "routed" and self.C is not None:
+            if self.C.shape != (p, cut_dim, classes):
+                problems.append(
+                    f"patch C has shape {self.C.shape}, expected ({p}, {cut_dim}, {classes})"
+                )
+        elif self.C is not None and self.C.shape != (cut_dim, p * classes):
             problems.append(
                 f"patch C has shape {self.C.shape}, expected ({cut_dim}, {p * classes})"
             )
@@ -69,7 +83,16 @@ class PatchParams:
 
     def gates(self, *, z: F64, x: F64) -> F64:
         """Gate values ``g`` ``[N, P]`` in [0, 1] from the hidden pre-activations ``z`` ``[N, H]``
-        (activation gate) or the cut ``x`` ``[N, d]`` (dense gate)."""
+        (activation and routed gates) or the cut ``x`` ``[N, d]`` (dense gate). Routed: the
+        activation gate of the routed candidate, 0 for every other patch."""
+        if self.gate == "routed":
+            assert self.pos is not None and self.routing is not None
+            patch = self.routing.route(z)
+            own = self.pos[:, patch].T  # [N, H]
+            v = (own * np.maximum(-z, 0.0) + (1.0 - own) * np.maximum(z, 0.0)).sum(axis=1)
+            out = np.zeros((len(z), self.patches))
+            out[np.arange(len(z)), patch] = np.maximum(1.0 - self.n * v, 0.0)
+            return out
         if self.gate == "activation":
             assert self.pos is not None and self.neg is not None
             violation = np.maximum(-z, 0.0) @ self.pos + np.maximum(z, 0.0) @ self.neg
@@ -85,8 +108,9 @@ class PatchParams:
         return out
 
     def violation(self, z: NDArray[np.floating[Any]]) -> NDArray[np.floating[Any]]:
-        """Activation gate only: the total sign violation ``V`` ``[N, P]`` (0 on the region),
-        in the precision of ``z``."""
+        """Activation and routed gates: the total sign violation ``V`` ``[N, P]`` of every
+        patch (0 on the region), in the precision of ``z``. For the routed gate this bounds
+        the gate from above (a patch not routed to is 0 whatever ``V``)."""
         assert self.pos is not None and self.neg is not None
         pos, neg = self.pos.astype(z.dtype), self.neg.astype(z.dtype)
         return np.asarray(np.maximum(-z, 0) @ pos + np.maximum(z, 0) @ neg)
@@ -94,7 +118,9 @@ class PatchParams:
     def delta(self, *, x: F64, g: F64) -> F64:
         """``sum_u h_u(x)`` ``[N, O]``: what the patch adds to the original logits."""
         p = np.broadcast_to(self.d, (len(x), *self.d.shape)).copy()
-        if self.C is not None:
+        if self.C is not None and self.gate == "routed":
+            p += np.einsum("nd,pdo->npo", x, self.C)
+        elif self.C is not None:
             p += (x @ self.C).reshape(len(x), self.patches, self.classes)
         k = self.K.reshape(1, -1, 1)
         kg = k * g[:, :, None] - k
@@ -115,8 +141,10 @@ def _array(tensor: Any) -> F64:
     return value
 
 
-def read_patch(patched: Any, *, gate: str) -> PatchParams:
-    """The ``prune/patch/*`` parameters of ``patched``; exactly the set the gate needs."""
+def read_patch(patched: Any, *, gate: str, hidden: int | None = None) -> PatchParams:
+    """The ``prune/patch/*`` parameters of ``patched``; exactly the set the gate needs. The
+    routed gate needs ``hidden`` (the head's width, measured by the verifier) and has its
+    routing checked here (:func:`audit.verify._routed.read_routing`)."""
     found: dict[str, F64] = {}
     for tensor in patched.graph.initializer:
         if tensor.name.startswith(PATCH_PREFIX):
@@ -124,7 +152,7 @@ def read_patch(patched: Any, *, gate: str) -> PatchParams:
             if short in _NAMES:
                 found[short] = _array(tensor)
     if gate not in _GATE_NAMES:
-        raise CheckUnavailable(f"unknown gate {gate[:30]!r} (expected activation or dense)")
+        raise CheckUnavailable(f"unknown gate {gate[:30]!r} (expected activation, dense or routed)")
     expected = {"n", "K", "d"} | _GATE_NAMES[gate]
     missing = expected - set(found)
     if missing:
@@ -142,6 +170,21 @@ def read_patch(patched: Any, *, gate: str) -> PatchParams:
             f"patch d {d.shape} and K {K.shape} do not fit [P, O] and [P, 1] >= 0"
         )
     kind: Gate = "activation" if gate == "activation" else "dense"
+    if gate == "routed":
+        if hidden is None:
+            raise CheckUnavailable("routed gate: the head's hidden width is unknown")
+        routing = read_routing(patched, patches=d.shape[0], hidden=hidden)
+        pos = routing.patterns.T.astype(np.float64)
+        return PatchParams(
+            gate="routed",
+            n=float(n),
+            K=K.reshape(-1),
+            d=d,
+            C=found.get("C"),
+            pos=pos,
+            neg=1.0 - pos,
+            routing=routing,
+        )
     params = PatchParams(
         gate=kind,
         n=float(n),

@@ -1,13 +1,15 @@
 """Region probes: a certified claim covers the forget sample's whole linear region, so the
 verifier tests points of that region it chooses itself, in the cut space.
 
-Black-box part (always): for each probed claim, random unit directions from the sample; along
-each, bisection finds the largest step that keeps the *original* model's activation pattern (as
-onnxruntime computes it) and stays in the certificate's declared input box. Linear regions are
-convex, so every point between the sample and that step is inside; the verifier draws points
-uniformly along the segment and one just inside the boundary, re-confirms each is inside the
-region, and requires the *patched* head to predict the claimed target with the certified margin
-(inside the region the gate is fully on, g = 1, whatever the band 1/n).
+Black-box part (always; defence in depth, the proof is ``region.certificate``): for each probed
+claim, random unit directions from the sample; along each, bisection finds the largest step that
+keeps the *original* model's activation pattern (as onnxruntime computes it) and stays in the
+certificate's declared input box. Linear regions are convex, so every point between the sample
+and that step is inside; the verifier draws points uniformly along the segment and one just
+inside the boundary, then takes one hit-and-run step from a uniform point of each segment (a
+fresh direction, the whole chord through the point, points uniform on it: deep inside the
+region, away from the sample), re-confirms each point is inside the region, and requires the
+*patched* head to predict the claimed target with the certified margin.
 
 Exact part (when the verifier can parse the head as affine layers, on the ``lp_claims`` claims
 whose probes came closest to their certified margin): for every other class ``j`` not already
@@ -26,7 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from audit.verify._affine import AffineHead, parse_head
+from audit.verify._affine import AffineHead
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
 from audit.verify._replay import claim_arrays, flip_only, margins
@@ -121,22 +123,41 @@ class RegionProbes(Check[VerifyContext]):
         k, m = policy.probe_directions, policy.probe_points
         claim_of = np.repeat(np.arange(len(rows)), k)
         start = x0[claim_of]
+
+        def chord(
+            origin: NDArray[np.float32], direction: NDArray[np.float32]
+        ) -> NDArray[np.float32]:
+            """Largest step (bisection) along ``direction`` that stays in the region."""
+            lo = np.zeros(len(origin), dtype=np.float32)
+            hi = _box_limit(origin, direction, box)
+            for _ in range(policy.bisection_steps):
+                mid = 0.5 * (lo + hi)
+                ok = inside(origin + mid[:, None] * direction, sign[claim_of])
+                lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+            return lo
+
         raw = ctx.rng.standard_normal(size=start.shape, dtype=np.float32)
         u = _feasible_directions(raw, start, box)
-        lo = np.zeros(len(claim_of), dtype=np.float32)
-        hi = _box_limit(start, u, box)
-        for _ in range(policy.bisection_steps):
-            mid = 0.5 * (lo + hi)
-            ok = inside(start + mid[:, None] * u, sign[claim_of])
-            lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
+        lo = chord(start, u)
         fractions = np.concatenate(
             [ctx.rng.uniform(0.0, 1.0, size=(len(lo), m - 1)), np.full((len(lo), 1), 0.999)],
             axis=1,
         ).astype(np.float32)
         steps = fractions * lo[:, None]  # [rays, m]
-        points = (start[:, None, :] + steps[:, :, None] * u[:, None, :]).reshape(-1, x0.shape[1])
-        probe_claim = np.repeat(claim_of, m)
-        keep = inside(points, sign[probe_claim]) & (steps.reshape(-1) > 0)
+        ray_points = start[:, None, :] + steps[:, :, None] * u[:, None, :]
+        # one hit-and-run step from a uniform point of each ray: a fresh direction, the whole
+        # chord through that point (both ways), m points uniform on it: deep inside the region
+        middle = ray_points[:, 0, :]
+        raw2 = ctx.rng.standard_normal(size=middle.shape, dtype=np.float32)
+        v = _feasible_directions(raw2, middle, box)
+        ahead, back = chord(middle, v), chord(middle, -v)
+        t = ctx.rng.uniform(0.0, 1.0, size=(len(middle), m)).astype(np.float32)
+        offsets = -back[:, None] + t * (ahead + back)[:, None]
+        walk_points = middle[:, None, :] + offsets[:, :, None] * v[:, None, :]
+        points = np.concatenate([ray_points, walk_points], axis=1).reshape(-1, x0.shape[1])
+        moved = np.concatenate([steps, np.abs(offsets) + steps[:, :1]], axis=1).reshape(-1)
+        probe_claim = np.repeat(claim_of, 2 * m)
+        keep = inside(points, sign[probe_claim]) & (moved > 0)
         points, probe_claim = points[keep], probe_claim[keep]
         if len(points) == 0:
             return self.failed(
@@ -154,6 +175,7 @@ class RegionProbes(Check[VerifyContext]):
             "points": len(points),
             "points_failed": int(bad.sum()),
             "median_radius": float(np.median(lo)),
+            "median_chord": float(np.median(ahead + back)),
             "zero_radius_directions": int((lo == 0).sum()),
             "min_margin_slack": float(slack.min(initial=np.inf)),
             "input_box": list(box) if box else None,
@@ -195,7 +217,7 @@ def _exact(
         evidence["lp"] = "disabled"
         return None
     try:
-        affine = parse_head(ctx.original_proto(), ctx.head())
+        affine = ctx.affine_head()
     except CheckUnavailable as exc:
         evidence["lp"] = f"not run: {exc}"
         return None
@@ -219,10 +241,13 @@ def _exact(
         skipped += found[3]
         unsolved += found[4]
         worst = min(worst, found[0])
-        if found[0] < need and found[1] is not None:
+        if found[1] is not None:  # onnxruntime at every LP optimum, not only below the claim
             inward = found[1] + 1e-6 * (x0[i] - found[1])
             got = ctx.patched_head(inward[None, :].astype(np.float32), ev.extra["cut_shape"])
             real = float(margins(got, cols["target"][claim : claim + 1])[0])
+            evidence["lp_onnxruntime_min_margin"] = min(
+                real, evidence.get("lp_onnxruntime_min_margin", np.inf)
+            )
             if real < need:
                 evidence["lp_counterexample_margin"] = real
                 return (

@@ -15,6 +15,7 @@ import numpy as np
 from audit.errors import InputError
 from audit.proof import Limits
 from audit.verify._calibrated import ReplayCalibrated
+from audit.verify._certificate import RegionCertificate
 from audit.verify._claims import ClaimsPolicy
 from audit.verify._class import ClassReference, ClassSuppression
 from audit.verify._commitment import CommitmentConsistency, CommitmentOpenings
@@ -37,12 +38,12 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
     cls.name: cls
     for cls in (
         CertificateSignature,
-        ClaimsPolicy,
         ModelSignature,
         ModelDigest,
         OriginalDigest,
         PatchDigest,
         Freshness,
+        ClaimsPolicy,
         CommitmentOpenings,
         CommitmentConsistency,
         StructureOriginal,
@@ -50,6 +51,7 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
         ClassSuppression,
         ReplayClaims,
         ReplayBatch,
+        RegionCertificate,
         ReplayCalibrated,
         RegionProbes,
         Locality,

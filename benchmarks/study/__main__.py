@@ -3,6 +3,7 @@
     python -m benchmarks.study run --config quick        # digits only, a few minutes
     python -m benchmarks.study run --config default      # the recorded study (about 1-2 h, 2 cores)
     python -m benchmarks.study run --config default --only 'fashion-mnist/mlp/*'
+    python -m benchmarks.study run --config default --backend dask --address tcp://HOST:8786
     python -m benchmarks.study status --config default
     python -m benchmarks.study summarise                 # CSV + docs/BENCHMARKS.md + docs/img/*.svg
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import click
 
+from audit.cli._cluster import cluster_options
 from benchmarks.study.common import StudyError, StudyPaths, read_json, write_json
 from benchmarks.study.plan import CONFIGS, Cell, cells_for
 from benchmarks.study.runner import REPO, RunOptions, run_cells, select
@@ -82,6 +84,7 @@ def _config_cells(config: str) -> list[Cell]:
 @click.option(
     "--retry-failed", is_flag=True, help="Rerun cells whose recorded result is a failure."
 )
+@cluster_options
 def run(
     config: str,
     only: tuple[str, ...],
@@ -91,6 +94,9 @@ def run(
     threads: int,
     timeout_s: float,
     retry_failed: bool,
+    backend: str,
+    address: str | None,
+    jobs: int,
 ) -> None:
     """Run every cell of CONFIG that has no result yet (resumable)."""
     cells = select(_config_cells(config), only)
@@ -103,7 +109,14 @@ def run(
     counts = run_cells(
         cells,
         paths,
-        RunOptions(threads=threads, timeout_s=timeout_s, retry_failed=retry_failed),
+        RunOptions(
+            threads=threads,
+            timeout_s=timeout_s,
+            retry_failed=retry_failed,
+            backend=backend,
+            address=address,
+            jobs=jobs,
+        ),
         log=lambda line: click.echo(line, err=True),
     )
     click.echo(

@@ -3,6 +3,8 @@ library function; this module only assembles the group."""
 
 from __future__ import annotations
 
+import signal
+
 import click
 
 from prune.cli._common import ErrorHandlingGroup
@@ -16,6 +18,7 @@ __all__ = ["cli", "main"]
         "train": "prune.cli._train:train",
         "keygen": "prune.cli._keygen:keygen",
         "unlearn": "prune.cli._unlearn:unlearn_command",
+        "inspect": "prune.cli._inspect:inspect_command",
         "prepare": "prune.cli._prepare:prepare_command",
     },
 )
@@ -29,5 +32,10 @@ def cli() -> None:
     """
 
 
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: temporary files and the sandbox are cleaned up
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     cli(prog_name="prune")

@@ -6,11 +6,25 @@ from pathlib import Path
 
 import click
 
-from prune.cli._common import show_progress
+from prune.cli._common import SEED, check_output_folder, show_progress
 from prune.data import load_dataset
 from prune.train import DEFAULT_EPOCHS, DEFAULT_HIDDEN, TrainConfig, train_to_folder
 
 __all__ = ["train"]
+
+
+_MAX_WIDTH = 1 << 16
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    """Comma-separated layer widths, ASCII digits only, each in 1..65536."""
+    parts = text.split(",")
+    if not all(p.isascii() and p.isdigit() for p in parts):
+        raise click.BadParameter("--hidden must be comma-separated positive integers")
+    widths = tuple(int(p) for p in parts)
+    if not all(1 <= w <= _MAX_WIDTH for w in widths):
+        raise click.BadParameter(f"--hidden widths must be in 1..{_MAX_WIDTH}")
+    return widths
 
 
 @click.command()
@@ -26,7 +40,7 @@ __all__ = ["train"]
     "--out", "out", type=click.Path(path_type=Path), required=True, help="Output folder WORK."
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seeds the split, init and data order."
+    "--seed", type=SEED, default=0, show_default=True, help="Seeds the split, init and data order."
 )
 @click.option(
     "--epochs",
@@ -58,10 +72,8 @@ def train(
     quiet: bool,
 ) -> None:
     """Train a ReLU MLP or small CNN and write WORK/model.onnx, train.npz, test.npz, train.json."""
-    try:
-        widths = tuple(int(w) for w in hidden.split(",")) if hidden else DEFAULT_HIDDEN[dataset]
-    except ValueError as exc:
-        raise click.BadParameter("--hidden must be comma-separated integers") from exc
+    check_output_folder(out, inputs=[data_dir])
+    widths = _widths(hidden) if hidden else DEFAULT_HIDDEN[dataset]
     if arch == "cnn" and not hidden:
         widths = (64,) if dataset == "digits" else (128,)
     data = load_dataset(dataset, seed=seed, data_dir=data_dir)  # type: ignore[arg-type]

@@ -8,17 +8,21 @@ sample is refused rather than signed."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import click
 import numpy as np
 
-from prune.cli._common import show_progress
+from prune.cli._common import SEED, check_output_folder, finite_range, show_progress
 from prune.data import load_npz
 from prune.errors import DataError, PruneError
-from prune.gates import GATES
+from prune.formats import UnreadableFile, read_regular
+from prune.gates import AUTO, GATES, ROUTED_FROM
+from prune.model import read_model
 from prune.privacy import add_decoys
 from prune.solvers import SOLVERS
 from prune.targets import POLICY_NAMES
@@ -32,23 +36,33 @@ from prune.unlearn import (
     unlearn,
 )
 
+ORIGINAL_EMBEDDED = "original.onnx"
+"""Written to PROOF/ when the model's external data was embedded (its digest is the original's)."""
+
 __all__ = ["read_forget_indices", "unlearn_command"]
 
 
+_MAX_INDEX_FILE = 256 << 20
+_MAX_MODEL = 2 << 30
+
+
 def read_forget_indices(path: Path) -> list[int]:
-    """One integer per line (blank lines ignored)."""
+    """One non-negative integer per line, ASCII digits only (blank lines ignored): ``1_7``,
+    ``+3`` or fullwidth digits, which Python's ``int`` would accept, are refused."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read forget-index file {path}: {exc}") from exc
+        text = read_regular(path, _MAX_INDEX_FILE).decode("ascii")
+    except UnreadableFile as exc:
+        raise DataError(f"forget-index file: {exc}") from None
+    except UnicodeDecodeError:
+        raise DataError(f"forget-index file {path} is not ASCII text") from None
     out: list[int] = []
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+        item = line.strip()
+        if not item:
             continue
-        try:
-            out.append(int(line.strip()))
-        except ValueError:
-            raise DataError(f"{path}:{number}: not an integer: {line.strip()[:40]!r}") from None
+        if not item.isdigit() or len(item) > 18:
+            raise DataError(f"{path}:{number}: not a row index: {item[:40]!r}")
+        out.append(int(item))
     if not out:
         raise DataError(f"{path} lists no forget indices (the forget set is empty)")
     return out
@@ -76,10 +90,13 @@ def _sign(
 
 
 def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
-    partial = out.with_name(out.name + ".partial")
-    if partial.exists():
-        raise PruneError(f"{partial} exists (left by an interrupted run?); remove it first")
-    partial.mkdir(parents=True)
+    """Write the proof into a private temporary sibling and rename it into place: a failed or
+    concurrent run leaves no half-written proof and no temporary folder."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        partial = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial.", dir=out.parent))
+    except OSError as exc:
+        raise PruneError(f"cannot write {out}: {exc.strerror or exc}") from None
     try:
         (partial / "model.onnx").write_bytes(result.patched_model)
         doc = {**result.summary, "method": result.method}
@@ -87,9 +104,15 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
             json.dumps(doc, indent=2, sort_keys=True, allow_nan=False) + "\n"
         )
         sign(partial)
-        if out.exists():
-            out.rmdir()
-        partial.replace(out)
+        os.chmod(partial, 0o755)
+        if out.is_dir() and not out.is_symlink():
+            out.rmdir()  # empty (checked first); filled meanwhile by another run: refused
+        os.rename(partial, out)
+    except OSError as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise PruneError(
+            f"cannot write the proof to {out}: {exc.strerror or exc} (another run writing it?)"
+        ) from None
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -109,7 +132,9 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     type=click.Path(path_type=Path),
     help="File of training-row indices, one per line.",
 )
-@click.option("--forget-class", type=int, help="Forget this whole class (see --class-mode).")
+@click.option(
+    "--forget-class", type=click.IntRange(min=0), help="Forget this whole class (see --class-mode)."
+)
 @click.option(
     "--class-mode",
     type=click.Choice(list(CLASS_MODES)),
@@ -121,7 +146,7 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
 )
 @click.option(
     "--class-margin",
-    type=float,
+    type=click.FloatRange(min=0.0, min_open=True, max=1e6),
     default=DEFAULT_CLASS_MARGIN,
     show_default=True,
     help="suppress mode: logit gap between the class and the best other class.",
@@ -146,7 +171,13 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     help="Proof folder PROOF (must not exist or be empty).",
 )
 @click.option("--solver", type=click.Choice(list(SOLVERS)), default="lagrangian", show_default=True)
-@click.option("--gate", type=click.Choice(list(GATES)), default="activation", show_default=True)
+@click.option(
+    "--gate",
+    type=click.Choice([*GATES, AUTO]),
+    default=AUTO,
+    show_default=True,
+    help=f"Support gate; auto: routed from {ROUTED_FROM} patches on, activation below.",
+)
 @click.option(
     "--target-policy",
     type=click.Choice(list(POLICY_NAMES)),
@@ -174,6 +205,7 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
 @click.option(
     "--margin",
     type=float,
+    callback=finite_range(0.0, 1e4),
     default=DEFAULT_MARGIN,
     show_default=True,
     help="Certified logit margin of every claim.",
@@ -182,6 +214,7 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     "--n",
     "n",
     type=float,
+    callback=finite_range(0.0, 1e12),
     default=DEFAULT_N,
     show_default=True,
     help="Support sharpness (band 1/n).",
@@ -190,10 +223,11 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     "--cut",
     type=str,
     default=None,
-    help="Tensor to patch after (default: the input if the model is piecewise linear, else 'features').",
+    help="Tensor to patch after (default: the input if the model is piecewise linear, else the "
+    "earliest tensor after which it is; `prune inspect MODEL` lists them).",
 )
 @click.option(
-    "--seed", type=int, default=0, show_default=True, help="Seeds target choice and clustering."
+    "--seed", type=SEED, default=0, show_default=True, help="Seeds target choice and clustering."
 )
 @click.option(
     "--threads",
@@ -203,7 +237,7 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
 )
 @click.option(
     "--decoys",
-    type=click.IntRange(min=0),
+    type=click.IntRange(0, 1000),
     default=0,
     show_default=True,
     help="Also forget K random training records per requested one, drawn from OS entropy, so "
@@ -238,12 +272,10 @@ def unlearn_command(
     (and, with --key, the signed certificate, model signature, openings and receipts)."""
     if (forget_indices is None) == (forget_class is None):
         raise DataError("give exactly one of --forget-indices FILE and --forget-class K")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+    check_output_folder(out, inputs=[model, train_path, test_path, forget_indices, key_path])
+    if out.exists() and any(out.iterdir()):
         raise PruneError(f"output folder {out} exists and is not empty")
-    try:
-        raw = model.read_bytes()
-    except OSError as exc:
-        raise PruneError(f"cannot read model {model}: {exc.strerror or exc}") from exc
+    raw, embedded = read_model(model, limit=_MAX_MODEL)  # embeds external data next to it
     x_train, y_train = load_npz(train_path)
     x_test, y_test = load_npz(test_path) if test_path is not None else (None, None)
     indices = read_forget_indices(forget_indices) if forget_indices is not None else None
@@ -292,6 +324,8 @@ def unlearn_command(
         )
 
     def sign(folder: Path) -> None:
+        if embedded:  # the committed original is the self-contained model the auditor replays
+            (folder / ORIGINAL_EMBEDDED).write_bytes(raw)
         if key_path is not None:
             _sign(folder, result, raw, key_path, passphrase)
 
@@ -307,6 +341,11 @@ def unlearn_command(
         f"{s['forget_accuracy_after']:.4f}{test_part}; {s['patches']} patches, {s['certified']} "
         f"certified claims, {s['seconds']:.1f} s -> {out}"
     )
+    if embedded:
+        click.echo(
+            f"the model's external data was embedded: the committed original is "
+            f"{out}/{ORIGINAL_EMBEDDED} (give it to `audit verify --original`)"
+        )
     if result.failed:
         click.echo(
             f"prune: warning: {len(result.failed)} forget samples could not be changed and "

@@ -51,6 +51,7 @@ from prune.formats._dual import dual_bytes, read_duals
 from prune.formats._files import (
     PublishError,
     UnreadableFile,
+    output_problem,
     publish_exclusive,
     read_regular,
     write_atomic,
@@ -148,6 +149,7 @@ __all__ = [
     "leaf_hash",
     "leaf_hashes",
     "node_hash",
+    "output_problem",
     "output_tolerance",
     "parse_canonical_json",
     "parse_claim",

@@ -8,7 +8,7 @@ never the top class on the declared input box of the cut tensor, and its logit s
 its own and never relies on this value.
 
 Float32 argument (why the claim holds for onnxruntime's evaluation, not only on paper): ``Min``,
-``ReduceMax``, ``Gather`` and ``Concat`` are exact; the only rounding is ``t = fl(M - m)`` with
+``ReduceMax`` and the masking ``Add`` are exact; the only rounding is ``t = fl(M - m)`` with
 ``M = max_{j != K} z_j``. If ``|M| <= B`` and ``m`` is at least the float32 spacing at ``2B``, the
 exact ``M - m`` lies at or below the float just under ``M``, so ``t < M`` and the patched
 ``z_K <= t < M``: ``K`` is strictly below another class and ArgMax never returns it.

@@ -17,7 +17,14 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["PublishError", "UnreadableFile", "publish_exclusive", "read_regular", "write_atomic"]
+__all__ = [
+    "PublishError",
+    "UnreadableFile",
+    "output_problem",
+    "publish_exclusive",
+    "read_regular",
+    "write_atomic",
+]
 
 
 class PublishError(OSError):
@@ -73,6 +80,48 @@ def read_regular(path: Path, limit: int) -> bytes:
     if not data:
         raise UnreadableFile(f"{path} is empty")
     return data
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def output_problem(
+    path: Path, *, inputs: Sequence[Path | None] = (), folder: bool = False
+) -> str | None:
+    """Why ``path`` cannot take a command's output, or ``None``. An output is never an input
+    (or inside an input folder, or one of the input files under another name), never a symbolic
+    link, a file where a folder is wanted or the other way round, and its parent must be a
+    writable folder. Checked before the work starts, so a bad output is exit 2 at once."""
+    given = [p for p in inputs if p is not None]
+    for source in given:
+        if _same(path, source):
+            return f"{path} is one of the command's inputs; refusing to overwrite it"
+        if os.path.isdir(source) and os.path.realpath(path).startswith(
+            os.path.realpath(source) + os.sep
+        ):
+            return f"{path} is inside the input folder {source}; refusing to write there"
+    if os.path.islink(path):
+        return f"{path} is a symbolic link; refusing to write through it"
+    if folder:
+        if os.path.exists(path) and not os.path.isdir(path):
+            return f"{path} exists and is not a folder"
+    elif os.path.isdir(path):
+        return f"{path} is a folder, not a file"
+    elif os.path.exists(path) and not os.path.isfile(path):
+        return f"{path} is not a regular file"
+    parent = path.parent if str(path.parent) else Path(".")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{parent} is not a folder"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
 
 
 def _private_tmpdir(folder: Path) -> Path:

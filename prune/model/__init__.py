@@ -1,9 +1,14 @@
 """Model import: an ONNX model in, its piecewise-linear head after a cut tensor out.
 
 The prefix (everything before the cut) may use any ONNX op and is evaluated with onnxruntime;
-the head (cut to logits) must be affine ops and Relu and is converted to dense float64 layers.
-Default cut: the model input when the whole model converts, else the tensor ``features`` (the CNN
-feature tensor of ``prune train``), else the caller must name one."""
+the head (cut to logits) must be a chain of affine ops and Relu/LeakyRelu/PRelu and is converted
+to dense float64 layers. The output tail after the logits (Softmax, ArgMax, label lookups, extra
+outputs) is replayed on the patched logits by the export.
+
+Default cut: the model input when the whole model converts, else the earliest tensor (in the
+file's node order) after which it does, with at least one activation after it and a dense head of
+at most :data:`MAX_DENSE_ENTRIES` weights. :func:`inspect_model` lists every candidate and why it
+is or is not a valid cut."""
 
 from __future__ import annotations
 
@@ -14,21 +19,29 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prune.errors import ModelImportError
-from prune.model._graph import GraphIndex, default_opset, parse_model
-from prune.model._head import AffineLayer, PLHead, extract_head
+from prune.model._graph import GraphIndex, default_opset, parse_model, read_model
+from prune.model._head import (
+    MAX_DENSE_ENTRIES,
+    AffineLayer,
+    PLHead,
+    check_cut,
+    dense_entries,
+    extract_head,
+)
 from prune.model._runtime import Device, OrtRunner
 
 __all__ = [
-    "DEFAULT_FEATURE_CUT",
+    "MAX_DENSE_ENTRIES",
     "AffineLayer",
+    "CutReport",
     "Device",
     "ImportedModel",
     "OrtRunner",
     "PLHead",
+    "inspect_model",
     "load_model",
+    "read_model",
 ]
-
-DEFAULT_FEATURE_CUT = "features"
 
 
 @dataclass(frozen=True, eq=False)
@@ -42,6 +55,8 @@ class ImportedModel:
     input_shape: tuple[int, ...]
     head: PLHead
     opset: int
+    outputs: tuple[str, ...] = ()
+    tail: tuple[int, ...] = ()
 
     @property
     def input_space(self) -> bool:
@@ -66,24 +81,104 @@ class ImportedModel:
         return runner.run(x, batch_size=batch_size)[0]
 
 
+@dataclass(frozen=True)
+class CutReport:
+    """One candidate cut: ``ok`` with the head's activation count and dense size, or why not."""
+
+    tensor: str
+    ok: bool
+    reason: str
+    activations: int = 0
+    dense_entries: int = 0
+
+
+def _candidates(index: GraphIndex) -> list[str]:
+    tail = set(index.tail)
+    names = [index.input_name]
+    for i, node in enumerate(index.nodes):
+        if i in tail or node.op_type == "Constant":
+            continue
+        names.extend(o for o in node.output if o and o not in index.constants)
+    return names
+
+
+def _report(index: GraphIndex, tensor: str) -> CutReport:
+    try:
+        chain = check_cut(index, tensor)
+        size = dense_entries(index, tensor, chain)
+    except ModelImportError as exc:
+        return CutReport(tensor=tensor, ok=False, reason=str(exc))
+    acts = sum(index.nodes[i].op_type in ("Relu", "LeakyRelu", "PRelu") for i, _ in chain)
+    if size > MAX_DENSE_ENTRIES:
+        return CutReport(
+            tensor=tensor,
+            ok=False,
+            reason=f"the dense head would hold {size:,} weights (over {MAX_DENSE_ENTRIES:,}); "
+            "cut later",
+            activations=acts,
+            dense_entries=size,
+        )
+    return CutReport(tensor=tensor, ok=True, reason="", activations=acts, dense_entries=size)
+
+
+_LAYOUT = frozenset({"Flatten", "Reshape", "Identity", "Cast", "Dropout", "Squeeze", "Unsqueeze"})
+
+
+def _past_layout(index: GraphIndex, cut: str) -> str:
+    """Inside the model, move a cut past layout-only ops (Flatten, Reshape, ...): the same points
+    and regions, on a flat tensor (``prune train``'s CNN cut lands on ``features``)."""
+    while cut != index.input_name:
+        users = index.consumers.get(cut, ())
+        if len(users) != 1 or index.nodes[users[0]].op_type not in _LAYOUT:
+            break
+        nxt = index.nodes[users[0]].output[0]
+        if not _report(index, nxt).ok:
+            break
+        cut = nxt
+    return cut
+
+
+def _affine_model(index: GraphIndex) -> bool:
+    """The whole model is affine (no activation at all): its one region is the input box."""
+    try:
+        check_cut(index, index.input_name, require_activation=False)
+    except ModelImportError:
+        return False
+    return True
+
+
+def inspect_model(raw: bytes) -> tuple[GraphIndex, list[CutReport]]:
+    """Every candidate cut of the model, in node order (the input first)."""
+    proto = parse_model(raw)
+    index = GraphIndex.build(proto)
+    return index, [_report(index, name) for name in _candidates(index)]
+
+
 def load_model(raw: bytes, *, cut: str | None = None) -> ImportedModel:
     """Parse ``raw`` ONNX bytes and extract the head after ``cut`` (see the module docstring for
     the default). Raises :class:`ModelImportError` naming the op and node that blocks it."""
     proto = parse_model(raw)
     index = GraphIndex.build(proto)
     input_shape = index.sample_shape(index.input_name)
-    if cut is not None:
-        head = extract_head(index, cut)
-    else:
-        try:
-            head = extract_head(index, index.input_name)
-        except ModelImportError as at_input:
-            if DEFAULT_FEATURE_CUT not in index.tensor_names():
-                raise ModelImportError(
-                    f"cannot patch at the model input: {at_input}; pass --cut NAME (a tensor after "
-                    "which the model is piecewise linear)"
-                ) from at_input
-            head = extract_head(index, DEFAULT_FEATURE_CUT)
+    affine_model = False
+    if cut is None:
+        reports = []
+        for name in _candidates(index):
+            report = _report(index, name)
+            if report.ok:
+                cut = name
+                break
+            reports.append(report)
+        if cut is None and _affine_model(index):
+            cut, affine_model = index.input_name, True
+        if cut is None:
+            first = reports[0].reason if reports else "the graph has no computed tensors"
+            raise ModelImportError(
+                f"no tensor of the model is a valid cut (at the input: {first}); "
+                "`prune inspect MODEL` lists why for each tensor"
+            )
+        cut = _past_layout(index, cut)
+    head = extract_head(index, cut, require_activation=not affine_model)
     return ImportedModel(
         raw=raw,
         proto=proto,
@@ -91,4 +186,6 @@ def load_model(raw: bytes, *, cut: str | None = None) -> ImportedModel:
         input_shape=input_shape,
         head=head,
         opset=default_opset(proto),
+        outputs=index.outputs,
+        tail=index.tail,
     )

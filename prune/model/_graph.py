@@ -2,12 +2,19 @@
 
 Threat assumption: the model file is the owner's own, but it may be malformed or come from another
 exporter; everything that cannot be read raises :class:`ModelImportError` with one line naming the
-file problem, the op or the node."""
+file problem, the op or the node.
+
+Logits and output tail: exporters end classifiers with Softmax/LogSoftmax/ArgMax and extra
+outputs (probabilities, label). The *logits* tensor is the one input shared by the first of those
+ops on the way to the outputs (or the single graph output when there are none); every graph
+output must be computed from the logits and constants alone (the *tail*). The patch is added to
+the logits and the tail is replayed on the patched logits (docs/FORMATS.md, "Output tail")."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -15,10 +22,13 @@ from numpy.typing import NDArray
 
 from prune.errors import ModelImportError
 
-__all__ = ["MIN_OPSET", "GraphIndex", "describe_node", "parse_model"]
+__all__ = ["MIN_OPSET", "TAIL_OPS", "GraphIndex", "describe_node", "parse_model", "read_model"]
 
 MIN_OPSET = 13
 """The patch subgraph uses the opset-13 forms of ReduceSum/Unsqueeze (axes as inputs)."""
+
+TAIL_OPS = frozenset({"Softmax", "LogSoftmax", "ArgMax"})
+"""Default-domain ops that mark the start of the output tail: their input is the logits."""
 
 
 def describe_node(node: Any, index: int) -> str:
@@ -27,18 +37,105 @@ def describe_node(node: Any, index: int) -> str:
     return f"{node.op_type} node '{name}'"
 
 
-def parse_model(raw: bytes) -> Any:
-    """Decode and check an ONNX ``ModelProto``; reject what the patch engine cannot export."""
+def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
+    """The model file at ``path`` as self-contained ONNX bytes, and whether external data was
+    embedded. Tensors stored as external data (``torch.onnx.export``'s ``model.onnx.data``) are
+    read from regular files *inside the model's folder* (no absolute path, no ``..``, no
+    symbolic link: :func:`prune.formats.read_regular`), each file at most ``limit`` bytes, and
+    embedded. The patched export and the certificate's original digest are over these bytes."""
+    from onnx import TensorProto
+
+    from prune.formats import UnreadableFile, read_regular
+
+    try:
+        raw = read_regular(path, limit)
+    except UnreadableFile as exc:
+        raise ModelImportError(f"model: {exc}") from None
+    proto = _decode(raw)
+    external = [t for t in _all_tensors(proto.graph) if _is_external(t)]
+    if not external:
+        return raw, False
+    folder = path.resolve().parent
+    files: dict[Path, bytes] = {}
+    for tensor in external:
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        target = (folder / location).resolve()
+        if not location or Path(location).is_absolute() or not target.is_relative_to(folder):
+            raise ModelImportError(
+                f"tensor '{tensor.name}' stores its data at {location!r}, outside the model's "
+                f"folder {folder}; keep the data file next to the model"
+            )
+        if target not in files:
+            try:
+                files[target] = read_regular(folder / location, limit)
+            except UnreadableFile as exc:
+                raise ModelImportError(
+                    f"tensor '{tensor.name}' stores its data in {location!r}, which is not a "
+                    f"regular file in the model's folder ({exc})"
+                ) from None
+        data = files[target]
+        try:
+            offset = int(info.get("offset", "0"))
+            length = int(info["length"]) if "length" in info else len(data) - offset
+        except ValueError:
+            raise ModelImportError(f"tensor '{tensor.name}': malformed external data") from None
+        if offset < 0 or length < 0 or offset + length > len(data):
+            raise ModelImportError(
+                f"tensor '{tensor.name}' reads bytes {offset}..{offset + length} of {location!r}, "
+                f"which has {len(data)}"
+            )
+        tensor.raw_data = data[offset : offset + length]
+        del tensor.external_data[:]
+        tensor.data_location = TensorProto.DEFAULT
+    if proto.ByteSize() >= 2_000_000_000:
+        raise ModelImportError(
+            f"{path} with its external data is over the 2 GB protobuf limit; not supported"
+        )
+    return bytes(proto.SerializeToString()), True
+
+
+def _decode(raw: bytes) -> Any:
     import onnx
 
     if not raw:
         raise ModelImportError("the model file is empty")
     try:
-        proto = onnx.load_from_string(raw)
+        return onnx.load_from_string(raw)
     except Exception as exc:  # protobuf DecodeError and friends
         raise ModelImportError(
             f"not an ONNX model (cannot decode protobuf: {exc.__class__.__name__})"
         ) from exc
+
+
+def _is_external(tensor: Any) -> bool:
+    import onnx
+
+    return bool(tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data)
+
+
+def _all_tensors(graph: Any) -> Iterator[Any]:
+    yield from graph.initializer
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                yield attr.t
+            yield from attr.tensors
+
+
+def parse_model(raw: bytes) -> Any:
+    """Decode and check an ONNX ``ModelProto``; reject what the patch engine cannot export.
+    ``raw`` must be self-contained (see :func:`read_model` for models with external data)."""
+    import onnx
+
+    proto = _decode(raw)
+    for tensor in _all_tensors(proto.graph):
+        if _is_external(tensor):
+            raise ModelImportError(
+                f"tensor '{tensor.name}' is stored as external data; load the model from its "
+                "file with prune.model.read_model (the CLI does), which embeds the data found "
+                "next to it"
+            )
     if not proto.graph.node:
         raise ModelImportError("not an ONNX model (the graph has no nodes)")
     try:
@@ -51,10 +148,6 @@ def parse_model(raw: bytes) -> Any:
         raise ModelImportError(
             f"the model uses ONNX opset {opset}; the patch export needs opset >= {MIN_OPSET} "
             "(re-export the model with a newer opset)"
-        )
-    if len(proto.graph.output) != 1:
-        raise ModelImportError(
-            f"the model must have exactly one output (the logits), it has {len(proto.graph.output)}"
         )
     if len(_real_inputs(proto)) != 1:
         raise ModelImportError(
@@ -79,7 +172,9 @@ def _real_inputs(proto: Any) -> list[Any]:
 class GraphIndex:
     """Lookup tables over one graph. ``constants`` holds every initializer and every ``Constant``
     node output as float64/int64 arrays; ``producer``/``consumers`` map tensor names to node
-    positions (nodes are in the file's topological order)."""
+    positions (nodes are in the file's topological order). ``output_name`` is the logits tensor
+    (see the module docstring), ``outputs`` the graph outputs and ``tail`` the positions of the
+    nodes computed from the logits."""
 
     proto: Any
     nodes: tuple[Any, ...]
@@ -89,6 +184,10 @@ class GraphIndex:
     input_name: str
     input_shape: tuple[int | str, ...]
     output_name: str
+    outputs: tuple[str, ...] = ()
+    tail: tuple[int, ...] = ()
+    _shapes: dict[str, tuple[int | str, ...]] = field(default_factory=dict, repr=False)
+    _inferred: dict[str, tuple[int | str, ...]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def build(cls, proto: Any) -> GraphIndex:
@@ -115,15 +214,20 @@ class GraphIndex:
         shape = tuple(
             d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims
         )
+        nodes = tuple(graph.node)
+        outputs = tuple(o.name for o in graph.output)
+        logits, tail = _logits_and_tail(nodes, outputs, set(constants))
         return cls(
             proto=proto,
-            nodes=tuple(graph.node),
+            nodes=nodes,
             constants=constants,
             producer=producer,
             consumers={k: tuple(v) for k, v in consumers.items()},
             input_name=inp.name,
             input_shape=shape,
-            output_name=graph.output[0].name,
+            output_name=logits,
+            outputs=outputs,
+            tail=tail,
         )
 
     def tensor_names(self) -> set[str]:
@@ -138,9 +242,12 @@ class GraphIndex:
             dims = self.input_shape[1:]
         else:
             dims = self._inferred_shapes().get(tensor, ())
+            if not dims or not all(isinstance(d, int) and d > 0 for d in dims[1:]):
+                dims = self._runtime_shapes().get(tensor, ())
             if not dims:
                 raise ModelImportError(
-                    f"cannot infer the shape of tensor '{tensor}' (ONNX shape inference gives none)"
+                    f"cannot infer the shape of tensor '{tensor}' (neither ONNX shape inference "
+                    "nor a run of the model gives one)"
                 )
             dims = dims[1:]
         if not all(isinstance(d, int) and d > 0 for d in dims):
@@ -149,7 +256,45 @@ class GraphIndex:
             )
         return tuple(int(d) for d in dims)
 
+    def _runtime_shapes(self) -> dict[str, tuple[int | str, ...]]:
+        """Shapes seen by onnxruntime on one all-zero sample (for tensors after shape
+        computations that ONNX shape inference cannot follow, e.g. ``x.view(x.size(0), ...)``);
+        the per-sample shape must be static, which the head's evaluation re-checks."""
+        if "\0runtime" in self._shapes:
+            return self._shapes
+        import onnx
+        import onnxruntime as ort
+
+        self._shapes["\0runtime"] = ()
+        try:
+            per_sample = self.sample_shape(self.input_name)
+        except ModelImportError:
+            return self._shapes
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        known = {o.name for o in proto.graph.output}
+        names = [o for n in proto.graph.node for o in n.output if o and o not in known]
+        for name in names:
+            proto.graph.output.append(onnx.ValueInfoProto(name=name))
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 4
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        try:
+            session = ort.InferenceSession(
+                proto.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"]
+            )
+            feed = {self.input_name: np.zeros((1, *per_sample), dtype=np.float32)}
+            outs = session.run(names, feed)
+        except Exception:  # onnxruntime's own types; shape inference then stays the only source
+            return self._shapes
+        for name, value in zip(names, outs, strict=True):
+            if isinstance(value, np.ndarray):
+                self._shapes[name] = tuple(int(d) for d in value.shape)
+        return self._shapes
+
     def _inferred_shapes(self) -> dict[str, tuple[int | str, ...]]:
+        if "\0inferred" in self._shapes:
+            return self._inferred
         import onnx
 
         try:
@@ -162,7 +307,60 @@ class GraphIndex:
             out[vi.name] = tuple(
                 d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in dims
             )
+        self._shapes["\0inferred"] = ()
+        self._inferred.update(out)
         return out
+
+
+def _logits_and_tail(
+    nodes: tuple[Any, ...], outputs: tuple[str, ...], constants: set[str]
+) -> tuple[str, tuple[int, ...]]:
+    """The logits tensor and the tail node positions (module docstring)."""
+    after_tail: set[str] = set()
+    starts: list[tuple[int, Any]] = []
+    for i, node in enumerate(nodes):
+        reads_tail = any(name in after_tail for name in node.input)
+        if node.op_type in TAIL_OPS and node.domain in ("", "ai.onnx") and not reads_tail:
+            starts.append((i, node))
+            after_tail.update(node.output)
+        elif reads_tail:
+            after_tail.update(node.output)
+    candidates = sorted({node.input[0] for _, node in starts})
+    if not candidates:
+        if len(outputs) != 1:
+            raise ModelImportError(
+                f"the model has {len(outputs)} outputs and no Softmax/LogSoftmax/ArgMax to "
+                "tell the logits from them; export the logits as the single output"
+            )
+        return outputs[0], ()
+    if len(candidates) > 1:
+        where = ", ".join(describe_node(node, i) for i, node in starts)
+        raise ModelImportError(
+            f"the output tail ({where}) reads {len(candidates)} different tensors "
+            f"({', '.join(candidates)}); the model must have one logits tensor"
+        )
+    logits = candidates[0]
+    after = {logits}
+    tail: list[int] = []
+    for i, node in enumerate(nodes):
+        if any(name in after for name in node.input):
+            tail.append(i)
+            after.update(o for o in node.output if o)
+    for i in tail:
+        node = nodes[i]
+        for name in node.input:
+            if name and name not in after and name not in constants:
+                raise ModelImportError(
+                    f"{describe_node(node, i)} in the output tail after the logits '{logits}' "
+                    f"also reads '{name}'; every output must be computed from the logits alone"
+                )
+    for name in outputs:
+        if name not in after:
+            raise ModelImportError(
+                f"the model output '{name}' is not computed from the logits '{logits}'; "
+                "export the classifier's outputs only"
+            )
+    return logits, tuple(tail)
 
 
 def _constant_value(node: Any, index: int) -> NDArray[Any] | None:

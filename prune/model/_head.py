@@ -2,13 +2,17 @@
 affine layers with ReLU between them.
 
 Invariant (checked by the tests against onnxruntime): for every cut value ``x`` (flattened),
-``z_1 = W_1 x + b_1``, ``z_{l+1} = W_{l+1} ReLU(z_l) + b_{l+1}``, and the last layer gives the
-logits; ``z_l`` are exactly the values of the tensors named ``hidden[l]`` (the Relu inputs) in
-the ONNX graph, flattened. The head must be a chain: every tensor after the cut feeds exactly
-one node, each node has exactly one computed input, and only affine ops and Relu occur."""
+``z_1 = W_1 x + b_1``, ``z_{l+1} = W_{l+1} phi_l(z_l) + b_{l+1}``, and the last layer gives the
+logits; ``z_l`` are exactly the values of the tensors named ``hidden[l]`` (the activation
+inputs, the *breakpoint* tensors) in the ONNX graph, flattened. The activations are
+``phi(z) = z`` for ``z >= 0`` and ``slope * z`` below: Relu (slope 0), LeakyRelu (``alpha``),
+PRelu (its constant slope, broadcast per unit). The region of a point is the sign pattern of the
+breakpoint tensors. The head must be a chain: every tensor after the cut feeds exactly one node,
+each node has exactly one computed input, and only affine ops and those activations occur."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +23,7 @@ from prune.errors import ModelImportError
 from prune.model._graph import GraphIndex, describe_node
 from prune.model._ops import AFFINE_OPS, NodeCall
 
-__all__ = ["AffineLayer", "PLHead", "extract_head"]
+__all__ = ["ACTIVATIONS", "AffineLayer", "PLHead", "check_cut", "dense_entries", "extract_head"]
 
 Array = NDArray[np.float64]
 
@@ -34,13 +38,32 @@ class AffineLayer:
 
 @dataclass(frozen=True, eq=False)
 class PLHead:
-    """The head after ``cut``: ``len(layers) == len(hidden) + 1``."""
+    """The head after ``cut``: ``len(layers) == len(hidden) + 1``. ``slopes[l]`` is the
+    negative-side slope of each unit of hidden layer ``l`` (``[H_l]``; empty means Relu, 0)."""
 
     cut: str
     cut_shape: tuple[int, ...]
     hidden: tuple[str, ...]
     output: str
     layers: tuple[AffineLayer, ...]
+    slopes: tuple[Array, ...] = ()
+
+    def slope(self, layer: int) -> Array:
+        """Negative-side slopes of hidden layer ``layer`` (``[H_l]``)."""
+        if not self.slopes:
+            return np.zeros(self.hidden_sizes[layer])
+        return self.slopes[layer]
+
+    @property
+    def negative_slope(self) -> Array:
+        """All hidden units' negative-side slopes, ``[H]`` (0 for Relu)."""
+        if not self.slopes:
+            return np.zeros(self.n_hidden)
+        return np.concatenate([np.zeros(0), *self.slopes])
+
+    @property
+    def is_relu(self) -> bool:
+        return not self.slopes or all(not s.any() for s in self.slopes)
 
     @property
     def input_dim(self) -> int:
@@ -62,55 +85,119 @@ class PLHead:
         """Logits ``[N, O]`` and concatenated pre-activations ``z`` ``[N, H]`` in float64."""
         h = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         zs: list[Array] = []
-        for layer in self.layers[:-1]:
+        for i, layer in enumerate(self.layers[:-1]):
             z = h @ layer.weight.T + layer.bias
             zs.append(z)
-            h = np.maximum(z, 0.0)
+            h = np.where(z >= 0.0, z, z * self.slope(i))
         last = self.layers[-1]
         logits = h @ last.weight.T + last.bias
         z_all = np.concatenate(zs, axis=1) if zs else np.zeros((len(h), 0))
         return logits, z_all
 
 
-def extract_head(index: GraphIndex, cut: str) -> PLHead:
+ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu"})
+"""Piecewise-linear activations with one breakpoint at 0: they end an affine segment."""
+
+MAX_DENSE_ENTRIES = 150_000_000
+"""The default cut skips a candidate whose dense head would hold more float64 weights than this
+(1.2 GB): a whole convolutional network as dense layers does not fit; a later cut does."""
+
+
+def extract_head(index: GraphIndex, cut: str, *, require_activation: bool = True) -> PLHead:
     """Convert the graph after ``cut`` to a :class:`PLHead`, or raise naming the op and node."""
-    if cut not in index.tensor_names():
-        raise ModelImportError(f"the model has no tensor named '{cut}' to cut at")
-    if cut in index.constants:
-        raise ModelImportError(f"'{cut}' is a constant, not a computed tensor")
-    chain = _chain(index, cut)
+    chain = check_cut(index, cut, require_activation=require_activation)
     shape = index.sample_shape(cut)
     segments: list[list[tuple[Any, int, int]]] = [[]]
-    hidden: list[str] = []
+    activations: list[tuple[Any, int]] = []
     for node_index, dyn in chain:
         node = index.nodes[node_index]
-        if node.op_type == "Relu":
-            hidden.append(node.input[0])
+        if node.op_type in ACTIVATIONS:
+            activations.append((node, node_index))
             segments.append([])
         else:
             segments[-1].append((node, node_index, dyn))
     layers: list[AffineLayer] = []
-    for seg in segments:
+    slopes: list[Array] = []
+    for i, seg in enumerate(segments):
         layer, shape = _affine_segment(seg, shape, index)
         layers.append(layer)
+        if i < len(activations):
+            node, node_index = activations[i]
+            slopes.append(_slope(node, node_index, shape, index))
     _check_dims(layers)
     return PLHead(
         cut=cut,
         cut_shape=index.sample_shape(cut),
-        hidden=tuple(hidden),
+        hidden=tuple(node.input[0] for node, _ in activations),
         output=index.output_name,
         layers=tuple(layers),
+        slopes=tuple(slopes),
     )
 
 
+def check_cut(
+    index: GraphIndex, cut: str, *, require_activation: bool = True
+) -> list[tuple[int, int]]:
+    """The head's nodes after ``cut`` (each with the position of its computed input), checked
+    without evaluating anything: a chain of affine ops and activations (with at least one
+    activation when ``require_activation``: an affine head has a single region, the whole box,
+    so its patch acts on every input). Raises :class:`ModelImportError` naming the op, the node
+    and what to do."""
+    if cut not in index.tensor_names():
+        raise ModelImportError(f"the model has no tensor named '{cut}' to cut at")
+    if cut in index.constants:
+        raise ModelImportError(f"'{cut}' is a constant, not a computed tensor")
+    tail = {o for i in index.tail for o in index.nodes[i].output}
+    if cut in tail:
+        raise ModelImportError(
+            f"'{cut}' is in the output tail after the logits '{index.output_name}'; cut before it"
+        )
+    chain = _chain(index, cut)
+    if require_activation and not any(index.nodes[i].op_type in ACTIVATIONS for i, _ in chain):
+        raise ModelImportError(
+            f"no Relu/LeakyRelu/PRelu after the cut '{cut}': the head is affine, so a patch "
+            "would act on every input; cut earlier (`prune inspect MODEL` lists the cuts)"
+        )
+    return chain
+
+
+def dense_entries(index: GraphIndex, cut: str, chain: list[tuple[int, int]]) -> int:
+    """How many float64 weights the dense head after ``cut`` holds (from inferred shapes)."""
+    sizes = [int(np.prod(index.sample_shape(cut)))]
+    for node_index, _ in chain:
+        node = index.nodes[node_index]
+        if node.op_type in ACTIVATIONS:
+            sizes.append(int(np.prod(index.sample_shape(node.input[0]))))
+    sizes.append(int(np.prod(index.sample_shape(index.output_name))))
+    return sum(a * b for a, b in itertools.pairwise(sizes))
+
+
+def _slope(node: Any, node_index: int, shape: tuple[int, ...], index: GraphIndex) -> Array:
+    """Negative-side slope of each unit of the activation ``node`` on a ``shape`` input."""
+    size = int(np.prod(shape))
+    if node.op_type == "Relu":
+        return np.zeros(size)
+    if node.op_type == "LeakyRelu":
+        call = NodeCall(node=node, index=node_index, dynamic_input=0, constants=index.constants)
+        return np.full(size, float(call.attr("alpha", 0.01)))
+    call = NodeCall(node=node, index=node_index, dynamic_input=0, constants=index.constants)
+    slope = np.asarray(call.const(1), dtype=np.float64)
+    try:
+        return np.broadcast_to(slope, (1, *shape)).reshape(-1).copy()
+    except ValueError as exc:
+        raise call.reject(f"slope of shape {slope.shape} does not fit {shape}") from exc
+
+
 def _chain(index: GraphIndex, cut: str) -> list[tuple[int, int]]:
-    """Nodes from ``cut`` to the graph output, each with the position of its computed input."""
+    """Nodes from ``cut`` to the logits, each with the position of its computed input."""
     computed = {cut}
     for node in index.nodes:
         if any(name in computed for name in node.input):
             computed.update(o for o in node.output if o)
     if index.output_name not in computed:
-        raise ModelImportError(f"the model output '{index.output_name}' does not depend on '{cut}'")
+        raise ModelImportError(
+            f"the logits '{index.output_name}' do not depend on '{cut}' (cut before the logits)"
+        )
     chain: list[tuple[int, int]] = []
     tensor = cut
     while tensor != index.output_name:
@@ -119,7 +206,8 @@ def _chain(index: GraphIndex, cut: str) -> list[tuple[int, int]]:
             where = ", ".join(describe_node(index.nodes[u], u) for u in users) or "nothing"
             raise ModelImportError(
                 f"tensor '{tensor}' after the cut feeds {where}; the patched head must be a "
-                "single chain (no branches or residual connections)"
+                "single chain (residual and other branches are patched in the prefix: cut after "
+                "the last join)"
             )
         node_index = users[0]
         node = index.nodes[node_index]
@@ -127,19 +215,32 @@ def _chain(index: GraphIndex, cut: str) -> list[tuple[int, int]]:
         dynamic = [i for i, name in enumerate(node.input) if name in computed]
         if len(dynamic) != 1:
             raise ModelImportError(
-                f"{label} combines {len(dynamic)} computed tensors; only one is supported after the cut"
+                f"{label} joins {len(dynamic)} computed tensors (a residual or branch); the "
+                "patched head must be a single chain: cut after it"
             )
         if node.domain not in ("", "ai.onnx"):
-            raise ModelImportError(f"unsupported op {node.domain}.{node.op_type} ({label})")
-        if node.op_type != "Relu" and node.op_type not in AFFINE_OPS:
-            kind = "non-ReLU activation" if node.op_type in _ACTIVATIONS else "unsupported op"
+            raise ModelImportError(
+                f"unsupported op {node.domain}.{node.op_type} ({label}); cut after it"
+            )
+        if node.op_type not in ACTIVATIONS and node.op_type not in AFFINE_OPS:
+            kind = _KINDS.get(node.op_type, "unsupported op")
             raise ModelImportError(
                 f"{kind} {node.op_type} ({label}) after the cut '{cut}'; the patched part may "
-                "only use Gemm/MatMul/Add/Sub/Mul/Conv/Flatten/Reshape/BatchNormalization/Relu"
+                "only use affine ops and Relu/LeakyRelu/PRelu: cut after it"
             )
-        extra = [
-            o for o in node.output[1:] if o and (o in index.consumers or o == index.output_name)
+        outside = [
+            name
+            for i, name in enumerate(node.input)
+            if name and i != dynamic[0] and name not in index.constants
         ]
+        if outside:
+            raise ModelImportError(
+                f"{label} also reads '{outside[0]}', computed before the cut '{cut}' (a skip "
+                "connection around it); cut after the join"
+            )
+        if node.op_type in ACTIVATIONS and dynamic[0] != 0:
+            raise ModelImportError(f"{label}: the computed tensor must be the data input")
+        extra = [o for o in node.output[1:] if o and (o in index.consumers or o in index.outputs)]
         if not node.output or extra:
             raise ModelImportError(f"{label} has {len(node.output)} used outputs; expected one")
         chain.append((node_index, dynamic[0]))
@@ -147,29 +248,32 @@ def _chain(index: GraphIndex, cut: str) -> list[tuple[int, int]]:
     return chain
 
 
-_ACTIVATIONS = frozenset(
-    {
-        "Sigmoid",
-        "Tanh",
-        "LeakyRelu",
-        "PRelu",
-        "Elu",
-        "Selu",
-        "Celu",
-        "Gelu",
-        "Softplus",
-        "Softsign",
-        "HardSigmoid",
-        "HardSwish",
-        "Mish",
-        "Clip",
-        "Softmax",
-        "LogSoftmax",
-        "ThresholdedRelu",
-        "Exp",
-        "Log",
-    }
-)
+_KINDS: dict[str, str] = {
+    **dict.fromkeys(
+        (
+            "Sigmoid",
+            "Tanh",
+            "Elu",
+            "Selu",
+            "Celu",
+            "Gelu",
+            "Softplus",
+            "Softsign",
+            "HardSigmoid",
+            "HardSwish",
+            "Mish",
+            "ThresholdedRelu",
+            "Exp",
+            "Log",
+        ),
+        "non-piecewise-linear activation",
+    ),
+    "Clip": "two-breakpoint activation (not yet patchable)",
+    "MaxPool": "max pooling (piecewise linear, but its regions are not sign patterns; prefix only)",
+    "GlobalMaxPool": "max pooling (prefix only)",
+    "Softmax": "normalisation inside the network",
+    "LogSoftmax": "normalisation inside the network",
+}
 
 
 def _affine_segment(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from prune.proofs._certificate import build_statement, issue_certificate, signable
 from prune.proofs._commitment import Commitment, CommitmentLog, commit_batch
+from prune.proofs._duals import region_duals
 from prune.proofs._keys import (
     PASSPHRASE_ENV,
     KeyPair,
@@ -33,6 +34,7 @@ __all__ = [
     "load_private_key",
     "load_public_key",
     "open_private_key",
+    "region_duals",
     "sign_model",
     "signable",
     "verify_model_signature",

@@ -23,6 +23,7 @@ from prune.formats import (
     ClaimKind,
     ClaimRecord,
     ClassClaim,
+    DualCertificate,
     ForgetSet,
     FormatError,
     Mode,
@@ -128,8 +129,11 @@ def build_statement(
     class_claim: ClassClaim | None = None,
     now: datetime | None = None,
     rng: np.random.Generator | None = None,
+    region_certificate: DualCertificate | None = None,
 ) -> Statement:
-    """The Statement for one batch (with ``class_claim`` for a class suppression); validated by re-reading it with the strict v1 reader."""
+    """The Statement for one batch (with ``class_claim`` for a class suppression); validated
+    by re-reading it with the strict v2 reader. ``region_certificate`` describes the dual file
+    of the certified claims (None when no claim is certified)."""
     if mode not in get_args(Mode):
         raise ProofError(f"unknown deletion mode {mode!r}; expected samples or class")
     method_doc = signable(method)
@@ -146,6 +150,7 @@ def build_statement(
         nonce=random_bytes(NONCE_BYTES, rng).hex(),
         previous_root=commitment.previous,
         forget_class=None if forget_class is None else int(forget_class),
+        region_certificate=region_certificate,
         class_claim=class_claim,
     )
     statement = Statement(subject_sha256=patched_sha256, predicate=predicate)

@@ -26,10 +26,13 @@ from numpy.typing import NDArray
 from prune.claims import CalibratedClaim, Claim
 from prune.errors import ProofError
 from prune.formats import (
+    DUAL_FILE,
+    DualCertificate,
     FormatError,
     Openings,
     Receipt,
     Statement,
+    dual_bytes,
     patch_parameter_digest,
     sha256_hex,
 )
@@ -141,6 +144,13 @@ def _check_inputs(folder: Path, result: UnlearnOutcome) -> bytes:
     return on_disk
 
 
+def _write_secret(path: Path, data: bytes) -> None:
+    """Create ``path`` readable by its owner only (0600, whatever the umask)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
 def write_signed_proof(
     folder: Path,
     *,
@@ -172,6 +182,15 @@ def write_signed_proof(
         patch_sha256 = patch_parameter_digest(patched)
     except FormatError as exc:
         raise ProofError(f"cannot digest the patch parameters: {exc}") from exc
+    duals = getattr(result, "duals", None)
+    certified = sum(c.region == "certified" for c in result.claims)
+    dual_data: bytes | None = None
+    descriptor: DualCertificate | None = None
+    if certified and duals is not None:
+        dual_data = dual_bytes(np.asarray(duals))
+        descriptor = DualCertificate(
+            sha256=sha256_hex(dual_data), rows=int(duals.shape[0]), hidden=int(duals.shape[1])
+        )
     statement = build_statement(
         patched_sha256=sha256_hex(patched),
         original_sha256=sha256_hex(original_model),
@@ -185,7 +204,13 @@ def write_signed_proof(
         class_claim=getattr(result, "class_claim", None),  # class suppression only
         now=now,
         rng=rng,
+        region_certificate=descriptor,
     )
+    if certified and descriptor is None:
+        raise ProofError(
+            f"{certified} claims certify a region but the outcome carries no region "
+            "certificate (dual multipliers)"
+        )
     certificate = issue_certificate(statement, key.key)
     certificate_sha256 = sha256_hex(certificate)
     openings = Openings(
@@ -205,14 +230,19 @@ def write_signed_proof(
             folder / MODEL, staging / SIGNATURE, public_key=staging / "owner.pub"
         )
         (staging / CERTIFICATE).write_bytes(certificate)
-        (staging / FORGET).write_bytes(openings.to_bytes())
-        (staging / RECEIPTS).mkdir()
+        if dual_data is not None:
+            (staging / DUAL_FILE).write_bytes(dual_data)
+        # the openings and receipts hold the forgotten samples and their secret salts
+        _write_secret(staging / FORGET, openings.to_bytes())
+        (staging / RECEIPTS).mkdir(mode=0o700)
         for index, receipt in _receipts(commitment, certificate_sha256):
-            (staging / RECEIPTS / f"receipt-{index}.json").write_bytes(receipt)
+            _write_secret(staging / RECEIPTS / f"receipt-{index}.json", receipt)
         for name in (SIGNATURE, CERTIFICATE, FORGET, RECEIPTS):
             os.replace(staging / name, folder / name)
+        if dual_data is not None:
+            os.replace(staging / DUAL_FILE, folder / DUAL_FILE)
     except OSError as exc:
-        for name in (SIGNATURE, CERTIFICATE, FORGET):
+        for name in (SIGNATURE, CERTIFICATE, FORGET, DUAL_FILE):
             (folder / name).unlink(missing_ok=True)
         shutil.rmtree(folder / RECEIPTS, ignore_errors=True)
         raise ProofError(f"cannot write the proof into {folder}: {exc.strerror or exc}") from exc

@@ -23,7 +23,7 @@ from prune.export import OUTPUT
 from prune.formats import ClassClaim, decimal_string
 from prune.model import ImportedModel, OrtRunner
 from prune.suppress import CLASS_SUPPRESS_FORMAT, export_suppressed
-from prune.unlearn._evaluate import margins_at, peak_rss_mb, predictions, utility
+from prune.unlearn._evaluate import Predictions, margins_at, peak_rss_mb, utility
 from prune.unlearn._points import declare_box
 from prune.unlearn._request import ForgetRequest
 
@@ -71,10 +71,12 @@ def suppress_class(
     box = declare_box(imported, x_train)
     patched, bound = export_suppressed(imported, forget_class=k, margin=margin, box=box)
     t_export = clock()
-    forget_x = x_train[request.indices]
+    # one onnxruntime pass per data set gives both models' logits: the served file computes the
+    # original logits as an intermediate tensor (its original graph is byte-identical)
+    both = OrtRunner(patched, outputs=[head.output, OUTPUT], threads=threads)
+    z_train, p_train = both.run(x_train, batch_size=4096)
     forget_y = np.asarray(y_train, dtype=np.int64)[request.indices]
-    original = OrtRunner(imported.raw, outputs=[head.output], threads=threads).run(forget_x)[0]
-    logits = OrtRunner(patched, outputs=[OUTPUT], threads=threads).run(forget_x)[0]
+    original, logits = z_train[request.indices], p_train[request.indices]
     target = np.asarray(logits.argmax(axis=1), dtype=np.int64)
     ok = (target != k) & (margins_at(logits, target) > 0) & np.isfinite(logits).all(axis=1)
     claims = tuple(
@@ -93,7 +95,18 @@ def suppress_class(
     )
     failed = tuple(int(m) for m in np.flatnonzero(~ok))
     t_evaluate = clock()
-    usefulness = _utility(imported, patched, x_train, y_train, x_test, y_test, request, threads)
+    test = None
+    if x_test is not None and y_test is not None:
+        z_test, p_test = both.run(np.ascontiguousarray(x_test, dtype=np.float32), batch_size=4096)
+        test = (_pred(z_test), _pred(p_test), np.asarray(y_test, dtype=np.int64))
+    usefulness = utility(
+        before=_pred(z_train),
+        after=_pred(p_train),
+        y=np.asarray(y_train, dtype=np.int64),
+        forget_rows=request.indices,
+        test=test,
+        classes=head.classes,
+    )
     m32 = float(np.float32(margin))
     claim = ClassClaim(
         forget_class=k,
@@ -136,32 +149,5 @@ def suppress_class(
     return Suppressed(patched, claims, failed, method, summary, claim)
 
 
-def _utility(
-    imported: ImportedModel,
-    patched: bytes,
-    x_train: NDArray[np.float32],
-    y_train: NDArray[np.int64],
-    x_test: NDArray[np.float32] | None,
-    y_test: NDArray[np.int64] | None,
-    request: ForgetRequest,
-    threads: int | None,
-) -> dict[str, Any]:
-    output = imported.head.output
-    before = predictions(imported.raw, output, x_train, rows=4096, threads=threads)
-    after = predictions(patched, OUTPUT, x_train, rows=4096, threads=threads)
-    test = None
-    if x_test is not None and y_test is not None:
-        x_te = np.ascontiguousarray(x_test, dtype=np.float32)
-        test = (
-            predictions(imported.raw, output, x_te, rows=4096, threads=threads),
-            predictions(patched, OUTPUT, x_te, rows=4096, threads=threads),
-            np.asarray(y_test, dtype=np.int64),
-        )
-    return utility(
-        before=before,
-        after=after,
-        y=np.asarray(y_train, dtype=np.int64),
-        forget_rows=request.indices,
-        test=test,
-        classes=imported.head.classes,
-    )
+def _pred(logits: NDArray[np.float32]) -> Predictions:
+    return Predictions(np.asarray(logits.argmax(axis=1), dtype=np.int64))

@@ -31,9 +31,10 @@ from prune.claims import CalibratedClaim, Claim
 from prune.errors import DataError, PatchError
 from prune.export import OUTPUT, export_patched
 from prune.formats import ClassClaim
-from prune.gates import GATES
+from prune.gates import AUTO, GATES, resolve_gate
 from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
+from prune.proofs._duals import region_duals
 from prune.solvers import SOLVERS, make_solver
 from prune.targets import CALIBRATED, POLICY_NAMES, default_policy
 from prune.unlearn._calibrated import calibrated_targets, run_calibrated
@@ -94,6 +95,9 @@ class UnlearnResult:
     forget_y: NDArray[np.int64]
     forget_indices: NDArray[np.int64]
     failed: tuple[int, ...]
+    duals: NDArray[np.float32] | None = None
+    """The region certificate: dual multipliers of every certified claim's obligation rows
+    (:func:`prune.proofs.region_duals`), written to ``PROOF/certificate.dual``."""
     class_claim: ClassClaim | None = None
 
     @property
@@ -106,7 +110,7 @@ def _check_options(
 ) -> None:
     for kind, value, registry in (
         ("solver", solver, SOLVERS),
-        ("gate", gate, GATES),
+        ("gate", gate, {**GATES, AUTO: None}),
         ("target policy", policy, POLICY_NAMES),
         ("strategy", strategy, STRATEGIES),
     ):
@@ -130,7 +134,7 @@ def unlearn(
     x_test: NDArray[np.float32] | None = None,
     y_test: NDArray[np.int64] | None = None,
     solver: str = "lagrangian",
-    gate: str = "activation",
+    gate: str = AUTO,
     target_policy: str | None = None,
     strategy: str = "individual",
     margin: float = DEFAULT_MARGIN,
@@ -227,6 +231,7 @@ def unlearn(
                 y_test=y_test,
                 threads=threads,
             )
+            gate = resolve_gate(gate, len(points))
             t_export = clock()
             out = run_calibrated(
                 imported,
@@ -245,10 +250,13 @@ def unlearn(
             n_patches, d_abs, resolved, rounds = out.patches, np.abs(out.d), 0, 1
             certified_min: float | None = None
             extra = {"calibrated": out.facts}
+            duals: NDArray[np.float32] | None = None  # TODO(calib): multipliers of calibrated rows
+            t_duals = 0.0
         else:
             plan = plan_patches(strategy, ctx, points)
             if len(plan.targets) == 0:
                 raise PatchError("no forget point could be given a certified patch")
+            gate = resolve_gate(gate, len(plan.targets))
             t_export = clock()
             patched, plan, ok, resolved = _export_and_recheck(
                 imported,
@@ -263,6 +271,17 @@ def unlearn(
             claims = _claims(request, forget_y, original_pred, plan, ok, margin)
             n_patches, d_abs, rounds = len(plan.targets), np.abs(plan.d), plan.rounds
             certified_min = float(plan.certified.min())
+            t_duals = clock()
+            duals = region_duals(
+                head,
+                box,
+                active=plan.active,
+                targets=plan.targets,
+                C=plan.C,
+                d=plan.d,
+                claims=claims,
+            )
+            t_duals = clock() - t_duals
         t_evaluate = clock()
 
         rows = batch_rows(n_patches, head.classes, head.n_hidden, dense=gate == "dense")
@@ -316,6 +335,7 @@ def unlearn(
             "seconds_solve": t_export - t_solve,
             "seconds_export_recheck": t_evaluate - t_export,
             "seconds_evaluate": finished - t_evaluate,
+            "seconds_region_certificate": t_duals,
             "peak_rss_mb": peak_rss_mb(),
             **extra,
         }
@@ -328,6 +348,7 @@ def unlearn(
             forget_y=forget_y,
             forget_indices=request.indices,
             failed=failed,
+            duals=duals,
         )
 
 

@@ -9,6 +9,7 @@ from numpy.typing import NDArray
 
 from prune.errors import DataError
 from prune.model import ImportedModel, OrtRunner
+from prune.proofs._duals import float32_logit_error
 from prune.regions import InputBox, box_from_data
 from prune.unlearn._request import ForgetRequest
 from prune.unlearn._strategies import ForgetPoints
@@ -43,17 +44,25 @@ def forget_points(
     outs = OrtRunner(imported.raw, outputs=names, threads=threads).run(x)
     cut = x.reshape(len(x), -1) if imported.input_space else outs[0].reshape(len(x), -1)
     z_parts = outs[(0 if imported.input_space else 1) : -1]
-    z = np.concatenate([p.reshape(len(x), -1) for p in z_parts], axis=1)
+    z = (
+        np.concatenate([p.reshape(len(x), -1) for p in z_parts], axis=1)
+        if z_parts
+        else np.zeros((len(x), 0), dtype=np.float32)
+    )
     cut64 = cut.astype(np.float64)
     logits64, _ = head.forward(cut64)
     forbidden = np.zeros((len(x), head.classes), dtype=bool)
     forbidden[np.arange(len(x)), y] = True
     if request.forget_class is not None:
         forbidden[:, request.forget_class] = True
-    slack = FLOAT32_SLACK * (1.0 + np.abs(logits64).max(axis=1))
+    active = np.asarray(z >= 0)
+    # the float32 budget: a rigorous bound of the served logits' rounding on the point's region
+    # (both logits of a spec row), plus the relative budget for the rest (patch add, float64)
+    rigorous = 2.0 * float32_logit_error(head, active, box).max(axis=1)
+    slack = FLOAT32_SLACK * (1.0 + np.abs(logits64).max(axis=1)) + rigorous
     points = ForgetPoints(
         x=cut64,
-        active=np.asarray(z >= 0),
+        active=active,
         logits=logits64,
         forbidden=forbidden,
         required=margin + slack,

@@ -50,7 +50,7 @@ class SolveContext:
     solver: Solver
     target_policy: str
     rng: np.random.Generator
-    batch_size: int = 32
+    batch_size: int = 256  # regions linearised and solved together (GEMMs over B*O rows)
     progress: bool = False
     cluster_size: int = 10
     max_rounds: int = 10

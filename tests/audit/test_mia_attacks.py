@@ -210,6 +210,7 @@ def test_reference_model_attacks_refuse_to_run_unfitted_or_without_references() 
         "rmia",
         "gap",
         "boundary",
+        "cmia",
     }
 
 

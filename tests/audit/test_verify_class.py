@@ -111,22 +111,22 @@ def _set_op(model: onnx.ModelProto, name: str, op: str) -> None:
 
 def _set_margin(model: onnx.ModelProto, value: float) -> None:
     for i, t in enumerate(model.graph.initializer):
-        if t.name == "prune/patch/class/margin":
-            model.graph.initializer[i].CopyFrom(
-                numpy_helper.from_array(np.asarray([value], np.float32), name=t.name)
-            )
+        if t.name == "prune/patch/class/cap":
+            cap = numpy_helper.to_array(t).copy()
+            cap[K] = -value
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(cap, name=t.name))
 
 
 def _extra_node(model: onnx.ModelProto) -> None:
     last = model.graph.node[-1]
-    last.output[0] = "prune/patch/class/pre"
+    last.output[0] = "prune/patch/class/pre"  # the final Min now feeds an extra node
     model.graph.node.append(
         onnx.helper.make_node("Relu", ["prune/patch/class/pre"], ["prune/output"], name="x")
     )
 
 
 TAMPERS = {
-    "min-to-max": lambda m: _set_op(m, "prune/patch/class/z_k_capped", "Max"),
+    "min-to-max": lambda m: _set_op(m, "prune/patch/output", "Max"),
     "smaller-margin": lambda m: _set_margin(m, 0.5),
     "extra-node": _extra_node,
 }

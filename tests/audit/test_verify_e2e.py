@@ -33,6 +33,7 @@ class Real:
     proof: Path
     dense: Path
     other: Path
+    routed: Path
 
 
 def _prune(*args: str) -> None:
@@ -88,6 +89,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Real:
         _unlearn(root, "proof", FORGET),
         _unlearn(root, "proof-dense", FORGET, "--gate", "dense"),
         _unlearn(root, "proof-other", OTHER),
+        _unlearn(root, "proof-routed", FORGET, "--gate", "routed"),
     )
 
 
@@ -116,16 +118,15 @@ def _verify(real: Real, proof: Path, *extra: str) -> tuple[int, str, dict[str, A
     return result.exit_code, result.output, json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("name", ["proof", "proof-dense"])
+@pytest.mark.parametrize("name", ["proof", "proof-dense", "proof-routed"])
 def test_prune_proof_verifies(real: Real, name: str) -> None:
     code, output, report = _verify(real, real.root / name)
     assert code == 0, output
     checks = {c["name"]: c for c in report["checks"]}
     assert checks["replay.claims"]["evidence"]["claims"] == len(FORGET)
     assert checks["region.probes"]["evidence"]["points_failed"] == 0
-    assert checks["structure.patch"]["evidence"]["gate"] == (
-        "dense" if "dense" in name else "activation"
-    )
+    gate = name.removeprefix("proof-") if "-" in name else "activation"
+    assert checks["structure.patch"]["evidence"]["gate"] == gate
     assert checks["locality"]["evidence"]["max_abs_diff_outside"] == 0.0
 
 
@@ -182,3 +183,68 @@ def test_certificate_carries_what_the_verifier_relies_on(real: Real) -> None:
     method = payload_of(real.proof)["predicate"]["method"]
     assert method["gate"] == "activation" and method["cut"] == "input"
     assert set(method["input_box"]) >= {"low", "high"}
+
+
+def _retamper(real: Real, tmp_path: Path, change: Any) -> tuple[int, str, dict[str, Any]]:
+    """Edit the routed proof's model with ``change(proto)``, re-sign every digest, verify."""
+    import shutil
+
+    import onnx
+
+    proof = Path(shutil.copytree(real.routed, tmp_path / "proof"))
+    proto = onnx.load_from_string((proof / "model.onnx").read_bytes())
+    change(proto)
+    resign_model(proof, proto.SerializeToString(), key=real.keys / "owner.key")
+    return _verify(real, proof, "--quiet")
+
+
+def _table(proto: Any, name: str) -> Any:
+    return next(t for t in proto.graph.initializer if t.name == "prune/patch/" + name)
+
+
+def test_routed_misrouting_tree_is_caught(real: Real, tmp_path: Path) -> None:
+    """The owner swaps two leaves: two regions would get each other's patch (or none)."""
+    from onnx import numpy_helper
+
+    def swap(proto: Any) -> None:
+        tensor = _table(proto, "route/leaf")
+        leaf = numpy_helper.to_array(tensor).copy()
+        first = np.flatnonzero(leaf != leaf[0])[0]
+        leaf[[0, first]] = leaf[[first, 0]]
+        tensor.CopyFrom(numpy_helper.from_array(leaf, tensor.name))
+
+    code, _, report = _retamper(real, tmp_path, swap)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert code == 1 and checks["structure.patch"]["status"] == "fail"
+    assert "routes to patch" in checks["structure.patch"]["detail"]
+
+
+def _strict_comparison(proto: Any) -> None:
+    """``z_k > 0`` instead of ``z_k >= 0``: a tie would route elsewhere."""
+    node = next(n for n in proto.graph.node if n.op_type == "GreaterOrEqual")
+    node.op_type = "Greater"
+
+
+def _gather_other_row(proto: Any) -> None:
+    """The routed patch's vector taken from K instead of d (same shape of the same index)."""
+    node = next(n for n in proto.graph.node if n.name == "prune/patch/route/d")
+    node.input[0] = "prune/patch/K"
+
+
+def _extra_node(proto: Any) -> None:
+    """A harmless-looking Identity after the gate."""
+    from onnx import helper
+
+    proto.graph.node.append(
+        helper.make_node("Identity", ["prune/patch/g"], ["prune/patch/g2"], name="prune/patch/g2")
+    )
+
+
+@pytest.mark.parametrize("edit", [_strict_comparison, _gather_other_row, _extra_node])
+def test_routed_graph_off_the_canonical_form_is_caught(
+    real: Real, tmp_path: Path, edit: Any
+) -> None:
+    code, _, report = _retamper(real, tmp_path, edit)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert code == 1 and checks["structure.patch"]["status"] == "fail", edit.__name__
+    assert "canonical" in checks["structure.patch"]["detail"]

@@ -96,11 +96,12 @@ def test_partial_policy_skips_but_says_so(kit: ProofKit) -> None:
         "digest.original",
         "structure.original",
         "structure.patch",
+        "class.suppression",
+        "class.reference",
+        "region.certificate",
         "region.probes",
         "locality",
         "utility",
-        "class.suppression",
-        "class.reference",
         "replay.calibrated",
     }
     assert "partial" in render_table(report)

@@ -152,3 +152,34 @@ def test_perf_rows_read_timing_records_and_flag_missing_kinds(tmp_path: Path) ->
     assert "points=10" in verify[0].details
     missing = {r.kind for r in rows if r.what == "not yet recorded"}
     assert missing == set(KINDS) - {"verify time"}
+
+
+@pytest.mark.parametrize(("backend", "jobs"), [("local", 1), ("local", 2)])
+def test_runner_records_each_cell_once_on_any_backend(
+    backend: str, jobs: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cells go through the execution backend's map: every cell gets exactly one result file,
+    a failing cell a ``failed`` record with its one-line reason (the others still run)."""
+    from benchmarks.study import runner
+    from benchmarks.study.common import StudyPaths, read_json, write_json
+
+    cells = [c for c in cells_for("quick") if c.dataset == "digits"][:3]
+    paths = StudyPaths(work=tmp_path / "work", results=tmp_path / "results", docs=tmp_path)
+    monkeypatch.setattr(runner, "needed_artifacts", lambda cell: [])
+
+    def fake_python(args: list[str], timeout_s: float) -> tuple[bool, str]:
+        spec = json.loads(args[args.index("--spec") + 1])
+        if spec == cells[1].to_json():
+            return False, "ValueError: boom"
+        write_json(Path(args[args.index("--out") + 1]), {"status": "ok", "cell": spec})
+        return True, ""
+
+    monkeypatch.setattr(runner, "_python", fake_python)
+    options = runner.RunOptions(backend=backend, jobs=jobs)
+    counts = runner.run_cells(cells, paths, options, log=lambda line: None)
+    assert counts == {"ran": 2, "skipped": 0, "failed": 1}
+    docs = [read_json(paths.cells / f"{c.key()}.json") for c in cells]
+    assert [d["status"] for d in docs] == ["ok", "failed", "ok"]
+    assert docs[1]["error"] == "ValueError: boom"
+    again = runner.run_cells(cells, paths, options, log=lambda line: None)
+    assert again == {"ran": 0, "skipped": 3, "failed": 0}

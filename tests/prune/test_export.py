@@ -82,7 +82,7 @@ def solved(mlp) -> dict[str, PatchSet]:  # type: ignore[no-untyped-def]
         }
 
 
-@pytest.mark.parametrize("gate", ["activation", "dense"])
+@pytest.mark.parametrize("gate", ["activation", "dense", "routed"])
 @pytest.mark.parametrize("solver", ["lagrangian", "reassure"])
 def test_export_keeps_the_original_and_matches_torch(mlp, solved, gate: str, solver: str) -> None:  # type: ignore[no-untyped-def]
     work, model, box = mlp
@@ -100,8 +100,9 @@ def test_export_keeps_the_original_and_matches_torch(mlp, solved, gate: str, sol
     assert (PREFIX + "C" in names) == (solver == "reassure")
     # constant delta*e_t patches take the one-MatMul form of sum_u h_u; others the general one
     ops = {node.name: node.op_type for node in proto.graph.node}
-    assert ops[PREFIX + "h_sum"] == ("MatMul" if solver == "lagrangian" else "ReduceSum")
-    assert len(patch_parameter_digest(raw)) == 64  # every patch initializer is float32
+    linear_op, general_op = ("Mul", "Sub") if gate == "routed" else ("MatMul", "ReduceSum")
+    assert ops[PREFIX + "h_sum"] == (linear_op if solver == "lagrangian" else general_op)
+    assert len(patch_parameter_digest(raw)) == 64
     x = np.concatenate([work.x_train[:k], work.x_test])
     ort = OrtRunner(raw, outputs=[OUTPUT]).run(x)[0]
     ref = PatchedHead(model.head, patches, box)(torch.from_numpy(x)).detach().numpy()
@@ -110,7 +111,7 @@ def test_export_keeps_the_original_and_matches_torch(mlp, solved, gate: str, sol
     assert (ort[:k].argmax(1) == patches.targets).all()
 
 
-@pytest.mark.parametrize("gate", ["activation", "dense"])
+@pytest.mark.parametrize("gate", ["activation", "dense", "routed"])
 def test_outputs_outside_the_supports_are_unchanged(mlp, solved, gate: str) -> None:  # type: ignore[no-untyped-def]
     work, model, box = mlp
     patches = dataclasses.replace(solved["lagrangian"], gate=gate)
@@ -124,14 +125,15 @@ def test_outputs_outside_the_supports_are_unchanged(mlp, solved, gate: str) -> N
     np.testing.assert_array_equal(after[off], before[off])
 
 
-def test_feature_space_export_of_a_cnn() -> None:
+@pytest.mark.parametrize("gate", ["activation", "routed"])
+def test_feature_space_export_of_a_cnn(gate: str) -> None:
     work = digits_work("cnn")
     model = load_model(work.raw)
     box = box_from_data(model.cut_values(work.x_train), input_space=False)
     z = OrtRunner(work.raw, outputs=list(model.head.hidden)).run(work.x_train[:50])[0]
     _, first = np.unique(z.reshape(50, -1) >= 0, axis=0, return_index=True)
     forget = work.x_train[np.sort(first)[:3]]
-    patches = _patches(model, forget, box, solver="lagrangian", gate="activation")
+    patches = _patches(model, forget, box, solver="lagrangian", gate=gate)
     raw = export_patched(model, patches, box)
     _check_original_kept(work.raw, raw)
     x = work.x_test[:200]

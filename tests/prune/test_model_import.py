@@ -81,15 +81,14 @@ def test_cnn_defaults_to_the_feature_cut_and_names_the_blocking_node(tmp_path: P
     model = load_model(work.raw)
     assert model.head.cut == "features" and not model.input_space
     _head_matches_runtime(work.raw, work.x_test[:30])
-    with pytest.raises(ModelImportError, match=r"unsupported op MaxPool \(MaxPool node '.*'\)"):
+    with pytest.raises(ModelImportError, match=r"max pooling .* MaxPool \(MaxPool node '.*'\)"):
         load_model(work.raw, cut="input")
 
 
 @pytest.mark.parametrize(
     ("act", "message"),
     [
-        ("Sigmoid", r"non-ReLU activation Sigmoid \(Sigmoid node 'act'\)"),
-        ("Softmax", r"non-ReLU activation Softmax \(Softmax node 'act'\)"),
+        ("Sigmoid", r"non-piecewise-linear activation Sigmoid \(Sigmoid node 'act'\)"),
         ("Abs", r"unsupported op Abs \(Abs node 'act'\)"),
     ],
 )
@@ -101,6 +100,18 @@ def test_non_piecewise_linear_head_is_refused(act: str, message: str) -> None:
     ]
     with pytest.raises(ModelImportError, match=message):
         load_model(graph_model(nodes, {"w": w}))
+
+
+def test_softmax_at_the_end_is_the_output_tail() -> None:
+    """A final Softmax is the tail, not part of the head: the logits are its input (here the
+    model is affine, so its one region is the whole input box)."""
+    w = RNG.normal(size=(3, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["input", "w"], ["h"], name="g", transB=1),
+        helper.make_node("Softmax", ["h"], ["logits"], name="act"),
+    ]
+    model = load_model(graph_model(nodes, {"w": w}))
+    assert model.head.output == "h" and model.head.hidden == () and len(model.tail) == 1
 
 
 def test_residual_connection_is_refused() -> None:
@@ -117,7 +128,10 @@ def test_residual_connection_is_refused() -> None:
 
 def test_transposed_input_gemm_is_refused() -> None:
     w = RNG.normal(size=(4, 3)).astype(np.float32)
-    nodes = [helper.make_node("Gemm", ["input", "w"], ["logits"], name="gt", transA=1)]
+    nodes = [
+        helper.make_node("Gemm", ["input", "w"], ["h"], name="gt", transA=1),
+        helper.make_node("Relu", ["h"], ["logits"], name="r"),
+    ]
     raw = graph_model(nodes, {"w": w}, inputs=("input", [4, 4]), output=("logits", [4, 3]))
     with pytest.raises(ModelImportError, match="Gemm node 'gt' cannot be patched"):
         load_model(raw)

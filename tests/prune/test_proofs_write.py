@@ -63,6 +63,7 @@ class FakeResult:
     summary: dict[str, Any]
     forget_x: np.ndarray
     forget_y: np.ndarray = field(repr=False)
+    duals: np.ndarray | None = field(default=None, repr=False)
 
 
 def make_result(n: int = 6, seed: int = 0, **method: Any) -> FakeResult:
@@ -88,6 +89,7 @@ def make_result(n: int = 6, seed: int = 0, **method: Any) -> FakeResult:
         summary={"forget_accuracy_before": 1.0, "forget_accuracy_after": 0.0, "seconds": 2.5},
         forget_x=rng.random((n, 4), dtype=np.float32),
         forget_y=y,
+        duals=rng.random((2 * sum(c.region == "certified" for c in claims), 5), dtype=np.float32),
     )
 
 
@@ -151,6 +153,7 @@ def test_every_artifact_verifies_independently(tmp_path: Path, keys: KeyPair) ->
         assert receipt.salt == openings.salt[i].tobytes()
         receipt.verify(openings.x[i], int(openings.y[i]))
     assert sorted(p.name for p in folder.iterdir()) == [
+        "certificate.dual",
         "certificate.json",
         "forget.npz",
         "model.onnx",
@@ -296,3 +299,19 @@ def test_truncated_or_resigned_certificate_is_rejected(tmp_path: Path, keys: Key
     stranger = ec.generate_private_key(ec.SECP256R1()).public_key()
     with pytest.raises(Exception, match="no signature by the given public key"):
         verify_envelope(Envelope.from_json(data), stranger, payload_type=PAYLOAD_TYPE)
+
+
+def test_region_certificate_is_written_and_bound(tmp_path: Path, keys: KeyPair) -> None:
+    proof = proof_folder(tmp_path)
+    files = write(proof, keys)
+    descriptor = files.statement.predicate.region_certificate
+    assert descriptor is not None and descriptor.rows == 6 and descriptor.hidden == 5
+    data = (proof / "certificate.dual").read_bytes()
+    assert len(data) == 6 * 5 * 4 and sha256_hex(data) == descriptor.sha256
+
+
+def test_certified_claims_without_duals_are_refused(tmp_path: Path, keys: KeyPair) -> None:
+    result = replace(make_result(), duals=None)
+    with pytest.raises(ProofError, match="no region certificate"):
+        write(proof_folder(tmp_path), keys, result=result)
+    assert not (tmp_path / "PROOF" / "certificate.json").exists()

@@ -130,3 +130,20 @@ def test_unlearn_class_modes() -> None:
     assert regions.class_claim is None and regions.method["class_mode"] == "regions"
     with pytest.raises(PatchError, match="class mode"):
         unlearn(work.raw, work.x_train, work.y_train, forget_class=k, class_mode="x")  # type: ignore[arg-type]
+
+
+def test_a_model_with_an_output_tail_is_refused() -> None:
+    """Suppression replaces the outputs by logits; a Softmax tail would change the interface."""
+    from onnx import helper
+
+    from tests.prune._engine_models import graph_model
+
+    w = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gemm", ["input", "w"], ["h"], name="g", transB=1),
+        helper.make_node("Softmax", ["h"], ["logits"], name="act"),
+    ]
+    model = load_model(graph_model(nodes, {"w": w}))
+    box = InputBox(low=0.0, high=1.0, source="data-range")
+    with pytest.raises(PatchError, match="output tail"):
+        export_suppressed(model, forget_class=1, margin=1.0, box=box)

@@ -30,6 +30,16 @@ from threat_models.adversaries._patches import (
 )
 from threat_models.adversaries._residual import ResidualMemorisation
 from threat_models.adversaries._serving import HonestOwner, NoOp, Rollback, Substitution
+from threat_models.adversaries._soundness import (
+    BatchCoupledGate,
+    BatchSizeSwitch,
+    ConcatOriginal,
+    HairMarginPointOnly,
+    NanTarget,
+    NanTopClass,
+    RegionCap,
+    TriggerBackdoor,
+)
 
 __all__ = [
     "ADVERSARIES",
@@ -61,6 +71,14 @@ ADVERSARIES: dict[str, type[Adversary]] = {
         Sabotage,
         ResidualMemorisation,
         Rollback,
+        BatchCoupledGate,
+        BatchSizeSwitch,
+        NanTarget,
+        NanTopClass,
+        RegionCap,
+        TriggerBackdoor,
+        HairMarginPointOnly,
+        ConcatOriginal,
     )
 }
 

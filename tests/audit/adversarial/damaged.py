@@ -191,6 +191,14 @@ def cert_signed_by_other_key(kit: ProofKit, dest: Path) -> Tampered:
     return Tampered(inputs)
 
 
+@adversary("duals_flipped_byte", "region.certificate", "SHA-256 differs")
+def duals_flipped_byte(kit: ProofKit, dest: Path) -> Tampered:
+    """One bit of the region certificate flipped after signing."""
+    proof, inputs = copied(kit, dest)
+    flip_byte(proof / "certificate.dual")
+    return Tampered(inputs)
+
+
 @adversary("cert_unknown_version", "signature.certificate", "unknown version")
 def cert_unknown_version(kit: ProofKit, dest: Path) -> Tampered:
     """A correctly signed statement with predicate version 3 (unknown to this reader)."""

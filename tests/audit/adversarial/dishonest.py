@@ -16,6 +16,7 @@ from tests.audit.adversarial.kit import ProofKit, build_work, honest_patch, pick
 from tests.audit.adversarial.registry import (
     Tampered,
     adversary,
+    edit_certificate,
     reissued,
 )
 
@@ -242,6 +243,46 @@ def claims_hair_margin_point_only(kit: ProofKit, dest: Path) -> Tampered:
     """Every claim point-only with certified margin 1e-7."""
     claims = [replace(c, certified_margin=1e-7, region="point-only") for c in kit.claims]
     return reissued(kit, dest, claims=claims)
+
+
+@adversary("duals_dropped", "region.certificate", "names no region certificate")
+def duals_dropped(kit: ProofKit, dest: Path) -> Tampered:
+    """Certified claims without any region certificate (re-signed by the owner)."""
+    proof = kit.copy_proof(dest / "proof")
+    (proof / "certificate.dual").unlink()
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["predicate"]["region_certificate"] = None
+
+    edit_certificate(proof, edit, key=kit.keys / "owner.key")
+    return Tampered(kit.inputs(proof))
+
+
+@adversary("claims_beyond_the_region", "region.certificate", "not proved over their")
+def claims_beyond_the_region(kit: ProofKit, dest: Path) -> Tampered:
+    """Each claim states (nearly) the margin the patched model has *at its forget sample*: replay
+    passes, but the margin does not hold over the whole region, and no certificate proves it."""
+    _, logits = kit.work.mlp.forward(kit.work.x_train[kit.rows])
+    claims = []
+    for u, claim in enumerate(kit.claims):
+        patched = logits[u] + kit.spec.d[claim.patch]
+        others = np.delete(patched, claim.target)
+        margin = float(patched[claim.target] - others.max())
+        claims.append(replace(claim, certified_margin=margin - 1e-3))
+    return reissued(kit, dest, claims=claims)
+
+
+@adversary("box_shrunk", "region.certificate", "outside the declared input box")
+def box_shrunk(kit: ProofKit, dest: Path) -> Tampered:
+    """A declared input box drawn tight (inputs in [0.4, 0.6]): certificates over it would say
+    nothing about real inputs."""
+    proof = kit.copy_proof(dest / "proof")
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["predicate"]["method"]["input_box"] = {"low": "0.4", "high": "0.6", "source": "x"}
+
+    edit_certificate(proof, edit, key=kit.keys / "owner.key")
+    return Tampered(kit.inputs(proof))
 
 
 # -- the auditor's other inputs --------------------------------------------------------------------

@@ -23,7 +23,9 @@ from numpy.typing import NDArray
 from audit.verify import VerifyInputs
 from prune.claims import Claim
 from prune.data import load_dataset, save_npz
-from prune.proofs import generate_keys, write_signed_proof
+from prune.model import load_model
+from prune.proofs import generate_keys, region_duals, write_signed_proof
+from prune.regions import InputBox
 from tests.audit.adversarial.synthetic import (
     Mlp,
     Outcome,
@@ -141,6 +143,28 @@ def honest_patch(
     return PatchSpec(pos=pos, neg=1.0 - pos, d=d, K=k, n=n), claims
 
 
+def honest_duals(original: bytes, spec: PatchSpec, claims: Sequence[Claim]) -> NDArray[np.float32]:
+    """The region certificate of the claims, made with the owner's real code."""
+    head = load_model(original).head
+    targets = np.zeros(spec.d.shape[0], dtype=np.int64)
+    for claim in claims:
+        targets[claim.patch] = claim.target
+    C = (
+        None
+        if spec.C is None
+        else spec.C.reshape(spec.C.shape[0], *spec.d.shape).transpose(1, 0, 2)
+    )
+    return region_duals(
+        head,
+        InputBox(0.0, 1.0, "data-range"),
+        active=spec.pos.T > 0.5,
+        targets=targets,
+        C=C,
+        d=spec.d,
+        claims=claims,
+    )
+
+
 def _accuracy(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64]) -> float:
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     return float((session.run(None, {"input": x})[0].argmax(1) == y).mean())
@@ -161,6 +185,7 @@ def issue_proof(
     model_bytes: bytes | None = None,
     commitment_log: Path | None = None,
     seed: int = 0,
+    duals: NDArray[np.float32] | None = None,
 ) -> None:
     """Export the patched model and let the owner's real code sign everything. ``model_edit``
     changes the exported model before signing; ``model_bytes`` replaces it outright."""
@@ -196,6 +221,7 @@ def issue_proof(
         summary=summary,
         forget_x=work.x_train[rows],
         forget_y=work.y_train[rows],
+        duals=duals if duals is not None else honest_duals(original, spec, claims),
     )
     write_signed_proof(
         proof,

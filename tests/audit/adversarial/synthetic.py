@@ -225,6 +225,7 @@ class Outcome:
     summary: Mapping[str, Any]
     forget_x: F32
     forget_y: NDArray[np.int64]
+    duals: NDArray[np.float32] | None = None
 
 
 def utc_now() -> datetime:

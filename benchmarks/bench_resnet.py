@@ -1,0 +1,297 @@
+"""ResNet-20-style network on 3x32x32 inputs (issue #15): patch time per point, memory, verify
+time, and unlearning 100 points against retraining.
+
+Data: Fashion-MNIST (the Debian dataset-fashion-mnist files), resized 28 -> 32 (bilinear) and
+tiled to 3 channels. The network is ResNet-20 (He et al. 2016, CIFAR variant: 3 stages x 3 basic
+blocks at 16/32/64 channels, BatchNorm, global average pooling), exported by torch's default
+(dynamo) exporter with its weights in ``model.onnx.data``. Training is deliberately short (the
+machine is 2 cores shared by 8 engineers): ``--train-subset`` images for ``--epochs`` epochs; the
+retraining baseline is the same recipe on the retained set, timed the same way, and the result
+records the accuracy each reaches. Unlearning runs ``prune unlearn`` with default options (the
+default cut lands after the last residual join), signed, then ``audit verify``; each in its own
+process so its peak RSS is its own. The load average is recorded before and after.
+
+Run: ``nice -n 10 python benchmarks/bench_resnet.py`` (writes benchmarks/results/resnet20.json)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.b1 = nn.BatchNorm2d(cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.b2 = nn.BatchNorm2d(cout)
+        self.short: nn.Module = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.short = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.short(x) + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
+
+
+class ResNet20(nn.Module):
+    def __init__(self, classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU()
+        )
+        blocks: list[nn.Module] = []
+        cin = 16
+        for cout, stride in ((16, 1), (32, 2), (64, 2)):
+            for i in range(3):
+                blocks.append(Block(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.fc = nn.Linear(64, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.blocks(self.stem(x)).mean(dim=(2, 3)))
+
+
+def fashion32(n_train: int, n_test: int, seed: int) -> tuple[np.ndarray, ...]:
+    from prune.data import load_dataset
+
+    data = load_dataset("fashion-mnist")
+    rng = np.random.default_rng(seed)
+    tr = rng.choice(len(data.y_train), size=n_train, replace=False)
+    te = rng.choice(len(data.y_test), size=n_test, replace=False)
+
+    def up(x: np.ndarray) -> np.ndarray:
+        t = torch.nn.functional.interpolate(torch.from_numpy(x), size=(32, 32), mode="bilinear")
+        return t.repeat(1, 3, 1, 1).numpy().astype(np.float32)
+
+    return up(data.x_train[tr]), data.y_train[tr], up(data.x_test[te]), data.y_test[te]
+
+
+def train(x: np.ndarray, y: np.ndarray, *, epochs: int, seed: int) -> tuple[ResNet20, float]:
+    torch.manual_seed(seed)
+    net = ResNet20()
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    gen = torch.Generator().manual_seed(seed)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    start = time.perf_counter()
+    net.train()
+    for _ in range(epochs):
+        for idx in torch.randperm(len(xt), generator=gen).split(64):
+            opt.zero_grad()
+            nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
+            opt.step()
+    seconds = time.perf_counter() - start
+    return net.eval(), seconds
+
+
+def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
+    with torch.no_grad():
+        pred = torch.cat(
+            [net(torch.from_numpy(x[i : i + 256])).argmax(1) for i in range(0, len(x), 256)]
+        )
+    return float((pred.numpy() == y).mean())
+
+
+def timed(cmd: list[str], cwd: Path) -> dict[str, Any]:
+    """Run one command in its own process; wall time and its peak RSS (GNU time is not assumed:
+    ``resource.getrusage(RUSAGE_CHILDREN)`` after the child exits)."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {
+        "seconds": seconds,
+        "peak_rss_mb": max(peak, before) / 1024.0,
+        "returncode": proc.returncode,
+        "tail": (proc.stdout + proc.stderr)[-600:],
+    }
+
+
+def import_only(work: Path, seed: int) -> None:
+    """The import path alone (no training): what the default options do with the export."""
+    from prune.model import OrtRunner, load_model, read_model
+
+    load_start = os.getloadavg()
+    torch.manual_seed(seed)
+    net = ResNet20().eval()
+    model = work / "import" / "model.onnx"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        net, (torch.rand(2, 3, 32, 32),), str(model), dynamo=True, input_names=["x"],
+        dynamic_shapes=({0: batch},), external_data=True,
+    )  # fmt: skip
+    start = time.perf_counter()
+    raw, embedded = read_model(model)
+    imported = load_model(raw)
+    seconds = time.perf_counter() - start
+    x = np.random.default_rng(seed).random((16, 3, 32, 32), dtype=np.float32)
+    logits = OrtRunner(raw, outputs=[imported.head.output]).run(x)[0]
+    ours, _ = imported.head.forward(imported.cut_values(x).astype(np.float64))
+    doc = {
+        "benchmark": "resnet20-import",
+        "version": 1,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "load_average_start": list(load_start),
+        "load_average_end": list(os.getloadavg()),
+        "external_data_embedded": embedded,
+        "default_cut": imported.head.cut,
+        "breakpoint_tensors": list(imported.head.hidden),
+        "hidden_sizes": list(imported.head.hidden_sizes),
+        "import_seconds": seconds,
+        "head_vs_onnxruntime_max_abs_error": float(np.abs(ours - logits).max()),
+    }
+    out = ROOT / "results" / "resnet20-import.json"
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc, indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-subset", type=int, default=4000)
+    parser.add_argument("--test-subset", type=int, default=1000)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--forget", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "resnet20.json")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "resnet20")
+    parser.add_argument(
+        "--import-only",
+        action="store_true",
+        help="Untrained network: export, import with the default cut, check the head against "
+        "onnxruntime (writes benchmarks/results/resnet20-import.json).",
+    )
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.import_only:
+        import_only(args.work, args.seed)
+        return
+    load_start = os.getloadavg()
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    x_tr, y_tr, x_te, y_te = fashion32(args.train_subset, args.test_subset, args.seed)
+    net, train_seconds = train(x_tr, y_tr, epochs=args.epochs, seed=args.seed)
+    acc_orig = accuracy(net, x_te, y_te)
+    model = work / "model" / "model.onnx"
+    model.parent.mkdir(exist_ok=True)
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        net, (torch.from_numpy(x_tr[:2]),), str(model), dynamo=True, input_names=["x"],
+        output_names=["logits"], dynamic_shapes=({0: batch},), external_data=True,
+    )  # fmt: skip
+    np.savez(work / "train.npz", x=x_tr, y=y_tr)
+    np.savez(work / "test.npz", x=x_te, y=y_te)
+    with torch.no_grad():
+        pred = net(torch.from_numpy(x_tr)).argmax(1).numpy()
+    correct = np.flatnonzero(pred == y_tr)
+    forget = np.random.default_rng(args.seed + 1).choice(correct, size=args.forget, replace=False)
+    (work / "forget.txt").write_text("".join(f"{i}\n" for i in forget))
+    keys = work / "keys"
+    if not (keys / "owner.key").exists():
+        subprocess.run(
+            [str(BIN / "prune"), "keygen", "--out", str(keys), "--no-passphrase"], check=True
+        )
+    proof = work / "proof"
+    if proof.exists():
+        import shutil
+
+        shutil.rmtree(proof)
+    unlearn = timed(
+        [
+            str(BIN / "prune"), "unlearn", str(model), "--train", str(work / "train.npz"),
+            "--test", str(work / "test.npz"), "--forget-indices", str(work / "forget.txt"),
+            "--key", str(keys / "owner.key"), "--out", str(proof), "--quiet",
+        ],
+        work,
+    )  # fmt: skip
+    summary = json.loads((proof / "summary.json").read_text()) if unlearn["returncode"] == 0 else {}
+    original = proof / "original.onnx" if (proof / "original.onnx").exists() else model
+    verify = timed(
+        [
+            str(BIN / "audit"), "verify", str(proof), "--public-key", str(keys / "owner.pub"),
+            "--original", str(original), "--forget", str(proof / "forget.npz"),
+            "--reference", str(work / "test.npz"), "--json", str(work / "verify.json"), "--quiet",
+        ],
+        work,
+    )  # fmt: skip
+    keep = np.setdiff1d(np.arange(len(y_tr)), forget)
+    retrained, retrain_seconds = train(x_tr[keep], y_tr[keep], epochs=args.epochs, seed=args.seed)
+    acc_retrained = accuracy(retrained, x_te, y_te)
+    seconds = float(summary.get("seconds", float("nan")))
+    doc = {
+        "benchmark": "resnet20",
+        "version": 1,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "load_average_start": list(load_start),
+        "load_average_end": list(os.getloadavg()),
+        "recipe": {
+            "data": "Fashion-MNIST resized to 32x32 (bilinear), tiled to 3 channels",
+            "train_subset": args.train_subset,
+            "test_subset": args.test_subset,
+            "epochs": args.epochs,
+            "optimizer": "SGD lr 0.05 momentum 0.9 wd 5e-4, batch 64",
+            "seed": args.seed,
+            "exporter": "torch.onnx.export(dynamo=True), external data",
+        },
+        "original_test_accuracy": acc_orig,
+        "train_seconds": train_seconds,
+        "unlearn": {
+            "forget_points": args.forget,
+            "process_seconds": unlearn["seconds"],
+            "engine_seconds": seconds,
+            "seconds_per_point": seconds / args.forget,
+            "peak_rss_mb": summary.get("peak_rss_mb"),
+            "process_peak_rss_mb": unlearn["peak_rss_mb"],
+            "returncode": unlearn["returncode"],
+            "cut": summary.get("method", {}).get("cut"),
+            "patches": summary.get("patches"),
+            "certified": summary.get("certified"),
+            "forget_accuracy_before": summary.get("forget_accuracy_before"),
+            "forget_accuracy_after": summary.get("forget_accuracy_after"),
+            "test_accuracy_before": summary.get("test_accuracy_before"),
+            "test_accuracy_after": summary.get("test_accuracy_after"),
+            "tail": unlearn["tail"] if unlearn["returncode"] else "",
+        },
+        "verify": {
+            "seconds": verify["seconds"],
+            "returncode": verify["returncode"],
+            "process_peak_rss_mb": verify["peak_rss_mb"],
+            "tail": verify["tail"] if verify["returncode"] else "",
+        },
+        "retrain": {
+            "seconds": retrain_seconds,
+            "test_accuracy": acc_retrained,
+            "speedup_engine": retrain_seconds / seconds if seconds == seconds else None,
+            "speedup_process": retrain_seconds / unlearn["seconds"],
+        },
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc, indent=2))
+
+
+if __name__ == "__main__":
+    main()

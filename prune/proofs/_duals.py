@@ -1,0 +1,100 @@
+"""The region certificate the owner ships: per certified claim and obligation row, the dual
+multipliers of the region's constraints (docs/FORMATS.md, "Region certificate").
+
+For a ``flip`` claim of patch ``u`` with target ``t`` the rows are the classes ``j != t`` in
+ascending order (:meth:`prune.formats.ClaimRecord.obligations`); row ``j`` carries multipliers
+``lam >= 0`` with ``max_{x in S_u} (f + p_u)_j - (f + p_u)_t <= max_box L_lam``. They come from
+the same projected dual ascent as the Lagrangian solver (:meth:`LagrangianSolver.multipliers`,
+started from :func:`backward_multipliers` for constant patches), in batches of regions. Any
+``lam >= 0`` is sound; the verifier recomputes the bound itself, so this module only decides how
+tight the certificate is."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from prune.claims import Claim
+from prune.model import PLHead
+from prune.regions import InputBox, linearize
+from prune.solvers import LagrangianSolver, spec_objectives
+from prune.solvers._lagrangian import backward_multipliers
+
+__all__ = ["float32_logit_error", "region_duals"]
+
+
+def region_duals(
+    head: PLHead,
+    box: InputBox,
+    *,
+    active: NDArray[np.bool_],
+    targets: NDArray[np.int64],
+    C: NDArray[np.float64] | None,
+    d: NDArray[np.float64],
+    claims: Sequence[Claim],
+    batch_size: int = 32,
+) -> NDArray[np.float32]:
+    """Multipliers ``[rows, H]`` (float32) for the certified ``claims`` in order, each claim's
+    rows ``j != target`` ascending. ``active [P, H]``, ``targets [P]``, ``C [P, d, O]`` or None
+    and ``d [P, O]`` describe the exported patches."""
+    certified = [c for c in claims if c.region == "certified"]
+    patches = sorted({c.patch for c in certified})
+    per_patch: dict[int, NDArray[np.float64]] = {}
+    solver = LagrangianSolver()
+    for start in range(0, len(patches), batch_size):
+        chunk = np.asarray(patches[start : start + batch_size], dtype=np.int64)
+        regions = linearize(head, active[chunk], box=box, dense=False)
+        t = torch.from_numpy(targets[chunk])
+        c_t = None if C is None else torch.from_numpy(C[chunk])
+        d_t = torch.from_numpy(d[chunk])
+        W, _ = spec_objectives(regions, t, C=c_t, d=d_t)
+        init = backward_multipliers(regions, t) if C is None else None
+        lam = solver.multipliers(regions, W, init=init).clamp_min(0.0).numpy()
+        for i, u in enumerate(chunk.tolist()):
+            per_patch[u] = lam[i]
+    classes = d.shape[1]
+    rows: list[NDArray[np.float64]] = []
+    for claim in certified:
+        if claim.target != int(targets[claim.patch]):
+            raise ValueError(f"claim {claim.leaf_index}: target differs from its patch's target")
+        others = [j for j in range(classes) if j != claim.target]
+        rows.append(per_patch[claim.patch][others])
+    if not rows:
+        return np.zeros((0, head.n_hidden), dtype=np.float32)
+    # float32 storage rounds each multiplier; any lam >= 0 is sound, so this costs tightness only
+    return np.ascontiguousarray(np.concatenate(rows), dtype=np.float32)
+
+
+def float32_logit_error(
+    head: PLHead, active: NDArray[np.bool_], box: InputBox
+) -> NDArray[np.float64]:
+    """A rigorous bound ``[N, O]`` on ``|logits computed in float32 - exact logits|`` at every
+    point of the box whose exact activation pattern is ``active[n]``, for any float32 kernel
+    that sums products in any order (``gamma_n = n u / (1 - n u)``, ``u = 2^-24``), ReLU being
+    1-Lipschitz. The owner adds ``2 max_o`` of it to the margin each region must certify, so
+    that the verifier's own bound (``region.certificate``, same assumptions) holds."""
+    u = 2.0**-24
+
+    def gamma(n: int) -> float:
+        return n * u / (1.0 - n * u)
+
+    scale = max(abs(box.low), abs(box.high))
+    masks = np.split(
+        np.asarray(active, dtype=np.float64), np.cumsum(head.hidden_sizes)[:-1], axis=1
+    )
+    first = head.layers[0]
+    zt = np.abs(first.weight).sum(axis=1) * scale + np.abs(first.bias)
+    zt = np.broadcast_to(zt, (len(active), len(zt))).copy()
+    g = gamma(first.weight.shape[1] + 2)
+    err = g * zt
+    for i, layer in enumerate(head.layers[1:]):
+        m, mag = masks[i], zt * (1.0 + g)
+        a_bound = m * mag + (1.0 - m) * np.minimum(err, mag)
+        g = gamma(layer.weight.shape[1] + 2)
+        w_abs = np.abs(layer.weight)
+        zt = a_bound @ w_abs.T + np.abs(layer.bias)
+        err = err @ w_abs.T + g * zt
+    return np.asarray(err + u * zt * (1.0 + g))

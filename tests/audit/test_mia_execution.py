@@ -1,0 +1,251 @@
+"""Execution backends against real local clusters (127.0.0.1 only): a Ray head plus one worker
+node, and a Dask LocalCluster of two workers. Every backend must give the local backend's
+weights bit for bit, retry a task whose worker died, and fail with one line naming the model when
+a worker keeps dying (never a partial result)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audit.errors import InputError
+from audit.mia import Architecture, TrainingRecipe, train_reference_models
+from audit.mia._execution import (
+    DaskBackend,
+    ExecutionError,
+    LocalBackend,
+    RayBackend,
+    Tasks,
+    TrainingJob,
+    make_backend,
+    reference_tasks,
+)
+from audit.mia._train import TrainedWeights
+from tests.audit import _dying
+from tests.audit._clusters import dask_cluster, ray_cluster
+from tests.audit.test_mia_cli import _args, work  # noqa: F401  (the fixture)
+from tests.audit.test_mia_reference import digits_split
+
+ARCH = Architecture("mlp", (16,), (64,), 10)
+RECIPE = TrainingRecipe(epochs=2, batch_size=64)
+COUNT = 4
+
+
+@pytest.fixture(scope="module")
+def ray_address() -> Iterator[str]:
+    pytest.importorskip("ray")
+    with ray_cluster(worker_nodes=1) as address:
+        yield address
+
+
+@pytest.fixture(scope="module")
+def dask_address() -> Iterator[str]:
+    pytest.importorskip("distributed")
+    import dask
+
+    # one lost-worker retry, then KilledWorker: keeps the "keeps dying" test short
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}), dask_cluster() as addr:
+        yield addr
+
+
+@pytest.fixture
+def address(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_address"))
+
+
+@pytest.fixture(scope="module")
+def job() -> TrainingJob:
+    split = digits_split(3)
+    x, y = split.reference.x[:400], split.reference.y[:400]
+    rng = np.random.default_rng(0)
+    return TrainingJob(
+        architecture=ARCH,
+        recipe=RECIPE,
+        x=x,
+        y=y,
+        candidates_x=x[:0],
+        candidates_y=y[:0],
+        in_reference=rng.random((COUNT, len(x))) < 0.5,
+        in_candidates=np.zeros((COUNT, 0), dtype=bool),
+        seeds=tuple(range(100, 100 + COUNT)),
+    )
+
+
+@pytest.fixture(scope="module")
+def local_weights(job: TrainingJob) -> list[TrainedWeights]:
+    return LocalBackend("sequential").map(reference_tasks(job), jobs=1, address=None)
+
+
+def assert_identical(got: list[TrainedWeights], want: list[TrainedWeights]) -> None:
+    assert [w.index for w in got] == list(range(COUNT))
+    for a, b in zip(got, want, strict=True):
+        assert a.state.keys() == b.state.keys()
+        for name in a.state:
+            np.testing.assert_array_equal(a.state[name], b.state[name], strict=True)
+        assert a.train_accuracy == b.train_accuracy
+
+
+def backend_of(name: str) -> RayBackend | DaskBackend:
+    return RayBackend() if name == "ray" else DaskBackend()
+
+
+def dying(
+    task: Callable[[TrainingJob, int], TrainedWeights], job: TrainingJob
+) -> Tasks[TrainingJob, TrainedWeights]:
+    return Tasks(task, job, job.count, what="reference model")
+
+
+@pytest.mark.parametrize("address", ["ray", "dask"], indirect=True)
+def test_cluster_gives_the_local_weights_bit_for_bit(
+    request: pytest.FixtureRequest,
+    address: str,
+    job: TrainingJob,
+    local_weights: list[TrainedWeights],
+) -> None:
+    name = request.node.callspec.params["address"]
+    seen: list[int] = []
+    got = backend_of(name).map(
+        reference_tasks(job), jobs=2, address=address, on_result=lambda k, r: seen.append(k)
+    )
+    assert_identical(got, local_weights)
+    assert sorted(seen) == list(range(COUNT))
+
+
+@pytest.mark.parametrize("address", ["ray", "dask"], indirect=True)
+def test_reference_sets_match_the_local_backend(
+    request: pytest.FixtureRequest, address: str
+) -> None:
+    """Through the public entry point, online (candidates) included: same masks, same logits."""
+    split = digits_split(4)
+    name = request.node.callspec.params["address"]
+
+    def run(**where: object):
+        refs = train_reference_models(
+            split.reference.x[:300],
+            split.reference.y[:300],
+            architecture=ARCH,
+            count=2,
+            recipe=RECIPE,
+            seed=7,
+            candidates=(split.members.x[:40], split.members.y[:40]),
+            **where,  # type: ignore[arg-type]
+        )
+        return refs.logits(split.non_members.x, split.non_members.y), refs.in_candidates
+
+    base_logits, base_mask = run(backend="local", jobs=1)
+    logits, mask = run(backend=name, address=address, jobs=2)
+    np.testing.assert_array_equal(mask, base_mask)
+    np.testing.assert_array_equal(logits, base_logits)
+
+
+@pytest.mark.parametrize("address", ["ray", "dask"], indirect=True)
+def test_a_lost_worker_is_retried(
+    request: pytest.FixtureRequest,
+    address: str,
+    job: TrainingJob,
+    local_weights: list[TrainedWeights],
+    tmp_path: Path,
+) -> None:
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(_dying)
+    name = request.node.callspec.params["address"]
+    marker = tmp_path / "died"
+    task = functools.partial(_dying.die_once, marker, 1)
+    got = backend_of(name).map(dying(task, job), jobs=2, address=address)
+    assert marker.exists(), "the worker never died: the test is vacuous"
+    assert_identical(got, local_weights)
+
+
+@pytest.mark.parametrize("address", ["ray", "dask"], indirect=True)
+def test_a_worker_that_keeps_dying_fails_the_run_naming_the_model(
+    request: pytest.FixtureRequest, address: str, job: TrainingJob
+) -> None:
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(_dying)
+    name = request.node.callspec.params["address"]
+    task = functools.partial(_dying.always_die, 2)
+    with pytest.raises(ExecutionError, match=f"^reference model 2 failed on the {name} backend"):
+        backend_of(name).map(dying(task, job), jobs=2, address=address)
+
+
+def test_backend_names_and_address_rules(job: TrainingJob) -> None:
+    with pytest.raises(InputError, match="unknown backend 'carrier-pigeon'"):
+        make_backend("carrier-pigeon")
+    with pytest.raises(InputError, match="--address is for the ray and dask"):
+        make_backend("local").map(reference_tasks(job), jobs=1, address="127.0.0.1:1")
+
+
+def test_an_unreachable_cluster_is_one_line(
+    job: TrainingJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("distributed")
+    from audit.mia import _execution
+    from tests.audit._clusters import free_port
+
+    monkeypatch.setattr(_execution, "CONNECT_TIMEOUT_S", 2)
+    with pytest.raises(InputError, match=r"cannot start or reach tcp://127\.0\.0\.1"):
+        DaskBackend().map(reference_tasks(job), jobs=1, address=f"tcp://127.0.0.1:{free_port()}")
+
+
+@pytest.mark.parametrize("address", ["ray", "dask"], indirect=True)
+def test_audit_mia_on_a_cluster_prints_the_local_result(
+    request: pytest.FixtureRequest,
+    address: str,
+    work: Path,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+) -> None:
+    """``audit mia --backend B --address A``: the same attack results as the local backend."""
+    from click.testing import CliRunner
+
+    from audit.cli import cli
+
+    name = request.node.callspec.params["address"]
+    docs = []
+    for where in (["--backend", "local"], ["--backend", name, "--address", address]):
+        out = tmp_path / f"{where[1]}.json"
+        args = _args(work, "--attack", "lira", "--json", str(out), "--device", "cpu", *where)
+        result = CliRunner().invoke(cli, args)
+        assert result.exit_code == 0, result.output
+        docs.append(json.loads(out.read_text()))
+    local, remote = ({k: v for k, v in d.items() if k not in ("created", "inputs")} for d in docs)
+    assert local["models"] == remote["models"]
+
+
+def test_the_training_device_is_a_parameter() -> None:
+    import torch
+
+    from audit.mia._train import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(InputError, match="no CUDA device"):
+            resolve_device("cuda")
+    with pytest.raises(InputError, match="unknown training device 'tpu'"):
+        resolve_device("tpu")
+
+
+@pytest.mark.gpu
+def test_reference_models_train_on_cuda_and_come_back_as_cpu_arrays(
+    job: TrainingJob, local_weights: list[TrainedWeights]
+) -> None:
+    import dataclasses
+
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    on_gpu = dataclasses.replace(job, device="cuda")
+    got = LocalBackend("sequential").map(reference_tasks(on_gpu), jobs=1, address=None)
+    for a, b in zip(got, local_weights, strict=True):
+        assert a.device == "cuda"
+        assert {k: v.shape for k, v in a.state.items()} == {k: v.shape for k, v in b.state.items()}
+        assert all(isinstance(v, np.ndarray) for v in a.state.values())
+        assert abs(a.train_accuracy - b.train_accuracy) < 0.1  # CUDA kernels: not bit-identical

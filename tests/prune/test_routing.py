@@ -1,0 +1,221 @@
+"""The routed gate: the routing tree's invariant, its gate against the activation gate, and its
+ONNX form against the torch reference (one candidate per row, no batch coupling)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from prune._routing import build_tree, pack_patterns, unpack_patterns
+from prune.errors import PatchError
+from prune.export import OUTPUT, export_patched
+from prune.gates import RoutedGate, routing_tree, sign_table
+from prune.model import OrtRunner, load_model
+from prune.patched import PatchedHead, PatchSet, patch_bounds
+from prune.regions import InputBox, box_from_data, linearize, patterns_of
+from prune.solvers import LagrangianSolver
+from tests.prune._engine_models import digits_work
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(1, 60).flatmap(
+        lambda p: st.tuples(st.integers(1, 40), st.integers(0, 2**32 - 1)).map(lambda t: (p, *t))
+    )
+)
+def test_every_pattern_routes_to_its_patch(shape: tuple[int, int, int]) -> None:
+    patches, hidden, seed = shape
+    rng = np.random.default_rng(seed)
+    active = rng.random((patches, hidden)) < rng.uniform(0.05, 0.95)
+    active = np.unique(active, axis=0)
+    rng.shuffle(active)
+    for width in (1, 2, 4):
+        tree = build_tree(active, width=width)
+        assert tree.depth >= 1 and tree.child.shape == (len(tree.split), 2**width)
+        np.testing.assert_array_equal(tree.route(active), np.arange(len(active)))
+        nodes = np.arange(len(tree.split))
+        leaves = (tree.child == nodes[:, None]).all(axis=1)
+        assert sorted(tree.leaf[leaves].tolist()) == list(range(len(active)))
+        # the depth stored implicitly in the tables is the tree's
+        params = {
+            "route/split": tree.split,
+            "route/child": tree.child.reshape(-1),
+            "route/leaf": tree.leaf,
+        }
+        assert routing_tree(params).depth == tree.depth
+    np.testing.assert_array_equal(unpack_patterns(pack_patterns(active), hidden), active)
+
+
+def test_depth_is_logarithmic_for_diverse_patterns() -> None:
+    active = np.random.default_rng(0).random((4096, 128)) < 0.5
+    assert build_tree(active, width=1).depth <= 16
+    assert build_tree(active, width=4).depth <= 5
+
+
+def test_identical_patterns_are_refused() -> None:
+    active = np.array([[True, False, True], [False, False, True], [True, False, True]])
+    with pytest.raises(PatchError, match="same activation pattern"):
+        build_tree(active)
+
+
+def test_sign_table_unpacks_bytes() -> None:
+    table = sign_table()
+    assert table.shape == (256, 8) and table.dtype == np.float32
+    assert set(np.unique(table)) == {-1.0, 1.0}
+    assert (((1.0 - table) / 2.0) @ (2.0 ** np.arange(8)) == np.arange(256)).all()
+
+
+BOX = InputBox(0.0, 1.0, "data-range")
+
+
+@pytest.fixture(scope="module")
+def routed() -> tuple[object, PatchSet, np.ndarray, np.ndarray]:
+    work = digits_work()
+    model = load_model(work.raw)
+    head = model.head
+    _, first = np.unique(
+        patterns_of(head, work.x_train[:200].astype(np.float64)), axis=0, return_index=True
+    )
+    forget = work.x_train[np.sort(first)[:12]].astype(np.float64)
+    act = patterns_of(head, forget)
+    logits, _ = head.forward(forget)
+    targets = np.where(logits.argmax(1) == 0, 1, 0)
+    sol = LagrangianSolver().solve(
+        linearize(head, act, box=BOX),
+        torch.from_numpy(targets),
+        margin=torch.full((len(forget),), 0.2, dtype=torch.float64),
+    )
+    d = sol.d.numpy()
+    patches = PatchSet("routed", 1000.0, act, d, None, patch_bounds(None, d, BOX), targets)
+    data = np.concatenate([work.x_train, work.x_test]).astype(np.float64)
+    return model, patches, forget, data
+
+
+def test_routed_gate_is_the_activation_gate_of_one_candidate(routed) -> None:  # type: ignore[no-untyped-def]
+    model, patches, forget, data = routed
+    rng = np.random.default_rng(3)
+    near = np.clip(
+        np.repeat(forget, 50, axis=0) + rng.normal(scale=0.02, size=(600, data.shape[1])), 0, 1
+    )
+    x = torch.from_numpy(np.concatenate([data, forget, near]))
+    activation = dataclasses.replace(patches, gate="activation")
+    g_act = PatchedHead(model.head, activation, BOX, dtype=torch.float64).gates(x)
+    g_rt = PatchedHead(model.head, patches, BOX, dtype=torch.float64).gates(x)
+    assert ((g_rt > 0).sum(dim=1) <= 1).all()
+    on = g_rt > 0
+    torch.testing.assert_close(g_rt[on], g_act[on], rtol=0, atol=0)
+    assert (g_rt <= g_act).all()
+    # on its own region, a patch is fully on and every other patch is off
+    n = len(data)
+    own = g_rt[n : n + len(forget)]
+    torch.testing.assert_close(own, torch.eye(len(forget), dtype=torch.float64), rtol=0, atol=0)
+    assert ((g_rt[n + len(forget) :] > 0) & (g_rt[n + len(forget) :] < 1)).any(), "no band probe"
+
+
+def test_routed_onnx_matches_torch_and_rows_are_independent(routed) -> None:  # type: ignore[no-untyped-def]
+    model, patches, forget, data = routed
+    box = box_from_data(data.astype(np.float32), input_space=True)
+    raw = export_patched(model, patches, box)
+    runner = OrtRunner(raw, outputs=[OUTPUT])
+    x = np.concatenate([forget, data[:500]]).astype(np.float32)
+    ort = runner.run(x, batch_size=256)[0]
+    ref = PatchedHead(model.head, patches, box)(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(ort, ref, atol=1e-5, rtol=0)
+    assert (ort[: len(forget)].argmax(1) == patches.targets).all()
+    alone = np.concatenate([runner.run(x[i : i + 1])[0] for i in range(0, 40, 3)])
+    np.testing.assert_array_equal(alone, ort[0:40:3])
+
+
+def test_routed_affine_patch_gathers_its_C(routed) -> None:  # type: ignore[no-untyped-def]
+    model, patches, forget, data = routed
+    rng = np.random.default_rng(5)
+    C = rng.normal(scale=0.01, size=(len(patches), data.shape[1], patches.d.shape[1]))
+    affine = dataclasses.replace(patches, C=C, K=patch_bounds(C, patches.d, BOX))
+    raw = export_patched(model, affine, BOX)
+    x = np.concatenate([forget, data[:300]]).astype(np.float32)
+    ort = OrtRunner(raw, outputs=[OUTPUT]).run(x)[0]
+    ref = PatchedHead(model.head, affine, BOX, dtype=torch.float64)(
+        torch.from_numpy(x.astype(np.float64))
+    )
+    np.testing.assert_allclose(ort, ref.numpy(), atol=1e-4, rtol=0)
+    reference = PatchedHead(
+        model.head, dataclasses.replace(affine, gate="activation"), BOX, dtype=torch.float64
+    )
+    inside = reference(torch.from_numpy(forget))
+    np.testing.assert_allclose(ort[: len(forget)], inside.numpy(), atol=1e-4, rtol=0)
+
+
+def test_routed_gate_refuses_duplicate_regions(routed) -> None:  # type: ignore[no-untyped-def]
+    model, patches, _, _ = routed
+    twice = np.concatenate([patches.active, patches.active[:1]])
+    with pytest.raises(PatchError, match="same activation pattern"):
+        RoutedGate().parameters(model.head, twice, BOX)
+
+
+def test_routed_export_when_the_hidden_width_is_not_a_multiple_of_8(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """13 + 7 hidden neurons: the unpacked pattern is sliced to H (the format's Slice branch)."""
+    from prune.data import load_dataset
+    from prune.train import TrainConfig, export_onnx, train
+
+    data = load_dataset("digits")
+    net, result = train(data, TrainConfig(arch="mlp", hidden=(13, 7), epochs=2, seed=0))
+    export_onnx(net, tmp_path / "m.onnx", input_shape=result.input_shape)
+    model = load_model((tmp_path / "m.onnx").read_bytes())
+    x = data.x_train.reshape(len(data.x_train), -1).astype(np.float32)
+    act = patterns_of(model.head, x[:300].astype(np.float64))
+    _, first = np.unique(act, axis=0, return_index=True)
+    rows = np.sort(first)[:20]
+    d = np.zeros((len(rows), model.head.classes))
+    d[np.arange(len(rows)), np.arange(len(rows)) % model.head.classes] = 3.0
+    patches = PatchSet(
+        "routed",
+        1000.0,
+        act[rows],
+        d,
+        None,
+        patch_bounds(None, d, BOX),
+        np.zeros(len(rows), np.int64),
+    )
+    raw = export_patched(model, patches, BOX)
+    names = {node.name for node in __import__("onnx").load_from_string(raw).graph.node}
+    assert "prune/patch/route/signs_flat" in names
+    probe = np.concatenate([x[rows], x[300:600]])
+    ort = OrtRunner(raw, outputs=[OUTPUT]).run(probe)[0]
+    ref = PatchedHead(model.head, patches, BOX)(torch.from_numpy(probe)).detach().numpy()
+    np.testing.assert_allclose(ort, ref, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ort[: len(rows)] - model.logits(x[rows]), d, atol=1e-4)
+
+
+def test_deep_routed_model_is_admitted_by_the_auditor_sandbox() -> None:
+    """A tree of two or more levels uses GatherElements; the auditor's bounded-op admission
+    (audit.sandbox) must accept the canonical routed graph, or no proof with it could verify."""
+    from onnx import load_from_string
+
+    from audit.sandbox._policy import admit
+
+    work = digits_work()
+    model = load_model(work.raw)
+    act = patterns_of(model.head, work.x_train.astype(np.float64))
+    _, first = np.unique(act, axis=0, return_index=True)
+    rows = np.sort(first)[:120]
+    d = np.zeros((len(rows), model.head.classes))
+    d[:, 0] = 2.0
+    patches = PatchSet(
+        "routed", 1000.0, act[rows], d, None, patch_bounds(None, d, BOX), np.zeros(len(rows), int)
+    )
+    assert routing_tree(patches.parameters(model.head, BOX)).depth >= 2
+    raw = export_patched(model, patches, BOX)
+    proto = load_from_string(raw)
+    assert any(node.op_type == "GatherElements" for node in proto.graph.node)
+    assert admit(proto, budget=1 << 30).per_sample > 0
+    # the deep tree in onnxruntime routes as the reference does: every forget row gets its patch
+    x = np.concatenate([work.x_train[rows], work.x_test]).astype(np.float32)
+    ort = OrtRunner(raw, outputs=[OUTPUT]).run(x)[0]
+    ref = PatchedHead(model.head, patches, BOX)(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(ort, ref, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ort[: len(rows)] - model.logits(x[: len(rows)]), d, atol=1e-4)

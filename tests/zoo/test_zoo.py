@@ -1,0 +1,141 @@
+"""Bring your own model: every zoo model (tests/zoo/_models.py, exported by the real exporters
+at test time) unlearns with *default* options through the CLI, verifies with ``audit verify``
+exit 0, and an independent onnxruntime check sees the forget predictions changed, test accuracy
+within one point, the served outputs consistent with the patched logits (same names), and the
+original outputs equal to the framework's own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+from numpy.typing import NDArray
+
+from audit.cli import cli as audit_cli
+from prune.cli import cli as prune_cli
+from tests.zoo._models import ZOO, Digits, ZooModel, digits
+
+_CONV = ("cnn", "resnet")
+FORGET = 3
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Digits]:
+    root = tmp_path_factory.mktemp("zoo")
+    data = digits()
+    np.savez(root / "train.npz", x=data.x_train.reshape(len(data.x_train), -1), y=data.y_train)
+    np.savez(root / "test.npz", x=data.x_test.reshape(len(data.x_test), -1), y=data.y_test)
+    keys = CliRunner().invoke(prune_cli, ["keygen", "--out", str(root / "keys"), "--no-passphrase"])
+    assert keys.exit_code == 0, keys.output
+    return root, data
+
+
+def _session(path: Path | bytes) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.intra_op_num_threads = 1
+    src = str(path) if isinstance(path, Path) else path
+    return ort.InferenceSession(src, sess_options=opts, providers=["CPUExecutionProvider"])
+
+
+def _label(session: ort.InferenceSession, x: NDArray[np.float32]) -> NDArray[np.int64]:
+    """The served prediction: an integer output when the model has one (a label), else the
+    argmax of the first output (logits or probabilities)."""
+    outs = session.run(None, {session.get_inputs()[0].name: x})
+    for meta, out in zip(session.get_outputs(), outs, strict=True):
+        if meta.type == "tensor(int64)":
+            return np.asarray(out, dtype=np.int64).reshape(-1)
+    return np.asarray(outs[0]).argmax(axis=1)
+
+
+def _params() -> list[object]:
+    return [
+        pytest.param(
+            m, id=m.name, marks=[pytest.mark.slow] if any(k in m.name for k in _CONV) else []
+        )
+        for m in ZOO
+    ]
+
+
+def test_zoo_has_ten_models_from_three_exporters() -> None:
+    assert len(ZOO) >= 10
+    assert {m.exporter for m in ZOO} == {"dynamo", "legacy", "skl2onnx"}
+
+
+@pytest.mark.parametrize("model", _params())
+def test_unlearn_with_defaults_verifies(model: ZooModel, world: tuple[Path, Digits]) -> None:
+    root, data = world
+    folder = root / model.name
+    path, framework = model.export(data, folder)
+    x_train = data.x_train.reshape(len(data.x_train), -1)
+    x_test = data.x_test.reshape(len(data.x_test), -1)
+    original = _session(path)
+    in_name = original.get_inputs()[0].name
+    # the exported model computes what the framework computes
+    first = np.asarray(original.run(None, {in_name: x_test[:64]})[0])
+    if first.dtype.kind == "f":
+        np.testing.assert_allclose(first, framework(x_test[:64]), rtol=1e-4, atol=1e-4)
+    correct = np.flatnonzero(_label(original, x_train) == data.y_train)
+    forget = np.random.default_rng(1).choice(correct, size=FORGET, replace=False)
+    (folder / "forget.txt").write_text("".join(f"{i}\n" for i in forget))
+
+    proof = folder / "proof"
+    result = CliRunner().invoke(
+        prune_cli,
+        [
+            "unlearn", str(path), "--train", str(root / "train.npz"), "--test",
+            str(root / "test.npz"), "--forget-indices", str(folder / "forget.txt"),
+            "--key", str(root / "keys" / "owner.key"), "--out", str(proof), "--quiet",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    committed = proof / "original.onnx" if (proof / "original.onnx").exists() else path
+    verify = CliRunner().invoke(
+        audit_cli,
+        [
+            "verify", str(proof), "--public-key", str(root / "keys" / "owner.pub"),
+            "--original", str(committed), "--forget", str(proof / "forget.npz"),
+            "--reference", str(root / "test.npz"), "--json", str(folder / "verify.json"),
+            "--quiet",
+        ],
+    )  # fmt: skip
+    doc = json.loads((folder / "verify.json").read_text())
+    failed = [c for c in doc["checks"] if c["status"] != "pass"]
+    assert verify.exit_code == 0, failed
+
+    # independent onnxruntime check on the served model
+    patched = _session(proof / "model.onnx")
+    names = [o.name for o in original.get_outputs()]
+    served = [o.name for o in patched.get_outputs()]
+    assert [n for n in served if n != "prune/output"] == [n for n in names if n in served]
+    after = _label(patched, x_train[forget])
+    assert (after != data.y_train[forget]).all()
+    acc_before = float((_label(original, x_test) == data.y_test).mean())
+    acc_after = float((_label(patched, x_test) == data.y_test).mean())
+    assert acc_after >= acc_before - 0.01
+    outs = dict(zip(served, patched.run(None, {in_name: x_test[:64]}), strict=True))
+    logits = np.asarray(outs["prune/output"], dtype=np.float64)
+    _consistent_tail(outs, logits)
+
+
+def _consistent_tail(outs: dict[str, object], logits: NDArray[np.float64]) -> None:
+    """Every served output is recomputed from the patched logits: probabilities are their
+    softmax, labels their argmax."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = shifted / shifted.sum(axis=1, keepdims=True)
+    for name, out in outs.items():
+        if name == "prune/output":
+            continue
+        if isinstance(out, list):  # ZipMap: a list of {class: probability}
+            got = np.asarray([[row[k] for k in sorted(row)] for row in out])
+            np.testing.assert_allclose(got, probs, rtol=1e-4, atol=1e-5)
+            continue
+        arr = np.asarray(out)
+        if arr.dtype.kind in "iu":
+            np.testing.assert_array_equal(arr.reshape(-1), logits.argmax(axis=1))
+        else:
+            np.testing.assert_allclose(arr, probs, rtol=1e-4, atol=1e-5)
