@@ -288,3 +288,33 @@ def test_default_policy_is_calibrated_only_with_prepared_references() -> None:
 
     assert default_policy(prepared=True) == "calibrated"
     assert default_policy(prepared=False) == "runner-up"
+
+
+def test_points_sharing_a_region_with_another_label_get_a_sound_bound(work: DigitsWork) -> None:
+    """Two forget points in one linear region with different labels: one patch, flat for the
+    first label; the other point's claim carries its own (looser) bound, which still holds."""
+    head = load_model(work.raw).head
+    _, z = head.forward(work.x_train.astype(np.float64))
+    seen: dict[bytes, int] = {}
+    pair = None
+    for row, key in enumerate(np.packbits(z >= 0, axis=1)):
+        first = seen.setdefault(key.tobytes(), row)
+        if first != row and work.y_train[first] != work.y_train[row]:
+            pair = [first, row]
+            break
+    assert pair is not None, "the tiny model has no shared region with two labels"
+    result = unlearn(
+        work.raw,
+        work.x_train,
+        work.y_train,
+        forget_indices=pair,
+        x_test=work.x_test,
+        y_test=work.y_test,
+        target_policy="calibrated",
+    )
+    assert result.complete and result.summary["patches"] == 1
+    logits = OrtRunner(result.patched_model, outputs=[OUTPUT]).run(result.forget_x)[0]
+    for claim in result.claims:
+        assert isinstance(claim, CalibratedClaim)
+        row = logits[claim.leaf_index]
+        assert row[claim.label] - row[claim.rival] <= claim.upper_margin
