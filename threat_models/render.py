@@ -27,6 +27,7 @@ COLUMN_CODES: dict[str, str] = {
     "claims.policy": "clP",
     "replay.claims": "rpl",
     "replay.batch": "rpB",
+    "replay.calibrated": "rpK",
     "region.certificate": "crt",
     "region.probes": "prb",
     "class.suppression": "clS",
