@@ -128,6 +128,46 @@ def timed(cmd: list[str], cwd: Path) -> dict[str, Any]:
     }
 
 
+def import_only(work: Path, seed: int) -> None:
+    """The import path alone (no training): what the default options do with the export."""
+    from prune.model import OrtRunner, load_model, read_model
+
+    load_start = os.getloadavg()
+    torch.manual_seed(seed)
+    net = ResNet20().eval()
+    model = work / "import" / "model.onnx"
+    model.parent.mkdir(parents=True, exist_ok=True)
+    batch = torch.export.Dim("batch", min=1)
+    torch.onnx.export(
+        net, (torch.rand(2, 3, 32, 32),), str(model), dynamo=True, input_names=["x"],
+        dynamic_shapes=({0: batch},), external_data=True,
+    )  # fmt: skip
+    start = time.perf_counter()
+    raw, embedded = read_model(model)
+    imported = load_model(raw)
+    seconds = time.perf_counter() - start
+    x = np.random.default_rng(seed).random((16, 3, 32, 32), dtype=np.float32)
+    logits = OrtRunner(raw, outputs=[imported.head.output]).run(x)[0]
+    ours, _ = imported.head.forward(imported.cut_values(x).astype(np.float64))
+    doc = {
+        "benchmark": "resnet20-import",
+        "version": 1,
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
+        "load_average_start": list(load_start),
+        "load_average_end": list(os.getloadavg()),
+        "external_data_embedded": embedded,
+        "default_cut": imported.head.cut,
+        "breakpoint_tensors": list(imported.head.hidden),
+        "hidden_sizes": list(imported.head.hidden_sizes),
+        "import_seconds": seconds,
+        "head_vs_onnxruntime_max_abs_error": float(np.abs(ours - logits).max()),
+    }
+    out = ROOT / "results" / "resnet20-import.json"
+    out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(json.dumps(doc, indent=2))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-subset", type=int, default=4000)
@@ -137,8 +177,17 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "resnet20.json")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "resnet20")
+    parser.add_argument(
+        "--import-only",
+        action="store_true",
+        help="Untrained network: export, import with the default cut, check the head against "
+        "onnxruntime (writes benchmarks/results/resnet20-import.json).",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
+    if args.import_only:
+        import_only(args.work, args.seed)
+        return
     load_start = os.getloadavg()
     work = args.work
     work.mkdir(parents=True, exist_ok=True)

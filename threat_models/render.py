@@ -29,6 +29,7 @@ COLUMN_CODES: dict[str, str] = {
     "replay.batch": "rpB",
     "replay.calibrated": "rpK",
     "region.certificate": "crt",
+    "replay.calibrated": "rpC",
     "region.probes": "prb",
     "class.suppression": "clS",
     "class.reference": "clR",

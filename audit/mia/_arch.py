@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from audit.errors import InputError
+from audit.proof import Limits, read_bounded
 
 __all__ = [
     "ARCHITECTURES",
@@ -155,11 +156,16 @@ def resolve_architecture(
     return _checked(kind, tuple(head[:-1]), head[-1], input_shape, classes, "declared")
 
 
+def _model_bytes(path: Path) -> bytes:
+    """A model file through the bounded, no-follow loader (an auditor-named path)."""
+    return read_bounded(path, Limits().model_bytes, what=f"model {path}", owner=False)
+
+
 def _from_graph(
     model: bytes | Path | None, input_shape: tuple[int, ...], classes: int
 ) -> Architecture:
     """The target's own graph as the architecture, after one trial forward pass."""
-    raw = model.read_bytes() if isinstance(model, Path) else model
+    raw = _model_bytes(model) if isinstance(model, Path) else model
     arch = Architecture("onnx", (), tuple(input_shape), classes, "onnx", raw)
     module = arch.build()
     with torch.no_grad():
@@ -193,7 +199,7 @@ def _linear_chain(model: bytes | Path) -> tuple[list[int], str | None]:
     import onnx
 
     try:
-        raw = model.read_bytes() if isinstance(model, Path) else model
+        raw = _model_bytes(model) if isinstance(model, Path) else model
         proto = onnx.load_from_string(raw)
     except Exception as exc:  # onnx raises protobuf DecodeError and OSError subclasses
         raise InputError(f"cannot read the ONNX model: {exc.__class__.__name__}") from exc

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from audit.errors import InputError
+from audit.sandbox import has_external_data
 
 __all__ = ["SUPPORTED_OPS", "OnnxModule", "logits_tensor"]
 
@@ -54,11 +55,15 @@ def _load(model: bytes | Any) -> Any:
     import onnx
 
     if not isinstance(model, bytes):
-        return model
-    try:
-        return onnx.load_from_string(model)
-    except Exception as exc:  # protobuf DecodeError and friends
-        raise InputError(f"cannot read the ONNX model: {exc.__class__.__name__}") from exc
+        proto = model
+    else:
+        try:
+            proto = onnx.load_from_string(model)
+        except Exception as exc:  # protobuf DecodeError and friends
+            raise InputError(f"cannot read the ONNX model: {exc.__class__.__name__}") from exc
+    if has_external_data(proto):  # decoding it would open a path on the auditor's disk
+        raise InputError("the ONNX model stores tensors as external data, which is refused")
+    return proto
 
 
 def logits_tensor(proto: Any) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 
 from audit.errors import InputError
 from audit.mia._train import TrainingRecipe
+from audit.proof import read_bounded
 
 __all__ = ["OwnerRecipe", "read_train_json"]
 
@@ -47,12 +48,7 @@ class OwnerRecipe:
 
 def read_train_json(path: Path) -> OwnerRecipe:
     """Parse the owner's ``train.json``; one-line :class:`InputError` on anything malformed."""
-    try:
-        raw = path.read_bytes()[: _MAX_BYTES + 1]
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from exc
-    if len(raw) > _MAX_BYTES:
-        raise InputError(f"{path}: train.json larger than {_MAX_BYTES} bytes")
+    raw = read_bounded(path, _MAX_BYTES, what="train.json", owner=False)
     try:
         doc = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:

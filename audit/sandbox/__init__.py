@@ -5,7 +5,13 @@ which uses both."""
 
 from __future__ import annotations
 
-from audit.sandbox._policy import ALLOWED_OPS, GraphCost, UnsafeModelError, admit
+from audit.sandbox._policy import (
+    ALLOWED_OPS,
+    GraphCost,
+    UnsafeModelError,
+    admit,
+    has_external_data,
+)
 from audit.sandbox._process import (
     ModelRunError,
     Sandbox,
@@ -27,5 +33,6 @@ __all__ = [
     "admit",
     "configure",
     "current",
+    "has_external_data",
     "sandboxed",
 ]

@@ -21,13 +21,21 @@ The result, :class:`GraphCost`, tells the runtime how many samples fit in one ca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from audit.errors import VerificationError
 
-__all__ = ["ALLOWED_OPS", "GraphCost", "UnsafeModelError", "admit"]
+__all__ = [
+    "ALLOWED_ML_OPS",
+    "ALLOWED_OPS",
+    "GraphCost",
+    "UnsafeModelError",
+    "admit",
+    "has_external_data",
+]
 
 ALLOWED_OPS = frozenset(
     {
@@ -48,10 +56,13 @@ ALLOWED_OPS = frozenset(
         # layout (output sizes come from constants; checked by shape inference)
         *("Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Concat", "Split", "Slice"),
         *("Gather", "Shape", "Identity", "Constant", "Cast", "Dropout", "Pad", "Expand", "Tile"),
-        *("ConstantOfShape",),
+        *("ConstantOfShape", "GatherElements"),  # the routed patch's per-row tree walk
     }
 )
 _DEFAULT_DOMAINS = ("", "ai.onnx")
+# the few classic-ML ops that converters (skl2onnx) put after a network: fixed-size gathers
+# and elementwise maps, still static-shaped
+ALLOWED_ML_OPS = frozenset({"ArrayFeatureExtractor", "Normalizer", "Scaler", "Binarizer"})
 _GRAPH_ATTRIBUTES = (5, 10, 13)  # AttributeProto: GRAPH, GRAPHS, TYPE_PROTO(S) are not needed
 _BATCHES = (1, 3)
 
@@ -82,6 +93,25 @@ def _nodes(graph: Any) -> Iterable[Any]:
     yield from graph.node
 
 
+def has_external_data(proto: Any) -> bool:
+    """Whether any tensor of ``proto`` (initializers, node attributes) is stored as external
+    data: decoding such a tensor (``numpy_helper.to_array``) would open a path on the reader's
+    disk, relative to its working directory."""
+    import onnx
+
+    def external(tensor: Any) -> bool:
+        return bool(tensor.data_location == onnx.TensorProto.EXTERNAL or tensor.external_data)
+
+    if any(external(t) for t in proto.graph.initializer):
+        return True
+    for node in proto.graph.node:
+        for attr in node.attribute:
+            tensors = [attr.t] if attr.HasField("t") else []
+            if any(external(t) for t in [*tensors, *attr.tensors]):
+                return True
+    return False
+
+
 def _refuse_structure(proto: Any) -> None:
     import onnx
 
@@ -97,9 +127,11 @@ def _refuse_structure(proto: Any) -> None:
         raise UnsafeModelError(f"sparse initializer {sparse.values.name[:60]!r} is not accepted")
     for node in _nodes(proto.graph):
         where = f"node {node.name[:40]!r} ({node.op_type[:40]})"
-        if node.domain not in _DEFAULT_DOMAINS:
+        if node.domain == "ai.onnx.ml" and node.op_type in ALLOWED_ML_OPS:
+            pass
+        elif node.domain not in _DEFAULT_DOMAINS:
             raise UnsafeModelError(f"{where} is in domain {node.domain[:40]!r}, not ONNX's")
-        if node.op_type not in ALLOWED_OPS:
+        elif node.op_type not in ALLOWED_OPS:
             raise UnsafeModelError(
                 f"{where}: op {node.op_type[:40]} is not on the auditor's list of bounded ops"
             )
@@ -166,6 +198,8 @@ def _sizes(proto: Any, batch: int) -> dict[str, int]:
         v.name: v
         for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
     }
+    producer = {out: node for node in proto.graph.node for out in node.output}
+    counts: dict[str, int] = {t.name: math.prod(t.dims) for t in proto.graph.initializer}
     sizes: dict[str, int] = {}
     for name in [v.name for v in proto.graph.input] + [
         out for node in proto.graph.node for out in node.output if out
@@ -174,16 +208,48 @@ def _sizes(proto: Any, batch: int) -> dict[str, int]:
         if value is None or value.type.WhichOneof("value") != "tensor_type":
             raise UnsafeModelError(f"value {name[:60]!r} has no inferable tensor type")
         tensor = value.type.tensor_type
-        if not tensor.HasField("shape"):
+        count = _static_count(tensor)
+        if count is None:
+            count = _gather_bound(producer.get(name), counts)
+        if count is None:
             raise UnsafeModelError(f"value {name[:60]!r} has a data-dependent shape")
-        count = 1
-        for dim in tensor.shape.dim:
-            if not dim.HasField("dim_value") or dim.dim_value < 0:
-                raise UnsafeModelError(f"value {name[:60]!r} has a data-dependent shape")
-            count *= dim.dim_value
         itemsize = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).itemsize
+        counts[name] = count
         sizes[name] = count * max(int(itemsize), 1)
     return sizes
+
+
+def _static_count(tensor: Any) -> int | None:
+    if not tensor.HasField("shape"):
+        return None
+    count = 1
+    for dim in tensor.shape.dim:
+        if not dim.HasField("dim_value") or dim.dim_value < 0:
+            return None
+        count *= dim.dim_value
+    return count
+
+
+_COUNT_PRESERVING = frozenset(
+    {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Cast", "Transpose"}
+)
+
+
+def _gather_bound(node: Any, counts: dict[str, int]) -> int | None:
+    """An element count where shape inference gives none: ONNX has no shape inference for
+    ``ai.onnx.ml.ArrayFeatureExtractor`` (its output holds at most one element of X per row of X
+    and index, so ``|X| * |indices|`` bounds it), and the layout ops after it keep their input's
+    element count."""
+    if node is None:
+        return None
+    if node.op_type in _COUNT_PRESERVING and node.domain in _DEFAULT_DOMAINS and node.input:
+        return counts.get(node.input[0])  # same number of elements as its input
+    if node.op_type != "ArrayFeatureExtractor" or node.domain != "ai.onnx.ml":
+        return None
+    sources = [counts.get(i) for i in node.input]
+    if len(sources) != 2 or any(c is None for c in sources):
+        return None
+    return int(sources[0]) * int(sources[1])  # type: ignore[arg-type]
 
 
 def admit(proto: Any, *, budget: int) -> GraphCost:

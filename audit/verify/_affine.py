@@ -44,6 +44,19 @@ class AffineHead:
     biases: tuple[F64, ...]
     slopes: tuple[F64, ...] = ()
 
+    def factors(self, masks: F64) -> F64:
+        """Activation factors ``[P, H]`` on the regions of patterns ``masks`` (1 = active): 1 on
+        active units, the unit's negative-side slope on inactive ones (0 for Relu)."""
+        if not self.slopes:
+            return masks
+        return masks + (1.0 - masks) * np.concatenate(self.slopes)[None, :]
+
+    def lipschitz(self) -> F64 | float:
+        """Per hidden unit, the Lipschitz constant of its activation (``max(1, |slope|)``)."""
+        if not self.slopes:
+            return 1.0
+        return np.maximum(1.0, np.abs(np.concatenate(self.slopes)))[None, :]
+
     def _slope(self, layer: int) -> F64 | float:
         return self.slopes[layer] if self.slopes else 0.0
 
@@ -242,7 +255,8 @@ def _reduce(kind: str) -> Any:
 
 def _reshape(node: Any, graph: _Graph, x: F64, dyn: int) -> F64:
     shape = [int(s) for s in np.asarray(graph.const(node, 1)).reshape(-1)]
-    if not shape or shape[0] not in (0, -1) or int(_attr(node, "allowzero", 0)):
+    allowzero = int(_attr(node, "allowzero", 0))
+    if not shape or shape[0] not in (0, -1) or (allowzero and 0 in shape):
         raise _refuse(node, f"target shape {shape} does not keep the batch axis")
     dims = [x.shape[i + 1] if s == 0 else s for i, s in enumerate(shape[1:])]
     try:

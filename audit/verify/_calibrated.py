@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from audit.verify._affine import parse_head
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
 from audit.verify._probes import input_box
@@ -141,7 +140,7 @@ class ReplayCalibrated(Check[VerifyContext]):
         box = input_box(ctx.predicate.method)
         if box is None:
             raise CheckUnavailable("the certificate declares no input box to bound regions in")
-        affine = parse_head(ctx.original_proto(), ctx.head())
+        affine = ctx.affine_head()
         ev = ctx.evaluate(ctx.openings().x, key="forget")
         params = ctx.patch()
         cut = ev.x[rows].astype(np.float64)

@@ -28,7 +28,15 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from audit.verify._graph import PATCH_FORMAT, PATCH_OUTPUT, PATCH_PREFIX, Head, metadata
+from audit.verify._graph import (
+    PATCH_FORMAT,
+    PATCH_OUTPUT,
+    PATCH_PREFIX,
+    TAIL_FORM,
+    Head,
+    expected_outputs,
+    metadata,
+)
 from audit.verify._patch import PatchParams
 from audit.verify._routed import ROUTED, routed_gate, routed_patch_network
 
@@ -181,8 +189,11 @@ GATE_FORMS: dict[str, GateForm] = {
     ROUTED: routed_gate,
 }
 """``prune.gate`` -> the gate's canonical nodes (returns the ``g [N, P]`` tensor)."""
-TAIL_FORMS: dict[str, TailForm] = {"logits": _logits_tail}
-"""``prune.tail`` (absent: ``logits``) -> the nodes after the gate, ending in the output."""
+TAIL_FORMS: dict[str, TailForm] = {"logits": _logits_tail, TAIL_FORM: _logits_tail}
+"""``prune.tail`` (absent: ``logits``) -> the nodes after the gate, ending in the output.
+``replay`` (FORMATS.md "Output tail form") adds the same patch nodes; the original's output tail
+replayed on ``prune/output`` follows them and is checked node for node by
+:func:`audit.verify._graph.match_original_nodes`, the outputs by :func:`expected_outputs`."""
 
 
 def gate_linear(params: PatchParams) -> bool:
@@ -270,12 +281,18 @@ def compare_patch_graph(
             if not np.array_equal(got_value, value):
                 problems.append(f"initializer {name!r}: expected the constant {value.tolist()}")
     outputs = list(patched.graph.output)
-    if [o.name for o in outputs] != [PATCH_OUTPUT]:
+    want_out = expected_outputs(original)
+    want_names = [PATCH_OUTPUT if o is None else o.name for o in want_out]
+    if [o.name for o in outputs] != want_names:
         problems.append(
-            f"graph outputs are {[o.name[:40] for o in outputs]}, expected [{PATCH_OUTPUT!r}]"
+            f"graph outputs are {[o.name[:40] for o in outputs]}, expected {want_names}"
         )
-    elif outputs[0].type.tensor_type.elem_type != TensorProto.FLOAT:
-        problems.append(f"{PATCH_OUTPUT} is not float32")
+    else:
+        for got_out, want in zip(outputs, want_out, strict=True):
+            if want is None and got_out.type.tensor_type.elem_type != TensorProto.FLOAT:
+                problems.append(f"{PATCH_OUTPUT} is not float32")
+            elif want is not None and _node_bytes(got_out) != _node_bytes(want):
+                problems.append(f"graph output {got_out.name[:40]!r} differs from the original's")
     if list(patched.graph.value_info) != list(original.graph.value_info):
         problems.append("graph value_info differs from the original model's")
     meta = metadata(patched)

@@ -47,7 +47,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from audit.proof import read_bounded
-from audit.verify._affine import AffineHead, parse_head
+from audit.verify._affine import AffineHead
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
 from audit.verify._patch import PatchParams
@@ -92,17 +92,24 @@ def float32_errors(
     w_abs = [np.abs(w) for w in weights]
     sizes = [w.shape[0] for w in weights[:-1]]
     split = np.split(masks, np.cumsum(sizes)[:-1], axis=1) if sizes else []
+    # LeakyRelu/PRelu (docs/FORMATS.md "Imported models"): the served activation is a z~ with
+    # factor a = 1 (active) or the slope (inactive); |a| scales values and errors, and the
+    # activation is max(1, |slope|)-Lipschitz
+    f_split = np.split(np.abs(head.factors(masks)), np.cumsum(sizes)[:-1], axis=1) if sizes else []
+    lip = np.broadcast_to(head.lipschitz(), masks.shape)
+    l_split = np.split(lip, np.cumsum(sizes)[:-1], axis=1) if sizes else []
     first = w_abs[0].sum(axis=1) * box_abs + np.abs(biases[0])
     zt = np.broadcast_to(first, (len(masks), len(first))).copy()
     g = gamma(weights[0].shape[1] + 2)
     err = g * zt
     for layer in range(1, len(weights)):
-        m = split[layer - 1]
+        m, a, lc = split[layer - 1], f_split[layer - 1], l_split[layer - 1]
         mag = zt * (1.0 + g)
         if served_pattern:
-            a_bound, e_in = m * mag, m * err
+            a_bound, e_in = a * mag, a * err
         else:
-            a_bound, e_in = m * mag + (1.0 - m) * np.minimum(err, mag), err
+            a_bound = a * mag + (1.0 - m) * lc * np.minimum(err, mag)
+            e_in = lc * err
         g = gamma(weights[layer].shape[1] + 2)
         zt = a_bound @ w_abs[layer].T + np.abs(biases[layer])
         err = e_in @ w_abs[layer].T + g * zt
@@ -134,7 +141,7 @@ def certify_rows(
     sizes = [w.shape[0] for w in weights[:-1]]
     cuts = np.cumsum(sizes)[:-1]
     lam = np.maximum(lam, 0.0)
-    m_parts = np.split(masks, cuts, axis=1)
+    m_parts = np.split(head.factors(masks), cuts, axis=1)  # activation factors (slopes)
     l_parts = np.split(lam, cuts, axis=1)
     sign = 1.0 - 2.0 * masks  # -s_k: +1 inactive (z <= 0), -1 active (-z <= 0)
     s_parts = np.split(sign, cuts, axis=1)
@@ -182,7 +189,7 @@ def _absolute_pass(
     k_max = np.zeros(count)
     np.maximum.at(k_max, groups, np.abs(bound_const))
     m = np.zeros((count, masks.shape[1]))
-    np.maximum.at(m, groups, masks)  # monotone in the masks too: any mix is covered
+    np.maximum.at(m, groups, np.abs(masks))  # |slopes|: any mix of patterns is covered
     weights, biases = head.weights, head.biases
     sizes = [w.shape[0] for w in weights[:-1]]
     cuts = np.cumsum(sizes)[:-1]
@@ -223,7 +230,20 @@ class RegionCertificate(Check[VerifyContext]):
         box = input_box(predicate.method)
         if box is None:
             return self.failed("certified claims need a declared input box (method.input_box)")
-        head = parse_head(ctx.original_proto(), ctx.head())
+        head = ctx.affine_head()
+        openings = ctx.openings()
+        ev = ctx.evaluate(openings.x, key="forget")
+        parse_error = head.max_error(
+            ev.x.astype(np.float64), ev.z.astype(np.float64), ev.logits.astype(np.float64)
+        )
+        if not parse_error <= _PARSE_TOLERANCE:
+            return self.failed(
+                f"the verifier's parse of the head disagrees with onnxruntime on the forget "
+                f"samples (relative error {parse_error:.3g}): no certificate can be checked"
+            )
+        box_problem = _box_problem(ctx, ev.x, box)
+        if box_problem:
+            return self.failed(box_problem)
         params = ctx.patch()
         classes = head.weights[-1].shape[0]
         hidden = sum(w.shape[0] for w in head.weights[:-1])
@@ -277,6 +297,34 @@ class RegionCertificate(Check[VerifyContext]):
             f"{evidence['max_float32_term']:.2g})",
             **evidence,
         )
+
+
+_PARSE_TOLERANCE = 1e-4  # relative; float32 onnxruntime against the float64 parse
+_BOX_COVERAGE = 0.99  # reference points (cut values) that must lie in the declared box
+
+
+def _box_problem(
+    ctx: VerifyContext, forget_cut: NDArray[Any], box: tuple[float, float]
+) -> str | None:
+    """The claims hold on the declared box only: it must contain every forget sample and (with
+    reference data) nearly all of the auditor's reference points, so that a box drawn tight
+    around the samples cannot make the certificates vacuous."""
+    low, high = box
+    outside = ((forget_cut < low) | (forget_cut > high)).any(axis=1)
+    if outside.any():
+        return (
+            f"{int(outside.sum())} forget samples lie outside the declared input box "
+            f"[{low:g}, {high:g}]"
+        )
+    if ctx.reference is not None:
+        ref = ctx.evaluate(ctx.reference[0], key="reference").x
+        inside = float(((ref >= low) & (ref <= high)).all(axis=1).mean())
+        if inside < _BOX_COVERAGE:
+            return (
+                f"only {inside:.1%} of the reference points lie in the declared input box "
+                f"[{low:g}, {high:g}] (at least {_BOX_COVERAGE:.0%} required)"
+            )
+    return None
 
 
 def _patterns(

@@ -29,8 +29,17 @@ from audit.proof import (
     read_bounded,
 )
 from audit.runtime import OnnxModel, available_providers
+from audit.verify._affine import AffineHead, parse_head
 from audit.verify._framework import CheckUnavailable, Policy
-from audit.verify._graph import PATCH_OUTPUT, Head, find_head, load_onnx, metadata, sub_model
+from audit.verify._graph import (
+    PATCH_OUTPUT,
+    Head,
+    find_head,
+    load_onnx,
+    metadata,
+    sub_model,
+    up_to,
+)
 from audit.verify._patch import PatchParams, read_patch
 from prune.formats import (
     PAYLOAD_TYPE,
@@ -236,6 +245,22 @@ class VerifyContext:
 
         return self.memo("head", make)
 
+    def affine_head(self) -> AffineHead:
+        """The verifier's own float64 parse of the head (:func:`parse_head`). The cut's
+        per-sample shape comes from ONNX shape inference, or, where inference cannot follow the
+        graph (shapes computed at run time), from running the original on the forget openings."""
+
+        def make() -> AffineHead:
+            try:
+                return parse_head(self.original_proto(), self.head())
+            except CheckUnavailable as exc:
+                if "shape of the cut" not in str(exc):
+                    raise
+            shape = self.evaluate(self.openings().x, key="forget").extra["cut_shape"]
+            return parse_head(self.original_proto(), self.head(), tuple(shape))
+
+        return self.memo("affine", make)
+
     def patch(self) -> PatchParams:
         def make() -> PatchParams:
             gate = metadata(self.patched_proto()).get("prune.gate", "")
@@ -304,16 +329,26 @@ class VerifyContext:
             self.authentic(original=True)
             head = self.head()
             extra = [n for n in (head.cut, *head.hidden, head.output) if n != head.input]
-            return self._session(self.original_bytes(), "original model", extra)
+            data = self.original_bytes()
+            if head.tail:  # run up to the logits; the tail is checked node for node instead
+                data = up_to(self.original_proto(), [head.output])
+            return self._session(data, "original model", extra)
 
         return self.memo("ort:original", make)
 
     def patched_model(self) -> OnnxModel:
-        """The deployed model as a black box: exactly the file's graph, no extra outputs."""
+        """The deployed model as a black box: exactly the file's graph, no extra outputs; with
+        an output tail (``prune.tail = replay``), the graph up to ``prune/output``: the tail is
+        a function of it, checked node for node by ``structure.patch`` (it may hold ops such
+        as ``ai.onnx.ml.ZipMap`` that the sandbox does not run)."""
 
         def make() -> OnnxModel:
             self.authentic(original=False)
-            return self._session(self.proof_file("model"), "model.onnx", [])
+            data = self.proof_file("model")
+            proto = self.patched_proto()
+            if [o.name for o in proto.graph.output] != [PATCH_OUTPUT]:
+                data = up_to(proto, [PATCH_OUTPUT])
+            return self._session(data, "model.onnx", [])
 
         return self.memo("ort:patched", make)
 
@@ -354,7 +389,8 @@ class VerifyContext:
             names = list(dict.fromkeys(n for n in (head.cut, *head.hidden, head.output)))
             names = [n for n in names if n != head.input]
             outs = dict(zip(names, self._run(model, x, "original model", names), strict=True))
-            cut = x if head.cut == head.input else outs[head.cut]
+            outs[head.input] = x
+            cut = outs[head.cut]
             z = [outs[name].reshape(len(x), -1) for name in head.hidden]
             hidden = np.concatenate(z, axis=1) if z else np.zeros((len(x), 0), np.float32)
             return Evaluation(
@@ -394,7 +430,7 @@ class VerifyContext:
                 self.original_proto(),
                 cut=head.cut,
                 cut_shape=cut_shape,
-                outputs=[*head.hidden, head.output],
+                outputs=[n for n in dict.fromkeys((*head.hidden, head.output)) if n != head.cut],
             )
             patched = sub_model(
                 self.patched_proto(), cut=head.cut, cut_shape=cut_shape, outputs=[PATCH_OUTPUT]
@@ -414,8 +450,10 @@ class VerifyContext:
         head = self.head()
         model = self._head_sessions(cut_shape)[0]
         shaped = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *cut_shape)
-        names = list(dict.fromkeys((*head.hidden, head.output)))
+        # the cut itself may be a breakpoint tensor (a cut at a Relu input): it is the input
+        names = [n for n in dict.fromkeys((*head.hidden, head.output)) if n != head.cut]
         outs = dict(zip(names, self._run(model, shaped, "original head", names), strict=True))
+        outs[head.cut] = shaped
         z = [outs[name].reshape(len(x), -1) for name in head.hidden]
         hidden = np.concatenate(z, axis=1) if z else np.zeros((len(x), 0), np.float32)
         return hidden, outs[head.output].reshape(len(x), -1)

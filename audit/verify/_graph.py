@@ -24,7 +24,9 @@ __all__ = [
     "ALLOWED_PATCH_OPS",
     "PATCH_OUTPUT",
     "PATCH_PREFIX",
+    "TAIL_FORM",
     "Head",
+    "expected_outputs",
     "find_head",
     "load_onnx",
     "match_original_nodes",
@@ -32,7 +34,9 @@ __all__ = [
     "original_problems",
     "output_tail",
     "patch_form_problems",
+    "replayed_tail",
     "sub_model",
+    "up_to",
 ]
 
 PATCH_PREFIX = "prune/patch/"
@@ -413,6 +417,7 @@ def sub_model(proto: Any, *, cut: str, cut_shape: Sequence[int], outputs: Sequen
             before.update(name for name in node.output if name != cut)
         else:
             nodes.append(node)
+    nodes = _needed(nodes, outputs)
     cut_info = onnx.helper.make_tensor_value_info(
         cut, onnx.TensorProto.FLOAT, ["batch", *[int(s) for s in cut_shape]]
     )
@@ -422,4 +427,44 @@ def sub_model(proto: Any, *, cut: str, cut_shape: Sequence[int], outputs: Sequen
     )
     model = onnx.helper.make_model(sub, opset_imports=list(proto.opset_import))
     model.ir_version = proto.ir_version
+    return bytes(model.SerializeToString())
+
+
+def _needed(nodes: Sequence[Any], outputs: Sequence[str]) -> list[Any]:
+    """The nodes ``outputs`` depend on, in their order."""
+    want = set(outputs)
+    keep: list[Any] = []
+    for node in reversed(list(nodes)):
+        if any(name in want for name in node.output):
+            keep.append(node)
+            want.update(name for name in node.input if name)
+    return keep[::-1]
+
+
+def up_to(proto: Any, outputs: Sequence[str]) -> bytes:
+    """``proto`` cut down to the nodes ``outputs`` need, with those as its graph outputs (the
+    output tail after the logits removed). ``proto`` is not modified."""
+    import onnx
+
+    model = onnx.ModelProto()
+    model.CopyFrom(proto)
+    kept = [onnx.NodeProto() for _ in range(0)]
+    for node in _needed(list(proto.graph.node), outputs):
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        kept.append(copy)
+    del model.graph.node[:]
+    model.graph.node.extend(kept)
+    del model.graph.output[:]
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in outputs)
+    used = {name for node in kept for name in node.input}
+    inits = [t for t in model.graph.initializer if t.name in used]
+    copies = []
+    for tensor in inits:
+        c = onnx.TensorProto()
+        c.CopyFrom(tensor)
+        copies.append(c)
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(copies)
+    model.graph.ClearField("value_info")
     return bytes(model.SerializeToString())

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from audit.verify._affine import AffineHead, parse_head
+from audit.verify._affine import AffineHead
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
 from audit.verify._replay import claim_arrays, flip_only, margins
@@ -217,7 +217,7 @@ def _exact(
         evidence["lp"] = "disabled"
         return None
     try:
-        affine = parse_head(ctx.original_proto(), ctx.head())
+        affine = ctx.affine_head()
     except CheckUnavailable as exc:
         evidence["lp"] = f"not run: {exc}"
         return None

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from audit.verify._affine import parse_head
 from audit.verify._canonical import (
     GATE_FORMS,
     TAIL_FORMS,
@@ -38,7 +37,7 @@ from audit.verify._canonical import (
 )
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome
-from audit.verify._graph import match_original_nodes, metadata, original_problems
+from audit.verify._graph import TAIL_FORM, match_original_nodes, metadata, original_problems
 from audit.verify._replay import patch_arrays
 
 __all__ = ["StructureOriginal", "StructurePatch"]
@@ -164,7 +163,7 @@ class StructurePatch(Check[VerifyContext]):
             wrong = ((pos == 1) & (z < -_SIGN_TOLERANCE)) | ((neg == 1) & (z > _SIGN_TOLERANCE))
             evidence["sign_ties"] = int((np.abs(z) <= _SIGN_TOLERANCE).sum())
         else:
-            affine = parse_head(ctx.original_proto(), ctx.head())
+            affine = ctx.affine_head()
             assert params.A is not None and params.b is not None
             hidden = z.shape[1]
             wrong = np.zeros_like(z, dtype=bool)
@@ -226,6 +225,11 @@ def canonical_problems(ctx: VerifyContext, params: Any, cut_dim: int, hidden: in
         return [f"metadata prune.gate {gate[:30]!r} names no known patch form"]
     if (tail or "logits") not in TAIL_FORMS:
         return [f"metadata prune.tail {str(tail)[:30]!r} names no known patch tail"]
+    if (tail == TAIL_FORM) != bool(head.tail):  # derived from the original, not the metadata
+        return [
+            f"metadata prune.tail is {str(tail)[:30]!r}, but the original model "
+            + ("has an output tail (expected 'replay')" if head.tail else "has no output tail")
+        ]
     spec = PatchSpec(
         head=head,
         gate=gate,

@@ -27,6 +27,8 @@ __all__ = ["summarise"]
 ORDER = [v.label for v in BASELINES + PRUNE_VARIANTS]
 NOTES = Path(__file__).with_name("notes.md")
 CLASS_SECTION = Path(__file__).parents[1] / "results" / "class-unlearning.md"
+CALIBRATED_SECTION = REPO / "benchmarks" / "results" / "calibrated" / "section.md"
+"""Issue 13's section (calibrated targets), written with benchmarks/calibrated_report.py."""
 
 
 def _pct(v: float | None) -> str:
@@ -329,6 +331,8 @@ def summarise(*, results: Path, docs: Path) -> list[Path]:
         md += [NOTES.read_text().rstrip(), ""]
     if CLASS_SECTION.is_file():  # written by benchmarks/bench_class.py --section
         md += [CLASS_SECTION.read_text().rstrip(), ""]
+    if CALIBRATED_SECTION.is_file():
+        md += [CALIBRATED_SECTION.read_text().rstrip(), ""]
     md += [
         "## Performance rows from the other benchmarks",
         "",

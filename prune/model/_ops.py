@@ -272,7 +272,7 @@ def _flatten(call: NodeCall, x: Array) -> Array:
 
 def _reshape(call: NodeCall, x: Array) -> Array:
     shape = [int(s) for s in np.asarray(call.const(1)).reshape(-1)]
-    if not shape or shape[0] not in (0, -1):
+    if not shape or shape[0] not in (0, -1) or (shape[0] == 0 and int(call.attr("allowzero", 0))):
         raise call.reject(f"the target shape {shape} must keep the batch axis (0 or -1 first)")
     allowzero = int(call.attr("allowzero", 0))
     per_sample = [

@@ -189,3 +189,33 @@ def test_routed_export_when_the_hidden_width_is_not_a_multiple_of_8(tmp_path) ->
     ref = PatchedHead(model.head, patches, BOX)(torch.from_numpy(probe)).detach().numpy()
     np.testing.assert_allclose(ort, ref, atol=1e-5, rtol=0)
     np.testing.assert_allclose(ort[: len(rows)] - model.logits(x[rows]), d, atol=1e-4)
+
+
+def test_deep_routed_model_is_admitted_by_the_auditor_sandbox() -> None:
+    """A tree of two or more levels uses GatherElements; the auditor's bounded-op admission
+    (audit.sandbox) must accept the canonical routed graph, or no proof with it could verify."""
+    from onnx import load_from_string
+
+    from audit.sandbox._policy import admit
+
+    work = digits_work()
+    model = load_model(work.raw)
+    act = patterns_of(model.head, work.x_train.astype(np.float64))
+    _, first = np.unique(act, axis=0, return_index=True)
+    rows = np.sort(first)[:120]
+    d = np.zeros((len(rows), model.head.classes))
+    d[:, 0] = 2.0
+    patches = PatchSet(
+        "routed", 1000.0, act[rows], d, None, patch_bounds(None, d, BOX), np.zeros(len(rows), int)
+    )
+    assert routing_tree(patches.parameters(model.head, BOX)).depth >= 2
+    raw = export_patched(model, patches, BOX)
+    proto = load_from_string(raw)
+    assert any(node.op_type == "GatherElements" for node in proto.graph.node)
+    assert admit(proto, budget=1 << 30).per_sample > 0
+    # the deep tree in onnxruntime routes as the reference does: every forget row gets its patch
+    x = np.concatenate([work.x_train[rows], work.x_test]).astype(np.float32)
+    ort = OrtRunner(raw, outputs=[OUTPUT]).run(x)[0]
+    ref = PatchedHead(model.head, patches, BOX)(torch.from_numpy(x)).detach().numpy()
+    np.testing.assert_allclose(ort, ref, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ort[: len(rows)] - model.logits(x[: len(rows)]), d, atol=1e-4)

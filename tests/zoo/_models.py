@@ -63,6 +63,15 @@ class _Residual(nn.Module):
         return torch.relu(x + self.b2(self.c2(torch.relu(self.b1(self.c1(x))))))
 
 
+class _Image(nn.Module):
+    """``[N, 64] -> [N, 1, 8, 8]`` by a constant-shape Reshape. (``nn.Unflatten`` exports, in
+    the legacy exporter, as a run-time shape computation with Mod/Shape ops that the auditor's
+    sandbox does not admit; see the report of issue 15.)"""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(-1, 1, 8, 8)
+
+
 class _Mean(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.mean(dim=(2, 3))
@@ -86,7 +95,7 @@ def _mlp_bn() -> nn.Module:
 
 def _cnn_gap() -> nn.Module:
     return nn.Sequential(
-        nn.Unflatten(1, (1, 8, 8)),
+        _Image(),
         nn.Conv2d(1, 8, 3, padding=1),
         nn.BatchNorm2d(8),
         nn.ReLU(),
@@ -101,7 +110,7 @@ def _cnn_gap() -> nn.Module:
 
 def _cnn_mean() -> nn.Module:
     return nn.Sequential(
-        nn.Unflatten(1, (1, 8, 8)),
+        _Image(),
         nn.Conv2d(1, 8, 3, padding=1),
         nn.LeakyReLU(0.05),
         nn.Conv2d(8, 16, 3, padding=1),
@@ -113,12 +122,14 @@ def _cnn_mean() -> nn.Module:
 
 def _cnn_maxpool() -> nn.Module:
     return nn.Sequential(
-        nn.Unflatten(1, (1, 8, 8)),
+        _Image(),
         nn.Conv2d(1, 8, 3, padding=1),
         nn.ReLU(),
         nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(128, 32),
+        nn.Linear(128, 64),
+        nn.ReLU(),
+        nn.Linear(64, 32),
         nn.ReLU(),
         nn.Linear(32, 10),
     )
@@ -126,7 +137,7 @@ def _cnn_maxpool() -> nn.Module:
 
 def _resnet() -> nn.Module:
     return nn.Sequential(
-        nn.Unflatten(1, (1, 8, 8)),
+        _Image(),
         nn.Conv2d(1, 8, 3, padding=1),
         nn.BatchNorm2d(8),
         nn.ReLU(),
@@ -140,7 +151,14 @@ def _resnet() -> nn.Module:
 
 def _mlp_relu6() -> nn.Module:
     return nn.Sequential(
-        nn.Flatten(), nn.Linear(64, 32), nn.ReLU6(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 10)
+        nn.Flatten(),
+        nn.Linear(64, 64),
+        nn.ReLU6(),
+        nn.Linear(64, 64),
+        nn.ReLU(),
+        nn.Linear(64, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
     )
 
 

@@ -272,6 +272,19 @@ def claims_beyond_the_region(kit: ProofKit, dest: Path) -> Tampered:
     return reissued(kit, dest, claims=claims)
 
 
+@adversary("box_shrunk", "region.certificate", "outside the declared input box")
+def box_shrunk(kit: ProofKit, dest: Path) -> Tampered:
+    """A declared input box drawn tight (inputs in [0.4, 0.6]): certificates over it would say
+    nothing about real inputs."""
+    proof = kit.copy_proof(dest / "proof")
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["predicate"]["method"]["input_box"] = {"low": "0.4", "high": "0.6", "source": "x"}
+
+    edit_certificate(proof, edit, key=kit.keys / "owner.key")
+    return Tampered(kit.inputs(proof))
+
+
 # -- the auditor's other inputs --------------------------------------------------------------------
 
 
