@@ -27,7 +27,6 @@ COLUMN_CODES: dict[str, str] = {
     "claims.policy": "clP",
     "replay.claims": "rpl",
     "replay.batch": "rpB",
-    "replay.calibrated": "rpK",
     "region.certificate": "crt",
     "replay.calibrated": "rpC",
     "region.probes": "prb",
