@@ -71,13 +71,21 @@ def patch_bounds(
 ) -> NDArray[np.float64]:
     """``K_u >= max_{x in box} |p_u(x)|_inf`` in closed form. Constant patches: ``max |d_u|``
     (exact, and preserved by float32 rounding, which is monotone). Affine patches:
-    ``max_o |d_o + mid sum C[:,o]| + rad sum |C[:,o]|``, inflated by 1e-5 relative to absorb the
-    float32 evaluation of ``x C``."""
+    ``max_o |d_o + mid sum C[:,o]| + rad sum |C[:,o]|`` plus a rigorous bound of the float32
+    evaluation of ``x C + d`` (``gamma_{dim+2} (|d_o| + max|box| sum |C[:,o]|)``, the verifier's
+    own term in ``region.certificate``), rounded up to float32."""
     if C is None:
         return np.asarray(np.abs(d).max(axis=1), dtype=np.float64)
+    unit = 2.0**-24
+    n = C.shape[1] + 2
+    gamma = n * unit / (1.0 - n * unit)
+    size = np.abs(C).sum(axis=1)
     centre = np.abs(d + box.mid * C.sum(axis=1))
-    spread = box.radius * np.abs(C).sum(axis=1)
-    return np.asarray((centre + spread).max(axis=1) * (1.0 + 1e-5) + 1e-6)
+    rounding = gamma * (np.abs(d) + max(abs(box.low), abs(box.high)) * size)
+    bound = (centre + box.radius * size + rounding).max(axis=1) * (1.0 + 1e-6) + 1e-6
+    up = bound.astype(np.float32)
+    up = np.where(up < bound, np.nextafter(up, np.float32(np.inf)), up)
+    return np.asarray(up, dtype=np.float64)
 
 
 class PatchedHead(torch.nn.Module):

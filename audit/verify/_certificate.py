@@ -357,9 +357,15 @@ def _tail_problem(params: PatchParams, box: tuple[float, float]) -> str | None:
         d32 = np.abs(params.d.astype(np.float32))
         over = (d32 > params.K.astype(np.float32)[:, None]).any(axis=1)
     else:
-        scale = max(abs(box[0]), abs(box[1]))
-        cols = np.abs(params.C).reshape(params.C.shape[0], params.patches, params.classes)
-        reach = (np.abs(params.d) + scale * cols.sum(axis=0)) * (1.0 + gamma(params.C.shape[0] + 2))
+        # exact max over the box of |x C + d| (centre/radius form), plus the float32 evaluation
+        # of the sum (gamma_{d+2} times its absolute-value pass), plus float64 slack
+        low, high = box
+        mid, rad, scale = (low + high) / 2.0, (high - low) / 2.0, max(abs(low), abs(high))
+        cols = params.C.reshape(params.C.shape[0], params.patches, params.classes)
+        size = np.abs(cols).sum(axis=0)
+        exact = np.abs(params.d + mid * cols.sum(axis=0)) + rad * size
+        rounding = gamma(params.C.shape[0] + 2) * (np.abs(params.d) + scale * size)
+        reach = (exact + rounding) * (1.0 + 1e-12)
         over = (reach > params.K[:, None]).any(axis=1)
     if over.any():
         return (

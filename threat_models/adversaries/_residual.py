@@ -30,6 +30,7 @@ from prune.claims import Claim
 from prune.export import export_patched
 from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
+from prune.proofs._duals import float32_logit_error, region_duals
 from prune.regions import InputBox, Regions, linearize
 from prune.unlearn import FLOAT32_SLACK
 from threat_models.adversaries._base import Adversary, DishonestProof, signed, standard
@@ -122,7 +123,9 @@ class ResidualMemorisation(Adversary):
         labels = np.array([c.label for c in owners], dtype=np.int64)
         targets = np.array([c.target for c in owners], dtype=np.int64)
         logits, _ = imported.head.forward(x[[c.leaf_index for c in owners]].astype(np.float64))
-        slack = FLOAT32_SLACK * (1.0 + np.abs(logits).max(axis=1))
+        # the honest owner's float32 budget: relative slack plus the rigorous rounding bound
+        rigorous = 2.0 * float32_logit_error(imported.head, active, box).max(axis=1)
+        slack = FLOAT32_SLACK * (1.0 + np.abs(logits).max(axis=1)) + rigorous
         margins = scenario.config.margin + slack
         for _ in range(ATTEMPTS):
             C, d = tie_patches(regions, labels, targets, margins)
@@ -142,7 +145,9 @@ class ResidualMemorisation(Adversary):
             margins = margins + short * (scenario.config.margin + slack)
         else:
             raise ScenarioError("tie patches do not hold their margin in float32")
-        outcome = Outcome.of(honest).but(patched_model=model)
+        # the tie patches are certified over their regions too: ship their own multipliers
+        duals = region_duals(imported.head, box, active=active, targets=targets, C=C, d=d, claims=flip)
+        outcome = Outcome.of(honest).but(patched_model=model, duals=duals)
         proof = signed(scenario, out / "proof", outcome)
         return standard(self, scenario, out, proof, "affine tie patches, honest claims")
 
