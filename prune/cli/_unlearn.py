@@ -57,7 +57,7 @@ def read_forget_indices(path: Path) -> list[int]:
         if not item:
             continue
         if not item.isdigit() or len(item) > 18:
-            raise DataError(f"{path}:{number}: not a row index: {item[:40]!r}")
+            raise DataError(f"{path}:{number}: not an integer: {item[:40]!r} (ASCII digits only)")
         out.append(int(item))
     if not out:
         raise DataError(f"{path} lists no forget indices (the forget set is empty)")
@@ -268,7 +268,7 @@ def unlearn_command(
     try:
         raw = read_regular(model, _MAX_MODEL)
     except UnreadableFile as exc:
-        raise PruneError(f"model: {exc}") from None
+        raise PruneError(f"cannot read model: {exc}") from None
     x_train, y_train = load_npz(train_path)
     x_test, y_test = load_npz(test_path) if test_path is not None else (None, None)
     indices = read_forget_indices(forget_indices) if forget_indices is not None else None
