@@ -61,7 +61,7 @@ def read_forget_indices(path: Path) -> list[int]:
         if not item:
             continue
         if not item.isdigit() or len(item) > 18:
-            raise DataError(f"{path}:{number}: not a row index: {item[:40]!r}")
+            raise DataError(f"{path}:{number}: not an integer: {item[:40]!r} (ASCII digits only)")
         out.append(int(item))
     if not out:
         raise DataError(f"{path} lists no forget indices (the forget set is empty)")
