@@ -104,7 +104,7 @@ def test_unlearn_with_defaults_verifies(model: ZooModel, world: tuple[Path, Digi
         ],
     )  # fmt: skip
     doc = json.loads((folder / "verify.json").read_text())
-    failed = [c for c in doc["checks"] if c["status"] != "pass"]
+    failed = [c for c in doc["checks"] if c["status"] == "fail"]
     assert verify.exit_code == 0, failed
 
     # independent onnxruntime check on the served model
