@@ -136,6 +136,11 @@ class MembershipInference(Check[VerifyContext]):
                 + str(two["two_version_words"])
             )
         if problems:
+            if "two_version_words" in evidence:
+                problems.append(
+                    "deletion stands out to a single-model attacker; "
+                    + str(evidence["two_version_words"])
+                )
             return self.failed("; ".join(problems), **evidence)
         return self.passed(summary, **evidence)
 

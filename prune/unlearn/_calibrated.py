@@ -32,6 +32,7 @@ from prune.errors import PatchError
 from prune.export import OUTPUT, export_patched
 from prune.model import ImportedModel, OrtRunner, PLHead
 from prune.patched import PatchSet, patch_bounds
+from prune.proofs._duals import float32_logit_error
 from prune.regions import InputBox, linearize, pattern_keys
 from prune.solvers import LagrangianSolver, dual_bound
 from prune.unlearn._evaluate import batch_rows
@@ -56,6 +57,7 @@ class CalibratedOutcome:
     d: NDArray[np.float64]
     targets: CalibratedTargets
     facts: dict[str, Any]
+    duals: NDArray[np.float32]
 
 
 def calibrated_targets(
@@ -124,6 +126,46 @@ def _own_bounds(
     return np.asarray(dual_bound(regions, w, lam)[:, 0].numpy() + const)
 
 
+def _gate_bounds(
+    C: NDArray[np.float64], d: NDArray[np.float64], box: InputBox
+) -> NDArray[np.float64]:
+    """``K_u`` for the affine patches: at least :func:`patch_bounds` and the verifier's form
+    ``(|d| + max(|low|, |high|) * sum |C|)`` (``region.certificate`` demands the latter), with
+    1e-5 relative room for float32."""
+    scale = max(abs(box.low), abs(box.high))
+    reach = (np.abs(d) + scale * np.abs(C).sum(axis=1)).max(axis=1) * (1.0 + 1e-5) + 1e-6
+    return np.asarray(np.maximum(patch_bounds(C, d, box), reach))
+
+
+def calibrated_duals(
+    head: PLHead,
+    box: InputBox,
+    active: NDArray[np.bool_],
+    C: NDArray[np.float64],
+    d: NDArray[np.float64],
+    claims: tuple[CalibratedClaim, ...],
+    *,
+    batch_size: int = 32,
+) -> NDArray[np.float32]:
+    """The region certificate rows of ``claims`` (one row each, in order): multipliers ``[H]``
+    for ``max_{S_u} (e_label - e_rival) . (f + p_u)`` (:meth:`LagrangianSolver.multipliers`;
+    near zero for a flattened margin, any ``lam >= 0`` is sound)."""
+    rows: list[NDArray[np.float64]] = []
+    solver = LagrangianSolver()
+    for start in range(0, len(claims), batch_size):
+        chunk = claims[start : start + batch_size]
+        u = np.array([c.patch for c in chunk], dtype=np.int64)
+        y = np.array([c.label for c in chunk], dtype=np.int64)
+        r = np.array([c.rival for c in chunk], dtype=np.int64)
+        regions = linearize(head, active[u], box=box, dense=False)
+        idx = np.arange(len(chunk))
+        f1 = regions.F1.numpy() + C[u].transpose(0, 2, 1)
+        w = torch.from_numpy(f1[idx, y] - f1[idx, r]).unsqueeze(1)
+        lam = solver.multipliers(regions, w).clamp_min(0.0).numpy()
+        rows.extend(lam[:, 0])
+    return np.asarray(rows, dtype=np.float32).reshape(len(claims), head.n_hidden)
+
+
 def run_calibrated(
     imported: ImportedModel,
     points: ForgetPoints,
@@ -148,7 +190,10 @@ def run_calibrated(
         if region_of[m] == len(reps):
             reps.append(m)
     rep = np.asarray(reps, dtype=np.int64)
-    slack = FLOAT32_SLACK * (1.0 + np.abs(targets.logits[rep]).max(axis=1))
+    # float32 slack, plus twice the rigorous float32 logit error the verifier's
+    # region.certificate charges (prune.proofs._duals.float32_logit_error)
+    f32 = 2.0 * float32_logit_error(head, points.active, box).max(axis=1)
+    slack = FLOAT32_SLACK * (1.0 + np.abs(targets.logits[rep]).max(axis=1)) + f32[rep]
     sol = calibrated_patches(
         head, box, points.x[rep], points.active[rep], forget_y[rep], targets.logits[rep], slack
     )
@@ -162,16 +207,26 @@ def run_calibrated(
         # a point sharing a region with another label: its margin is not the flattened one;
         # state a sound (looser) bound of its own obligation instead
         rival[other] = rivals(declared[other], forget_y[other])
-        bound[other] = _own_bounds(
-            head, box, points.active[other], forget_y[other], rival[other], C_m[other], d_m[other]
-        ) + FLOAT32_SLACK * (1.0 + np.abs(declared[other]).max(axis=1))
+        bound[other] = (
+            _own_bounds(
+                head,
+                box,
+                points.active[other],
+                forget_y[other],
+                rival[other],
+                C_m[other],
+                d_m[other],
+            )
+            + FLOAT32_SLACK * (1.0 + np.abs(declared[other]).max(axis=1))
+            + f32[other]
+        )
     patches = PatchSet(
         gate=gate,
         n=n,
         active=points.active[rep],
         d=sol.d,
         C=sol.C,
-        K=patch_bounds(sol.C, sol.d, box),
+        K=_gate_bounds(sol.C, sol.d, box),
         targets=sol.rival,
     )
     patched = export_patched(imported, patches, box)
@@ -205,7 +260,9 @@ def run_calibrated(
         "certified_upper_gap_max": float((sol.certified_upper - sol.target_margin).max()),
         "output_gap_max": float(np.abs(z - declared).max()),
     }
+    duals = calibrated_duals(head, box, points.active[rep], sol.C, sol.d, claims)
     return CalibratedOutcome(
+        duals=duals,
         patched=patched,
         claims=claims,
         ok=ok,

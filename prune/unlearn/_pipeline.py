@@ -231,7 +231,14 @@ def unlearn(
                 y_test=y_test,
                 threads=threads,
             )
-            gate = resolve_gate(gate, len(points))
+            # calibrated patches are affine (one C column per patch): the verifier's routed-gate
+            # rebuild takes constant patches, so "auto" means the activation gate here
+            gate = "activation" if gate == "auto" else gate
+            if gate == "routed":
+                raise PatchError(
+                    "--target-policy calibrated needs --gate activation or dense (its patches "
+                    "are affine; the routed gate carries constant patches)"
+                )
             t_export = clock()
             out = run_calibrated(
                 imported,
@@ -250,8 +257,8 @@ def unlearn(
             n_patches, d_abs, resolved, rounds = out.patches, np.abs(out.d), 0, 1
             certified_min: float | None = None
             extra = {"calibrated": out.facts}
-            duals: NDArray[np.float32] | None = None  # TODO(calib): multipliers of calibrated rows
-            t_duals = 0.0
+            duals: NDArray[np.float32] | None = out.duals
+            t_duals = 0.0  # inside the calibrated solve
         else:
             plan = plan_patches(strategy, ctx, points)
             if len(plan.targets) == 0:
