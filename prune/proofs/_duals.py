@@ -36,6 +36,7 @@ def region_duals(
     d: NDArray[np.float64],
     claims: Sequence[Claim],
     batch_size: int = 32,
+    solver: LagrangianSolver | None = None,
 ) -> NDArray[np.float32]:
     """Multipliers ``[rows, H]`` (float32) for the certified ``claims`` in order, each claim's
     rows ``j != target`` ascending. ``active [P, H]``, ``targets [P]``, ``C [P, d, O]`` or None
@@ -43,7 +44,7 @@ def region_duals(
     certified = [c for c in claims if c.region == "certified"]
     patches = sorted({c.patch for c in certified})
     per_patch: dict[int, NDArray[np.float64]] = {}
-    solver = LagrangianSolver()
+    solver = solver or LagrangianSolver()
     for start in range(0, len(patches), batch_size):
         chunk = np.asarray(patches[start : start + batch_size], dtype=np.int64)
         regions = linearize(head, active[chunk], box=box, dense=False)

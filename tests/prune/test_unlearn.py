@@ -206,7 +206,7 @@ BAD = [
     ("out-of-range", "forget index 100000 is out of range"),
     ("duplicate", "forget index 3 is listed more than once"),
     ("empty", "lists no forget indices"),
-    ("not-integer", "not a row index: 'x3'"),
+    ("not-integer", "not an integer: 'x3'"),
     ("class-absent", "class 3 does not occur in the training data"),
     ("class-unknown", "class 12 is not a class of the model"),
     ("shape", "the model expects (64,)"),

@@ -32,6 +32,7 @@ from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
 from prune.proofs._duals import float32_logit_error, region_duals
 from prune.regions import InputBox, Regions, linearize
+from prune.solvers import LagrangianSolver
 from prune.unlearn import FLOAT32_SLACK
 from threat_models.adversaries._base import Adversary, DishonestProof, signed, standard
 from threat_models.errors import ScenarioError
@@ -64,12 +65,17 @@ def _lowest_gap(regions: Regions, u: int, y: int, j: int) -> float:
     return float(result.fun + F2[y] - F2[j])
 
 
+TIE_ROOM = 0.25
+"""Logits by which the target leads the label beyond the claimed margin (a near-tie)."""
+
+
 def tie_patches(
     regions: Regions, labels: NDArray[np.int64], targets: NDArray[np.int64], margins: F64
 ) -> tuple[F64, F64]:
     """Affine patches ``(C [P,d,O], d [P,O])``: on region ``u``, ``(f+p)_t = f_y + m_u`` and
-    every other class ``j`` lowered by ``max(0, -min_S (f_y - f_j))``, so that the target leads
-    every class by at least ``m_u`` on the whole region and the label by exactly ``m_u``."""
+    every other class ``j`` lowered by ``max(0, -min_S (f_y - f_j)) + m_u``, so that the target
+    leads every class by at least ``m_u`` on the whole region and the label by exactly
+    ``m_u + TIE_ROOM`` (room for the owner's inexact dual multipliers)."""
     patches, classes, dim = regions.F1.shape
     C = np.zeros((patches, dim, classes))
     d = np.zeros((patches, classes))
@@ -77,10 +83,12 @@ def tie_patches(
     for u in range(patches):
         y, t = int(labels[u]), int(targets[u])
         C[u, :, t] = F1[u, y] - F1[u, t]
-        d[u, t] = F2[u, y] - F2[u, t] + margins[u]
+        d[u, t] = F2[u, y] - F2[u, t] + margins[u] + TIE_ROOM
         for j in range(classes):
             if j not in (y, t):
-                d[u, j] = -max(0.0, -_lowest_gap(regions, u, y, j))
+                # lowered by a further m_u: slack on these rows, so that the owner's dual
+                # multipliers (not exact LP duals) prove them; the label row stays a tie
+                d[u, j] = -max(0.0, -_lowest_gap(regions, u, y, j)) - margins[u]
     return C, d
 
 
@@ -146,7 +154,11 @@ class ResidualMemorisation(Adversary):
         else:
             raise ScenarioError("tie patches do not hold their margin in float32")
         # the tie patches are certified over their regions too: ship their own multipliers
-        duals = region_duals(imported.head, box, active=active, targets=targets, C=C, d=d, claims=flip)
+        # (tight rows: many more dual steps than the engine's default)
+        duals = region_duals(
+            imported.head, box, active=active, targets=targets, C=C, d=d, claims=flip,
+            solver=LagrangianSolver(steps=400, scales="exact"),
+        )
         outcome = Outcome.of(honest).but(patched_model=model, duals=duals)
         proof = signed(scenario, out / "proof", outcome)
         return standard(self, scenario, out, proof, "affine tie patches, honest claims")
