@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from audit.errors import InputError
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
 from prune.formats import FormatError, parse_decimal_string
@@ -107,6 +108,11 @@ class Utility(Check[VerifyContext]):
     def run(self, ctx: VerifyContext) -> CheckOutcome:
         x, y = _reference(ctx)
         original = ctx.evaluate(x, key="reference").logits
+        classes = original.shape[1]
+        if y.size and int(y.max()) >= classes:
+            raise InputError(
+                f"reference data: label {int(y.max())} is not one of the model's {classes} classes"
+            )
         patched = ctx.patched_logits(x, key="reference")
         if patched.shape != original.shape:
             return self.failed(

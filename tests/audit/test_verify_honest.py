@@ -194,3 +194,15 @@ def test_append_only_batch_verifies(kit: ProofKit, tmp_path: Path) -> None:
         rng=np.random.default_rng(0),
     )
     assert "for the 3 leaves" in other.outcome("commitment.openings").detail
+
+
+def test_reference_labels_outside_the_models_classes_are_bad_input(
+    kit: ProofKit, tmp_path: Path
+) -> None:
+    data = np.load(kit.work.test)
+    bad = tmp_path / "reference.npz"
+    y = data["y"].copy()
+    y[0] = 10  # digits has classes 0..9
+    np.savez(bad, x=data["x"], y=y)
+    with pytest.raises(InputError, match="not one of the model's 10 classes"):
+        verify_proof(kit.inputs(reference=bad), now=kit.now, rng=np.random.default_rng(0))
