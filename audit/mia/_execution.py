@@ -215,12 +215,7 @@ class RayBackend:
         address: str | None,
         on_result: Callable[[int, R], None] = _ignore,
     ) -> list[R]:
-        try:
-            ray: Any = importlib.import_module("ray")
-        except ImportError as exc:
-            raise InputError(
-                "backend 'ray' needs the ray package: pip install 'prune-audit[cluster]'"
-            ) from exc
+        ray = _cluster_module("ray", "ray", "the ray package")
         with _ray_session(ray, address=address, jobs=jobs):
             wants_gpu = tasks.device == "cuda" or (
                 tasks.device == "auto" and ray.cluster_resources().get("GPU", 0) > 0
@@ -248,6 +243,16 @@ class RayBackend:
                 for ref in pending:
                     ray.cancel(ref, force=True)
         return _in_order(tasks, done)
+
+
+def _cluster_module(backend: str, module: str, what: str) -> Any:
+    """The optional package behind a cluster backend, or one line saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise InputError(
+            f"backend {backend!r} needs {what}: pip install 'prune-audit[cluster]'"
+        ) from exc
 
 
 def _invoke(task: Callable[[S, int], R], shared: S, k: int) -> R:
@@ -306,12 +311,7 @@ class DaskBackend:
         address: str | None,
         on_result: Callable[[int, R], None] = _ignore,
     ) -> list[R]:
-        try:
-            distributed: Any = importlib.import_module("distributed")
-        except ImportError as exc:
-            raise InputError(
-                "backend 'dask' needs dask.distributed: pip install 'prune-audit[cluster]'"
-            ) from exc
+        distributed = _cluster_module("dask", "distributed", "dask.distributed")
         with _dask_client(address=address, jobs=jobs) as client:
             run_id = uuid.uuid4().hex
             # sent once to each worker (a replica survives the loss of one); tasks take the future
