@@ -126,17 +126,6 @@ def _own_bounds(
     return np.asarray(dual_bound(regions, w, lam)[:, 0].numpy() + const)
 
 
-def _gate_bounds(
-    C: NDArray[np.float64], d: NDArray[np.float64], box: InputBox
-) -> NDArray[np.float64]:
-    """``K_u`` for the affine patches: at least :func:`patch_bounds` and the verifier's form
-    ``(|d| + max(|low|, |high|) * sum |C|)`` (``region.certificate`` demands the latter), with
-    1e-5 relative room for float32."""
-    scale = max(abs(box.low), abs(box.high))
-    reach = (np.abs(d) + scale * np.abs(C).sum(axis=1)).max(axis=1) * (1.0 + 1e-5) + 1e-6
-    return np.asarray(np.maximum(patch_bounds(C, d, box), reach))
-
-
 def calibrated_duals(
     head: PLHead,
     box: InputBox,
@@ -226,7 +215,7 @@ def run_calibrated(
         active=points.active[rep],
         d=sol.d,
         C=sol.C,
-        K=_gate_bounds(sol.C, sol.d, box),
+        K=patch_bounds(sol.C, sol.d, box),
         targets=sol.rival,
     )
     patched = export_patched(imported, patches, box)
