@@ -156,8 +156,14 @@ class ResidualMemorisation(Adversary):
         # the tie patches are certified over their regions too: ship their own multipliers
         # (tight rows: many more dual steps than the engine's default)
         duals = region_duals(
-            imported.head, box, active=active, targets=targets, C=C, d=d, claims=flip,
-            solver=LagrangianSolver(steps=400, scales="exact"),
+            imported.head,
+            box,
+            active=active,
+            targets=targets,
+            C=C,
+            d=d,
+            claims=flip,
+            solver=LagrangianSolver(steps=400, lr=0.03, scales="exact"),
         )
         outcome = Outcome.of(honest).but(patched_model=model, duals=duals)
         proof = signed(scenario, out / "proof", outcome)
