@@ -416,6 +416,8 @@ def _lp_min_margin(
     solved = bounded = unsolved = left = 0
     mu: F64 | None = None
     others = [j for j in range(classes) if j != t]
+    if priority.shape != at_x0.shape:  # a served head wider than the original's classes
+        priority = np.zeros_like(at_x0)  # (structure.patch refuses it): order by x0 alone
     for j in np.lexsort((at_x0, priority)):
         if j == t:
             continue

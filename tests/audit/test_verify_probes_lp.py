@@ -117,3 +117,23 @@ def test_garbage_owner_multipliers_cost_lps_not_exactness() -> None:
             budget=0,
         )
         assert value == pytest.approx(want, abs=1e-7)
+
+
+def test_probe_priority_of_another_width_is_ignored() -> None:
+    """A served head with more outputs than the original's classes (refused by structure.patch)
+    must not crash the exact part: the classes are then ordered by their margin at x0."""
+    head, params, x0, sign, cols = _setup(1)
+    t = int(cols["target"][0])
+    value, *_ = _lp_min_margin(
+        head,
+        params,
+        x0,
+        sign,
+        0,
+        cols,
+        (0.0, 1.0),
+        owner=None,
+        priority=np.zeros(CLASSES + 3),
+        budget=0,
+    )
+    assert value == pytest.approx(_reference(head, params, x0, sign, t), abs=1e-7)
