@@ -26,6 +26,20 @@ from audit.verify import (
 )
 from prune.formats import output_problem, write_atomic
 
+MIA_ATTACKS = (
+    "loss",
+    "confidence",
+    "entropy",
+    "shadow",
+    "lira",
+    "rmia",
+    "gap",
+    "boundary",
+    "cmia",
+)
+"""The names of :data:`audit.mia.ATTACKS` (a test keeps them equal; importing the registry here
+would load torch for every ``audit verify``)."""
+
 __all__ = ["check_output", "verify", "write_json"]
 
 _PATH = click.Path(path_type=Path)
@@ -122,7 +136,7 @@ def write_json(path: Path, text: str) -> None:
 @click.option(
     "--mia",
     "mia_attack",
-    type=click.Choice(["loss", "confidence", "entropy", "shadow", "lira", "rmia"]),
+    type=click.Choice(MIA_ATTACKS),
     default=None,
     help="Also run the membership.inference check with this attack (trains reference models).",
 )
