@@ -183,3 +183,41 @@ def test_suppressing_another_class_than_the_deleted_one_fails(work: Work, tmp_pa
     assert (
         checks["replay.claims"]["status"] == "fail" or checks["class.reference"]["status"] == "fail"
     )
+
+
+def test_box_narrower_than_the_data_fails(work: Work, tmp_path: Path) -> None:
+    """A class claim over a box drawn inside the data: the class's absence would be certified
+    where nobody queries (threat 18)."""
+    proof = Path(shutil.copytree(work.suppress, tmp_path / "proof"))
+    _reissue_claim(work, proof, high="0.25")
+    code, checks = _verify(work, proof)
+    assert code == 1
+    assert checks["class.suppression"]["status"] == "fail"
+    assert "outside the declared input box" in checks["class.suppression"]["detail"]
+
+
+def _nan_beside_k(model: onnx.ModelProto) -> None:
+    """``prune/output + row`` with NaN in every column but K: numpy's argmax reads a NaN column
+    (never K), onnxruntime's ArgMax does not."""
+    last = model.graph.node[-1]
+    last.output[0] = "prune/patch/class/pre"
+    row = np.full((1, 10), np.nan, np.float32)
+    row[0, K] = 0.0
+    model.graph.initializer.append(numpy_helper.from_array(row, name="prune/patch/nan"))
+    model.graph.node.append(
+        onnx.helper.make_node(
+            "Add", ["prune/patch/class/pre", "prune/patch/nan"], ["prune/output"], name="nan"
+        )
+    )
+
+
+def test_non_finite_logits_fail_class_reference(work: Work, tmp_path: Path) -> None:
+    proof = Path(shutil.copytree(work.suppress, tmp_path / "proof"))
+    model = onnx.load_from_string((proof / "model.onnx").read_bytes())
+    _nan_beside_k(model)
+    resign_model(proof, model.SerializeToString(), key=work.root / "keys" / "owner.key")
+    code, checks = _verify(work, proof)
+    assert code == 1
+    assert checks["class.reference"]["status"] == "fail"
+    assert checks["class.reference"]["evidence"]["non_finite"] > 0
+    assert checks["class.suppression"]["status"] == "fail"
