@@ -6,13 +6,22 @@ when at least one of its threat's ``caught_by`` checks failed; the honest row mu
 (no false alarms). :attr:`Matrix.ok` is the conjunction over all rows: it is the exit status of
 ``python -m threat_models matrix``.
 
-JSON document (``type`` :data:`MATRIX_TYPE`, ``version`` 1): the scenario configuration, the
-membership policy, the check names, one entry per (seed, adversary) with every check's status,
-the failed checks' one-line details, whether it was caught, and timings."""
+Adversaries apply to the deletion modes they name (:attr:`Adversary.modes`): the honest proof of
+a sample deletion and of a class suppression are different objects, so a cheat on one has a
+counterpart on the other for the same root cause. Those that do not apply to the scenario's mode
+are never silently skipped: the document lists each under ``not_applicable`` with its threat
+and its counterpart in this mode.
+
+JSON document (``type`` :data:`MATRIX_TYPE`, ``version`` 1): the scenario configuration (its
+``setting`` names data set, architecture and mode), the membership policy, the check names, one
+entry per (seed, adversary) with every check's status, the failed checks' one-line details,
+whether it was caught, timings, the machine's load average, and the adversaries not applicable
+to the mode."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -94,6 +103,9 @@ class Matrix:
     config: ScenarioConfig
     membership: MembershipPolicy
     created: str
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    loadavg: tuple[float, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -106,6 +118,19 @@ class Matrix:
     def rows_of(self, adversary: str) -> tuple[Row, ...]:
         return tuple(r for r in self.rows if r.adversary == adversary)
 
+    @property
+    def not_applicable(self) -> dict[str, dict[str, Any]]:
+        """Registered adversaries that do not apply to this mode, with their counterpart."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, cls in ADVERSARIES.items():
+            if self.config.mode not in cls.modes:
+                out[name] = {
+                    "threat": None if cls.threat is None else cls.threat.number,
+                    "modes": sorted(cls.modes),
+                    "counterpart": cls.counterpart,
+                }
+        return out
+
     def to_json(self) -> dict[str, Any]:
         policy = dataclasses.asdict(self.membership)
         return {
@@ -114,7 +139,15 @@ class Matrix:
             "created": self.created,
             "ok": self.ok,
             "seeds": list(self.seeds),
+            "setting": self.config.name,
             "scenario": self.config.to_json(),
+            "not_applicable": self.not_applicable,
+            "machine": {
+                "cpu_seconds": round(self.cpu_seconds, 1),
+                "wall_seconds": round(self.wall_seconds, 1),
+                "loadavg_end": [round(v, 2) for v in self.loadavg],
+                "cpus": os.cpu_count(),
+            },
             "membership_policy": policy,
             "checks": list(ALL_CHECKS),
             "summary": {
@@ -141,19 +174,28 @@ def run_matrix(
     on_row: Callable[[Row], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Matrix:
-    """Build a scenario per seed under ``root`` and audit every adversary's proof. The honest
-    owner always runs (first), whatever ``adversaries`` names."""
+    """Build a scenario per seed under ``root`` and audit every adversary's proof that applies
+    to the scenario's mode. The honest owner always runs (first), whatever ``adversaries``
+    names; naming one that does not apply to the mode is an error."""
     if not seeds:
         raise ThreatModelError("give at least one seed")
     if len(set(seeds)) != len(seeds):
         raise ThreatModelError("seeds must be distinct")
-    names = list(ADVERSARIES) if adversaries is None else [HONEST, *adversaries]
+    config = config or ScenarioConfig()
+    applicable = [n for n, cls in ADVERSARIES.items() if config.mode in cls.modes]
+    names = applicable if adversaries is None else [HONEST, *adversaries]
     names = list(dict.fromkeys(names))
     unknown = [n for n in names if n not in ADVERSARIES]
     if unknown:
         raise ThreatModelError(f"unknown adversary {unknown[0]!r}; known: {', '.join(ADVERSARIES)}")
-    config = config or ScenarioConfig()
+    other = [n for n in names if n not in applicable]
+    if other:
+        raise ThreatModelError(
+            f"adversary {other[0]!r} does not apply to {config.mode} mode (its counterpart: "
+            f"{ADVERSARIES[other[0]].counterpart})"
+        )
     membership = membership or MembershipPolicy()
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
     rows: list[Row] = []
     for seed in seeds:
         scenario = build_scenario(
@@ -183,4 +225,7 @@ def run_matrix(
         config=config,
         membership=membership,
         created=now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        cpu_seconds=time.process_time() - cpu_start,
+        wall_seconds=time.perf_counter() - wall_start,
+        loadavg=tuple(os.getloadavg()),
     )

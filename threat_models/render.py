@@ -82,6 +82,12 @@ def render_matrix(matrix: Matrix) -> str:
             + f"  {_verdict(rows)}"
         )
     lines.append("-" * (len(header) + 20))
+    skipped = matrix.not_applicable
+    if skipped:
+        lines.append(
+            f"not applicable to {matrix.config.mode} mode (counterpart in this mode): "
+            + ", ".join(f"{n} ({v['counterpart'] or 'none'})" for n, v in skipped.items())
+        )
     legend = ", ".join(f"{code} {check}" for check, code in zip(ALL_CHECKS, codes, strict=True))
     lines.append(f"columns: {legend}")
     lines.append(
@@ -93,7 +99,7 @@ def render_matrix(matrix: Matrix) -> str:
     caught = sum(r.ok for r in matrix.rows if r.threat is not None)
     honest = [r for r in matrix.rows if r.threat is None]
     lines.append(
-        f"seeds {seeds}: {caught}/{total} adversary runs caught, honest owner passed "
+        f"{matrix.config.name}, seeds {seeds}: {caught}/{total} adversary runs caught, honest owner passed "
         f"{sum(r.ok for r in honest)}/{len(honest)} -> {'OK' if matrix.ok else 'NOT OK'}"
     )
     return "\n".join(lines)

@@ -21,6 +21,17 @@ from threat_models.adversaries._certificates import (
     ForgedSignature,
     ReplayedCertificate,
 )
+from threat_models.adversaries._class import (
+    ClassExactInputFilter,
+    ClassHairMargin,
+    ClassNanTarget,
+    ClassPartial,
+    ClassRegionCap,
+    ClassRegionOnly,
+    ClassResidual,
+    ClassSabotage,
+    NarrowBox,
+)
 from threat_models.adversaries._patches import (
     ExactInputFilter,
     Partial,
@@ -79,6 +90,15 @@ ADVERSARIES: dict[str, type[Adversary]] = {
         TriggerBackdoor,
         HairMarginPointOnly,
         ConcatOriginal,
+        NarrowBox,
+        ClassExactInputFilter,
+        ClassPartial,
+        ClassSabotage,
+        ClassResidual,
+        ClassNanTarget,
+        ClassRegionCap,
+        ClassHairMargin,
+        ClassRegionOnly,
     )
 }
 
