@@ -36,7 +36,15 @@ from threat_models.auditor import MEMBERSHIP_CHECK, Auditor, MembershipPolicy
 from threat_models.errors import ThreatModelError
 from threat_models.scenario import ScenarioConfig, build_scenario
 
-__all__ = ["ALL_CHECKS", "MATRIX_TYPE", "MATRIX_VERSION", "Matrix", "Row", "run_matrix"]
+__all__ = [
+    "ALL_CHECKS",
+    "MATRIX_TYPE",
+    "MATRIX_VERSION",
+    "Matrix",
+    "Row",
+    "merge_documents",
+    "run_matrix",
+]
 
 MATRIX_TYPE = "https://prune-audit.dev/threat-matrix/v1"
 MATRIX_VERSION = 1
@@ -229,3 +237,47 @@ def run_matrix(
         wall_seconds=time.perf_counter() - wall_start,
         loadavg=tuple(os.getloadavg()),
     )
+
+
+def merge_documents(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One matrix document from runs of the same setting on disjoint seeds (e.g. one process
+    per seed): rows concatenated in the given order, summary and ``ok`` recomputed from the
+    rows, machine figures kept per run. Refuses documents of another type, version, setting,
+    scenario, membership policy or check list, and overlapping seeds."""
+    if not docs:
+        raise ThreatModelError("give at least one matrix document to merge")
+    first = docs[0]
+    same = ("type", "version", "setting", "scenario", "membership_policy", "checks")
+    for doc in docs:
+        if doc.get("type") != MATRIX_TYPE or doc.get("version") != MATRIX_VERSION:
+            raise ThreatModelError("not a threat-matrix document of this version")
+        for key in same:
+            if doc.get(key) != first.get(key):
+                raise ThreatModelError(f"documents differ in {key!r}: only one setting merges")
+    seeds = [s for doc in docs for s in doc["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ThreatModelError("documents share a seed")
+    rows = [r for doc in docs for r in doc["rows"]]
+    names = list(dict.fromkeys(r["adversary"] for r in rows))
+    summary = {}
+    for name in names:
+        mine = [r for r in rows if r["adversary"] == name]
+        summary[name] = {
+            "threat": mine[0]["threat"],
+            "caught_by": mine[0]["caught_by"],
+            "seeds": len(mine),
+            "ok": sum(bool(r["ok"]) for r in mine),
+        }
+    return {
+        **{key: first[key] for key in same},
+        "created": max(doc["created"] for doc in docs),
+        "seeds": seeds,
+        "ok": bool(rows) and all(r["ok"] for r in rows),
+        "not_applicable": first.get("not_applicable", {}),
+        "machine": {
+            "cpu_seconds": round(sum(doc["machine"]["cpu_seconds"] for doc in docs), 1),
+            "runs": [doc["machine"] for doc in docs],
+        },
+        "summary": summary,
+        "rows": rows,
+    }
