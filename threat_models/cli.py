@@ -17,7 +17,7 @@ import click
 from threat_models.adversaries import ADVERSARIES, HONEST
 from threat_models.errors import ThreatModelError
 from threat_models.matrix import Row, merge_documents, run_matrix
-from threat_models.render import render_matrix
+from threat_models.render import render_document, render_matrix
 from threat_models.sampling import miss_probability, replays_needed
 from threat_models.scenario import MODES, Arch, DatasetName, Mode, ScenarioConfig
 
@@ -159,7 +159,8 @@ def matrix(
     help="Write the merged JSON document to this file (atomically).",
 )
 def merge(documents: tuple[Path, ...], out: Path) -> None:
-    """Merge matrix documents of one setting run on disjoint seeds (e.g. one process per seed).
+    """Merge matrix documents of one setting run on disjoint seeds (e.g. one process per seed)
+    and print the merged matrix.
 
     Exit status 0 when the merged matrix is ok, 1 otherwise, 2 on bad input."""
     docs = []
@@ -170,15 +171,7 @@ def merge(documents: tuple[Path, ...], out: Path) -> None:
             raise ThreatModelError(f"cannot read {path}: {exc}") from None
     merged = merge_documents(docs)
     _write_atomically(out, json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    rows = merged["rows"]
-    caught = sum(r["ok"] for r in rows if r["threat"] is not None)
-    total = sum(1 for r in rows if r["threat"] is not None)
-    honest = [r for r in rows if r["threat"] is None]
-    click.echo(
-        f"{merged['setting']}, seeds {', '.join(map(str, merged['seeds']))}: {caught}/{total} "
-        f"adversary runs caught, honest owner passed {sum(r['ok'] for r in honest)}/"
-        f"{len(honest)} -> {'OK' if merged['ok'] else 'NOT OK'}"
-    )
+    click.echo(render_document(merged))
     if not merged["ok"]:
         sys.exit(EXIT_NOT_CAUGHT)
 

@@ -307,8 +307,9 @@ THREATS: tuple[Threat, ...] = (
         "region-only-class",
         "Regions passed off as a class",
         "a class deletion that patches only the regions of the class's training samples (every "
-        "claim true): the class stays predicted on its other inputs",
-        ("class_region_only",),
+        "claim true), certified as a class or as a sample deletion: the class stays predicted "
+        "on its other inputs",
+        ("class_region_only", "class_as_samples"),
         ("class.reference",),
     ),
 )

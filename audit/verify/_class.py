@@ -19,7 +19,9 @@ training samples changed.
 4. *replay*: onnxruntime's patched logits on the forget set and on random points of the box
    equal the formula evaluated here in float32 bit for bit, and no forget sample gets ``K``.
 
-``class.reference`` (every class-mode certificate, region-only ones included): the auditor's own
+``class.reference`` (every class-mode certificate, region-only ones included, and every
+certificate when the auditor states the class it expects, ``Policy.expected_class``: a
+certificate of another class or of a sample deletion then fails): the auditor's own
 reference data of class ``K`` must never get ``K`` from ``model.onnx``, nor non-finite logits
 (whose top class numpy and onnxruntime read differently). With no reference sample of class
 ``K`` the check fails: the class's absence cannot be shown."""
@@ -250,6 +252,21 @@ class ClassReference(Check[VerifyContext]):
 
     def run(self, ctx: VerifyContext) -> CheckOutcome:
         predicate = ctx.predicate
+        expected = ctx.policy.expected_class
+        if expected is not None and (
+            predicate.mode != "class" or predicate.forget_class != expected
+        ):
+            stated = (
+                f"class {predicate.forget_class}"
+                if predicate.mode == "class"
+                else "sample deletion"
+            )
+            return self.failed(
+                f"the auditor checks the deletion of class {expected}; the certificate states a "
+                f"{stated}",
+                expected_class=expected,
+                mode=predicate.mode,
+            )
         if predicate.mode != "class" or predicate.forget_class is None:
             return self.not_applicable("not a class deletion")
         if ctx.reference is None:

@@ -61,7 +61,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Work:
     return Work(root, root / "suppress", root / "regions")
 
 
-def _verify(work: Work, proof: Path, reference: Path | None = None) -> tuple[int, dict[str, Any]]:
+def _verify(
+    work: Work, proof: Path, reference: Path | None = None, *extra: str
+) -> tuple[int, dict[str, Any]]:
     out = proof.parent / f"{proof.name}-report.json"
     result = CliRunner().invoke(
         audit_cli,
@@ -71,7 +73,7 @@ def _verify(work: Work, proof: Path, reference: Path | None = None) -> tuple[int
             "--original", str(work.root / "work" / "model.onnx"),
             "--forget", str(proof / "forget.npz"),
             "--reference", str(reference or work.root / "work" / "test.npz"),
-            "--seed", "0", "--quiet", "--json", str(out),
+            "--seed", "0", "--quiet", "--json", str(out), *extra,
         ],
     )  # fmt: skip
     report = json.loads(out.read_text())
@@ -221,3 +223,29 @@ def test_non_finite_logits_fail_class_reference(work: Work, tmp_path: Path) -> N
     assert checks["class.reference"]["status"] == "fail"
     assert checks["class.reference"]["evidence"]["non_finite"] > 0
     assert checks["class.suppression"]["status"] == "fail"
+
+
+def test_auditor_expecting_the_class_accepts_the_suppression(work: Work) -> None:
+    code, checks = _verify(work, work.suppress, None, "--expect-class", str(K))
+    assert code == 0 and checks["class.reference"]["status"] == "pass"
+
+
+def test_auditor_expecting_another_class_or_a_class_fails(work: Work, tmp_path: Path) -> None:
+    """A certificate for class K is not the deletion of class K+1; and the same region patches
+    certified as a *sample* deletion of the class's records (every sample check passes) are not
+    the deletion of class K (threat 19, ``class_as_samples``)."""
+    code, checks = _verify(work, work.suppress, None, "--expect-class", str(K + 1))
+    assert code == 1 and checks["class.reference"]["status"] == "fail"
+    assert f"class {K + 1}" in checks["class.reference"]["detail"]
+    proof = Path(shutil.copytree(work.regions, tmp_path / "as-samples"))
+
+    def as_samples(doc: dict[str, Any]) -> None:
+        doc["predicate"]["mode"] = "samples"
+        doc["predicate"]["forget_class"] = None
+
+    edit_certificate(proof, as_samples, key=work.root / "keys" / "owner.key")
+    code, checks = _verify(work, proof)
+    assert checks["class.reference"]["status"] == "not-run"  # taken at its word: samples
+    code, checks = _verify(work, proof, None, "--expect-class", str(K))
+    assert code == 1 and checks["class.reference"]["status"] == "fail"
+    assert "sample deletion" in checks["class.reference"]["detail"]

@@ -16,8 +16,22 @@ from threat_models.matrix import MATRIX_TYPE, merge_documents
 
 def _doc(seed: int, *, caught: bool = True, setting: str = "digits-mlp-class") -> dict[str, Any]:
     rows = [
-        {"seed": seed, "adversary": "honest", "threat": None, "caught_by": [], "ok": True},
-        {"seed": seed, "adversary": "noop", "threat": 1, "caught_by": ["x"], "ok": caught},
+        {
+            "seed": seed,
+            "adversary": "honest",
+            "threat": None,
+            "caught_by": [],
+            "ok": True,
+            "statuses": {"x": "pass"},
+        },
+        {
+            "seed": seed,
+            "adversary": "noop",
+            "threat": 1,
+            "caught_by": ["x"],
+            "ok": caught,
+            "statuses": {"x": "fail" if caught else "pass"},
+        },
     ]
     return {
         "type": MATRIX_TYPE,
@@ -65,7 +79,7 @@ def test_merge_cli(tmp_path: Path) -> None:
     out = tmp_path / "merged.json"
     result = CliRunner().invoke(cli, ["merge", *paths, "--out", str(out)])
     assert result.exit_code == 0, result.output
-    assert "2/2 adversary runs caught" in result.output
+    assert "2/2 adversary runs caught" in result.output and "[X]" in result.output
     assert json.loads(out.read_text())["seeds"] == [0, 1]
     bad = CliRunner().invoke(cli, ["merge", paths[0], paths[0], "--out", str(out)])
     assert bad.exit_code == 2 and "share a seed" in bad.output

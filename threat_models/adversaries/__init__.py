@@ -22,6 +22,7 @@ from threat_models.adversaries._certificates import (
     ReplayedCertificate,
 )
 from threat_models.adversaries._class import (
+    ClassAsSamples,
     ClassExactInputFilter,
     ClassHairMargin,
     ClassNanTarget,
@@ -99,6 +100,7 @@ ADVERSARIES: dict[str, type[Adversary]] = {
         ClassRegionCap,
         ClassHairMargin,
         ClassRegionOnly,
+        ClassAsSamples,
     )
 }
 

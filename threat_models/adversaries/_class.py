@@ -9,7 +9,8 @@ class proof does have:
 * exact-input filter: the suppression is faded out away from the class's training samples;
 * partial / region-only: the class's training samples are patched region by region (part of
   them, or all of them with the engine's ``--class-mode regions``), the class stays predictable
-  on its other inputs, and the proof says ``mode: class``;
+  on its other inputs, and the proof says ``mode: class`` (or, all of them, a sample deletion:
+  the auditor who was asked to check class ``K`` says so, ``--expect-class K``);
 * sabotage: a second class is suppressed too, the certificate keeps the honest utility;
 * residual memorisation: the genuine suppression with a hair-thin margin, so the class keeps
   about half the top class's probability;
@@ -26,6 +27,7 @@ live with their sample-mode versions."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -54,6 +56,7 @@ from threat_models.proofs import Outcome
 from threat_models.scenario import Scenario
 
 __all__ = [
+    "ClassAsSamples",
     "ClassExactInputFilter",
     "ClassHairMargin",
     "ClassNanTarget",
@@ -173,6 +176,16 @@ class ClassPartial(Adversary):
         )
 
 
+@functools.lru_cache(maxsize=2)
+def _regions_of_class(scenario: Scenario) -> UnlearnResult:
+    """The genuine ``--class-mode regions`` run of the scenario's class (shared by the two
+    region-only adversaries: it patches every training sample of the class)."""
+    result = _engine(scenario, forget_class=_k(scenario), class_mode="regions")
+    if not result.complete:
+        raise ScenarioError("the region engine left samples of the class uncertified")
+    return result
+
+
 class ClassRegionOnly(Adversary):
     """A complete, genuine ``--class-mode regions`` proof: every training sample of the class
     patched and certified over its linear region. Every claim is true; the class is still
@@ -185,11 +198,28 @@ class ClassRegionOnly(Adversary):
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
-        result = _engine(scenario, forget_class=_k(scenario), class_mode="regions")
-        if not result.complete:
-            raise ScenarioError("the region engine left samples of the class uncertified")
+        result = _regions_of_class(scenario)
         proof = signed(scenario, out / "proof", Outcome.of(result))
         return standard(self, scenario, out, proof, f"{len(result.claims)} region claims")
+
+
+class ClassAsSamples(Adversary):
+    """The same region patches of every training sample of the class, certified as a *sample*
+    deletion of those records: every sample check passes, and no class check would apply if the
+    auditor took the certificate's word for what was requested."""
+
+    name: ClassVar[str] = "class_as_samples"
+    threat: ClassVar[Threat | None] = threat("region-only-class")
+    summary: ClassVar[str] = "the class's samples patched, certified as a sample deletion"
+    modes: ClassVar[frozenset[str]] = _CLASS
+
+    def build(self, scenario: Scenario, out: Path) -> DishonestProof:
+        out.mkdir(parents=True)
+        result = _regions_of_class(scenario)
+        method = {**result.method, "mode": "samples", "forget_class": None}
+        method.pop("class_mode", None)
+        proof = signed(scenario, out / "proof", Outcome.of(result).but(method=method))
+        return standard(self, scenario, out, proof, f"{len(result.claims)} sample claims")
 
 
 def _suppress_nodes(proto: Any, helper: Any, source: str, k: int, tag: str) -> str:
