@@ -13,7 +13,7 @@ solver (``lagrangian`` as the control), then ``audit verify`` with every check b
 (``--original``, ``--forget``, ``--reference`` the test split).
 
 Run: ``python benchmarks/bench_lp_certificate.py [--seeds 0 1 2] [--points 6]``
-(writes benchmarks/results/verify-lp-solvers.json)."""
+(writes benchmarks/results/certificate-lp-solvers.json)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ from prune.proofs import generate_keys, write_signed_proof
 from prune.train import DEFAULT_EPOCHS, DEFAULT_HIDDEN, TrainConfig, export_onnx, train
 from prune.unlearn import unlearn
 
-RESULTS = Path(__file__).parent / "results" / "verify-lp-solvers.json"
+RESULTS = Path(__file__).parent / "results" / "certificate-lp-solvers.json"
 SOLVERS = ("lagrangian", "scale-shift", "reassure")
 
 

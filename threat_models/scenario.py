@@ -6,8 +6,9 @@ A *setting* is a data set (``digits``, ``fashion-mnist``), an architecture (``ml
 a deletion mode (``sample``, ``class``): :meth:`ScenarioConfig.setting`.
 
 * **Owner.** A ReLU MLP or CNN trained exactly as ``prune train`` does (``prune.train``, same
-  recipe; Fashion-MNIST on a seeded training subset with few epochs, to keep the matrix cheap -
-  the configuration, recorded in the matrix JSON, says how much) on the training split *plus the
+  recipe and epochs; Fashion-MNIST on seeded 6,000-image training and 1,000-image test subsets,
+  to keep the matrix cheap - the configuration, recorded in the matrix JSON, says so) on the
+  training split *plus the
   auditor's planted canaries*; ``prune keygen`` keys; the honest proof is
   ``prune.unlearn.unlearn`` + ``prune.proofs.write_signed_proof`` (what ``prune unlearn --key``
   does).
