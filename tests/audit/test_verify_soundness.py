@@ -74,3 +74,13 @@ def test_margins_and_predictions_are_nan_safe() -> None:
     got = margins(logits, target)
     assert got[0] == -np.inf and got[1] == 2.0 and got[2] == -np.inf
     assert predictions(logits).tolist() == [-1, 0, -1]
+
+
+def test_gate_sharpness_below_policy_minimum_fails(kit: ProofKit) -> None:
+    """A blunt gate (small ``n``) widens the band in which another patch may fire inside a
+    certified region, the one exception of ``region.certificate``: the policy bounds it."""
+    n = float(kit.spec.n)
+    assert _verify(kit, kit.inputs()).outcome("structure.patch").status == "pass"
+    strict = _verify(kit, kit.inputs(), min_gate_sharpness=2 * n)
+    outcome = strict.outcome("structure.patch")
+    assert outcome.status == "fail" and "gate sharpness" in outcome.detail
