@@ -176,6 +176,12 @@ def write_json(path: Path, text: str) -> None:
     show_default=True,
     help="Smallest certified margin a claim may state.",
 )
+@click.option(
+    "--expect-class",
+    type=click.IntRange(min=0),
+    default=None,
+    help="The class whose deletion was requested: a certificate of another class or mode fails.",
+)
 @click.option("--fail-fast", is_flag=True, help="Stop at the first failed check.")
 @click.option("--quiet", is_flag=True, help="No table, no progress; only errors and --json.")
 @sandbox_options
@@ -206,6 +212,7 @@ def verify(
     jobs: int,
     accept_point_only: bool,
     min_margin: float,
+    expect_class: int | None,
     fail_fast: bool,
     quiet: bool,
 ) -> None:
@@ -224,6 +231,7 @@ def verify(
         lp_claims=lp_claims,
         accept_point_only=accept_point_only,
         min_certified_margin=min_margin,
+        expected_class=expect_class,
         membership=None
         if mia_attack is None
         else MembershipPolicy(

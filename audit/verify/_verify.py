@@ -126,6 +126,8 @@ def verify_proof(
                 "lp_claims": policy.lp_claims,
                 "min_certified_margin": policy.min_certified_margin,
                 "accept_point_only": policy.accept_point_only,
+                "expected_class": policy.expected_class,
+                "min_gate_sharpness": policy.min_gate_sharpness,
             },
             "inputs": sorted(inputs.given),
             "device": device,

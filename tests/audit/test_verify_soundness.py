@@ -88,3 +88,13 @@ def test_report_compliance_text_names_the_point_only_verdict(kit: ProofKit, tmp_
         assert "POINT-ONLY" in words and f"{len(kit.claims)} claims" in words
         assert "Failed checks: ." not in words
         assert ("accepted point-only claims explicitly" in words) == accept
+
+
+def test_gate_sharpness_below_policy_minimum_fails(kit: ProofKit) -> None:
+    """A blunt gate (small ``n``) widens the band in which another patch may fire inside a
+    certified region, the one exception of ``region.certificate``: the policy bounds it."""
+    n = float(kit.spec.n)
+    assert _verify(kit, kit.inputs()).outcome("structure.patch").status == "pass"
+    strict = _verify(kit, kit.inputs(), min_gate_sharpness=2 * n)
+    outcome = strict.outcome("structure.patch")
+    assert outcome.status == "fail" and "gate sharpness" in outcome.detail
