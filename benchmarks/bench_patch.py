@@ -109,7 +109,10 @@ def scenario_single(data: dict[str, Any], args: argparse.Namespace) -> dict[str,
     runner = OrtRunner(
         data["raw"], outputs=[*head.hidden, head.output], threads=args.threads or None
     )
-    solvers = {"default": LagrangianSolver(), "tight": LagrangianSolver(steps=40, scales="exact")}
+    solvers = {
+        "default": LagrangianSolver(),
+        "tight": LagrangianSolver(steps=40, lr=0.03, scales="exact"),
+    }
     rng = np.random.default_rng(1)
     picks = rng.choice(len(data["y_train"]), args.points, replace=False)
     times: list[float] = []

@@ -116,6 +116,14 @@ def write_json(path: Path, text: str) -> None:
     help="Certified regions (weakest probe slack first) also checked exactly by LP (0: none).",
 )
 @click.option(
+    "--lp-classes",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.lp_classes,
+    show_default=True,
+    help="At most this many LPs per --lp-claims region, the classes its probes came closest "
+    "to first (0: every class a bound does not settle).",
+)
+@click.option(
     "--seed",
     type=int,
     default=None,
@@ -198,6 +206,7 @@ def verify(
     probes: int,
     probe_claims: int | None,
     lp_claims: int,
+    lp_classes: int,
     seed: int | None,
     partial: bool,
     checks: tuple[str, ...],
@@ -229,6 +238,7 @@ def verify(
         probe_directions=probes,
         probe_claims=probe_claims or None,
         lp_claims=lp_claims,
+        lp_classes=lp_classes,
         accept_point_only=accept_point_only,
         min_certified_margin=min_margin,
         expected_class=expect_class,
