@@ -353,6 +353,18 @@ def _compliance(
             "claimed regions were probed; outside the patched regions the model equals the "
             "committed original."
         )
+    elif verification.verdict == "point-only" and not failed:
+        accepted = verification.accepted
+        verified = (
+            f"POINT-ONLY: every check passed, but {verification.point_only_claims} claims hold "
+            "only at their forget sample, not over its linear region (no region certificate). "
+            + (
+                "The auditor accepted point-only claims explicitly (--accept-point-only)."
+                if accepted
+                else "That is not a VERIFIED erasure: the auditor did not accept point-only "
+                "claims (--accept-point-only)."
+            )
+        )
     else:
         verified = (
             "The proof was NOT verified. Failed checks: " + ", ".join(failed) + ". The erasure "

@@ -296,7 +296,7 @@ class RegionCertificate(Check[VerifyContext]):
             "max_rounding_term": float(result["rounding"].max()),
             "ms_per_claim": 1000.0 * seconds / len(certified),
         }
-        bad = slack < 0
+        bad = ~(slack >= 0)  # NaN (an overflowing or non-finite term) proves nothing
         if bad.any():
             owner = np.repeat(np.arange(len(rows)), [len(o.bound) for o in rows])
             first = int(np.flatnonzero(bad)[0])

@@ -127,6 +127,8 @@ def verify_proof(
                 "lp_classes": policy.lp_classes,
                 "min_certified_margin": policy.min_certified_margin,
                 "accept_point_only": policy.accept_point_only,
+                "expected_class": policy.expected_class,
+                "min_gate_sharpness": policy.min_gate_sharpness,
             },
             "inputs": sorted(inputs.given),
             "device": device,

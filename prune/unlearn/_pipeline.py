@@ -70,6 +70,8 @@ __all__ = [
 ]
 
 DEFAULT_MARGIN = 0.1
+LP_SOLVERS = frozenset({"scale-shift", "reassure"})
+"""Solvers that certify with exact LPs: their region certificates carry the LP's multipliers."""
 DEFAULT_N = 1000.0
 RETRIES = 2
 ClassMode = Literal["suppress", "regions"]
@@ -287,6 +289,7 @@ def unlearn(
                 C=plan.C,
                 d=plan.d,
                 claims=claims,
+                exact=solver in LP_SOLVERS,  # their patches are sized to the exact LP optimum
                 multipliers=plan.multipliers,
             )
             t_duals = clock() - t_duals
