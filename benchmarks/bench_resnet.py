@@ -85,21 +85,40 @@ def fashion32(n_train: int, n_test: int, seed: int) -> tuple[np.ndarray, ...]:
     return up(data.x_train[tr]), data.y_train[tr], up(data.x_test[te]), data.y_test[te]
 
 
-def train(x: np.ndarray, y: np.ndarray, *, epochs: int, seed: int) -> tuple[ResNet20, float]:
+def train(
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    seed: int,
+    until: tuple[np.ndarray, np.ndarray, float] | None = None,
+) -> tuple[ResNet20, float, float, int]:
+    """Adam (lr 2e-3, batch 64) for ``epochs`` epochs; with ``until = (x_test, y_test, target)``
+    keep going (up to twice the epochs) until the test accuracy reaches ``target``: retraining
+    *to the same accuracy*. Returns the net, the training time (wall and process CPU, test
+    evaluations excluded) and the epochs run."""
     torch.manual_seed(seed)
     net = ResNet20()
-    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     gen = torch.Generator().manual_seed(seed)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    start = time.perf_counter()
-    net.train()
-    for _ in range(epochs):
+    wall = cpu = 0.0
+    done = 0
+    limit = epochs if until is None else 2 * epochs
+    while done < limit:
+        start, start_cpu = time.perf_counter(), time.process_time()
+        net.train()
         for idx in torch.randperm(len(xt), generator=gen).split(64):
             opt.zero_grad()
             nn.functional.cross_entropy(net(xt[idx]), yt[idx]).backward()
             opt.step()
-    seconds = time.perf_counter() - start
-    return net.eval(), seconds
+        wall += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
+        done += 1
+        net.eval()
+        if until is not None and done >= epochs and accuracy(net, until[0], until[1]) >= until[2]:
+            break
+    return net.eval(), wall, cpu, done
 
 
 def accuracy(net: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
@@ -172,11 +191,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-subset", type=int, default=4000)
     parser.add_argument("--test-subset", type=int, default=1000)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--forget", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "resnet20.json")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "resnet20")
+    parser.add_argument(
+        "--stop-after-export", action="store_true", help="Train and export only (for profiling)."
+    )
     parser.add_argument(
         "--import-only",
         action="store_true",
@@ -192,7 +214,7 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     x_tr, y_tr, x_te, y_te = fashion32(args.train_subset, args.test_subset, args.seed)
-    net, train_seconds = train(x_tr, y_tr, epochs=args.epochs, seed=args.seed)
+    net, train_seconds, train_cpu, _ = train(x_tr, y_tr, epochs=args.epochs, seed=args.seed)
     acc_orig = accuracy(net, x_te, y_te)
     model = work / "model" / "model.onnx"
     model.parent.mkdir(exist_ok=True)
@@ -201,6 +223,11 @@ def main() -> None:
         net, (torch.from_numpy(x_tr[:2]),), str(model), dynamo=True, input_names=["x"],
         output_names=["logits"], dynamic_shapes=({0: batch},), external_data=True,
     )  # fmt: skip
+    if args.stop_after_export:
+        np.savez(work / "train.npz", x=x_tr, y=y_tr)
+        np.savez(work / "test.npz", x=x_te, y=y_te)
+        print(json.dumps({"test_accuracy": acc_orig, "train_seconds": train_seconds}))
+        return
     np.savez(work / "train.npz", x=x_tr, y=y_tr)
     np.savez(work / "test.npz", x=x_te, y=y_te)
     with torch.no_grad():
