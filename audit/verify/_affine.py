@@ -440,6 +440,12 @@ def parse_head(original: Any, head: Head, cut_shape: tuple[int, ...] | None = No
         for node in nodes.values():
             if node.op_type in _ACTIVATIONS or depth[node.output[0]] != stage:
                 continue
+            missing = [n for n in node.input if n in depth and n not in values]
+            if missing:
+                raise CheckUnavailable(
+                    f"head parse: {missing[0][:60]!r} is not a unit of the layer before "
+                    f"node {node.name[:50]!r}"
+                )
             operands = {i: values[n] for i, n in enumerate(node.input) if n in depth}
             if len(operands) == 1:
                 if node.domain not in ("", "ai.onnx") or node.op_type not in _OPS:

@@ -117,9 +117,12 @@ class PLHead:
 ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu"})
 """Piecewise-linear activations with one breakpoint at 0: they end an affine segment."""
 
-MAX_DENSE_ENTRIES = 150_000_000
+MAX_DENSE_ENTRIES = 40_000_000
 """The default cut skips a candidate whose dense head would hold more float64 weights than this
-(1.2 GB): a whole convolutional network as dense layers does not fit; a later cut does."""
+(320 MB): a whole convolutional network as dense layers does not fit, and with residual blocks
+in the head the import's identity-basis evaluation holds several times the head (measured: the
+ResNet-20 benchmark's 134-million-weight two-block head peaked at 5 GB RSS to import), so the
+default stays well below; a later cut fits, and ``--cut`` picks a deeper one explicitly."""
 
 
 @dataclass(frozen=True)

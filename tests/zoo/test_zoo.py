@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from audit.cli import cli as audit_cli
 from prune.cli import cli as prune_cli
+from prune.model import load_model, read_model
 from tests.zoo._models import ZOO, Digits, ZooModel, digits
 
 _CONV = ("cnn", "resnet")
@@ -79,6 +80,9 @@ def test_unlearn_with_defaults_verifies(model: ZooModel, world: tuple[Path, Digi
     first = np.asarray(original.run(None, {in_name: x_test[:64]})[0])
     if first.dtype.kind == "f":
         np.testing.assert_allclose(first, framework(x_test[:64]), rtol=1e-4, atol=1e-4)
+    if any("inside the head" in c for c in model.covers):  # the default cut is before the join
+        head = load_model(read_model(path)[0]).head
+        assert any((head.slope(i) == 1.0).any() for i in range(len(head.hidden_sizes)))
     correct = np.flatnonzero(_label(original, x_train) == data.y_train)
     forget = np.random.default_rng(1).choice(correct, size=FORGET, replace=False)
     (folder / "forget.txt").write_text("".join(f"{i}\n" for i in forget))
