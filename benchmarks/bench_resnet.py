@@ -206,6 +206,12 @@ def main() -> None:
         "--stop-after-export", action="store_true", help="Train and export only (for profiling)."
     )
     parser.add_argument(
+        "--reuse",
+        action="store_true",
+        help="Reuse WORK/model (model.onnx + train.json) from an earlier run of the same recipe "
+        "instead of training the original again (the retraining baseline always runs).",
+    )
+    parser.add_argument(
         "--import-only",
         action="store_true",
         help="Untrained network: export, import with the default cut, check the head against "
@@ -220,24 +226,35 @@ def main() -> None:
     work = args.work
     work.mkdir(parents=True, exist_ok=True)
     x_tr, y_tr, x_te, y_te = fashion32(args.train_subset, args.test_subset, args.seed)
-    net, train_seconds, train_cpu, _ = train(x_tr, y_tr, epochs=args.epochs, seed=args.seed)
-    acc_orig = accuracy(net, x_te, y_te)
     model = work / "model" / "model.onnx"
     model.parent.mkdir(exist_ok=True)
-    batch = torch.export.Dim("batch", min=1)
-    torch.onnx.export(
-        net, (torch.from_numpy(x_tr[:2]),), str(model), dynamo=True, input_names=["x"],
-        output_names=["logits"], dynamic_shapes=({0: batch},), external_data=True,
-    )  # fmt: skip
-    if args.stop_after_export:
-        np.savez(work / "train.npz", x=x_tr, y=y_tr)
-        np.savez(work / "test.npz", x=x_te, y=y_te)
-        print(json.dumps({"test_accuracy": acc_orig, "train_seconds": train_seconds}))
-        return
+    trained = work / "model" / "train.json"
+    if args.reuse and model.exists() and trained.exists():
+        record = json.loads(trained.read_text())
+    else:
+        net, train_seconds, train_cpu, _ = train(x_tr, y_tr, epochs=args.epochs, seed=args.seed)
+        batch = torch.export.Dim("batch", min=1)
+        torch.onnx.export(
+            net, (torch.from_numpy(x_tr[:2]),), str(model), dynamo=True, input_names=["x"],
+            output_names=["logits"], dynamic_shapes=({0: batch},), external_data=True,
+        )  # fmt: skip
+        record = {
+            "train_seconds": train_seconds,
+            "train_cpu_seconds": train_cpu,
+            "load_average": list(os.getloadavg()),
+        }
+        trained.write_text(json.dumps(record, indent=2) + "\n")
     np.savez(work / "train.npz", x=x_tr, y=y_tr)
     np.savez(work / "test.npz", x=x_te, y=y_te)
-    with torch.no_grad():
-        pred = net(torch.from_numpy(x_tr)).argmax(1).numpy()
+    from prune.model import OrtRunner, read_model
+
+    raw, _ = read_model(model)
+    runner = OrtRunner(raw, outputs=["logits"])
+    acc_orig = float((runner.run(x_te)[0].argmax(1) == y_te).mean())
+    if args.stop_after_export:
+        print(json.dumps({"test_accuracy": acc_orig, **record}))
+        return
+    pred = runner.run(x_tr)[0].argmax(1)
     correct = np.flatnonzero(pred == y_tr)
     forget = np.random.default_rng(args.seed + 1).choice(correct, size=args.forget, replace=False)
     (work / "forget.txt").write_text("".join(f"{i}\n" for i in forget))
@@ -297,8 +314,7 @@ def main() -> None:
             "exporter": "torch.onnx.export(dynamo=True), external data",
         },
         "original_test_accuracy": acc_orig,
-        "train_seconds": train_seconds,
-        "train_cpu_seconds": train_cpu,
+        "train": record,
         "unlearn": {
             "forget_points": args.forget,
             "process_seconds": unlearn["seconds"],

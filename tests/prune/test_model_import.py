@@ -204,3 +204,33 @@ def test_unknown_cut_and_old_opset(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelImportError, match="opset 11"):
         load_model(old)
+
+
+def test_float32_error_bound_covers_the_verifiers_on_carried_units() -> None:
+    """The owner pays the float32 term of the verifier's region certificate in its margin, so
+    its bound must be at least the verifier's, also through leaky and carried (slope 1)
+    units, which pass their value when inactive."""
+    from audit.verify._affine import parse_head
+    from audit.verify._certificate import float32_errors
+    from audit.verify._graph import find_head
+    from prune.proofs._duals import float32_logit_error
+    from prune.regions import InputBox
+
+    raw = graph_model(_residual_nodes(), _residual_weights())
+    head = load_model(raw).head
+    x = RNG.uniform(-1, 1, size=(64, 4))
+    _, z = head.forward(x)
+    active = z >= 0
+    assert (~active[:, 5:10]).any()  # some carried units are inactive
+    box = InputBox(low=-1.0, high=1.0, source="data-range")
+    ours = float32_logit_error(head, active, box)
+    import onnx
+
+    proto = onnx.load_from_string(raw)
+    theirs, _ = float32_errors(
+        parse_head(proto, find_head(proto, "input")),
+        active.astype(np.float64),
+        1.0,
+        served_pattern=False,
+    )
+    assert (ours >= theirs * (1 - 1e-9)).all()
