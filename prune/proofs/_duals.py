@@ -127,9 +127,13 @@ def float32_logit_error(
     err = g * zt
     for i, layer in enumerate(head.layers[1:]):
         m, mag = masks[i], zt * (1.0 + g)
-        a_bound = m * mag + (1.0 - m) * np.minimum(err, mag)
+        # an inactive unit passes |slope| of its value (LeakyRelu/PRelu; 1 for a carried
+        # tensor), and the activation is max(1, |slope|)-Lipschitz: the verifier's form
+        slope = np.abs(head.slope(i))[None, :]
+        lip = np.maximum(1.0, slope)
+        a_bound = (m + (1.0 - m) * slope) * mag + (1.0 - m) * lip * np.minimum(err, mag)
         g = gamma(layer.weight.shape[1] + 2)
         w_abs = np.abs(layer.weight)
         zt = a_bound @ w_abs.T + np.abs(layer.bias)
-        err = err @ w_abs.T + g * zt
+        err = (lip * err) @ w_abs.T + g * zt
     return np.asarray(err + u * zt * (1.0 + g))
