@@ -30,6 +30,7 @@ from prune.calibrate import (
 from prune.claims import CalibratedClaim
 from prune.errors import PatchError
 from prune.export import OUTPUT, export_patched
+from prune.gates import resolve_gate
 from prune.model import ImportedModel, OrtRunner, PLHead
 from prune.patched import PatchSet, patch_bounds
 from prune.proofs._duals import float32_logit_error
@@ -58,6 +59,7 @@ class CalibratedOutcome:
     targets: CalibratedTargets
     facts: dict[str, Any]
     duals: NDArray[np.float32]
+    gate: str
 
 
 def calibrated_targets(
@@ -169,7 +171,8 @@ def run_calibrated(
     n: float,
     threads: int | None,
 ) -> CalibratedOutcome:
-    """Solve, export, re-check; one claim per point that passes the re-check."""
+    """Solve, export, re-check; one claim per point that passes the re-check. ``gate`` may be
+    ``auto`` (resolved on the number of distinct regions; the outcome names the gate used)."""
     head = imported.head
     first: dict[bytes, int] = {}
     region_of = np.empty(len(points), dtype=np.int64)
@@ -179,6 +182,7 @@ def run_calibrated(
         if region_of[m] == len(reps):
             reps.append(m)
     rep = np.asarray(reps, dtype=np.int64)
+    gate = resolve_gate(gate, len(rep))  # one patch per distinct region
     # float32 slack, plus twice the rigorous float32 logit error the verifier's
     # region.certificate charges (prune.proofs._duals.float32_logit_error)
     f32 = 2.0 * float32_logit_error(head, points.active, box).max(axis=1)
@@ -251,6 +255,7 @@ def run_calibrated(
     }
     duals = calibrated_duals(head, box, points.active[rep], sol.C, sol.d, claims)
     return CalibratedOutcome(
+        gate=gate,
         duals=duals,
         patched=patched,
         claims=claims,

@@ -231,14 +231,6 @@ def unlearn(
                 y_test=y_test,
                 threads=threads,
             )
-            # calibrated patches are affine (one C column per patch): the verifier's routed-gate
-            # rebuild takes constant patches, so "auto" means the activation gate here
-            gate = "activation" if gate == "auto" else gate
-            if gate == "routed":
-                raise PatchError(
-                    "--target-policy calibrated needs --gate activation or dense (its patches "
-                    "are affine; the routed gate carries constant patches)"
-                )
             t_export = clock()
             out = run_calibrated(
                 imported,
@@ -253,7 +245,7 @@ def unlearn(
                 n=n,
                 threads=threads,
             )
-            patched, ok, claims = out.patched, out.ok, out.claims
+            patched, ok, claims, gate = out.patched, out.ok, out.claims, out.gate
             n_patches, d_abs, resolved, rounds = out.patches, np.abs(out.d), 0, 1
             certified_min: float | None = None
             extra = {"calibrated": out.facts}

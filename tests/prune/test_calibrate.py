@@ -24,6 +24,7 @@ from prune.claims import CalibratedClaim
 from prune.cli import cli
 from prune.errors import DataError, PatchError, PruneError
 from prune.export import OUTPUT
+from prune.gates import ROUTED_FROM
 from prune.model import OrtRunner, load_model
 from prune.train import TrainConfig
 from prune.unlearn import unlearn
@@ -318,3 +319,25 @@ def test_points_sharing_a_region_with_another_label_get_a_sound_bound(work: Digi
         assert isinstance(claim, CalibratedClaim)
         row = logits[claim.leaf_index]
         assert row[claim.label] - row[claim.rival] <= claim.upper_margin
+
+
+def test_auto_gate_routes_calibrated_patches_from_the_threshold(work: DigitsWork) -> None:
+    """``--gate auto`` resolves on the number of calibrated patches (distinct regions), as for
+    the other policies: routed from ``ROUTED_FROM`` on, activation below."""
+    many = np.arange(2 * ROUTED_FROM, dtype=np.int64)
+    results = {
+        len(idx): unlearn(
+            work.raw,
+            work.x_train,
+            work.y_train,
+            forget_indices=idx,
+            x_test=work.x_test,
+            y_test=work.y_test,
+            target_policy="calibrated",
+        )
+        for idx in (FORGET, many)
+    }
+    few, lots = results[len(FORGET)], results[len(many)]
+    assert few.method["gate"] == "activation"
+    assert lots.summary["patches"] >= ROUTED_FROM and lots.method["gate"] == "routed"
+    assert lots.complete and lots.summary["certified"] == len(many)
