@@ -17,6 +17,7 @@ from typing import Any
 import click
 import numpy as np
 
+from prune.calibrate import DEFAULT_TOLERANCE
 from prune.cli._common import SEED, check_output_folder, finite_range, show_progress
 from prune.data import load_npz
 from prune.errors import DataError, PruneError
@@ -200,6 +201,15 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     help="Map of the prepared models' logits onto the original's scale.",
 )
 @click.option(
+    "--calibrated-tolerance",
+    "calibrated_tolerance",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_TOLERANCE,
+    show_default=True,
+    help="calibrated: how far (logits) the true-class margin may rise above the target's "
+    "anywhere in a patched region (0: flat over the region).",
+)
+@click.option(
     "--strategy", type=click.Choice(list(STRATEGIES)), default="individual", show_default=True
 )
 @click.option(
@@ -259,6 +269,7 @@ def unlearn_command(
     target_policy: str | None,
     prepared_path: Path | None,
     calibration: str,
+    calibrated_tolerance: float,
     strategy: str,
     margin: float,
     n: float,
@@ -315,6 +326,7 @@ def unlearn_command(
         threads=threads,
         prepared=prepared,
         calibration=calibration,
+        calibrated_tolerance=calibrated_tolerance,
     )
     if key_path is not None and not result.complete:
         raise PruneError(

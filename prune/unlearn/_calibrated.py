@@ -20,6 +20,7 @@ import torch
 from numpy.typing import NDArray
 
 from prune.calibrate import (
+    DEFAULT_TOLERANCE,
     CalibratedTargets,
     PreparedReferences,
     calibrated_patches,
@@ -115,46 +116,20 @@ def _own_bounds(
     rival: NDArray[np.int64],
     C: NDArray[np.float64],
     d: NDArray[np.float64],
-) -> NDArray[np.float64]:
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Sound upper bounds of ``max_S (e_label - e_rival) . (f + p)`` (weak duality, Lagrangian
-    multipliers) for points whose region's patch flattens another label's margin."""
+    multipliers, as shipped in float32) for points whose region's patch was built for another
+    label, and those multipliers ``[N, H]``."""
     regions = linearize(head, active, box=box, dense=False)
     rows = np.arange(len(labels))
     f1 = regions.F1.numpy() + C.transpose(0, 2, 1)
     f2 = regions.F2.numpy() + d
     w = torch.from_numpy(f1[rows, labels] - f1[rows, rival]).unsqueeze(1)
     const = f2[rows, labels] - f2[rows, rival]
-    lam = LagrangianSolver().multipliers(regions, w)
-    return np.asarray(dual_bound(regions, w, lam)[:, 0].numpy() + const)
-
-
-def calibrated_duals(
-    head: PLHead,
-    box: InputBox,
-    active: NDArray[np.bool_],
-    C: NDArray[np.float64],
-    d: NDArray[np.float64],
-    claims: tuple[CalibratedClaim, ...],
-    *,
-    batch_size: int = 32,
-) -> NDArray[np.float32]:
-    """The region certificate rows of ``claims`` (one row each, in order): multipliers ``[H]``
-    for ``max_{S_u} (e_label - e_rival) . (f + p_u)`` (:meth:`LagrangianSolver.multipliers`;
-    near zero for a flattened margin, any ``lam >= 0`` is sound)."""
-    rows: list[NDArray[np.float64]] = []
-    solver = LagrangianSolver()
-    for start in range(0, len(claims), batch_size):
-        chunk = claims[start : start + batch_size]
-        u = np.array([c.patch for c in chunk], dtype=np.int64)
-        y = np.array([c.label for c in chunk], dtype=np.int64)
-        r = np.array([c.rival for c in chunk], dtype=np.int64)
-        regions = linearize(head, active[u], box=box, dense=False)
-        idx = np.arange(len(chunk))
-        f1 = regions.F1.numpy() + C[u].transpose(0, 2, 1)
-        w = torch.from_numpy(f1[idx, y] - f1[idx, r]).unsqueeze(1)
-        lam = solver.multipliers(regions, w).clamp_min(0.0).numpy()
-        rows.extend(lam[:, 0])
-    return np.asarray(rows, dtype=np.float32).reshape(len(claims), head.n_hidden)
+    lam = LagrangianSolver().multipliers(regions, w).clamp_min(0.0)
+    lam = lam.to(torch.float32).to(torch.float64)
+    bound = dual_bound(regions, w, lam)[:, 0].numpy() + const
+    return np.asarray(bound), np.asarray(lam[:, 0].numpy())
 
 
 def run_calibrated(
@@ -170,6 +145,7 @@ def run_calibrated(
     gate: str,
     n: float,
     threads: int | None,
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> CalibratedOutcome:
     """Solve, export, re-check; one claim per point that passes the re-check. ``gate`` may be
     ``auto`` (resolved on the number of distinct regions; the outcome names the gate used)."""
@@ -188,30 +164,37 @@ def run_calibrated(
     f32 = 2.0 * float32_logit_error(head, points.active, box).max(axis=1)
     slack = FLOAT32_SLACK * (1.0 + np.abs(targets.logits[rep]).max(axis=1)) + f32[rep]
     sol = calibrated_patches(
-        head, box, points.x[rep], points.active[rep], forget_y[rep], targets.logits[rep], slack
+        head,
+        box,
+        points.x[rep],
+        points.active[rep],
+        forget_y[rep],
+        targets.logits[rep],
+        slack,
+        tolerance=tolerance,
     )
     # declared output of every point: (f + p)(x) with its region's patch, in float64
     C_m, d_m = sol.C[region_of], sol.d[region_of]
     declared = points.logits + np.einsum("mi,mio->mo", points.x, C_m) + d_m
     rival = sol.rival[region_of]
     bound = sol.bound[region_of]
+    lam = sol.lam[region_of]
     other = np.flatnonzero(forget_y != forget_y[rep][region_of])
     if len(other):
         # a point sharing a region with another label: its margin is not the flattened one;
         # state a sound (looser) bound of its own obligation instead
         rival[other] = rivals(declared[other], forget_y[other])
+        own, lam[other] = _own_bounds(
+            head,
+            box,
+            points.active[other],
+            forget_y[other],
+            rival[other],
+            C_m[other],
+            d_m[other],
+        )
         bound[other] = (
-            _own_bounds(
-                head,
-                box,
-                points.active[other],
-                forget_y[other],
-                rival[other],
-                C_m[other],
-                d_m[other],
-            )
-            + FLOAT32_SLACK * (1.0 + np.abs(declared[other]).max(axis=1))
-            + f32[other]
+            own + FLOAT32_SLACK * (1.0 + np.abs(declared[other]).max(axis=1)) + f32[other]
         )
     patches = PatchSet(
         gate=gate,
@@ -251,9 +234,11 @@ def run_calibrated(
         "calibration_scales": list(targets.scales),
         "target_margin_mean": float(sol.target_margin.mean()),
         "certified_upper_gap_max": float((sol.certified_upper - sol.target_margin).max()),
+        "tolerance": tolerance,
+        "flattened_mean": float(sol.alpha.mean()),
         "output_gap_max": float(np.abs(z - declared).max()),
     }
-    duals = calibrated_duals(head, box, points.active[rep], sol.C, sol.d, claims)
+    duals = np.ascontiguousarray(lam[ok], dtype=np.float32).reshape(len(claims), head.n_hidden)
     return CalibratedOutcome(
         gate=gate,
         duals=duals,

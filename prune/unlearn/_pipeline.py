@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from prune.calibrate import PreparedReferences
+from prune.calibrate import DEFAULT_TOLERANCE, PreparedReferences
 from prune.claims import CalibratedClaim, Claim
 from prune.errors import DataError, PatchError
 from prune.export import OUTPUT, export_patched
@@ -145,6 +145,7 @@ def unlearn(
     threads: int | None = None,
     prepared: PreparedReferences | None = None,
     calibration: str = "temperature",
+    calibrated_tolerance: float = DEFAULT_TOLERANCE,
     clock: Callable[[], float] = time.perf_counter,
 ) -> UnlearnResult:
     """Patch ``model`` (ONNX bytes) so that it forgets the requested training samples.
@@ -154,7 +155,9 @@ def unlearn(
     ``target_policy`` defaults to :func:`prune.targets.default_policy` (``calibrated`` when
     ``prepared`` is given, else ``runner-up``).
     ``target_policy="calibrated"`` takes its targets from ``prepared`` (``prune prepare``,
-    mapped with ``calibration``) or, without it, from the held-out ``x_test``/``y_test``.
+    mapped with ``calibration``) or, without it, from the held-out ``x_test``/``y_test``;
+    ``calibrated_tolerance`` is how far (logits) the true-class margin may rise above the
+    target's anywhere in a patched region (:func:`prune.calibrate.calibrated_patches`).
     A ``forget_class`` is honoured as ``class_mode`` says (:data:`CLASS_MODES`); ``class_margin``
     is the suppression's logit gap."""
     with _torch_threads(threads):
@@ -244,6 +247,7 @@ def unlearn(
                 gate=gate,
                 n=n,
                 threads=threads,
+                tolerance=calibrated_tolerance,
             )
             patched, ok, claims, gate = out.patched, out.ok, out.claims, out.gate
             n_patches, d_abs, resolved, rounds = out.patches, np.abs(out.d), 0, 1
@@ -307,6 +311,7 @@ def unlearn(
                 "source": extra["calibrated"]["target_source"],
                 "calibration": extra["calibrated"]["calibration"],
                 "folds": None if prepared is None else prepared.folds,
+                "tolerance": calibrated_tolerance,
             }
             if prepared is not None:
                 extra["calibrated"]["prepare_seconds"] = prepared.seconds

@@ -46,6 +46,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[DigitsWork, Unlearn
         x_test=work.x_test,
         y_test=work.y_test,
         target_policy="calibrated",
+        calibrated_tolerance=0.0,  # flat margins: the constant-patch lie below must fail
     )
     keys = tmp_path_factory.mktemp("keys")
     generate_keys(keys)
@@ -112,8 +113,8 @@ def test_calibrated_output_lie_fails(
 def test_calibrated_bound_understated_fails(
     setup: tuple[DigitsWork, UnlearnResult, Path], tmp_path: Path
 ) -> None:
-    def lie(c: CalibratedClaim) -> CalibratedClaim:
-        return dataclasses.replace(c, upper_margin=c.upper_margin - 0.5)
+    def lie(c: CalibratedClaim) -> CalibratedClaim:  # below the margin at the sample itself
+        return dataclasses.replace(c, upper_margin=c.output[c.label] - c.output[c.rival] - 0.5)
 
     report = _verify(_proof(setup, tmp_path / "P", _claims(setup[1], lie)))
     outcome = report.outcome("replay.calibrated")
@@ -218,7 +219,8 @@ def test_malformed_calibrated_records_are_rejected(change: dict[str, object], me
 
 @pytest.fixture(scope="module")
 def routed(setup: tuple[DigitsWork, UnlearnResult, Path]) -> UnlearnResult:
-    """The same request with the routed gate: affine patches gathered per input."""
+    """The same request with the routed gate (affine patches gathered per input) and the
+    default tolerance (partly flattened margins)."""
     work = setup[0]
     return unlearn(
         work.raw,
@@ -246,12 +248,13 @@ def test_routed_calibrated_proof_verifies_every_region(
     assert report.outcome("replay.calibrated").status == "pass"
 
 
-def test_routed_calibrated_patch_not_flat_fails(
+def test_routed_calibrated_patch_steeper_than_claimed_fails(
     setup: tuple[DigitsWork, UnlearnResult, Path], routed: UnlearnResult, tmp_path: Path
 ) -> None:
-    """A routed model whose affine patches flatten only half of the margin's gradient, with
-    ``d`` moved so that every forget sample still outputs its declared logits: the samples
-    replay honestly, the region bound does not hold, and both region checks say so."""
+    """A routed model whose affine patches steepen the margin by half its gradient instead
+    of flattening it, with ``d`` moved so that every forget sample still outputs its declared
+    logits: the samples replay honestly, the region bound does not hold, and both region
+    checks say so."""
     work = setup[0]
     imported = load_model(work.raw)
     box = declare_box(imported, work.x_train)
@@ -265,7 +268,7 @@ def test_routed_calibrated_patch_not_flat_fails(
     C = np.zeros((len(rows), x.shape[1], target.shape[1]))
     for u, i in enumerate(rows):
         grad = _margin_gradient(imported.head, x[i], claims[i].label, claims[i].rival)
-        C[u, :, claims[i].label] = -0.5 * grad
+        C[u, :, claims[i].label] = 0.5 * grad
     d = target - logits - np.einsum("ui,uio->uo", x[rows], C)
     patches = PatchSet(
         gate="routed",

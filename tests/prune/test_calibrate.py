@@ -12,7 +12,9 @@ from click.testing import CliRunner
 
 from prune.baselines import TrainRecipe
 from prune.calibrate import (
+    DEFAULT_TOLERANCE,
     PreparedReferences,
+    calibrated_patches,
     class_conditional_targets,
     cross_fitted_targets,
     load_prepared,
@@ -28,6 +30,7 @@ from prune.gates import ROUTED_FROM
 from prune.model import OrtRunner, load_model
 from prune.train import TrainConfig
 from prune.unlearn import unlearn
+from prune.unlearn._points import declare_box
 from tests.prune._engine_models import DigitsWork, digits_work
 
 FORGET = np.array([3, 7, 12, 40, 41, 99, 250, 600], dtype=np.int64)
@@ -130,6 +133,7 @@ def test_calibrated_unlearn_matches_targets_with_a_flat_certified_margin(
         y_test=work.y_test,
         target_policy="calibrated",
         prepared=prepared,
+        calibrated_tolerance=0.0,
     )
     assert result.complete and len(result.claims) == len(FORGET)
     logits = OrtRunner(result.patched_model, outputs=[OUTPUT]).run(result.forget_x)[0]
@@ -260,6 +264,7 @@ def test_prepare_and_calibrated_unlearn_cli(work: DigitsWork, tmp_path: Path) ->
         "source": "cross-fitted",
         "calibration": "temperature",
         "folds": 2,
+        "tolerance": DEFAULT_TOLERANCE,
     }
     # --prepared with another policy, and a folder prepared elsewhere, are usage errors
     res = runner.invoke(
@@ -341,3 +346,39 @@ def test_auto_gate_routes_calibrated_patches_from_the_threshold(work: DigitsWork
     assert few.method["gate"] == "activation"
     assert lots.summary["patches"] >= ROUTED_FROM and lots.method["gate"] == "routed"
     assert lots.complete and lots.summary["certified"] == len(many)
+
+
+@pytest.mark.parametrize("tolerance", [0.5, 3.0, 1e6])
+def test_calibrated_tolerance_bounds_the_rise_over_the_target_margin(
+    work: DigitsWork, tolerance: float
+) -> None:
+    """With a tolerance the patch cancels only part of the margin's slope: the output at the
+    sample is still the target, the stated bound is at most ``target margin + tolerance`` plus
+    the float32 slack, and the bound holds at points of the region. A huge tolerance leaves the
+    slope alone (a constant patch, ``C = 0``)."""
+    imported = load_model(work.raw)
+    head = imported.head
+    box = declare_box(imported, work.x_train)
+    x = work.x_train[FORGET].reshape(len(FORGET), -1).astype(np.float64)
+    logits, z = head.forward(x)
+    labels = work.y_train[FORGET].astype(np.int64)
+    targets = logits.copy()
+    targets[np.arange(len(x)), labels] -= 2.0  # a less confident out-model
+    slack = np.full(len(x), 1e-3)
+    sol = calibrated_patches(head, box, x, z >= 0, labels, targets, slack, tolerance=tolerance)
+    rows = np.arange(len(x))
+    out = logits + np.einsum("bi,bio->bo", x, sol.C) + sol.d
+    np.testing.assert_allclose(out, targets, atol=1e-3)
+    assert (sol.bound <= sol.target_margin + tolerance + slack + 1e-5).all()  # float32 C, lam
+    assert (sol.certified_upper >= sol.target_margin - 1e-9).all()
+    if tolerance > 1e5:
+        assert (sol.alpha == 0).all() and not sol.C.any()
+    rng = np.random.default_rng(0)
+    for i in rows:
+        pts = np.clip(x[i] + rng.normal(scale=0.05, size=(200, x.shape[1])), box.low, box.high)
+        f, zp = head.forward(pts)
+        inside = (np.asarray(zp >= 0) == (z[i] >= 0)).all(axis=1)
+        margin = (f + pts @ sol.C[i] + sol.d[i]) @ (
+            np.eye(head.classes)[labels[i]] - np.eye(head.classes)[sol.rival[i]]
+        )
+        assert (margin[inside] <= sol.certified_upper[i] + 1e-9).all()
