@@ -17,7 +17,7 @@ from typing import Any
 import click
 import numpy as np
 
-from prune.calibrate import DEFAULT_TOLERANCE
+from prune.calibrate import CALIBRATIONS, DEFAULT_TOLERANCE
 from prune.cli._common import SEED, check_output_folder, finite_range, show_progress
 from prune.data import load_npz
 from prune.errors import DataError, PruneError
@@ -195,10 +195,11 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
 )
 @click.option(
     "--calibration",
-    type=click.Choice(["temperature", "none"]),
+    type=click.Choice(list(CALIBRATIONS)),
     default="temperature",
     show_default=True,
-    help="Map of the prepared models' logits onto the original's scale.",
+    help="Map of the prepared models' logits onto the scale of a model trained on all the "
+    "data (temperature), on the retained data (retained, extrapolated), or none.",
 )
 @click.option(
     "--calibrated-tolerance",

@@ -89,6 +89,7 @@ def calibrated_targets(
             request.indices,
             points.logits,
             calibration=calibration,  # type: ignore[arg-type]  # checked by cross_fitted_targets
+            retained=1.0 - len(request.indices) / len(y_train),
         )
     if x_test is None or y_test is None:
         raise PatchError(

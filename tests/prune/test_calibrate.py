@@ -103,6 +103,29 @@ def test_cross_fitted_targets_keep_out_model_distribution(prepared: PreparedRefe
     assert scaled.source == "cross-fitted"
 
 
+def test_retained_calibration_interpolates_the_scale_in_the_training_fraction(
+    prepared: PreparedReferences,
+) -> None:
+    """``retained``: all data kept = the original's scale (``temperature``); the fold models'
+    own fraction = their own scale (``none``); less data = further from the original's scale,
+    in the same direction as the fold models are; out of range is refused."""
+    rows, original = FORGET, np.zeros((len(FORGET), 10))
+    temperature = cross_fitted_targets(prepared, rows, original, calibration="temperature")
+    full = cross_fitted_targets(prepared, rows, original, calibration="retained", retained=1.0)
+    np.testing.assert_allclose(full.logits, temperature.logits)
+    fold = (prepared.folds - 1) / prepared.folds
+    own = cross_fitted_targets(prepared, rows, original, calibration="retained", retained=fold)
+    np.testing.assert_allclose(own.scales, 1.0)
+    np.testing.assert_allclose(
+        own.logits, cross_fitted_targets(prepared, rows, original, calibration="none").logits
+    )
+    half = cross_fitted_targets(prepared, rows, original, calibration="retained", retained=0.3)
+    a, h = np.log(temperature.scales), np.log(half.scales)
+    assert (np.sign(h) == -np.sign(a)).all() and (np.abs(h) > 0).all()
+    with pytest.raises(DataError, match="retained fraction"):
+        cross_fitted_targets(prepared, rows, original, calibration="retained", retained=0.0)
+
+
 def test_class_conditional_targets_match_held_out_quantiles() -> None:
     rng = np.random.default_rng(0)
     member = rng.normal(size=(400, 3))
