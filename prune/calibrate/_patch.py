@@ -78,12 +78,13 @@ def calibrated_patches(
     targets: NDArray[np.float64],
     slack: NDArray[np.float64],
     *,
-    tolerance: float = DEFAULT_TOLERANCE,
+    tolerance: float | NDArray[np.float64] = DEFAULT_TOLERANCE,
     batch_size: int = 128,
     solver: LagrangianSolver | None = None,
 ) -> CalibratedPatches:
     """One patch per row: cut value ``x [P,d]``, its pattern ``active [P,H]``, label, target
-    logits ``[P,O]`` and the slack ``[P]`` added to the stated bound.
+    logits ``[P,O]`` and the slack ``[P]`` added to the stated bound; ``tolerance`` is one
+    value or one per row (``inf``: a constant patch).
 
     With ``g`` the region's margin gradient and ``E >= max_S (f_y - f_r) - (f_y - f_r)(x0)``
     (weak duality, multipliers ``lam``), the patch cancels the fraction
@@ -93,10 +94,11 @@ def calibrated_patches(
     (the dual bound is homogeneous). Rows of another class keep ``1 - alpha`` of their original
     (negative) margin slope instead of all getting the sample's margin. Raises if a bound is
     not finite (degenerate region)."""
-    if not tolerance >= 0:
+    n, n_out = len(x), head.classes
+    tol = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), (n,))
+    if not (tol >= 0).all():
         raise PatchError(f"the calibrated tolerance must be >= 0, got {tolerance}")
     solver = solver or LagrangianSolver()
-    n, n_out = len(x), head.classes
     rival = rivals(targets, labels)
     C = np.zeros((n, head.input_dim, n_out))
     d = np.zeros((n, n_out))
@@ -116,7 +118,10 @@ def calibrated_patches(
         lam = solver.multipliers(regions, w, init=init).clamp_min(0.0)
         reach = dual_bound(regions, w, lam)[:, 0].numpy() + c0
         excess = reach - (logits[sl][rows, y] - logits[sl][rows, r])
-        a_b = np.where(excess > tolerance, 1.0 - tolerance / np.maximum(excess, 1e-300), 0.0)
+        t_b = tol[sl]
+        a_b = np.where(
+            excess > t_b, 1.0 - np.minimum(t_b, excess) / np.maximum(excess, 1e-300), 0.0
+        )
         c_b = np.zeros((len(rows), head.input_dim, n_out))
         c_b[rows, :, y] = -a_b[:, None] * grad
         c_b = c_b.astype(np.float32).astype(np.float64)

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from prune.calibrate import (
     DEFAULT_TOLERANCE,
+    CalibratedPatches,
     CalibratedTargets,
     PreparedReferences,
     calibrated_patches,
@@ -133,6 +134,89 @@ def _own_bounds(
     return np.asarray(bound), np.asarray(lam[:, 0].numpy())
 
 
+_GUARD_STEPS = (4.0, np.inf)
+"""Tolerances tried, as multiples of the requested one, for a patch whose region holds retained
+training rows it would move to another class (``inf``: a constant patch)."""
+
+
+def _moved(
+    head: PLHead,
+    sol: CalibratedPatches,
+    rows: NDArray[np.int64],
+    x: NDArray[np.float64],
+    patch: NDArray[np.int64],
+    pred: NDArray[np.int64],
+) -> NDArray[np.int64]:
+    """Per row of ``sol`` listed in ``rows``: how many retained points of its region (cut values
+    ``x``, region ``patch``, original prediction ``pred``) the patch moves to another class."""
+    at = np.searchsorted(rows, patch)
+    mine = (at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == patch)
+    count = np.zeros(len(rows), dtype=np.int64)
+    if not mine.any():
+        return count
+    u = at[mine]
+    logits, _ = head.forward(x[mine])
+    patched = logits + np.einsum("ni,nio->no", x[mine], sol.C[u]) + sol.d[u]
+    np.add.at(count, u, patched.argmax(axis=1) != pred[mine])
+    return count
+
+
+def _guarded_patches(
+    head: PLHead,
+    box: InputBox,
+    points: ForgetPoints,
+    rep: NDArray[np.int64],
+    labels: NDArray[np.int64],
+    targets: NDArray[np.float64],
+    slack: NDArray[np.float64],
+    *,
+    tolerance: float,
+    retained: NDArray[np.float64] | None,
+) -> CalibratedPatches:
+    """:func:`calibrated_patches` with the requested tolerance, then, for each patch whose
+    region holds retained training rows that it moves to another class than the original
+    predicts, the smallest larger tolerance of :data:`_GUARD_STEPS` that moves fewest of them.
+    The owner's own data decides (no test data); each patch's stated bound is its own.
+    Tolerance 0 (flat margins requested) is never relaxed."""
+    x, active = points.x[rep], points.active[rep]
+    sol = calibrated_patches(head, box, x, active, labels, targets, slack, tolerance=tolerance)
+    if retained is None or len(retained) == 0 or tolerance == 0:
+        return sol  # tolerance 0 asks for flat margins everywhere: nothing to relax
+    logits, z = head.forward(retained)
+    index = {k: i for i, k in enumerate(pattern_keys(active))}
+    patch = np.array([index.get(k, -1) for k in pattern_keys(z >= 0)], dtype=np.int64)
+    inside = patch >= 0
+    rx, rp, pred = retained[inside], patch[inside], logits[inside].argmax(axis=1)
+    order = np.argsort(rp, kind="stable")
+    rx, rp, pred = rx[order], rp[order], pred[order]
+    every = np.arange(len(rep), dtype=np.int64)
+    best = _moved(head, sol, every, rx, rp, pred)
+    fields = {f: np.array(getattr(sol, f), copy=True) for f in sol.__dataclass_fields__}
+    for factor in _GUARD_STEPS:
+        rows = np.flatnonzero(best > 0)
+        if len(rows) == 0:
+            break
+        sub = calibrated_patches(
+            head,
+            box,
+            x[rows],
+            active[rows],
+            labels[rows],
+            targets[rows],
+            slack[rows],
+            tolerance=np.inf if np.isinf(factor) else tolerance * factor,
+        )
+        keep = np.isin(rp, rows)
+        moved = _moved(
+            head, sub, np.arange(len(rows)), rx[keep], np.searchsorted(rows, rp[keep]), pred[keep]
+        )
+        better = moved < best[rows]
+        for f in fields:
+            fields[f][rows[better]] = getattr(sub, f)[better]
+        best[rows[better]] = moved[better]
+    return CalibratedPatches(**fields)
+
+
 def run_calibrated(
     imported: ImportedModel,
     points: ForgetPoints,
@@ -147,9 +231,12 @@ def run_calibrated(
     n: float,
     threads: int | None,
     tolerance: float = DEFAULT_TOLERANCE,
+    retained: NDArray[np.float64] | None = None,
 ) -> CalibratedOutcome:
     """Solve, export, re-check; one claim per point that passes the re-check. ``gate`` may be
-    ``auto`` (resolved on the number of distinct regions; the outcome names the gate used)."""
+    ``auto`` (resolved on the number of distinct regions; the outcome names the gate used).
+    ``retained``: cut values of retained training rows, which guard the tolerance
+    (:func:`_guarded_patches`)."""
     head = imported.head
     first: dict[bytes, int] = {}
     region_of = np.empty(len(points), dtype=np.int64)
@@ -164,15 +251,16 @@ def run_calibrated(
     # region.certificate charges (prune.proofs._duals.float32_logit_error)
     f32 = 2.0 * float32_logit_error(head, points.active, box).max(axis=1)
     slack = FLOAT32_SLACK * (1.0 + np.abs(targets.logits[rep]).max(axis=1)) + f32[rep]
-    sol = calibrated_patches(
+    sol = _guarded_patches(
         head,
         box,
-        points.x[rep],
-        points.active[rep],
+        points,
+        rep,
         forget_y[rep],
         targets.logits[rep],
         slack,
         tolerance=tolerance,
+        retained=retained,
     )
     # declared output of every point: (f + p)(x) with its region's patch, in float64
     C_m, d_m = sol.C[region_of], sol.d[region_of]

@@ -105,6 +105,17 @@ class UnlearnResult:
         return not self.failed
 
 
+def _retained_cut(
+    imported: ImportedModel, x_train: NDArray[np.float32], forget: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """Cut values ``[N, d]`` of the training rows kept by the request."""
+    keep = np.ones(len(x_train), dtype=bool)
+    keep[forget] = False
+    x = x_train[keep]
+    cut = x.reshape(len(x), -1) if imported.input_space else imported.cut_values(x)
+    return np.asarray(cut, dtype=np.float64).reshape(len(x), -1)
+
+
 def _check_options(
     solver: str, gate: str, policy: str, strategy: str, margin: float, n: float
 ) -> None:
@@ -248,6 +259,7 @@ def unlearn(
                 n=n,
                 threads=threads,
                 tolerance=calibrated_tolerance,
+                retained=_retained_cut(imported, x_train, request.indices),
             )
             patched, ok, claims, gate = out.patched, out.ok, out.claims, out.gate
             n_patches, d_abs, resolved, rounds = out.patches, np.abs(out.d), 0, 1

@@ -405,3 +405,45 @@ def test_calibrated_tolerance_bounds_the_rise_over_the_target_margin(
             np.eye(head.classes)[labels[i]] - np.eye(head.classes)[sol.rival[i]]
         )
         assert (margin[inside] <= sol.certified_upper[i] + 1e-9).all()
+
+
+def test_guard_raises_the_tolerance_only_where_retained_rows_would_move(work: DigitsWork) -> None:
+    """Patches with a small tolerance move some retained training rows that share a region with a
+    forgotten one to another class; the guard re-solves exactly those patches with a larger
+    tolerance, moves no more rows anywhere and fewer in total, and leaves the other patches
+    as they were."""
+    from prune.unlearn._calibrated import _guarded_patches, _moved
+
+    imported = load_model(work.raw)
+    head = imported.head
+    box = declare_box(imported, work.x_train)
+    forget = np.arange(2 * ROUTED_FROM, dtype=np.int64)
+    x = work.x_train.reshape(len(work.x_train), -1).astype(np.float64)
+    logits, z = head.forward(x[forget])
+    labels = work.y_train[forget].astype(np.int64)
+    keys = np.unique(np.packbits(z >= 0, axis=1), axis=0, return_index=True)[1]
+    rep = np.sort(keys)
+    targets = logits[rep].copy()  # the sample keeps its output: only the slope acts
+    slack = np.full(len(rep), 1e-3)
+    points = type("P", (), {"x": x[forget], "active": z >= 0})()
+    retained = np.delete(x, forget, axis=0)
+    args = (head, box, points, rep, labels[rep], targets, slack)
+    plain = _guarded_patches(*args, tolerance=0.5, retained=None)
+    guarded = _guarded_patches(*args, tolerance=0.5, retained=retained)
+    flat = _guarded_patches(*args, tolerance=0.0, retained=retained)
+    assert (flat.alpha == 1.0).all()  # flat was asked for: never relaxed
+    r_logits, r_z = head.forward(retained)
+    index = {np.packbits(a).tobytes(): i for i, a in enumerate(z[rep] >= 0)}
+    patch = np.array([index.get(np.packbits(a).tobytes(), -1) for a in r_z >= 0])
+    inside = patch >= 0
+    order = np.argsort(patch[inside], kind="stable")
+    rx, rp = retained[inside][order], patch[inside][order]
+    pred = r_logits[inside][order].argmax(axis=1)
+    every = np.arange(len(rep), dtype=np.int64)
+    before = _moved(head, plain, every, rx, rp, pred)
+    after = _moved(head, guarded, every, rx, rp, pred)
+    assert before.sum() > 0, "the tiny model has no retained row that a flat patch moves"
+    assert (after <= before).all() and after.sum() < before.sum()
+    same = before == 0
+    np.testing.assert_array_equal(guarded.C[same], plain.C[same])
+    assert (guarded.alpha[~same] <= plain.alpha[~same]).all()
