@@ -16,7 +16,9 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import numpy as np
@@ -30,12 +32,13 @@ from benchmarks.study.artifacts import (
 from prune.baselines import fit, retain_indices
 from prune.unlearn import unlearn
 
+T = TypeVar("T")
 WORK = Path(__file__).resolve().parent / "runs" / "calibrated"
 
 
-def _timed(fn: object) -> tuple[object, float, float]:
+def _timed(fn: Callable[[], T]) -> tuple[T, float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
-    out = fn()  # type: ignore[operator]
+    out = fn()
     return out, time.process_time() - cpu, time.perf_counter() - wall
 
 
@@ -86,7 +89,7 @@ def main(
     )
     keep = retain_indices(forget, len(orig.y_train))
     _, r_cpu, r_wall = _timed(lambda: fit(orig.recipe, orig.x_train[keep], orig.y_train[keep]))
-    summary = result.summary  # type: ignore[attr-defined]
+    summary = result.summary
     doc = {
         "version": 1,
         "type": "https://prune-audit.dev/bench/calibrated-speed/v1",
@@ -97,7 +100,7 @@ def main(
         "threads": threads,
         "forget": len(forget),
         "patches": int(summary["patches"]),
-        "gate": result.method["gate"],  # type: ignore[attr-defined]
+        "gate": result.method["gate"],
         "certified": int(summary["certified"]),
         "unlearn_cpu_s": round(u_cpu, 3),
         "unlearn_wall_s": round(u_wall, 3),
