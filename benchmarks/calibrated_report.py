@@ -93,6 +93,7 @@ def rows(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "reference_models": doc["mia"]["reference_models"],
             "loadavg_1m": doc["machine"].get("loadavg_1m"),
             "two_version_auc": doc["mia"].get("two_version", {}).get("auc", {}).get("value"),
+            "commit": str(doc["machine"].get("git", {}).get("commit") or "")[:7],
         }
         for attack in ATTACKS:
             m = doc["mia"][attack]
@@ -107,8 +108,8 @@ def markdown(table: list[dict[str, Any]]) -> str:
     head = (
         "| model | setting | seed | method | LiRA AUC [95% CI] | RMIA AUC [95% CI] | rev. TPR@1% "
         "LiRA/RMIA | forget acc | KL forget | test Δ (pts) | 2-version AUC | unlearn s "
-        "(prep s) | retrain s | targets missed |\n"
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "(prep s) | retrain s | targets missed | code |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in table:
@@ -124,7 +125,7 @@ def markdown(table: list[dict[str, Any]]) -> str:
             )
             + f" | {r['lira_rev_tpr']:.3f} / {r['rmia_rev_tpr']:.3f} | {r['forget_acc']:.3f} | "
             f"{r['kl_forget']:.3f} | {r['test_change_points']:+.2f} | {two} | "
-            f"{r['seconds']:.2f}{prep} | {r['retrain_seconds']:.0f} | {missed} |"
+            f"{r['seconds']:.2f}{prep} | {r['retrain_seconds']:.0f} | {missed} | {r['commit']} |"
         )
     return "\n".join(lines)
 

@@ -144,7 +144,7 @@ class ReplayCalibrated(Check[VerifyContext]):
         ev = ctx.evaluate(ctx.openings().x, key="forget")
         params = ctx.patch()
         cut = ev.x[rows].astype(np.float64)
-        classes = params.d.shape[1]
+        columns = params.columns()
         worst, lps, bad = -np.inf, 0, []
         for i, claim in enumerate(claims):
             z_rows, z_off, f_rows, f_off = affine.local_affine(cut[i])
@@ -152,8 +152,8 @@ class ReplayCalibrated(Check[VerifyContext]):
             if u >= params.d.shape[0]:
                 return f"leaf {claim.leaf_index} names patch {u} outside the model", {}
             lin, off = f_rows.copy(), f_off + params.d[u]
-            if params.C is not None:
-                lin = lin + params.C[:, u * classes : (u + 1) * classes].T
+            if columns is not None:
+                lin = lin + columns[:, u, :].T
             c = lin[label[i]] - lin[rival[i]]
             const = float(off[label[i]] - off[rival[i]])
             value = interval_upper_bound(c, const, box)

@@ -351,10 +351,11 @@ def _patterns(
     patch_of: NDArray[np.int64],
     hidden: int,
 ) -> F64:
-    """The stored activation pattern of each claim's patch ``[claims, H]`` (activation gate:
-    ``pos``; dense gate: the pattern of the claimed forget sample, which ``structure.patch``
-    checks against the gate rows)."""
-    if params.gate == "activation":
+    """The stored activation pattern of each claim's patch ``[claims, H]`` (activation and
+    routed gates: ``pos``, for the routed gate its checked packed patterns; dense gate: the
+    pattern of the claimed forget sample, which ``structure.patch`` checks against the gate
+    rows)."""
+    if params.gate in ("activation", "routed"):  # routed: the checked, unpacked patterns
         assert params.pos is not None
         if params.pos.shape[0] != hidden:
             raise CheckUnavailable("patch pos does not match the hidden width of the head")
@@ -378,10 +379,11 @@ def _tail_problem(params: PatchParams, box: tuple[float, float]) -> str | None:
         # of the sum (gamma_{d+2} times its absolute-value pass), plus float64 slack
         low, high = box
         mid, rad, scale = (low + high) / 2.0, (high - low) / 2.0, max(abs(low), abs(high))
-        cols = params.C.reshape(params.C.shape[0], params.patches, params.classes)
+        cols = params.columns()
+        assert cols is not None
         size = np.abs(cols).sum(axis=0)
         exact = np.abs(params.d + mid * cols.sum(axis=0)) + rad * size
-        rounding = gamma(params.C.shape[0] + 2) * (np.abs(params.d) + scale * size)
+        rounding = gamma(cols.shape[0] + 2) * (np.abs(params.d) + scale * size)
         reach = (exact + rounding) * (1.0 + 1e-12)
         over = (reach > params.K[:, None]).any(axis=1)
     if over.any():
@@ -412,11 +414,11 @@ def _check(
     d_row = params.d[patch]
     out_err = e_out[which] + U32 * (f_mag[which] + np.abs(d_row))
     patch_x: F64 | None = None
-    if params.C is not None:
-        c3 = params.C.reshape(params.C.shape[0], params.patches, params.classes)
+    c3 = params.columns()
+    if c3 is not None:
         patch_x = np.einsum("dno,no->nd", c3[:, patch, :], coeffs)
         reach = np.abs(params.d[patch]) + scale * np.abs(c3[:, patch, :]).sum(axis=0)
-        out_err = out_err + gamma(params.C.shape[0] + 2) * reach * (1.0 + U32)
+        out_err = out_err + gamma(c3.shape[0] + 2) * reach * (1.0 + U32)
     bounds = certify_rows(
         head=head,
         coeffs=coeffs,

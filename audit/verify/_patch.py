@@ -56,6 +56,16 @@ class PatchParams:
     def classes(self) -> int:
         return int(self.d.shape[1])
 
+    def columns(self) -> F64 | None:
+        """The linear parts of all patches as ``[d, P, O]`` (``C_u = columns()[:, u, :]``),
+        whichever layout the gate stores (routed: ``[P, d, O]``, gathered per input; otherwise
+        ``[d, P*O]``, patch-major); ``None`` for constant patches."""
+        if self.C is None:
+            return None
+        if self.gate == "routed":
+            return np.asarray(self.C.transpose(1, 0, 2))
+        return np.asarray(self.C.reshape(self.C.shape[0], self.patches, self.classes))
+
     def check_dims(self, *, cut_dim: int, hidden: int, classes: int) -> list[str]:
         """Shape problems against the dimensions the verifier measured on the original model."""
         problems: list[str] = []

@@ -408,8 +408,9 @@ def _lp_min_margin(
     classes = f_rows.shape[0]
     lin = f_rows.copy()
     off = f_off + params.d[u]
-    if params.C is not None:
-        lin = lin + params.C[:, u * classes : (u + 1) * classes].T
+    columns = params.columns()
+    if columns is not None:
+        lin = lin + columns[:, u, :].T
     bounds = [(box[0], box[1])] * len(x0) if box else [(None, None)] * len(x0)
     at_x0 = (lin[t] - lin) @ x0 + (off[t] - off)
     best: tuple[float, F64 | None] = (np.inf, None)

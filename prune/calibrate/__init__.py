@@ -9,7 +9,12 @@ over the sample's linear region."""
 
 from __future__ import annotations
 
-from prune.calibrate._patch import CalibratedPatches, calibrated_patches, rivals
+from prune.calibrate._patch import (
+    DEFAULT_TOLERANCE,
+    CalibratedPatches,
+    calibrated_patches,
+    rivals,
+)
 from prune.calibrate._prepare import (
     PREPARED_TYPE,
     PREPARED_VERSION,
@@ -30,6 +35,7 @@ from prune.calibrate._targets import (
 
 __all__ = [
     "CALIBRATIONS",
+    "DEFAULT_TOLERANCE",
     "PREPARED_TYPE",
     "PREPARED_VERSION",
     "CalibratedPatches",

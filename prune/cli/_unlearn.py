@@ -17,6 +17,7 @@ from typing import Any
 import click
 import numpy as np
 
+from prune.calibrate import CALIBRATIONS, DEFAULT_TOLERANCE
 from prune.cli._common import SEED, check_output_folder, finite_range, show_progress
 from prune.data import load_npz
 from prune.errors import DataError, PruneError
@@ -194,10 +195,20 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
 )
 @click.option(
     "--calibration",
-    type=click.Choice(["temperature", "none"]),
+    type=click.Choice(list(CALIBRATIONS)),
     default="temperature",
     show_default=True,
-    help="Map of the prepared models' logits onto the original's scale.",
+    help="Map of the prepared models' logits onto the scale of a model trained on all the "
+    "data (temperature), on the retained data (retained, extrapolated), or none.",
+)
+@click.option(
+    "--calibrated-tolerance",
+    "calibrated_tolerance",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_TOLERANCE,
+    show_default=True,
+    help="calibrated: how far (logits) the true-class margin may rise above the target's "
+    "anywhere in a patched region (0: flat over the region).",
 )
 @click.option(
     "--strategy", type=click.Choice(list(STRATEGIES)), default="individual", show_default=True
@@ -259,6 +270,7 @@ def unlearn_command(
     target_policy: str | None,
     prepared_path: Path | None,
     calibration: str,
+    calibrated_tolerance: float,
     strategy: str,
     margin: float,
     n: float,
@@ -315,6 +327,7 @@ def unlearn_command(
         threads=threads,
         prepared=prepared,
         calibration=calibration,
+        calibrated_tolerance=calibrated_tolerance,
     )
     if key_path is not None and not result.complete:
         raise PruneError(

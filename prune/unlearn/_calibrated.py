@@ -20,6 +20,8 @@ import torch
 from numpy.typing import NDArray
 
 from prune.calibrate import (
+    DEFAULT_TOLERANCE,
+    CalibratedPatches,
     CalibratedTargets,
     PreparedReferences,
     calibrated_patches,
@@ -30,6 +32,7 @@ from prune.calibrate import (
 from prune.claims import CalibratedClaim
 from prune.errors import PatchError
 from prune.export import OUTPUT, export_patched
+from prune.gates import resolve_gate
 from prune.model import ImportedModel, OrtRunner, PLHead
 from prune.patched import PatchSet, patch_bounds
 from prune.proofs._duals import float32_logit_error
@@ -63,6 +66,7 @@ class CalibratedOutcome:
     targets: CalibratedTargets
     facts: dict[str, Any]
     duals: NDArray[np.float32]
+    gate: str
 
 
 def calibrated_targets(
@@ -91,6 +95,7 @@ def calibrated_targets(
             request.indices,
             points.logits,
             calibration=calibration,  # type: ignore[arg-type]  # checked by cross_fitted_targets
+            retained=1.0 - len(request.indices) / len(y_train),
         )
     if x_test is None or y_test is None:
         raise PatchError(
@@ -118,46 +123,103 @@ def _own_bounds(
     rival: NDArray[np.int64],
     C: NDArray[np.float64],
     d: NDArray[np.float64],
-) -> NDArray[np.float64]:
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
     """Sound upper bounds of ``max_S (e_label - e_rival) . (f + p)`` (weak duality, Lagrangian
-    multipliers) for points whose region's patch flattens another label's margin."""
+    multipliers, as shipped in float32) for points whose region's patch was built for another
+    label, and those multipliers ``[N, H]``."""
     regions = linearize(head, active, box=box, dense=False)
     rows = np.arange(len(labels))
     f1 = regions.F1.numpy() + C.transpose(0, 2, 1)
     f2 = regions.F2.numpy() + d
     w = torch.from_numpy(f1[rows, labels] - f1[rows, rival]).unsqueeze(1)
     const = f2[rows, labels] - f2[rows, rival]
-    lam = _SOLVER.multipliers(regions, w)
-    return np.asarray(dual_bound(regions, w, lam)[:, 0].numpy() + const)
+    lam = _SOLVER.multipliers(regions, w).clamp_min(0.0)
+    lam = lam.to(torch.float32).to(torch.float64)
+    bound = dual_bound(regions, w, lam)[:, 0].numpy() + const
+    return np.asarray(bound), np.asarray(lam[:, 0].numpy())
 
 
-def calibrated_duals(
+_GUARD_STEPS = (4.0, np.inf)
+"""Tolerances tried, as multiples of the requested one, for a patch whose region holds retained
+training rows it would move to another class (``inf``: a constant patch)."""
+
+
+def _moved(
+    head: PLHead,
+    sol: CalibratedPatches,
+    rows: NDArray[np.int64],
+    x: NDArray[np.float64],
+    patch: NDArray[np.int64],
+    pred: NDArray[np.int64],
+) -> NDArray[np.int64]:
+    """Per row of ``sol`` listed in ``rows``: how many retained points of its region (cut values
+    ``x``, region ``patch``, original prediction ``pred``) the patch moves to another class."""
+    at = np.searchsorted(rows, patch)
+    mine = (at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == patch)
+    count = np.zeros(len(rows), dtype=np.int64)
+    if not mine.any():
+        return count
+    u = at[mine]
+    logits, _ = head.forward(x[mine])
+    patched = logits + np.einsum("ni,nio->no", x[mine], sol.C[u]) + sol.d[u]
+    np.add.at(count, u, patched.argmax(axis=1) != pred[mine])
+    return count
+
+
+def _guarded_patches(
     head: PLHead,
     box: InputBox,
-    active: NDArray[np.bool_],
-    C: NDArray[np.float64],
-    d: NDArray[np.float64],
-    claims: tuple[CalibratedClaim, ...],
+    points: ForgetPoints,
+    rep: NDArray[np.int64],
+    labels: NDArray[np.int64],
+    targets: NDArray[np.float64],
+    slack: NDArray[np.float64],
     *,
-    batch_size: int = 32,
-) -> NDArray[np.float32]:
-    """The region certificate rows of ``claims`` (one row each, in order): multipliers ``[H]``
-    for ``max_{S_u} (e_label - e_rival) . (f + p_u)`` (:meth:`LagrangianSolver.multipliers`;
-    near zero for a flattened margin, any ``lam >= 0`` is sound)."""
-    rows: list[NDArray[np.float64]] = []
-    solver = _SOLVER
-    for start in range(0, len(claims), batch_size):
-        chunk = claims[start : start + batch_size]
-        u = np.array([c.patch for c in chunk], dtype=np.int64)
-        y = np.array([c.label for c in chunk], dtype=np.int64)
-        r = np.array([c.rival for c in chunk], dtype=np.int64)
-        regions = linearize(head, active[u], box=box, dense=False)
-        idx = np.arange(len(chunk))
-        f1 = regions.F1.numpy() + C[u].transpose(0, 2, 1)
-        w = torch.from_numpy(f1[idx, y] - f1[idx, r]).unsqueeze(1)
-        lam = solver.multipliers(regions, w).clamp_min(0.0).numpy()
-        rows.extend(lam[:, 0])
-    return np.asarray(rows, dtype=np.float32).reshape(len(claims), head.n_hidden)
+    tolerance: float,
+    retained: NDArray[np.float64] | None,
+) -> CalibratedPatches:
+    """:func:`calibrated_patches` with the requested tolerance, then, for each patch whose
+    region holds retained training rows that it moves to another class than the original
+    predicts, the smallest larger tolerance of :data:`_GUARD_STEPS` that moves fewest of them.
+    The owner's own data decides (no test data); each patch's stated bound is its own.
+    Tolerance 0 (flat margins requested) is never relaxed."""
+    x, active = points.x[rep], points.active[rep]
+    sol = calibrated_patches(head, box, x, active, labels, targets, slack, tolerance=tolerance)
+    if retained is None or len(retained) == 0 or tolerance == 0:
+        return sol  # tolerance 0 asks for flat margins everywhere: nothing to relax
+    logits, z = head.forward(retained)
+    index = {k: i for i, k in enumerate(pattern_keys(active))}
+    patch = np.array([index.get(k, -1) for k in pattern_keys(z >= 0)], dtype=np.int64)
+    inside = patch >= 0
+    rx, rp, pred = retained[inside], patch[inside], logits[inside].argmax(axis=1)
+    order = np.argsort(rp, kind="stable")
+    rx, rp, pred = rx[order], rp[order], pred[order]
+    every = np.arange(len(rep), dtype=np.int64)
+    best = _moved(head, sol, every, rx, rp, pred)
+    fields = {f: np.array(getattr(sol, f), copy=True) for f in sol.__dataclass_fields__}
+    for factor in _GUARD_STEPS:
+        rows = np.flatnonzero(best > 0)
+        if len(rows) == 0:
+            break
+        sub = calibrated_patches(
+            head,
+            box,
+            x[rows],
+            active[rows],
+            labels[rows],
+            targets[rows],
+            slack[rows],
+            tolerance=np.inf if np.isinf(factor) else tolerance * factor,
+        )
+        keep = np.isin(rp, rows)
+        moved = _moved(
+            head, sub, np.arange(len(rows)), rx[keep], np.searchsorted(rows, rp[keep]), pred[keep]
+        )
+        better = moved < best[rows]
+        for f in fields:
+            fields[f][rows[better]] = getattr(sub, f)[better]
+        best[rows[better]] = moved[better]
+    return CalibratedPatches(**fields)
 
 
 def run_calibrated(
@@ -173,8 +235,13 @@ def run_calibrated(
     gate: str,
     n: float,
     threads: int | None,
+    tolerance: float = DEFAULT_TOLERANCE,
+    retained: NDArray[np.float64] | None = None,
 ) -> CalibratedOutcome:
-    """Solve, export, re-check; one claim per point that passes the re-check."""
+    """Solve, export, re-check; one claim per point that passes the re-check. ``gate`` may be
+    ``auto`` (resolved on the number of distinct regions; the outcome names the gate used).
+    ``retained``: cut values of retained training rows, which guard the tolerance
+    (:func:`_guarded_patches`)."""
     head = imported.head
     first: dict[bytes, int] = {}
     region_of = np.empty(len(points), dtype=np.int64)
@@ -184,35 +251,44 @@ def run_calibrated(
         if region_of[m] == len(reps):
             reps.append(m)
     rep = np.asarray(reps, dtype=np.int64)
+    gate = resolve_gate(gate, len(rep))  # one patch per distinct region
     # float32 slack, plus twice the rigorous float32 logit error the verifier's
     # region.certificate charges (prune.proofs._duals.float32_logit_error)
     f32 = 2.0 * float32_logit_error(head, points.active, box).max(axis=1)
     slack = FLOAT32_SLACK * (1.0 + np.abs(targets.logits[rep]).max(axis=1)) + f32[rep]
-    sol = calibrated_patches(
-        head, box, points.x[rep], points.active[rep], forget_y[rep], targets.logits[rep], slack
+    sol = _guarded_patches(
+        head,
+        box,
+        points,
+        rep,
+        forget_y[rep],
+        targets.logits[rep],
+        slack,
+        tolerance=tolerance,
+        retained=retained,
     )
     # declared output of every point: (f + p)(x) with its region's patch, in float64
     C_m, d_m = sol.C[region_of], sol.d[region_of]
     declared = points.logits + np.einsum("mi,mio->mo", points.x, C_m) + d_m
     rival = sol.rival[region_of]
     bound = sol.bound[region_of]
+    lam = sol.lam[region_of]
     other = np.flatnonzero(forget_y != forget_y[rep][region_of])
     if len(other):
         # a point sharing a region with another label: its margin is not the flattened one;
         # state a sound (looser) bound of its own obligation instead
         rival[other] = rivals(declared[other], forget_y[other])
+        own, lam[other] = _own_bounds(
+            head,
+            box,
+            points.active[other],
+            forget_y[other],
+            rival[other],
+            C_m[other],
+            d_m[other],
+        )
         bound[other] = (
-            _own_bounds(
-                head,
-                box,
-                points.active[other],
-                forget_y[other],
-                rival[other],
-                C_m[other],
-                d_m[other],
-            )
-            + FLOAT32_SLACK * (1.0 + np.abs(declared[other]).max(axis=1))
-            + f32[other]
+            own + FLOAT32_SLACK * (1.0 + np.abs(declared[other]).max(axis=1)) + f32[other]
         )
     patches = PatchSet(
         gate=gate,
@@ -252,10 +328,13 @@ def run_calibrated(
         "calibration_scales": list(targets.scales),
         "target_margin_mean": float(sol.target_margin.mean()),
         "certified_upper_gap_max": float((sol.certified_upper - sol.target_margin).max()),
+        "tolerance": tolerance,
+        "flattened_mean": float(sol.alpha.mean()),
         "output_gap_max": float(np.abs(z - declared).max()),
     }
-    duals = calibrated_duals(head, box, points.active[rep], sol.C, sol.d, claims)
+    duals = np.ascontiguousarray(lam[ok], dtype=np.float32).reshape(len(claims), head.n_hidden)
     return CalibratedOutcome(
+        gate=gate,
         duals=duals,
         patched=patched,
         claims=claims,

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from prune.calibrate import PreparedReferences
+from prune.calibrate import DEFAULT_TOLERANCE, PreparedReferences
 from prune.claims import CalibratedClaim, Claim
 from prune.errors import DataError, PatchError
 from prune.export import OUTPUT, export_patched
@@ -107,6 +107,17 @@ class UnlearnResult:
         return not self.failed
 
 
+def _retained_cut(
+    imported: ImportedModel, x_train: NDArray[np.float32], forget: NDArray[np.int64]
+) -> NDArray[np.float64]:
+    """Cut values ``[N, d]`` of the training rows kept by the request."""
+    keep = np.ones(len(x_train), dtype=bool)
+    keep[forget] = False
+    x = x_train[keep]
+    cut = x.reshape(len(x), -1) if imported.input_space else imported.cut_values(x)
+    return np.asarray(cut, dtype=np.float64).reshape(len(x), -1)
+
+
 def _check_options(
     solver: str, gate: str, policy: str, strategy: str, margin: float, n: float
 ) -> None:
@@ -147,6 +158,7 @@ def unlearn(
     threads: int | None = None,
     prepared: PreparedReferences | None = None,
     calibration: str = "temperature",
+    calibrated_tolerance: float = DEFAULT_TOLERANCE,
     clock: Callable[[], float] = time.perf_counter,
 ) -> UnlearnResult:
     """Patch ``model`` (ONNX bytes) so that it forgets the requested training samples.
@@ -156,7 +168,9 @@ def unlearn(
     ``target_policy`` defaults to :func:`prune.targets.default_policy` (``calibrated`` when
     ``prepared`` is given, else ``runner-up``).
     ``target_policy="calibrated"`` takes its targets from ``prepared`` (``prune prepare``,
-    mapped with ``calibration``) or, without it, from the held-out ``x_test``/``y_test``.
+    mapped with ``calibration``) or, without it, from the held-out ``x_test``/``y_test``;
+    ``calibrated_tolerance`` is how far (logits) the true-class margin may rise above the
+    target's anywhere in a patched region (:func:`prune.calibrate.calibrated_patches`).
     A ``forget_class`` is honoured as ``class_mode`` says (:data:`CLASS_MODES`); ``class_margin``
     is the suppression's logit gap."""
     with _torch_threads(threads):
@@ -233,14 +247,6 @@ def unlearn(
                 y_test=y_test,
                 threads=threads,
             )
-            # calibrated patches are affine (one C column per patch): the verifier's routed-gate
-            # rebuild takes constant patches, so "auto" means the activation gate here
-            gate = "activation" if gate == "auto" else gate
-            if gate == "routed":
-                raise PatchError(
-                    "--target-policy calibrated needs --gate activation or dense (its patches "
-                    "are affine; the routed gate carries constant patches)"
-                )
             t_export = clock()
             out = run_calibrated(
                 imported,
@@ -254,8 +260,10 @@ def unlearn(
                 gate=gate,
                 n=n,
                 threads=threads,
+                tolerance=calibrated_tolerance,
+                retained=_retained_cut(imported, x_train, request.indices),
             )
-            patched, ok, claims = out.patched, out.ok, out.claims
+            patched, ok, claims, gate = out.patched, out.ok, out.claims, out.gate
             n_patches, d_abs, resolved, rounds = out.patches, np.abs(out.d), 0, 1
             certified_min: float | None = None
             extra = {"calibrated": out.facts}
@@ -319,6 +327,7 @@ def unlearn(
                 "source": extra["calibrated"]["target_source"],
                 "calibration": extra["calibrated"]["calibration"],
                 "folds": None if prepared is None else prepared.folds,
+                "tolerance": calibrated_tolerance,
             }
             if prepared is not None:
                 extra["calibrated"]["prepare_seconds"] = prepared.seconds

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from audit.verify import (
     MembershipPolicy,
@@ -23,7 +24,7 @@ from prune.claims import CalibratedClaim
 from prune.export import export_patched
 from prune.formats import CalibratedClaimRecord, MalformedError
 from prune.formats import parse_claim as _claim
-from prune.model import load_model
+from prune.model import PLHead, load_model
 from prune.patched import PatchSet, patch_bounds
 from prune.proofs import generate_keys, write_signed_proof
 from prune.unlearn import UnlearnResult, unlearn
@@ -45,6 +46,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[DigitsWork, Unlearn
         x_test=work.x_test,
         y_test=work.y_test,
         target_policy="calibrated",
+        calibrated_tolerance=0.0,  # flat margins: the constant-patch lie below must fail
     )
     keys = tmp_path_factory.mktemp("keys")
     generate_keys(keys)
@@ -111,8 +113,8 @@ def test_calibrated_output_lie_fails(
 def test_calibrated_bound_understated_fails(
     setup: tuple[DigitsWork, UnlearnResult, Path], tmp_path: Path
 ) -> None:
-    def lie(c: CalibratedClaim) -> CalibratedClaim:
-        return dataclasses.replace(c, upper_margin=c.upper_margin - 0.5)
+    def lie(c: CalibratedClaim) -> CalibratedClaim:  # below the margin at the sample itself
+        return dataclasses.replace(c, upper_margin=c.output[c.label] - c.output[c.rival] - 0.5)
 
     report = _verify(_proof(setup, tmp_path / "P", _claims(setup[1], lie)))
     outcome = report.outcome("replay.calibrated")
@@ -213,3 +215,89 @@ def test_malformed_calibrated_records_are_rejected(change: dict[str, object], me
     doc = {**_record(), **change}
     with pytest.raises(MalformedError, match=message):
         _claim(doc, "claims[0]")
+
+
+@pytest.fixture(scope="module")
+def routed(setup: tuple[DigitsWork, UnlearnResult, Path]) -> UnlearnResult:
+    """The same request with the routed gate (affine patches gathered per input) and the
+    default tolerance (partly flattened margins)."""
+    work = setup[0]
+    return unlearn(
+        work.raw,
+        work.x_train,
+        work.y_train,
+        forget_indices=FORGET,
+        x_test=work.x_test,
+        y_test=work.y_test,
+        target_policy="calibrated",
+        gate="routed",
+    )
+
+
+def test_routed_calibrated_proof_verifies_every_region(
+    setup: tuple[DigitsWork, UnlearnResult, Path], routed: UnlearnResult, tmp_path: Path
+) -> None:
+    assert routed.method["gate"] == "routed"
+    report = _verify(_proof(setup, tmp_path / "P", routed))
+    assert report.verdict == "verified", [
+        (o.name, o.detail) for o in report.outcomes if o.status == "fail"
+    ]
+    assert report.outcome("structure.patch").status == "pass"
+    certificate = report.outcome("region.certificate")
+    assert certificate.status == "pass" and certificate.evidence["claims"] == len(FORGET)
+    assert report.outcome("replay.calibrated").status == "pass"
+
+
+def test_routed_calibrated_patch_steeper_than_claimed_fails(
+    setup: tuple[DigitsWork, UnlearnResult, Path], routed: UnlearnResult, tmp_path: Path
+) -> None:
+    """A routed model whose affine patches steepen the margin by half its gradient instead
+    of flattening it, with ``d`` moved so that every forget sample still outputs its declared
+    logits: the samples replay honestly, the region bound does not hold, and both region
+    checks say so."""
+    work = setup[0]
+    imported = load_model(work.raw)
+    box = declare_box(imported, work.x_train)
+    claims = [c for c in routed.claims if isinstance(c, CalibratedClaim)]
+    x = routed.forget_x.reshape(len(FORGET), -1).astype(np.float64)
+    _, z = imported.head.forward(x)
+    first = {c.patch: i for i, c in reversed(list(enumerate(claims)))}
+    rows = np.array([first[u] for u in range(len(first))])
+    target = np.array([claims[i].output for i in rows])
+    logits, _ = imported.head.forward(x[rows])
+    C = np.zeros((len(rows), x.shape[1], target.shape[1]))
+    for u, i in enumerate(rows):
+        grad = _margin_gradient(imported.head, x[i], claims[i].label, claims[i].rival)
+        C[u, :, claims[i].label] = 0.5 * grad
+    d = target - logits - np.einsum("ui,uio->uo", x[rows], C)
+    patches = PatchSet(
+        gate="routed",
+        n=float(routed.method["n"]),
+        active=z[rows] >= 0,
+        d=d,
+        C=C,
+        K=patch_bounds(C, d, box),
+        targets=np.array([claims[i].rival for i in rows]),
+    )
+    lied = dataclasses.replace(routed, patched_model=export_patched(imported, patches, box))
+    report = _verify(_proof(setup, tmp_path / "P", lied))
+    assert report.outcome("structure.patch").status == "pass"  # the canonical routed form
+    certificate = report.outcome("region.certificate")
+    assert certificate.status == "fail" and "not proved over their region" in certificate.detail
+    replay = report.outcome("replay.calibrated")
+    assert replay.status == "fail" and "region claims do not hold" in replay.detail
+    assert "declared logits" not in replay.detail  # the samples themselves are honest
+
+
+def _margin_gradient(
+    head: PLHead, x: NDArray[np.float64], label: int, rival: int
+) -> NDArray[np.float64]:
+    """Gradient of ``f_label - f_rival`` on the linear region of ``x`` (the head's layers
+    composed with the pattern of ``x``)."""
+    jac, value = np.eye(len(x)), x.copy()
+    for i, layer in enumerate(head.layers):
+        jac, value = layer.weight @ jac, layer.weight @ value + layer.bias
+        if i < len(head.layers) - 1:
+            mask = (value >= 0).astype(np.float64)
+            jac, value = jac * mask[:, None], value * mask
+    return np.asarray(jac[label] - jac[rival])

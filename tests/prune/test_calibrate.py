@@ -12,7 +12,9 @@ from click.testing import CliRunner
 
 from prune.baselines import TrainRecipe
 from prune.calibrate import (
+    DEFAULT_TOLERANCE,
     PreparedReferences,
+    calibrated_patches,
     class_conditional_targets,
     cross_fitted_targets,
     load_prepared,
@@ -24,9 +26,11 @@ from prune.claims import CalibratedClaim
 from prune.cli import cli
 from prune.errors import DataError, PatchError, PruneError
 from prune.export import OUTPUT
+from prune.gates import ROUTED_FROM
 from prune.model import OrtRunner, load_model
 from prune.train import TrainConfig
 from prune.unlearn import unlearn
+from prune.unlearn._points import declare_box
 from tests.prune._engine_models import DigitsWork, digits_work
 
 FORGET = np.array([3, 7, 12, 40, 41, 99, 250, 600], dtype=np.int64)
@@ -99,6 +103,29 @@ def test_cross_fitted_targets_keep_out_model_distribution(prepared: PreparedRefe
     assert scaled.source == "cross-fitted"
 
 
+def test_retained_calibration_interpolates_the_scale_in_the_training_fraction(
+    prepared: PreparedReferences,
+) -> None:
+    """``retained``: all data kept = the original's scale (``temperature``); the fold models'
+    own fraction = their own scale (``none``); less data = further from the original's scale,
+    in the same direction as the fold models are; out of range is refused."""
+    rows, original = FORGET, np.zeros((len(FORGET), 10))
+    temperature = cross_fitted_targets(prepared, rows, original, calibration="temperature")
+    full = cross_fitted_targets(prepared, rows, original, calibration="retained", retained=1.0)
+    np.testing.assert_allclose(full.logits, temperature.logits)
+    fold = (prepared.folds - 1) / prepared.folds
+    own = cross_fitted_targets(prepared, rows, original, calibration="retained", retained=fold)
+    np.testing.assert_allclose(own.scales, 1.0)
+    np.testing.assert_allclose(
+        own.logits, cross_fitted_targets(prepared, rows, original, calibration="none").logits
+    )
+    half = cross_fitted_targets(prepared, rows, original, calibration="retained", retained=0.3)
+    a, h = np.log(temperature.scales), np.log(half.scales)
+    assert (np.sign(h) == -np.sign(a)).all() and (np.abs(h) > 0).all()
+    with pytest.raises(DataError, match="retained fraction"):
+        cross_fitted_targets(prepared, rows, original, calibration="retained", retained=0.0)
+
+
 def test_class_conditional_targets_match_held_out_quantiles() -> None:
     rng = np.random.default_rng(0)
     member = rng.normal(size=(400, 3))
@@ -129,6 +156,7 @@ def test_calibrated_unlearn_matches_targets_with_a_flat_certified_margin(
         y_test=work.y_test,
         target_policy="calibrated",
         prepared=prepared,
+        calibrated_tolerance=0.0,
     )
     assert result.complete and len(result.claims) == len(FORGET)
     logits = OrtRunner(result.patched_model, outputs=[OUTPUT]).run(result.forget_x)[0]
@@ -259,6 +287,7 @@ def test_prepare_and_calibrated_unlearn_cli(work: DigitsWork, tmp_path: Path) ->
         "source": "cross-fitted",
         "calibration": "temperature",
         "folds": 2,
+        "tolerance": DEFAULT_TOLERANCE,
     }
     # --prepared with another policy, and a folder prepared elsewhere, are usage errors
     res = runner.invoke(
@@ -318,3 +347,103 @@ def test_points_sharing_a_region_with_another_label_get_a_sound_bound(work: Digi
         assert isinstance(claim, CalibratedClaim)
         row = logits[claim.leaf_index]
         assert row[claim.label] - row[claim.rival] <= claim.upper_margin
+
+
+def test_auto_gate_routes_calibrated_patches_from_the_threshold(work: DigitsWork) -> None:
+    """``--gate auto`` resolves on the number of calibrated patches (distinct regions), as for
+    the other policies: routed from ``ROUTED_FROM`` on, activation below."""
+    many = np.arange(2 * ROUTED_FROM, dtype=np.int64)
+    results = {
+        len(idx): unlearn(
+            work.raw,
+            work.x_train,
+            work.y_train,
+            forget_indices=idx,
+            x_test=work.x_test,
+            y_test=work.y_test,
+            target_policy="calibrated",
+        )
+        for idx in (FORGET, many)
+    }
+    few, lots = results[len(FORGET)], results[len(many)]
+    assert few.method["gate"] == "activation"
+    assert lots.summary["patches"] >= ROUTED_FROM and lots.method["gate"] == "routed"
+    assert lots.complete and lots.summary["certified"] == len(many)
+
+
+@pytest.mark.parametrize("tolerance", [0.5, 3.0, 1e6])
+def test_calibrated_tolerance_bounds_the_rise_over_the_target_margin(
+    work: DigitsWork, tolerance: float
+) -> None:
+    """With a tolerance the patch cancels only part of the margin's slope: the output at the
+    sample is still the target, the stated bound is at most ``target margin + tolerance`` plus
+    the float32 slack, and the bound holds at points of the region. A huge tolerance leaves the
+    slope alone (a constant patch, ``C = 0``)."""
+    imported = load_model(work.raw)
+    head = imported.head
+    box = declare_box(imported, work.x_train)
+    x = work.x_train[FORGET].reshape(len(FORGET), -1).astype(np.float64)
+    logits, z = head.forward(x)
+    labels = work.y_train[FORGET].astype(np.int64)
+    targets = logits.copy()
+    targets[np.arange(len(x)), labels] -= 2.0  # a less confident out-model
+    slack = np.full(len(x), 1e-3)
+    sol = calibrated_patches(head, box, x, z >= 0, labels, targets, slack, tolerance=tolerance)
+    rows = np.arange(len(x))
+    out = logits + np.einsum("bi,bio->bo", x, sol.C) + sol.d
+    np.testing.assert_allclose(out, targets, atol=1e-3)
+    assert (sol.bound <= sol.target_margin + tolerance + slack + 1e-5).all()  # float32 C, lam
+    assert (sol.certified_upper >= sol.target_margin - 1e-9).all()
+    if tolerance > 1e5:
+        assert (sol.alpha == 0).all() and not sol.C.any()
+    rng = np.random.default_rng(0)
+    for i in rows:
+        pts = np.clip(x[i] + rng.normal(scale=0.05, size=(200, x.shape[1])), box.low, box.high)
+        f, zp = head.forward(pts)
+        inside = (np.asarray(zp >= 0) == (z[i] >= 0)).all(axis=1)
+        margin = (f + pts @ sol.C[i] + sol.d[i]) @ (
+            np.eye(head.classes)[labels[i]] - np.eye(head.classes)[sol.rival[i]]
+        )
+        assert (margin[inside] <= sol.certified_upper[i] + 1e-9).all()
+
+
+def test_guard_raises_the_tolerance_only_where_retained_rows_would_move(work: DigitsWork) -> None:
+    """Patches with a small tolerance move some retained training rows that share a region with a
+    forgotten one to another class; the guard re-solves exactly those patches with a larger
+    tolerance, moves no more rows anywhere and fewer in total, and leaves the other patches
+    as they were."""
+    from prune.unlearn._calibrated import _guarded_patches, _moved
+
+    imported = load_model(work.raw)
+    head = imported.head
+    box = declare_box(imported, work.x_train)
+    forget = np.arange(2 * ROUTED_FROM, dtype=np.int64)
+    x = work.x_train.reshape(len(work.x_train), -1).astype(np.float64)
+    logits, z = head.forward(x[forget])
+    labels = work.y_train[forget].astype(np.int64)
+    keys = np.unique(np.packbits(z >= 0, axis=1), axis=0, return_index=True)[1]
+    rep = np.sort(keys)
+    targets = logits[rep].copy()  # the sample keeps its output: only the slope acts
+    slack = np.full(len(rep), 1e-3)
+    points = type("P", (), {"x": x[forget], "active": z >= 0})()
+    retained = np.delete(x, forget, axis=0)
+    args = (head, box, points, rep, labels[rep], targets, slack)
+    plain = _guarded_patches(*args, tolerance=0.5, retained=None)
+    guarded = _guarded_patches(*args, tolerance=0.5, retained=retained)
+    flat = _guarded_patches(*args, tolerance=0.0, retained=retained)
+    assert (flat.alpha == 1.0).all()  # flat was asked for: never relaxed
+    r_logits, r_z = head.forward(retained)
+    index = {np.packbits(a).tobytes(): i for i, a in enumerate(z[rep] >= 0)}
+    patch = np.array([index.get(np.packbits(a).tobytes(), -1) for a in r_z >= 0])
+    inside = patch >= 0
+    order = np.argsort(patch[inside], kind="stable")
+    rx, rp = retained[inside][order], patch[inside][order]
+    pred = r_logits[inside][order].argmax(axis=1)
+    every = np.arange(len(rep), dtype=np.int64)
+    before = _moved(head, plain, every, rx, rp, pred)
+    after = _moved(head, guarded, every, rx, rp, pred)
+    assert before.sum() > 0, "the tiny model has no retained row that a flat patch moves"
+    assert (after <= before).all() and after.sum() < before.sum()
+    same = before == 0
+    np.testing.assert_array_equal(guarded.C[same], plain.C[same])
+    assert (guarded.alpha[~same] <= plain.alpha[~same]).all()
