@@ -107,7 +107,9 @@ def _wait_for_nodes(
             if proc.poll() is not None:
                 raise RuntimeError(f"a ray node exited: {_tails(logs)}")
         try:
-            ray.init(address=address, log_to_driver=False)
+            # as the backend does for a loopback address: Ray would otherwise replace 127.0.0.1
+            # with this host's network address, where the nodes do not listen
+            ray.init(address=address, log_to_driver=False, _node_ip_address="127.0.0.1")
             alive = sum(1 for n in ray.nodes() if n["Alive"])
         except Exception:
             alive = 0
