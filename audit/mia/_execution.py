@@ -457,8 +457,8 @@ def _dask_client(*, address: str | None, jobs: int) -> Iterator[Any]:
                 )
             else:
                 # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536: glibc then hands
-                # every freed batch back to the kernel and faults it in again, measured at +55%
-                # CPU per reference model (160k page faults a model); our workers keep glibc's
+                # every freed batch back to the kernel and faults it in again, about +40% CPU
+                # per reference model (benchmarks/cluster_diagnose.py); our workers keep glibc's
                 # default. The nanny also sets the BLAS thread variables to 1, which we keep.
                 with dask.config.set({f"{PRE_SPAWN}.MALLOC_TRIM_THRESHOLD_": None}):
                     cluster = distributed.LocalCluster(

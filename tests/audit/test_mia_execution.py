@@ -261,8 +261,8 @@ def test_a_session_is_reused_by_every_map_inside_it(
 def test_a_started_dask_cluster_keeps_glibc_malloc_defaults(
     job: TrainingJob, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Dask's nanny would start workers with MALLOC_TRIM_THRESHOLD_=65536 (+55% CPU per model,
-    measured); the cluster the dask backend starts for a run must not, and keeps the BLAS
+    """Dask's nanny would start workers with MALLOC_TRIM_THRESHOLD_=65536 (about +40% CPU per
+    model, benchmarks/cluster_diagnose.py); the cluster the dask backend starts for a run must not, and keeps the BLAS
     thread variables at 1."""
     pytest.importorskip("distributed")
     import cloudpickle
