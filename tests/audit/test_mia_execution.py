@@ -242,20 +242,27 @@ def test_a_session_is_reused_by_every_map_inside_it(
     request: pytest.FixtureRequest, address: str
 ) -> None:
     """``open_session`` on a cluster: maps inside it (without an address) run on that
-    cluster's workers, not on a cluster of their own started in this process."""
-    import psutil
-
+    cluster's workers and leave the session open, instead of starting a cluster of their own."""
     name = request.node.callspec.params["address"]
-    own = {p.pid for p in psutil.Process().children(recursive=True)}
     with open_session(name, jobs=2, address=address):
         ran = backend_of(name).map(Tasks(warm_worker, None, 4), jobs=2, address=None)
-        started = {p.pid for p in psutil.Process().children(recursive=True)} - own
-        if name == "dask":
+        pids = {int(w.rsplit(":", 1)[1]) for w in ran}
+        if name == "ray":
+            import ray
+
+            assert ray.is_initialized()  # the map did not close the session
+            assert sum(1 for n in ray.nodes() if n["Alive"]) == 2  # head and worker node
+        else:
             import distributed
 
-            workers = distributed.get_client().run(os.getpid)
-            assert {int(w.rsplit(":", 1)[1]) for w in ran} <= set(workers.values())
-    assert not {int(w.rsplit(":", 1)[1]) for w in ran} & (own | started | {os.getpid()})
+            client = distributed.get_client()
+            assert client.scheduler.address == address
+            assert pids <= set(client.run(os.getpid).values())
+    assert os.getpid() not in pids
+    if name == "ray":
+        import ray
+
+        assert not ray.is_initialized()
 
 
 def test_a_started_dask_cluster_keeps_glibc_malloc_defaults(
@@ -357,8 +364,13 @@ def test_audit_mia_with_a_worker_that_keeps_dying_is_one_line_and_writes_nothing
     args = _args(work, "--attack", "lira", "--json", str(out), "--device", "cpu")
     result = CliRunner().invoke(cli, [*args, "--backend", name, "--address", address])
     assert result.exit_code == 2, result.output
-    assert f"reference model 1 failed on the {name} backend" in result.output
-    assert len(result.output.strip().splitlines()) == 1, result.output
+    [error] = result.stderr.strip().splitlines()  # one line, the only one on stderr
+    assert error.startswith(f"audit: error: reference model 1 failed on the {name} backend")
+    # stdout holds no result; on Ray, the driver prints the raylet's own reports of the dead
+    # workers there as they happen (a thread of ray's, whatever log_to_driver says)
+    others = [line for line in result.stdout.splitlines() if line.strip()]
+    assert all("(raylet)" in line for line in others), others
+    assert name == "ray" or not others
     assert "Traceback" not in result.output
     assert not out.exists()
 
