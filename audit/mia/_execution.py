@@ -21,7 +21,12 @@ Invariants every backend keeps:
 * a lost worker's task is retried (Ray ``max_retries``; Dask reschedules the tasks of a lost
   worker up to ``distributed.scheduler.allowed-failures`` times, and the shared data is
   replicated on every worker); a task that still fails ends the run with one line naming it and
-  the backend, and the remaining tasks are cancelled: partial results are never returned;
+  the backend, and the remaining tasks are cancelled: partial results are never returned. A task
+  that raises is not retried (the same inputs raise again) and is named the same way. The local
+  backend does not retry: a joblib worker that dies ends the run naming the tasks that had not
+  finished (loky does not say which one the dead process was running);
+* each task times itself inside the worker (:attr:`TrainedWeights.seconds`, ``cpu_seconds``,
+  ``worker``), so a run's overhead is its wall time minus the training it did;
 * ``device`` (``auto``, ``cpu``, ``cuda``) is resolved on the worker: ``auto`` trains on CUDA
   where the worker has a GPU (Ray tasks then ask for one). Bit-identity is a CPU guarantee;
   CUDA kernels need not be deterministic, and the CUDA path has not been run on a GPU here.
@@ -35,6 +40,8 @@ import functools
 import importlib
 import logging
 import os
+import socket
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -54,8 +61,10 @@ __all__ = [
     "Tasks",
     "TrainingJob",
     "make_backend",
+    "open_session",
     "reference_tasks",
     "run_task",
+    "warm_worker",
 ]
 
 RETRIES = 2
@@ -64,6 +73,9 @@ has its own ``distributed.scheduler.allowed-failures``)."""
 
 CONNECT_TIMEOUT_S = 20
 """How long to wait for a Dask scheduler at ``address``."""
+
+PRE_SPAWN = "distributed.nanny.pre-spawn-environ"
+"""Dask's config of the environment its nanny gives worker processes."""
 
 
 class ExecutionError(InputError):
@@ -93,10 +105,12 @@ class TrainingJob:
 
 
 def run_task(job: TrainingJob, k: int) -> TrainedWeights:
-    """Train reference model ``k`` of ``job`` (what every backend runs on a worker)."""
+    """Train reference model ``k`` of ``job`` (what every backend runs on a worker), timed from
+    inside the worker: wall and process-CPU seconds of the whole task, and which process ran it."""
+    start, cpu = time.perf_counter(), time.process_time()
     tx = np.concatenate([job.x[job.in_reference[k]], job.candidates_x[job.in_candidates[k]]])
     ty = np.concatenate([job.y[job.in_reference[k]], job.candidates_y[job.in_candidates[k]]])
-    return train_model(
+    trained = train_model(
         job.architecture,
         tx,
         ty,
@@ -106,6 +120,27 @@ def run_task(job: TrainingJob, k: int) -> TrainedWeights:
         threads=job.threads,
         device=job.device,
     )
+    return dataclasses.replace(
+        trained,
+        seconds=time.perf_counter() - start,
+        cpu_seconds=time.process_time() - cpu,
+        worker=_worker_name(),
+    )
+
+
+def warm_worker(shared: object, k: int) -> str:
+    """Pay a worker process's one-time costs before it is timed: import torch and build one
+    optimiser (torch.optim imports torch._dynamo, several hundred modules, on first use; that
+    is 2-5 s of CPU per process on the 2-core machine). Returns the worker's name."""
+    import torch
+
+    module = torch.nn.Linear(1, 1)
+    torch.optim.Adam(module.parameters())
+    return _worker_name()
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 S = TypeVar("S")
@@ -164,8 +199,25 @@ def _in_order(tasks: Tasks[S, R], done: dict[int, R]) -> list[R]:
     return [done[k] for k in range(tasks.count)]
 
 
+class _TaskFailed(Exception):
+    """Task ``k`` raised (on a joblib worker): carries which task it was, which joblib's own
+    re-raise does not say."""
+
+    def __init__(self, k: int, kind: str, line: str) -> None:
+        super().__init__(k, kind, line)
+        self.k, self.kind, self.line = k, kind, line
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.line}"
+
+
 def _indexed(task: Callable[[S, int], R], shared: S, k: int) -> tuple[int, R]:
-    return k, task(shared, k)
+    try:
+        return k, task(shared, k)
+    except InputError:
+        raise
+    except Exception as exc:
+        raise _TaskFailed(k, type(exc).__name__, _last_line(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -197,9 +249,16 @@ class LocalBackend:
                     on_result(k, result)
             except InputError:
                 raise
-            except Exception as exc:  # a crashed worker process (loky) ends the run
-                first = min(set(range(tasks.count)) - set(done))
-                raise _failed(self.name, tasks.what, first, exc) from exc
+            except _TaskFailed as exc:
+                raise ExecutionError(
+                    f"{tasks.what} {exc.k} failed on the {self.name} backend ({exc})"
+                ) from exc
+            except Exception as exc:  # a worker process died (loky): it does not say running what
+                missing = sorted(set(range(tasks.count)) - set(done))
+                raise ExecutionError(
+                    f"{tasks.what}s {missing} did not finish on the {self.name} backend: "
+                    f"a worker process died ({type(exc).__name__}: {_last_line(exc)})"
+                ) from exc
         return _in_order(tasks, done)
 
 
@@ -243,6 +302,28 @@ class RayBackend:
                 for ref in pending:
                     ray.cancel(ref, force=True)
         return _in_order(tasks, done)
+
+
+@contextlib.contextmanager
+def open_session(backend: str, *, jobs: int, address: str | None) -> Iterator[None]:
+    """Start (or connect to) the backend's cluster once for several :meth:`Backend.map` calls,
+    which then reuse it and its warm workers instead of each starting their own: Ray stays
+    initialised, the Dask client is the current one. The local backend needs none (joblib keeps
+    its loky worker processes between calls)."""
+    make_backend(backend)  # an unknown name fails here, with one line
+    if backend == "ray":
+        with _ray_session(
+            _cluster_module("ray", "ray", "the ray package"), address=address, jobs=jobs
+        ):
+            yield
+    elif backend == "dask":
+        _cluster_module("dask", "distributed", "dask.distributed")
+        with _dask_client(address=address, jobs=jobs) as client, client.as_current():
+            yield
+    else:
+        if address is not None:
+            raise InputError("--address is for the ray and dask backends")
+        yield
 
 
 def _cluster_module(backend: str, module: str, what: str) -> Any:
@@ -358,6 +439,7 @@ def _dask_client(*, address: str | None, jobs: int) -> Iterator[Any]:
     """A client to ``address``; else the current client; else a local cluster of ``jobs``
     single-task worker processes for the run (bound to 127.0.0.1)."""
     distributed: Any = importlib.import_module("distributed")
+    dask: Any = importlib.import_module("dask")
 
     if address is None:
         try:
@@ -374,13 +456,18 @@ def _dask_client(*, address: str | None, jobs: int) -> Iterator[Any]:
                     address, set_as_default=False, timeout=f"{CONNECT_TIMEOUT_S}s"
                 )
             else:
-                cluster = distributed.LocalCluster(
-                    n_workers=jobs,
-                    threads_per_worker=1,
-                    processes=True,
-                    host="127.0.0.1",
-                    dashboard_address=None,
-                )
+                # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536: glibc then hands
+                # every freed batch back to the kernel and faults it in again, about +40% CPU
+                # per reference model (benchmarks/cluster_diagnose.py); our workers keep glibc's
+                # default. The nanny also sets the BLAS thread variables to 1, which we keep.
+                with dask.config.set({f"{PRE_SPAWN}.MALLOC_TRIM_THRESHOLD_": None}):
+                    cluster = distributed.LocalCluster(
+                        n_workers=jobs,
+                        threads_per_worker=1,
+                        processes=True,
+                        host="127.0.0.1",
+                        dashboard_address=None,
+                    )
                 stack.callback(cluster.close)
                 client = distributed.Client(cluster, set_as_default=False)
         except Exception as exc:

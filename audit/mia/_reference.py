@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,13 +28,15 @@ from audit.errors import InputError
 from audit.mia._arch import Architecture, module_from_state
 from audit.mia._execution import BACKENDS, TrainingJob, make_backend, reference_tasks
 from audit.mia._signals import as_logits
-from audit.mia._train import TrainingRecipe, torch_logits_fn
+from audit.mia._train import TrainedWeights, TrainingRecipe, torch_logits_fn
 
 __all__ = [
     "BACKENDS",
     "ReferenceSet",
     "balanced_membership",
     "cap_training_sets",
+    "reference_job",
+    "reference_set",
     "row_keys",
     "train_reference_models",
 ]
@@ -245,11 +247,49 @@ def train_reference_models(
     ``SeedSequence(seed)``. ``threads`` bounds torch's threads per model: small MLPs train fastest
     on one thread, and parallelism comes from ``jobs`` or the cluster. ``backend``/``address``
     choose where the models train (:mod:`audit.mia._execution`), ``device`` on what."""
+    runner = make_backend(backend)
+    job = reference_job(
+        x,
+        y,
+        architecture=architecture,
+        count=count,
+        recipe=recipe,
+        seed=seed,
+        candidates=candidates,
+        train_size=train_size,
+        device=device,
+        threads=threads,
+    )
+    with contextlib.ExitStack() as stack:
+        tick: Callable[[int, object], None] = lambda k, result: None  # noqa: E731
+        if progress:
+            from tqdm import tqdm
+
+            bar = stack.enter_context(tqdm(total=count, desc="reference models", unit="model"))
+            tick = lambda k, result: bar.update(1)  # noqa: E731
+        done = runner.map(reference_tasks(job), jobs=jobs, address=address, on_result=tick)
+    return reference_set(job, done, seed=seed, backend=backend)
+
+
+def reference_job(
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    *,
+    architecture: Architecture,
+    count: int,
+    recipe: TrainingRecipe,
+    seed: int,
+    candidates: tuple[NDArray[np.float32], NDArray[np.int64]] | None = None,
+    train_size: int | None = None,
+    device: str = "cpu",
+    threads: int = 1,
+) -> TrainingJob:
+    """What :func:`train_reference_models` sends to the workers: memberships and seeds drawn
+    from ``seed`` (its arguments, without the choice of backend)."""
     if count < 1:
         raise InputError("at least one reference model is needed")
     if len(x) < 2:
         raise InputError("the reference data needs at least two samples")
-    runner = make_backend(backend)
     rng = np.random.default_rng(seed)
     cx, cy = candidates if candidates is not None else (x[:0], y[:0])
     in_ref = balanced_membership(count, len(x), rng)
@@ -259,7 +299,7 @@ def train_reference_models(
             raise InputError("the reference models' training-set size must be positive")
         in_ref = cap_training_sets(in_ref, in_cand.sum(axis=1), train_size, rng)
     seeds = tuple(int(s.generate_state(1)[0]) for s in np.random.SeedSequence(seed).spawn(count))
-    job = TrainingJob(
+    return TrainingJob(
         architecture=architecture,
         recipe=recipe,
         x=x,
@@ -272,25 +312,26 @@ def train_reference_models(
         threads=threads,
         device=device,
     )
-    with contextlib.ExitStack() as stack:
-        tick: Callable[[int, object], None] = lambda k, result: None  # noqa: E731
-        if progress:
-            from tqdm import tqdm
 
-            bar = stack.enter_context(tqdm(total=count, desc="reference models", unit="model"))
-            tick = lambda k, result: bar.update(1)  # noqa: E731
-        done = runner.map(reference_tasks(job), jobs=jobs, address=address, on_result=tick)
+
+def reference_set(
+    job: TrainingJob, trained: Sequence[TrainedWeights], *, seed: int, backend: str
+) -> ReferenceSet:
+    """The reference set of ``job`` (drawn from ``seed``), ``trained[k]`` being its model ``k``
+    as a backend returned it."""
+    if [t.index for t in trained] != list(range(job.count)):
+        raise InputError("the trained models do not match the job's reference models")
     return ReferenceSet(
-        architecture=architecture,
-        recipe=recipe,
+        architecture=job.architecture,
+        recipe=job.recipe,
         seed=seed,
-        x=x,
-        y=y,
-        in_reference=in_ref,
-        candidates_x=cx,
-        candidates_y=cy,
-        in_candidates=in_cand,
-        models=tuple(module_from_state(architecture, r.state) for r in done),
-        train_accuracy=tuple(r.train_accuracy for r in done),
+        x=job.x,
+        y=job.y,
+        in_reference=job.in_reference,
+        candidates_x=job.candidates_x,
+        candidates_y=job.candidates_y,
+        in_candidates=job.in_candidates,
+        models=tuple(module_from_state(job.architecture, r.state) for r in trained),
+        train_accuracy=tuple(r.train_accuracy for r in trained),
         backend=backend,
     )

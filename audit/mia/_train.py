@@ -59,12 +59,18 @@ class TrainingRecipe:
 
 @dataclass(frozen=True)
 class TrainedWeights:
-    """One trained model: its weights as numpy arrays (what crosses process boundaries)."""
+    """One trained model: its weights as numpy arrays (what crosses process boundaries).
+    ``seconds``/``cpu_seconds``/``worker``: how long the task that trained it took inside its
+    worker (wall, process CPU) and which process that was (``host:pid``), when it ran as a task
+    of :mod:`audit.mia._execution`; facts about the run, never part of the result's identity."""
 
     index: int
     state: dict[str, NDArray[Any]]
     train_accuracy: float
     device: str = "cpu"
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+    worker: str = ""
 
 
 def train_model(

@@ -36,7 +36,9 @@ def _ray_cli() -> str:
     return found
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
+def _start(
+    args: list[str], log: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(
             args,
@@ -44,6 +46,7 @@ def _start(args: list[str], log: Path) -> subprocess.Popen[bytes]:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            env=env,
         )
 
 
@@ -67,6 +70,13 @@ def ray_cluster(*, worker_nodes: int = 1, cpus_per_node: int = 1) -> Iterator[st
 
     cli, port = _ray_cli(), free_port()
     address = f"127.0.0.1:{port}"
+    # Ray >= 2.5x turns token authentication on once ~/.ray/auth_token exists (any local
+    # ray.init writes it), and then a node started by `ray start --address` and this process
+    # disagree about the token (InvalidAuthToken): these loopback-only test clusters run
+    # without it, in their nodes and in this process, whatever an earlier Ray left in HOME.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    previous_mode = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
     common = [
         "--node-ip-address=127.0.0.1",
         f"--num-cpus={cpus_per_node}",
@@ -81,12 +91,15 @@ def ray_cluster(*, worker_nodes: int = 1, cpus_per_node: int = 1) -> Iterator[st
             _start(
                 [cli, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
                 logs / "head.log",
+                env,
             )
         )
         _wait_for_nodes(ray, address, 1, nodes, logs)
         for i in range(worker_nodes):
             nodes.append(
-                _start([cli, "start", f"--address={address}", *common], logs / f"worker{i}.log")
+                _start(
+                    [cli, "start", f"--address={address}", *common], logs / f"worker{i}.log", env
+                )
             )
         _wait_for_nodes(ray, address, 1 + worker_nodes, nodes, logs)
         yield address
@@ -96,6 +109,10 @@ def ray_cluster(*, worker_nodes: int = 1, cpus_per_node: int = 1) -> Iterator[st
         for proc in reversed(nodes):
             _stop(proc)
         shutil.rmtree(logs, ignore_errors=True)
+        if previous_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = previous_mode
 
 
 def _wait_for_nodes(
@@ -107,7 +124,9 @@ def _wait_for_nodes(
             if proc.poll() is not None:
                 raise RuntimeError(f"a ray node exited: {_tails(logs)}")
         try:
-            ray.init(address=address, log_to_driver=False)
+            # as the backend does for a loopback address: Ray would otherwise replace 127.0.0.1
+            # with this host's network address, where the nodes do not listen
+            ray.init(address=address, log_to_driver=False, _node_ip_address="127.0.0.1")
             alive = sum(1 for n in ray.nodes() if n["Alive"])
         except Exception:
             alive = 0

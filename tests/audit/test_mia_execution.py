@@ -1,12 +1,13 @@
 """Execution backends against real local clusters (127.0.0.1 only): a Ray head plus one worker
 node, and a Dask LocalCluster of two workers. Every backend must give the local backend's
 weights bit for bit, retry a task whose worker died, and fail with one line naming the model when
-a worker keeps dying (never a partial result)."""
+a worker keeps dying or a task raises (never a partial result, on the API or through the CLI)."""
 
 from __future__ import annotations
 
 import functools
 import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,8 +24,11 @@ from audit.mia._execution import (
     Tasks,
     TrainingJob,
     make_backend,
+    open_session,
     reference_tasks,
+    warm_worker,
 )
+from audit.mia._reference import reference_set
 from audit.mia._train import TrainedWeights
 from tests.audit import _dying
 from tests.audit._clusters import dask_cluster, ray_cluster
@@ -114,6 +118,9 @@ def test_cluster_gives_the_local_weights_bit_for_bit(
     )
     assert_identical(got, local_weights)
     assert sorted(seen) == list(range(COUNT))
+    # each task timed itself on a worker of the cluster, not in this process
+    assert all(w.seconds > 0 and w.cpu_seconds > 0 for w in got)
+    assert all(w.worker and not w.worker.endswith(f":{os.getpid()}") for w in got)
 
 
 @pytest.mark.parametrize("address", ["ray", "dask"], indirect=True)
@@ -171,8 +178,120 @@ def test_a_worker_that_keeps_dying_fails_the_run_naming_the_model(
     cloudpickle.register_pickle_by_value(_dying)
     name = request.node.callspec.params["address"]
     task = functools.partial(_dying.always_die, 2)
-    with pytest.raises(ExecutionError, match=f"^reference model 2 failed on the {name} backend"):
+    seen: list[int] = []
+    with pytest.raises(
+        ExecutionError, match=f"^reference model 2 failed on the {name} backend"
+    ) as caught:
+        backend_of(name).map(
+            dying(task, job), jobs=2, address=address, on_result=lambda k, r: seen.append(k)
+        )
+    assert "\n" not in str(caught.value)
+    assert 2 not in seen  # progress never counted the lost model
+
+
+@pytest.mark.parametrize("address", ["ray", "dask"], indirect=True)
+def test_a_task_that_raises_is_not_retried_and_is_named(
+    request: pytest.FixtureRequest, address: str, job: TrainingJob, tmp_path: Path
+) -> None:
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(_dying)
+    name = request.node.callspec.params["address"]
+    task = functools.partial(_dying.always_raise, tmp_path, 1)
+    with pytest.raises(ExecutionError, match=f"^reference model 1 failed on the {name} backend"):
         backend_of(name).map(dying(task, job), jobs=2, address=address)
+    assert len(list(tmp_path.iterdir())) == 1  # the same inputs would raise again
+
+
+def test_the_local_backend_names_a_task_that_raises(job: TrainingJob, tmp_path: Path) -> None:
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(_dying)
+    task = functools.partial(_dying.always_raise, tmp_path, 3)
+    for flavour in ("loky", "threading", "sequential"):
+        with pytest.raises(ExecutionError) as caught:
+            LocalBackend(flavour).map(dying(task, job), jobs=2, address=None)
+        assert str(caught.value) == (
+            "reference model 3 failed on the local backend (ValueError: second line of the message)"
+        ), flavour
+
+
+def test_a_dead_local_worker_fails_the_run_naming_what_did_not_finish(job: TrainingJob) -> None:
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(_dying)
+    task = functools.partial(_dying.always_die, 2)
+    seen: list[int] = []
+    with pytest.raises(ExecutionError) as caught:
+        LocalBackend("loky").map(
+            dying(task, job), jobs=2, address=None, on_result=lambda k, r: seen.append(k)
+        )
+    message = str(caught.value)
+    assert "\n" not in message
+    assert (
+        message.startswith("reference models [")
+        and "did not finish on the local backend" in message
+    )
+    unfinished = [int(k) for k in message.split("[", 1)[1].split("]", 1)[0].split(",")]
+    assert 2 in unfinished and not set(unfinished) & set(seen)
+    assert sorted(unfinished + seen) == list(range(COUNT))
+
+
+@pytest.mark.parametrize("address", ["ray", "dask"], indirect=True)
+def test_a_session_is_reused_by_every_map_inside_it(
+    request: pytest.FixtureRequest, address: str
+) -> None:
+    """``open_session`` on a cluster: maps inside it (without an address) run on that
+    cluster's workers and leave the session open, instead of starting a cluster of their own."""
+    name = request.node.callspec.params["address"]
+    with open_session(name, jobs=2, address=address):
+        ran = backend_of(name).map(Tasks(warm_worker, None, 4), jobs=2, address=None)
+        pids = {int(w.rsplit(":", 1)[1]) for w in ran}
+        if name == "ray":
+            import ray
+
+            assert ray.is_initialized()  # the map did not close the session
+            assert sum(1 for n in ray.nodes() if n["Alive"]) == 2  # head and worker node
+        else:
+            import distributed
+
+            client = distributed.get_client()
+            assert client.scheduler.address == address
+            assert pids <= set(client.run(os.getpid).values())
+    assert os.getpid() not in pids
+    if name == "ray":
+        import ray
+
+        assert not ray.is_initialized()
+
+
+def test_a_started_dask_cluster_keeps_glibc_malloc_defaults(
+    job: TrainingJob, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dask's nanny would start workers with MALLOC_TRIM_THRESHOLD_=65536 (about +40% CPU per
+    model, benchmarks/cluster_diagnose.py); the cluster the dask backend starts for a run must not, and keeps the BLAS
+    thread variables at 1."""
+    pytest.importorskip("distributed")
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(_dying)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # an earlier nanny sets it here
+    names = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")
+    with open_session("dask", jobs=1, address=None):
+        [env] = DaskBackend().map(Tasks(_dying.environment, names, 1), jobs=1, address=None)
+    assert env == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}
+
+
+def test_a_reference_set_takes_exactly_the_jobs_models(
+    job: TrainingJob, local_weights: list[TrainedWeights]
+) -> None:
+    refs = reference_set(job, local_weights, seed=0, backend="local")
+    assert refs.count == COUNT and refs.train_accuracy == tuple(
+        w.train_accuracy for w in local_weights
+    )
+    for tampered in (local_weights[::-1], local_weights[:-1], [*local_weights, local_weights[0]]):
+        with pytest.raises(InputError, match="do not match the job's reference models"):
+            reference_set(job, tampered, seed=0, backend="local")
 
 
 def test_backend_names_and_address_rules(job: TrainingJob) -> None:
@@ -216,6 +335,44 @@ def test_audit_mia_on_a_cluster_prints_the_local_result(
         docs.append(json.loads(out.read_text()))
     local, remote = ({k: v for k, v in d.items() if k not in ("created", "inputs")} for d in docs)
     assert local["models"] == remote["models"]
+
+
+@pytest.mark.parametrize("address", ["ray", "dask"], indirect=True)
+def test_audit_mia_with_a_worker_that_keeps_dying_is_one_line_and_writes_nothing(
+    request: pytest.FixtureRequest,
+    address: str,
+    work: Path,  # noqa: F811  (the fixture imported above)
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through ``audit mia``: exit 2, one line naming the lost model, no JSON (the attack
+    results of the models that did train are never reported)."""
+    import cloudpickle
+    from click.testing import CliRunner
+
+    from audit.cli import cli
+    from audit.mia import _reference
+
+    cloudpickle.register_pickle_by_value(_dying)
+    name = request.node.callspec.params["address"]
+
+    def lose_model_one(job: TrainingJob) -> Tasks[TrainingJob, TrainedWeights]:
+        return dying(functools.partial(_dying.always_die, 1), job)
+
+    monkeypatch.setattr(_reference, "reference_tasks", lose_model_one)
+    out = tmp_path / "mia.json"
+    args = _args(work, "--attack", "lira", "--json", str(out), "--device", "cpu")
+    result = CliRunner().invoke(cli, [*args, "--backend", name, "--address", address])
+    assert result.exit_code == 2, result.output
+    [error] = result.stderr.strip().splitlines()  # one line, the only one on stderr
+    assert error.startswith(f"audit: error: reference model 1 failed on the {name} backend")
+    # stdout holds no result; on Ray, the driver prints the raylet's own reports of the dead
+    # workers there as they happen (a thread of ray's, whatever log_to_driver says)
+    others = [line for line in result.stdout.splitlines() if line.strip()]
+    assert all("(raylet)" in line for line in others), others
+    assert name == "ray" or not others
+    assert "Traceback" not in result.output
+    assert not out.exists()
 
 
 def test_the_training_device_is_a_parameter() -> None:
