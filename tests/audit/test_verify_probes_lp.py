@@ -26,7 +26,7 @@ def _setup(seed: int) -> tuple[AffineHead, Any, np.ndarray, np.ndarray, dict[str
     head = AffineHead(weights, biases)
     x0 = rng.uniform(0.2, 0.8, size=sizes[0])
     z0, _ = head.forward(x0[None, :])
-    params = SimpleNamespace(d=rng.normal(size=(2, CLASSES)), C=None)
+    params = SimpleNamespace(d=rng.normal(size=(2, CLASSES)), C=None, columns=lambda: None)
     cols = {"patch": np.asarray([1]), "target": np.asarray([int(rng.integers(CLASSES))])}
     return head, params, x0, z0[0] >= 0, cols
 
