@@ -41,7 +41,7 @@ DEFAULT_PROXY_BUDGET = 220_000
 proxies (at most 3, averaged) as the budget allows: three 60-epoch proxies on digits (1,130
 rows), one 4-epoch proxy on Fashion-MNIST (54,000 rows). Measured on Fashion-MNIST class 5 (KL
 to retrained models over the seed-to-seed floor, proxy seeds 0/1/2): 2.41/1.99/1.66 with 3
-epochs, 1.48/1.69 with 4 (docs/BENCHMARKS.md, "Class unlearning")."""
+epochs, 1.48/1.69/1.54 with 4 (docs/BENCHMARKS.md, "Class unlearning")."""
 
 RIDGE = 1e-3
 """Weight of ``||A - I||^2`` in the fit."""
