@@ -193,6 +193,10 @@ def run(model: str, order: tuple[int, ...] | None = None) -> Path:
     z_train = logits(orig.onnx, orig.x_train, threads=1)
     before = _per_class(z_test, orig.y_test, classes)
     rows: list[dict[str, Any]] = []
+    path = REPO / "benchmarks" / "results" / f"class-{model}.json"
+    if order and path.is_file():  # --classes: keep the rows of the other classes measured earlier
+        kept = json.loads(path.read_text()).get("classes", [])
+        rows = [r for r in kept if r["class"] not in order and r.get("patch_form")]
     for k in order or CLASSES[model]:
         result, timed = _timed_unlearn(orig, k)
         patched = result.patched_model
@@ -294,7 +298,9 @@ def run(model: str, order: tuple[int, ...] | None = None) -> Path:
         print(json.dumps(kl), flush=True)
         print(json.dumps(mia), flush=True)
         _write(model, rows, complete=False)
-    return _write(model, rows, complete=True)
+    rows.sort(key=lambda r: int(r["class"]))
+    done = {int(r["class"]) for r in rows} >= set(CLASSES[model])
+    return _write(model, rows, complete=done)
 
 
 def _ci(e: dict[str, float]) -> str:
