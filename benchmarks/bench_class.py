@@ -158,21 +158,22 @@ def _timed_unlearn(
     return result, timing
 
 
-def timing(model: str) -> Path:
+def timing(model: str, threads: int | None = 1) -> Path:
     """The time targets only: unlearning each class (form v2, and v1 for comparison) and the
-    inference ratios, on the cached original (no retraining, no MIA), with every core (the
-    CLI's default; the inference ratios with 1 thread, the study's method). One call first
-    (recorded as ``warmup_call``) pays the process's imports and lazy init."""
+    inference ratios, on the cached original (no retraining, no MIA), with ``threads`` threads
+    (None: every core, the CLI's default; the inference ratios always with 1 thread, the
+    study's method). One call first (recorded as ``warmup_call``) pays the process's imports
+    and lazy init."""
     dataset, _, arch = model.rpartition("-")
     torch.set_num_threads(1)
     _ensure(ArtifactKey(kind="original", dataset=dataset, arch=arch, seed=0))
     orig = load_original(WORK, dataset, arch, 0)
     rows: list[dict[str, Any]] = []
-    torch.set_num_threads(os.cpu_count() or 1)
-    _, warmup = _timed_unlearn(orig, CLASSES[model][0], threads=None)  # imports, lazy init
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    _, warmup = _timed_unlearn(orig, CLASSES[model][0], threads=threads)  # imports, lazy init
     for k in CLASSES[model]:
-        result, v2 = _timed_unlearn(orig, k, threads=None)
-        plain, v1 = _timed_unlearn(orig, k, remap=False, threads=None)
+        result, v2 = _timed_unlearn(orig, k, threads=threads)
+        plain, v1 = _timed_unlearn(orig, k, remap=False, threads=threads)
         x = orig.x_test[:1000]
         rows.append(
             {
@@ -443,6 +444,12 @@ def main() -> None:
     )
     parser.add_argument("--table", action="store_true", help="print the BENCHMARKS.md table")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="--timing-only: torch and onnxruntime threads (0: every core); default 1",
+    )
+    parser.add_argument(
         "--timing-only",
         action="store_true",
         help="only the unlearning time and inference ratios of --model (class-<model>-timing.json)",
@@ -460,7 +467,7 @@ def main() -> None:
         ):
             _retrained(orig, dataset, arch, k, args.retrain_only)
     elif args.timing_only and args.model:
-        print(f"wrote {timing(args.model)}")
+        print(f"wrote {timing(args.model, args.threads or None)}")
     elif args.section:
         print(f"wrote {section()}")
     elif args.table:
