@@ -331,6 +331,8 @@ class ClassSuppression(Check[VerifyContext]):
         used = remap if claim.form == CLASS_REMAP_FORMAT else None
         if used is not None:
             problem = remap_problems(used[0], used[1], margin=margin, bound=bound)
+            if used[1].shape != (classes,):
+                problem = f"the remap is for {used[1].shape} classes, the model has {classes}"
             evidence["remap_bound"] = remap_bound(bound, used[0], used[1])
             if problem:
                 return self.failed(f"class remap: {problem}", **evidence)
