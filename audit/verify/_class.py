@@ -333,9 +333,9 @@ class ClassSuppression(Check[VerifyContext]):
             problem = remap_problems(used[0], used[1], margin=margin, bound=bound)
             if used[1].shape != (classes,):
                 problem = f"the remap is for {used[1].shape} classes, the model has {classes}"
-            evidence["remap_bound"] = remap_bound(bound, used[0], used[1])
             if problem:
                 return self.failed(f"class remap: {problem}", **evidence)
+            evidence["remap_bound"] = remap_bound(bound, used[0], used[1])
         cut_shape = ev.extra["cut_shape"]
         box = ctx.rng.uniform(low, high, size=(_BOX_POINTS, ev.x.shape[1])).astype(np.float32)
         points = np.concatenate([ev.x.astype(np.float32), box])
