@@ -417,14 +417,20 @@ def section() -> Path:
 
 
 def _splice(doc: Path, text: str) -> None:
-    """Put the section where ``benchmarks.study`` includes it (before the performance rows),
-    replacing an earlier copy, so that the doc matches a regeneration."""
+    """Replace an earlier copy of the section in place (up to the next heading), or put it
+    where ``benchmarks.study`` includes it (before the performance rows)."""
+    import re
+
     body = doc.read_text()
     anchor = "## Performance rows from the other benchmarks"
     first = text.splitlines()[0]
     if first in body:
         start = body.index(first)
-        body = body[:start] + body[body.index(anchor, start) :]
+        # up to the next heading (another issue's subsection may follow) or the anchor
+        following = re.search(r"^#{2,3} ", body[start + len(first) :], flags=re.MULTILINE)
+        end = start + len(first) + following.start() if following else body.index(anchor, start)
+        doc.write_text(body[:start] + text + "\n" + body[end:])  # in place
+        return
     at = body.index(anchor)
     doc.write_text(body[:at] + text + "\n" + body[at:])
 
