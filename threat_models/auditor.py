@@ -2,7 +2,8 @@
 adversary's artifacts, as one list of named check outcomes.
 
 1. ``audit verify`` (:func:`audit.verify.verify_proof`), every check, the full default policy
-   (all inputs required), with the auditor's nonce store and its optional
+   (all inputs required; for a class deletion the class it was asked to check,
+   ``--expect-class K``), with the auditor's nonce store and its optional
    ``membership.inference`` check switched on (default one-sided policy: the forget set against
    held-out *reference* records);
 2. ``audit receipt`` (:func:`audit.receipt.verify_receipt`) by one data subject, against the
@@ -98,7 +99,10 @@ class Auditor:
             ),
             now=a.now,
             rng=np.random.default_rng([self.seed, 1]),
-            policy=Policy(membership=VerifyMembershipPolicy(seed=self.seed)),
+            policy=Policy(
+                membership=VerifyMembershipPolicy(seed=self.seed),
+                expected_class=self.scenario.forget_class,  # what the auditor was asked
+            ),
         )
         receipt = verify_receipt(
             ReceiptInputs(

@@ -16,9 +16,10 @@ import click
 
 from threat_models.adversaries import ADVERSARIES, HONEST
 from threat_models.errors import ThreatModelError
-from threat_models.matrix import Row, run_matrix
-from threat_models.render import render_matrix
+from threat_models.matrix import Row, merge_documents, run_matrix
+from threat_models.render import render_document, render_matrix
 from threat_models.sampling import miss_probability, replays_needed
+from threat_models.scenario import MODES, Arch, DatasetName, Mode, ScenarioConfig
 
 __all__ = ["cli", "main"]
 
@@ -52,6 +53,28 @@ def cli() -> None:
 )
 @click.argument("more_seeds", nargs=-1, type=int, metavar="")
 @click.option(
+    "--dataset",
+    type=click.Choice(["digits", "fashion-mnist"]),
+    default="digits",
+    show_default=True,
+    help="Data set of the owner's model (Fashion-MNIST: a cheap training subset, see JSON).",
+)
+@click.option(
+    "--model",
+    "arch",
+    type=click.Choice(["mlp", "cnn"]),
+    default="mlp",
+    show_default=True,
+    help="Architecture, trained with prune train's recipe.",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(list(MODES)),
+    default="sample",
+    show_default=True,
+    help="Deletion mode of the honest proof: sample deletion or class suppression.",
+)
+@click.option(
     "--adversary",
     "adversaries",
     multiple=True,
@@ -75,13 +98,17 @@ def cli() -> None:
 def matrix(
     seeds: tuple[int, ...],
     more_seeds: tuple[int, ...],
+    dataset: DatasetName,
+    arch: Arch,
+    mode: Mode,
     adversaries: tuple[str, ...],
     work: Path | None,
     as_json: bool,
     out: Path | None,
     quiet: bool,
 ) -> None:
-    """Run every adversary and the honest owner against the auditor, print the matrix.
+    """Run every adversary of the setting's mode and the honest owner against the auditor,
+    print the matrix.
 
     Exit status 0 when every adversary is caught on every seed and the honest owner passes
     every check; 1 otherwise; 2 on bad input."""
@@ -104,6 +131,7 @@ def matrix(
             root=root,
             now=datetime.now(UTC).replace(microsecond=0),
             adversaries=list(adversaries) or None,
+            config=ScenarioConfig.setting(dataset, arch, mode),
             on_row=show,
         )
     finally:
@@ -117,6 +145,34 @@ def matrix(
     else:
         click.echo(render_matrix(result))
     if not result.ok:
+        sys.exit(EXIT_NOT_CAUGHT)
+
+
+@cli.command()
+@click.argument(
+    "documents", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False)
+)
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path, dir_okay=False),
+    required=True,
+    help="Write the merged JSON document to this file (atomically).",
+)
+def merge(documents: tuple[Path, ...], out: Path) -> None:
+    """Merge matrix documents of one setting run on disjoint seeds (e.g. one process per seed)
+    and print the merged matrix.
+
+    Exit status 0 when the merged matrix is ok, 1 otherwise, 2 on bad input."""
+    docs = []
+    for path in documents:
+        try:
+            docs.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as exc:
+            raise ThreatModelError(f"cannot read {path}: {exc}") from None
+    merged = merge_documents(docs)
+    _write_atomically(out, json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    click.echo(render_document(merged))
+    if not merged["ok"]:
         sys.exit(EXIT_NOT_CAUGHT)
 
 

@@ -6,13 +6,22 @@ when at least one of its threat's ``caught_by`` checks failed; the honest row mu
 (no false alarms). :attr:`Matrix.ok` is the conjunction over all rows: it is the exit status of
 ``python -m threat_models matrix``.
 
-JSON document (``type`` :data:`MATRIX_TYPE`, ``version`` 1): the scenario configuration, the
-membership policy, the check names, one entry per (seed, adversary) with every check's status,
-the failed checks' one-line details, whether it was caught, and timings."""
+Adversaries apply to the deletion modes they name (:attr:`Adversary.modes`): the honest proof of
+a sample deletion and of a class suppression are different objects, so a cheat on one has a
+counterpart on the other for the same root cause. Those that do not apply to the scenario's mode
+are never silently skipped: the document lists each under ``not_applicable`` with its threat
+and its counterpart in this mode.
+
+JSON document (``type`` :data:`MATRIX_TYPE`, ``version`` 1): the scenario configuration (its
+``setting`` names data set, architecture and mode), the membership policy, the check names, one
+entry per (seed, adversary) with every check's status, the failed checks' one-line details,
+whether it was caught, timings, the machine's load average, and the adversaries not applicable
+to the mode."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +36,15 @@ from threat_models.auditor import MEMBERSHIP_CHECK, Auditor, MembershipPolicy
 from threat_models.errors import ThreatModelError
 from threat_models.scenario import ScenarioConfig, build_scenario
 
-__all__ = ["ALL_CHECKS", "MATRIX_TYPE", "MATRIX_VERSION", "Matrix", "Row", "run_matrix"]
+__all__ = [
+    "ALL_CHECKS",
+    "MATRIX_TYPE",
+    "MATRIX_VERSION",
+    "Matrix",
+    "Row",
+    "merge_documents",
+    "run_matrix",
+]
 
 MATRIX_TYPE = "https://prune-audit.dev/threat-matrix/v1"
 MATRIX_VERSION = 1
@@ -94,6 +111,9 @@ class Matrix:
     config: ScenarioConfig
     membership: MembershipPolicy
     created: str
+    cpu_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    loadavg: tuple[float, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -106,6 +126,19 @@ class Matrix:
     def rows_of(self, adversary: str) -> tuple[Row, ...]:
         return tuple(r for r in self.rows if r.adversary == adversary)
 
+    @property
+    def not_applicable(self) -> dict[str, dict[str, Any]]:
+        """Registered adversaries that do not apply to this mode, with their counterpart."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, cls in ADVERSARIES.items():
+            if self.config.mode not in cls.modes:
+                out[name] = {
+                    "threat": None if cls.threat is None else cls.threat.number,
+                    "modes": sorted(cls.modes),
+                    "counterpart": cls.counterpart,
+                }
+        return out
+
     def to_json(self) -> dict[str, Any]:
         policy = dataclasses.asdict(self.membership)
         return {
@@ -114,7 +147,15 @@ class Matrix:
             "created": self.created,
             "ok": self.ok,
             "seeds": list(self.seeds),
+            "setting": self.config.name,
             "scenario": self.config.to_json(),
+            "not_applicable": self.not_applicable,
+            "machine": {
+                "cpu_seconds": round(self.cpu_seconds, 1),
+                "wall_seconds": round(self.wall_seconds, 1),
+                "loadavg_end": [round(v, 2) for v in self.loadavg],
+                "cpus": os.cpu_count(),
+            },
             "membership_policy": policy,
             "checks": list(ALL_CHECKS),
             "summary": {
@@ -141,19 +182,28 @@ def run_matrix(
     on_row: Callable[[Row], None] | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> Matrix:
-    """Build a scenario per seed under ``root`` and audit every adversary's proof. The honest
-    owner always runs (first), whatever ``adversaries`` names."""
+    """Build a scenario per seed under ``root`` and audit every adversary's proof that applies
+    to the scenario's mode. The honest owner always runs (first), whatever ``adversaries``
+    names; naming one that does not apply to the mode is an error."""
     if not seeds:
         raise ThreatModelError("give at least one seed")
     if len(set(seeds)) != len(seeds):
         raise ThreatModelError("seeds must be distinct")
-    names = list(ADVERSARIES) if adversaries is None else [HONEST, *adversaries]
+    config = config or ScenarioConfig()
+    applicable = [n for n, cls in ADVERSARIES.items() if config.mode in cls.modes]
+    names = applicable if adversaries is None else [HONEST, *adversaries]
     names = list(dict.fromkeys(names))
     unknown = [n for n in names if n not in ADVERSARIES]
     if unknown:
         raise ThreatModelError(f"unknown adversary {unknown[0]!r}; known: {', '.join(ADVERSARIES)}")
-    config = config or ScenarioConfig()
+    other = [n for n in names if n not in applicable]
+    if other:
+        raise ThreatModelError(
+            f"adversary {other[0]!r} does not apply to {config.mode} mode (its counterpart: "
+            f"{ADVERSARIES[other[0]].counterpart})"
+        )
     membership = membership or MembershipPolicy()
+    cpu_start, wall_start = time.process_time(), time.perf_counter()
     rows: list[Row] = []
     for seed in seeds:
         scenario = build_scenario(
@@ -183,4 +233,51 @@ def run_matrix(
         config=config,
         membership=membership,
         created=now.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        cpu_seconds=time.process_time() - cpu_start,
+        wall_seconds=time.perf_counter() - wall_start,
+        loadavg=tuple(os.getloadavg()),
     )
+
+
+def merge_documents(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One matrix document from runs of the same setting on disjoint seeds (e.g. one process
+    per seed): rows concatenated in the given order, summary and ``ok`` recomputed from the
+    rows, machine figures kept per run. Refuses documents of another type, version, setting,
+    scenario, membership policy or check list, and overlapping seeds."""
+    if not docs:
+        raise ThreatModelError("give at least one matrix document to merge")
+    first = docs[0]
+    same = ("type", "version", "setting", "scenario", "membership_policy", "checks")
+    for doc in docs:
+        if doc.get("type") != MATRIX_TYPE or doc.get("version") != MATRIX_VERSION:
+            raise ThreatModelError("not a threat-matrix document of this version")
+        for key in same:
+            if doc.get(key) != first.get(key):
+                raise ThreatModelError(f"documents differ in {key!r}: only one setting merges")
+    seeds = [s for doc in docs for s in doc["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise ThreatModelError("documents share a seed")
+    rows = [r for doc in docs for r in doc["rows"]]
+    names = list(dict.fromkeys(r["adversary"] for r in rows))
+    summary = {}
+    for name in names:
+        mine = [r for r in rows if r["adversary"] == name]
+        summary[name] = {
+            "threat": mine[0]["threat"],
+            "caught_by": mine[0]["caught_by"],
+            "seeds": len(mine),
+            "ok": sum(bool(r["ok"]) for r in mine),
+        }
+    return {
+        **{key: first[key] for key in same},
+        "created": max(doc["created"] for doc in docs),
+        "seeds": seeds,
+        "ok": bool(rows) and all(r["ok"] for r in rows),
+        "not_applicable": first.get("not_applicable", {}),
+        "machine": {
+            "cpu_seconds": round(sum(doc["machine"]["cpu_seconds"] for doc in docs), 1),
+            "runs": [doc["machine"] for doc in docs],
+        },
+        "summary": summary,
+        "rows": rows,
+    }

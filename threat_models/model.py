@@ -143,7 +143,13 @@ THREATS: tuple[Threat, ...] = (
         "No-op",
         "the certificate claims unlearning, the served model is the original",
         ("noop",),
-        ("replay.claims", "structure.patch", "digest.original", "digest.patch"),
+        (
+            "replay.claims",
+            "structure.patch",
+            "class.suppression",
+            "digest.original",
+            "digest.patch",
+        ),
     ),
     Threat(
         2,
@@ -158,16 +164,16 @@ THREATS: tuple[Threat, ...] = (
         "exact-input-filter",
         "Exact-input filter",
         "the patch fires only on the exact forget inputs, knowledge intact around them",
-        ("exact_input_filter",),
-        ("region.probes", "structure.patch", "class.suppression"),
+        ("exact_input_filter", "class_exact_input_filter"),
+        ("region.probes", "structure.patch", "class.suppression", "class.reference"),
     ),
     Threat(
         4,
         "partial",
         "Partial unlearning",
         "only part of the committed forget set is patched",
-        ("partial",),
-        ("replay.claims", "commitment.openings"),
+        ("partial", "class_partial"),
+        ("replay.claims", "commitment.openings", "class.reference"),
     ),
     Threat(
         5,
@@ -211,15 +217,15 @@ THREATS: tuple[Threat, ...] = (
         "sabotage",
         "Sabotage",
         "utility destroyed while the certificate claims it preserved",
-        ("sabotage",),
-        ("utility", "locality"),
+        ("sabotage", "class_sabotage"),
+        ("utility", "locality", "class.suppression"),
     ),
     Threat(
         9,
         "residual-memorisation",
         "Residual memorisation",
         "predictions changed but membership still detectable",
-        ("residual_memorisation",),
+        ("residual_memorisation", "class_residual"),
         ("membership.canaries",),
     ),
     Threat(
@@ -237,15 +243,22 @@ THREATS: tuple[Threat, ...] = (
         "the patch depends on the other rows of the batch: on when the auditor queries in "
         "batches, off for a single row or for a serving batch of one size",
         ("batch_coupled_gate", "batch_size_switch"),
-        ("structure.patch", "replay.batch", "receipt.replay"),
+        ("structure.patch", "class.suppression", "replay.batch", "receipt.replay"),
     ),
     Threat(
         13,
         "non-finite",
         "Non-finite outputs",
         "NaN or infinity in the served logits, which numpy and onnxruntime read differently",
-        ("nan_target", "nan_top_class"),
-        ("structure.patch", "replay.claims", "replay.batch", "locality"),
+        ("nan_target", "nan_top_class", "class_nan_target"),
+        (
+            "structure.patch",
+            "class.suppression",
+            "replay.claims",
+            "replay.batch",
+            "locality",
+            "class.reference",
+        ),
     ),
     Threat(
         14,
@@ -253,8 +266,8 @@ THREATS: tuple[Threat, ...] = (
         "Region cap beyond probe reach",
         "the gates are cut by an extra half-space far from each sample: certified regions are "
         "mostly unpatched where sampled probes rarely go",
-        ("region_cap",),
-        ("structure.patch",),
+        ("region_cap", "class_region_cap"),
+        ("structure.patch", "class.suppression"),
     ),
     Threat(
         15,
@@ -262,15 +275,15 @@ THREATS: tuple[Threat, ...] = (
         "Additive trigger",
         "a backdoor built from allowed piecewise-linear ops, added to the patched output",
         ("trigger_backdoor",),
-        ("structure.patch",),
+        ("structure.patch", "class.suppression"),
     ),
     Threat(
         16,
         "point-only",
         "Hair-margin point-only claims",
         "claims that hold only at the samples, with a margin float32 rounding can erase",
-        ("hair_margin_point_only",),
-        ("claims.policy",),
+        ("hair_margin_point_only", "class_hair_margin"),
+        ("claims.policy", "class.suppression"),
     ),
     Threat(
         17,
@@ -278,7 +291,26 @@ THREATS: tuple[Threat, ...] = (
         "Second answer in the output",
         "the served output carries the original logits next to the patched ones",
         ("concat_original",),
-        ("structure.patch",),
+        ("structure.patch", "class.suppression"),
+    ),
+    Threat(
+        18,
+        "narrow-box",
+        "Box narrower than the data",
+        "the declared input box, over which every region and class guarantee is stated, leaves "
+        "out the data the model serves",
+        ("narrow_box",),
+        ("region.certificate", "class.suppression"),
+    ),
+    Threat(
+        19,
+        "region-only-class",
+        "Regions passed off as a class",
+        "a class deletion that patches only the regions of the class's training samples (every "
+        "claim true), certified as a class or as a sample deletion: the class stays predicted "
+        "on its other inputs",
+        ("class_region_only", "class_as_samples"),
+        ("class.reference",),
     ),
 )
 

@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from prune.claims import CalibratedClaim, Claim
 from prune.errors import PruneError
+from prune.formats import ClassClaim
 from prune.proofs import ProofFiles, UnlearnOutcome, write_signed_proof
 from threat_models.errors import ScenarioError
 
@@ -41,6 +42,8 @@ class Outcome:
     notes: Mapping[str, Any] = field(default_factory=dict)
     duals: NDArray[np.float32] | None = None
     """The region certificate of the certified claims (copied from the engine's result)."""
+    class_claim: ClassClaim | None = None
+    """The class-suppression claim of a class deletion (copied from the engine's result)."""
 
     @classmethod
     def of(cls, result: UnlearnOutcome) -> Outcome:
@@ -52,6 +55,7 @@ class Outcome:
             forget_x=np.asarray(result.forget_x, dtype=np.float32),
             forget_y=np.asarray(result.forget_y, dtype=np.int64),
             duals=getattr(result, "duals", None),
+            class_claim=getattr(result, "class_claim", None),
         )
 
     def but(self, **changes: Any) -> Outcome:

@@ -7,11 +7,12 @@ the row to be caught. The honest row must show no ``X``/``x`` at all."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from threat_models.matrix import ALL_CHECKS, Matrix, Row
+from threat_models.matrix import Matrix
 
-__all__ = ["COLUMN_CODES", "render_matrix"]
+__all__ = ["COLUMN_CODES", "render_document", "render_matrix"]
 
 COLUMN_CODES: dict[str, str] = {
     "signature.certificate": "sgC",
@@ -44,8 +45,8 @@ COLUMN_CODES: dict[str, str] = {
 }
 
 
-def _mark(rows: Sequence[Row], check: str) -> str:
-    statuses = [r.status(check) for r in rows]
+def _mark(rows: Sequence[Mapping[str, Any]], check: str) -> str:
+    statuses = [r["statuses"].get(check, "absent") for r in rows]
     failed = sum(s == "fail" for s in statuses)
     if failed == len(statuses):
         return "X"
@@ -56,44 +57,61 @@ def _mark(rows: Sequence[Row], check: str) -> str:
     return "-"
 
 
-def _verdict(rows: Sequence[Row]) -> str:
-    good = sum(r.ok for r in rows)
-    if rows[0].threat is None:
+def _verdict(rows: Sequence[Mapping[str, Any]]) -> str:
+    good = sum(bool(r["ok"]) for r in rows)
+    if rows[0]["threat"] is None:
         return f"passes {good}/{len(rows)}" + ("" if good == len(rows) else "  FALSE ALARM")
     return f"caught {good}/{len(rows)}" + ("" if good == len(rows) else "  MISSED")
 
 
 def render_matrix(matrix: Matrix) -> str:
     """The table, a legend of the column codes, and the overall result."""
-    codes = [COLUMN_CODES.get(c, c[:3]) for c in ALL_CHECKS]
-    name_w = max(len("adversary"), *(len(a) for a in matrix.adversaries))
+    return render_document(matrix.to_json())
+
+
+def render_document(doc: Mapping[str, Any]) -> str:
+    """:func:`render_matrix` of a matrix JSON document (e.g. one merged from per-seed runs)."""
+    checks = list(doc["checks"])
+    rows = list(doc["rows"])
+    names = list(dict.fromkeys(r["adversary"] for r in rows))
+    codes = [COLUMN_CODES.get(c, c[:3]) for c in checks]
+    name_w = max(len("adversary"), *(len(a) for a in names))
     header = f"{'#':>2}  {'adversary':<{name_w}}  " + " ".join(f"{c:^5}" for c in codes)
     lines = [header + "  result", "-" * (len(header) + 20)]
-    for name in matrix.adversaries:
-        rows = matrix.rows_of(name)
-        number = "" if rows[0].threat is None else str(rows[0].threat)
+    for name in names:
+        mine = [r for r in rows if r["adversary"] == name]
+        number = "" if mine[0]["threat"] is None else str(mine[0]["threat"])
         cells = []
-        for check in ALL_CHECKS:
-            mark = _mark(rows, check)
-            cells.append(f"[{mark}]" if check in rows[0].caught_by else f" {mark} ")
+        for check in checks:
+            mark = _mark(mine, check)
+            cells.append(f"[{mark}]" if check in mine[0]["caught_by"] else f" {mark} ")
         lines.append(
             f"{number:>2}  {name:<{name_w}}  "
             + " ".join(f"{c:^5}" for c in cells)
-            + f"  {_verdict(rows)}"
+            + f"  {_verdict(mine)}"
         )
     lines.append("-" * (len(header) + 20))
-    legend = ", ".join(f"{code} {check}" for check, code in zip(ALL_CHECKS, codes, strict=True))
+    skipped = doc.get("not_applicable") or {}
+    mode = doc.get("scenario", {}).get("mode", "sample")
+    if skipped:
+        lines.append(
+            f"not applicable to {mode} mode (counterpart in this mode): "
+            + ", ".join(f"{n} ({v['counterpart'] or 'none'})" for n, v in skipped.items())
+        )
+    legend = ", ".join(f"{code} {check}" for check, code in zip(checks, codes, strict=True))
     lines.append(f"columns: {legend}")
     lines.append(
         "marks: X failed on every seed, x on some, . passed, - not run; [ ] = the threat's "
         "caught_by checks"
     )
-    seeds = ", ".join(str(s) for s in matrix.seeds)
-    total = sum(1 for r in matrix.rows if r.threat is not None)
-    caught = sum(r.ok for r in matrix.rows if r.threat is not None)
-    honest = [r for r in matrix.rows if r.threat is None]
+    seeds = ", ".join(str(s) for s in doc["seeds"])
+    total = sum(1 for r in rows if r["threat"] is not None)
+    caught = sum(bool(r["ok"]) for r in rows if r["threat"] is not None)
+    honest = [r for r in rows if r["threat"] is None]
+    ok = bool(rows) and all(r["ok"] for r in rows)
     lines.append(
-        f"seeds {seeds}: {caught}/{total} adversary runs caught, honest owner passed "
-        f"{sum(r.ok for r in honest)}/{len(honest)} -> {'OK' if matrix.ok else 'NOT OK'}"
+        f"{doc.get('setting', '?')}, seeds {seeds}: {caught}/{total} adversary runs caught, "
+        f"honest owner passed {sum(bool(r['ok']) for r in honest)}/{len(honest)} -> "
+        f"{'OK' if ok else 'NOT OK'}"
     )
     return "\n".join(lines)

@@ -10,6 +10,7 @@ non-members, so its numbers show what "forgotten" looks like on this data.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -105,7 +106,23 @@ def _reference_set(
             np.concatenate([candidates[0].x, candidates[1].x]),
             np.concatenate([candidates[0].y, candidates[1].y]),
         )
-    return train_reference_models(
+    train_size = config.train_size if config.train_size is not None else len(reference.y) // 2
+    key = None
+    if pool is None:  # offline: the models depend on the reference data and settings only
+        digest = hashlib.sha256(np.ascontiguousarray(reference.x).tobytes())
+        digest.update(np.ascontiguousarray(reference.y).tobytes())
+        key = (
+            digest.hexdigest(),
+            repr(architecture),
+            repr(config.recipe),
+            config.seed,
+            config.reference_models,
+            train_size,
+            config.device,
+        )
+        if key in _TRAINED:
+            return _TRAINED[key]
+    trained = train_reference_models(
         reference.x,
         reference.y,
         architecture=architecture,
@@ -113,13 +130,25 @@ def _reference_set(
         recipe=config.recipe,
         seed=config.seed,
         candidates=pool,
-        train_size=config.train_size if config.train_size is not None else len(reference.y) // 2,
+        train_size=train_size,
         jobs=config.jobs,
         backend=config.backend,
         address=config.address,
         device=config.device,
         progress=progress,
     )
+    if key is not None:
+        while len(_TRAINED) >= _TRAINED_ENTRIES:
+            _TRAINED.pop(next(iter(_TRAINED)))
+        _TRAINED[key] = trained
+    return trained
+
+
+_TRAINED: dict[tuple[object, ...], ReferenceSet] = {}
+_TRAINED_ENTRIES = 2
+"""Offline reference sets already trained in this process, by everything they depend on
+(training is deterministic for a seed, bit for bit on CPUs, whatever the backend): an auditor
+checking several proofs against the same reference data trains its models once."""
 
 
 def membership_audit(

@@ -9,22 +9,28 @@ and ``v2``):
    output tail replayed on ``prune/output``), the suppression nodes
    ``z'_K = min(z_K, max_{j != K} z_j - m)`` appended exactly as docs/FORMATS.md lists them (v2:
    the suppression applies to ``L = Where(z_K > max_{j != K} z_j, z A + beta, z)``, whose ``A``
-   and ``beta`` are free parameters read from ``model.onnx``), the outputs, the metadata. ``model.onnx`` must
-   equal it, serialised deterministically: any other node, op, attribute, constant or output is
-   a failure;
-2. *exact bound over the box*: interval bound propagation through the verifier's own parse of
+   and ``beta`` are free parameters read from ``model.onnx``), the outputs, the metadata.
+   ``model.onnx`` must equal it, serialised deterministically: any other node, op, attribute,
+   constant or output is a failure;
+2. *the box covers the data*: every forget sample and at least 99 % of the auditor's reference
+   points (cut values) lie in the claimed box, the rule of ``region.certificate`` (a box drawn
+   inside the data would certify the class's absence where nobody queries);
+3. *exact bound over the box*: interval bound propagation through the verifier's own parse of
    the original head over the claimed box, in float64 with a rigorous rounding term per layer
    (``gamma_n (|W| |x| + |b|)``, ``gamma_n = n u / (1 - n u)``) gives ``B >= |z_j|``; the claim
    holds in float32 only if ``m`` is at least the float32 spacing at ``2B``
    (:func:`prune.formats.float32_margin_holds`, argument in docs/FORMATS.md); v2 needs it at
    its own bound on the remapped logits too (:func:`prune.formats.remap_problems`);
-3. *replay*: onnxruntime's patched logits on the forget set and on random points of the box
+4. *replay*: onnxruntime's patched logits on the forget set and on random points of the box
    equal the formula evaluated here (float32, bit for bit outside the remapped rows; there,
    within the Gemm's rigorous float32 error of the exact value), and no point gets ``K``.
 
-``class.reference`` (every class-mode certificate, region-only ones included): the auditor's own
-reference data of class ``K`` must never get ``K`` from ``model.onnx``. With no reference sample
-of class ``K`` the check fails: the class's absence cannot be shown."""
+``class.reference`` (every class-mode certificate, region-only ones included, and every
+certificate when the auditor states the class it expects, ``Policy.expected_class``: a
+certificate of another class or of a sample deletion then fails): the auditor's own
+reference data of class ``K`` must never get ``K`` from ``model.onnx`` (non-finite logits fail,
+as everywhere: :meth:`VerifyContext.patched_logits`). With no reference sample of class ``K``
+the check fails: the class's absence cannot be shown."""
 
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from audit.verify._affine import AffineHead, parse_head
+from audit.verify._certificate import _box_problem
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
 from audit.verify._graph import (
@@ -319,6 +326,9 @@ class ClassSuppression(Check[VerifyContext]):
                 f"own parse of the head disagrees with onnxruntime ({parse_error:.3g})"
             )
         low, high = float(claim.low), float(claim.high)
+        box_problem = _box_problem(ctx, ev.x, (low, high))
+        if box_problem:
+            return self.failed(f"class claim: {box_problem}", **evidence)
         bound = interval_bound(affine, low, high)
         margin = float(claim.margin)
         evidence |= {"logit_bound": bound, "owner_logit_bound": claim.logit_bound}
@@ -403,6 +413,21 @@ class ClassReference(Check[VerifyContext]):
 
     def run(self, ctx: VerifyContext) -> CheckOutcome:
         predicate = ctx.predicate
+        expected = ctx.policy.expected_class
+        if expected is not None and (
+            predicate.mode != "class" or predicate.forget_class != expected
+        ):
+            stated = (
+                f"class {predicate.forget_class}"
+                if predicate.mode == "class"
+                else "sample deletion"
+            )
+            return self.failed(
+                f"the auditor checks the deletion of class {expected}; the certificate states a "
+                f"{stated}",
+                expected_class=expected,
+                mode=predicate.mode,
+            )
         if predicate.mode != "class" or predicate.forget_class is None:
             return self.not_applicable("not a class deletion")
         if ctx.reference is None:
@@ -416,7 +441,7 @@ class ClassReference(Check[VerifyContext]):
                 f"the reference data holds no sample of class {k}: its removal cannot be shown",
                 **evidence,
             )
-        logits = ctx.patched_logits(x, key="reference")[mine]
+        logits = ctx.patched_logits(x, key="reference")[mine]  # NaN/inf: NonFiniteOutput
         still = int((logits.argmax(axis=1) == k).sum())
         evidence["still_predicted"] = still
         if still:

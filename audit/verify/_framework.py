@@ -104,8 +104,11 @@ class Policy:
     ``min_certified_margin``: the smallest certified margin a claim may state (a hair margin
     cannot survive the float32 execution of the model). ``accept_point_only``: the auditor
     accepts claims that hold only at the sample (verdict ``point-only``, exit 0).
+    ``expected_class``: see the field.
     ``probe_claims``: certified claims probed (at random; ``None``: all). Probes are defence in
-    depth: every certified claim is proved by ``region.certificate``."""
+    depth: every certified claim is proved by ``region.certificate``. ``lp_claims``: probed
+    claims (weakest probe slack first) whose region the probes also minimise exactly by LP;
+    ``lp_classes``: at most this many LPs per such claim (0: as many as the classes need)."""
 
     required_inputs: frozenset[str] = frozenset({"original", "forget", "reference", "sample"})
     max_age: timedelta = timedelta(days=365)
@@ -118,8 +121,18 @@ class Policy:
     probe_claims: int | None = 64
     bisection_steps: int = 10
     lp_claims: int = 1
+    lp_classes: int = 2
     min_certified_margin: float = 0.01
     accept_point_only: bool = False
+    min_gate_sharpness: float = 100.0
+    """Smallest gate sharpness ``n`` a patch may declare. Inside a certified region, another
+    patch's gate can be on only within its band (activation gate: summed |pre-activation| of the
+    differing neurons below ``1/n``), the one exception of ``region.certificate``; a small ``n``
+    would widen that exception at will (``prune unlearn`` uses 1000)."""
+    expected_class: int | None = None
+    """The class whose deletion the auditor was asked to check (``--expect-class``): a
+    certificate of another mode or class fails ``class.reference``. ``None``: the certificate's
+    own mode is taken as what was requested."""
     membership: MembershipPolicy | None = None
     """A :class:`audit.verify.MembershipPolicy` enables the optional membership check."""
 
@@ -127,6 +140,8 @@ class Policy:
         unknown = set(self.required_inputs) - set(INPUTS)
         if unknown:
             raise InputError(f"policy: unknown input {', '.join(sorted(unknown))}")
+        if self.lp_claims < 0 or self.lp_classes < 0:
+            raise InputError("policy: LP claims and classes must be at least 0")
         if self.probe_directions < 1 or self.probe_points < 1 or self.bisection_steps < 1:
             raise InputError("policy: probe counts and bisection steps must be at least 1")
         if self.max_age <= timedelta(0) or self.margin_tolerance < 0 or self.locality_atol < 0:

@@ -9,7 +9,9 @@
    that matches the original graph, allowed piecewise-linear ops reading only the cut, the hidden
    tensors, the original logits and patch constants);
 2. the parameters have the shapes the original model implies and match the certificate (gate
-   kind, cut, every patch owned by some claim, every claim's patch index in range);
+   kind, cut, every patch owned by some claim, every claim's patch index in range), and the
+   gate sharpness ``n`` is at least ``Policy.min_gate_sharpness`` (the band ``1/n`` bounds the
+   one exception of ``region.certificate``: another patch's gate on inside a region);
 3. each claim's gate row is *the region of the claimed forget sample*, computed by the verifier
    on the original model (activation gate: the sign pattern; dense gate: the linearised
    constraint rows). A patch gated on anything else is a trigger, not an unlearning patch;
@@ -106,6 +108,12 @@ class StructurePatch(Check[VerifyContext]):
         problems += params.check_dims(
             cut_dim=ev.x.shape[1], hidden=ev.z.shape[1], classes=ev.logits.shape[1]
         )
+        sharpness = ctx.policy.min_gate_sharpness
+        if not params.n >= sharpness:
+            problems.append(
+                f"gate sharpness n = {params.n:g} is below the policy minimum {sharpness:g}: the "
+                "band where another patch may fire inside a certified region would not be thin"
+            )
         evidence: dict[str, Any] = {
             "gate": params.gate,
             "patches": params.patches,

@@ -108,7 +108,10 @@ def perf_rows(results_root: Path, repo: Path, *, extra: Sequence[PerfRow] = ()) 
         if not isinstance(doc, Mapping):
             continue
         command = _command(doc, path.stem, repo)
-        load = doc.get("load_average_1min") or (doc.get("machine") or {}).get("loadavg_1m")
+        machine = doc.get("machine")  # a dict, or a sentence in some older documents
+        load = doc.get("load_average_1min") or (
+            machine.get("loadavg_1m") if isinstance(machine, Mapping) else None
+        )
         for what, record in _records(doc, ""):
             seconds = _seconds(record)
             details = _details(record)

@@ -55,7 +55,7 @@ from prune.unlearn._strategies import (
     Plan,
     SolveContext,
     plan_patches,
-    solve_regions,
+    solve_with_duals,
 )
 
 __all__ = [
@@ -71,6 +71,8 @@ __all__ = [
 ]
 
 DEFAULT_MARGIN = 0.1
+LP_SOLVERS = frozenset({"scale-shift", "reassure"})
+"""Solvers that certify with exact LPs: their region certificates carry the LP's multipliers."""
 DEFAULT_N = 1000.0
 RETRIES = 2
 ClassMode = Literal["suppress", "regions"]
@@ -295,6 +297,8 @@ def unlearn(
                 C=plan.C,
                 d=plan.d,
                 claims=claims,
+                exact=solver in LP_SOLVERS,  # their patches are sized to the exact LP optimum
+                multipliers=plan.multipliers,
             )
             t_duals = clock() - t_duals
         t_evaluate = clock()
@@ -474,6 +478,7 @@ def _export_and_recheck(
     margin; returns the model, the final plan, per-point success and the re-solve count."""
     resolved = 0
     required = plan.required.copy()
+    lam = None if plan.multipliers is None else plan.multipliers.copy()
     d, C, certified = (
         plan.d.copy(),
         None if plan.C is None else plan.C.copy(),
@@ -501,13 +506,26 @@ def _export_and_recheck(
             break
         resolved += len(bad)
         required[bad] = required[bad] + (margin + required[bad]) * 2.0**attempt
-        C_b, d[bad], certified[bad] = solve_regions(
-            ctx, plan.active[bad], plan.targets[bad], required[bad]
-        )
+        again = solve_with_duals(ctx, plan.active[bad], plan.targets[bad], required[bad])
+        C_b, d[bad], certified[bad] = again.C, again.d, again.certified
+        if lam is not None and again.multipliers is not None:
+            lam[bad] = again.multipliers
+        else:
+            lam = None
         if C_b is not None:
             C = np.zeros((len(d), *C_b.shape[1:])) if C is None else C
             C[bad] = C_b
         elif C is not None:
             C[bad] = 0.0
-    final = Plan(plan.active, plan.targets, C, d, certified, required, plan.patch_of, plan.rounds)
+    final = Plan(
+        plan.active,
+        plan.targets,
+        C,
+        d,
+        certified,
+        required,
+        plan.patch_of,
+        plan.rounds,
+        multipliers=lam,
+    )
     return patched, final, ok, resolved

@@ -63,7 +63,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Work:
     return Work(root, root / "suppress", root / "regions", root / "plain")
 
 
-def _verify(work: Work, proof: Path, reference: Path | None = None) -> tuple[int, dict[str, Any]]:
+def _verify(
+    work: Work, proof: Path, reference: Path | None = None, *extra: str
+) -> tuple[int, dict[str, Any]]:
     out = proof.parent / f"{proof.name}-report.json"
     result = CliRunner().invoke(
         audit_cli,
@@ -73,7 +75,7 @@ def _verify(work: Work, proof: Path, reference: Path | None = None) -> tuple[int
             "--original", str(work.root / "work" / "model.onnx"),
             "--forget", str(proof / "forget.npz"),
             "--reference", str(reference or work.root / "work" / "test.npz"),
-            "--seed", "0", "--quiet", "--json", str(out),
+            "--seed", "0", "--quiet", "--json", str(out), *extra,
         ],
     )  # fmt: skip
     report = json.loads(out.read_text())
@@ -247,3 +249,67 @@ def test_suppressing_another_class_than_the_deleted_one_fails(work: Work, tmp_pa
     assert (
         checks["replay.claims"]["status"] == "fail" or checks["class.reference"]["status"] == "fail"
     )
+
+
+def test_box_narrower_than_the_data_fails(work: Work, tmp_path: Path) -> None:
+    """A class claim over a box drawn inside the data: the class's absence would be certified
+    where nobody queries (threat 18)."""
+    proof = Path(shutil.copytree(work.suppress, tmp_path / "proof"))
+    _reissue_claim(work, proof, high="0.25")
+    code, checks = _verify(work, proof)
+    assert code == 1
+    assert checks["class.suppression"]["status"] == "fail"
+    assert "outside the declared input box" in checks["class.suppression"]["detail"]
+
+
+def _nan_beside_k(model: onnx.ModelProto) -> None:
+    """``prune/output + row`` with NaN in every column but K: numpy's argmax reads a NaN column
+    (never K), onnxruntime's ArgMax does not."""
+    last = model.graph.node[-1]
+    last.output[0] = "prune/patch/class/pre"
+    row = np.full((1, 10), np.nan, np.float32)
+    row[0, K] = 0.0
+    model.graph.initializer.append(numpy_helper.from_array(row, name="prune/patch/nan"))
+    model.graph.node.append(
+        onnx.helper.make_node(
+            "Add", ["prune/patch/class/pre", "prune/patch/nan"], ["prune/output"], name="nan"
+        )
+    )
+
+
+def test_non_finite_logits_fail_class_reference_and_suppression(work: Work, tmp_path: Path) -> None:
+    proof = Path(shutil.copytree(work.suppress, tmp_path / "proof"))
+    model = onnx.load_from_string((proof / "model.onnx").read_bytes())
+    _nan_beside_k(model)
+    resign_model(proof, model.SerializeToString(), key=work.root / "keys" / "owner.key")
+    code, checks = _verify(work, proof)
+    assert code == 1
+    assert checks["class.reference"]["status"] == "fail"
+    assert "NaN or infinity" in checks["class.reference"]["detail"]
+    assert checks["class.suppression"]["status"] == "fail"
+
+
+def test_auditor_expecting_the_class_accepts_the_suppression(work: Work) -> None:
+    code, checks = _verify(work, work.suppress, None, "--expect-class", str(K))
+    assert code == 0 and checks["class.reference"]["status"] == "pass"
+
+
+def test_auditor_expecting_another_class_or_a_class_fails(work: Work, tmp_path: Path) -> None:
+    """A certificate for class K is not the deletion of class K+1; and the same region patches
+    certified as a *sample* deletion of the class's records (every sample check passes) are not
+    the deletion of class K (threat 19, ``class_as_samples``)."""
+    code, checks = _verify(work, work.suppress, None, "--expect-class", str(K + 1))
+    assert code == 1 and checks["class.reference"]["status"] == "fail"
+    assert f"class {K + 1}" in checks["class.reference"]["detail"]
+    proof = Path(shutil.copytree(work.regions, tmp_path / "as-samples"))
+
+    def as_samples(doc: dict[str, Any]) -> None:
+        doc["predicate"]["mode"] = "samples"
+        del doc["predicate"]["forget_class"]
+
+    edit_certificate(proof, as_samples, key=work.root / "keys" / "owner.key")
+    code, checks = _verify(work, proof)
+    assert checks["class.reference"]["status"] == "not-run"  # taken at its word: samples
+    code, checks = _verify(work, proof, None, "--expect-class", str(K))
+    assert code == 1 and checks["class.reference"]["status"] == "fail"
+    assert "sample deletion" in checks["class.reference"]["detail"]

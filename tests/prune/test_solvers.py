@@ -161,7 +161,7 @@ def test_lagrangian_steps_tighten_the_bound(
         torch.from_numpy(case.targets),
         margin=torch.full((3,), MARGIN, dtype=torch.float64),
     )
-    tight = LagrangianSolver(steps=40, scales="exact").solve(
+    tight = LagrangianSolver(steps=40, lr=0.03, scales="exact").solve(
         case.regions,
         torch.from_numpy(case.targets),
         margin=torch.full((3,), MARGIN, dtype=torch.float64),
@@ -226,3 +226,21 @@ def test_diagonal_scaled_solver_certifies_the_whole_region(case: Case, steps: in
         exact = exact_min_margin(case.head, case.x[b], int(case.targets[b]), None, sol.d[b].numpy())
         assert exact >= MARGIN - 1e-7
         assert float(sol.certified_margin[b]) <= exact + 1e-6
+
+
+@pytest.mark.parametrize("name", ["scale-shift", "reassure"])
+def test_exact_lp_multipliers_certify_the_lp_solvers_patches(
+    case: Case, solutions: dict[str, PatchSolution], name: str
+) -> None:
+    """The region certificate of an LP-solver proof ships the LP's own multipliers
+    (``region_duals(exact=True)``): with them the weak-duality bound reaches the margin the
+    solver certified, which the Lagrangian ascent's multipliers need not (issue 11)."""
+    from prune.proofs._duals import _lp_multipliers
+    from prune.solvers._bounds import spec_objectives, spec_upper_bounds
+
+    sol = solutions[name]
+    t = torch.from_numpy(case.targets)
+    W, _ = spec_objectives(case.regions, t, C=sol.C, d=sol.d)
+    lam = torch.from_numpy(_lp_multipliers(case.regions, W, case.targets))
+    upper = spec_upper_bounds(case.regions, t, lam, C=sol.C, d=sol.d)
+    assert bool((-upper.max(dim=1).values >= MARGIN - 1e-6).all()), upper

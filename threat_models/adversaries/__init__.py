@@ -21,6 +21,18 @@ from threat_models.adversaries._certificates import (
     ForgedSignature,
     ReplayedCertificate,
 )
+from threat_models.adversaries._class import (
+    ClassAsSamples,
+    ClassExactInputFilter,
+    ClassHairMargin,
+    ClassNanTarget,
+    ClassPartial,
+    ClassRegionCap,
+    ClassRegionOnly,
+    ClassResidual,
+    ClassSabotage,
+    NarrowBox,
+)
 from threat_models.adversaries._patches import (
     ExactInputFilter,
     Partial,
@@ -79,6 +91,16 @@ ADVERSARIES: dict[str, type[Adversary]] = {
         TriggerBackdoor,
         HairMarginPointOnly,
         ConcatOriginal,
+        NarrowBox,
+        ClassExactInputFilter,
+        ClassPartial,
+        ClassSabotage,
+        ClassResidual,
+        ClassNanTarget,
+        ClassRegionCap,
+        ClassHairMargin,
+        ClassRegionOnly,
+        ClassAsSamples,
     )
 }
 

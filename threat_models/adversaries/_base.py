@@ -86,6 +86,11 @@ class Adversary(ABC):
     name: ClassVar[str]
     threat: ClassVar[Threat | None]
     summary: ClassVar[str]
+    modes: ClassVar[frozenset[str]] = frozenset({"sample"})
+    """The deletion modes (``sample``, ``class``) whose honest proof this adversary can start
+    from; the matrix records the others as not applicable, naming :attr:`counterpart`."""
+    counterpart: ClassVar[str | None] = None
+    """The adversary that attacks the same root cause in the other mode."""
 
     @property
     def caught_by(self) -> tuple[str, ...]:

@@ -64,6 +64,33 @@ def unlearn_rows(scenario: Scenario, rows: NDArray[np.int64]) -> UnlearnResult:
     return result
 
 
+def unlearn_class(
+    scenario: Scenario, forget_class: int, *, drop_row: int | None = None
+) -> UnlearnResult:
+    """The owner's genuine engine deleting ``forget_class`` (suppression, the honest options),
+    on the training data without row ``drop_row`` when given (as if that record had never been
+    in the training set)."""
+    x, y = scenario.x_train, scenario.y_train
+    if drop_row is not None:
+        x, y = np.delete(x, drop_row, axis=0), np.delete(y, drop_row)
+    try:
+        result = unlearn(
+            scenario.original_bytes,
+            x,
+            y,
+            forget_class=forget_class,
+            x_test=scenario.x_test,
+            y_test=scenario.y_test,
+            margin=scenario.config.margin,
+            seed=scenario.seed,
+        )
+    except PruneError as exc:
+        raise ScenarioError(f"the engine failed on class {forget_class}: {exc}") from exc
+    if not result.complete:
+        raise ScenarioError(f"the engine left samples of class {forget_class} uncertified")
+    return result
+
+
 def certificate_nonce(proof: Path) -> str:
     envelope = Envelope.from_json((proof / "certificate.json").read_bytes())
     return Statement.from_json(envelope.payload).predicate.nonce
@@ -77,6 +104,7 @@ class ForgedSignature(Adversary):
     name: ClassVar[str] = "forged_signature"
     threat: ClassVar[Threat | None] = threat("forged-certificate")
     summary: ClassVar[str] = "certificate and model.sig signed by another key"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
@@ -100,6 +128,7 @@ class ForgedOtherModel(Adversary):
     name: ClassVar[str] = "forged_other_model"
     threat: ClassVar[Threat | None] = threat("forged-certificate")
     summary: ClassVar[str] = "certificate names another original model"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
@@ -116,17 +145,24 @@ class ForgedOtherForgetSet(Adversary):
     name: ClassVar[str] = "forged_other_forget_set"
     threat: ClassVar[Threat | None] = threat("forged-certificate")
     summary: ClassVar[str] = "certifies another forget set, opens the requested one"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
-        rng = scenario.rng(self.name)
-        spare = np.setdiff1d(np.arange(len(scenario.y_train)), scenario.forget_rows)
-        rows = rng.choice(spare, len(scenario.forget_rows), replace=False).astype(np.int64)
-        proof = signed(scenario, out / "proof", Outcome.of(unlearn_rows(scenario, rows)))
+        if scenario.forget_class is not None:  # another class deleted, the requested opened
+            classes = int(scenario.y_train.max()) + 1
+            other = (scenario.forget_class + 1) % classes
+            result = unlearn_class(scenario, other)
+            notes = f"certificate deletes class {other}, openings of class {scenario.forget_class}"
+        else:
+            rng = scenario.rng(self.name)
+            spare = np.setdiff1d(np.arange(len(scenario.y_train)), scenario.forget_rows)
+            rows = rng.choice(spare, len(scenario.forget_rows), replace=False).astype(np.int64)
+            result = unlearn_rows(scenario, rows)
+            notes = f"certificate commits {len(rows)} other training rows"
+        proof = signed(scenario, out / "proof", Outcome.of(result))
         shutil.copyfile(scenario.honest_proof / "forget.npz", proof / "forget.npz")
-        return standard(
-            self, scenario, out, proof, f"certificate commits {len(rows)} other training rows"
-        )
+        return standard(self, scenario, out, proof, notes)
 
 
 class ReplayedCertificate(Adversary):
@@ -136,6 +172,7 @@ class ReplayedCertificate(Adversary):
     name: ClassVar[str] = "replayed_certificate"
     threat: ClassVar[Threat | None] = threat("forged-certificate")
     summary: ClassVar[str] = "re-presents an already accepted certificate"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
@@ -161,12 +198,18 @@ class Equivocation(Adversary):
     name: ClassVar[str] = "equivocation"
     threat: ClassVar[Threat | None] = threat("equivocation")
     summary: ClassVar[str] = "auditor sees a root without one subject; the subject another"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
         leaf = int(scenario.ordinary_leaves()[0])
-        rows = np.delete(scenario.forget_rows, leaf)
-        proof = signed(scenario, out / "proof", Outcome.of(unlearn_rows(scenario, rows)))
+        if scenario.forget_class is not None:  # the class, as if the subject had never been in it
+            result = unlearn_class(
+                scenario, scenario.forget_class, drop_row=int(scenario.forget_rows[leaf])
+            )
+        else:
+            result = unlearn_rows(scenario, np.delete(scenario.forget_rows, leaf))
+        proof = signed(scenario, out / "proof", Outcome.of(result))
         subject = subject_inputs(
             scenario,
             out,

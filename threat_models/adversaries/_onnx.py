@@ -8,15 +8,20 @@ gate tensor is ``prune/patch/g`` (``[N, P]``) and the flattened cut ``prune/patc
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from threat_models.errors import ScenarioError
 
+if TYPE_CHECKING:
+    from threat_models.scenario import Scenario
+
 __all__ = [
     "PREFIX",
+    "cut_values",
+    "declared_box",
     "exact_input_gate",
     "metadata",
     "patch_parameters",
@@ -43,6 +48,25 @@ def _save(proto: Any) -> bytes:
     except Exception as exc:  # onnx raises ValidationError
         raise ScenarioError(f"the edited model fails onnx.checker: {exc}") from exc
     return bytes(proto.SerializeToString())
+
+
+def cut_values(scenario: Scenario, x: NDArray[np.float32]) -> NDArray[np.float64]:
+    """The committed original model's cut values ``[N, d]`` of model inputs ``x`` (the input
+    itself, flattened, for an MLP; the feature tensor for a CNN): what ``prune/patch/x`` holds."""
+    from prune.model import load_model
+
+    imported = load_model(scenario.original_bytes)
+    if imported.input_space:
+        return np.asarray(x, dtype=np.float64).reshape(len(x), -1)
+    return np.asarray(imported.cut_values(np.asarray(x, dtype=np.float32)), dtype=np.float64)
+
+
+def declared_box(method: Mapping[str, Any]) -> tuple[float, float]:
+    """``(low, high)`` of the honest run's declared input box of the cut space."""
+    box = method.get("input_box")
+    if not isinstance(box, Mapping):
+        raise ScenarioError("the honest run declares no input box")
+    return float(box["low"]), float(box["high"])
 
 
 def metadata(raw: bytes) -> dict[str, str]:

@@ -17,6 +17,7 @@ from prune.model import OrtRunner
 from threat_models.adversaries._base import Adversary, DishonestProof, signed, standard
 from threat_models.adversaries._certificates import unlearn_rows
 from threat_models.adversaries._onnx import (
+    cut_values,
     exact_input_gate,
     metadata,
     patch_parameters,
@@ -44,12 +45,13 @@ class ExactInputFilter(Adversary):
     name: ClassVar[str] = "exact_input_filter"
     threat: ClassVar[Threat | None] = threat("exact-input-filter")
     summary: ClassVar[str] = "gates ANDed with an exact-input equality test"
+    counterpart: ClassVar[str | None] = "class_exact_input_filter"
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
         honest = scenario.honest
         patches = 1 + max(c.patch for c in honest.claims)
-        x = honest.forget_x.reshape(len(honest.forget_x), -1)
+        x = cut_values(scenario, honest.forget_x)  # the gate filters the cut, prune/patch/x
         keys = np.zeros((patches, x.shape[1]), dtype=np.float32)
         for claim in reversed(honest.claims):  # the first claim of each patch wins
             keys[claim.patch] = x[claim.leaf_index]
@@ -65,6 +67,7 @@ class Partial(Adversary):
     name: ClassVar[str] = "partial"
     threat: ClassVar[Threat | None] = threat("partial")
     summary: ClassVar[str] = "patches half of the committed forget set, claims all"
+    counterpart: ClassVar[str | None] = "class_partial"
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
@@ -91,6 +94,7 @@ class StructureWeights(Adversary):
     name: ClassVar[str] = "structure_weights"
     threat: ClassVar[Threat | None] = threat("structure")
     summary: ClassVar[str] = "original weights changed inside the patched model"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
@@ -108,14 +112,15 @@ class StructureTrigger(Adversary):
     name: ClassVar[str] = "structure_trigger"
     threat: ClassVar[Threat | None] = threat("structure")
     summary: ClassVar[str] = "extra patch gated on a trigger region"
+    counterpart: ClassVar[str | None] = "trigger_backdoor"
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
         served = scenario.honest.patched_model
         hidden = metadata(served)["prune.hidden"].split(",")
-        image = scenario.x_test[:1].reshape(1, 8, 8).copy()
-        image[:, :2, :2] = 1.0
-        trigger = image.reshape(1, -1)
+        image = scenario.x_test[:1].reshape(1, *scenario.image_shape).copy()
+        image[:, :, :2, :2] = 1.0
+        trigger = image.reshape(1, *scenario.x_test.shape[1:])
         z = OrtRunner(scenario.original_bytes, outputs=hidden).run(trigger)
         active = (np.concatenate([h.reshape(1, -1) for h in z], axis=1)[0] >= 0).astype(np.float32)
         p = patch_parameters(served)
@@ -144,6 +149,7 @@ class Sabotage(Adversary):
     name: ClassVar[str] = "sabotage"
     threat: ClassVar[Threat | None] = threat("sabotage")
     summary: ClassVar[str] = "support bands widened; certificate keeps the honest accuracy"
+    counterpart: ClassVar[str | None] = "class_sabotage"
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)

@@ -35,6 +35,7 @@ from prune.regions import InputBox, Regions, linearize
 from prune.solvers import LagrangianSolver
 from prune.unlearn import FLOAT32_SLACK
 from threat_models.adversaries._base import Adversary, DishonestProof, signed, standard
+from threat_models.adversaries._onnx import cut_values
 from threat_models.errors import ScenarioError
 from threat_models.model import Threat, threat
 from threat_models.proofs import Outcome
@@ -111,6 +112,7 @@ class ResidualMemorisation(Adversary):
     name: ClassVar[str] = "residual_memorisation"
     threat: ClassVar[Threat | None] = threat("residual-memorisation")
     summary: ClassVar[str] = "certified tie patches: p(true label) stays ~1/2"
+    counterpart: ClassVar[str | None] = "class_residual"
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
@@ -119,14 +121,14 @@ class ResidualMemorisation(Adversary):
             raise ScenarioError("the tie patch needs a complete, activation-gated honest run")
         imported = load_model(scenario.original_bytes)
         box = _input_box(honest.method)
-        x = honest.forget_x.reshape(len(honest.forget_x), -1)
+        x = cut_values(scenario, honest.forget_x)  # the head's input
         flip = tuple(c for c in honest.claims if isinstance(c, Claim))
         if len(flip) != len(honest.claims):
             raise ScenarioError("the tie patch needs flip claims (a class-choosing target policy)")
         claims = sorted(flip, key=lambda c: c.patch)
         first = {c.patch: c for c in reversed(claims)}  # one owner per patch (first claim)
         owners = [first[u] for u in range(len(first))]
-        active = _patterns(imported, x[[c.leaf_index for c in owners]])
+        active = _patterns(imported, honest.forget_x[[c.leaf_index for c in owners]])
         regions = linearize(imported.head, active, box=box)
         labels = np.array([c.label for c in owners], dtype=np.int64)
         targets = np.array([c.target for c in owners], dtype=np.int64)
@@ -156,8 +158,14 @@ class ResidualMemorisation(Adversary):
         # the tie patches are certified over their regions too: ship their own multipliers
         # (tight rows: many more dual steps than the engine's default)
         duals = region_duals(
-            imported.head, box, active=active, targets=targets, C=C, d=d, claims=flip,
-            solver=LagrangianSolver(steps=400, scales="exact"),
+            imported.head,
+            box,
+            active=active,
+            targets=targets,
+            C=C,
+            d=d,
+            claims=flip,
+            solver=LagrangianSolver(steps=400, lr=0.03, scales="exact"),
         )
         outcome = Outcome.of(honest).but(patched_model=model, duals=duals)
         proof = signed(scenario, out / "proof", outcome)

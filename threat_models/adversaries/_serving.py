@@ -37,6 +37,7 @@ class HonestOwner(Adversary):
     name: ClassVar[str] = "honest"
     threat: ClassVar[Threat | None] = None
     summary: ClassVar[str] = "honest PRUNE run, engine defaults"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
@@ -51,6 +52,7 @@ class NoOp(Adversary):
     name: ClassVar[str] = "noop"
     threat: ClassVar[Threat | None] = threat("no-op")
     summary: ClassVar[str] = "signs the original model as the patched one"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
@@ -67,6 +69,7 @@ class Substitution(Adversary):
     name: ClassVar[str] = "substitution"
     threat: ClassVar[Threat | None] = threat("substitution")
     summary: ClassVar[str] = "serves the original model behind the honest certificate"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
@@ -83,26 +86,32 @@ class Substitution(Adversary):
 
 class Rollback(Adversary):
     """Certified honestly, then the patch is switched off in deployment (every patch's ``d``
-    zeroed, so ``prune/output`` equals the original logits), and the rolled-back file is
+    zeroed, or for a class suppression the class's ceiling lifted to +inf, so ``prune/output``
+    equals the original logits), and the rolled-back file is
     re-signed with model_signing using the owner's real key, as a redeploy would."""
 
     name: ClassVar[str] = "rollback"
     threat: ClassVar[Threat | None] = threat("rollback")
     summary: ClassVar[str] = "zeroes the patch after certification, re-signs the served file"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
         proof = copy_proof(scenario, out / "proof")
         served = scenario.honest.patched_model
         params = patch_parameters(served)
-        zeroed: dict[str, NDArray[np.float32]] = {
-            name: np.zeros_like(params[name]) for name in ("d", "C") if name in params
-        }
-        (proof / "model.onnx").write_bytes(with_parameters(served, zeroed))
+        off: dict[str, NDArray[np.float32]]
+        if scenario.forget_class is None:
+            off = {name: np.zeros_like(params[name]) for name in ("d", "C") if name in params}
+            what = "patch d zeroed"
+        else:  # the class's ceiling lifted to +inf: min(z_K, +inf) = z_K
+            off = {"class/cap": np.full_like(params["class/cap"], np.inf)}
+            what = "class ceiling set to +inf"
+        (proof / "model.onnx").write_bytes(with_parameters(served, off))
         key = open_private_key(scenario.private_key, None)
         staging = out / "model.sig.new"
         sign_model(proof / "model.onnx", staging, key=key)
         shutil.move(staging, proof / "model.sig")
         return standard(
-            self, scenario, out, proof, "patch d zeroed after certification; model.sig re-signed"
+            self, scenario, out, proof, f"{what} after certification; model.sig re-signed"
         )

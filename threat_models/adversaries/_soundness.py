@@ -9,8 +9,8 @@ that a sampling verifier cannot tell apart:
   onnxruntime's ArgMax does not) or NaN in every row's top class;
 * a region cap: every gate is multiplied by one more half-space far from the forget sample,
   beyond the reach of the probe rays, so most of each certified region is unpatched;
-* a trigger backdoor that is not a patch at all (Relu/MatMul only): +50 to class 0 when four
-  pixels are bright;
+* a trigger backdoor that is not a patch at all (Relu/MatMul only): +50 to class 0 (class
+  mode: to the deleted class) when four pixels are bright;
 * hair-margin point-only claims (margin 1e-7, claimed only at the samples);
 * the patched logits concatenated with the original logits (a second answer in the output).
 
@@ -28,7 +28,7 @@ from numpy.typing import NDArray
 
 from prune.claims import Claim
 from threat_models.adversaries._base import Adversary, DishonestProof, signed, standard
-from threat_models.adversaries._onnx import PREFIX, patch_parameters
+from threat_models.adversaries._onnx import PREFIX, cut_values, declared_box, patch_parameters
 from threat_models.errors import ScenarioError
 from threat_models.model import Threat, threat
 from threat_models.proofs import Outcome
@@ -49,7 +49,7 @@ OUTPUT = "prune/output"
 _OUT0 = PREFIX + "adv/out0"
 SWITCH_ROWS = 64
 CAP_FRACTION = 0.5  # the cap sits halfway from the sample to the far side of the box
-TRIGGER_PIXELS = (0, 1, 8, 9)
+TRIGGER_CLASS = 0
 TRIGGER_PUSH = 50.0
 
 
@@ -87,16 +87,17 @@ def _const_node(proto: Any, helper: Any, name: str, value: NDArray[Any]) -> str:
 
 
 def _rows(proto: Any, helper: Any) -> str:
-    """``[1, 1]`` float: the number of rows in the batch (ReduceSum over axis 0 of ones)."""
-    x = PREFIX + "x"
-    cols = int(proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value or 0)
-    if cols <= 0:
-        raise ScenarioError("the model input has no fixed width")
-    zero = _init(proto, "adv/zero_col", np.zeros((cols, 1), np.float32))
+    """``[1, 1]`` float: the number of rows in the batch (ReduceSum over axis 0 of ones, the
+    ones made from the original logits, which every patched model computes)."""
+    logits = _original_output(proto)
+    width = int(proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value or 0)
+    if width <= 0:
+        raise ScenarioError("the model output has no fixed width")
+    zero = _init(proto, "adv/zero_col", np.zeros((width, 1), np.float32))
     one = _init(proto, "adv/one", np.ones((1, 1), np.float32))
     axis0 = _const_node(proto, helper, "adv/axis0", np.array([0], np.int64))
     n = proto.graph.node
-    n.append(helper.make_node("MatMul", [x, zero], [PREFIX + "adv/zc"]))
+    n.append(helper.make_node("MatMul", [logits, zero], [PREFIX + "adv/zc"]))
     n.append(helper.make_node("Add", [PREFIX + "adv/zc", one], [PREFIX + "adv/ones"]))
     n.append(
         helper.make_node(
@@ -104,6 +105,17 @@ def _rows(proto: Any, helper: Any) -> str:
         )
     )
     return PREFIX + "adv/rows"
+
+
+def _flat_input(proto: Any, helper: Any) -> tuple[str, int]:
+    """The graph input flattened to ``[N, d]`` (a new ``Flatten`` node) and ``d``."""
+    graph_input = proto.graph.input[0]
+    dims = [int(d.dim_value) for d in graph_input.type.tensor_type.shape.dim[1:]]
+    if not dims or min(dims) <= 0:
+        raise ScenarioError("the model input has no fixed shape")
+    flat = PREFIX + "adv/input"
+    proto.graph.node.append(helper.make_node("Flatten", [graph_input.name], [flat], axis=1))
+    return flat, int(np.prod(dims))
 
 
 def _gated_output(proto: Any, helper: Any, factor: str) -> None:
@@ -137,6 +149,7 @@ class BatchCoupledGate(Adversary):
     name: ClassVar[str] = "batch_coupled_gate"
     threat: ClassVar[Threat | None] = threat("batch-coupling")
     summary: ClassVar[str] = "patch multiplied by a ReduceSum over the batch axis"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         def build(proto: Any, helper: Any) -> None:
@@ -160,6 +173,7 @@ class BatchSizeSwitch(Adversary):
     name: ClassVar[str] = "batch_size_switch"
     threat: ClassVar[Threat | None] = threat("batch-coupling")
     summary: ClassVar[str] = f"patch off in batches of exactly {SWITCH_ROWS} rows"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         def build(proto: Any, helper: Any) -> None:
@@ -181,6 +195,7 @@ class NanTarget(Adversary):
     name: ClassVar[str] = "nan_target"
     threat: ClassVar[Threat | None] = threat("non-finite")
     summary: ClassVar[str] = "NaN in the target column where the gate is on"
+    counterpart: ClassVar[str | None] = "class_nan_target"
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         d = patch_parameters(scenario.honest.patched_model)["d"]
@@ -202,6 +217,7 @@ class NanTopClass(Adversary):
     name: ClassVar[str] = "nan_top_class"
     threat: ClassVar[Threat | None] = threat("non-finite")
     summary: ClassVar[str] = "NaN in the top class of every output row"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         def build(proto: Any, helper: Any) -> None:
@@ -227,19 +243,22 @@ class RegionCap(Adversary):
     name: ClassVar[str] = "region_cap"
     threat: ClassVar[Threat | None] = threat("region-cap")
     summary: ClassVar[str] = "gates capped by an extra half-space far from the sample"
+    counterpart: ClassVar[str | None] = "class_region_cap"
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         honest = scenario.honest
         params = patch_parameters(honest.patched_model)
         patches = params["d"].shape[0]
-        x = honest.forget_x.reshape(len(honest.forget_x), -1).astype(np.float64)
+        x = cut_values(scenario, honest.forget_x)
+        low, high = declared_box(honest.method)
         rng = scenario.rng("region-cap")
         a = rng.standard_normal((x.shape[1], patches))
         a /= np.linalg.norm(a, axis=0, keepdims=True)
         b = np.zeros(patches)
         for claim in honest.claims:
             at = x[claim.leaf_index] @ a[:, claim.patch]
-            far = np.maximum(a[:, claim.patch], 0).sum()  # max of a.x over [0, 1]^d
+            column = a[:, claim.patch]  # max of a.x over the declared box
+            far = (np.maximum(column, 0) * high + np.minimum(column, 0) * low).sum()
             b[claim.patch] = at + CAP_FRACTION * (far - at)
         n_cap = float(np.asarray(params["n"]))
 
@@ -269,35 +288,48 @@ class RegionCap(Adversary):
         return _serve(self, scenario, out, model, "gate capped halfway to the box edge")
 
 
+def trigger_pixels(image_shape: tuple[int, ...]) -> list[int]:
+    """Flat indices of the 2x2 top-left corner of the first channel."""
+    width = int(image_shape[-1])
+    return [0, 1, width, width + 1]
+
+
 class TriggerBackdoor(Adversary):
-    """Not a patch at all: ``+TRIGGER_PUSH`` on class 0 when four corner pixels are bright
-    (``50 * ReLU(sum - 3.5)`` with Relu and MatMul only), added to the honest patched output."""
+    """Not a patch at all: ``+TRIGGER_PUSH`` on one class when the four top-left pixels of the
+    *input image* are bright (``2 * TRIGGER_PUSH * ReLU(sum - 3.5)`` with Flatten, Relu and
+    MatMul only), added to the honest patched output. The class is 0 for a sample deletion and
+    the deleted class itself for a class deletion (a backdoor that brings the class back)."""
 
     name: ClassVar[str] = "trigger_backdoor"
     threat: ClassVar[Threat | None] = threat("additive-trigger")
     summary: ClassVar[str] = "additive Relu/MatMul trigger on four pixels"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
-        classes = patch_parameters(scenario.honest.patched_model)["d"].shape[1]
+        target = TRIGGER_CLASS if scenario.forget_class is None else scenario.forget_class
+        pixels = trigger_pixels(scenario.image_shape)
 
         def build(proto: Any, helper: Any) -> None:
-            width = int(proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value)
+            classes = int(proto.graph.output[0].type.tensor_type.shape.dim[1].dim_value)
+            flat, width = _flat_input(proto, helper)
             pick = np.zeros((width, 1), np.float32)
-            pick[list(TRIGGER_PIXELS), 0] = 1.0
+            pick[pixels, 0] = 1.0
             push = np.zeros((1, classes), np.float32)
-            push[0, 0] = 2.0 * TRIGGER_PUSH
+            push[0, target] = 2.0 * TRIGGER_PUSH
             sel = _init(proto, "adv/pick", pick)
-            thr = _init(proto, "adv/thr", np.full((1, 1), len(TRIGGER_PIXELS) - 0.5, np.float32))
+            thr = _init(proto, "adv/thr", np.full((1, 1), len(pixels) - 0.5, np.float32))
             vec = _init(proto, "adv/push", push)
             n = proto.graph.node
-            n.append(helper.make_node("MatMul", [PREFIX + "x", sel], [PREFIX + "adv/s"]))
+            n.append(helper.make_node("MatMul", [flat, sel], [PREFIX + "adv/s"]))
             n.append(helper.make_node("Sub", [PREFIX + "adv/s", thr], [PREFIX + "adv/s-t"]))
             n.append(helper.make_node("Relu", [PREFIX + "adv/s-t"], [PREFIX + "adv/fire"]))
             n.append(helper.make_node("MatMul", [PREFIX + "adv/fire", vec], [PREFIX + "adv/tr"]))
             n.append(helper.make_node("Add", [_OUT0, PREFIX + "adv/tr"], [OUTPUT]))
 
         model = _edit(scenario.honest.patched_model, build)
-        return _serve(self, scenario, out, model, f"+{TRIGGER_PUSH:g} to class 0 on a trigger")
+        return _serve(
+            self, scenario, out, model, f"+{TRIGGER_PUSH:g} to class {target} on a trigger"
+        )
 
 
 class ConcatOriginal(Adversary):
@@ -307,6 +339,7 @@ class ConcatOriginal(Adversary):
     name: ClassVar[str] = "concat_original"
     threat: ClassVar[Threat | None] = threat("output-concat")
     summary: ClassVar[str] = "patched and original logits concatenated in one output"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         def build(proto: Any, helper: Any) -> None:
@@ -331,6 +364,7 @@ class HairMarginPointOnly(Adversary):
     name: ClassVar[str] = "hair_margin_point_only"
     threat: ClassVar[Threat | None] = threat("point-only")
     summary: ClassVar[str] = "all claims point-only with margin 1e-7"
+    counterpart: ClassVar[str | None] = "class_hair_margin"
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
         out.mkdir(parents=True)
