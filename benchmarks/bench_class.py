@@ -3,20 +3,25 @@
 For each model (digits MLP, Fashion-MNIST MLP and CNN; the study's recipes and cached originals
 under benchmarks/runs/study) and three classes K each:
 
-* ``prune.unlearn(..., forget_class=K)`` (suppress mode, default margin), timed end to end;
-  class-K test and training accuracy after, every other class's test accuracy before/after;
+* ``prune.unlearn(..., forget_class=K)`` (suppress mode, form v2 with the default proxy budget,
+  default margin), timed end to end (wall and process CPU; the summary splits the time into the
+  original's pass, the remap, export, replay and the utility evaluation); class-K test and
+  training accuracy after, every other class's test accuracy before/after;
 * two models retrained without K (seeds 1 and 2, the original's recipe): the seed-to-seed floor
   ``KL(r1 || r2)`` (and ``KL(r2 || r1)``) on the class-K test inputs, against
-  ``KL(r_s || patched)``; the same KL for other margins and for the plain original, computed with
+  ``KL(r_s || patched)``; the same KL for form v1 (no remap) and other margins, computed with
   the suppression formula in float32 numpy (bit-identical to onnxruntime, checked by
   ``audit verify``);
 * CMIA and RMIA (the study's 4 cached reference models), class-K training samples (members)
   against the class-K samples of the non-member half of the test split, on the original, the
   patched and the first retrained model: AUC with 95 % bootstrap intervals;
-* inference CPU time of the patched model against the original (the study's method).
+* inference CPU time of the patched model (v2, and v1 for comparison) against the original
+  (the study's method).
 
 Run: ``nice -n 10 python benchmarks/bench_class.py --model digits-mlp`` (also
 ``fashion-mnist-mlp``, ``fashion-mnist-cnn``); writes benchmarks/results/class-<model>.json.
+``--timing-only`` runs only the unlearning calls and the inference ratios (no retraining, no
+MIA) and writes class-<model>-timing.json: the quiet-machine re-run of the time targets.
 """
 
 from __future__ import annotations
@@ -39,41 +44,18 @@ from benchmarks.study.artifacts import (
     load_mia_references,
     load_original,
     mia_non_member_rows,
-    mia_reference_rows,
 )
 from benchmarks.study.common import machine
 from benchmarks.study.evaluate import inference_overhead, kl_divergence, logits
 from prune.baselines._recipe import fit
 from prune.train import export_onnx
-from prune.unlearn import DEFAULT_CLASS_MARGIN, unlearn
+from prune.unlearn import DEFAULT_CLASS_MARGIN, DEFAULT_PROXY_BUDGET, unlearn
 
 REPO = Path(__file__).resolve().parents[1]
 WORK = REPO / "benchmarks" / "runs" / "study"
 CLASSES = {"digits-mlp": (3, 5, 8), "fashion-mnist-mlp": (2, 5, 7), "fashion-mnist-cnn": (2, 5, 7)}
 RETRAIN_SEEDS = (1, 2)
 MARGINS = (0.1, 1.0, 2.0, 4.0, 8.0, 16.0)
-TEMPERATURES = (1.0, 1.25, 1.5, 2.0, 3.0)
-
-
-def _tempered(z: np.ndarray, k: int, t: float) -> np.ndarray:
-    """The calibrated variant studied: every logit divided by ``t``, then the suppression."""
-    scaled = (np.asarray(z, dtype=np.float32) / np.float32(t)).astype(np.float32)
-    return suppress_logits(scaled, k, DEFAULT_CLASS_MARGIN).astype(np.float64)
-
-
-def _calibrated_temperature(z: np.ndarray, y: np.ndarray, k: int) -> float:
-    """Temperature scaling learnt on held-out data without the class: the ``t`` (grid, log-spaced
-    0.25..8) minimising the negative log-likelihood of the remaining classes' softmax."""
-    keep = y != k
-    zz, yy = np.delete(z[keep], k, axis=1), y[keep]
-    yy = yy - (yy > k)
-    best = (np.inf, 1.0)
-    for t in np.exp(np.linspace(np.log(0.25), np.log(8.0), 61)):
-        q = zz / t
-        q = q - q.max(1, keepdims=True)
-        nll = float(-(q[np.arange(len(yy)), yy] - np.log(np.exp(q).sum(1))).mean())
-        best = min(best, (nll, float(t)))
-    return best[1]
 
 
 def _ensure(key: ArtifactKey) -> None:
@@ -130,19 +112,83 @@ def _mia(
     }
 
 
-def _write(model: str, rows: list[dict[str, Any]], *, complete: bool) -> Path:
+def _write(model: str, rows: list[dict[str, Any]], *, complete: bool, suffix: str = "") -> Path:
     """Written after every class, so that an interrupted run keeps what it measured."""
     doc = {
-        "version": 1,
+        "version": 2,
         "model": model,
         "complete": complete,
         "classes": rows,
         "machine": machine(),
         "loadavg_end": list(os.getloadavg()),
     }
-    path = REPO / "benchmarks" / "results" / f"class-{model}.json"
+    path = REPO / "benchmarks" / "results" / f"class-{model}{suffix}.json"
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def _timed_unlearn(
+    orig: Any, k: int, *, remap: bool = True, threads: int | None = 1
+) -> tuple[Any, dict[str, Any]]:
+    """One class deletion, with wall and process CPU time and the load average. ``threads``:
+    torch's and onnxruntime's (None: all cores, the CLI's default)."""
+    load = os.getloadavg()
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = unlearn(
+        orig.onnx,
+        orig.x_train,
+        orig.y_train,
+        forget_class=k,
+        class_remap=remap,
+        x_test=orig.x_test,
+        y_test=orig.y_test,
+        threads=threads,
+    )
+    timing = {
+        "threads": threads if threads is not None else os.cpu_count(),
+        "wall_s": time.perf_counter() - wall,
+        "cpu_s": time.process_time() - cpu,
+        "loadavg_before": list(load),
+        "loadavg_after": list(os.getloadavg()),
+        "summary_seconds": {
+            key: value for key, value in result.summary.items() if key.startswith("seconds")
+        },
+        "remap": result.summary.get("remap"),
+    }
+    return result, timing
+
+
+def timing(model: str, threads: int | None = 1) -> Path:
+    """The time targets only: unlearning each class (form v2, and v1 for comparison) and the
+    inference ratios, on the cached original (no retraining, no MIA), with ``threads`` threads
+    (None: every core, the CLI's default; the inference ratios always with 1 thread, the
+    study's method). One call first (recorded as ``warmup_call``) pays the process's imports
+    and lazy init."""
+    dataset, _, arch = model.rpartition("-")
+    torch.set_num_threads(1)
+    _ensure(ArtifactKey(kind="original", dataset=dataset, arch=arch, seed=0))
+    orig = load_original(WORK, dataset, arch, 0)
+    rows: list[dict[str, Any]] = []
+    torch.set_num_threads(threads or os.cpu_count() or 1)
+    _, warmup = _timed_unlearn(orig, CLASSES[model][0], threads=threads)  # imports, lazy init
+    for k in CLASSES[model]:
+        result, v2 = _timed_unlearn(orig, k, threads=threads)
+        plain, v1 = _timed_unlearn(orig, k, remap=False, threads=threads)
+        x = orig.x_test[:1000]
+        rows.append(
+            {
+                "class": k,
+                "warmup_call": warmup if k == CLASSES[model][0] else None,
+                "unlearn": v2,
+                "unlearn_v1": v1,
+                "inference": inference_overhead(orig.onnx, result.patched_model, x, threads=1),
+                "inference_v1": inference_overhead(orig.onnx, plain.patched_model, x, threads=1),
+                "loadavg": list(os.getloadavg()),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+        _write(model, rows, complete=False, suffix="-timing")
+    return _write(model, rows, complete=True, suffix="-timing")
 
 
 def run(model: str, order: tuple[int, ...] | None = None) -> Path:
@@ -157,16 +203,12 @@ def run(model: str, order: tuple[int, ...] | None = None) -> Path:
     z_train = logits(orig.onnx, orig.x_train, threads=1)
     before = _per_class(z_test, orig.y_test, classes)
     rows: list[dict[str, Any]] = []
+    path = REPO / "benchmarks" / "results" / f"class-{model}.json"
+    if order and path.is_file():  # --classes: keep the rows of the other classes measured earlier
+        kept = json.loads(path.read_text()).get("classes", [])
+        rows = [r for r in kept if r["class"] not in order and r.get("patch_form")]
     for k in order or CLASSES[model]:
-        result = unlearn(
-            orig.onnx,
-            orig.x_train,
-            orig.y_train,
-            forget_class=k,
-            x_test=orig.x_test,
-            y_test=orig.y_test,
-            threads=1,
-        )
+        result, timed = _timed_unlearn(orig, k)
         patched = result.patched_model
         s = result.summary
         zp_test = logits(patched, orig.x_test, threads=1)
@@ -177,10 +219,12 @@ def run(model: str, order: tuple[int, ...] | None = None) -> Path:
         kx = orig.x_test[orig.y_test == k]
         zr = [logits(r, kx, threads=1) for r in retrained]
         zo = z_test[orig.y_test == k]
+        plain = suppress_logits(zo.astype(np.float32), k, DEFAULT_CLASS_MARGIN).astype(np.float64)
         kl = {
             "floor_r1_r2": kl_divergence(zr[0], zr[1]),
             "floor_r2_r1": kl_divergence(zr[1], zr[0]),
             "patched": [kl_divergence(r, zp_test[orig.y_test == k]) for r in zr],
+            "v1": [kl_divergence(r, plain) for r in zr],
             "original": [kl_divergence(r, zo) for r in zr],
             "by_margin": {
                 repr(m): [
@@ -194,16 +238,7 @@ def run(model: str, order: tuple[int, ...] | None = None) -> Path:
         }
         floor = 0.5 * (kl["floor_r1_r2"] + kl["floor_r2_r1"])
         kl["ratio_to_floor"] = float(np.mean(kl["patched"]) / floor)
-        kl["ratio_by_temperature"] = {
-            repr(t): float(np.mean([kl_divergence(r, _tempered(zo, k, t)) for r in zr]) / floor)
-            for t in TEMPERATURES
-        }
-        cal = mia_reference_rows(len(orig.y_test), 0)
-        t_cal = _calibrated_temperature(z_test[cal], orig.y_test[cal], k)
-        kl["calibrated_temperature"] = t_cal
-        kl["ratio_calibrated"] = float(
-            np.mean([kl_divergence(r, _tempered(zo, k, t_cal)) for r in zr]) / floor
-        )
+        kl["ratio_v1"] = float(np.mean(kl["v1"]) / floor)
         members_rows = np.flatnonzero(orig.y_train == k)
         non_rows = mia_non_member_rows(f"class-{k}", len(members_rows), orig.y_test, 0)
         mia = _mia(
@@ -218,7 +253,10 @@ def run(model: str, order: tuple[int, ...] | None = None) -> Path:
             {
                 "class": k,
                 "margin": DEFAULT_CLASS_MARGIN,
+                "proxy_budget": DEFAULT_PROXY_BUDGET,
+                "patch_form": s["patch_form"],
                 "unlearn_seconds": s["seconds"],
+                "unlearn": timed,
                 "class_test_accuracy_before": before[k],
                 "class_test_accuracy_after": after[k],
                 "class_train_accuracy_after": float((zp_train_k.argmax(1) == k).mean()),
@@ -270,7 +308,9 @@ def run(model: str, order: tuple[int, ...] | None = None) -> Path:
         print(json.dumps(kl), flush=True)
         print(json.dumps(mia), flush=True)
         _write(model, rows, complete=False)
-    return _write(model, rows, complete=True)
+    rows.sort(key=lambda r: int(r["class"]))
+    done = {int(r["class"]) for r in rows} >= set(CLASSES[model])
+    return _write(model, rows, complete=done)
 
 
 def _ci(e: dict[str, float]) -> str:
@@ -281,7 +321,7 @@ def table() -> str:
     """The markdown table of docs/BENCHMARKS.md ("Class unlearning") from the recorded results."""
     head = (
         "| model | K | class-K test acc before -> after | class-K train acc after | worst other "
-        "class (points) | unlearn s | KL / floor (plain) | KL / floor (T learnt) | CMIA AUC "
+        "class (points) | unlearn s wall / CPU | KL / floor (v2) | KL / floor (v1) | CMIA AUC "
         "patched / retrained | RMIA AUC patched / retrained | inference ratio | load |\n"
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
     )
@@ -296,14 +336,37 @@ def table() -> str:
             lines.append(
                 f"| {model} | {r['class']} | {r['class_test_accuracy_before']:.3f} -> "
                 f"{r['class_test_accuracy_after']:.3f} | {r['class_train_accuracy_after']:.3f} | "
-                f"{r['worst_other_change_points']:+.2f} | {r['unlearn_seconds']:.2f} | "
+                f"{r['worst_other_change_points']:+.2f} | {r['unlearn']['wall_s']:.2f} / "
+                f"{r['unlearn']['cpu_s']:.2f} | "
                 f"{kl['ratio_to_floor']:.2f} (floor {0.5 * (kl['floor_r1_r2'] + kl['floor_r2_r1']):.3f}) | "
-                f"{kl.get('ratio_calibrated', float('nan')):.2f} "
-                f"(T={kl.get('calibrated_temperature', float('nan')):.2f}) | "
+                f"{kl['ratio_v1']:.2f} | "
                 f"{_ci(mia['patched']['cmia'])} / {_ci(mia['retrained']['cmia'])} | "
                 f"{_ci(mia['patched']['rmia'])} / {_ci(mia['retrained']['rmia'])} | "
                 f"{r['inference']['ratio']:.2f} | {r['loadavg'][0]:.1f} |"
             )
+    return head + "\n".join(lines) + "\n"
+
+
+def timing_table() -> str:
+    """The quiet-machine timing rows (``--timing-only``), when recorded."""
+    head = (
+        "| model | K | v2 unlearn s wall / CPU | v1 unlearn s wall / CPU | inference ratio v2 / v1 "
+        "| load before |\n| --- | --- | --- | --- | --- | --- |\n"
+    )
+    lines = []
+    for model in CLASSES:
+        path = REPO / "benchmarks" / "results" / f"class-{model}-timing.json"
+        if not path.is_file():
+            continue
+        for r in json.loads(path.read_text())["classes"]:
+            v2, v1 = r["unlearn"], r["unlearn_v1"]
+            lines.append(
+                f"| {model} | {r['class']} | {v2['wall_s']:.2f} / {v2['cpu_s']:.2f} | "
+                f"{v1['wall_s']:.2f} / {v1['cpu_s']:.2f} | {r['inference']['ratio']:.2f} / "
+                f"{r['inference_v1']['ratio']:.2f} | {v2['loadavg_before'][0]:.1f} |"
+            )
+    if not lines:
+        return "(not recorded yet: run the `--timing-only` commands above on a quiet machine)\n"
     return head + "\n".join(lines) + "\n"
 
 
@@ -343,7 +406,10 @@ def paper() -> str:
 def section() -> Path:
     """benchmarks/results/class-unlearning.md: the notes with the table and the paper rows."""
     text = (
-        NOTES.read_text().replace("{table}", table().rstrip()).replace("{paper}", paper().rstrip())
+        NOTES.read_text()
+        .replace("{table}", table().rstrip())
+        .replace("{paper}", paper().rstrip())
+        .replace("{timing}", timing_table().rstrip())
     )
     SECTION.write_text(text.rstrip() + "\n")
     _splice(REPO / "docs" / "BENCHMARKS.md", text.rstrip() + "\n")
@@ -351,14 +417,20 @@ def section() -> Path:
 
 
 def _splice(doc: Path, text: str) -> None:
-    """Put the section where ``benchmarks.study`` includes it (before the performance rows),
-    replacing an earlier copy, so that the doc matches a regeneration."""
+    """Replace an earlier copy of the section in place (up to the next heading), or put it
+    where ``benchmarks.study`` includes it (before the performance rows)."""
+    import re
+
     body = doc.read_text()
     anchor = "## Performance rows from the other benchmarks"
     first = text.splitlines()[0]
     if first in body:
         start = body.index(first)
-        body = body[:start] + body[body.index(anchor, start) :]
+        # up to the next heading (another issue's subsection may follow) or the anchor
+        following = re.search(r"^#{2,3} ", body[start + len(first) :], flags=re.MULTILINE)
+        end = start + len(first) + following.start() if following else body.index(anchor, start)
+        doc.write_text(body[:start] + text + "\n" + body[end:])  # in place
+        return
     at = body.index(anchor)
     doc.write_text(body[:at] + text + "\n" + body[at:])
 
@@ -378,6 +450,17 @@ def main() -> None:
     )
     parser.add_argument("--table", action="store_true", help="print the BENCHMARKS.md table")
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="--timing-only: torch and onnxruntime threads (0: every core); default 1",
+    )
+    parser.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="only the unlearning time and inference ratios of --model (class-<model>-timing.json)",
+    )
+    parser.add_argument(
         "--section", action="store_true", help="write benchmarks/results/class-unlearning.md"
     )
     args = parser.parse_args()
@@ -389,6 +472,8 @@ def main() -> None:
             tuple(int(c) for c in args.classes.split(",")) if args.classes else CLASSES[args.model]
         ):
             _retrained(orig, dataset, arch, k, args.retrain_only)
+    elif args.timing_only and args.model:
+        print(f"wrote {timing(args.model, args.threads or None)}")
     elif args.section:
         print(f"wrote {section()}")
     elif args.table:

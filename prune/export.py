@@ -26,7 +26,7 @@ from prune.model import ImportedModel
 from prune.patched import PatchSet
 from prune.regions import InputBox
 
-__all__ = ["FORMAT", "OUTPUT", "PREFIX", "TAIL_FORM", "export_patched"]
+__all__ = ["FORMAT", "OUTPUT", "PREFIX", "TAIL_FORM", "export_patched", "splice"]
 
 FORMAT = "prune/patch/v1"
 PREFIX = "prune/patch/"
@@ -123,25 +123,9 @@ def _finish(
     proto: Any, sink: _Sink, gate: str, head: Any, n_out: int, tail_nodes: tuple[int, ...]
 ) -> bytes:
     import onnx
-    from onnx import TensorProto, helper
 
-    graph = proto.graph
-    graph.initializer.extend(sink.initializers)
-    batch = _batch_dim(graph.output[0])
-    out_info = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, n_out])
+    splice(proto, sink, logits=head.output, classes=n_out, tail_nodes=tail_nodes)
     tail_positions = set(tail_nodes)
-    kept = [_copy(node) for i, node in enumerate(graph.node) if i not in tail_positions]
-    tail = [_rewired(graph.node[i], head.output) for i in sorted(tail_positions)]
-    del graph.node[:]
-    graph.node.extend([*kept, *sink.nodes, *tail])
-    outputs = [out_info if o.name == head.output else o for o in graph.output]
-    if not tail_positions:
-        outputs = [out_info]
-    elif all(o.name != head.output for o in graph.output):
-        outputs.append(out_info)
-    kept_outputs = [_copy(o) for o in outputs]
-    del graph.output[:]
-    graph.output.extend(kept_outputs)
     meta = [
         ("prune.format", FORMAT),
         ("prune.gate", gate),
@@ -160,6 +144,34 @@ def _finish(
     except Exception as exc:
         raise PatchError(f"internal: the patched model fails onnx.checker: {exc}") from exc
     return bytes(raw)
+
+
+def splice(
+    proto: Any, sink: _Sink, *, logits: str, classes: int, tail_nodes: tuple[int, ...]
+) -> None:
+    """Append the sink's initializers and nodes to ``proto`` (in place) after the original nodes
+    before the output tail, then the tail replayed on ``prune/output`` (docs/FORMATS.md, "Output
+    tail form"); the graph outputs become ``[prune/output]`` without a tail, else the original
+    outputs with the logits renamed (or ``prune/output`` appended)."""
+    from onnx import TensorProto, helper
+
+    graph = proto.graph
+    graph.initializer.extend(sink.initializers)
+    batch = _batch_dim(graph.output[0])
+    out_info = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, [batch, classes])
+    tail_positions = set(tail_nodes)
+    kept = [_copy(node) for i, node in enumerate(graph.node) if i not in tail_positions]
+    tail = [_rewired(graph.node[i], logits) for i in sorted(tail_positions)]
+    del graph.node[:]
+    graph.node.extend([*kept, *sink.nodes, *tail])
+    outputs = [out_info if o.name == logits else o for o in graph.output]
+    if not tail_positions:
+        outputs = [out_info]
+    elif all(o.name != logits for o in graph.output):
+        outputs.append(out_info)
+    kept_outputs = [_copy(o) for o in outputs]
+    del graph.output[:]
+    graph.output.extend(kept_outputs)
 
 
 def _copy(message: Any) -> Any:

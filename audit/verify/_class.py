@@ -1,13 +1,17 @@
 """The class checks: a class deletion must leave the class unpredictable, not only its
 training samples changed.
 
-``class.suppression`` (certificates with a ``class_claim``, form ``prune/class-suppress/v1``):
+``class.suppression`` (certificates with a ``class_claim``, forms ``prune/class-suppress/v1``
+and ``v2``):
 
 1. *canonical graph*: the verifier rebuilds the whole expected model from ``--original`` and the
-   claim (class ``K``, margin ``m``) with its own code: the original graph untouched, the
-   suppression nodes ``z'_K = min(z_K, max_{j != K} z_j - m)`` appended exactly as docs/FORMATS.md
-   lists them, one graph output, the metadata. ``model.onnx`` must equal it, serialised
-   deterministically: any other node, op, attribute, constant or output is a failure;
+   claim (class ``K``, margin ``m``, form) with its own code: the original graph untouched (an
+   output tail replayed on ``prune/output``), the suppression nodes
+   ``z'_K = min(z_K, max_{j != K} z_j - m)`` appended exactly as docs/FORMATS.md lists them (v2:
+   the suppression applies to ``L = Where(z_K > max_{j != K} z_j, z A + beta, z)``, whose ``A``
+   and ``beta`` are free parameters read from ``model.onnx``), the outputs, the metadata.
+   ``model.onnx`` must equal it, serialised deterministically: any other node, op, attribute,
+   constant or output is a failure;
 2. *the box covers the data*: every forget sample and at least 99 % of the auditor's reference
    points (cut values) lie in the claimed box, the rule of ``region.certificate`` (a box drawn
    inside the data would certify the class's absence where nobody queries);
@@ -15,9 +19,11 @@ training samples changed.
    the original head over the claimed box, in float64 with a rigorous rounding term per layer
    (``gamma_n (|W| |x| + |b|)``, ``gamma_n = n u / (1 - n u)``) gives ``B >= |z_j|``; the claim
    holds in float32 only if ``m`` is at least the float32 spacing at ``2B``
-   (:func:`prune.formats.float32_margin_holds`, argument in docs/FORMATS.md);
+   (:func:`prune.formats.float32_margin_holds`, argument in docs/FORMATS.md); v2 needs it at
+   its own bound on the remapped logits too (:func:`prune.formats.remap_problems`);
 4. *replay*: onnxruntime's patched logits on the forget set and on random points of the box
-   equal the formula evaluated here in float32 bit for bit, and no forget sample gets ``K``.
+   equal the formula evaluated here (float32, bit for bit outside the remapped rows; there,
+   within the Gemm's rigorous float32 error of the exact value), and no point gets ``K``.
 
 ``class.reference`` (every class-mode certificate, region-only ones included, and every
 certificate when the auditor states the class it expects, ``Policy.expected_class``: a
@@ -37,10 +43,30 @@ from audit.verify._affine import AffineHead, parse_head
 from audit.verify._certificate import _box_problem
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
-from audit.verify._graph import PATCH_OUTPUT, PATCH_PREFIX
-from prune.formats import CLASS_SUPPRESS_FORMAT, ClassClaim, float32_margin_holds
+from audit.verify._graph import (
+    PATCH_OUTPUT,
+    PATCH_PREFIX,
+    TAIL_FORM,
+    expected_outputs,
+    output_tail,
+    replayed_tail,
+)
+from prune.formats import (
+    CLASS_REMAP_FORMAT,
+    CLASS_SUPPRESS_FORMAT,
+    ClassClaim,
+    float32_margin_holds,
+    remap_bound,
+    remap_problems,
+)
 
-__all__ = ["ClassReference", "ClassSuppression", "expected_suppression", "suppress_logits"]
+__all__ = [
+    "ClassReference",
+    "ClassSuppression",
+    "expected_suppression",
+    "read_remap",
+    "suppress_logits",
+]
 
 _BOX_POINTS = 256
 _U = 2.0**-53
@@ -62,6 +88,28 @@ def _batch_dim(output: Any) -> str | int:
     return "batch"
 
 
+def read_remap(patched: Any) -> tuple[NDArray[np.float32], NDArray[np.float32]] | None:
+    """The v2 remap ``(A, beta)`` as ``model.onnx`` holds it (initializers
+    ``prune/patch/class/map`` and ``class/shift``), or None when it holds neither. Only read
+    here: the canonical rebuild then places these exact values and compares the whole model."""
+    from onnx import TensorProto, numpy_helper
+
+    found = {
+        t.name: t
+        for t in patched.graph.initializer
+        if t.name in (PATCH_PREFIX + "class/map", PATCH_PREFIX + "class/shift")
+    }
+    if not found:
+        return None
+    if len(found) != 2 or any(t.data_type != TensorProto.FLOAT for t in found.values()):
+        raise CheckUnavailable("model.onnx: the class remap is not two float32 initializers")
+    if any(t.data_location == TensorProto.EXTERNAL for t in found.values()):
+        raise CheckUnavailable("model.onnx: the class remap refers to external data")
+    matrix = numpy_helper.to_array(found[PATCH_PREFIX + "class/map"]).astype(np.float32)
+    shift = numpy_helper.to_array(found[PATCH_PREFIX + "class/shift"]).astype(np.float32)
+    return matrix, shift
+
+
 def expected_suppression(
     original: Any,
     *,
@@ -70,15 +118,21 @@ def expected_suppression(
     logits: str,
     classes: int,
     claim: ClassClaim,
+    remap: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
 ) -> Any:
     """The canonical patched model for ``claim``: a copy of ``original`` with the suppression
-    subgraph of docs/FORMATS.md ("Class suppression") appended."""
+    subgraph of docs/FORMATS.md ("Class suppression") appended after the nodes before the
+    output tail, then the tail replayed on ``prune/output``. Form v2 needs ``remap`` (the values
+    of ``A`` and ``beta``); form v1 refuses one."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     k, margin = claim.forget_class, np.float32(float(claim.margin))
     if not 0 <= k < classes:
         raise CheckUnavailable(f"class claim: class {k} is not one of the {classes} classes")
+    v2 = claim.form == CLASS_REMAP_FORMAT
+    if v2 and remap is None:
+        raise CheckUnavailable("class claim: form v2 but model.onnx holds no class remap")
     model = onnx.ModelProto()
     model.CopyFrom(original)
     nodes: list[Any] = []
@@ -90,6 +144,11 @@ def expected_suppression(
         numpy_helper.from_array(mask, name=PATCH_PREFIX + "class/mask"),
         numpy_helper.from_array(cap, name=PATCH_PREFIX + "class/cap"),
     ]
+    if v2 and remap is not None:
+        inits += [
+            numpy_helper.from_array(remap[0], name=PATCH_PREFIX + "class/map"),
+            numpy_helper.from_array(remap[1], name=PATCH_PREFIX + "class/shift"),
+        ]
 
     def node(op: str, inputs: list[str], name: str, **attrs: Any) -> str:
         out = name if name == PATCH_OUTPUT else PATCH_PREFIX + name
@@ -98,43 +157,105 @@ def expected_suppression(
         return out
 
     others = node("Add", [logits, PATCH_PREFIX + "class/mask"], "class/others")
+    axes: str | None = None
     if _opset(original) >= 18:
         axes = PATCH_PREFIX + "class/axes"
         one = numpy_helper.from_array(np.asarray([1], dtype=np.int64), name=axes)
         nodes.append(helper.make_node("Constant", [], [axes], name=axes, value=one))
-        best = node("ReduceMax", [others, axes], "class/best_other", keepdims=1)
-    else:
-        best = node("ReduceMax", [others], "class/best_other", axes=[1], keepdims=1)
+
+    def row_max(tensor: str, name: str) -> str:
+        if axes is not None:
+            return node("ReduceMax", [tensor, axes], name, keepdims=1)
+        return node("ReduceMax", [tensor], name, axes=[1], keepdims=1)
+
+    best = row_max(others, "class/best_other")
+    z = logits
+    if v2:
+        top = row_max(z, "class/top")
+        active = node("Less", [best, top], "class/active")
+        remapped = node(
+            "Gemm",
+            [z, PATCH_PREFIX + "class/map", PATCH_PREFIX + "class/shift"],
+            "class/remapped",
+        )
+        z = node("Where", [active, remapped, z], "class/logits")
+        others = node("Add", [z, PATCH_PREFIX + "class/mask"], "class/logits_others")
+        best = row_max(others, "class/logits_best")
     ceiling = node("Add", [best, PATCH_PREFIX + "class/cap"], "class/ceiling")
-    node("Min", [logits, ceiling], PATCH_OUTPUT)
+    node("Min", [z, ceiling], PATCH_OUTPUT)
     graph = model.graph
+    _, tail = output_tail(original)
+    tail_set = set(tail)
+    base = [n for i, n in enumerate(graph.node) if i not in tail_set]
+    replayed = replayed_tail(original)
     graph.initializer.extend(inits)
-    graph.node.extend(nodes)
+    kept = []
+    for n in base:
+        copy = type(n)()
+        copy.CopyFrom(n)
+        kept.append(copy)
+    del graph.node[:]
+    graph.node.extend([*kept, *nodes, *replayed])
     batch = _batch_dim(graph.output[0])
+    out_info = helper.make_tensor_value_info(PATCH_OUTPUT, TensorProto.FLOAT, [batch, classes])
+    outputs = []
+    for o in expected_outputs(original):
+        if o is None:
+            outputs.append(out_info)
+        else:
+            copy = type(o)()
+            copy.CopyFrom(o)
+            outputs.append(copy)
     del graph.output[:]
-    graph.output.append(
-        helper.make_tensor_value_info(PATCH_OUTPUT, TensorProto.FLOAT, [batch, classes])
-    )
-    for key, value in (
-        ("prune.format", CLASS_SUPPRESS_FORMAT),
+    graph.output.extend(outputs)
+    meta = [
+        ("prune.format", CLASS_REMAP_FORMAT if v2 else CLASS_SUPPRESS_FORMAT),
         ("prune.class", str(k)),
         ("prune.margin", claim.margin),
         ("prune.cut", cut),
         ("prune.original_output", logits),
         ("prune.hidden", ",".join(hidden)),
-    ):
+    ]
+    if tail:
+        meta.append(("prune.tail", TAIL_FORM))
+    for key, value in meta:
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     return model
 
 
-def suppress_logits(logits: NDArray[np.float32], k: int, margin: float) -> NDArray[np.float32]:
-    """The suppression formula in float32 numpy (the reference onnxruntime must match exactly)."""
-    z = np.asarray(logits, dtype=np.float32)
-    others = np.delete(z, k, axis=1)
-    ceiling = others.max(axis=1) - np.float32(margin)
+def suppress_logits(
+    logits: NDArray[np.float32],
+    k: int,
+    margin: float,
+    remap: tuple[NDArray[np.float32], NDArray[np.float32]] | None = None,
+) -> NDArray[np.float32]:
+    """The suppression formula in float32 numpy (onnxruntime must match it bit for bit on every
+    row that is not remapped). With ``remap``, rows whose top class is ``K`` first become
+    ``z A + beta`` evaluated in float64 and rounded to float32 (onnxruntime's Gemm agrees within
+    :func:`remap_tolerance`, and so does the suppression computed from it)."""
+    z = np.asarray(logits, dtype=np.float32).copy()
+    if remap is not None:
+        active = z[:, k] > np.delete(z, k, axis=1).max(axis=1)
+        matrix, shift = (np.asarray(a, dtype=np.float64) for a in remap)
+        z[active] = (z[active].astype(np.float64) @ matrix + shift).astype(np.float32)
+    ceiling = np.delete(z, k, axis=1).max(axis=1) - np.float32(margin)
     out = z.copy()
     out[:, k] = np.minimum(z[:, k], ceiling)
+    return out
+
+
+def remap_tolerance(
+    logits: NDArray[np.float32], remap: tuple[NDArray[np.float32], NDArray[np.float32]]
+) -> NDArray[np.float64]:
+    """Per entry, how far a float32 Gemm ``z A + beta`` may be from its exact value (any
+    summation order: ``gamma_{C+1} (|z| |A| + |beta|)``, doubled for the float32 rounding of the
+    reference) plus the smallest subnormal."""
+    z = np.abs(np.asarray(logits, dtype=np.float64))
+    matrix, shift = (np.abs(np.asarray(a, dtype=np.float64)) for a in remap)
+    n = matrix.shape[0] + 1
+    gamma = n * 2.0**-24 / (1.0 - n * 2.0**-24)
+    out: NDArray[np.float64] = 2.0 * gamma * (z @ matrix + shift) + 2.0**-149
     return out
 
 
@@ -176,6 +297,7 @@ class ClassSuppression(Check[VerifyContext]):
         openings = ctx.openings()
         ev = ctx.evaluate(openings.x, key="forget")
         classes = int(ev.logits.shape[1])
+        remap = read_remap(patched)
         expected = expected_suppression(
             original,
             cut=head.cut,
@@ -183,8 +305,10 @@ class ClassSuppression(Check[VerifyContext]):
             logits=head.output,
             classes=classes,
             claim=claim,
+            remap=remap,
         )
-        evidence: dict[str, Any] = {"class": claim.forget_class, "margin": claim.margin}
+        k = claim.forget_class
+        evidence: dict[str, Any] = {"class": k, "margin": claim.margin, "form": claim.form}
         if expected.SerializeToString(deterministic=True) != patched.SerializeToString(
             deterministic=True
         ):
@@ -214,19 +338,31 @@ class ClassSuppression(Check[VerifyContext]):
                 f"bound {bound:.6g} over the box",
                 **evidence,
             )
+        used = remap if claim.form == CLASS_REMAP_FORMAT else None
+        if used is not None:
+            problem = remap_problems(used[0], used[1], margin=margin, bound=bound)
+            if used[1].shape != (classes,):
+                problem = f"the remap is for {used[1].shape} classes, the model has {classes}"
+            if problem:
+                return self.failed(f"class remap: {problem}", **evidence)
+            evidence["remap_bound"] = remap_bound(bound, used[0], used[1])
         cut_shape = ev.extra["cut_shape"]
         box = ctx.rng.uniform(low, high, size=(_BOX_POINTS, ev.x.shape[1])).astype(np.float32)
         points = np.concatenate([ev.x.astype(np.float32), box])
         _, base = ctx.original_head(points, cut_shape)
         got = ctx.patched_head(points, cut_shape)
-        want = suppress_logits(base, claim.forget_class, margin)
-        mismatched = int((got != want).any(axis=1).sum())
-        predicted_k = int((got.argmax(axis=1) == claim.forget_class).sum())
+        mismatch = _mismatches(got, base, k, margin, used)
+        mismatched = int(mismatch.sum())
+        predicted_k = int((got.argmax(axis=1) == k).sum())
         evidence |= {
             "points": len(points),
             "formula_mismatches": mismatched,
             "predicted_class": predicted_k,
         }
+        if used is not None:
+            evidence["remapped_points"] = int(
+                (base[:, k] > np.delete(base, k, axis=1).max(1)).sum()
+            )
         if mismatched or not np.isfinite(got).all():
             return self.failed(
                 f"{mismatched} of {len(points)} points: onnxruntime's output differs from the "
@@ -234,14 +370,40 @@ class ClassSuppression(Check[VerifyContext]):
                 **evidence,
             )
         if predicted_k:
-            return self.failed(
-                f"{predicted_k} points still get class {claim.forget_class}", **evidence
-            )
+            return self.failed(f"{predicted_k} points still get class {k}", **evidence)
         return self.passed(
-            f"canonical suppression of class {claim.forget_class} (margin {claim.margin}); "
+            f"canonical suppression of class {k} ({claim.form}, margin {claim.margin}); "
             f"verified |logits| <= {bound:.4g} on the box; {len(points)} points replayed exactly",
             **evidence,
         )
+
+
+def _mismatches(
+    got: NDArray[np.float32],
+    base: NDArray[np.float32],
+    k: int,
+    margin: float,
+    remap: tuple[NDArray[np.float32], NDArray[np.float32]] | None,
+) -> NDArray[np.bool_]:
+    """Per point: onnxruntime's output departs from the formula: bit for bit outside the
+    remapped rows; in them, every entry other than ``K`` within the Gemm's rigorous float32 error
+    of the exact ``z A + beta``, and entry ``K`` either exactly ``fl(max_{j != K} L_j - m)`` of
+    onnxruntime's own ``L`` (the cap) or below it and within the Gemm's error (uncapped)."""
+    want = suppress_logits(base, k, margin, remap)
+    if remap is None:
+        return np.asarray((got != want).any(axis=1))
+    active = base[:, k] > np.delete(base, k, axis=1).max(axis=1)
+    bad = np.asarray((got != want).any(axis=1) & ~active)
+    if active.any():
+        z = base[active].astype(np.float64)
+        exact = z @ remap[0].astype(np.float64) + remap[1].astype(np.float64)
+        far = np.abs(got[active].astype(np.float64) - exact) > remap_tolerance(base[active], remap)
+        rows = got[active]
+        ceiling = np.delete(rows, k, axis=1).max(axis=1) - np.float32(margin)
+        near = ~far[:, k] & (rows[:, k] <= ceiling)
+        far[:, k] = ~((rows[:, k] == ceiling) | near)
+        bad[active] = far.any(axis=1)
+    return bad
 
 
 class ClassReference(Check[VerifyContext]):

@@ -32,6 +32,7 @@ from prune.unlearn import (
     DEFAULT_CLASS_MARGIN,
     DEFAULT_MARGIN,
     DEFAULT_N,
+    DEFAULT_PROXY_BUDGET,
     STRATEGIES,
     UnlearnResult,
     unlearn,
@@ -153,6 +154,20 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     help="suppress mode: logit gap between the class and the best other class.",
 )
 @click.option(
+    "--class-remap/--no-class-remap",
+    default=True,
+    show_default=True,
+    help="suppress mode: give the inputs the original assigned to the class the distribution of "
+    "a proxy retrained without it (form v2); without: the original's other logits (form v1).",
+)
+@click.option(
+    "--proxy-budget",
+    type=click.IntRange(min=1),
+    default=DEFAULT_PROXY_BUDGET,
+    show_default=True,
+    help="suppress mode with --class-remap: training samples the proxy sees.",
+)
+@click.option(
     "--test",
     "test_path",
     type=click.Path(path_type=Path),
@@ -262,6 +277,8 @@ def unlearn_command(
     forget_class: int | None,
     class_mode: str,
     class_margin: float,
+    class_remap: bool,
+    proxy_budget: int,
     test_path: Path | None,
     key_path: Path | None,
     out: Path,
@@ -313,6 +330,8 @@ def unlearn_command(
         forget_class=forget_class,
         class_mode=class_mode,  # type: ignore[arg-type]  # click.Choice over CLASS_MODES
         class_margin=class_margin,
+        class_remap=class_remap,
+        proxy_budget=proxy_budget,
         x_test=x_test,
         y_test=y_test,
         solver=solver,

@@ -34,9 +34,13 @@ from prune.formats._claims import (
 )
 from prune.formats._class_claim import (
     CLASS_CLAIM_KINDS,
+    CLASS_FORMS,
+    CLASS_REMAP_FORMAT,
     CLASS_SUPPRESS_FORMAT,
     ClassClaim,
     float32_margin_holds,
+    remap_bound,
+    remap_problems,
     removed_text,
 )
 from prune.formats._dsse import (
@@ -99,6 +103,8 @@ __all__ = [
     "CALIBRATED_SOURCES",
     "CLAIM_KINDS",
     "CLASS_CLAIM_KINDS",
+    "CLASS_FORMS",
+    "CLASS_REMAP_FORMAT",
     "CLASS_SUPPRESS_FORMAT",
     "DUAL_FILE",
     "DUAL_FORMAT",
@@ -163,6 +169,8 @@ __all__ = [
     "read_duals",
     "read_regular",
     "register_claim_kind",
+    "remap_bound",
+    "remap_problems",
     "removed_text",
     "sha256_hex",
     "sign_envelope",

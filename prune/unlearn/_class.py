@@ -1,10 +1,14 @@
 """Class deletion by suppression (the default ``--class-mode suppress``).
 
-Steps: declare the box; export the suppression patch (:mod:`prune.suppress`), which bounds the
-logits over the box and refuses a margin float32 would not honour; replay every training sample
-of the class through the exported model with onnxruntime; measure utility. Every sample of the
-class gets a point claim (target = its new top class, margin 0: the per-sample statement is only
-"no longer class K, checked at the point"); what is certified over the whole box is the single
+Steps: one onnxruntime pass of the original over the training data (the cut values for the box
+and the remap's proxy, the original logits for everything else); declare the box; learn the
+remap (form v2, :mod:`prune.unlearn._class_remap`; ``remap=False`` gives form v1); export the
+patch (:mod:`prune.suppress`), which bounds the logits over the box and refuses a margin float32
+would not honour; replay every training sample of the class through the exported model with
+onnxruntime; measure utility from the original logits through the suppression nodes alone (the
+same ops as the served model's, checked equal on the replayed rows). Every sample of the class
+gets a point claim (target = its new top class, margin 0: the per-sample statement is only "no
+longer class K, checked at the point"); what is certified over the whole box is the single
 :class:`prune.formats.ClassClaim`. A sample that still gets ``K`` (impossible by construction) or
 ties at the top is listed as failed, never claimed."""
 
@@ -20,14 +24,15 @@ from numpy.typing import NDArray
 from prune.claims import Claim
 from prune.errors import PatchError
 from prune.export import OUTPUT
-from prune.formats import ClassClaim, decimal_string
+from prune.formats import CLASS_REMAP_FORMAT, CLASS_SUPPRESS_FORMAT, ClassClaim, decimal_string
 from prune.model import ImportedModel, OrtRunner
-from prune.suppress import CLASS_SUPPRESS_FORMAT, export_suppressed
+from prune.regions import box_from_data
+from prune.suppress import export_suppressed, logit_bound, suppression_only
+from prune.unlearn._class_remap import DEFAULT_PROXY_BUDGET, fit_remap
 from prune.unlearn._evaluate import Predictions, margins_at, peak_rss_mb, utility
-from prune.unlearn._points import declare_box
 from prune.unlearn._request import ForgetRequest
 
-__all__ = ["DEFAULT_CLASS_MARGIN", "Suppressed", "suppress_class"]
+__all__ = ["DEFAULT_CLASS_MARGIN", "DEFAULT_PROXY_BUDGET", "Suppressed", "suppress_class"]
 
 DEFAULT_CLASS_MARGIN = 8.0
 """Logit gap ``m`` between the capped class and the best other class. Large enough that the
@@ -58,6 +63,9 @@ def suppress_class(
     y_test: NDArray[np.int64] | None,
     *,
     margin: float,
+    remap: bool,
+    proxy_budget: int,
+    seed: int,
     threads: int | None,
     clock: Callable[[], float],
     started: float,
@@ -68,15 +76,57 @@ def suppress_class(
     if not (np.isfinite(margin) and margin > 0):
         raise PatchError(f"the margin must be a positive number, got {margin}")
     head = imported.head
-    box = declare_box(imported, x_train)
-    patched, bound = export_suppressed(imported, forget_class=k, margin=margin, box=box)
+    y = np.asarray(y_train, dtype=np.int64)
+    names = [head.output] if imported.input_space else [head.cut, head.output]
+    original = OrtRunner(imported.raw, outputs=names, threads=threads)
+    outs = original.run(x_train, batch_size=4096)
+    z_train = outs[-1]
+    cut = x_train.reshape(len(x_train), -1) if imported.input_space else outs[0]
+    cut = cut.reshape(len(cut), -1)
+    box = box_from_data(cut, input_space=imported.input_space)
+    t_pass = clock()
+    fit = None
+    if remap:
+        fit = fit_remap(
+            head,
+            cut,
+            z_train,
+            y,
+            forget_class=k,
+            bound=logit_bound(head, box),
+            budget=proxy_budget,
+            seed=seed,
+            clock=clock,
+        )
+    t_remap = clock()
+    patched, bound = export_suppressed(
+        imported,
+        forget_class=k,
+        margin=margin,
+        box=box,
+        remap=None if fit is None else fit.remap,
+    )
     t_export = clock()
-    # one onnxruntime pass per data set gives both models' logits: the served file computes the
-    # original logits as an intermediate tensor (its original graph is byte-identical)
-    both = OrtRunner(patched, outputs=[head.output, OUTPUT], threads=threads)
-    z_train, p_train = both.run(x_train, batch_size=4096)
-    forget_y = np.asarray(y_train, dtype=np.int64)[request.indices]
-    original, logits = z_train[request.indices], p_train[request.indices]
+    tail = OrtRunner(
+        suppression_only(
+            classes=head.classes,
+            forget_class=k,
+            margin=margin,
+            opset=_opset(imported.raw),
+            remap=None if fit is None else fit.remap,
+        ),
+        outputs=[OUTPUT],
+        threads=threads,
+    )
+    p_train = tail.run(z_train, batch_size=65536)[0]
+    forget_y = y[request.indices]
+    served = OrtRunner(patched, outputs=[OUTPUT], threads=threads)
+    logits = served.run(x_train[request.indices], batch_size=4096)[0]
+    if not np.array_equal(logits, p_train[request.indices], equal_nan=True):
+        raise PatchError(
+            "internal: the served model and its suppression nodes disagree on the class rows"
+        )
+    before = z_train[request.indices]
     target = np.asarray(logits.argmax(axis=1), dtype=np.int64)
     ok = (target != k) & (margins_at(logits, target) > 0) & np.isfinite(logits).all(axis=1)
     claims = tuple(
@@ -84,7 +134,7 @@ def suppress_class(
             leaf_index=m,
             train_index=int(request.indices[m]),
             label=k,
-            original_prediction=int(original[m].argmax()),
+            original_prediction=int(before[m].argmax()),
             target=int(target[m]),
             patch=0,
             certified_margin=0.0,
@@ -97,17 +147,22 @@ def suppress_class(
     t_evaluate = clock()
     test = None
     if x_test is not None and y_test is not None:
-        z_test, p_test = both.run(np.ascontiguousarray(x_test, dtype=np.float32), batch_size=4096)
+        x_t = np.ascontiguousarray(x_test, dtype=np.float32)
+        z_test = OrtRunner(imported.raw, outputs=[head.output], threads=threads).run(
+            x_t, batch_size=4096
+        )[0]
+        p_test = tail.run(z_test, batch_size=65536)[0]
         test = (_pred(z_test), _pred(p_test), np.asarray(y_test, dtype=np.int64))
     usefulness = utility(
         before=_pred(z_train),
         after=_pred(p_train),
-        y=np.asarray(y_train, dtype=np.int64),
+        y=y,
         forget_rows=request.indices,
         test=test,
         classes=head.classes,
     )
     m32 = float(np.float32(margin))
+    form = CLASS_SUPPRESS_FORMAT if fit is None else CLASS_REMAP_FORMAT
     claim = ClassClaim(
         forget_class=k,
         margin=decimal_string(m32),
@@ -115,22 +170,26 @@ def suppress_class(
         high=decimal_string(box.high),
         source=box.source,
         logit_bound=decimal_string(bound),
+        form=form,
     )
     method: dict[str, Any] = {
         "name": "prune-class-suppress",
         "mode": "class",
         "class_mode": "suppress",
-        "patch_form": CLASS_SUPPRESS_FORMAT,
+        "patch_form": form,
         "forget_class": k,
         "margin": m32,
         "cut": head.cut,
         "input_box": box.as_method(),
     }
+    if fit is not None:
+        method["remap"] = fit.as_method(proxy_budget, seed)
     finished = clock()
     summary: dict[str, Any] = {
         "version": 1,
         "mode": "class",
         "class_mode": "suppress",
+        "patch_form": form,
         "forget_class": k,
         "forget_points": len(forget_y),
         **usefulness,
@@ -141,12 +200,30 @@ def suppress_class(
         "class_margin": m32,
         "logit_bound": bound,
         "seconds": finished - started,
-        "seconds_export": t_export - started,
+        "seconds_unlearn": t_evaluate - started,
+        "seconds_pass": t_pass - started,
+        "seconds_remap": t_remap - t_pass,
+        "seconds_export": t_export - t_remap,
         "seconds_recheck": t_evaluate - t_export,
         "seconds_evaluate": finished - t_evaluate,
         "peak_rss_mb": peak_rss_mb(),
     }
+    if fit is not None:
+        summary["remap"] = {
+            **fit.as_method(proxy_budget, seed),
+            "seconds_proxy": fit.seconds_proxy,
+            "seconds_fit": fit.seconds_fit,
+        }
     return Suppressed(patched, claims, failed, method, summary, claim)
+
+
+def _opset(raw: bytes) -> int:
+    import onnx
+
+    for entry in onnx.load_from_string(raw).opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return int(entry.version)
+    raise PatchError("the model imports no default ONNX opset")
 
 
 def _pred(logits: NDArray[np.float32]) -> Predictions:

@@ -38,7 +38,7 @@ from prune.proofs._duals import region_duals
 from prune.solvers import SOLVERS, make_solver
 from prune.targets import CALIBRATED, POLICY_NAMES, default_policy
 from prune.unlearn._calibrated import calibrated_targets, run_calibrated
-from prune.unlearn._class import DEFAULT_CLASS_MARGIN, suppress_class
+from prune.unlearn._class import DEFAULT_CLASS_MARGIN, DEFAULT_PROXY_BUDGET, suppress_class
 from prune.unlearn._evaluate import (
     batch_rows,
     margins_at,
@@ -63,6 +63,7 @@ __all__ = [
     "DEFAULT_CLASS_MARGIN",
     "DEFAULT_MARGIN",
     "DEFAULT_N",
+    "DEFAULT_PROXY_BUDGET",
     "FLOAT32_SLACK",
     "RETRIES",
     "UnlearnResult",
@@ -144,6 +145,8 @@ def unlearn(
     forget_class: int | None = None,
     class_mode: ClassMode = "suppress",
     class_margin: float = DEFAULT_CLASS_MARGIN,
+    class_remap: bool = True,
+    proxy_budget: int = DEFAULT_PROXY_BUDGET,
     x_test: NDArray[np.float32] | None = None,
     y_test: NDArray[np.int64] | None = None,
     solver: str = "lagrangian",
@@ -172,7 +175,9 @@ def unlearn(
     ``calibrated_tolerance`` is how far (logits) the true-class margin may rise above the
     target's anywhere in a patched region (:func:`prune.calibrate.calibrated_patches`).
     A ``forget_class`` is honoured as ``class_mode`` says (:data:`CLASS_MODES`); ``class_margin``
-    is the suppression's logit gap."""
+    is the suppression's logit gap; ``class_remap`` (form v2) remaps the rows the original gives
+    the class to a proxy retrained without it within ``proxy_budget`` training samples (False:
+    form v1, the original's other logits)."""
     with _torch_threads(threads):
         started = clock()
         if class_mode not in CLASS_MODES:
@@ -200,6 +205,9 @@ def unlearn(
                 x_test,
                 y_test,
                 margin=class_margin,
+                remap=class_remap,
+                proxy_budget=proxy_budget,
+                seed=seed,
                 threads=threads,
                 clock=clock,
                 started=started,

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from audit.cli import cli as audit_cli
-from audit.verify._class import expected_suppression
+from audit.verify._class import expected_suppression, read_remap
 from prune.cli import cli as prune_cli
 from prune.formats import ClassClaim
 from tests.audit.adversarial.registry import edit_certificate, payload_of, resign_model
@@ -33,6 +33,7 @@ class Work:
     root: Path
     suppress: Path
     regions: Path
+    plain: Path
 
 
 def _prune(*args: str) -> None:
@@ -58,7 +59,8 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Work:
     ]  # fmt: skip
     _prune("unlearn", *common, "--out", str(root / "suppress"))
     _prune("unlearn", *common, "--class-mode", "regions", "--out", str(root / "regions"))
-    return Work(root, root / "suppress", root / "regions")
+    _prune("unlearn", *common, "--no-class-remap", "--out", str(root / "plain"))
+    return Work(root, root / "suppress", root / "regions", root / "plain")
 
 
 def _verify(
@@ -80,11 +82,16 @@ def _verify(
     return result.exit_code, {c["name"]: c for c in report["checks"]}
 
 
-def test_suppression_proof_verifies(work: Work) -> None:
-    code, checks = _verify(work, work.suppress)
+@pytest.mark.parametrize("form", ["v2", "v1"])
+def test_suppression_proof_verifies(work: Work, form: str) -> None:
+    proof = work.suppress if form == "v2" else work.plain
+    code, checks = _verify(work, proof)
     assert code == 0
     assert checks["class.suppression"]["status"] == "pass"
-    assert checks["class.suppression"]["evidence"]["formula_mismatches"] == 0
+    evidence = checks["class.suppression"]["evidence"]
+    assert evidence["formula_mismatches"] == 0
+    assert evidence["form"] == f"prune/class-suppress/{form}"
+    assert (evidence.get("remapped_points", 0) > 0) == (form == "v2")
     assert checks["class.reference"]["status"] == "pass"
     assert checks["structure.patch"]["status"] == "not-run"
     claim = payload_of(work.suppress)["predicate"]["class_claim"]
@@ -119,6 +126,14 @@ def _set_margin(model: onnx.ModelProto, value: float) -> None:
             model.graph.initializer[i].CopyFrom(numpy_helper.from_array(cap, name=t.name))
 
 
+def _set_remap(model: onnx.ModelProto, name: str, edit: Any) -> None:
+    for i, t in enumerate(model.graph.initializer):
+        if t.name == f"prune/patch/class/{name}":
+            value = numpy_helper.to_array(t).copy()
+            edit(value)
+            model.graph.initializer[i].CopyFrom(numpy_helper.from_array(value, name=t.name))
+
+
 def _extra_node(model: onnx.ModelProto) -> None:
     last = model.graph.node[-1]
     last.output[0] = "prune/patch/class/pre"  # the final Min now feeds an extra node
@@ -131,7 +146,49 @@ TAMPERS = {
     "min-to-max": lambda m: _set_op(m, "prune/patch/output", "Max"),
     "smaller-margin": lambda m: _set_margin(m, 0.5),
     "extra-node": _extra_node,
+    "gate-inverted": lambda m: _set_op(m, "prune/patch/class/active", "Greater"),
+    "remap-skips-suppression": lambda m: _set_op(m, "prune/patch/class/logits_best", "ReduceMin"),
 }
+
+
+def _huge(value: Any) -> None:
+    value[0] = 3e9
+
+
+def _nan(value: Any) -> None:
+    value[0, 0] = float("nan")
+
+
+REMAP_TAMPERS = {"shift-beyond-float32": ("shift", _huge), "map-nan": ("map", _nan)}
+
+
+@pytest.mark.parametrize("tamper", sorted(REMAP_TAMPERS))
+def test_remap_that_breaks_the_float32_argument_fails(
+    work: Work, tmp_path: Path, tamper: str
+) -> None:
+    """The remap's values are free parameters: the canonical rebuild takes them from the model,
+    so only the bound on the remapped logits (or their finiteness) can catch these."""
+    proof = Path(shutil.copytree(work.suppress, tmp_path / "proof"))
+    model = onnx.load_from_string((proof / "model.onnx").read_bytes())
+    name, edit = REMAP_TAMPERS[tamper]
+    _set_remap(model, name, edit)
+    resign_model(proof, model.SerializeToString(), key=work.root / "keys" / "owner.key")
+    code, checks = _verify(work, proof)
+    assert code == 1
+    assert checks["class.suppression"]["status"] == "fail"
+    assert "remap" in checks["class.suppression"]["detail"]
+
+
+def test_remapped_model_claimed_as_v1_fails(work: Work, tmp_path: Path) -> None:
+    proof = Path(shutil.copytree(work.suppress, tmp_path / "proof"))
+
+    def edit(doc: dict[str, Any]) -> None:
+        del doc["predicate"]["class_claim"]["form"]
+
+    edit_certificate(proof, edit, key=work.root / "keys" / "owner.key")
+    code, checks = _verify(work, proof)
+    assert code == 1
+    assert "canonical" in checks["class.suppression"]["detail"]
 
 
 @pytest.mark.parametrize("tamper", sorted(TAMPERS))
@@ -154,8 +211,15 @@ def _reissue_claim(work: Work, proof: Path, **changes: Any) -> None:
     from audit.verify._graph import find_head
 
     head = find_head(original, "input")
+    served = onnx.load_from_string((proof / "model.onnx").read_bytes())
     model = expected_suppression(
-        original, cut=head.cut, hidden=head.hidden, logits=head.output, classes=10, claim=claim
+        original,
+        cut=head.cut,
+        hidden=head.hidden,
+        logits=head.output,
+        classes=10,
+        claim=claim,
+        remap=read_remap(served),
     )
     key = work.root / "keys" / "owner.key"
     resign_model(proof, model.SerializeToString(), key=key)

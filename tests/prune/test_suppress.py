@@ -8,11 +8,21 @@ import pytest
 
 from prune.errors import PatchError
 from prune.export import OUTPUT, PREFIX
-from prune.formats import ClassClaim, MalformedError, float32_margin_holds, removed_text
+from prune.formats import (
+    CLASS_REMAP_FORMAT,
+    CLASS_SUPPRESS_FORMAT,
+    ClassClaim,
+    MalformedError,
+    float32_margin_holds,
+    remap_bound,
+    remap_problems,
+    removed_text,
+)
 from prune.model import OrtRunner, load_model
 from prune.regions import InputBox, box_from_data
-from prune.suppress import export_suppressed, logit_bound
+from prune.suppress import Remap, export_suppressed, logit_bound, suppression_only
 from prune.unlearn import unlearn
+from prune.unlearn._class_remap import fit_remap
 from tests.prune._engine_models import digits_work, random_mlp
 
 
@@ -112,6 +122,7 @@ def test_unlearn_class_modes() -> None:
     )
     s = result.summary
     assert s["class_mode"] == "suppress" and result.complete and result.class_claim is not None
+    assert result.class_claim.form == CLASS_REMAP_FORMAT and s["remap"]["fitted_rows"] > 0
     assert s["forget_accuracy_after"] == 0.0
     assert s["per_class_test_accuracy_after"][str(k)] == 0.0
     for c, acc in s["per_class_test_accuracy_before"].items():
@@ -128,22 +139,127 @@ def test_unlearn_class_modes() -> None:
         y_test=work.y_test,
     )
     assert regions.class_claim is None and regions.method["class_mode"] == "regions"
+    plain = unlearn(work.raw, work.x_train, work.y_train, forget_class=k, class_remap=False)
+    assert plain.class_claim is not None and plain.class_claim.form == CLASS_SUPPRESS_FORMAT
+    assert "remap" not in plain.method and plain.summary["forget_accuracy_after"] == 0.0
     with pytest.raises(PatchError, match="class mode"):
         unlearn(work.raw, work.x_train, work.y_train, forget_class=k, class_mode="x")  # type: ignore[arg-type]
 
 
-def test_a_model_with_an_output_tail_is_refused() -> None:
-    """Suppression replaces the outputs by logits; a Softmax tail would change the interface."""
+def _remap(classes: int, k: int, bound: float, seed: int) -> Remap:
+    """An arbitrary (hostile-looking) remap: random map and shift, column K not zeroed."""
+    rng = np.random.default_rng(seed)
+    matrix = rng.normal(0.0, 2.0, (classes, classes)).astype(np.float32)
+    shift = rng.normal(0.0, 5.0, classes).astype(np.float32)
+    shift[k] = np.float32(10 * bound)  # would put K on top before the suppression
+    return Remap(matrix=matrix, shift=shift)
+
+
+@pytest.mark.parametrize("k", [0, 5])
+def test_remapped_model_never_predicts_k_and_keeps_other_predictions(k: int) -> None:
+    """Form v2 with any finite remap: K never on top (original or remapped rows), rows the
+    original gives another class unchanged bit for bit, remapped rows the suppression of
+    ``z A + beta``; the suppression-only model gives the served output from the logits."""
+    work = digits_work()
+    model = load_model(work.raw)
+    box = box_from_data(work.x_train, input_space=True)
+    bound = logit_bound(model.head, box)
+    remap = _remap(model.head.classes, k, bound, seed=k)
+    raw, _ = export_suppressed(model, forget_class=k, margin=1.0, box=box, remap=remap)
+    meta = {p.key: p.value for p in onnx.load_from_string(raw).metadata_props}
+    assert meta["prune.format"] == CLASS_REMAP_FORMAT
+    rng = np.random.default_rng(k)
+    x = np.concatenate(
+        [work.x_train, rng.uniform(box.low, box.high, (500, work.x_test.shape[1]))]
+    ).astype(np.float32)
+    original = OrtRunner(work.raw, outputs=[model.head.output]).run(x)[0]
+    patched = OrtRunner(raw, outputs=[OUTPUT]).run(x)[0]
+    assert not (patched.argmax(1) == k).any()
+    active = original[:, k] > np.delete(original, k, axis=1).max(axis=1)
+    assert active.any() and (~active).any()
+    np.testing.assert_array_equal(patched[~active], _formula(original[~active], k, 1.0))
+    remapped = original[active].astype(np.float64) @ remap.matrix + remap.shift
+    want = _formula(remapped.astype(np.float32), k, 1.0)
+    keep = [j for j in range(model.head.classes) if j != k]
+    np.testing.assert_allclose(patched[active][:, keep], want[:, keep], rtol=1e-5, atol=1e-4)
+    tail = suppression_only(
+        classes=model.head.classes, forget_class=k, margin=1.0, opset=17, remap=remap
+    )
+    np.testing.assert_array_equal(OrtRunner(tail, outputs=[OUTPUT]).run(original)[0], patched)
+
+
+def test_remap_problems() -> None:
+    k, bound = 2, 10.0
+    remap = _remap(5, k, bound, seed=1)
+    a, b = remap.matrix, remap.shift
+    assert remap_problems(a, b, margin=8.0, bound=bound) is None
+    assert remap_bound(bound, a, b) >= np.abs(b).max()
+    bad = a.copy()
+    bad[0, 1] = np.inf
+    assert "non-finite" in str(remap_problems(bad, b, margin=8.0, bound=bound))
+    assert "float32" in str(remap_problems(a.astype(np.float64), b, margin=8.0, bound=bound))
+    assert "shapes" in str(remap_problems(a[:, :4], b, margin=8.0, bound=bound))
+    huge = b.copy()
+    huge[0] = np.float32(1e9)  # the remapped logits' float32 spacing exceeds the margin
+    assert "margin" in str(remap_problems(a, huge, margin=8.0, bound=bound))
+
+
+def test_fit_remap_learns_from_training_rows_only() -> None:
+    import time
+
+    work = digits_work()
+    model = load_model(work.raw)
+    box = box_from_data(work.x_train, input_space=True)
+    bound = logit_bound(model.head, box)
+    x = np.ascontiguousarray(work.x_train, dtype=np.float32)
+    z = OrtRunner(work.raw, outputs=[model.head.output]).run(x)[0]
+    k = 4
+    fit = fit_remap(
+        model.head, x, z, work.y_train, forget_class=k, bound=bound, budget=20_000, seed=0,
+        clock=time.perf_counter,
+    )  # fmt: skip
+    active = (work.y_train == k) & (z[:, k] > np.delete(z, k, axis=1).max(axis=1))
+    assert fit.fitted_rows == int(active.sum()) > 0
+    assert fit.proxy_rows == int((work.y_train != k).sum())
+    assert (fit.remap.matrix[:, k] == 0).all()
+    others = fit.remap.shift.copy()
+    others[k] = 0.0
+    assert fit.remap.shift[k] == np.float32(remap_bound(bound, fit.remap.matrix, others))
+    assert remap_problems(fit.remap.matrix, fit.remap.shift, margin=8.0, bound=bound) is None
+    again = fit_remap(
+        model.head, x, z, work.y_train, forget_class=k, bound=bound, budget=20_000, seed=0,
+        clock=time.perf_counter,
+    )  # fmt: skip
+    np.testing.assert_array_equal(again.remap.matrix, fit.remap.matrix)  # seeded
+
+
+def test_a_model_with_an_output_tail_gets_the_tail_replayed() -> None:
+    """Suppression acts on the logits before a Softmax tail; the served outputs keep their
+    names and are the tail applied to ``prune/output``."""
     from onnx import helper
 
     from tests.prune._engine_models import graph_model
 
-    w = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float32)
+    rng = np.random.default_rng(0)
+    w1 = rng.normal(size=(6, 4)).astype(np.float32)
+    w2 = rng.normal(size=(3, 6)).astype(np.float32)
     nodes = [
-        helper.make_node("Gemm", ["input", "w"], ["h"], name="g", transB=1),
-        helper.make_node("Softmax", ["h"], ["logits"], name="act"),
+        helper.make_node("Gemm", ["input", "w1"], ["h"], name="g1", transB=1),
+        helper.make_node("Relu", ["h"], ["r"], name="act"),
+        helper.make_node("Gemm", ["r", "w2"], ["logits"], name="g2", transB=1),
+        helper.make_node("Softmax", ["logits"], ["probs"], name="sm", axis=1),
     ]
-    model = load_model(graph_model(nodes, {"w": w}))
+    raw = graph_model(nodes, {"w1": w1, "w2": w2}, output=("probs", ["batch", 3]))
+    model = load_model(raw)
+    assert model.tail
     box = InputBox(low=0.0, high=1.0, source="data-range")
-    with pytest.raises(PatchError, match="output tail"):
-        export_suppressed(model, forget_class=1, margin=1.0, box=box)
+    for remap in (None, _remap(3, 1, 50.0, seed=3)):
+        patched, _ = export_suppressed(model, forget_class=1, margin=4.0, box=box, remap=remap)
+        proto = onnx.load_from_string(patched)
+        assert [o.name for o in proto.graph.output] == ["probs", OUTPUT]
+        assert proto.graph.node[-1].op_type == "Softmax"
+        x = rng.uniform(0.0, 1.0, (400, 4)).astype(np.float32)
+        probs, logits = OrtRunner(patched, outputs=["probs", OUTPUT]).run(x)
+        assert not (probs.argmax(1) == 1).any()
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)

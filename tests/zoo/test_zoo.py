@@ -145,6 +145,55 @@ def _consistent_tail(outs: dict[str, object], logits: NDArray[np.float64]) -> No
             np.testing.assert_allclose(arr, probs, rtol=1e-4, atol=1e-5)
 
 
+_TAILED = [m for m in ZOO if m.name in ("skl_mlp", "leg_prelu")]
+
+
+@pytest.mark.parametrize("model", [pytest.param(m, id=m.name) for m in _TAILED])
+def test_class_suppression_of_a_tailed_model_verifies(
+    model: ZooModel, world: tuple[Path, Digits]
+) -> None:
+    """Softmax / ArgMax / ZipMap tails: the suppression (form v2) acts on the logits before the
+    tail, the served outputs keep their names and never give the class, ``audit verify`` exits 0
+    with ``class.suppression`` passed."""
+    root, data = world
+    folder = root / f"{model.name}-class"
+    path, _ = model.export(data, folder)
+    proof = folder / "proof"
+    result = CliRunner().invoke(
+        prune_cli,
+        [
+            "unlearn", str(path), "--train", str(root / "train.npz"), "--test",
+            str(root / "test.npz"), "--forget-class", str(FORGET),
+            "--key", str(root / "keys" / "owner.key"), "--out", str(proof), "--quiet",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    committed = proof / "original.onnx" if (proof / "original.onnx").exists() else path
+    verify = CliRunner().invoke(
+        audit_cli,
+        [
+            "verify", str(proof), "--public-key", str(root / "keys" / "owner.pub"),
+            "--original", str(committed), "--forget", str(proof / "forget.npz"),
+            "--reference", str(root / "test.npz"), "--json", str(folder / "verify.json"),
+            "--quiet",
+        ],
+    )  # fmt: skip
+    doc = json.loads((folder / "verify.json").read_text())
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert verify.exit_code == 0, [c for c in doc["checks"] if c["status"] == "fail"]
+    assert checks["class.suppression"]["status"] == "pass"
+    assert checks["class.reference"]["status"] == "pass"
+    original, patched = _session(path), _session(proof / "model.onnx")
+    names = [o.name for o in original.get_outputs()]
+    served = [o.name for o in patched.get_outputs()]
+    assert [n for n in served if n != "prune/output"] == names
+    x_test = data.x_test.reshape(len(data.x_test), -1)
+    assert not (_label(patched, x_test) == FORGET).any()
+    in_name = patched.get_inputs()[0].name
+    outs = dict(zip(served, patched.run(None, {in_name: x_test[:64]}), strict=True))
+    _consistent_tail(outs, np.asarray(outs["prune/output"], dtype=np.float64))
+
+
 def test_tailed_model_report_and_receipt(world: tuple[Path, Digits], tmp_path: Path) -> None:
     """``audit report`` and ``audit receipt`` read the declared logits (``prune/output`` of the
     patched model, the Softmax input of the original), not the first graph output: the

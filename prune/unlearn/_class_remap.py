@@ -1,0 +1,204 @@
+"""Learn the v2 class remap (docs/FORMATS.md "Class suppression", form v2): what the served
+model outputs on the rows the original gives the forgotten class ``K``.
+
+A model retrained without ``K`` spreads class-``K`` inputs over the remaining classes by class
+similarity (TREW, ICML 2026); the original, trained to tell ``K`` from its neighbours, spreads
+them differently, and plain suppression keeps that (measured: KL to retrained models up to 14x
+the retrain seed-to-seed floor on Fashion-MNIST class 5). The owner cannot afford the retrained
+model, but a *proxy* is cheap: a fresh ReLU network with the head's widths, trained on the cut
+values of the non-``K`` training rows with a small budget of sample-steps. Its distribution on the
+class-``K`` training rows is distilled into ``C^2 + C`` numbers: ``L = z A + beta`` with ``z`` the
+original logits (so the remap keeps the original's own evidence, ``z_K`` included, and is
+certified by a bound over the box, unlike the proxy). Ridge on ``A - I`` keeps it near the
+identity. Column ``K`` of ``A`` is then zeroed and ``beta_K`` set to the remapped logits' bound,
+so that the suppression after the remap places ``K`` exactly the margin below the best remaining
+class (as v1 does). The remap is a free parameter for the soundness of "K is never predicted",
+which the verifier checks with its own bound on the remapped logits.
+
+Nothing here reads test data: the proxy and the fit see only the owner's training rows."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import nn
+
+from prune.errors import PatchError
+from prune.formats import remap_bound
+from prune.model import PLHead
+from prune.suppress import Remap
+
+__all__ = ["DEFAULT_PROXY_BUDGET", "RemapFit", "fit_remap"]
+
+DEFAULT_PROXY_BUDGET = 220_000
+"""Training samples the proxies see: epochs = budget / non-K rows, clamped to [1, 60], and as many
+proxies (at most 3, averaged) as the budget allows: three 60-epoch proxies on digits (1,130
+rows), one 4-epoch proxy on Fashion-MNIST (54,000 rows). Measured on Fashion-MNIST class 5 (KL
+to retrained models over the seed-to-seed floor, proxy seeds 0/1/2): 2.41/1.99/1.66 with 3
+epochs, 1.48/1.69/1.54 with 4 (docs/BENCHMARKS.md, "Class unlearning")."""
+
+RIDGE = 1e-3
+"""Weight of ``||A - I||^2`` in the fit."""
+
+_MAX_EPOCHS = 60
+_MAX_PROXIES = 3
+_BATCH = 128
+_LR = 1e-3
+
+
+@dataclass(frozen=True, eq=False)
+class RemapFit:
+    """The remap and what it was learnt from (recorded in the method)."""
+
+    remap: Remap
+    proxies: int
+    proxy_epochs: int
+    proxy_rows: int
+    fitted_rows: int
+    seconds_proxy: float
+    seconds_fit: float
+
+    def as_method(self, budget: int, seed: int) -> dict[str, Any]:
+        return {
+            "proxy": "relu-mlp-head-widths",
+            "proxy_budget": budget,
+            "proxies": self.proxies,
+            "proxy_epochs": self.proxy_epochs,
+            "proxy_rows": self.proxy_rows,
+            "fitted_rows": self.fitted_rows,
+            "ridge": RIDGE,
+            "seed": seed,
+        }
+
+
+def _proxy(head: PLHead, classes: int) -> nn.Module:
+    widths = [head.input_dim, *(int(layer.weight.shape[0]) for layer in head.layers[:-1])]
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(widths):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    layers.append(nn.Linear(widths[-1], classes))
+    return nn.Sequential(*layers)
+
+
+def _train_proxy(
+    head: PLHead,
+    x: NDArray[np.float32],
+    y: NDArray[np.int64],
+    *,
+    classes: int,
+    epochs: int,
+    seed: int,
+) -> nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        gen = torch.Generator().manual_seed(seed)
+        model = _proxy(head, classes)
+        opt = torch.optim.Adam(model.parameters(), lr=_LR)
+        loss_fn = nn.CrossEntropyLoss()
+        x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
+        model.train()
+        for _ in range(epochs):
+            order = torch.randperm(len(x_t), generator=gen)
+            for i in range(0, len(order), _BATCH):
+                idx = order[i : i + _BATCH]
+                opt.zero_grad()
+                loss_fn(model(x_t[idx]), y_t[idx]).backward()
+                opt.step()
+    return model.eval()
+
+
+def _fit_map(
+    z: NDArray[np.float32], target: torch.Tensor, k: int, classes: int
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """``A = I + W`` and ``beta`` minimising the mean ``KL(target || softmax(z A + beta))`` over
+    the classes other than ``k``, plus ``RIDGE ||W||^2`` (L-BFGS in float64)."""
+    others = [j for j in range(classes) if j != k]
+    zt = torch.from_numpy(np.asarray(z, dtype=np.float64))
+    eye = torch.eye(classes, dtype=torch.float64)
+    w = torch.zeros((classes, classes), dtype=torch.float64, requires_grad=True)
+    beta = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    p = torch.exp(target)
+    opt = torch.optim.LBFGS([w, beta], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        q = torch.log_softmax((zt @ (eye + w) + beta)[:, others], dim=1)
+        loss = (p * (target - q)).sum(dim=1).mean() + RIDGE * (w**2).sum()
+        loss.backward()  # type: ignore[no-untyped-call]
+        return loss
+
+    opt.step(closure)  # type: ignore[no-untyped-call]
+    return (eye + w).detach().numpy(), beta.detach().numpy()
+
+
+def fit_remap(
+    head: PLHead,
+    cut: NDArray[np.float32],
+    z: NDArray[np.float32],
+    y: NDArray[np.int64],
+    *,
+    forget_class: int,
+    bound: float,
+    budget: int = DEFAULT_PROXY_BUDGET,
+    seed: int = 0,
+    clock: Callable[[], float],
+) -> RemapFit:
+    """Train the proxy on the non-``K`` rows of ``cut`` (the cut values of the training data,
+    ``[N, d]``), distil it on the rows of class ``K`` that the original predicts ``K`` (``z`` the
+    original logits) and place ``beta_K`` (module docstring)."""
+    k = int(forget_class)
+    classes = int(z.shape[1])
+    if budget < 1:
+        raise PatchError(f"the proxy budget must be a positive number of samples, got {budget}")
+    keep = np.flatnonzero(y != k)
+    if len(keep) == 0:
+        raise PatchError(f"every training row is of class {k}: nothing to learn a remap from")
+    started = clock()
+    epochs = int(min(_MAX_EPOCHS, max(1, round(budget / len(keep)))))
+    count = int(min(_MAX_PROXIES, max(1, budget // (epochs * len(keep)))))
+    proxies = [
+        _train_proxy(
+            head,
+            np.ascontiguousarray(cut[keep], dtype=np.float32),
+            np.asarray(y[keep], dtype=np.int64),
+            classes=classes,
+            epochs=epochs,
+            seed=seed + i,
+        )
+        for i in range(count)
+    ]
+    proxy_done = clock()
+    others_z = np.delete(z, k, axis=1).max(axis=1)
+    rows = np.flatnonzero((y == k) & (z[:, k] > others_z))
+    if len(rows):
+        others = [j for j in range(classes) if j != k]
+        x_rows = torch.from_numpy(np.ascontiguousarray(cut[rows], dtype=np.float32))
+        with torch.no_grad():
+            probs = [torch.softmax(p(x_rows).double()[:, others], dim=1) for p in proxies]
+            target = torch.log(torch.stack(probs).mean(dim=0))
+        matrix, shift = _fit_map(z[rows], target, k, classes)
+    else:
+        matrix, shift = np.eye(classes), np.zeros(classes)
+    matrix32 = matrix.astype(np.float32)
+    matrix32[:, k] = 0.0
+    shift = shift - np.delete(shift, k).mean()
+    shift32 = shift.astype(np.float32)
+    # L_K = beta_K exactly; at or above every other remapped logit, so that the suppression
+    # puts K exactly the margin below the best remaining class, as in v1
+    shift32[k] = 0.0
+    shift32[k] = np.float32(remap_bound(bound, matrix32, shift32))
+    return RemapFit(
+        remap=Remap(matrix=matrix32, shift=shift32),
+        proxies=count,
+        proxy_epochs=epochs,
+        proxy_rows=len(keep),
+        fitted_rows=len(rows),
+        seconds_proxy=proxy_done - started,
+        seconds_fit=clock() - proxy_done,
+    )
