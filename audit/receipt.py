@@ -249,7 +249,7 @@ class ReceiptReplay(Check[ReceiptContext]):
         except FormatError:
             return self.failed("not run: the certificate's signature does not verify")
         try:
-            model = OnnxModel(ctx.model_bytes, device=ctx.device)
+            model = OnnxModel.for_logits(ctx.model_bytes, device=ctx.device)
             logits = model.logits(ctx.sample[None, ...])
             require_finite(logits, "model output")
             for size in BATCH_SIZES[1:]:  # the sample inside serving batches of other sizes

@@ -69,9 +69,13 @@ class OnnxModel:
             proto = onnx.load_from_string(raw)
         except Exception as exc:  # onnx raises DecodeError subclasses of Exception
             raise ModelRunError(f"not an ONNX model ({exc.__class__.__name__})") from exc
-        if extra_outputs:
-            known = {o.name for o in proto.graph.output}
-            for name in extra_outputs:
+        self.logits_name: str | None = _declared_logits(proto)
+        wanted = [*extra_outputs]
+        if self.logits_name is not None:
+            wanted.append(self.logits_name)
+        known = {o.name for o in proto.graph.output}
+        if any(name not in known for name in wanted):
+            for name in dict.fromkeys(wanted):
                 if name not in known:
                     proto.graph.output.append(onnx.ValueInfoProto(name=name))
             raw = proto.SerializeToString()
@@ -118,6 +122,52 @@ class OnnxModel:
                 parts[j].append(out)
         return [np.concatenate(p) if p else np.zeros((0,), np.float32) for p in parts]
 
+    @classmethod
+    def for_logits(cls, model: bytes, *, device: str = "auto") -> OnnxModel:
+        """The model cut down to its declared logits (:func:`_declared_logits`): the output
+        tail after them (Softmax, ArgMax, ``ai.onnx.ml`` label maps that the sandbox does not
+        run) is a function of the logits, checked node for node by ``audit verify``'s
+        ``structure.patch``; whoever needs only the classifier's scores runs this."""
+        import onnx
+
+        from audit.verify._graph import up_to
+
+        try:
+            proto = onnx.load_from_string(model)
+        except Exception as exc:  # onnx raises DecodeError subclasses of Exception
+            raise ModelRunError(f"not an ONNX model ({exc.__class__.__name__})") from exc
+        name = _declared_logits(proto)
+        if name is None:
+            raise ModelRunError(
+                f"the model has {len(proto.graph.output)} outputs and no Softmax/LogSoftmax/"
+                "ArgMax to tell its logits from them"
+            )
+        if [o.name for o in proto.graph.output] != [name]:
+            model = up_to(proto, [name])
+        return cls(model, device=device)
+
     def logits(self, x: NDArray[np.float32], *, batch_size: int = 4096) -> NDArray[np.float32]:
-        """The first graph output (the logits, by the format's convention)."""
-        return self.run(x, outputs=[self.output_names[0]], batch_size=batch_size)[0]
+        """The declared logits (:func:`_declared_logits`): ``prune/output`` of a patched model,
+        else the tensor the output tail reads (skl2onnx's label + probabilities models have
+        their logits inside the graph), else the single output."""
+        if self.logits_name is None:
+            raise ModelRunError(
+                f"the model has {len(self.output_names)} outputs and no Softmax/LogSoftmax/"
+                "ArgMax to tell its logits from them"
+            )
+        return self.run(x, outputs=[self.logits_name], batch_size=batch_size)[0]
+
+
+def _declared_logits(proto: Any) -> str | None:
+    """The logits tensor of ``proto``: ``prune/output`` when the graph outputs it (a patched
+    model, docs/FORMATS.md "Output tail"), else the verifier's own output-tail reading of the
+    graph; ``None`` when it has several outputs and no tail to tell the logits by."""
+    from audit.verify._framework import CheckUnavailable
+    from audit.verify._graph import PATCH_OUTPUT, output_tail
+
+    if any(o.name == PATCH_OUTPUT for o in proto.graph.output):
+        return PATCH_OUTPUT
+    try:
+        return output_tail(proto)[0]
+    except CheckUnavailable:
+        return None

@@ -109,7 +109,10 @@ def scenario_single(data: dict[str, Any], args: argparse.Namespace) -> dict[str,
     runner = OrtRunner(
         data["raw"], outputs=[*head.hidden, head.output], threads=args.threads or None
     )
-    solvers = {"default": LagrangianSolver(), "tight": LagrangianSolver(steps=40, scales="exact")}
+    solvers = {
+        "default": LagrangianSolver(),
+        "tight": LagrangianSolver(steps=40, lr=0.03, scales="exact"),
+    }
     rng = np.random.default_rng(1)
     picks = rng.choice(len(data["y_train"]), args.points, replace=False)
     times: list[float] = []
@@ -482,7 +485,9 @@ def scenario_speedup(data: dict[str, Any], args: argparse.Namespace) -> dict[str
     study times it (the call minus its utility evaluation: runtime patterns, solve, export and
     the onnxruntime re-check), beside retraining the same recipe on the retained rows; both in
     this process, one after the other, in wall and process CPU time (the CPU-time ratio is the
-    one load on the shared machine distorts least)."""
+    one load on the shared machine distorts least). A 5-point request runs first, so that the
+    timed call, like the study's calls in its long-lived runner, does not pay the process's
+    one-time start-up (reported as ``first_request_*``)."""
     from prune.baselines._recipe import TrainRecipe, fit
     from prune.train import TrainConfig
     from prune.unlearn import unlearn
@@ -490,6 +495,19 @@ def scenario_speedup(data: dict[str, Any], args: argparse.Namespace) -> dict[str
     rng = np.random.default_rng(0)
     n = len(data["y_train"])
     forget = np.sort(rng.choice(n, args.points, replace=False))
+    # a first, small request in this process pays the one-time costs (lazy imports, runtime
+    # start-up) that a serving process pays once, not per request; timed and reported apart
+    others = np.setdiff1d(np.arange(n), forget)[:5]
+    start, cpu = time.perf_counter(), time.process_time()
+    unlearn(
+        data["raw"],
+        data["x_train"],
+        data["y_train"],
+        forget_indices=others,
+        gate=args.gate,
+        threads=args.threads or None,
+    )
+    first_wall, first_cpu = time.perf_counter() - start, time.process_time() - cpu
     start, cpu = time.perf_counter(), time.process_time()
     result = unlearn(
         data["raw"],
@@ -537,6 +555,11 @@ def scenario_speedup(data: dict[str, Any], args: argparse.Namespace) -> dict[str
         "unlearn_seconds": unlearn_wall,
         "unlearn_cpu_seconds": unlearn_cpu,
         "call_seconds": call_wall,
+        "call_cpu_seconds": call_cpu,
+        "first_request_seconds": first_wall,
+        "first_request_cpu_seconds": first_cpu,
+        "first_request": "5 other training points unlearned first in the same process (lazy "
+        "imports and runtime start-up, paid once per process); not part of the timed call",
         "seconds_prepare": summary["seconds_prepare"],
         "seconds_solve": summary["seconds_solve"],
         "seconds_export_recheck": summary["seconds_export_recheck"],

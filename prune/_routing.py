@@ -20,7 +20,6 @@ cannot be told apart and are refused."""
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,72 +59,102 @@ class RoutingTree:
         return np.asarray(self.leaf[node], dtype=np.int32)
 
 
-def _choose(act: NDArray[np.bool_], width: int) -> list[int]:
-    """``width`` neurons that split the rows of ``act`` into groups as even as possible
-    (greedy: each next neuron minimises the sum of squared group sizes; smallest index on
-    ties). When no neuron splits any group further, the last choice is repeated."""
-    groups = np.zeros(len(act), dtype=np.int64)
-    chosen: list[int] = []
-    a = act.astype(np.float64)
-    for _ in range(width):
-        onehot = np.zeros((int(groups.max()) + 1, len(act)))
-        onehot[groups, np.arange(len(act))] = 1.0
-        ones = onehot @ a  # [G, H]
-        sizes = onehot.sum(axis=1, keepdims=True)
-        cost = (ones**2 + (sizes - ones) ** 2).sum(axis=0)
-        k = int(np.argmin(cost))
-        if chosen and cost[k] >= float((sizes**2).sum()):
-            k = chosen[-1]
-        chosen.append(k)
-        groups = groups * 2 + act[:, k]
-        _, groups = np.unique(groups, return_inverse=True)
-    return chosen
+def _choose_many(act: NDArray[np.bool_], members: list[NDArray[np.int64]], width: int) -> I32:
+    """For each node (the rows ``members[i]`` of ``act``), ``width`` neurons that split its rows
+    into groups as even as possible (greedy: each next neuron minimises the sum of squared
+    group sizes; smallest index on ties; when no neuron splits any group further, the last
+    choice is repeated). All nodes of a level at once: per step, the groups' column sums are
+    one sparse one-hot product (exact: small integers in float64)."""
+    from scipy import sparse
+
+    lengths = np.asarray([len(m) for m in members], dtype=np.int64)
+    n_nodes = len(members)
+    node_of = np.repeat(np.arange(n_nodes, dtype=np.int64), lengths)
+    bits = act[np.concatenate(members)]
+    counts = bits.astype(np.float64)
+    rows = np.arange(len(bits))
+    sub = np.zeros(len(bits), dtype=np.int64)  # a row's group inside its node
+    chosen = np.zeros((n_nodes, width), dtype=np.int64)
+    for step in range(width):
+        keys, group = np.unique(node_of << width | sub, return_inverse=True)
+        onehot = sparse.csr_matrix(
+            (np.ones(len(rows)), (group, rows)), shape=(len(keys), len(rows))
+        )
+        ones = np.asarray(onehot @ counts)  # [G, H]
+        sizes = np.bincount(group, minlength=len(keys)).astype(np.float64)[:, None]
+        of_node = sparse.csr_matrix(
+            (np.ones(len(keys)), (keys >> width, np.arange(len(keys)))),
+            shape=(n_nodes, len(keys)),
+        )
+        cost = np.asarray(of_node @ (ones**2 + (sizes - ones) ** 2))  # [nodes, H]
+        k = cost.argmin(axis=1)
+        if step:
+            total = np.asarray(of_node @ sizes**2)[:, 0]
+            stuck = cost[np.arange(n_nodes), k] >= total
+            k = np.where(stuck, chosen[:, step - 1], k)
+        chosen[:, step] = k
+        sub = sub * 2 + bits[rows, k[node_of]]
+    return np.asarray(chosen, dtype=np.int32)
 
 
 def build_tree(active: NDArray[np.bool_], *, width: int = DEFAULT_WIDTH) -> RoutingTree:
     """The canonical routing tree of the patterns ``active [P, H]`` (see the module docstring):
-    each internal node tests ``width`` neurons and has ``2^width`` children. Raises
-    :class:`PatchError` when two patches share a pattern."""
+    each internal node tests ``width`` neurons and has ``2^width`` children. Built level by
+    level (breadth-first numbering). Raises :class:`PatchError` when two patches share a
+    pattern."""
     n_patches = active.shape[0]
     if n_patches == 0:
         raise PatchError("no patches to route")
     act = np.ascontiguousarray(active, dtype=bool)
     codes = 1 << width
+    weights = 1 << np.arange(width)
     split: list[list[int]] = []
     child: list[list[int]] = []
     leaf: list[int] = []
     depth_of: list[int] = []
-    pending: deque[tuple[int, NDArray[np.int64], int]] = deque()
 
-    def new_node(ids: NDArray[np.int64], depth: int) -> int:
+    def new_node(depth: int) -> int:
         node = len(split)
         split.append([0] * width)
         child.append([node] * codes)
         leaf.append(0)
         depth_of.append(depth)
-        pending.append((node, ids, depth))
         return node
 
-    new_node(np.arange(n_patches, dtype=np.int64), 0)
-    while pending:
-        node, ids, depth = pending.popleft()
-        if len(ids) == 1:
-            leaf[node] = int(ids[0])
-            if node == 0:  # a single patch: one level that leads to the leaf either way
-                only = new_node(ids, 1)
-                child[0] = [only] * codes
-            continue
-        neurons = _choose(act[ids], width)
-        code = act[ids][:, neurons].astype(np.int64) @ (1 << np.arange(width))
-        if len(np.unique(code)) == 1:
-            raise PatchError(
-                f"patches {int(ids[0])} and {int(ids[1])} have the same activation pattern: "
-                "merge them into one patch before routing"
-            )
-        split[node] = neurons
-        kids = {int(c): new_node(ids[code == c], depth + 1) for c in np.unique(code)}
-        first = kids[min(kids)]  # codes no patch takes go to some patch; its check rejects them
-        child[node] = [kids.get(c, first) for c in range(codes)]
+    level: list[tuple[int, NDArray[np.int64]]] = [(new_node(0), np.arange(n_patches))]
+    depth = 0
+    while level:
+        following: list[tuple[int, NDArray[np.int64]]] = []
+        inner = [(node, ids) for node, ids in level if len(ids) > 1]
+        picks = _choose_many(act, [ids for _, ids in inner], width) if inner else None
+        at = 0
+        for node, ids in level:
+            if len(ids) == 1:
+                leaf[node] = int(ids[0])
+                if node == 0:  # a single patch: one level that leads to the leaf either way
+                    only = new_node(1)
+                    child[0] = [only] * codes
+                    following.append((only, ids))
+                continue
+            assert picks is not None
+            neurons = [int(k) for k in picks[at]]
+            at += 1
+            code = act[ids][:, neurons].astype(np.int64) @ weights
+            present = np.unique(code)
+            if len(present) == 1:
+                raise PatchError(
+                    f"patches {int(ids[0])} and {int(ids[1])} have the same activation pattern: "
+                    "merge them into one patch before routing"
+                )
+            split[node] = neurons
+            kids = {}
+            for c in present:
+                kids[int(c)] = new_node(depth + 1)
+                following.append((kids[int(c)], ids[code == c]))
+            first = kids[int(present[0])]  # codes no patch takes go to some patch (rejected)
+            child[node] = [kids.get(c, first) for c in range(codes)]
+        level = following
+        depth += 1
     return RoutingTree(
         split=np.asarray(split, dtype=np.int32),
         child=np.asarray(child, dtype=np.int32),

@@ -107,7 +107,7 @@ class PatchedHead(torch.nn.Module):
         self.n_patches = len(patches)
         self.dtype = dtype
         self.slopes = [
-            torch.from_numpy(head.slope(i).copy()).to(dtype) for i in range(len(head.hidden))
+            torch.from_numpy(head.slope(i).copy()).to(dtype) for i in range(len(head.hidden_sizes))
         ]
 
     def original(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -106,6 +106,15 @@ class RegionOperator:
     masks: tuple[torch.Tensor, ...]
     sign: torch.Tensor
     input_dim: int
+    identity: tuple[bool, ...] = ()
+    """Per layer: its weight is exactly the identity (a cut at an activation's input: the
+    first layer is ``I``), so its product is skipped; the same values, none of the
+    ``H x H`` GEMM that dominated the ResNet-20 benchmark's solve."""
+
+    def _times(self, i: int, u: torch.Tensor, *, transpose: bool) -> torch.Tensor:
+        if self.identity and self.identity[i]:
+            return u
+        return u @ (self.weights[i] if transpose else self.weights[i].T)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """``A x`` (the linearised pre-activations without offsets) for ``x [B, R, d]``."""
@@ -113,8 +122,8 @@ class RegionOperator:
             return x.new_zeros(*x.shape[:2], 0)
         outs: list[torch.Tensor] = []
         u = x
-        for i, w in enumerate(self.weights):
-            u = (u if i == 0 else u * self.masks[i - 1].unsqueeze(1)) @ w.T
+        for i in range(len(self.weights)):
+            u = self._times(i, u if i == 0 else u * self.masks[i - 1].unsqueeze(1), transpose=False)
             outs.append(u)
         return torch.cat(outs, dim=2)
 
@@ -125,8 +134,9 @@ class RegionOperator:
         parts = torch.split(mu, [w.shape[0] for w in self.weights], dim=2)
         acc = parts[-1]
         for i in range(len(self.weights) - 1, 0, -1):
-            acc = (acc @ self.weights[i]) * self.masks[i - 1].unsqueeze(1) + parts[i - 1]
-        return acc @ self.weights[0]
+            acc = self._times(i, acc, transpose=True) * self.masks[i - 1].unsqueeze(1)
+            acc = acc + parts[i - 1]
+        return self._times(0, acc, transpose=True)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """``G x = -s * (A x)`` for ``x [B, R, d]``: ``[B, R, H]``."""
@@ -188,6 +198,8 @@ class Regions:
     A: torch.Tensor | None = None
     slope: torch.Tensor | None = None
     """Negative-side slope per hidden unit ``[H]``; ``None`` means all Relu (0)."""
+    identity: tuple[bool, ...] = ()
+    """Per hidden layer: its weight is exactly ``I`` (see :class:`RegionOperator`)."""
 
     def masks(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The activation masks ``[B, H]``: 1 where active, the unit's slope where inactive."""
@@ -222,6 +234,7 @@ class Regions:
             masks=tuple(masks[:-1]),
             sign=self.sign.to(dtype),
             input_dim=int(self.F1.shape[2]),
+            identity=self.identity or tuple(_is_identity(w) for w in self.hidden),
         )
 
     def select(self, idx: NDArray[np.int64] | list[int]) -> Regions:
@@ -236,6 +249,7 @@ class Regions:
             readout=self.readout,
             A=None if self.A is None else self.A[index],
             slope=self.slope,
+            identity=self.identity,
         )
 
 
@@ -260,9 +274,11 @@ def linearize(head: PLHead, active: BoolArray, *, box: InputBox, dense: bool = T
         c_parts.append(c_l)
         off = masks[i] * c_l
     f2 = off @ weights[-1].T + biases[-1] if c_parts else biases[-1].expand(batch, -1).clone()
+    identity = tuple(_is_identity(w) for w in weights[:-1])
     acc = weights[-1].expand(batch, -1, -1)
     for i in range(len(weights) - 2, -1, -1):
-        acc = (acc * masks[i].unsqueeze(1)) @ weights[i]
+        acc = acc * masks[i].unsqueeze(1)
+        acc = acc if identity[i] else acc @ weights[i]
     a_all = _dense_rows(weights[:-1], masks, batch, head.input_dim) if dense else None
     c_all = torch.cat(c_parts, dim=1) if c_parts else torch.zeros(batch, 0, dtype=torch.float64)
     return Regions(
@@ -275,7 +291,17 @@ def linearize(head: PLHead, active: BoolArray, *, box: InputBox, dense: bool = T
         readout=weights[-1],
         A=a_all,
         slope=slope,
+        identity=identity,
     )
+
+
+def _is_identity(w: torch.Tensor) -> bool:
+    """Whether ``w`` is exactly the square identity matrix (checked once per call, ``O(H^2)``
+    elementwise, far below the GEMMs it saves)."""
+    if w.ndim != 2 or w.shape[0] != w.shape[1]:
+        return False
+    diagonal = w.diagonal()
+    return bool((diagonal == 1).all()) and int(torch.count_nonzero(w)) == w.shape[0]
 
 
 def _dense_rows(

@@ -59,7 +59,7 @@ def _model_bytes(path: Path) -> bytes:
 
 def _models(model: Path, compare: tuple[str, ...], device: str) -> dict[str, tuple[Path, LogitsFn]]:
     out: dict[str, tuple[Path, LogitsFn]] = {
-        "model": (model, OnnxModel(_model_bytes(model), device=device).logits)
+        "model": (model, OnnxModel.for_logits(_model_bytes(model), device=device).logits)
     }
     for item in compare:
         label, sep, path = item.partition("=")
@@ -67,7 +67,10 @@ def _models(model: Path, compare: tuple[str, ...], device: str) -> dict[str, tup
             raise InputError(f"--compare takes LABEL=MODEL.onnx, got {item!r}")
         if label in out:
             raise InputError(f"--compare label {label!r} is used twice")
-        out[label] = (Path(path), OnnxModel(_model_bytes(Path(path)), device=device).logits)
+        out[label] = (
+            Path(path),
+            OnnxModel.for_logits(_model_bytes(Path(path)), device=device).logits,
+        )
     return out
 
 

@@ -26,6 +26,20 @@ from audit.verify import (
 )
 from prune.formats import output_problem, write_atomic
 
+MIA_ATTACKS = (
+    "loss",
+    "confidence",
+    "entropy",
+    "shadow",
+    "lira",
+    "rmia",
+    "gap",
+    "boundary",
+    "cmia",
+)
+"""The names of :data:`audit.mia.ATTACKS` (a test keeps them equal; importing the registry here
+would load torch for every ``audit verify``)."""
+
 __all__ = ["check_output", "verify", "write_json"]
 
 _PATH = click.Path(path_type=Path)
@@ -102,6 +116,14 @@ def write_json(path: Path, text: str) -> None:
     help="Certified regions (weakest probe slack first) also checked exactly by LP (0: none).",
 )
 @click.option(
+    "--lp-classes",
+    type=click.IntRange(min=0),
+    default=_DEFAULTS.lp_classes,
+    show_default=True,
+    help="At most this many LPs per --lp-claims region, the classes its probes came closest "
+    "to first (0: every class a bound does not settle).",
+)
+@click.option(
     "--seed",
     type=int,
     default=None,
@@ -122,7 +144,7 @@ def write_json(path: Path, text: str) -> None:
 @click.option(
     "--mia",
     "mia_attack",
-    type=click.Choice(["loss", "confidence", "entropy", "shadow", "lira", "rmia"]),
+    type=click.Choice(MIA_ATTACKS),
     default=None,
     help="Also run the membership.inference check with this attack (trains reference models).",
 )
@@ -184,6 +206,7 @@ def verify(
     probes: int,
     probe_claims: int | None,
     lp_claims: int,
+    lp_classes: int,
     seed: int | None,
     partial: bool,
     checks: tuple[str, ...],
@@ -215,6 +238,7 @@ def verify(
         probe_directions=probes,
         probe_claims=probe_claims or None,
         lp_claims=lp_claims,
+        lp_classes=lp_classes,
         accept_point_only=accept_point_only,
         min_certified_margin=min_margin,
         expected_class=expect_class,

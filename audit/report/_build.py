@@ -144,8 +144,8 @@ def _authentic(
 def _per_class(
     original: bytes, patched: bytes, x: NDArray[np.float32], y: NDArray[np.int64], device: str
 ) -> dict[str, Any]:
-    before_logits = OnnxModel(original, device=device).logits(x)
-    after_logits = OnnxModel(patched, device=device).logits(x)
+    before_logits = OnnxModel.for_logits(original, device=device).logits(x)
+    after_logits = OnnxModel.for_logits(patched, device=device).logits(x)
     before = before_logits.argmax(axis=1)
     after = after_logits.argmax(axis=1)
     # a non-finite logit is never a correct prediction (argmax of NaN is meaningless)
@@ -183,8 +183,8 @@ def _mia(
     order = np.random.default_rng(options.seed).permutation(len(y))
     half = len(y) // 2
     ref_idx, non_idx = order[:half], order[half:]
-    patched_model = OnnxModel(patched, device=options.device)
-    original_model = OnnxModel(original, device=options.device)
+    patched_model = OnnxModel.for_logits(patched, device=options.device)
+    original_model = OnnxModel.for_logits(original, device=options.device)
     architecture = resolve_architecture(
         onnx_model=original,
         declared=options.mia_arch,
@@ -352,6 +352,18 @@ def _compliance(
             f"through the served model and none is predicted as before; {coverage['probed']} "
             "claimed regions were probed; outside the patched regions the model equals the "
             "committed original."
+        )
+    elif verification.verdict == "point-only" and not failed:
+        accepted = verification.accepted
+        verified = (
+            f"POINT-ONLY: every check passed, but {verification.point_only_claims} claims hold "
+            "only at their forget sample, not over its linear region (no region certificate). "
+            + (
+                "The auditor accepted point-only claims explicitly (--accept-point-only)."
+                if accepted
+                else "That is not a VERIFIED erasure: the auditor did not accept point-only "
+                "claims (--accept-point-only)."
+            )
         )
     else:
         verified = (

@@ -9,7 +9,11 @@ graph is a one-line failed check rather than a killed worker.
 A graph is admitted only if
 
 * it uses the default ONNX domain, with ops from :data:`ALLOWED_OPS` (straight-line tensor
-  algebra: no control flow, no subgraph or function attributes, no random or sequence ops);
+  algebra: no control flow, no subgraph or function attributes, no random or sequence ops), and
+  :data:`STATIC_ONLY_OPS` only on values the admission computes itself from constants
+  (:func:`_fold_static`: the legacy PyTorch exporter's shape arithmetic, e.g. ``Mod`` in
+  ``nn.Unflatten``); those values are folded into the copy that shape inference reads, the
+  sandbox runs the graph as signed;
 * it holds no tensor stored as external data and no model-local functions;
 * ONNX shape inference (strict, with constant propagation) gives every value a fully known
   shape at two batch sizes, and every tensor grows at most linearly with the batch (no
@@ -59,6 +63,9 @@ ALLOWED_OPS = frozenset(
         *("ConstantOfShape", "GatherElements"),  # the routed patch's per-row tree walk
     }
 )
+STATIC_ONLY_OPS = frozenset({"Mod"})
+"""Ops admitted only where every input is a constant (initializers, ``Constant`` outputs, folded
+values): integer division by a value the admission checked, never by data."""
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 # the few classic-ML ops that converters (skl2onnx) put after a network: fixed-size gathers
 # and elementwise maps, still static-shaped
@@ -112,7 +119,7 @@ def has_external_data(proto: Any) -> bool:
     return False
 
 
-def _refuse_structure(proto: Any) -> None:
+def _refuse_structure(proto: Any, folded: frozenset[str] = frozenset()) -> None:
     import onnx
 
     if proto.functions:
@@ -131,6 +138,12 @@ def _refuse_structure(proto: Any) -> None:
             pass
         elif node.domain not in _DEFAULT_DOMAINS:
             raise UnsafeModelError(f"{where} is in domain {node.domain[:40]!r}, not ONNX's")
+        elif node.op_type in STATIC_ONLY_OPS:
+            if not node.output or any(o not in folded for o in node.output):
+                raise UnsafeModelError(
+                    f"{where}: op {node.op_type[:40]} is admitted only on constant inputs the "
+                    "auditor evaluates itself (it reads a computed value, or divides by zero)"
+                )
         elif node.op_type not in ALLOWED_OPS:
             raise UnsafeModelError(
                 f"{where}: op {node.op_type[:40]} is not on the auditor's list of bounded ops"
@@ -147,6 +160,111 @@ def _refuse_structure(proto: Any) -> None:
 
 
 _INLINE_BYTES = 4096
+
+
+_FOLD_ELEMENTS = 64
+_FOLDABLE = frozenset(
+    {"Identity", "Cast", "Add", "Sub", "Mul", "Neg", "Mod", "Reshape", "Unsqueeze", "Squeeze"}
+    | {"Concat"}
+)
+
+
+def _fold_static(proto: Any) -> tuple[Any, frozenset[str]]:
+    """``proto`` with every small value that depends on constants alone (at most
+    :data:`_FOLD_ELEMENTS` integer elements, ops in :data:`_FOLDABLE`) replaced by a ``Constant``
+    node holding the value this function computes, and the names of those values. ONNX shape
+    inference does not propagate through ``Mod``, so the legacy exporter's
+    ``Shape -> Slice(.., Mod(3, 2)) -> Concat -> Reshape`` would otherwise read as a
+    data-dependent shape. A ``Mod`` by zero is not folded (so it stays refused). The returned
+    copy is for the admission's own analysis; ``proto`` is not modified."""
+    import onnx
+    from onnx import numpy_helper
+
+    values: dict[str, Any] = {}
+    for tensor in proto.graph.initializer:
+        if math.prod(tensor.dims) <= _FOLD_ELEMENTS:
+            values[tensor.name] = numpy_helper.to_array(tensor)
+    folded: dict[str, Any] = {}
+    for node in proto.graph.node:
+        if node.domain not in _DEFAULT_DOMAINS or len(node.output) != 1:
+            continue
+        if node.op_type == "Constant":
+            for attr in node.attribute:
+                if attr.name == "value" and math.prod(attr.t.dims) <= _FOLD_ELEMENTS:
+                    values[node.output[0]] = numpy_helper.to_array(attr.t)
+            continue
+        if node.op_type not in _FOLDABLE or not node.input:
+            continue
+        if any(name not in values for name in node.input if name):
+            continue
+        try:
+            out = _evaluate(node, [values[name] if name else None for name in node.input])
+        except (ValueError, TypeError, IndexError, ZeroDivisionError, KeyError):
+            continue
+        if out is None or out.size > _FOLD_ELEMENTS or out.dtype.kind not in "iu":
+            continue
+        values[node.output[0]] = folded[node.output[0]] = out
+    if not folded:
+        return proto, frozenset()
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    nodes = []
+    for node in copy.graph.node:
+        if len(node.output) == 1 and node.output[0] in folded:
+            name = node.output[0]
+            tensor = numpy_helper.from_array(folded[name], name=name)
+            nodes.append(onnx.helper.make_node("Constant", [], [name], value=tensor))
+        else:
+            nodes.append(node)
+    del copy.graph.node[:]
+    copy.graph.node.extend(nodes)
+    return copy, frozenset(folded)
+
+
+def _evaluate(node: Any, args: list[Any]) -> Any:
+    """One :data:`_FOLDABLE` node on small integer arrays, by the ONNX operator specification."""
+    import numpy as np
+    import onnx
+
+    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    op, a = node.op_type, args[0]
+    if op == "Identity":
+        return np.asarray(a)
+    if op == "Cast":
+        if np.asarray(a).dtype.kind not in "iu":
+            return None
+        return np.asarray(a).astype(onnx.helper.tensor_dtype_to_np_dtype(int(attrs["to"])))
+    if op == "Neg":
+        return -np.asarray(a)
+    if op in ("Add", "Sub", "Mul", "Mod"):
+        x, y = np.asarray(a), np.asarray(args[1])
+        if x.dtype != y.dtype or x.dtype.kind not in "iu":
+            return None
+        if op == "Mod":
+            if (y == 0).any():
+                return None
+            return np.fmod(x, y) if int(attrs.get("fmod", 0)) else np.mod(x, y)
+        return {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply}[op](x, y)
+    if op == "Reshape":
+        shape = [int(d) for d in np.asarray(args[1]).reshape(-1)]
+        if int(attrs.get("allowzero", 0)) or 0 in shape:
+            return None
+        return np.asarray(a).reshape(shape)
+    if op in ("Unsqueeze", "Squeeze"):
+        axes_in = attrs.get("axes")
+        if axes_in is None and len(args) > 1 and args[1] is not None:
+            axes_in = np.asarray(args[1]).reshape(-1).tolist()
+        if axes_in is None:
+            return np.squeeze(a) if op == "Squeeze" else None
+        if op == "Squeeze":
+            return np.squeeze(a, axis=tuple(int(x) for x in axes_in))
+        return np.expand_dims(a, tuple(int(x) for x in axes_in))
+    if op == "Concat":
+        parts = [np.asarray(x) for x in args if x is not None]
+        if len({p.dtype for p in parts}) != 1:
+            return None
+        return np.concatenate(parts, axis=int(attrs["axis"]))
+    return None
 
 
 def _skeleton(proto: Any) -> Any:
@@ -256,7 +374,8 @@ def admit(proto: Any, *, budget: int) -> GraphCost:
     """Refuse (:class:`UnsafeModelError`) a graph whose cost cannot be bounded before running
     it; otherwise its declared memory. ``budget``: bytes the declared values of one sample plus
     the batch-independent values may take."""
-    _refuse_structure(proto)
+    proto, folded = _fold_static(proto)
+    _refuse_structure(proto, folded)
     inputs = [
         v for v in proto.graph.input if v.name not in {t.name for t in proto.graph.initializer}
     ]

@@ -352,17 +352,40 @@ _OPS: dict[str, Any] = {
 }
 
 
-def _segment(steps: list[tuple[Any, int]], graph: _Graph, shape: tuple[int, ...]) -> Any:
-    d = int(np.prod(shape))
-    y: F64 = np.concatenate([np.zeros((1, d)), np.eye(d)]).reshape(d + 1, *shape)
-    for node, dyn in steps:
-        if node.domain not in ("", "ai.onnx") or node.op_type not in _OPS:
-            raise _refuse(node, "not an affine op the verifier parses")
-        y = np.asarray(_OPS[node.op_type](node, graph, y, dyn), dtype=np.float64)
-        if y.size > _MAX_BASIS:
-            raise _refuse(node, "the head is too large to parse densely")
-    flat = y.reshape(d + 1, -1)
-    return (flat[1:] - flat[0]).T.copy(), flat[0].copy(), tuple(int(s) for s in y.shape[1:])
+def _join(node: Any, graph: _Graph, inputs: dict[int, F64]) -> F64:
+    """A node reading several computed tensors (a residual join): Add, Sub and Sum of equal
+    shapes, Concat (with constant operands broadcast over the batch). On the same evaluation
+    points the join of affine maps is affine."""
+    arrays = [inputs[i] for i in sorted(inputs)]
+    if node.op_type in ("Add", "Sub", "Sum"):
+        if len({a.shape for a in arrays}) != 1:
+            raise _refuse(node, "joins tensors of different shapes")
+        if node.op_type == "Sub":
+            if len(arrays) != 2:
+                raise _refuse(node, "Sub of more than two tensors")
+            return arrays[0] - arrays[1]
+        if node.op_type == "Add" and len(arrays) != 2:
+            raise _refuse(node, "Add of more than two tensors")
+        if len(arrays) != len([n for n in node.input if n]):
+            raise _refuse(node, "Sum with constant operands")
+        total = arrays[0].copy()
+        for a in arrays[1:]:
+            total = total + a
+        return total
+    if node.op_type == "Concat":
+        batch = len(arrays[0])
+        axis = int(_attr(node, "axis", 0)) % arrays[0].ndim
+        if axis == 0:
+            raise _refuse(node, "concatenates along the batch axis")
+        parts = []
+        for i in range(len(node.input)):
+            if i in inputs:
+                parts.append(inputs[i])
+            else:
+                const = np.asarray(graph.const(node, i), dtype=np.float64)
+                parts.append(np.broadcast_to(const, (batch, *const.shape[1:])))
+        return np.concatenate(parts, axis=axis)
+    raise _refuse(node, "combines computed tensors (only Add/Sub/Sum/Concat joins are affine)")
 
 
 def _slope(node: Any, graph: _Graph, shape: tuple[int, ...]) -> F64:
@@ -378,46 +401,95 @@ def _slope(node: Any, graph: _Graph, shape: tuple[int, ...]) -> F64:
         raise _refuse(node, f"slope {slope.shape} does not fit {shape}") from exc
 
 
+def _points(width: int) -> F64:
+    """Evaluation points ``0, e_1, ..., e_width`` (rows)."""
+    return np.vstack([np.zeros((1, width)), np.eye(width)])
+
+
 def parse_head(original: Any, head: Head, cut_shape: tuple[int, ...] | None = None) -> AffineHead:
-    """Parse the head chain of ``original`` (nodes ``head.nodes``) on cut values of per-sample
-    shape ``cut_shape`` (default: the shape declared for the graph input when the cut is the
-    input, else a flat vector); raise :class:`CheckUnavailable` naming the first node that is
-    not a plain affine step or activation."""
+    """Parse the head of ``original`` (nodes ``head.nodes``, layers ``head.layers``) on cut
+    values of per-sample shape ``cut_shape`` (default: the shape declared for the graph input
+    when the cut is the input, else from shape inference). Each stage (the nodes between two
+    hidden layers) is evaluated on the points ``0, e_i`` of its input space: the previous
+    layer's activated units (breakpoints through their activation, carried tensors as they
+    are). Raises :class:`CheckUnavailable` naming the first node that is not an affine step,
+    a join or an activation."""
     graph = _Graph(original.graph)
-    current = head.cut
-    steps: list[tuple[Any, int]] = []
-    segments: list[list[tuple[Any, int]]] = []
-    acts: list[Any] = []
-    for index in head.nodes:
-        node = original.graph.node[index]
-        dyn = [i for i, name in enumerate(node.input) if name == current]
-        others = [n for i, n in enumerate(node.input) if i not in dyn and n]
-        if len(dyn) != 1 or any(n not in graph.values for n in others):
-            raise CheckUnavailable(f"head parse: node {node.name[:50]!r} is not on a single chain")
+    nodes = {index: original.graph.node[index] for index in head.nodes}
+    depth = {head.cut: 0}
+    for _index, node in nodes.items():
+        computed = [i for i, name in enumerate(node.input) if name in depth]
+        others = [n for i, n in enumerate(node.input) if i not in computed and n]
+        if not computed or any(n not in graph.values for n in others):
+            raise CheckUnavailable(f"head parse: node {node.name[:50]!r} reads a non-constant")
         if node.op_type in _ACTIVATIONS:
-            if dyn[0] != 0 or len(acts) >= len(head.hidden) or head.hidden[len(acts)] != current:
-                raise _refuse(node, "activation out of order")
-            segments.append(steps)
-            acts.append(node)
-            steps = []
+            if computed != [0]:
+                raise _refuse(node, "the computed tensor is not the data input")
+            depth[node.output[0]] = depth[node.input[0]] + 1
         else:
-            steps.append((node, dyn[0]))
-        current = node.output[0]
-    segments.append(steps)
-    if current != head.output or len(acts) != len(head.hidden):
+            depth[node.output[0]] = max(depth[node.input[i]] for i in computed)
+    if head.output not in depth or depth[head.output] != len(head.layers):
         raise CheckUnavailable("head parse: the head does not end at the logits")
     shape = cut_shape if cut_shape is not None else _input_shape(original, head)
+    d = int(np.prod(shape))
+    values: dict[str, F64] = {head.cut: _points(d).reshape(d + 1, *shape)}
     weights: list[F64] = []
     biases: list[F64] = []
     slopes: list[F64] = []
-    for i, seg in enumerate(segments):
-        w, b, shape = _segment(seg, graph, shape)
-        weights.append(w)
-        biases.append(b)
-        if i < len(acts):
-            slopes.append(_slope(acts[i], graph, shape))
-    for prev, nxt in itertools.pairwise(weights):
-        if prev.shape[0] != nxt.shape[1]:
+    for stage in range(len(head.layers) + 1):
+        for node in nodes.values():
+            if node.op_type in _ACTIVATIONS or depth[node.output[0]] != stage:
+                continue
+            missing = [n for n in node.input if n in depth and n not in values]
+            if missing:
+                raise CheckUnavailable(
+                    f"head parse: {missing[0][:60]!r} is not a unit of the layer before "
+                    f"node {node.name[:50]!r}"
+                )
+            operands = {i: values[n] for i, n in enumerate(node.input) if n in depth}
+            if len(operands) == 1:
+                if node.domain not in ("", "ai.onnx") or node.op_type not in _OPS:
+                    raise _refuse(node, "not an affine op the verifier parses")
+                ((dyn, x),) = operands.items()
+                y = np.asarray(_OPS[node.op_type](node, graph, x, dyn), dtype=np.float64)
+            else:
+                y = np.asarray(_join(node, graph, operands), dtype=np.float64)
+            if y.size > _MAX_BASIS:
+                raise _refuse(node, "the head is too large to parse densely")
+            values[node.output[0]] = y
+        if stage == len(head.layers):
+            break
+        units = head.layers[stage]
+        flat = [values[name].reshape(len(values[name]), -1) for name, _ in units]
+        stacked = np.hstack(flat)
+        weights.append((stacked[1:] - stacked[0]).T.copy())
+        biases.append(stacked[0].copy())
+        slopes.append(
+            np.concatenate(
+                [
+                    np.ones(f.shape[1])
+                    if act < 0
+                    else _slope(original.graph.node[act], graph, values[name].shape[1:])
+                    for (name, act), f in zip(units, flat, strict=True)
+                ]
+            )
+        )
+        width = stacked.shape[1]
+        points = _points(width)
+        nxt: dict[str, F64] = {}
+        offset = 0
+        for (name, act), f in zip(units, flat, strict=True):
+            piece = points[:, offset : offset + f.shape[1]].reshape(
+                width + 1, *values[name].shape[1:]
+            )
+            offset += f.shape[1]
+            nxt[name if act < 0 else original.graph.node[act].output[0]] = piece
+        values = nxt
+    out = values[head.output].reshape(len(values[head.output]), -1)
+    weights.append((out[1:] - out[0]).T.copy())
+    biases.append(out[0].copy())
+    for prev, nxt_w in itertools.pairwise(weights):
+        if prev.shape[0] != nxt_w.shape[1]:
             raise CheckUnavailable("head parse: layer widths do not chain")
     return AffineHead(tuple(weights), tuple(biases), tuple(slopes))
 

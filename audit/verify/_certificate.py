@@ -182,14 +182,11 @@ def _absolute_pass(
     if groups is None:
         groups = np.arange(len(coeffs))
     count = int(groups.max(initial=-1)) + 1
-    c_abs = np.zeros((count, coeffs.shape[1]))
-    np.maximum.at(c_abs, groups, np.abs(coeffs))
-    l_max = np.zeros((count, lam.shape[1]))
-    np.maximum.at(l_max, groups, lam)
-    k_max = np.zeros(count)
-    np.maximum.at(k_max, groups, np.abs(bound_const))
-    m = np.zeros((count, masks.shape[1]))
-    np.maximum.at(m, groups, np.abs(masks))  # |slopes|: any mix of patterns is covered
+    group_max = _GroupMax(groups, count)
+    c_abs = group_max(np.abs(coeffs))
+    l_max = group_max(lam)
+    k_max = group_max(np.abs(bound_const)[:, None])[:, 0]
+    m = group_max(np.abs(masks))  # |slopes|: any mix of patterns is covered
     weights, biases = head.weights, head.biases
     sizes = [w.shape[0] for w in weights[:-1]]
     cuts = np.cumsum(sizes)[:-1]
@@ -201,10 +198,30 @@ def _absolute_pass(
         const_abs += coef_abs @ np.abs(biases[layer])
         g_abs = coef_abs @ np.abs(weights[layer])
     if patch_x is not None:
-        p_max = np.zeros((count, patch_x.shape[1]))
-        np.maximum.at(p_max, groups, np.abs(patch_x))
-        g_abs = g_abs + p_max
+        g_abs = g_abs + group_max(np.abs(patch_x))
     return np.asarray((g_abs.sum(axis=1) * scale + const_abs)[groups])
+
+
+class _GroupMax:
+    """``out[g] = max(0, max of the rows i with groups[i] == g)`` for ``[N, k]`` arrays (rows of
+    a group that appears nowhere are 0): ``np.maximum.at`` by one stable sort and
+    ``np.maximum.reduceat`` (the same values, without ``ufunc.at``'s per-element cost)."""
+
+    def __init__(self, groups: NDArray[np.int64], count: int) -> None:
+        self.order = np.argsort(groups, kind="stable")
+        ordered = groups[self.order]
+        first = np.ones(len(ordered), dtype=bool)
+        first[1:] = ordered[1:] != ordered[:-1]
+        self.starts = np.flatnonzero(first)
+        self.ids = ordered[self.starts]
+        self.count = count
+
+    def __call__(self, values: F64) -> F64:
+        out = np.zeros((self.count, values.shape[1]))
+        if len(self.starts):
+            top = np.maximum.reduceat(values[self.order], self.starts, axis=0)
+            out[self.ids] = np.maximum(top, 0.0)
+        return out
 
 
 class RegionCertificate(Check[VerifyContext]):

@@ -313,7 +313,14 @@ class VerifyContext:
                 inferred = onnx.shape_inference.infer_shapes(self.original_proto())
             except Exception as exc:  # onnx raises several unrelated types
                 raise CheckUnavailable(f"original model: shape inference failed ({exc})") from exc
-            infos = {v.name: v for v in (*inferred.graph.value_info, *inferred.graph.output)}
+            infos = {
+                v.name: v
+                for v in (
+                    *inferred.graph.input,
+                    *inferred.graph.value_info,
+                    *inferred.graph.output,
+                )
+            }
             width = 0
             for name in head.hidden:
                 dims = infos[name].type.tensor_type.shape.dim[1:] if name in infos else None

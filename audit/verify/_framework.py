@@ -106,7 +106,9 @@ class Policy:
     accepts claims that hold only at the sample (verdict ``point-only``, exit 0).
     ``expected_class``: see the field.
     ``probe_claims``: certified claims probed (at random; ``None``: all). Probes are defence in
-    depth: every certified claim is proved by ``region.certificate``."""
+    depth: every certified claim is proved by ``region.certificate``. ``lp_claims``: probed
+    claims (weakest probe slack first) whose region the probes also minimise exactly by LP;
+    ``lp_classes``: at most this many LPs per such claim (0: as many as the classes need)."""
 
     required_inputs: frozenset[str] = frozenset({"original", "forget", "reference", "sample"})
     max_age: timedelta = timedelta(days=365)
@@ -119,6 +121,7 @@ class Policy:
     probe_claims: int | None = 64
     bisection_steps: int = 10
     lp_claims: int = 1
+    lp_classes: int = 2
     min_certified_margin: float = 0.01
     accept_point_only: bool = False
     min_gate_sharpness: float = 100.0
@@ -137,6 +140,8 @@ class Policy:
         unknown = set(self.required_inputs) - set(INPUTS)
         if unknown:
             raise InputError(f"policy: unknown input {', '.join(sorted(unknown))}")
+        if self.lp_claims < 0 or self.lp_classes < 0:
+            raise InputError("policy: LP claims and classes must be at least 0")
         if self.probe_directions < 1 or self.probe_points < 1 or self.bisection_steps < 1:
             raise InputError("policy: probe counts and bisection steps must be at least 1")
         if self.max_age <= timedelta(0) or self.margin_tolerance < 0 or self.locality_atol < 0:

@@ -28,6 +28,7 @@ __all__ = [
     "Head",
     "expected_outputs",
     "find_head",
+    "head_layers",
     "load_onnx",
     "match_original_nodes",
     "metadata",
@@ -111,9 +112,11 @@ def metadata(proto: Any) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Head:
-    """The original model after the cut: ``hidden`` are the inputs of its activation nodes
-    (Relu, LeakyRelu, PRelu: the breakpoint tensors) in node order, ``nodes`` the indices of the
-    nodes downstream of the cut up to the logits ``output``, ``tail`` those after the logits."""
+    """The original model after the cut: ``nodes`` the indices of the nodes the logits
+    ``output`` need downstream of the cut, ``tail`` those after the logits. ``layers`` the units
+    of each hidden layer (docs/FORMATS.md, "Head layers"): ``(tensor, activation node index)``
+    for a breakpoint (the input of a Relu, LeakyRelu or PRelu), ``(tensor, -1)`` for a tensor
+    carried across the layer by a skip connection; ``hidden`` their tensors in order."""
 
     input: str
     cut: str
@@ -121,6 +124,54 @@ class Head:
     output: str
     nodes: tuple[int, ...]
     tail: tuple[int, ...] = ()
+    layers: tuple[tuple[tuple[str, int], ...], ...] = ()
+
+
+def head_layers(
+    graph: Any, nodes: Sequence[int], cut: str
+) -> tuple[tuple[tuple[str, int], ...], ...]:
+    """The hidden layers of the head made of ``nodes`` (file order) after ``cut``. Depth of a
+    tensor: the cut 0, an activation's output its input's depth plus one, any other node's
+    output the largest depth of its computed inputs. Layer ``l`` lists, for each tensor in
+    order (the cut, then node outputs in file order) of depth below ``l``: the tensor as a
+    breakpoint when an activation of output depth ``l`` reads it, then the tensor as carried
+    when a non-activation node of output depth ``l`` or more reads it."""
+    depth = {cut: 0}
+    reads: list[tuple[str, int]] = []  # (tensor, reading node)
+    for index in nodes:
+        node = graph.node[index]
+        inputs = [name for name in node.input if name in depth]
+        if not inputs or len(node.output) < 1:
+            raise CheckUnavailable(f"head: node {node.name[:60]!r} reads no computed tensor")
+        reads.extend((name, index) for name in inputs)
+        if node.op_type in _ACTIVATIONS:
+            if inputs != [node.input[0]]:
+                raise CheckUnavailable(f"head: activation {node.name[:60]!r} on a non-data input")
+            depth[node.output[0]] = depth[node.input[0]] + 1
+        else:
+            depth[node.output[0]] = max(depth[name] for name in inputs)
+    ordered = [cut, *(graph.node[i].output[0] for i in nodes)]
+    total = max(depth.values())
+    layers: list[tuple[tuple[str, int], ...]] = []
+    for layer in range(1, total + 1):
+        units: list[tuple[str, int]] = []
+        for name in ordered:
+            if depth[name] >= layer:
+                continue
+            users = [i for tensor, i in reads if tensor == name]
+            acts = [i for i in users if graph.node[i].op_type in _ACTIVATIONS]
+            if len(acts) > 1:
+                raise CheckUnavailable(f"head: tensor {name[:60]!r} feeds several activations")
+            if acts and depth[name] == layer - 1:
+                units.append((name, acts[0]))
+            if any(
+                graph.node[i].op_type not in _ACTIVATIONS
+                and depth[graph.node[i].output[0]] >= layer
+                for i in users
+            ):
+                units.append((name, -1))
+        layers.append(tuple(units))
+    return tuple(layers)
 
 
 def output_tail(original: Any) -> tuple[str, tuple[int, ...]]:
@@ -206,8 +257,15 @@ def find_head(original: Any, cut: str) -> Head:
                 )
     if outputs[0] not in after:
         raise CheckUnavailable(f"the logits {outputs[0]!r} do not depend on the cut {cut!r}")
-    hidden = tuple(graph.node[i].input[0] for i in nodes if graph.node[i].op_type in _ACTIVATIONS)
-    return Head(inputs[0], cut, hidden, outputs[0], tuple(nodes), tail)
+    wanted = {outputs[0]}
+    needed: list[int] = []
+    for index in reversed(nodes):
+        if any(name in wanted for name in graph.node[index].output):
+            needed.insert(0, index)
+            wanted.update(name for name in graph.node[index].input if name)
+    layers = head_layers(graph, needed, cut)
+    hidden = tuple(name for layer in layers for name, _ in layer)
+    return Head(inputs[0], cut, hidden, outputs[0], tuple(needed), tail, layers)
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -23,16 +23,19 @@ replay but fails here, because the verifier's points are fresh and secret until 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
+from audit.errors import InputError, VerificationError
+from audit.proof import read_bounded
 from audit.verify._affine import AffineHead
 from audit.verify._context import VerifyContext
 from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
 from audit.verify._replay import claim_arrays, flip_only, margins
-from prune.formats import FormatError, parse_decimal_string
+from prune.formats import CalibratedClaimRecord, FormatError, parse_decimal_string, read_duals
 
 __all__ = ["RegionProbes", "input_box"]
 
@@ -81,6 +84,31 @@ def _box_limit(
     return np.asarray(np.maximum(limit.min(axis=1), 0.0), dtype=np.float32)
 
 
+def _inside(
+    ctx: VerifyContext,
+    points: NDArray[np.floating[Any]],
+    pattern: NDArray[np.bool_],
+    box: tuple[float, float] | None,
+    cut_shape: tuple[int, ...],
+) -> NDArray[np.bool_]:
+    """Whether each point is in its region as onnxruntime computes it: the original's
+    activation pattern there is ``pattern`` (ties ``z = 0`` fit either side) and the point is in
+    the declared box."""
+    z, _ = ctx.original_head(points, cut_shape)
+    ok = np.where(pattern, z >= 0, z <= 0).all(axis=1)
+    if box is not None:
+        ok &= ((points >= box[0]) & (points <= box[1])).all(axis=1)
+    return np.asarray(ok)
+
+
+_INWARD = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
+"""Steps from an LP optimum (a vertex of the region) towards the sample, as fractions of the
+distance: the first point that onnxruntime places inside the region is where the served model
+is checked. At the vertex itself float32 rounding can flip the sign of a pre-activation that is
+0 in exact arithmetic; such a point is outside the claim (docs/VERIFY.md), and with the routed
+gate one flipped split neuron turns the patch off there."""
+
+
 class RegionProbes(Check[VerifyContext]):
     name = "region.probes"
     summary = (
@@ -114,31 +142,28 @@ class RegionProbes(Check[VerifyContext]):
         def inside(
             points: NDArray[np.floating[Any]], pattern: NDArray[np.bool_]
         ) -> NDArray[np.bool_]:
-            z, _ = ctx.original_head(points, cut_shape)
-            ok = np.where(pattern, z >= 0, z <= 0).all(axis=1)
-            if box is not None:
-                ok &= ((points >= box[0]) & (points <= box[1])).all(axis=1)
-            return np.asarray(ok)
+            return _inside(ctx, points, pattern, box, cut_shape)
 
         k, m = policy.probe_directions, policy.probe_points
         claim_of = np.repeat(np.arange(len(rows)), k)
         start = x0[claim_of]
 
         def chord(
-            origin: NDArray[np.float32], direction: NDArray[np.float32]
+            origin: NDArray[np.float32], direction: NDArray[np.float32], owner: NDArray[np.intp]
         ) -> NDArray[np.float32]:
-            """Largest step (bisection) along ``direction`` that stays in the region."""
+            """Largest step (bisection) along each ``direction`` that stays in the region of
+            claim ``owner``; all rays bisected together, one onnxruntime call per step."""
             lo = np.zeros(len(origin), dtype=np.float32)
             hi = _box_limit(origin, direction, box)
             for _ in range(policy.bisection_steps):
                 mid = 0.5 * (lo + hi)
-                ok = inside(origin + mid[:, None] * direction, sign[claim_of])
+                ok = inside(origin + mid[:, None] * direction, sign[owner])
                 lo, hi = np.where(ok, mid, lo), np.where(ok, hi, mid)
             return lo
 
         raw = ctx.rng.standard_normal(size=start.shape, dtype=np.float32)
         u = _feasible_directions(raw, start, box)
-        lo = chord(start, u)
+        lo = chord(start, u, claim_of)
         fractions = np.concatenate(
             [ctx.rng.uniform(0.0, 1.0, size=(len(lo), m - 1)), np.full((len(lo), 1), 0.999)],
             axis=1,
@@ -150,7 +175,10 @@ class RegionProbes(Check[VerifyContext]):
         middle = ray_points[:, 0, :]
         raw2 = ctx.rng.standard_normal(size=middle.shape, dtype=np.float32)
         v = _feasible_directions(raw2, middle, box)
-        ahead, back = chord(middle, v), chord(middle, -v)
+        both = chord(
+            np.concatenate([middle, middle]), np.concatenate([v, -v]), np.tile(claim_of, 2)
+        )
+        ahead, back = both[: len(middle)], both[len(middle) :]
         t = ctx.rng.uniform(0.0, 1.0, size=(len(middle), m)).astype(np.float32)
         offsets = -back[:, None] + t * (ahead + back)[:, None]
         walk_points = middle[:, None, :] + offsets[:, :, None] * v[:, None, :]
@@ -191,7 +219,13 @@ class RegionProbes(Check[VerifyContext]):
         weakest = np.full(len(rows), np.inf)
         np.minimum.at(weakest, probe_claim, slack)
         order = np.argsort(weakest, kind="stable")[: policy.lp_claims]
-        lp_problem = _exact(ctx, x0, sign, certified, order, cols, box, evidence)
+        # per probed claim and class j: the smallest (logit_t - logit_j) its probes saw
+        target = cols["target"][idx]
+        gaps = logits[np.arange(len(logits)), target][:, None].astype(np.float64) - logits
+        gaps[np.arange(len(logits)), target] = np.inf
+        closest = np.full((len(rows), logits.shape[1]), np.inf)
+        np.minimum.at(closest, probe_claim, gaps)
+        lp_problem = _exact(ctx, x0, sign, certified, order, closest, cols, box, evidence)
         if lp_problem:
             return self.failed(lp_problem, **evidence)
         return self.passed(
@@ -207,11 +241,13 @@ def _exact(
     sign: NDArray[np.bool_],
     certified: NDArray[np.int64],
     order: NDArray[np.int64],
+    closest: F64,
     cols: dict[str, NDArray[Any]],
     box: tuple[float, float] | None,
     evidence: dict[str, Any],
 ) -> str | None:
-    """The exact part, on the probed claims ``order`` (weakest probe slack first). Optional: an
+    """The exact part, on the probed claims ``order`` (weakest probe slack first), each class
+    in order of ``closest`` (the smallest gap to the target its probes saw). Optional: an
     unparsable head is recorded in the evidence, never passed off as checked."""
     if len(order) == 0:
         evidence["lp"] = "disabled"
@@ -230,21 +266,43 @@ def _exact(
         return None
     params = ctx.patch()
     tolerance = ctx.policy.margin_tolerance
-    worst, solved, skipped, unsolved = np.inf, 0, 0, 0
+    cut = ev.extra["cut_shape"]
+    owner = _owner_multipliers(ctx, affine)
+    worst, solved, skipped, unsolved, left = np.inf, 0, 0, 0, 0
     for i in order:
         claim = int(certified[i])
         need = float(cols["margin"][claim]) - tolerance
         found = _lp_min_margin(
-            affine, params, x0[i].astype(np.float64), sign[i], claim, cols, box, need
+            affine,
+            params,
+            x0[i].astype(np.float64),
+            sign[i],
+            claim,
+            cols,
+            box,
+            owner=None if owner is None else owner(claim),
+            priority=closest[i],
+            budget=ctx.policy.lp_classes,
         )
         solved += found[2]
         skipped += found[3]
         unsolved += found[4]
+        left += found[5]
         worst = min(worst, found[0])
-        if found[1] is not None:  # onnxruntime at every LP optimum, not only below the claim
-            inward = found[1] + 1e-6 * (x0[i] - found[1])
-            got = ctx.patched_head(inward[None, :].astype(np.float32), ev.extra["cut_shape"])
+        if found[1] is not None:  # onnxruntime at the LP optimum, not only below the claim
+            steps = np.asarray(_INWARD)[:, None]
+            near = (found[1][None, :] + steps * (x0[i] - found[1])[None, :]).astype(np.float32)
+            placed = np.flatnonzero(
+                _inside(ctx, near, np.broadcast_to(sign[i], (len(near), len(sign[i]))), box, cut)
+            )
+            if len(placed) == 0:  # recorded: no float32 point near the vertex is inside
+                evidence["lp_optima_not_placed"] = evidence.get("lp_optima_not_placed", 0) + 1
+                continue
+            got = ctx.patched_head(near[placed[:1]], cut)
             real = float(margins(got, cols["target"][claim : claim + 1])[0])
+            evidence["lp_onnxruntime_step"] = max(
+                float(_INWARD[int(placed[0])]), evidence.get("lp_onnxruntime_step", 0.0)
+            )
             evidence["lp_onnxruntime_min_margin"] = min(
                 real, evidence.get("lp_onnxruntime_min_margin", np.inf)
             )
@@ -259,9 +317,51 @@ def _exact(
     evidence["lp_solved"] = solved
     evidence["lp_classes_bounded"] = skipped
     evidence["lp_unsolved"] = unsolved
+    evidence["lp_classes_left"] = left
+    evidence["lp_exact"] = unsolved == 0 and left == 0
     evidence["lp_min_margin"] = float(worst)
-    evidence["lp_summary"] = f"; exact LP on the {len(order)} weakest: min margin {worst:.4g}"
+    scope = "" if left == 0 else f" ({solved} LPs; {left} classes left to region.certificate)"
+    evidence["lp_summary"] = (
+        f"; exact LP on the {len(order)} weakest: min margin {worst:.4g}{scope}"
+    )
     return None
+
+
+def _owner_multipliers(
+    ctx: VerifyContext, affine: AffineHead
+) -> Callable[[int], F64 | None] | None:
+    """The owner's multipliers of flip claim ``i`` (index into :func:`flip_only`), rows ``j !=
+    target`` ascending, from the region certificate file; None when the certificate has none
+    or it cannot be read (``region.certificate`` reports that). Used only to skip LPs by weak
+    duality, which is sound for *any* multipliers: a bad file costs LPs, never soundness."""
+    predicate = ctx.predicate
+    descriptor = predicate.region_certificate
+    hidden = sum(w.shape[0] for w in affine.weights[:-1])
+    classes = affine.weights[-1].shape[0]
+    if descriptor is None or descriptor.hidden != hidden:
+        return None
+    offsets: list[int] = []  # per flip claim: its first row in the file (-1: not certified)
+    row = 0
+    try:
+        for claim in predicate.claims:
+            count = len(claim.obligations(classes).bound) if claim.region == "certified" else 0
+            if not isinstance(claim, CalibratedClaimRecord):
+                offsets.append(row if count == classes - 1 else -1)
+            row += count
+        if row != descriptor.rows:
+            return None
+        data = read_bounded(
+            ctx.inputs.proof / descriptor.path, ctx.limits.model_bytes, what=descriptor.path
+        )
+        lam = read_duals(data, descriptor)
+    except (FormatError, VerificationError, OSError, InputError):
+        return None
+
+    def of(i: int) -> F64 | None:
+        start = offsets[i] if i < len(offsets) else -1
+        return None if start < 0 else np.maximum(lam[start : start + classes - 1], 0.0)
+
+    return of
 
 
 def _dual_floor(c: F64, mu: F64, a_ub: F64, b_ub: F64, box: tuple[float, float]) -> float:
@@ -269,6 +369,9 @@ def _dual_floor(c: F64, mu: F64, a_ub: F64, b_ub: F64, box: tuple[float, float])
     bound of ``min c x`` over ``{x in box : A x <= b}``. Sound whatever ``mu`` is."""
     reduced = c + a_ub.T @ mu
     return float(np.minimum(reduced * box[0], reduced * box[1]).sum() - mu @ b_ub)
+
+
+_FLOOR_ROUNDING = 1e-9  # relative; float64 evaluation of a floor, far above its real rounding
 
 
 def _lp_min_margin(
@@ -279,16 +382,23 @@ def _lp_min_margin(
     claim: int,
     cols: dict[str, NDArray[Any]],
     box: tuple[float, float] | None,
-    need: float,
-) -> tuple[float, F64 | None, int, int, int]:
-    """Lower bound of ``min_{x in region} (f + p_u)_t(x) - (f + p_u)_j(x)`` over ``j != t``.
+    *,
+    owner: F64 | None,
+    priority: F64,
+    budget: int,
+) -> tuple[float, F64 | None, int, int, int, int]:
+    """The minimum over the region of ``(f + p_u)_t(x) - (f + p_u)_j(x)``, ``j != t``, with
+    its argmin, by branch and bound over the classes, at most ``budget`` LPs (0: no cap).
 
-    Classes in order of their margin at ``x0`` (weakest first). A class is settled without an
-    LP when a sound bound already clears ``need``: the interval bound over the box, or the weak
-    dual bound with the multipliers of the last LP solved; otherwise one LP (scipy HiGHS) gives
-    its exact minimum. Returns (value, argmin or None, LPs solved, classes bounded, LPs the
-    solver could not finish); ``value`` is exact whenever every class below ``need`` was
-    solved."""
+    Classes in order of ``priority`` (the smallest gap the probes saw), then of their margin at
+    ``x0``: the likeliest minimisers first. A class is skipped without an LP when a sound lower
+    bound of its minimum is already at least the smallest LP minimum found so far (it cannot
+    hold the overall minimum): the interval bound over the box, or weak duality with the
+    owner's multipliers ``owner`` (rows ``j != t`` ascending) or with those of the last LP
+    solved; otherwise one LP (scipy HiGHS) gives its exact minimum, until the budget is spent.
+    Returns (value, argmin or None, LPs solved, classes bounded, LPs the solver could not
+    finish, classes left unexamined); ``value`` is the exact minimum over all classes when no
+    LP was unsolved and no class was left."""
     from scipy.optimize import linprog
 
     z_rows, z_off, f_rows, f_off = affine.local_affine(x0)
@@ -303,20 +413,30 @@ def _lp_min_margin(
     bounds = [(box[0], box[1])] * len(x0) if box else [(None, None)] * len(x0)
     at_x0 = (lin[t] - lin) @ x0 + (off[t] - off)
     best: tuple[float, F64 | None] = (np.inf, None)
-    solved = bounded = unsolved = 0
+    solved = bounded = unsolved = left = 0
     mu: F64 | None = None
-    for j in np.argsort(at_x0, kind="stable"):
+    others = [j for j in range(classes) if j != t]
+    if priority.shape != at_x0.shape:  # a served head wider than the original's classes
+        priority = np.zeros_like(at_x0)  # (structure.patch refuses it): order by x0 alone
+    for j in np.lexsort((at_x0, priority)):
         if j == t:
+            continue
+        if budget and solved >= budget:
+            left += 1
             continue
         c = lin[t] - lin[j]
         const = float(off[t] - off[j])
-        if box is not None:
-            floor = float(np.minimum(c * box[0], c * box[1]).sum()) + const
-            if mu is not None:
-                floor = max(floor, _dual_floor(c, mu, a_ub, b_ub, box) + const)
-            if floor >= need:  # a sound bound clears the claim: no LP needed
-                bounded += 1
-                best = (min(best[0], floor), best[1])
+        if box is not None and np.isfinite(best[0]):
+            floor = float(np.minimum(c * box[0], c * box[1]).sum())
+            for multipliers in (
+                None if owner is None or len(owner) != len(others) else owner[others.index(j)],
+                mu,
+            ):
+                if multipliers is not None and len(multipliers) == len(b_ub):
+                    floor = max(floor, _dual_floor(c, multipliers, a_ub, b_ub, box))
+            floor += const
+            if floor - _FLOOR_ROUNDING * (1.0 + abs(floor)) >= best[0]:
+                bounded += 1  # its minimum is at least the best found: not the overall one
                 continue
         result = linprog(
             c, A_ub=a_ub, b_ub=b_ub, bounds=bounds, method="highs-ds", options=_LP_OPTIONS
@@ -329,4 +449,4 @@ def _lp_min_margin(
         value = float(result.fun) + const
         if value < best[0]:
             best = (value, np.asarray(result.x, dtype=np.float64))
-    return best[0], best[1], solved, bounded, unsolved
+    return best[0], best[1], solved, bounded, unsolved, left

@@ -124,6 +124,7 @@ def verify_proof(
                 "probe_directions": policy.probe_directions,
                 "probe_points": policy.probe_points,
                 "lp_claims": policy.lp_claims,
+                "lp_classes": policy.lp_classes,
                 "min_certified_margin": policy.min_certified_margin,
                 "accept_point_only": policy.accept_point_only,
                 "expected_class": policy.expected_class,

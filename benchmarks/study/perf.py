@@ -108,7 +108,7 @@ def perf_rows(results_root: Path, repo: Path, *, extra: Sequence[PerfRow] = ()) 
         if not isinstance(doc, Mapping):
             continue
         command = _command(doc, path.stem, repo)
-        machine = doc.get("machine")  # some documents describe the machine in words
+        machine = doc.get("machine")  # a dict, or a sentence in some older documents
         load = doc.get("load_average_1min") or (
             machine.get("loadavg_1m") if isinstance(machine, Mapping) else None
         )

@@ -60,7 +60,9 @@ def inspect_command(model: Path, show_all: bool, as_json: bool) -> None:
     if default is None:
         click.echo(f"default cut: none ({why_none})")
     else:
-        click.echo(f"default cut: {default.cut} ({len(default.hidden)} activation layers after it)")
+        click.echo(
+            f"default cut: {default.cut} ({len(default.hidden_sizes)} hidden layers after it)"
+        )
     valid = [r for r in reports if r.ok]
     click.echo(f"valid cuts ({len(valid)}):")
     for r in valid:

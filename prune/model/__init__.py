@@ -1,8 +1,8 @@
 """Model import: an ONNX model in, its piecewise-linear head after a cut tensor out.
 
 The prefix (everything before the cut) may use any ONNX op and is evaluated with onnxruntime;
-the head (cut to logits) must be a chain of affine ops and Relu/LeakyRelu/PRelu and is converted
-to dense float64 layers. The output tail after the logits (Softmax, ArgMax, label lookups, extra
+the head (cut to logits) may use affine ops, residual joins (Add/Sub/Sum/Concat of computed
+tensors) and Relu/LeakyRelu/PRelu, and is converted to dense float64 layers. The output tail after the logits (Softmax, ArgMax, label lookups, extra
 outputs) is replayed on the patched logits by the export.
 
 Default cut: the model input when the whole model converts, else the earliest tensor (in the
@@ -23,6 +23,7 @@ from prune.model._graph import GraphIndex, default_opset, parse_model, read_mode
 from prune.model._head import (
     MAX_DENSE_ENTRIES,
     AffineLayer,
+    HeadPlan,
     PLHead,
     check_cut,
     dense_entries,
@@ -35,6 +36,7 @@ __all__ = [
     "AffineLayer",
     "CutReport",
     "Device",
+    "HeadPlan",
     "ImportedModel",
     "OrtRunner",
     "PLHead",
@@ -104,11 +106,11 @@ def _candidates(index: GraphIndex) -> list[str]:
 
 def _report(index: GraphIndex, tensor: str) -> CutReport:
     try:
-        chain = check_cut(index, tensor)
-        size = dense_entries(index, tensor, chain)
+        plan = check_cut(index, tensor)
+        size = dense_entries(index, tensor, plan)
     except ModelImportError as exc:
         return CutReport(tensor=tensor, ok=False, reason=str(exc))
-    acts = sum(index.nodes[i].op_type in ("Relu", "LeakyRelu", "PRelu") for i, _ in chain)
+    acts = plan.activations
     if size > MAX_DENSE_ENTRIES:
         return CutReport(
             tensor=tensor,

@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 from prune.errors import ModelImportError
 from prune.model._graph import describe_node
 
-__all__ = ["AFFINE_OPS", "NodeCall"]
+__all__ = ["AFFINE_OPS", "JOIN_OPS", "NodeCall"]
 
 Array = NDArray[np.float64]
 
@@ -354,3 +354,54 @@ AFFINE_OPS: dict[str, Callable[[NodeCall, Array], Array]] = {
 }
 """Op type -> evaluator. The activations (``Relu``, ``LeakyRelu``, ``PRelu``) are not here:
 they separate affine segments (see ``_head``)."""
+
+
+def _same_shapes(call: NodeCall, inputs: Mapping[int, Array]) -> list[Array]:
+    arrays = [inputs[i] for i in sorted(inputs)]
+    if len({a.shape for a in arrays}) != 1:
+        shapes = ", ".join(str(a.shape[1:]) for a in arrays)
+        raise call.reject(f"joins computed tensors of different shapes ({shapes})")
+    return arrays
+
+
+def _join_add(call: NodeCall, inputs: Mapping[int, Array]) -> Array:
+    a, b = _same_shapes(call, inputs)
+    return a + b
+
+
+def _join_sub(call: NodeCall, inputs: Mapping[int, Array]) -> Array:
+    a, b = _same_shapes(call, inputs)
+    return a - b
+
+
+def _join_sum(call: NodeCall, inputs: Mapping[int, Array]) -> Array:
+    if len(inputs) != len([n for n in call.node.input if n]):
+        raise call.reject("a Sum of computed tensors and constants is not supported")
+    return np.asarray(sum(_same_shapes(call, inputs)))
+
+
+def _join_concat(call: NodeCall, inputs: Mapping[int, Array]) -> Array:
+    first = inputs[min(inputs)]
+    axis = int(call.attr("axis", 0)) % first.ndim
+    if axis == 0:
+        raise call.reject("concatenating along the batch axis is not per-sample")
+    parts: list[Array] = []
+    for i in range(len(call.node.input)):
+        if i in inputs:
+            parts.append(inputs[i])
+            continue
+        const = np.asarray(call.const(i), dtype=np.float64)
+        if const.ndim != first.ndim or const.shape[0] != 1:
+            raise call.reject("a constant Concat operand must have a batch axis of size 1")
+        parts.append(np.broadcast_to(const, (len(first), *const.shape[1:])))
+    return np.concatenate(parts, axis=axis)
+
+
+JOIN_OPS: dict[str, Callable[[NodeCall, Mapping[int, Array]], Array]] = {
+    "Add": _join_add,
+    "Sub": _join_sub,
+    "Sum": _join_sum,
+    "Concat": _join_concat,
+}
+"""Affine ops of several computed inputs (residual joins), evaluated on the same basis points:
+the sum (difference, concatenation) of affine maps is affine. Inputs by position."""

@@ -12,6 +12,7 @@ tight the certificate is."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,10 +40,14 @@ def region_duals(
     batch_size: int = 32,
     solver: LagrangianSolver | None = None,
     exact: bool = False,
+    multipliers: NDArray[np.floating[Any]] | None = None,
 ) -> NDArray[np.float32]:
     """Multipliers ``[rows, H]`` (float32) for the certified ``claims`` in order, each claim's
     rows ``j != target`` ascending. ``active [P, H]``, ``targets [P]``, ``C [P, d, O]`` or None
     and ``d [P, O]`` describe the exported patches.
+
+    ``multipliers [P, O, H]``: the patch solver's own (constant patches only, whose objectives
+    do not depend on ``d``), shipped as they are instead of a second solve.
 
     ``exact``: the LP's own multipliers (HiGHS marginals of ``max_{x in S_u} row_j``, one LP per
     row) instead of the Lagrangian dual ascent. The LP solvers size each patch to the exact LP
@@ -51,8 +56,11 @@ def region_duals(
     certificates need the LP's multipliers, as their patches were certified with."""
     certified = [c for c in claims if c.region == "certified"]
     patches = sorted({c.patch for c in certified})
-    per_patch: dict[int, NDArray[np.float64]] = {}
+    per_patch: dict[int, NDArray[np.floating[Any]]] = {}
     solver = solver or LagrangianSolver()
+    if multipliers is not None and not exact and C is None and multipliers.shape[:2] == d.shape:
+        per_patch = {u: np.maximum(multipliers[u], 0.0) for u in patches}
+        patches = []
     for start in range(0, len(patches), batch_size):
         chunk = np.asarray(patches[start : start + batch_size], dtype=np.int64)
         regions = linearize(head, active[chunk], box=box, dense=exact)
@@ -68,7 +76,7 @@ def region_duals(
         for i, u in enumerate(chunk.tolist()):
             per_patch[u] = lam[i]
     classes = d.shape[1]
-    rows: list[NDArray[np.float64]] = []
+    rows: list[NDArray[np.floating[Any]]] = []
     for claim in certified:
         if claim.target != int(targets[claim.patch]):
             raise ValueError(f"claim {claim.leaf_index}: target differs from its patch's target")
@@ -119,9 +127,13 @@ def float32_logit_error(
     err = g * zt
     for i, layer in enumerate(head.layers[1:]):
         m, mag = masks[i], zt * (1.0 + g)
-        a_bound = m * mag + (1.0 - m) * np.minimum(err, mag)
+        # an inactive unit passes |slope| of its value (LeakyRelu/PRelu; 1 for a carried
+        # tensor), and the activation is max(1, |slope|)-Lipschitz: the verifier's form
+        slope = np.abs(head.slope(i))[None, :]
+        lip = np.maximum(1.0, slope)
+        a_bound = (m + (1.0 - m) * slope) * mag + (1.0 - m) * lip * np.minimum(err, mag)
         g = gamma(layer.weight.shape[1] + 2)
         w_abs = np.abs(layer.weight)
         zt = a_bound @ w_abs.T + np.abs(layer.bias)
-        err = err @ w_abs.T + g * zt
+        err = (lip * err) @ w_abs.T + g * zt
     return np.asarray(err + u * zt * (1.0 + g))

@@ -24,6 +24,11 @@ class PatchSolution:
     C: torch.Tensor | None
     d: torch.Tensor
     certified_margin: torch.Tensor
+    multipliers: torch.Tensor | None = None
+    """``[B, O, H]``: multipliers ``lam >= 0`` of each spec row ``j`` (row ``t`` is 0) whose
+    weak-duality bounds give ``certified_margin`` for the *unpatched* objectives (a constant
+    patch moves only the constants), or None when the solver keeps none. The region
+    certificate (:func:`prune.proofs.region_duals`) ships them instead of solving again."""
 
     def __len__(self) -> int:
         return int(self.d.shape[0])

@@ -55,7 +55,7 @@ from prune.unlearn._strategies import (
     Plan,
     SolveContext,
     plan_patches,
-    solve_regions,
+    solve_with_duals,
 )
 
 __all__ = [
@@ -290,6 +290,7 @@ def unlearn(
                 d=plan.d,
                 claims=claims,
                 exact=solver in LP_SOLVERS,  # their patches are sized to the exact LP optimum
+                multipliers=plan.multipliers,
             )
             t_duals = clock() - t_duals
         t_evaluate = clock()
@@ -469,6 +470,7 @@ def _export_and_recheck(
     margin; returns the model, the final plan, per-point success and the re-solve count."""
     resolved = 0
     required = plan.required.copy()
+    lam = None if plan.multipliers is None else plan.multipliers.copy()
     d, C, certified = (
         plan.d.copy(),
         None if plan.C is None else plan.C.copy(),
@@ -496,13 +498,26 @@ def _export_and_recheck(
             break
         resolved += len(bad)
         required[bad] = required[bad] + (margin + required[bad]) * 2.0**attempt
-        C_b, d[bad], certified[bad] = solve_regions(
-            ctx, plan.active[bad], plan.targets[bad], required[bad]
-        )
+        again = solve_with_duals(ctx, plan.active[bad], plan.targets[bad], required[bad])
+        C_b, d[bad], certified[bad] = again.C, again.d, again.certified
+        if lam is not None and again.multipliers is not None:
+            lam[bad] = again.multipliers
+        else:
+            lam = None
         if C_b is not None:
             C = np.zeros((len(d), *C_b.shape[1:])) if C is None else C
             C[bad] = C_b
         elif C is not None:
             C[bad] = 0.0
-    final = Plan(plan.active, plan.targets, C, d, certified, required, plan.patch_of, plan.rounds)
+    final = Plan(
+        plan.active,
+        plan.targets,
+        C,
+        d,
+        certified,
+        required,
+        plan.patch_of,
+        plan.rounds,
+        multipliers=lam,
+    )
     return patched, final, ok, resolved

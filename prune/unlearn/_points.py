@@ -40,13 +40,16 @@ def forget_points(
     """Cut values, runtime activation patterns and logits of the forget points. The pattern is
     the one onnxruntime computes (``z >= 0`` active), the convention the auditor replays."""
     head = imported.head
-    names = [*([] if imported.input_space else [head.cut]), *head.hidden, head.output]
-    outs = OrtRunner(imported.raw, outputs=names, threads=threads).run(x)
-    cut = x.reshape(len(x), -1) if imported.input_space else outs[0].reshape(len(x), -1)
-    z_parts = outs[(0 if imported.input_space else 1) : -1]
+    names = [
+        n for n in dict.fromkeys((head.cut, *head.hidden, head.output)) if n != imported.input_name
+    ]
+    runs = OrtRunner(imported.raw, outputs=names, threads=threads).run(x)
+    outs: dict[str, NDArray[np.float32]] = dict(zip(names, runs, strict=True))
+    outs[imported.input_name] = x
+    cut = outs[head.cut].reshape(len(x), -1)
     z = (
-        np.concatenate([p.reshape(len(x), -1) for p in z_parts], axis=1)
-        if z_parts
+        np.concatenate([outs[n].reshape(len(x), -1) for n in head.hidden], axis=1)
+        if head.hidden
         else np.zeros((len(x), 0), dtype=np.float32)
     )
     cut64 = cut.astype(np.float64)
@@ -69,4 +72,4 @@ def forget_points(
     )
     if not box.contains(cut64).all():
         raise DataError("a forget point lies outside the declared input box")
-    return points, np.asarray(outs[-1].argmax(axis=1), dtype=np.int64)
+    return points, np.asarray(outs[head.output].argmax(axis=1), dtype=np.int64)

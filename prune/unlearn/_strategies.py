@@ -37,9 +37,11 @@ __all__ = [
     "ForgetPoints",
     "Plan",
     "SolveContext",
+    "Solved",
     "Strategy",
     "plan_patches",
     "solve_regions",
+    "solve_with_duals",
 ]
 
 
@@ -85,22 +87,38 @@ class Plan:
     required: NDArray[np.float64]
     patch_of: NDArray[np.int64]
     rounds: int = 1
+    multipliers: NDArray[np.float32] | None = None
+    """``[P, O, H]``: the solver's certifying multipliers of each patch's own region (None when
+    the strategy offers patches to other regions or the solver keeps none)."""
 
 
-def solve_regions(
+@dataclass(frozen=True, eq=False)
+class Solved:
+    """Patches of ``B`` regions: ``C [B,d,O]`` or None, ``d [B,O]``, certified margins ``[B]``
+    (each ``>= required``) and, when the solver keeps them, the multipliers ``[B,O,H]``
+    (float32) that certify those margins (:attr:`prune.solvers.PatchSolution.multipliers`)."""
+
+    C: NDArray[np.float64] | None
+    d: NDArray[np.float64]
+    certified: NDArray[np.float64]
+    multipliers: NDArray[np.float32] | None
+
+
+def solve_with_duals(
     ctx: SolveContext,
     active: NDArray[np.bool_],
     targets: NDArray[np.int64],
     required: NDArray[np.float64],
-) -> tuple[NDArray[np.float64] | None, NDArray[np.float64], NDArray[np.float64]]:
-    """Solve the patch of each region (batched): ``C [B,d,O]`` or None, ``d [B,O]``, certified
-    margins ``[B]`` (each ``>= required``)."""
+) -> Solved:
+    """Solve the patch of each region, in batches of ``ctx.batch_size``."""
     from tqdm import tqdm
 
     n, n_out = len(active), ctx.head.classes
     d = np.zeros((n, n_out))
     certified = np.zeros(n)
     C: NDArray[np.float64] | None = None
+    lam: NDArray[np.float32] | None = None
+    kept = True
     with tqdm(total=n, desc="patch", unit="region", disable=not ctx.progress, leave=False) as bar:
         for start in range(0, n, ctx.batch_size):
             sl = slice(start, min(start + ctx.batch_size, n))
@@ -116,8 +134,25 @@ def solve_regions(
                 if C is None:
                     C = np.zeros((n, ctx.head.input_dim, n_out))
                 C[sl] = sol.C.numpy()
+            kept = kept and sol.multipliers is not None
+            if kept and sol.multipliers is not None:
+                if lam is None:
+                    lam = np.zeros((n, n_out, sol.multipliers.shape[2]), dtype=np.float32)
+                lam[sl] = sol.multipliers.numpy()
             bar.update(sl.stop - sl.start)
-    return C, d, certified
+    return Solved(C=C, d=d, certified=certified, multipliers=lam if kept else None)
+
+
+def solve_regions(
+    ctx: SolveContext,
+    active: NDArray[np.bool_],
+    targets: NDArray[np.int64],
+    required: NDArray[np.float64],
+) -> tuple[NDArray[np.float64] | None, NDArray[np.float64], NDArray[np.float64]]:
+    """Solve the patch of each region (batched): ``C [B,d,O]`` or None, ``d [B,O]``, certified
+    margins ``[B]`` (each ``>= required``)."""
+    solved = solve_with_duals(ctx, active, targets, required)
+    return solved.C, solved.d, solved.certified
 
 
 def _individual(ctx: SolveContext, pts: ForgetPoints) -> Plan:
@@ -130,9 +165,18 @@ def _individual(ctx: SolveContext, pts: ForgetPoints) -> Plan:
         max_hamming=ctx.harmonise_hamming,
         rng=ctx.rng,
     )
-    C, d, certified = solve_regions(ctx, pts.active, targets, pts.required)
+    solved = solve_with_duals(ctx, pts.active, targets, pts.required)
     patch_of = np.arange(len(pts), dtype=np.int64)
-    return Plan(pts.active, targets, C, d, certified, pts.required.copy(), patch_of)
+    return Plan(
+        pts.active,
+        targets,
+        solved.C,
+        solved.d,
+        solved.certified,
+        pts.required.copy(),
+        patch_of,
+        multipliers=solved.multipliers,
+    )
 
 
 def _clustered(ctx: SolveContext, pts: ForgetPoints) -> Plan:

@@ -40,6 +40,8 @@ def box() -> Sandbox:
         (models.data_dependent_shape, "data-dependent shape"),
         (models.batch_squared, "does not grow linearly with the batch"),
         (models.custom_domain, "domain 'com.microsoft'"),
+        (models.mod_on_data, "op Mod is admitted only on constant inputs"),
+        (models.shape_mod_by_zero, "op Mod is admitted only on constant inputs"),
     ],
 )
 def test_unbounded_graphs_are_refused_before_any_run(build, match, box: Sandbox) -> None:
@@ -48,6 +50,35 @@ def test_unbounded_graphs_are_refused_before_any_run(build, match, box: Sandbox)
         OnnxModel(build(), sandbox=box)
     assert time.monotonic() - start < 5
     assert box._worker is None  # nothing was started: the graph never reached onnxruntime
+
+
+def test_constant_shape_arithmetic_is_folded_and_run_as_signed(box: Sandbox) -> None:
+    """A shape computed by ``Mod`` of constants (the legacy exporter's ``nn.Unflatten``) is
+    admitted: the admission evaluates it; the sandbox runs the graph as it is."""
+    model = OnnxModel(models.shape_by_mod(), sandbox=box)
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    np.testing.assert_array_equal(model.run(x)[0], x.reshape(3, 2, 2))
+
+
+def test_legacy_exported_unflatten_is_admitted(box: Sandbox) -> None:
+    import io
+
+    import torch
+
+    net = torch.nn.Sequential(
+        torch.nn.Unflatten(1, (1, 8, 8)), torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten()
+    ).eval()
+    buf = io.BytesIO()
+    torch.onnx.export(
+        net, (torch.zeros(2, 64),), buf, dynamo=False, input_names=["x"], output_names=["y"],
+        dynamic_axes={"x": {0: "b"}, "y": {0: "b"}},
+    )  # fmt: skip
+    assert "Mod" in {n.op_type for n in onnx.load_from_string(buf.getvalue()).graph.node}
+    x = np.random.default_rng(0).random((5, 64), dtype=np.float32)
+    with torch.no_grad():
+        expected = net(torch.from_numpy(x)).numpy()
+    got = OnnxModel(buf.getvalue(), sandbox=box).logits(x)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_external_data_is_refused_and_never_read(tmp_path: Path, box: Sandbox, monkeypatch) -> None:

@@ -88,3 +88,19 @@ def test_gamma() -> None:
     assert gamma(1) == pytest.approx(2.0**-24, rel=1e-6)
     with pytest.raises(Exception, match="undefined"):
         gamma(2**24)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_group_max_matches_ufunc_at(seed: int) -> None:
+    """The absolute-value pass's per-group maxima (sort + reduceat) equal ``np.maximum.at`` on
+    zeros, including groups that no row names and unsorted, repeated group ids."""
+    from audit.verify._certificate import _GroupMax
+
+    rng = np.random.default_rng(seed)
+    groups = rng.integers(0, 12, size=40)
+    values = np.abs(rng.normal(size=(40, 5)))
+    values[rng.random(values.shape) < 0.2] = 0.0
+    want = np.zeros((15, 5))
+    np.maximum.at(want, groups, values)
+    assert np.array_equal(_GroupMax(groups, 15)(values), want)
+    assert np.array_equal(_GroupMax(groups[:0], 3)(values[:0]), np.zeros((3, 5)))

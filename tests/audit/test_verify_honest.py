@@ -47,10 +47,27 @@ def test_honest_evidence_is_measured(report: VerificationReport, kit: ProofKit) 
     probes = report.outcome("region.probes").evidence
     assert probes["points"] > 0 and probes["points_failed"] == 0
     assert probes["lp_claims"] >= 1 and probes["lp_min_margin"] >= 2.0 - 0.01
+    assert 1 <= probes["lp_solved"] <= Policy().lp_classes * probes["lp_claims"]
+    assert probes["lp_onnxruntime_min_margin"] >= 2.0 - 0.01
     locality = report.outcome("locality").evidence
     assert locality["outside_supports"] > 0 and locality["max_abs_diff_outside"] == 0.0
     structure = report.outcome("structure.patch").evidence
     assert structure["gate_mismatches"] == 0 and structure["formula_error"] < 1e-5
+
+
+def test_exact_part_without_a_class_cap_covers_every_class(kit: ProofKit) -> None:
+    report = verify_proof(
+        kit.inputs(),
+        now=kit.now,
+        rng=np.random.default_rng(1),
+        policy=Policy(lp_classes=0),
+        checks=["region.probes"],
+    )
+    probes = report.outcome("region.probes").evidence
+    assert report.outcome("region.probes").status == "pass"
+    assert probes["lp_exact"] and probes["lp_classes_left"] == 0 and probes["lp_unsolved"] == 0
+    with pytest.raises(InputError, match="LP claims and classes"):
+        Policy(lp_classes=-1)
 
 
 def test_report_json_round_trip(report: VerificationReport) -> None:

@@ -57,3 +57,19 @@ def test_policy_rejects_nonsense() -> None:
         MembershipPolicy(max_gap=0.7)
     with pytest.raises(ValueError):
         replace(MembershipPolicy(), sides="three")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("attack", ["gap", "boundary", "cmia"])
+def test_every_registered_attack_runs_in_the_check(kit: ProofKit, attack: str) -> None:
+    """The label-only attacks and CMIA run through the same check (and its CLI choice list,
+    which is the attack registry)."""
+    from audit.cli._verify import verify as verify_command
+    from audit.mia import ATTACKS
+
+    option = next(p for p in verify_command.params if p.name == "mia_attack")
+    assert set(option.type.choices) == set(ATTACKS)  # type: ignore[attr-defined]
+    report = _run(kit, MembershipPolicy(attack=attack, sides="one"))
+    outcome = report.outcome("membership.inference")  # type: ignore[attr-defined]
+    assert outcome.status in ("pass", "fail"), outcome.detail
+    assert outcome.evidence["forget"] == len(kit.rows)
+    assert 0.0 <= outcome.evidence["auc"] <= 1.0

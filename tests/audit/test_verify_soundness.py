@@ -76,6 +76,20 @@ def test_margins_and_predictions_are_nan_safe() -> None:
     assert predictions(logits).tolist() == [-1, 0, -1]
 
 
+def test_report_compliance_text_names_the_point_only_verdict(kit: ProofKit, tmp_path: Path) -> None:
+    from audit.report._build import _compliance
+
+    claims = [replace(c, region="point-only") for c in kit.claims]
+    tampered = reissued(kit, tmp_path, claims=claims)
+    for accept in (False, True):
+        report = _verify(kit, tampered.inputs, accept_point_only=accept)
+        text = _compliance(None, report, {"replayed": 0, "probed": 0}, None)
+        words = " ".join(str(v) for v in text.values())
+        assert "POINT-ONLY" in words and f"{len(kit.claims)} claims" in words
+        assert "Failed checks: ." not in words
+        assert ("accepted point-only claims explicitly" in words) == accept
+
+
 def test_gate_sharpness_below_policy_minimum_fails(kit: ProofKit) -> None:
     """A blunt gate (small ``n``) widens the band in which another patch may fire inside a
     certified region, the one exception of ``region.certificate``: the policy bounds it."""

@@ -177,3 +177,50 @@ def test_created_is_utc() -> None:
     from audit.verify._freshness import _created
 
     assert _created("2026-01-01T00:00:00Z") == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_residual_head_layers_and_parse_agree_with_onnxruntime() -> None:
+    """A residual join in the head: the verifier's own layering lists the carried tensor (-1)
+    after the breakpoints it precedes in file order, and its parse equals onnxruntime on the
+    logits and on every unit tensor."""
+    from tests.prune._engine_models import graph_model
+
+    rng = np.random.default_rng(3)
+    weights = {
+        name: rng.normal(size=shape).astype(np.float32)
+        for name, shape in (("w0", (5, 4)), ("w1", (6, 5)), ("w2", (5, 6)), ("w3", (3, 5)))
+    }
+    nodes = [
+        onnx.helper.make_node("Gemm", ["input", "w0"], ["a"], name="g0", transB=1),
+        onnx.helper.make_node("Relu", ["a"], ["x"], name="r0"),
+        onnx.helper.make_node("Gemm", ["x", "w1"], ["h"], name="g1", transB=1),
+        onnx.helper.make_node("Relu", ["h"], ["r"], name="r1"),
+        onnx.helper.make_node("Gemm", ["r", "w2"], ["f"], name="g2", transB=1),
+        onnx.helper.make_node("Add", ["f", "x"], ["s"], name="join"),
+        onnx.helper.make_node("Relu", ["s"], ["t"], name="r2"),
+        onnx.helper.make_node("Gemm", ["t", "w3"], ["logits"], name="g3", transB=1),
+    ]
+    proto = onnx.load_from_string(graph_model(nodes, weights))
+    head = find_head(proto, "input")
+    assert [[(name, act >= 0) for name, act in layer] for layer in head.layers] == [
+        [("a", True)],
+        [("x", False), ("h", True)],
+        [("s", True)],
+    ]
+    assert head.hidden == ("a", "x", "h", "s")
+    affine = parse_head(proto, head)
+    assert [w.shape for w in affine.weights] == [(5, 4), (11, 5), (5, 11), (3, 5)]
+    np.testing.assert_array_equal(affine.slopes[1], np.r_[np.ones(5), np.zeros(6)])
+    model = OnnxModel(proto.SerializeToString(), extra_outputs=["a", "x", "h", "s"])
+    x = rng.uniform(-1, 1, size=(64, 4)).astype(np.float32)
+    outs = dict(zip(model.output_names, model.run(x), strict=True))
+    z = np.concatenate([outs[name] for name in head.hidden], axis=1)
+    assert affine.max_error(x.astype(np.float64), z, outs["logits"]) < 1e-5
+    # a skip connection that does not feed the join is not a unit: tampering the layering
+    # (the carried x dropped) breaks the parse instead of passing silently
+    dropped = type(head)(
+        head.input, head.cut, ("a", "h", "s"), head.output, head.nodes, head.tail,
+        (head.layers[0], (head.layers[1][1],), head.layers[2]),
+    )  # fmt: skip
+    with pytest.raises(CheckUnavailable, match="'x' is not a unit of the layer before"):
+        parse_head(proto, dropped)

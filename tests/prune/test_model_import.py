@@ -114,16 +114,61 @@ def test_softmax_at_the_end_is_the_output_tail() -> None:
     assert model.head.output == "h" and model.head.hidden == () and len(model.tail) == 1
 
 
-def test_residual_connection_is_refused() -> None:
-    w = RNG.normal(size=(4, 4)).astype(np.float32)
-    w2 = RNG.normal(size=(3, 4)).astype(np.float32)
-    nodes = [
-        helper.make_node("Gemm", ["input", "w"], ["h"], name="g", transB=1),
-        helper.make_node("Add", ["h", "input"], ["s"], name="skip"),
-        helper.make_node("Gemm", ["s", "w2"], ["logits"], name="g2", transB=1),
+def _residual_nodes(join: str = "Add") -> list[object]:
+    """``logits = W3 relu(x + W2 relu(W1 x)) `` with a LeakyRelu in front: the skip carries the
+    LeakyRelu output (a breakpoint tensor's activation) across one hidden layer."""
+    return [
+        helper.make_node("Gemm", ["input", "w0"], ["a"], name="g0", transB=1),
+        helper.make_node("LeakyRelu", ["a"], ["x"], name="lr", alpha=0.1),
+        helper.make_node("Gemm", ["x", "w1"], ["h"], name="g1", transB=1),
+        helper.make_node("Relu", ["h"], ["r"], name="r1"),
+        helper.make_node("Gemm", ["r", "w2"], ["f"], name="g2", transB=1),
+        helper.make_node(join, ["x", "f"], ["s"], name="join"),
+        helper.make_node("Relu", ["s"], ["t"], name="r2"),
+        helper.make_node("Gemm", ["t", "w3"], ["logits"], name="g3", transB=1),
     ]
-    with pytest.raises(ModelImportError, match="feeds"):
-        load_model(graph_model(nodes, {"w": w, "w2": w2}))
+
+
+def _residual_weights() -> dict[str, np.ndarray]:
+    return {
+        "w0": RNG.normal(size=(5, 4)).astype(np.float32),
+        "w1": RNG.normal(size=(6, 5)).astype(np.float32),
+        "w2": RNG.normal(size=(5, 6)).astype(np.float32),
+        "w3": RNG.normal(size=(3, 5)).astype(np.float32),
+    }
+
+
+@pytest.mark.parametrize("join", ["Add", "Sub"])
+def test_residual_head_is_layered_with_carried_units(join: str) -> None:
+    """A residual join after the cut: hidden layer 2 holds the carried ``x`` (slope 1; it is
+    produced before ``h``) and the branch's breakpoint ``h``; the dense head equals onnxruntime
+    on every tensor."""
+    raw = graph_model(_residual_nodes(join), _residual_weights())
+    model = load_model(raw)
+    head = model.head
+    assert model.input_space
+    assert head.hidden == ("a", "x", "h", "s") and head.hidden_sizes == (5, 11, 5)
+    np.testing.assert_array_equal(head.slope(0), np.full(5, float(np.float32(0.1))))
+    np.testing.assert_array_equal(head.slope(1), np.r_[np.ones(5), np.zeros(6)])
+    x = RNG.random((40, 4), dtype=np.float32)
+    names = ["a", "h", "x", "s", "logits"]
+    outs = dict(zip(names, OrtRunner(raw, outputs=names).run(x), strict=True))
+    logits, z = head.forward(x.astype(np.float64))
+    np.testing.assert_allclose(logits, outs["logits"], atol=1e-4, rtol=1e-5)
+    z_rt = np.concatenate([outs[n] for n in head.hidden], axis=1)
+    np.testing.assert_allclose(z, z_rt, atol=1e-4, rtol=1e-5)
+
+
+def test_product_of_two_computed_tensors_is_refused() -> None:
+    nodes = _residual_nodes("Mul")
+    with pytest.raises(ModelImportError, match="combines 2 computed tensors"):
+        load_model(graph_model(nodes, _residual_weights()), cut="x")
+
+
+def test_cut_inside_a_residual_block_is_refused() -> None:
+    """A cut on the branch (``r``) is bypassed by the skip from ``x``, computed before it."""
+    with pytest.raises(ModelImportError, match="skip connection around it"):
+        load_model(graph_model(_residual_nodes(), _residual_weights()), cut="r")
 
 
 def test_transposed_input_gemm_is_refused() -> None:
@@ -159,3 +204,33 @@ def test_unknown_cut_and_old_opset(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelImportError, match="opset 11"):
         load_model(old)
+
+
+def test_float32_error_bound_covers_the_verifiers_on_carried_units() -> None:
+    """The owner pays the float32 term of the verifier's region certificate in its margin, so
+    its bound must be at least the verifier's, also through leaky and carried (slope 1)
+    units, which pass their value when inactive."""
+    from audit.verify._affine import parse_head
+    from audit.verify._certificate import float32_errors
+    from audit.verify._graph import find_head
+    from prune.proofs._duals import float32_logit_error
+    from prune.regions import InputBox
+
+    raw = graph_model(_residual_nodes(), _residual_weights())
+    head = load_model(raw).head
+    x = RNG.uniform(-1, 1, size=(64, 4))
+    _, z = head.forward(x)
+    active = z >= 0
+    assert (~active[:, 5:10]).any()  # some carried units are inactive
+    box = InputBox(low=-1.0, high=1.0, source="data-range")
+    ours = float32_logit_error(head, active, box)
+    import onnx
+
+    proto = onnx.load_from_string(raw)
+    theirs, _ = float32_errors(
+        parse_head(proto, find_head(proto, "input")),
+        active.astype(np.float64),
+        1.0,
+        served_pattern=False,
+    )
+    assert (ours >= theirs * (1 - 1e-9)).all()

@@ -219,3 +219,73 @@ def test_deep_routed_model_is_admitted_by_the_auditor_sandbox() -> None:
     ref = PatchedHead(model.head, patches, BOX)(torch.from_numpy(x)).detach().numpy()
     np.testing.assert_allclose(ort, ref, atol=1e-5, rtol=0)
     np.testing.assert_allclose(ort[: len(rows)] - model.logits(x[: len(rows)]), d, atol=1e-4)
+
+
+def _reference_tree(
+    active: np.ndarray, width: int
+) -> tuple[list[list[int]], list[list[int]], list[int]]:
+    """The tree builder node by node (queue, one greedy choice per node, float sums): the slow
+    reference the level-wise builder must match table for table."""
+    from collections import deque
+
+    def choose(act: np.ndarray) -> list[int]:
+        groups = np.zeros(len(act), dtype=np.int64)
+        chosen: list[int] = []
+        a = act.astype(np.float64)
+        for _ in range(width):
+            onehot = np.zeros((int(groups.max()) + 1, len(act)))
+            onehot[groups, np.arange(len(act))] = 1.0
+            ones, sizes = onehot @ a, onehot.sum(axis=1, keepdims=True)
+            cost = (ones**2 + (sizes - ones) ** 2).sum(axis=0)
+            k = int(np.argmin(cost))
+            if chosen and cost[k] >= float((sizes**2).sum()):
+                k = chosen[-1]
+            chosen.append(k)
+            _, groups = np.unique(groups * 2 + act[:, k], return_inverse=True)
+        return chosen
+
+    codes = 1 << width
+    split: list[list[int]] = []
+    child: list[list[int]] = []
+    leaf: list[int] = []
+    pending: deque[tuple[int, np.ndarray]] = deque()
+
+    def new_node(ids: np.ndarray) -> int:
+        split.append([0] * width)
+        child.append([len(split) - 1] * codes)
+        leaf.append(0)
+        pending.append((len(split) - 1, ids))
+        return len(split) - 1
+
+    new_node(np.arange(len(active)))
+    while pending:
+        node, ids = pending.popleft()
+        if len(ids) == 1:
+            leaf[node] = int(ids[0])
+            if node == 0:
+                child[0] = [new_node(ids)] * codes
+            continue
+        neurons = choose(active[ids])
+        code = active[ids][:, neurons].astype(np.int64) @ (1 << np.arange(width))
+        split[node] = neurons
+        kids = {int(c): new_node(ids[code == c]) for c in np.unique(code)}
+        child[node] = [kids.get(c, kids[min(kids)]) for c in range(codes)]
+    return split, child, leaf
+
+
+@pytest.mark.parametrize(
+    ("patches", "hidden", "width", "density"),
+    [(1, 9, 4, 0.5), (2, 5, 4, 0.5), (40, 12, 2, 0.3), (300, 64, 4, 0.5), (200, 32, 3, 0.1)],
+)
+def test_level_wise_tree_matches_the_node_by_node_reference(
+    patches: int, hidden: int, width: int, density: float
+) -> None:
+    rng = np.random.default_rng(patches + hidden)
+    active = rng.random((4 * patches, hidden)) < density
+    _, first = np.unique(np.packbits(active, axis=1), axis=0, return_index=True)
+    active = active[np.sort(first)[:patches]]
+    tree = build_tree(active, width=width)
+    split, child, leaf = _reference_tree(active, width)
+    assert tree.split.tolist() == split
+    assert tree.child.tolist() == child
+    assert tree.leaf.tolist() == leaf

@@ -161,7 +161,7 @@ def test_lagrangian_steps_tighten_the_bound(
         torch.from_numpy(case.targets),
         margin=torch.full((3,), MARGIN, dtype=torch.float64),
     )
-    tight = LagrangianSolver(steps=40, scales="exact").solve(
+    tight = LagrangianSolver(steps=40, lr=0.03, scales="exact").solve(
         case.regions,
         torch.from_numpy(case.targets),
         margin=torch.full((3,), MARGIN, dtype=torch.float64),

@@ -64,9 +64,9 @@ class _Residual(nn.Module):
 
 
 class _Image(nn.Module):
-    """``[N, 64] -> [N, 1, 8, 8]`` by a constant-shape Reshape. (``nn.Unflatten`` exports, in
-    the legacy exporter, as a run-time shape computation with Mod/Shape ops that the auditor's
-    sandbox does not admit; see the report of issue 15.)"""
+    """``[N, 64] -> [N, 1, 8, 8]`` by a constant-shape Reshape (``nn.Unflatten``, which the
+    legacy exporter turns into a run-time shape computation with Shape/Slice/Mod, is
+    ``leg_cnn_unflatten``'s)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x.reshape(-1, 1, 8, 8)
@@ -130,6 +130,19 @@ def _cnn_maxpool() -> nn.Module:
         nn.Linear(128, 64),
         nn.ReLU(),
         nn.Linear(64, 32),
+        nn.ReLU(),
+        nn.Linear(32, 10),
+    )
+
+
+def _cnn_unflatten() -> nn.Module:
+    return nn.Sequential(
+        nn.Unflatten(1, (1, 8, 8)),
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(128, 32),
         nn.ReLU(),
         nn.Linear(32, 10),
     )
@@ -296,9 +309,24 @@ ZOO: tuple[ZooModel, ...] = (
         "legacy",
         _resnet,
         True,
-        ("residual Add (prefix; default cut after the join)", "Conv", "BatchNormalization"),
+        ("residual Add inside the head (carried units)", "Conv", "BatchNormalization"),
         epochs=4,
     ),
-    ZooModel("dyn_resnet", "dynamo", _resnet, False, ("residual Add", "external data"), epochs=4),
+    ZooModel(
+        "dyn_resnet",
+        "dynamo",
+        _resnet,
+        False,
+        ("residual Add inside the head (carried units)", "external data"),
+        epochs=4,
+    ),
+    ZooModel(
+        "leg_cnn_unflatten",
+        "legacy",
+        _cnn_unflatten,
+        False,
+        ("run-time shape computation (Shape/Slice/Mod) admitted by the sandbox",),
+        epochs=4,
+    ),
     ZooModel("leg_relu6", "legacy", _mlp_relu6, False, ("Clip (prefix; default cut after it)",)),
 )

@@ -17,6 +17,7 @@ from numpy.typing import NDArray
 
 from audit.cli import cli as audit_cli
 from prune.cli import cli as prune_cli
+from prune.model import load_model, read_model
 from tests.zoo._models import ZOO, Digits, ZooModel, digits
 
 _CONV = ("cnn", "resnet")
@@ -79,6 +80,9 @@ def test_unlearn_with_defaults_verifies(model: ZooModel, world: tuple[Path, Digi
     first = np.asarray(original.run(None, {in_name: x_test[:64]})[0])
     if first.dtype.kind == "f":
         np.testing.assert_allclose(first, framework(x_test[:64]), rtol=1e-4, atol=1e-4)
+    if any("inside the head" in c for c in model.covers):  # the default cut is before the join
+        head = load_model(read_model(path)[0]).head
+        assert any((head.slope(i) == 1.0).any() for i in range(len(head.hidden_sizes)))
     correct = np.flatnonzero(_label(original, x_train) == data.y_train)
     forget = np.random.default_rng(1).choice(correct, size=FORGET, replace=False)
     (folder / "forget.txt").write_text("".join(f"{i}\n" for i in forget))
@@ -139,3 +143,60 @@ def _consistent_tail(outs: dict[str, object], logits: NDArray[np.float64]) -> No
             np.testing.assert_array_equal(arr.reshape(-1), logits.argmax(axis=1))
         else:
             np.testing.assert_allclose(arr, probs, rtol=1e-4, atol=1e-5)
+
+
+def test_tailed_model_report_and_receipt(world: tuple[Path, Digits], tmp_path: Path) -> None:
+    """``audit report`` and ``audit receipt`` read the declared logits (``prune/output`` of the
+    patched model, the Softmax input of the original), not the first graph output: the
+    skl2onnx model serves ``label`` first, then the probabilities."""
+    root, data = world
+    model = next(m for m in ZOO if m.exporter == "skl2onnx")
+    path, _ = model.export(data, tmp_path / "model")
+    x_train = data.x_train.reshape(len(data.x_train), -1)
+    original = _session(path)
+    assert original.get_outputs()[0].type == "tensor(int64)"  # the label comes first
+    correct = np.flatnonzero(_label(original, x_train) == data.y_train)
+    forget = np.random.default_rng(2).choice(correct, size=FORGET, replace=False)
+    (tmp_path / "forget.txt").write_text("".join(f"{i}\n" for i in forget))
+    proof = tmp_path / "proof"
+    keys = root / "keys"
+    result = CliRunner().invoke(
+        prune_cli,
+        [
+            "unlearn", str(path), "--train", str(root / "train.npz"), "--test",
+            str(root / "test.npz"), "--forget-indices", str(tmp_path / "forget.txt"), "--key", str(keys / "owner.key"), "--out", str(proof),
+            "--quiet",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+
+    report = CliRunner().invoke(
+        audit_cli,
+        [
+            "report", str(proof), "--public-key", str(keys / "owner.pub"), "--original",
+            str(path), "--forget", str(proof / "forget.npz"), "--reference",
+            str(root / "test.npz"), "--mia", "none", "--out", str(tmp_path / "report"),
+            "--quiet",
+        ],
+    )  # fmt: skip
+    assert report.exit_code == 0, report.output
+    per_class = json.loads((tmp_path / "report" / "report.json").read_text())["per_class"]
+    x_test = data.x_test.reshape(len(data.x_test), -1)
+    patched = _session(proof / "model.onnx")
+    for key, session in (("overall_original", original), ("overall_patched", patched)):
+        expected = float((_label(session, x_test) == data.y_test).mean())
+        assert per_class[key] == pytest.approx(expected), key
+
+    openings = np.load(proof / "forget.npz")
+    leaf = int(openings["leaf_index"][0])
+    np.save(tmp_path / "x.npy", openings["x"][0])
+    label = int(openings["y"][0])
+    receipt = [
+        "receipt", str(proof / "receipts" / f"receipt-{leaf}.json"), "--certificate",
+        str(proof / "certificate.json"), "--public-key", str(keys / "owner.pub"), "--sample",
+        str(tmp_path / "x.npy"), "--model", str(proof / "model.onnx"), "--quiet",
+    ]  # fmt: skip
+    ok = CliRunner().invoke(audit_cli, [*receipt, "--label", str(label)])
+    assert ok.exit_code == 0, ok.output
+    wrong = CliRunner().invoke(audit_cli, [*receipt, "--label", str((label + 1) % 10)])
+    assert wrong.exit_code == 1, wrong.output

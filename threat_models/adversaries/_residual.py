@@ -165,7 +165,7 @@ class ResidualMemorisation(Adversary):
             C=C,
             d=d,
             claims=flip,
-            solver=LagrangianSolver(steps=400, scales="exact"),
+            solver=LagrangianSolver(steps=400, lr=0.03, scales="exact"),
         )
         outcome = Outcome.of(honest).but(patched_model=model, duals=duals)
         proof = signed(scenario, out / "proof", outcome)

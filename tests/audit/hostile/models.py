@@ -152,3 +152,41 @@ def nan_logits() -> bytes:
 def honest_linear() -> bytes:
     w = numpy_helper.from_array(np.eye(4, 3, dtype=np.float32), "w")
     return _model([helper.make_node("MatMul", ["x", "w"], ["y"])], inits=[w])
+
+
+def _shape_by_mod(divisor: int) -> list[onnx.NodeProto]:
+    """The legacy PyTorch exporter's ``nn.Unflatten``: the axis index ``Mod(3, divisor)`` slices
+    the input's shape, which then reshapes the input."""
+    return [
+        helper.make_node("Constant", [], ["three"], value=numpy_helper.from_array(np.array([3]))),
+        helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array([divisor]))),
+        helper.make_node("Mod", ["three", "k"], ["axis"]),
+        helper.make_node("Shape", ["x"], ["shape"]),
+        helper.make_node("Slice", ["shape", "zero", "axis"], ["lead"]),
+        helper.make_node("Concat", ["lead", "tail"], ["target"], axis=0),
+        helper.make_node("Reshape", ["x", "target"], ["y"]),
+    ]
+
+
+_SHAPE_INITS = [
+    numpy_helper.from_array(np.array([0], np.int64), "zero"),
+    numpy_helper.from_array(np.array([2, 2], np.int64), "tail"),
+]
+
+
+def shape_by_mod() -> bytes:
+    """Honest: ``Mod`` of two constants in a shape computation ([N, 4] -> [N, 2, 2])."""
+    return _model(_shape_by_mod(2), inits=_SHAPE_INITS)
+
+
+def shape_mod_by_zero() -> bytes:
+    """``Mod(3, 0)``: integer division by zero in the shape computation."""
+    return _model(_shape_by_mod(0), inits=_SHAPE_INITS)
+
+
+def mod_on_data() -> bytes:
+    """``Mod`` of the input itself (not a constant shape computation)."""
+    return _model(
+        [helper.make_node("Mod", ["x", "k"], ["y"], fmod=1)],
+        inits=[numpy_helper.from_array(np.array([0.5], np.float32), "k")],
+    )
