@@ -249,3 +249,17 @@ def test_auditor_expecting_another_class_or_a_class_fails(work: Work, tmp_path: 
     code, checks = _verify(work, proof, None, "--expect-class", str(K))
     assert code == 1 and checks["class.reference"]["status"] == "fail"
     assert "sample deletion" in checks["class.reference"]["detail"]
+
+
+def test_class_margin_below_the_class_minimum_fails(work: Work, tmp_path: Path) -> None:
+    """A tie suppression (margin 1: the class keeps e^-1 of the top class's probability) is a
+    canonical graph whose claim holds, and still fails the claim policy; the auditor may lower
+    the minimum explicitly."""
+    proof = Path(shutil.copytree(work.suppress, tmp_path / "proof"))
+    _reissue_claim(work, proof, margin="1.0")
+    code, checks = _verify(work, proof)
+    assert code == 1 and checks["claims.policy"]["status"] == "fail"
+    assert "below the minimum 4" in checks["claims.policy"]["detail"]
+    assert checks["class.suppression"]["status"] == "pass"
+    code, checks = _verify(work, proof, None, "--min-class-margin", "1")
+    assert checks["claims.policy"]["status"] == "pass"
