@@ -226,7 +226,7 @@ THREATS: tuple[Threat, ...] = (
         "Residual memorisation",
         "predictions changed but membership still detectable",
         ("residual_memorisation", "class_residual"),
-        ("membership.canaries",),
+        ("membership.canaries", "claims.policy"),
     ),
     Threat(
         10,

@@ -185,6 +185,13 @@ def write_json(path: Path, text: str) -> None:
     help="Smallest certified margin a claim may state.",
 )
 @click.option(
+    "--min-class-margin",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.min_class_margin,
+    show_default=True,
+    help="Smallest margin a class-suppression claim may state (the class keeps <= e^-m).",
+)
+@click.option(
     "--expect-class",
     type=click.IntRange(min=0),
     default=None,
@@ -221,6 +228,7 @@ def verify(
     jobs: int,
     accept_point_only: bool,
     min_margin: float,
+    min_class_margin: float,
     expect_class: int | None,
     fail_fast: bool,
     quiet: bool,
@@ -241,6 +249,7 @@ def verify(
         lp_classes=lp_classes,
         accept_point_only=accept_point_only,
         min_certified_margin=min_margin,
+        min_class_margin=min_class_margin,
         expected_class=expect_class,
         membership=None
         if mia_attack is None

@@ -13,7 +13,8 @@ class is never predicted anywhere on the declared box, with the class claim's ma
 ``class.suppression`` (canonical graph, the verifier's own bound, exact replay). Its per-leaf
 claims are the point replay of the class's training samples (labels checked to be the class by
 ``replay.claims``) and are covered by the class claim: they count as certified, and the class
-claim's margin is what meets the minimum."""
+claim's margin is what meets the minimum, ``Policy.min_class_margin`` (default 4: the class keeps
+at most ``e^-4`` of the top class's probability)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ class ClaimsPolicy(Check[VerifyContext]):
     def _class_covered(
         self, ctx: VerifyContext, claims: int, margin: float, minimum: float
     ) -> CheckOutcome:
+        class_minimum = max(minimum, ctx.policy.min_class_margin)
         evidence = {
             "claims": claims,
             "class_claim": True,
@@ -87,10 +89,14 @@ class ClaimsPolicy(Check[VerifyContext]):
             POINT_ONLY_EVIDENCE: 0,
             "min_margin": margin,
             "min_certified_margin": minimum,
+            "min_class_margin": class_minimum,
         }
-        if margin < minimum:
+        if not margin >= class_minimum:
             return self.failed(
-                f"the class claim's margin {margin:g} is below the minimum {minimum:g}", **evidence
+                f"the class claim's margin {margin:g} is below the minimum {class_minimum:g}: the "
+                "class would keep a non-negligible share of the probability where it was the top "
+                "class",
+                **evidence,
             )
         return self.passed(
             f"class claim over the whole box (margin {margin:g}) covers all {claims} claims of "

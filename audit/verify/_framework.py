@@ -124,6 +124,11 @@ class Policy:
     lp_classes: int = 2
     min_certified_margin: float = 0.01
     accept_point_only: bool = False
+    min_class_margin: float = 4.0
+    """Smallest margin a class-suppression claim may state. The suppressed class keeps at most
+    ``e^-m`` of the top class's probability; a model retrained without the class gives it about
+    nothing, and below ``m = 4`` (1.8 %) the class stays a near-tie runner-up wherever it was the
+    top class, which memorised records of the class still show (``class_residual``)."""
     min_gate_sharpness: float = 100.0
     """Smallest gate sharpness ``n`` a patch may declare. Inside a certified region, another
     patch's gate can be on only within its band (activation gate: summed |pre-activation| of the

@@ -129,6 +129,7 @@ def verify_proof(
                 "accept_point_only": policy.accept_point_only,
                 "expected_class": policy.expected_class,
                 "min_gate_sharpness": policy.min_gate_sharpness,
+                "min_class_margin": policy.min_class_margin,
             },
             "inputs": sorted(inputs.given),
             "device": device,
