@@ -320,7 +320,7 @@ def test_class_margin_below_the_class_minimum_fails(work: Work, tmp_path: Path) 
     canonical graph whose claim holds, and still fails the claim policy; the auditor may lower
     the minimum explicitly."""
     proof = Path(shutil.copytree(work.suppress, tmp_path / "proof"))
-    _reissue_claim(work, proof, margin="1")
+    _reissue_claim(work, proof, margin="1.0")
     code, checks = _verify(work, proof)
     assert code == 1 and checks["claims.policy"]["status"] == "fail"
     assert "below the minimum 4" in checks["claims.policy"]["detail"]
