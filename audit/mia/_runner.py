@@ -119,6 +119,8 @@ def _reference_set(
             config.reference_models,
             train_size,
             config.device,
+            config.backend,  # the same weights on every backend, but a request for a cluster
+            config.address,  # runs there (its failures are reported, not masked by a cache)
         )
         if key in _TRAINED:
             return _TRAINED[key]

@@ -351,10 +351,13 @@ def test_audit_mia_with_a_worker_that_keeps_dying_is_one_line_and_writes_nothing
     from click.testing import CliRunner
 
     from audit.cli import cli
-    from audit.mia import _reference
+    from audit.mia import _reference, _runner
 
     cloudpickle.register_pickle_by_value(_dying)
     name = request.node.callspec.params["address"]
+    # an earlier test of this process may have trained the same offline reference set on this
+    # cluster: the process-wide cache would answer without asking the (dying) workers
+    monkeypatch.setattr(_runner, "_TRAINED", {})
 
     def lose_model_one(job: TrainingJob) -> Tasks[TrainingJob, TrainedWeights]:
         return dying(functools.partial(_dying.always_die, 1), job)
