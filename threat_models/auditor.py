@@ -50,7 +50,10 @@ _SEEDED_ATTACKS = frozenset({"rmia", "shadow"})
 class MembershipPolicy:
     """The auditor's membership rule, **one-sided**: the forget set fails when its planted
     canaries look like *members* of the served model compared with held-out canaries, i.e.
-    when the attack's AUC exceeds ``max_auc`` or its TPR at ``fpr`` exceeds ``max_tpr``.
+    when the attack's AUC exceeds ``max_auc`` or its TPR at ``fpr`` exceeds ``max_tpr``, each
+    judged by the lower end of its bootstrap interval (shown above the policy, not estimated
+    above it: with a handful of canaries the point estimate alone gives honest owners false
+    alarms).
 
     Why one-sided (the policy the auditor defends): the threat is residual memorisation, the
     forgotten records still being recognisable as training members. The opposite signal, the
@@ -183,12 +186,16 @@ class Auditor:
             f"{policy.attack}: canaries vs held-out canaries AUC {auc:.3f}, "
             f"TPR@{policy.fpr:g}FPR {tpr:.3f}"
         )
-        if auc > policy.max_auc or tpr > policy.max_tpr:
+        # fail when the attack is *shown* above the policy: the lower end of its bootstrap
+        # interval, not the point estimate (8 canaries make the estimate noisy: an honest class
+        # suppression reached a point AUC of 0.756 with interval [0.63, 0.88] on one seed)
+        auc_low, tpr_low = metrics.auc.low, metrics.tpr(policy.fpr).low
+        if auc_low > policy.max_auc or tpr_low > policy.max_tpr:
             return CheckOutcome(
                 MEMBERSHIP_CHECK,
                 "fail",
-                f"{summary}: the forgotten canaries still look like members "
-                f"(policy AUC <= {policy.max_auc}, TPR <= {policy.max_tpr})",
+                f"{summary}: the forgotten canaries still look like members (the interval's "
+                f"lower end is above the policy AUC {policy.max_auc} or TPR {policy.max_tpr})",
                 evidence,
             )
         return CheckOutcome(MEMBERSHIP_CHECK, "pass", f"{summary}: within policy", evidence)
