@@ -295,21 +295,20 @@ _NOT_COVERED_HINT = {
 }
 
 
-_CLASS_ONLY = {"residual-memorisation": frozenset({"claims.policy"})}
-"""Checks that cover a threat only for class deletions: ``claims.policy``'s class-margin minimum
-catches the class-mode residual (a near-tie suppression), never a sample deletion's."""
+_PARTIAL = {"residual-memorisation": frozenset({"claims.policy"})}
+"""Checks that catch one form of a threat only, so running them does not cover it:
+``claims.policy``'s class-margin minimum catches a near-tie class suppression (``class_residual``),
+not memorisation in general, which only planted canaries measure."""
 
 
-def _threats(
-    outcomes: Sequence[CheckOutcome], mia_ran: bool, *, class_mode: bool = False
-) -> list[dict[str, Any]]:
+def _threats(outcomes: Sequence[CheckOutcome], mia_ran: bool) -> list[dict[str, Any]]:
     ran = {o.name for o in outcomes if o.status != "not-run"}
     if mia_ran:
         ran.add("membership.inference")
     rows = []
     for t in THREATS:
-        excluded = frozenset() if class_mode else _CLASS_ONLY.get(t.key, frozenset())
-        covering = [c for c in t.caught_by if c in ran and c not in excluded]
+        partial = _PARTIAL.get(t.key, frozenset())
+        covering = [c for c in t.caught_by if c in ran and c not in partial]
         rows.append(
             {
                 "number": t.number,
@@ -320,6 +319,9 @@ def _threats(
                     f"ran: {', '.join(covering)}"
                     if covering
                     else "none of its checks ran in this audit" + _NOT_COVERED_HINT.get(t.key, "")
+                )
+                + "".join(
+                    f"; {c} ran, which catches only one form of it" for c in sorted(partial & ran)
                 ),
             }
         )
@@ -517,11 +519,7 @@ def build_report(
         "mia": mia,
         "deletion_detectable": _deletion_words(verification),
         "patch": patch_statistics(model, None if original_bytes is None else len(original_bytes)),
-        "threats": _threats(
-            verification.outcomes,
-            mia is not None,
-            class_mode=statement is not None and statement.predicate.forget_class is not None,
-        ),
+        "threats": _threats(verification.outcomes, mia is not None),
         "compliance": _compliance(statement, verification, coverage, mia),
         "reproducibility": {
             "versions": _versions(),
