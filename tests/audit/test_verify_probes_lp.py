@@ -51,24 +51,20 @@ def _reference(head: AffineHead, params: Any, x0: np.ndarray, sign: np.ndarray, 
         values.append(res.fun + off[t] - off[j])
     return min(values)
 
+def _unowned(head: Any, params: Any, x0: Any, sign: Any, cols: Any, budget: int) -> Any:
+    """The exact part on claim 0 over the unit box, without owner multipliers or priorities."""
+    return _lp_min_margin(
+        head, params, x0, sign, 0, cols, (0.0, 1.0),
+        owner=None, priority=np.zeros(CLASSES), budget=budget,
+    )  # fmt: skip
+
 
 @pytest.mark.parametrize("seed", range(6))
 def test_branch_and_bound_is_the_exact_minimum(seed: int) -> None:
     head, params, x0, sign, cols = _setup(seed)
     t = int(cols["target"][0])
     want = _reference(head, params, x0, sign, t)
-    value, argmin, solved, bounded, unsolved, left = _lp_min_margin(
-        head,
-        params,
-        x0,
-        sign,
-        0,
-        cols,
-        (0.0, 1.0),
-        owner=None,
-        priority=np.zeros(CLASSES),
-        budget=0,
-    )
+    value, argmin, solved, bounded, unsolved, left = _unowned(head, params, x0, sign, cols, 0)
     assert unsolved == 0 and left == 0 and solved + bounded == CLASSES - 1 and solved >= 1
     assert value == pytest.approx(want, abs=1e-7)
     assert argmin is not None and ((argmin >= -1e-9) & (argmin <= 1 + 1e-9)).all()
@@ -82,18 +78,7 @@ def test_branch_and_bound_is_the_exact_minimum(seed: int) -> None:
 def test_budget_caps_the_lps_and_says_so(seed: int) -> None:
     head, params, x0, sign, cols = _setup(seed)
     t = int(cols["target"][0])
-    value, _, solved, bounded, unsolved, left = _lp_min_margin(
-        head,
-        params,
-        x0,
-        sign,
-        0,
-        cols,
-        (0.0, 1.0),
-        owner=None,
-        priority=np.zeros(CLASSES),
-        budget=1,
-    )
+    value, _, solved, bounded, unsolved, left = _unowned(head, params, x0, sign, cols, 1)
     assert solved == 1 and unsolved == 0 and solved + bounded + left == CLASSES - 1
     assert value >= _reference(head, params, x0, sign, t) - 1e-7  # a class's exact minimum
 
