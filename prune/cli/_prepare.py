@@ -56,13 +56,11 @@ def prepare_command(
     """Train FOLDS reference models with MODEL's own recipe, each without one fold of the
     training data, and store every training row's out-logits in OUT (a one-time cost)."""
     from prune.calibrate import prepare, recipe_from_train_json, save_prepared
+    from prune.model import read_model
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PruneError(f"output folder {out} exists and is not empty")
-    try:
-        raw = model.read_bytes()
-    except OSError as exc:
-        raise PruneError(f"cannot read model {model}: {exc.strerror or exc}") from exc
+    raw, _ = read_model(model)  # the same normalised bytes `prune unlearn` commits to
     recipe_file = recipe_path or model.with_name("train.json")
     try:
         doc = json.loads(recipe_file.read_text())

@@ -39,7 +39,8 @@ from prune.unlearn import (
 )
 
 ORIGINAL_EMBEDDED = "original.onnx"
-"""Written to PROOF/ when the model's external data was embedded (its digest is the original's)."""
+"""Written to PROOF/ when the model file was normalised on import (external data embedded, a fixed
+batch freed): its digest is the committed original's."""
 
 __all__ = ["read_forget_indices", "unlearn_command"]
 
@@ -375,8 +376,9 @@ def unlearn_command(
     )
     if embedded:
         click.echo(
-            f"the model's external data was embedded: the committed original is "
-            f"{out}/{ORIGINAL_EMBEDDED} (give it to `audit verify --original`)"
+            "the model was normalised (external data embedded, a fixed batch dimension freed): "
+            f"the committed original is {out}/{ORIGINAL_EMBEDDED} (give it to "
+            "`audit verify --original`)"
         )
     if result.failed:
         click.echo(

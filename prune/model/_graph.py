@@ -38,13 +38,13 @@ def describe_node(node: Any, index: int) -> str:
 
 
 def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
-    """The model file at ``path`` as self-contained ONNX bytes, and whether external data was
-    embedded. Tensors stored as external data (``torch.onnx.export``'s ``model.onnx.data``) are
-    read from regular files *inside the model's folder* (no absolute path, no ``..``, no
-    symbolic link: :func:`prune.formats.read_regular`), each file at most ``limit`` bytes, and
-    embedded. The patched export and the certificate's original digest are over these bytes."""
-    from onnx import TensorProto
-
+    """The model file at ``path`` as self-contained ONNX bytes that take any batch size, and
+    whether they differ from the file's bytes. Tensors stored as external data
+    (``torch.onnx.export``'s ``model.onnx.data``) are read from regular files *inside the model's
+    folder* (no absolute path, no ``..``, no symbolic link: :func:`prune.formats.read_regular`),
+    each file at most ``limit`` bytes, and embedded; a fixed batch dimension (an export without
+    dynamic shapes) is freed (:mod:`prune.model._batch`). The patched export and the
+    certificate's original digest are over these bytes."""
     from prune.formats import UnreadableFile, read_regular
 
     try:
@@ -53,8 +53,47 @@ def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
         raise ModelImportError(f"model: {exc}") from None
     proto = _decode(raw)
     external = [t for t in _all_tensors(proto.graph) if _is_external(t)]
-    if not external:
+    if external:
+        _embed(path, proto, external, limit)
+    freed, batch = _free_fixed_batch(proto)
+    if not external and not batch:
         return raw, False
+    proto = freed
+    if proto.ByteSize() >= 2_000_000_000:
+        raise ModelImportError(
+            f"{path} with its external data is over the 2 GB protobuf limit; not supported"
+        )
+    return bytes(proto.SerializeToString()), True
+
+
+def _free_fixed_batch(proto: Any) -> tuple[Any, int]:
+    """:func:`prune.model._batch.free_batch` on the single real input (unchanged, 0, when the
+    model has several inputs or a symbolic per-sample shape: :func:`parse_model` refuses those
+    with its own message)."""
+    import onnx
+
+    from prune.model._batch import free_batch
+
+    inputs = _real_inputs(proto)
+    if len(inputs) != 1:
+        return proto, 0
+    dims = inputs[0].type.tensor_type.shape.dim
+    rest = [d.dim_value if d.HasField("dim_value") else 0 for d in list(dims)[1:]]
+    if not dims or not all(d > 0 for d in rest):
+        return proto, 0
+    try:
+        onnx.checker.check_model(proto)
+    except Exception:  # parse_model reports it in its own words
+        return proto, 0
+    return free_batch(proto, inputs[0].name, tuple(int(d) for d in rest))
+
+
+def _embed(path: Path, proto: Any, external: list[Any], limit: int) -> None:
+    """Embed each external tensor's bytes (see :func:`read_model`), in place."""
+    from onnx import TensorProto
+
+    from prune.formats import UnreadableFile, read_regular
+
     folder = path.resolve().parent
     files: dict[Path, bytes] = {}
     for tensor in external:
@@ -88,11 +127,6 @@ def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
         tensor.raw_data = data[offset : offset + length]
         del tensor.external_data[:]
         tensor.data_location = TensorProto.DEFAULT
-    if proto.ByteSize() >= 2_000_000_000:
-        raise ModelImportError(
-            f"{path} with its external data is over the 2 GB protobuf limit; not supported"
-        )
-    return bytes(proto.SerializeToString()), True
 
 
 def _decode(raw: bytes) -> Any:

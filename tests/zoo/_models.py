@@ -183,6 +183,7 @@ class ZooModel:
     softmax: bool
     covers: tuple[str, ...]
     epochs: int = 12
+    dynamic: bool = True  # False: the exporter's default, the example's batch of 4 fixed
 
     def export(
         self, data: Digits, folder: Path
@@ -200,11 +201,15 @@ class ZooModel:
         net.eval()
         x = torch.from_numpy(data.x_train[:4].reshape(4, -1))
         batch = torch.export.Dim("batch", min=1)
-        if self.exporter == "dynamo":
+        if self.exporter == "dynamo" and not self.dynamic:
+            torch.onnx.export(net, (x,), str(path), dynamo=True, verbose=False)
+        elif self.exporter == "dynamo":
             torch.onnx.export(
                 net, (x,), str(path), dynamo=True, input_names=["x"], output_names=["y"],
                 dynamic_shapes=({0: batch},), verbose=False, external_data=True,
             )  # fmt: skip
+        elif not self.dynamic:
+            torch.onnx.export(net, (x,), str(path), dynamo=False)
         else:
             torch.onnx.export(
                 net, (x,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
@@ -329,4 +334,21 @@ ZOO: tuple[ZooModel, ...] = (
         epochs=4,
     ),
     ZooModel("leg_relu6", "legacy", _mlp_relu6, False, ("Clip (prefix; default cut after it)",)),
+    ZooModel(
+        "dyn_fixed_batch_cnn",
+        "dynamo",
+        _cnn_gap,
+        False,
+        ("fixed batch of 4: default export options, Reshape to [4, ...] (freed on import)",),
+        epochs=4,
+        dynamic=False,
+    ),
+    ZooModel(
+        "leg_fixed_batch_bn",
+        "legacy",
+        _mlp_bn,
+        True,
+        ("fixed batch of 4: default export options (freed on import)", "Softmax"),
+        dynamic=False,
+    ),
 )
