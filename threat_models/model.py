@@ -242,8 +242,14 @@ THREATS: tuple[Threat, ...] = (
         "Batch-dependent serving",
         "the patch depends on the other rows of the batch: on when the auditor queries in "
         "batches, off for a single row or for a serving batch of one size",
-        ("batch_coupled_gate", "batch_size_switch"),
-        ("structure.patch", "class.suppression", "replay.batch", "receipt.replay"),
+        ("batch_coupled_gate", "batch_size_switch", "batch_coupled_original"),
+        (
+            "structure.rows",
+            "structure.patch",
+            "class.suppression",
+            "replay.batch",
+            "receipt.replay",
+        ),
     ),
     Threat(
         13,

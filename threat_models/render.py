@@ -24,6 +24,7 @@ COLUMN_CODES: dict[str, str] = {
     "commitment.openings": "cmO",
     "commitment.consistency": "cmC",
     "structure.original": "stO",
+    "structure.rows": "stR",
     "structure.patch": "stP",
     "claims.policy": "clP",
     "replay.claims": "rpl",

@@ -28,6 +28,7 @@ from audit.verify._membership import MembershipInference
 from audit.verify._probes import RegionProbes
 from audit.verify._replay import ReplayBatch, ReplayClaims
 from audit.verify._report import VerificationReport
+from audit.verify._rows import StructureRows
 from audit.verify._signature import CertificateSignature, ModelSignature
 from audit.verify._structure import StructureOriginal, StructurePatch
 from prune.formats import sha256_hex
@@ -47,6 +48,7 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
         CommitmentOpenings,
         CommitmentConsistency,
         StructureOriginal,
+        StructureRows,
         StructurePatch,
         ClassSuppression,
         ReplayClaims,

@@ -44,6 +44,7 @@ from threat_models.adversaries._residual import ResidualMemorisation
 from threat_models.adversaries._serving import HonestOwner, NoOp, Rollback, Substitution
 from threat_models.adversaries._soundness import (
     BatchCoupledGate,
+    BatchCoupledOriginal,
     BatchSizeSwitch,
     ConcatOriginal,
     HairMarginPointOnly,
@@ -85,6 +86,7 @@ ADVERSARIES: dict[str, type[Adversary]] = {
         Rollback,
         BatchCoupledGate,
         BatchSizeSwitch,
+        BatchCoupledOriginal,
         NanTarget,
         NanTopClass,
         RegionCap,

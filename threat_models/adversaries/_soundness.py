@@ -12,7 +12,10 @@ that a sampling verifier cannot tell apart:
 * a trigger backdoor that is not a patch at all (Relu/MatMul only): +50 to class 0 (class
   mode: to the deleted class) when four pixels are bright;
 * hair-margin point-only claims (margin 1e-7, claimed only at the samples);
-* the patched logits concatenated with the original logits (a second answer in the output).
+* the patched logits concatenated with the original logits (a second answer in the output);
+* a committed *original* whose first layer shifts the input when the batch holds exactly
+  :data:`ORIGINAL_SWITCH_ROWS` rows (a batch size no replay uses): the original is pinned byte for
+  byte, so only a proof that every op keeps rows apart catches it.
 
 Every edit keeps the honest parameters, claims and region certificate, so signatures, digests of
 the declared parameters and the certificate itself are all as an honest owner's."""
@@ -36,6 +39,7 @@ from threat_models.scenario import Scenario
 
 __all__ = [
     "BatchCoupledGate",
+    "BatchCoupledOriginal",
     "BatchSizeSwitch",
     "ConcatOriginal",
     "HairMarginPointOnly",
@@ -51,6 +55,8 @@ SWITCH_ROWS = 64
 CAP_FRACTION = 0.5  # the cap sits halfway from the sample to the far side of the box
 TRIGGER_CLASS = 0
 TRIGGER_PUSH = 50.0
+ORIGINAL_SWITCH_ROWS = 5
+ORIGINAL_SHIFT = 0.25  # of the forget samples' value range, in every input coordinate (random signs)
 
 
 def _edit(raw: bytes, build: Any) -> bytes:
@@ -187,6 +193,115 @@ class BatchSizeSwitch(Adversary):
 
         model = _edit(scenario.honest.patched_model, build)
         return _serve(self, scenario, out, model, f"patch off at batch size {SWITCH_ROWS}")
+
+
+def _switch_input(raw: bytes, shift: NDArray[np.float32]) -> bytes:
+    """``raw`` with ``x' = x + [rows == ORIGINAL_SWITCH_ROWS] * shift`` in front: every node that
+    is not a patch node (outputs outside ``prune/``) reads ``x'`` instead of the input. Applied to
+    the original and to the honest patched model alike, so the patched graph still holds the
+    (dishonest) original byte for byte."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    proto = onnx.load_from_string(raw)
+    inits = {t.name for t in proto.graph.initializer}
+    source = next(v for v in proto.graph.input if v.name not in inits)
+    x, width = source.name, int(shift.size)
+    moved = "adv/x"
+    for node in proto.graph.node:
+        if not any(o.startswith("prune/") for o in node.output):
+            for i, name in enumerate(node.input):
+                if name == x:
+                    node.input[i] = moved
+    consts: dict[str, NDArray[Any]] = {
+        "adv/zero_col": np.zeros((width, 1), np.float32),
+        "adv/one": np.ones((1, 1), np.float32),
+        "adv/axis0": np.array([0], np.int64),
+        "adv/size": np.full((1, 1), ORIGINAL_SWITCH_ROWS, np.float32),
+        "adv/shift": shift.astype(np.float32)[None],
+    }
+    proto.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    front = [
+        helper.make_node("Flatten", [x], ["adv/flat"], axis=1),
+        helper.make_node("MatMul", ["adv/flat", "adv/zero_col"], ["adv/zc"]),
+        helper.make_node("Add", ["adv/zc", "adv/one"], ["adv/ones"]),
+        helper.make_node("ReduceSum", ["adv/ones", "adv/axis0"], ["adv/rows"], keepdims=1),
+        helper.make_node("Equal", ["adv/rows", "adv/size"], ["adv/is_switch"]),
+        helper.make_node("Cast", ["adv/is_switch"], ["adv/on"], to=1),
+        helper.make_node("Mul", ["adv/on", "adv/shift"], ["adv/delta_flat"]),
+        helper.make_node("Reshape", ["adv/delta_flat", "adv/shape"], ["adv/delta"]),
+        helper.make_node("Add", [x, "adv/delta"], [moved]),
+    ]
+    dims = [int(d.dim_value) for d in source.type.tensor_type.shape.dim[1:]]
+    proto.graph.initializer.append(
+        numpy_helper.from_array(np.array([1, *dims], np.int64), "adv/shape")
+    )
+    for node in reversed(front):
+        proto.graph.node.insert(0, node)
+    try:
+        onnx.checker.check_model(proto)
+    except Exception as exc:  # onnx raises ValidationError
+        raise ScenarioError(f"the edited model fails onnx.checker: {exc}") from exc
+    return bytes(proto.SerializeToString())
+
+
+def _labels_back(model: bytes, x: NDArray[np.float32], y: NDArray[np.int64]) -> tuple[int, int]:
+    """Forget samples served their label again: (in batches of ``ORIGINAL_SWITCH_ROWS``, one
+    row at a time)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    rows = len(x) - len(x) % ORIGINAL_SWITCH_ROWS
+    batched = [
+        np.asarray(session.run([OUTPUT], {name: x[i : i + ORIGINAL_SWITCH_ROWS]})[0])
+        for i in range(0, rows, ORIGINAL_SWITCH_ROWS)
+    ]
+    single = [np.asarray(session.run([OUTPUT], {name: x[i : i + 1]})[0]) for i in range(rows)]
+    back5 = int((np.concatenate(batched).argmax(axis=1) == y[:rows]).sum()) if rows else 0
+    back1 = int((np.concatenate(single).argmax(axis=1) == y[:rows]).sum()) if rows else 0
+    return back5, back1
+
+
+class BatchCoupledOriginal(Adversary):
+    """The owner commits an original whose first op moves every input by a fixed vector when the
+    batch has exactly :data:`ORIGINAL_SWITCH_ROWS` rows: the forget samples leave their patched
+    regions there, and the original's own answer comes back. Every batch size the replay uses
+    sees the honest model."""
+
+    name: ClassVar[str] = "batch_coupled_original"
+    threat: ClassVar[Threat | None] = threat("batch-coupling")
+    summary: ClassVar[str] = (
+        f"committed original shifts its input in batches of exactly {ORIGINAL_SWITCH_ROWS} rows"
+    )
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
+
+    def build(self, scenario: Scenario, out: Path) -> DishonestProof:
+        from dataclasses import replace as with_changes
+
+        rng = scenario.rng("batch-coupled-original")
+        forget = scenario.honest.forget_x
+        width = float(forget.max() - forget.min())
+        size = int(np.prod(scenario.honest.forget_x.shape[1:]))
+        shift = (ORIGINAL_SHIFT * width * rng.choice([-1.0, 1.0], size=size)).astype(np.float32)
+        original = _switch_input(scenario.original_bytes, shift)
+        model = _switch_input(scenario.honest.patched_model, shift)
+        out.mkdir(parents=True)
+        (out / "original.onnx").write_bytes(original)
+        outcome = Outcome.of(scenario.honest).but(patched_model=model)
+        proof = signed(scenario, out / "proof", outcome, original=original)
+        back5, back1 = _labels_back(model, scenario.honest.forget_x, scenario.honest.forget_y)
+        made = standard(
+            self,
+            scenario,
+            out,
+            proof,
+            f"forget samples served their label: {back5} in batches of {ORIGINAL_SWITCH_ROWS}, "
+            f"{back1} one at a time",
+        )
+        return with_changes(
+            made, auditor=with_changes(made.auditor, original=out / "original.onnx")
+        )
 
 
 class NanTarget(Adversary):
