@@ -154,26 +154,21 @@ def _constant_value(graph: Any, name: str) -> NDArray[Any] | None:
 
 
 def clip_bounds(graph: Any, node: Any) -> tuple[float, float | None]:
-    """``(min, max)`` of a Clip node as float32 values, from its constant inputs 1 and 2 (opset
-    11 on) or its ``min``/``max`` attributes (opset 6); a bound of float32 magnitude or more is
-    absent (``max`` then ``None``). Raises :class:`CheckUnavailable` for a bound that is not a
-    constant float scalar, a missing lower bound, or ``min > max``."""
-    from onnx import helper
-
+    """``(min, max)`` of a Clip node as float32 values, from its constant inputs 1 and 2 (the
+    opset-11-on form); a bound of float32 magnitude or more is absent (``max`` then ``None``).
+    Raises :class:`CheckUnavailable` for a bound that is not a constant float scalar, a Clip
+    with attributes (opset 6 form: refused, not guessed), a missing lower bound, or
+    ``min > max``."""
+    if len(node.attribute):
+        raise CheckUnavailable(f"head: Clip {node.name[:60]!r} has attributes (opset < 11)")
     bounds: list[float | None] = []
     for position, key in ((1, "min"), (2, "max")):
-        raw: Any = None
-        if position < len(node.input) and node.input[position]:
-            raw = _constant_value(graph, node.input[position])
-            if raw is None:
-                raise CheckUnavailable(f"head: Clip {node.name[:60]!r} has a computed bound")
-        else:
-            for attr in node.attribute:
-                if attr.name == key:
-                    raw = helper.get_attribute_value(attr)
-        if raw is None:
+        if position >= len(node.input) or not node.input[position]:
             bounds.append(None)
             continue
+        raw = _constant_value(graph, node.input[position])
+        if raw is None:
+            raise CheckUnavailable(f"head: Clip {node.name[:60]!r} has a computed bound")
         arr = np.asarray(raw)
         if arr.size != 1 or arr.dtype.kind != "f":
             raise CheckUnavailable(f"head: Clip {node.name[:60]!r} {key} is not a float scalar")

@@ -246,20 +246,19 @@ def _next_basis(
 
 def clip_bounds(index: GraphIndex, node_index: int) -> tuple[float, float | None]:
     """``(min, max)`` of Clip node ``node_index`` as float32 values (``max`` ``None`` when the
-    Clip has no upper bound): inputs 1 and 2 (opset >= 11, constants) or the ``min``/``max``
-    attributes (opset 6). A bound of float32 magnitude or beyond counts as absent. Refused: no
-    lower bound (``min(t, b)`` is not a Relu of ``t`` minus a constant), non-scalar bounds, and
+    Clip has no upper bound): its constant inputs 1 and 2 (the form of every opset the import
+    accepts, 13 on). A bound of float32 magnitude or beyond counts as absent. Refused: no lower
+    bound (``min(t, b)`` is not a Relu of ``t`` minus a constant), non-scalar bounds, and
     ``min > max`` (ONNX then outputs ``max`` everywhere)."""
     node = index.nodes[node_index]
     call = NodeCall(node=node, index=node_index, dynamic_input=0, constants=index.constants)
     bounds: list[float | None] = []
     for position, name in ((1, "min"), (2, "max")):
         const = call.const(position)
-        raw: Any = call.attr(name, None) if const is None else const
-        if raw is None:
+        if const is None:
             bounds.append(None)
             continue
-        arr = np.asarray(raw)
+        arr = np.asarray(const)
         if arr.size != 1 or arr.dtype.kind != "f":
             raise call.reject(f"the Clip {name} must be a float scalar, got {arr.dtype}{arr.shape}")
         value = float(np.float32(arr.reshape(())))
