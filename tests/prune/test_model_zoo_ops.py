@@ -1,6 +1,7 @@
-"""Importer units for exported-model shapes: output tails, LeakyRelu/PRelu breakpoints, Clip (two units per input),
-external data confinement, the default cut and its refusals, and the export's output tail
-(checked by the auditor's structure rules, including tampered tails that must fail)."""
+"""Importer units for exported-model shapes: output tails, LeakyRelu/PRelu breakpoints, Clip
+(two units per input, on both sides), external data confinement, the default cut and its
+refusals, and the export's output tail (checked by the auditor's structure rules, including
+tampered tails that must fail)."""
 
 from __future__ import annotations
 
