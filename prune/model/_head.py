@@ -162,7 +162,14 @@ class HeadPlan:
 
     @property
     def activations(self) -> int:
-        return sum(u.activation is not None for layer in self.layers for u in layer)
+        """How many activation nodes the head has (a Clip's two units count once)."""
+        return len(self.breakpoint_nodes)
+
+    @property
+    def breakpoint_nodes(self) -> tuple[int, ...]:
+        """The head's activation nodes (Relu, LeakyRelu, PRelu, Clip), in layer order."""
+        nodes = [u.activation for layer in self.layers for u in layer if u.activation is not None]
+        return tuple(dict.fromkeys(nodes))
 
 
 def extract_head(index: GraphIndex, cut: str, *, require_activation: bool = True) -> PLHead:

@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
 from audit.verify import CheckUnavailable
 from audit.verify._affine import parse_head
 from audit.verify._graph import find_head, original_problems, patch_form_problems
+from prune.cli import cli as prune_cli
 from prune.errors import ModelImportError
 from prune.export import OUTPUT, export_patched
 from prune.model import OrtRunner, inspect_model, load_model, read_model
@@ -202,9 +204,7 @@ def test_clip_head_matches_onnxruntime_on_both_sides(
     """A Clip inside the head: the default cut is the input, the Clip's input is a unit per
     bound (``t - min``, ``t - max``) on the owner's side and in the verifier's own parse, and
     both agree with onnxruntime on the logits and on the units' float32 values."""
-    raw = _clipped(
-        np.float32(lo), None if hi is None else np.float32(hi), constants=constants
-    )
+    raw = _clipped(np.float32(lo), None if hi is None else np.float32(hi), constants=constants)
     model = load_model(raw)
     head = model.head
     assert head.cut == "x"
@@ -232,7 +232,17 @@ def test_clip_head_matches_onnxruntime_on_both_sides(
     )  # fmt: skip
     assert parse_head(model.proto, shifted).max_error(x.astype(np.float64), served, logits) > 1e-2
     _, reports = inspect_model(raw)
-    assert [r.tensor for r in reports if r.ok][:1] == ["x"]
+    assert reports[0].tensor == "x" and reports[0].ok
+    assert reports[0].breakpoint_ops == ("Clip", "Relu") and reports[0].activations == 2
+
+
+def test_inspect_lists_clip_as_piecewise_linear(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(_clipped(np.float32(0.0), np.float32(6.0)))
+    result = CliRunner().invoke(prune_cli, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "default cut: x " in result.output
+    assert "  x  [2 piecewise-linear activations (1 Clip, 1 Relu)" in result.output
 
 
 @pytest.mark.parametrize(
