@@ -22,6 +22,7 @@ from prune.export import OUTPUT, export_patched
 from prune.model import OrtRunner, inspect_model, load_model, read_model
 from prune.patched import PatchSet, patch_bounds
 from prune.regions import InputBox
+from threat_models.leakage import patched_regions
 
 RNG = np.random.default_rng(7)
 
@@ -287,6 +288,10 @@ def test_export_gates_on_the_clip_units() -> None:
     assert same[0]
     np.testing.assert_allclose(after[same] - before[same], np.tile(d, (same.sum(), 1)), atol=1e-3)
     np.testing.assert_allclose(after[~same], before[~same], atol=1e-5)
+    # a reader of the public format (the leakage threat model) sees the same gate
+    gate = patched_regions(patched_raw, probe)[:, 0]
+    np.testing.assert_array_equal(gate[same], 1.0)
+    assert (gate[~same] < 1.0).all()
 
 
 def test_no_activation_after_an_explicit_cut_is_a_clear_error() -> None:
