@@ -173,6 +173,8 @@ def clip_bounds(graph: Any, node: Any) -> tuple[float, float | None]:
         if arr.size != 1 or arr.dtype.kind != "f":
             raise CheckUnavailable(f"head: Clip {node.name[:60]!r} {key} is not a float scalar")
         value = float(np.float32(arr.reshape(())))
+        if np.isnan(value):
+            raise CheckUnavailable(f"head: Clip {node.name[:60]!r} {key} is NaN")
         bounds.append(value if abs(value) < _FLOAT32_MAX else None)
     lo, hi = bounds
     if lo is None:

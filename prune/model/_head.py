@@ -269,6 +269,8 @@ def clip_bounds(index: GraphIndex, node_index: int) -> tuple[float, float | None
         if arr.size != 1 or arr.dtype.kind != "f":
             raise call.reject(f"the Clip {name} must be a float scalar, got {arr.dtype}{arr.shape}")
         value = float(np.float32(arr.reshape(())))
+        if np.isnan(value):
+            raise call.reject(f"the Clip {name} is NaN")
         bounds.append(None if not abs(value) < _FLOAT32_MAX else value)
     lo, hi = bounds
     if lo is None:

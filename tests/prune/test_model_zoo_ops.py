@@ -248,8 +248,13 @@ def test_inspect_lists_clip_as_piecewise_linear(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("lo", "hi", "message"),
-    [(None, 6.0, "without a finite lower bound"), (2.0, 1.0, r"min 2.0 > max 1.0")],
-    ids=["max-only", "min>max"],
+    [
+        (None, 6.0, "without a finite lower bound"),
+        (2.0, 1.0, r"min 2.0 > max 1.0"),
+        (0.0, float("nan"), "max is NaN"),
+        (float("-inf"), 1.0, "without a finite lower bound"),
+    ],
+    ids=["max-only", "min>max", "nan", "min=-inf"],
 )
 def test_clip_refusals_name_the_node_on_both_sides(
     lo: float | None, hi: float | None, message: str
