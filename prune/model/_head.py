@@ -26,7 +26,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -148,7 +148,7 @@ class Unit:
 
     tensor: str
     activation: int | None
-    bound: str | None = None
+    bound: Literal["lo", "hi"] | None = None
 
 
 @dataclass(frozen=True)
