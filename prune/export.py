@@ -87,9 +87,7 @@ def export_patched(model: ImportedModel, patches: PatchSet, box: InputBox) -> by
     for key, value in params.items():
         sink.param(key, value)
     x = sink.node("Flatten", [head.cut], name="x", axis=1)
-    flat_z = [
-        sink.node("Flatten", [name], name=f"z{i}", axis=1) for i, name in enumerate(head.hidden)
-    ]
+    flat_z = [_unit_values(sink, head, i) for i in range(len(head.hidden))]
     if flat_z:
         z = sink.node("Concat", flat_z, name="z", axis=1)
     else:
@@ -117,6 +115,19 @@ def export_patched(model: ImportedModel, patches: PatchSet, box: InputBox) -> by
         h_sum = _patch_networks(sink, x, g, patches)
     sink.node("Add", [head.output, h_sum], name=OUTPUT)
     return _finish(proto, sink, patches.gate, head, n_out, model.tail)
+
+
+def _unit_values(sink: _Sink, head: Any, entry: int) -> str:
+    """The units of ``head.hidden[entry]``, flattened: ``Flatten(tensor) -> z<i>``, and for a
+    Clip unit (offset ``c != 0``) ``Sub(z<i>, z<i>/offset) -> z<i>/unit`` with the float32
+    scalar ``c`` (docs/FORMATS.md, "Canonical patch graph"). In float32 the sign of
+    ``t - c`` is exact, so the served gate sees the Clip's breakpoint pattern."""
+    flat = sink.node("Flatten", [head.hidden[entry]], name=f"z{entry}", axis=1)
+    offset = head.offset(entry)
+    if offset == 0.0:
+        return flat
+    bound = sink.const(f"z{entry}/offset", np.asarray(offset, dtype=np.float32))
+    return sink.node("Sub", [flat, bound], name=f"z{entry}/unit")
 
 
 def _finish(

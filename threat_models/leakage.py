@@ -86,11 +86,12 @@ def patched_regions(patched: bytes, pool_x: NDArray[np.float32]) -> NDArray[np.f
     meta = {p.key: p.value for p in proto.metadata_props}
     if meta.get("prune.format") != "prune/patch/v1":
         raise ThreatModelError("not a prune/patch/v1 model: nothing to read the regions from")
-    hidden = meta["prune.hidden"].split(",") if meta.get("prune.hidden") else []
     cut = meta["prune.cut"]
     is_input = cut == proto.graph.input[0].name
-    outs = OrtRunner(patched, outputs=[*hidden, *([] if is_input else [cut])]).run(pool_x)
-    z = np.concatenate([o.reshape(len(pool_x), -1) for o in outs[: len(hidden)]], axis=1)
+    # the gate's own unit values (FORMATS.md canonical step 1: the hidden tensors flattened,
+    # a Clip unit minus its bound, concatenated), read from the served graph itself
+    outs = OrtRunner(patched, outputs=[_PREFIX + "z", *([] if is_input else [cut])]).run(pool_x)
+    z = outs[0].reshape(len(pool_x), -1)
     x = pool_x if is_input else outs[-1]
     x = x.reshape(len(pool_x), -1).astype(np.float64)
     z = z.astype(np.float64)

@@ -4,7 +4,8 @@ owner's code).
 
 Used where onnxruntime alone cannot answer: the region of a point as linear constraints (the
 dense gate rows, the exact LP over a region). The head is a chain of *segments*: between two
-activations (Relu, LeakyRelu, PRelu: ``phi(z) = z`` for ``z >= 0``, ``slope * z`` below) every
+activations (Relu, LeakyRelu, PRelu: ``phi(z) = z`` for ``z >= 0``, ``slope * z`` below; Clip
+as two Relu units, ``clip(t, a, b) = a + relu(t - a) - relu(t - b)``, see ``Head``) every
 node must be affine in its one computed input (Gemm/MatMul with constant weights, Add/Sub/Mul/Div
 by constants, Conv, BatchNormalization, average pooling and means over non-batch axes, layout
 ops, Cast to float32, Identity/Dropout). Each segment is evaluated on the identity basis in
@@ -29,7 +30,7 @@ from audit.verify._graph import Head
 __all__ = ["AffineHead", "parse_head"]
 
 F64 = NDArray[np.float64]
-_ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu")
+_ACTIVATIONS = ("Relu", "LeakyRelu", "PRelu", "Clip")
 _MAX_BASIS = 20_000_000
 """Largest identity-basis evaluation (entries of one segment's output) the parse attempts."""
 
@@ -390,7 +391,7 @@ def _join(node: Any, graph: _Graph, inputs: dict[int, F64]) -> F64:
 
 def _slope(node: Any, graph: _Graph, shape: tuple[int, ...]) -> F64:
     size = int(np.prod(shape))
-    if node.op_type == "Relu":
+    if node.op_type in ("Relu", "Clip"):
         return np.zeros(size)
     if node.op_type == "LeakyRelu":
         return np.full(size, float(_attr(node, "alpha", 0.01)))
@@ -436,6 +437,7 @@ def parse_head(original: Any, head: Head, cut_shape: tuple[int, ...] | None = No
     weights: list[F64] = []
     biases: list[F64] = []
     slopes: list[F64] = []
+    entry = 0
     for stage in range(len(head.layers) + 1):
         for node in nodes.values():
             if node.op_type in _ACTIVATIONS or depth[node.output[0]] != stage:
@@ -460,7 +462,12 @@ def parse_head(original: Any, head: Head, cut_shape: tuple[int, ...] | None = No
         if stage == len(head.layers):
             break
         units = head.layers[stage]
-        flat = [values[name].reshape(len(values[name]), -1) for name, _ in units]
+        offsets = [head.offset(entry + i) for i in range(len(units))]
+        entry += len(units)
+        flat = [
+            values[name].reshape(len(values[name]), -1) - off
+            for (name, _), off in zip(units, offsets, strict=True)
+        ]
         stacked = np.hstack(flat)
         weights.append((stacked[1:] - stacked[0]).T.copy())
         biases.append(stacked[0].copy())
@@ -477,13 +484,18 @@ def parse_head(original: Any, head: Head, cut_shape: tuple[int, ...] | None = No
         width = stacked.shape[1]
         points = _points(width)
         nxt: dict[str, F64] = {}
-        offset = 0
-        for (name, act), f in zip(units, flat, strict=True):
-            piece = points[:, offset : offset + f.shape[1]].reshape(
+        column = 0
+        for (name, act), f, off in zip(units, flat, offsets, strict=True):
+            piece = points[:, column : column + f.shape[1]].reshape(
                 width + 1, *values[name].shape[1:]
             )
-            offset += f.shape[1]
-            nxt[name if act < 0 else original.graph.node[act].output[0]] = piece
+            column += f.shape[1]
+            out_name = name if act < 0 else original.graph.node[act].output[0]
+            if act >= 0 and original.graph.node[act].op_type == "Clip":
+                # first unit t - min: min + relu(.); second unit t - max: minus relu(.)
+                nxt[out_name] = nxt[out_name] - piece if out_name in nxt else piece + off
+            else:
+                nxt[out_name] = piece
         values = nxt
     out = values[head.output].reshape(len(values[head.output]), -1)
     weights.append((out[1:] - out[0]).T.copy())

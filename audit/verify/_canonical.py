@@ -218,7 +218,12 @@ def canonical_patch(spec: PatchSpec, *, tail: str = "logits") -> CanonicalGraph:
         graph.param("C", (spec.cut_dim, spec.patches * spec.classes))
     head = spec.head
     x = graph.node("Flatten", [head.cut], name="x", axis=1)
-    flat = [graph.node("Flatten", [n], name=f"z{i}", axis=1) for i, n in enumerate(head.hidden)]
+    flat: list[str] = []
+    for i, name in enumerate(head.hidden):
+        flat.append(graph.node("Flatten", [name], name=f"z{i}", axis=1))
+        if head.offset(i) != 0.0:  # a Clip unit: the tensor minus its bound
+            bound = graph.const(f"z{i}/offset", np.asarray(head.offset(i), dtype=np.float32))
+            flat[i] = graph.node("Sub", [flat[i], bound], name=f"z{i}/unit")
     if flat:
         z = graph.node("Concat", flat, name="z", axis=1)
     else:

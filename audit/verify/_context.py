@@ -398,7 +398,10 @@ class VerifyContext:
             outs = dict(zip(names, self._run(model, x, "original model", names), strict=True))
             outs[head.input] = x
             cut = outs[head.cut]
-            z = [outs[name].reshape(len(x), -1) for name in head.hidden]
+            z = [
+                outs[name].reshape(len(x), -1) - np.float32(head.offset(i))
+                for i, name in enumerate(head.hidden)
+            ]
             hidden = np.concatenate(z, axis=1) if z else np.zeros((len(x), 0), np.float32)
             return Evaluation(
                 x=cut.reshape(len(x), -1),
@@ -461,7 +464,10 @@ class VerifyContext:
         names = [n for n in dict.fromkeys((*head.hidden, head.output)) if n != head.cut]
         outs = dict(zip(names, self._run(model, shaped, "original head", names), strict=True))
         outs[head.cut] = shaped
-        z = [outs[name].reshape(len(x), -1) for name in head.hidden]
+        z = [
+            outs[name].reshape(len(x), -1) - np.float32(head.offset(i))
+            for i, name in enumerate(head.hidden)
+        ]
         hidden = np.concatenate(z, axis=1) if z else np.zeros((len(x), 0), np.float32)
         return hidden, outs[head.output].reshape(len(x), -1)
 

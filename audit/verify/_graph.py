@@ -17,6 +17,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from audit.proof import ProofFileError
 from audit.verify._framework import CheckUnavailable
 
@@ -45,7 +48,8 @@ PATCH_OUTPUT = "prune/output"
 PATCH_FORMAT = "prune/patch/v1"
 TAIL_FORM = "replay"
 _TAIL_OPS = frozenset({"Softmax", "LogSoftmax", "ArgMax"})
-_ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu"})
+_ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu", "Clip"})
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 # Continuous piecewise-linear ops only: no comparisons, no control flow, no data-dependent
 # shapes. A trigger on exact inputs needs one of the excluded ops (Equal, Where, If, ...).
 ALLOWED_PATCH_OPS = frozenset(
@@ -116,7 +120,10 @@ class Head:
     ``output`` need downstream of the cut, ``tail`` those after the logits. ``layers`` the units
     of each hidden layer (docs/FORMATS.md, "Head layers"): ``(tensor, activation node index)``
     for a breakpoint (the input of a Relu, LeakyRelu or PRelu), ``(tensor, -1)`` for a tensor
-    carried across the layer by a skip connection; ``hidden`` their tensors in order."""
+    carried across the layer by a skip connection; ``hidden`` their tensors in order. A Clip's
+    input is two breakpoints in a row, ``t - min`` then ``t - max`` (one, ``t - min``, when it
+    has no upper bound); ``offsets`` holds, per ``hidden`` entry, the bound subtracted from the
+    tensor (0 for every other unit)."""
 
     input: str
     cut: str
@@ -125,6 +132,72 @@ class Head:
     nodes: tuple[int, ...]
     tail: tuple[int, ...] = ()
     layers: tuple[tuple[tuple[str, int], ...], ...] = ()
+    offsets: tuple[float, ...] = ()
+
+    def offset(self, entry: int) -> float:
+        """``z = value(hidden[entry]) - offset`` (a Clip bound, else 0)."""
+        return self.offsets[entry] if self.offsets else 0.0
+
+
+def _constant_value(graph: Any, name: str) -> NDArray[Any] | None:
+    from onnx import numpy_helper
+
+    for t in graph.initializer:
+        if t.name == name:
+            return np.asarray(numpy_helper.to_array(t))
+    for node in graph.node:
+        if node.op_type == "Constant" and node.output and node.output[0] == name:
+            for attr in node.attribute:
+                if attr.name == "value":
+                    return np.asarray(numpy_helper.to_array(attr.t))
+    return None
+
+
+def clip_bounds(graph: Any, node: Any) -> tuple[float, float | None]:
+    """``(min, max)`` of a Clip node as float32 values, from its constant inputs 1 and 2 (the
+    opset-11-on form); a bound of float32 magnitude or more is absent (``max`` then ``None``).
+    Raises :class:`CheckUnavailable` for a bound that is not a constant float scalar, a Clip
+    with attributes (opset 6 form: refused, not guessed), a missing lower bound, or
+    ``min > max``."""
+    if len(node.attribute):
+        raise CheckUnavailable(f"head: Clip {node.name[:60]!r} has attributes (opset < 11)")
+    bounds: list[float | None] = []
+    for position, key in ((1, "min"), (2, "max")):
+        if position >= len(node.input) or not node.input[position]:
+            bounds.append(None)
+            continue
+        raw = _constant_value(graph, node.input[position])
+        if raw is None:
+            raise CheckUnavailable(f"head: Clip {node.name[:60]!r} has a computed bound")
+        arr = np.asarray(raw)
+        if arr.size != 1 or arr.dtype.kind != "f":
+            raise CheckUnavailable(f"head: Clip {node.name[:60]!r} {key} is not a float scalar")
+        value = float(np.float32(arr.reshape(())))
+        if np.isnan(value):
+            raise CheckUnavailable(f"head: Clip {node.name[:60]!r} {key} is NaN")
+        bounds.append(value if abs(value) < _FLOAT32_MAX else None)
+    lo, hi = bounds
+    if lo is None:
+        raise CheckUnavailable(f"head: Clip {node.name[:60]!r} has no finite lower bound")
+    if hi is not None and lo > hi:
+        raise CheckUnavailable(f"head: Clip {node.name[:60]!r} has min > max")
+    return lo, hi
+
+
+def unit_offsets(graph: Any, layers: Sequence[Sequence[tuple[str, int]]]) -> tuple[float, ...]:
+    """Per unit entry of ``layers`` (in order), the constant subtracted from its tensor: a
+    Clip's first entry its min, its second its max; 0 otherwise."""
+    out: list[float] = []
+    for units in layers:
+        seen: set[int] = set()
+        for _, act in units:
+            if act < 0 or graph.node[act].op_type != "Clip":
+                out.append(0.0)
+                continue
+            lo, hi = clip_bounds(graph, graph.node[act])
+            out.append(hi if act in seen and hi is not None else lo)
+            seen.add(act)
+    return tuple(out)
 
 
 def head_layers(
@@ -164,6 +237,9 @@ def head_layers(
                 raise CheckUnavailable(f"head: tensor {name[:60]!r} feeds several activations")
             if acts and depth[name] == layer - 1:
                 units.append((name, acts[0]))
+                clip = graph.node[acts[0]]
+                if clip.op_type == "Clip" and clip_bounds(graph, clip)[1] is not None:
+                    units.append((name, acts[0]))
             if any(
                 graph.node[i].op_type not in _ACTIVATIONS
                 and depth[graph.node[i].output[0]] >= layer
@@ -265,7 +341,17 @@ def find_head(original: Any, cut: str) -> Head:
             wanted.update(name for name in graph.node[index].input if name)
     layers = head_layers(graph, needed, cut)
     hidden = tuple(name for layer in layers for name, _ in layer)
-    return Head(inputs[0], cut, hidden, outputs[0], tuple(needed), tail, layers)
+    offsets = unit_offsets(graph, layers)
+    return Head(
+        inputs[0],
+        cut,
+        hidden,
+        outputs[0],
+        tuple(needed),
+        tail,
+        layers,
+        offsets if any(offsets) else (),
+    )
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import click
@@ -66,7 +67,11 @@ def inspect_command(model: Path, show_all: bool, as_json: bool) -> None:
     valid = [r for r in reports if r.ok]
     click.echo(f"valid cuts ({len(valid)}):")
     for r in valid:
-        click.echo(f"  {r.tensor}  [{r.activations} activations, {r.dense_entries:,} weights]")
+        ops = ", ".join(f"{n} {op}" for op, n in Counter(r.breakpoint_ops).items())
+        click.echo(
+            f"  {r.tensor}  [{r.activations} piecewise-linear activations ({ops}), "
+            f"{r.dense_entries:,} weights]"
+        )
     refused = [r for r in reports if not r.ok]
     if refused and not show_all:
         click.echo(f"refused: {len(refused)} tensors (--all lists them); at the input:")

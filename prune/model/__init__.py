@@ -2,8 +2,9 @@
 
 The prefix (everything before the cut) may use any ONNX op and is evaluated with onnxruntime;
 the head (cut to logits) may use affine ops, residual joins (Add/Sub/Sum/Concat of computed
-tensors) and Relu/LeakyRelu/PRelu, and is converted to dense float64 layers. The output tail after the logits (Softmax, ArgMax, label lookups, extra
-outputs) is replayed on the patched logits by the export.
+tensors) and Relu/LeakyRelu/PRelu/Clip, and is converted to dense float64 layers. The output
+tail after the logits (Softmax, ArgMax, label lookups, extra outputs) is replayed on the patched
+logits by the export.
 
 Default cut: the model input when the whole model converts, else the earliest tensor (in the
 file's node order) after which it does, with at least one activation after it and a dense head of
@@ -92,6 +93,8 @@ class CutReport:
     reason: str
     activations: int = 0
     dense_entries: int = 0
+    breakpoint_ops: tuple[str, ...] = ()
+    """The op type of each activation node of the head (its piecewise-linear ops)."""
 
 
 def _candidates(index: GraphIndex) -> list[str]:
@@ -111,6 +114,7 @@ def _report(index: GraphIndex, tensor: str) -> CutReport:
     except ModelImportError as exc:
         return CutReport(tensor=tensor, ok=False, reason=str(exc))
     acts = plan.activations
+    ops = tuple(index.nodes[i].op_type for i in plan.breakpoint_nodes)
     if size > MAX_DENSE_ENTRIES:
         return CutReport(
             tensor=tensor,
@@ -120,7 +124,14 @@ def _report(index: GraphIndex, tensor: str) -> CutReport:
             activations=acts,
             dense_entries=size,
         )
-    return CutReport(tensor=tensor, ok=True, reason="", activations=acts, dense_entries=size)
+    return CutReport(
+        tensor=tensor,
+        ok=True,
+        reason="",
+        activations=acts,
+        dense_entries=size,
+        breakpoint_ops=ops,
+    )
 
 
 _LAYOUT = frozenset({"Flatten", "Reshape", "Identity", "Cast", "Dropout", "Squeeze", "Unsqueeze"})

@@ -6,8 +6,12 @@ Invariant (checked by the tests against onnxruntime): for every cut value ``x`` 
 logits; ``z_l`` is the concatenation of the flattened values of the tensors named in ``hidden``
 for layer ``l`` (docs/FORMATS.md, "Head layers"). The activations are ``phi(z) = z`` for
 ``z >= 0`` and ``slope * z`` below: Relu (slope 0), LeakyRelu (``alpha``), PRelu (its constant
-slope, broadcast per unit), and slope 1 for a *carried* tensor. The region of a point is the sign
-pattern of all units.
+slope, broadcast per unit), and slope 1 for a *carried* tensor. ``Clip(t, a, b)`` (Relu6,
+Hardtanh) has two breakpoints and is rewritten exactly as ``a + relu(t - a) - relu(t - b)``: its
+input gives two Relu units, ``t - a`` and ``t - b`` (the tensor listed twice in ``hidden``, with
+the bound as the unit's *offset*: ``z = t - offset``); with no upper bound, ``max(t, a)`` is the
+one unit ``t - a``. The region of a point is the sign pattern of all units, so a Clip unit's
+three states (below ``a``, between, above ``b``) are its two signs.
 
 The head may be a DAG (residual joins: Add/Sub/Sum/Concat of two computed tensors). Its layers
 follow the *depth* of each tensor, the number of activations on the longest path from the cut:
@@ -22,7 +26,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -66,6 +70,13 @@ class PLHead:
     output: str
     layers: tuple[AffineLayer, ...]
     slopes: tuple[Array, ...] = ()
+    offsets: tuple[float, ...] = ()
+    """Per ``hidden`` entry, the constant subtracted from the tensor's values to give its units
+    (a Clip bound; 0 elsewhere; empty means all 0). Bounds are float32 values."""
+
+    def offset(self, entry: int) -> float:
+        """The offset of ``hidden[entry]``: ``z = value(hidden[entry]) - offset``."""
+        return self.offsets[entry] if self.offsets else 0.0
 
     def slope(self, layer: int) -> Array:
         """Negative-side slopes of hidden layer ``layer`` (``[H_l]``)."""
@@ -114,8 +125,11 @@ class PLHead:
         return logits, z_all
 
 
-ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu"})
-"""Piecewise-linear activations with one breakpoint at 0: they end an affine segment."""
+ACTIVATIONS = frozenset({"Relu", "LeakyRelu", "PRelu", "Clip"})
+"""Piecewise-linear activations: they end an affine segment. All have one breakpoint at 0
+except Clip, whose input gives two Relu units (module docstring)."""
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 MAX_DENSE_ENTRIES = 40_000_000
 """The default cut skips a candidate whose dense head would hold more float64 weights than this
@@ -129,10 +143,12 @@ default stays well below; a later cut fits, and ``--cut`` picks a deeper one exp
 class Unit:
     """One group of units of a hidden layer: the values of graph tensor ``tensor``, either the
     input of activation node ``activation`` (a breakpoint) or, when that is ``None``, a tensor
-    carried across the layer (slope 1)."""
+    carried across the layer (slope 1). For a Clip, ``bound`` says which of its two Relu units
+    this is (``"lo"``: ``t - min``, ``"hi"``: ``t - max``)."""
 
     tensor: str
     activation: int | None
+    bound: Literal["lo", "hi"] | None = None
 
 
 @dataclass(frozen=True)
@@ -146,7 +162,14 @@ class HeadPlan:
 
     @property
     def activations(self) -> int:
-        return sum(u.activation is not None for layer in self.layers for u in layer)
+        """How many activation nodes the head has (a Clip's two units count once)."""
+        return len(self.breakpoint_nodes)
+
+    @property
+    def breakpoint_nodes(self) -> tuple[int, ...]:
+        """The head's activation nodes (Relu, LeakyRelu, PRelu, Clip), in layer order."""
+        nodes = [u.activation for layer in self.layers for u in layer if u.activation is not None]
+        return tuple(dict.fromkeys(nodes))
 
 
 def extract_head(index: GraphIndex, cut: str, *, require_activation: bool = True) -> PLHead:
@@ -157,12 +180,18 @@ def extract_head(index: GraphIndex, cut: str, *, require_activation: bool = True
     values: dict[str, Any] = {cut: _basis(d).reshape(d + 1, *cut_shape)}
     layers: list[AffineLayer] = []
     slopes: list[Array] = []
+    offsets: list[float] = []
     for stage in range(len(plan.layers) + 1):
         _evaluate_stage(index, plan, stage, values)
         if stage == len(plan.layers):
             break
         units = plan.layers[stage]
-        parts = [np.asarray(values[u.tensor]).reshape(len(values[u.tensor]), -1) for u in units]
+        unit_offsets = [unit_offset(index, u) for u in units]
+        offsets.extend(unit_offsets)
+        parts = [
+            np.asarray(values[u.tensor]).reshape(len(values[u.tensor]), -1) - off
+            for u, off in zip(units, unit_offsets, strict=True)
+        ]
         flat = np.concatenate(parts, axis=1)
         bias = flat[0].copy()
         layers.append(AffineLayer(weight=(flat[1:] - bias).T.copy(), bias=bias))
@@ -183,6 +212,7 @@ def extract_head(index: GraphIndex, cut: str, *, require_activation: bool = True
         output=index.output_name,
         layers=tuple(layers),
         slopes=tuple(slopes),
+        offsets=tuple(offsets) if any(offsets) else (),
     )
 
 
@@ -197,7 +227,8 @@ def _next_basis(
 ) -> dict[str, Any]:
     """The values at the start of stage ``layer``, on the basis of ``phi(z_layer)``: each
     breakpoint unit's slice is its activation's output, each carried unit's slice the carried
-    tensor itself."""
+    tensor itself; a Clip's output is ``min + relu(t - min) - relu(t - max)``, its lo slice plus
+    its bound minus its hi slice."""
     units = plan.layers[layer - 1]
     width = sum(sizes)
     basis = _basis(width)
@@ -209,9 +240,57 @@ def _next_basis(
         start += size
         if unit.activation is None:
             out[unit.tensor] = piece
+        elif unit.bound == "lo":
+            out[index.nodes[unit.activation].output[0]] = piece + unit_offset(index, unit)
+        elif unit.bound == "hi":
+            out[index.nodes[unit.activation].output[0]] = (
+                out[index.nodes[unit.activation].output[0]] - piece
+            )
         else:
             out[index.nodes[unit.activation].output[0]] = piece
     return out
+
+
+def clip_bounds(index: GraphIndex, node_index: int) -> tuple[float, float | None]:
+    """``(min, max)`` of Clip node ``node_index`` as float32 values (``max`` ``None`` when the
+    Clip has no upper bound): its constant inputs 1 and 2 (the form of every opset the import
+    accepts, 13 on). A bound of float32 magnitude or beyond counts as absent. Refused: no lower
+    bound (``min(t, b)`` is not a Relu of ``t`` minus a constant), non-scalar bounds, and
+    ``min > max`` (ONNX then outputs ``max`` everywhere)."""
+    node = index.nodes[node_index]
+    call = NodeCall(node=node, index=node_index, dynamic_input=0, constants=index.constants)
+    bounds: list[float | None] = []
+    for position, name in ((1, "min"), (2, "max")):
+        const = call.const(position)
+        if const is None:
+            bounds.append(None)
+            continue
+        arr = np.asarray(const)
+        if arr.size != 1 or arr.dtype.kind != "f":
+            raise call.reject(f"the Clip {name} must be a float scalar, got {arr.dtype}{arr.shape}")
+        value = float(np.float32(arr.reshape(())))
+        if np.isnan(value):
+            raise call.reject(f"the Clip {name} is NaN")
+        bounds.append(None if not abs(value) < _FLOAT32_MAX else value)
+    lo, hi = bounds
+    if lo is None:
+        raise call.reject(
+            "a Clip without a finite lower bound (min(t, max)) is not supported; cut after it"
+        )
+    if hi is not None and lo > hi:
+        raise call.reject(f"Clip min {lo} > max {hi} (a constant output); cut after it")
+    return lo, hi
+
+
+def unit_offset(index: GraphIndex, unit: Unit) -> float:
+    """The constant subtracted from ``unit.tensor`` to give the unit (a Clip bound, else 0)."""
+    if unit.bound is None or unit.activation is None:
+        return 0.0
+    lo, hi = clip_bounds(index, unit.activation)
+    if unit.bound == "lo":
+        return lo
+    assert hi is not None
+    return hi
 
 
 def _evaluate_stage(index: GraphIndex, plan: HeadPlan, stage: int, values: dict[str, Any]) -> None:
@@ -258,7 +337,7 @@ def check_cut(index: GraphIndex, cut: str, *, require_activation: bool = True) -
     plan = _plan(index, cut)
     if require_activation and plan.activations == 0:
         raise ModelImportError(
-            f"no Relu/LeakyRelu/PRelu after the cut '{cut}': the head is affine, so a patch "
+            f"no Relu/LeakyRelu/PRelu/Clip after the cut '{cut}': the head is affine, so a patch "
             "would act on every input; cut earlier (`prune inspect MODEL` lists the cuts)"
         )
     return plan
@@ -279,7 +358,7 @@ def _slope(index: GraphIndex, unit: Unit, shape: tuple[int, ...]) -> Array:
     if unit.activation is None:
         return np.ones(size)
     node = index.nodes[unit.activation]
-    if node.op_type == "Relu":
+    if node.op_type in ("Relu", "Clip"):
         return np.zeros(size)
     call = NodeCall(node=node, index=unit.activation, dynamic_input=0, constants=index.constants)
     if node.op_type == "LeakyRelu":
@@ -343,7 +422,13 @@ def _plan(index: GraphIndex, cut: str) -> HeadPlan:
             users = readers.get(name, [])
             acts = [u for u in users if index.nodes[u].op_type in ACTIVATIONS]
             if acts and depth[name] == layer - 1:
-                units.append(Unit(tensor=name, activation=acts[0]))
+                if index.nodes[acts[0]].op_type == "Clip":
+                    _, hi = clip_bounds(index, acts[0])
+                    units.append(Unit(tensor=name, activation=acts[0], bound="lo"))
+                    if hi is not None:
+                        units.append(Unit(tensor=name, activation=acts[0], bound="hi"))
+                else:
+                    units.append(Unit(tensor=name, activation=acts[0]))
             later = [
                 u
                 for u in users
@@ -368,7 +453,7 @@ def _check_node(index: GraphIndex, node: Any, label: str, cut: str, computed: se
         kind = _KINDS.get(node.op_type, "unsupported op")
         raise ModelImportError(
             f"{kind} {node.op_type} ({label}) after the cut '{cut}'; the patched part may only "
-            "use affine ops, residual joins and Relu/LeakyRelu/PRelu: cut after it"
+            "use affine ops, residual joins and Relu/LeakyRelu/PRelu/Clip: cut after it"
         )
     outside = [
         name
@@ -412,7 +497,6 @@ _KINDS: dict[str, str] = {
         ),
         "non-piecewise-linear activation",
     ),
-    "Clip": "two-breakpoint activation (Clip/Relu6: not yet patchable; prefix only)",
     "MaxPool": "max pooling (piecewise linear, but its regions are not sign patterns; prefix only)",
     "GlobalMaxPool": "max pooling (prefix only)",
     "Softmax": "normalisation inside the network",

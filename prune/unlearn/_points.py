@@ -48,7 +48,13 @@ def forget_points(
     outs[imported.input_name] = x
     cut = outs[head.cut].reshape(len(x), -1)
     z = (
-        np.concatenate([outs[n].reshape(len(x), -1) for n in head.hidden], axis=1)
+        np.concatenate(
+            [
+                outs[n].reshape(len(x), -1) - np.float32(head.offset(i))
+                for i, n in enumerate(head.hidden)
+            ],
+            axis=1,
+        )
         if head.hidden
         else np.zeros((len(x), 0), dtype=np.float32)
     )

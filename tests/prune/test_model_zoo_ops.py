@@ -1,6 +1,7 @@
-"""Importer units for exported-model shapes: output tails, LeakyRelu/PRelu breakpoints,
-external data confinement, the default cut and its refusals, and the export's output tail
-(checked by the auditor's structure rules, including tampered tails that must fail)."""
+"""Importer units for exported-model shapes: output tails, LeakyRelu/PRelu breakpoints, Clip
+(two units per input, on both sides), external data confinement, the default cut and its
+refusals, and the export's output tail (checked by the auditor's structure rules, including
+tampered tails that must fail)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
 
+from audit.verify import CheckUnavailable
 from audit.verify._affine import parse_head
 from audit.verify._graph import find_head, original_problems, patch_form_problems
+from prune.cli import cli as prune_cli
 from prune.errors import ModelImportError
 from prune.export import OUTPUT, export_patched
 from prune.model import OrtRunner, inspect_model, load_model, read_model
 from prune.patched import PatchSet, patch_bounds
 from prune.regions import InputBox
+from threat_models.leakage import patched_regions
 
 RNG = np.random.default_rng(7)
 
@@ -159,25 +164,143 @@ def test_outputs_not_from_the_logits_are_refused() -> None:
         load_model(model.SerializeToString())
 
 
-def test_clip_is_refused_by_name_and_the_default_cut_goes_after_it() -> None:
+def _clipped(lo: np.ndarray | None, hi: np.ndarray | None, *, constants: bool = False) -> bytes:
+    """``_classifier("Relu")`` with ``x -> MatMul -> Clip(lo, hi)`` in front (a bound ``None``
+    is an empty input); bounds as initializers or, with ``constants``, ``Constant`` nodes (the
+    legacy exporter's form)."""
     model = _classifier("Relu")
     w0 = RNG.normal(size=(6, 6)).astype(np.float32)
     model.graph.initializer.append(numpy_helper.from_array(w0, name="w0"))
-    model.graph.initializer.append(numpy_helper.from_array(np.float32(0), name="lo"))
-    model.graph.initializer.append(numpy_helper.from_array(np.float32(6), name="hi"))
+    inputs = ["x1", "", ""]
+    extra: list[onnx.NodeProto] = []
+    for position, (name, value) in enumerate((("lo", lo), ("hi", hi)), start=1):
+        if value is None:
+            continue
+        inputs[position] = name
+        if constants:
+            tensor = numpy_helper.from_array(value, name=name)
+            extra.append(helper.make_node("Constant", [], [name], name=f"c_{name}", value=tensor))
+        else:
+            model.graph.initializer.append(numpy_helper.from_array(value, name=name))
     model.graph.node[0].output[0] = "x0"
-    model.graph.node.insert(1, helper.make_node("MatMul", ["x0", "w0"], ["x1"], name="mm0"))
-    model.graph.node.insert(2, helper.make_node("Clip", ["x1", "lo", "hi"], ["xc"], name="relu6"))
-    raw = model.SerializeToString()
-    with pytest.raises(ModelImportError, match=r"Clip \(Clip node 'relu6'\).*cut after it"):
-        load_model(raw, cut="x")
-    assert load_model(raw).head.cut == "xc"
+    clip = helper.make_node("Clip", [n for n in inputs if n] if hi is not None else inputs[:2],
+                            ["xc"], name="relu6")  # fmt: skip
+    if lo is None:
+        clip.input[:] = inputs
+    for i, node in enumerate(
+        [*extra, helper.make_node("MatMul", ["x0", "w0"], ["x1"], name="mm0"), clip]
+    ):
+        model.graph.node.insert(1 + i, node)
+    return bytes(model.SerializeToString())
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "constants"),
+    [(0.0, 6.0, False), (-1.0, 1.0, True), (-0.5, None, False), (0.25, 0.25, False)],
+    ids=["relu6", "hardtanh-constants", "min-only", "min=max"],
+)
+def test_clip_head_matches_onnxruntime_on_both_sides(
+    lo: float, hi: float | None, constants: bool
+) -> None:
+    """A Clip inside the head: the default cut is the input, the Clip's input is a unit per
+    bound (``t - min``, ``t - max``) on the owner's side and in the verifier's own parse, and
+    both agree with onnxruntime on the logits and on the units' float32 values."""
+    raw = _clipped(np.float32(lo), None if hi is None else np.float32(hi), constants=constants)
+    model = load_model(raw)
+    head = model.head
+    assert head.cut == "x"
+    bounds = [lo] if hi is None else [lo, hi]
+    assert head.hidden == ("x1",) * len(bounds) + ("h",)
+    assert [head.offset(i) for i in range(len(head.hidden))] == [*bounds, 0.0]
+    x = RNG.normal(scale=3.0, size=(200, 6)).astype(np.float32)
+    t, h, logits = OrtRunner(raw, outputs=["x1", "h", "logits"]).run(x)
+    served = np.concatenate([t - np.float32(b) for b in bounds] + [h], axis=1)
+    ours, pre = head.forward(x.astype(np.float64))
+    np.testing.assert_allclose(ours, logits, atol=1e-4)
+    np.testing.assert_allclose(pre, served, atol=1e-4)
+    both = (served >= 0) == (pre >= 0)
+    assert both.mean() > 0.999  # only points within rounding of a breakpoint may differ
+    audit_head = find_head(model.proto, "x")
+    assert audit_head.hidden == head.hidden
+    assert [audit_head.offset(i) for i in range(len(head.hidden))] == [*bounds, 0.0]
+    parsed = parse_head(model.proto, audit_head)
+    assert parsed.max_error(x.astype(np.float64), served, logits) < 1e-4
+    # the verifier's parse uses its own offsets: a wrong bound breaks the agreement
+    shifted = type(audit_head)(
+        audit_head.input, audit_head.cut, audit_head.hidden, audit_head.output,
+        audit_head.nodes, audit_head.tail, audit_head.layers,
+        (*(b + 0.5 for b in bounds), 0.0),
+    )  # fmt: skip
+    assert parse_head(model.proto, shifted).max_error(x.astype(np.float64), served, logits) > 1e-2
     _, reports = inspect_model(raw)
-    assert [r.tensor for r in reports if r.ok] == ["xc", "h"]
+    assert reports[0].tensor == "x" and reports[0].ok
+    assert reports[0].breakpoint_ops == ("Clip", "Relu") and reports[0].activations == 2
+
+
+def test_inspect_lists_clip_as_piecewise_linear(tmp_path: Path) -> None:
+    path = tmp_path / "model.onnx"
+    path.write_bytes(_clipped(np.float32(0.0), np.float32(6.0)))
+    result = CliRunner().invoke(prune_cli, ["inspect", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "default cut: x " in result.output
+    assert "  x  [2 piecewise-linear activations (1 Clip, 1 Relu)" in result.output
+
+
+@pytest.mark.parametrize(
+    ("lo", "hi", "message"),
+    [
+        (None, 6.0, "without a finite lower bound"),
+        (2.0, 1.0, r"min 2.0 > max 1.0"),
+        (0.0, float("nan"), "max is NaN"),
+        (float("-inf"), 1.0, "without a finite lower bound"),
+    ],
+    ids=["max-only", "min>max", "nan", "min=-inf"],
+)
+def test_clip_refusals_name_the_node_on_both_sides(
+    lo: float | None, hi: float | None, message: str
+) -> None:
+    raw = _clipped(None if lo is None else np.float32(lo), None if hi is None else np.float32(hi))
+    with pytest.raises(ModelImportError, match=rf"Clip node 'relu6'.*{message}"):
+        load_model(raw, cut="x")
+    assert load_model(raw).head.cut == "xc"  # the default cut goes after it
+    with pytest.raises(CheckUnavailable, match="Clip 'relu6'"):
+        find_head(onnx.load_from_string(raw), "x")
+
+
+def test_export_gates_on_the_clip_units() -> None:
+    """The patch graph subtracts each nonzero bound from its Clip unit (``z<i>/unit``), and
+    the patch is on exactly when the served units have the stored pattern."""
+    raw = _clipped(np.float32(-1.0), np.float32(1.0))
+    imported = load_model(raw)
+    x = RNG.normal(size=(1, 6)).astype(np.float64)
+    _, z = imported.head.forward(x)
+    d = np.zeros((1, 3))
+    d[0, 0] = 50.0
+    box = InputBox(low=-10.0, high=10.0, source="data-range")
+    patches = PatchSet(
+        "activation", 1000.0, z >= 0, d, None, patch_bounds(None, d, box), np.zeros(1, np.int64)
+    )
+    patched_raw = export_patched(imported, patches, box)
+    patched = onnx.load_from_string(patched_raw)
+    subs = [n.name for n in patched.graph.node if n.op_type == "Sub" and "/unit" in n.name]
+    assert subs == ["prune/patch/z0/unit", "prune/patch/z1/unit"]
+    assert patch_form_problems(imported.proto, patched, find_head(imported.proto, "x")) == []
+    probe = np.concatenate([x, RNG.normal(scale=3.0, size=(50, 6))]).astype(np.float32)
+    t, h, before = OrtRunner(raw, outputs=["x1", "h", "logits"]).run(probe)
+    (after,) = OrtRunner(patched_raw, outputs=[OUTPUT]).run(probe)
+    units = np.concatenate([t + 1.0, t - 1.0, h], axis=1) >= 0
+    same = (units == (z >= 0)).all(axis=1)
+    assert same[0]
+    np.testing.assert_allclose(after[same] - before[same], np.tile(d, (same.sum(), 1)), atol=1e-3)
+    np.testing.assert_allclose(after[~same], before[~same], atol=1e-5)
+    # a reader of the public format (the leakage threat model) sees the same gate
+    gate = patched_regions(patched_raw, probe)[:, 0]
+    np.testing.assert_array_equal(gate[same], 1.0)
+    assert (gate[~same] < 1.0).all()
 
 
 def test_no_activation_after_an_explicit_cut_is_a_clear_error() -> None:
-    with pytest.raises(ModelImportError, match="no Relu/LeakyRelu/PRelu after the cut 'a'"):
+    with pytest.raises(ModelImportError, match="no Relu/LeakyRelu/PRelu/Clip after the cut 'a'"):
         load_model(_classifier().SerializeToString(), cut="a")
 
 

@@ -175,6 +175,17 @@ def _mlp_relu6() -> nn.Module:
     )
 
 
+def _mlp_hardtanh() -> nn.Module:
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(64, 48),
+        nn.Hardtanh(),
+        nn.Linear(48, 32),
+        nn.ReLU6(),
+        nn.Linear(32, 10),
+    )
+
+
 @dataclass(frozen=True)
 class ZooModel:
     name: str
@@ -333,7 +344,34 @@ ZOO: tuple[ZooModel, ...] = (
         ("run-time shape computation (Shape/Slice/Mod) admitted by the sandbox",),
         epochs=4,
     ),
-    ZooModel("leg_relu6", "legacy", _mlp_relu6, False, ("Clip (prefix; default cut after it)",)),
+    ZooModel(
+        "leg_relu6",
+        "legacy",
+        _mlp_relu6,
+        False,
+        ("Clip in the head (min/max from Constant nodes)", "cut at the input"),
+    ),
+    ZooModel(
+        "dyn_relu6",
+        "dynamo",
+        _mlp_relu6,
+        True,
+        ("Clip in the head (min/max initializers)", "cut at the input", "Softmax"),
+    ),
+    ZooModel(
+        "dyn_hardtanh",
+        "dynamo",
+        _mlp_hardtanh,
+        False,
+        ("Clip in the head (Hardtanh [-1, 1], then Relu6)", "cut at the input"),
+    ),
+    ZooModel(
+        "leg_hardtanh",
+        "legacy",
+        _mlp_hardtanh,
+        True,
+        ("Clip in the head (Hardtanh, Relu6)", "cut at the input", "Softmax"),
+    ),
     ZooModel(
         "dyn_fixed_batch_cnn",
         "dynamo",

@@ -83,6 +83,10 @@ def test_unlearn_with_defaults_verifies(model: ZooModel, world: tuple[Path, Digi
     if any("inside the head" in c for c in model.covers):  # the default cut is before the join
         head = load_model(read_model(path)[0]).head
         assert any((head.slope(i) == 1.0).any() for i in range(len(head.hidden_sizes)))
+    if any(c.startswith("Clip in the head") for c in model.covers):  # cut at the input
+        head = load_model(read_model(path)[0]).head
+        assert head.cut == in_name
+        assert len(set(head.hidden)) < len(head.hidden)  # a Clip input: two units, t-min, t-max
     correct = np.flatnonzero(_label(original, x_train) == data.y_train)
     forget = np.random.default_rng(1).choice(correct, size=FORGET, replace=False)
     (folder / "forget.txt").write_text("".join(f"{i}\n" for i in forget))
