@@ -43,8 +43,9 @@ def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
     (``torch.onnx.export``'s ``model.onnx.data``) are read from regular files *inside the model's
     folder* (no absolute path, no ``..``, no symbolic link: :func:`prune.formats.read_regular`),
     each file at most ``limit`` bytes, and embedded; a fixed batch dimension (an export without
-    dynamic shapes) is freed (:mod:`prune.model._batch`). The patched export and the
-    certificate's original digest are over these bytes."""
+    dynamic shapes) is freed (:mod:`prune.model._batch`); when the model has no valid cut because
+    of a ``MaxPool``, the pooling is rewritten into its ReLU form (:mod:`prune.model._maxpool`).
+    The patched export and the certificate's original digest are over these bytes."""
     from prune.formats import UnreadableFile, read_regular
 
     try:
@@ -55,10 +56,10 @@ def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
     external = [t for t in _all_tensors(proto.graph) if _is_external(t)]
     if external:
         _embed(path, proto, external, limit)
-    freed, batch = _free_fixed_batch(proto)
-    if not external and not batch:
+    proto, batch = _free_fixed_batch(proto)
+    proto, pools = _expand_maxpools_without_cut(proto)
+    if not external and not batch and not pools:
         return raw, False
-    proto = freed
     if proto.ByteSize() >= 2_000_000_000:
         raise ModelImportError(
             f"{path} with its external data is over the 2 GB protobuf limit; not supported"
@@ -86,6 +87,36 @@ def _free_fixed_batch(proto: Any) -> tuple[Any, int]:
     except Exception:  # parse_model reports it in its own words
         return proto, 0
     return free_batch(proto, inputs[0].name, tuple(int(d) for d in rest))
+
+
+def _has_valid_cut(proto: Any) -> bool:
+    """Whether some tensor of the graph is a valid cut (``True`` when the graph cannot even be
+    indexed: the normal import reports that in its own words)."""
+    from prune.model import _candidates, _report
+
+    try:
+        index = GraphIndex.build(proto)
+        return any(_report(index, name).ok for name in _candidates(index))
+    except ModelImportError:
+        return True
+
+
+def _expand_maxpools_without_cut(proto: Any) -> tuple[Any, int]:
+    """:func:`prune.model._maxpool.expand_maxpools` when the model has a ``MaxPool`` and, as
+    exported, no valid cut (and the rewrite gives it one); else unchanged, 0."""
+    from prune.model._maxpool import expand_maxpools
+
+    if not any(node.op_type == "MaxPool" for node in proto.graph.node):
+        return proto, 0
+    inputs = _real_inputs(proto)
+    dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 else []
+    rest = [d.dim_value if d.HasField("dim_value") else 0 for d in list(dims)[1:]]
+    if not rest or not all(d > 0 for d in rest) or _has_valid_cut(proto):
+        return proto, 0
+    rewritten, count = expand_maxpools(proto, tuple(int(d) for d in rest))
+    if count and _has_valid_cut(rewritten):
+        return rewritten, count
+    return proto, 0
 
 
 def _embed(path: Path, proto: Any, external: list[Any], limit: int) -> None:

@@ -135,6 +135,19 @@ def _cnn_maxpool() -> nn.Module:
     )
 
 
+def _cnn_maxpool_linear() -> nn.Module:
+    """The classic small CNN: no activation after the pooling, so the only cut is the input
+    and the MaxPool sits inside the patched head (rewritten on import)."""
+    return nn.Sequential(
+        _Image(),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64, 10),
+    )
+
+
 def _cnn_unflatten() -> nn.Module:
     return nn.Sequential(
         nn.Unflatten(1, (1, 8, 8)),
@@ -371,6 +384,23 @@ ZOO: tuple[ZooModel, ...] = (
         _mlp_hardtanh,
         True,
         ("Clip in the head (Hardtanh, Relu6)", "cut at the input", "Softmax"),
+    ),
+    ZooModel(
+        "dyn_cnn_maxpool_head",
+        "dynamo",
+        _cnn_maxpool_linear,
+        False,
+        ("MaxPool inside the head (no activation after it; rewritten on import)", "Conv"),
+        epochs=4,
+    ),
+    ZooModel(
+        "leg_cnn_maxpool_head",
+        "legacy",
+        _cnn_maxpool_linear,
+        True,
+        ("MaxPool inside the head, fixed batch of 4", "Softmax"),
+        epochs=4,
+        dynamic=False,
     ),
     ZooModel(
         "dyn_fixed_batch_cnn",
