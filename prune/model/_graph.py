@@ -104,9 +104,9 @@ def _has_valid_cut(proto: Any) -> bool:
 def _expand_maxpools_without_cut(proto: Any) -> tuple[Any, int]:
     """:func:`prune.model._maxpool.expand_maxpools` when the model has a ``MaxPool`` and, as
     exported, no valid cut (and the rewrite gives it one); else unchanged, 0."""
-    from prune.model._maxpool import expand_maxpools
+    from prune.model._maxpool import POOLS, expand_maxpools
 
-    if not any(node.op_type == "MaxPool" for node in proto.graph.node):
+    if not any(node.op_type in POOLS for node in proto.graph.node):
         return proto, 0
     inputs = _real_inputs(proto)
     dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 else []

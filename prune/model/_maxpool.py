@@ -13,7 +13,8 @@ rewritten graph computes the same function; in float32 each ``a + (b - a)`` may 
 outputs agree with the original's within :data:`TOLERANCE` on random inputs.
 
 Only what the rewrite is exact for is rewritten: 2-D pooling, no padding, ``ceil_mode = 0``,
-dilations 1, the indices output unused. It is a fallback: the importer applies it only when the
+dilations 1, the indices output unused; a ``GlobalMaxPool`` is the ``MaxPool`` over its whole
+feature map. It is a fallback: the importer applies it only when the
 model as exported has no valid cut (:func:`prune.model._graph.read_model`), so models that already
 work keep their graph. The committed original is then the rewritten model
 (``PROOF/original.onnx``), as for an embedded or batch-freed one."""
@@ -24,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["TOLERANCE", "expand_maxpools"]
+__all__ = ["POOLS", "TOLERANCE", "expand_maxpools"]
+
+POOLS = frozenset({"MaxPool", "GlobalMaxPool"})
 
 TOLERANCE = 1e-4
 """Largest ``|rewritten - original| / (1 + |original|)`` accepted on any output entry."""
@@ -58,17 +61,29 @@ def _convertible(node: Any, channels: int | None, used: set[str]) -> bool:
     )
 
 
-def _channels(proto: Any) -> dict[str, int | None]:
+def _feature_maps(proto: Any) -> dict[str, tuple[int, int, int]]:
+    """``(channels, height, width)`` of every 4-D value with a static per-sample shape."""
     from onnx import shape_inference
 
     inferred = shape_inference.infer_shapes(proto)
-    out: dict[str, int | None] = {}
+    out: dict[str, tuple[int, int, int]] = {}
     for value in (*inferred.graph.input, *inferred.graph.value_info):
         dims = value.type.tensor_type.shape.dim
-        out[value.name] = (
-            int(dims[1].dim_value) if len(dims) == 4 and dims[1].HasField("dim_value") else None
-        )
+        if len(dims) == 4 and all(d.HasField("dim_value") for d in list(dims)[1:]):
+            out[value.name] = (dims[1].dim_value, dims[2].dim_value, dims[3].dim_value)
     return out
+
+
+def _as_maxpool(node: Any, maps: dict[str, tuple[int, int, int]]) -> Any:
+    """A ``GlobalMaxPool`` as the ``MaxPool`` over its whole feature map (same output)."""
+    from onnx import helper
+
+    if node.op_type != "GlobalMaxPool" or node.input[0] not in maps:
+        return node
+    _, height, width = maps[node.input[0]]
+    return helper.make_node(
+        "MaxPool", [node.input[0]], [node.output[0]], kernel_shape=[height, width]
+    )
 
 
 def _tournament(node: Any, channels: int, tag: str) -> tuple[list[Any], list[Any]]:
@@ -121,20 +136,22 @@ def _tournament(node: Any, channels: int, tag: str) -> tuple[list[Any], list[Any
 def _rewrite(proto: Any) -> tuple[Any, int]:
     import onnx
 
-    channels = _channels(proto)
+    maps = _feature_maps(proto)
     used = {name for node in proto.graph.node for name in node.input}
     used |= {o.name for o in proto.graph.output}
     copy = onnx.ModelProto()
     copy.CopyFrom(proto)
     nodes: list[Any] = []
     count = 0
-    for position, node in enumerate(copy.graph.node):
-        if node.op_type != "MaxPool" or not _convertible(node, channels.get(node.input[0]), used):
-            nodes.append(node)
+    for position, original in enumerate(copy.graph.node):
+        node = _as_maxpool(original, maps)
+        channels = maps[node.input[0]][0] if node.input and node.input[0] in maps else None
+        if node.op_type != "MaxPool" or not _convertible(node, channels, used):
+            nodes.append(original)
             continue
         count += 1
         tag = f"maxpool/{position}"
-        added, inits = _tournament(node, int(channels[node.input[0]] or 0), tag)
+        added, inits = _tournament(node, int(channels or 0), tag)
         nodes += added
         copy.graph.initializer.extend(inits)
     del copy.graph.node[:]
@@ -171,7 +188,7 @@ def expand_maxpools(proto: Any, sample_shape: tuple[int, ...]) -> tuple[Any, int
     """``proto`` with every convertible ``MaxPool`` rewritten (see the module docstring) and
     the number rewritten; ``(proto, 0)`` when there is none, or when onnxruntime's outputs of the
     rewritten graph disagree with the original's."""
-    if not any(node.op_type == "MaxPool" for node in proto.graph.node):
+    if not any(node.op_type in POOLS for node in proto.graph.node):
         return proto, 0
     try:
         rewritten, count = _rewrite(proto)

@@ -93,3 +93,20 @@ def test_padded_pooling_is_not_rewritten() -> None:
     would not, so the pooling stays as it is."""
     model = _cnn(pads=[1, 1, 1, 1])
     assert expand_maxpools(model, (1, 6, 6)) == (model, 0)
+
+
+def test_global_max_pooling_is_the_pooling_over_the_whole_map() -> None:
+    model = _cnn()
+    for node in model.graph.node:
+        if node.op_type == "MaxPool":
+            node.op_type = "GlobalMaxPool"
+            del node.attribute[:]
+    model.graph.initializer[2].CopyFrom(
+        numpy_helper.from_array(RNG.normal(size=(3, 2)).astype(np.float32), "w")
+    )
+    onnx.checker.check_model(model)
+    rewritten, count = expand_maxpools(model, (1, 6, 6))
+    assert count == 1
+    x = RNG.normal(size=(16, 1, 6, 6)).astype(np.float32)
+    want = _run(model.SerializeToString(), x)
+    np.testing.assert_allclose(_run(rewritten.SerializeToString(), x), want, rtol=1e-5, atol=1e-5)
