@@ -376,7 +376,8 @@ def unlearn_command(
     )
     if embedded:
         click.echo(
-            "the model was normalised (external data embedded, a fixed batch dimension freed): "
+            "the model was normalised on import (external data embedded, float64 converted to "
+            "float32, a fixed batch freed or MaxPool rewritten, as it needed: docs/FORMATS.md): "
             f"the committed original is {out}/{ORIGINAL_EMBEDDED} (give it to "
             "`audit verify --original`)"
         )

@@ -42,8 +42,9 @@ def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
     whether they differ from the file's bytes. Tensors stored as external data
     (``torch.onnx.export``'s ``model.onnx.data``) are read from regular files *inside the model's
     folder* (no absolute path, no ``..``, no symbolic link: :func:`prune.formats.read_regular`),
-    each file at most ``limit`` bytes, and embedded; a fixed batch dimension (an export without
-    dynamic shapes) is freed (:mod:`prune.model._batch`); when the model has no valid cut because
+    each file at most ``limit`` bytes, and embedded; a float64 model is converted to float32
+    (:mod:`prune.model._dtype`); a fixed batch dimension (an export without dynamic shapes) is
+    freed (:mod:`prune.model._batch`); when the model has no valid cut because
     of a ``MaxPool``, the pooling is rewritten into its ReLU form (:mod:`prune.model._maxpool`).
     The patched export and the certificate's original digest are over these bytes."""
     from prune.formats import UnreadableFile, read_regular
@@ -56,9 +57,16 @@ def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
     external = [t for t in _all_tensors(proto.graph) if _is_external(t)]
     if external:
         _embed(path, proto, external, limit)
-    proto, batch = _free_fixed_batch(proto)
-    proto, pools = _expand_maxpools_without_cut(proto)
-    if not external and not batch and not pools:
+    shape = _checked_sample_shape(proto)
+    converted = batch = pools = 0
+    if shape is not None:
+        from prune.model._batch import free_batch
+        from prune.model._dtype import to_float32
+
+        proto, converted = to_float32(proto, shape)
+        proto, batch = free_batch(proto, _real_inputs(proto)[0].name, shape)
+        proto, pools = _expand_maxpools_without_cut(proto, shape)
+    if not external and not converted and not batch and not pools:
         return raw, False
     if proto.ByteSize() >= 2_000_000_000:
         raise ModelImportError(
@@ -67,26 +75,24 @@ def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
     return bytes(proto.SerializeToString()), True
 
 
-def _free_fixed_batch(proto: Any) -> tuple[Any, int]:
-    """:func:`prune.model._batch.free_batch` on the single real input (unchanged, 0, when the
-    model has several inputs or a symbolic per-sample shape: :func:`parse_model` refuses those
-    with its own message)."""
+def _checked_sample_shape(proto: Any) -> tuple[int, ...] | None:
+    """The single real input's per-sample shape when the model passes onnx.checker and the shape
+    is static (else ``None``: :func:`parse_model` refuses such a model in its own words, and the
+    normalisations of :func:`read_model` do not apply)."""
     import onnx
-
-    from prune.model._batch import free_batch
 
     inputs = _real_inputs(proto)
     if len(inputs) != 1:
-        return proto, 0
+        return None
     dims = inputs[0].type.tensor_type.shape.dim
     rest = [d.dim_value if d.HasField("dim_value") else 0 for d in list(dims)[1:]]
     if not dims or not all(d > 0 for d in rest):
-        return proto, 0
+        return None
     try:
         onnx.checker.check_model(proto)
-    except Exception:  # parse_model reports it in its own words
-        return proto, 0
-    return free_batch(proto, inputs[0].name, tuple(int(d) for d in rest))
+    except Exception:  # onnx raises ValidationError and friends
+        return None
+    return tuple(int(d) for d in rest)
 
 
 def _has_valid_cut(proto: Any) -> bool:
@@ -101,19 +107,14 @@ def _has_valid_cut(proto: Any) -> bool:
         return True
 
 
-def _expand_maxpools_without_cut(proto: Any) -> tuple[Any, int]:
+def _expand_maxpools_without_cut(proto: Any, shape: tuple[int, ...]) -> tuple[Any, int]:
     """:func:`prune.model._maxpool.expand_maxpools` when the model has a ``MaxPool`` and, as
     exported, no valid cut (and the rewrite gives it one); else unchanged, 0."""
     from prune.model._maxpool import POOLS, expand_maxpools
 
-    if not any(node.op_type in POOLS for node in proto.graph.node):
+    if not any(node.op_type in POOLS for node in proto.graph.node) or _has_valid_cut(proto):
         return proto, 0
-    inputs = _real_inputs(proto)
-    dims = inputs[0].type.tensor_type.shape.dim if len(inputs) == 1 else []
-    rest = [d.dim_value if d.HasField("dim_value") else 0 for d in list(dims)[1:]]
-    if not rest or not all(d > 0 for d in rest) or _has_valid_cut(proto):
-        return proto, 0
-    rewritten, count = expand_maxpools(proto, tuple(int(d) for d in rest))
+    rewritten, count = expand_maxpools(proto, shape)
     if count and _has_valid_cut(rewritten):
         return rewritten, count
     return proto, 0

@@ -112,3 +112,42 @@ def test_cli_refusal_is_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "fixed batch of 2" in lines[0], result.output
+
+
+def _double_mlp(scale: float) -> bytes:
+    w = (RNG.normal(size=(6, 4)) * scale).astype(np.float64)
+    nodes = [
+        helper.make_node("Reshape", ["x", "shape"], ["flat"]),
+        helper.make_node("Gemm", ["flat", "w"], ["h"]),
+        helper.make_node("Relu", ["h"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.DOUBLE, ["N", 2, 3])],
+        [helper.make_tensor_value_info("y", TensorProto.DOUBLE, ["N", 4])],
+        initializer=[
+            numpy_helper.from_array(np.array([0, -1], dtype=np.int64), "shape"),
+            numpy_helper.from_array(w, "w"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return bytes(model.SerializeToString())
+
+
+def test_a_float64_model_is_converted_to_float32(tmp_path: Path) -> None:
+    raw = _double_mlp(1.0)
+    converted, changed = read_model(_write(tmp_path, raw))
+    assert changed
+    proto = onnx.load_from_string(converted)
+    assert proto.graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT
+    x = RNG.uniform(size=(5, 2, 3))
+    want = ort.InferenceSession(raw, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(_run(converted, x.astype(np.float32)), want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_float64_model_that_float32_cannot_hold_is_left_alone(tmp_path: Path) -> None:
+    """Weights of 1e39 overflow float32: the conversion is refused and the model read as is."""
+    raw = _double_mlp(1e39)
+    assert read_model(_write(tmp_path, raw)) == (raw, False)

@@ -208,6 +208,7 @@ class ZooModel:
     covers: tuple[str, ...]
     epochs: int = 12
     dynamic: bool = True  # False: the exporter's default, the example's batch of 4 fixed
+    float64: bool = False  # skl2onnx on scikit-learn's own float64 rows (a double model)
 
     def export(
         self, data: Digits, folder: Path
@@ -217,7 +218,7 @@ class ZooModel:
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / "model.onnx"
         if self.exporter == "skl2onnx":
-            return path, _sklearn(data, path)
+            return path, _sklearn(data, path, float64=self.float64)
         assert self.build is not None
         torch.manual_seed(0)
         net = _Net(self.build(), softmax=self.softmax)
@@ -265,7 +266,9 @@ def _train(net: nn.Module, data: Digits, *, epochs: int) -> None:
     net.softmax = softmax  # type: ignore[assignment]
 
 
-def _sklearn(data: Digits, path: Path) -> Callable[[NDArray[np.float32]], NDArray[np.float64]]:
+def _sklearn(
+    data: Digits, path: Path, *, float64: bool = False
+) -> Callable[[NDArray[np.float32]], NDArray[np.float64]]:
     import warnings
 
     from skl2onnx import to_onnx
@@ -277,7 +280,8 @@ def _sklearn(data: Digits, path: Path) -> Callable[[NDArray[np.float32]], NDArra
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf.fit(x, data.y_train)
-    path.write_bytes(to_onnx(clf, x[:1]).SerializeToString())
+    example = x[:1].astype(np.float64) if float64 else x[:1]
+    path.write_bytes(to_onnx(clf, example).SerializeToString())
 
     def scores(xs: NDArray[np.float32]) -> NDArray[np.float64]:
         return np.asarray(clf.predict_proba(xs.reshape(len(xs), -1)), dtype=np.float64)
@@ -292,6 +296,14 @@ ZOO: tuple[ZooModel, ...] = (
         None,
         False,
         ("Cast", "MatMul+Add", "[1,H] bias", "Softmax", "ArgMax", "ZipMap", "ai.onnx.ml tail"),
+    ),
+    ZooModel(
+        "skl_mlp_float64",
+        "skl2onnx",
+        None,
+        False,
+        ("double input and weights (converted to float32 on import)", "ZipMap"),
+        float64=True,
     ),
     ZooModel(
         "dyn_leaky_dropout",
