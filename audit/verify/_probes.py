@@ -117,6 +117,18 @@ class RegionProbes(Check[VerifyContext]):
     )
     requires = frozenset({"original", "forget"})
 
+    def _unplaced(
+        self,
+        ctx: VerifyContext,
+        x0: NDArray[np.float32],
+        sign: NDArray[np.bool_],
+        certified: NDArray[np.int64],
+        cols: dict[str, NDArray[Any]],
+        box: tuple[float, float] | None,
+        probed: int,
+    ) -> CheckOutcome:
+        return _unplaced_outcome(self, ctx, x0, sign, certified, cols, box, probed)
+
     def run(self, ctx: VerifyContext) -> CheckOutcome:
         predicate, policy = ctx.predicate, ctx.policy
         flip = flip_only(predicate.claims)
@@ -188,10 +200,7 @@ class RegionProbes(Check[VerifyContext]):
         keep = inside(points, sign[probe_claim]) & (moved > 0)
         points, probe_claim = points[keep], probe_claim[keep]
         if len(points) == 0:
-            return self.failed(
-                "not run: no probe point could be placed inside any certified region",
-                claims_probed=len(rows),
-            )
+            return self._unplaced(ctx, x0, sign, certified, cols, box, len(rows))
         idx = certified[probe_claim]
         logits = ctx.patched_head(points, cut_shape)
         margin = margins(logits, cols["target"][idx])
@@ -233,6 +242,55 @@ class RegionProbes(Check[VerifyContext]):
             f"{evidence.get('lp_summary', '')}",
             **evidence,
         )
+
+
+def _unplaced_outcome(
+    check: RegionProbes,
+    ctx: VerifyContext,
+    x0: NDArray[np.float32],
+    sign: NDArray[np.bool_],
+    certified: NDArray[np.int64],
+    cols: dict[str, NDArray[Any]],
+    box: tuple[float, float] | None,
+    probed: int,
+) -> CheckOutcome:
+    """No random probe point lands inside any region: every sample sits where its region,
+    within the box, has no interior the rays can reach (ties between units that are equal at
+    the sample, e.g. equal values in a pooling window over a blank background, with pixels on
+    the box's face). The sampling part has nothing to sample; the exact LP part still runs on
+    the first ``--lp-claims`` claims and decides, and with it disabled the check is not run
+    (region.certificate proves every claim either way)."""
+    evidence: dict[str, Any] = {"claims_probed": probed, "points": 0}
+    order = np.arange(min(len(x0), ctx.policy.lp_claims), dtype=np.int64)
+    if len(order) == 0:
+        return check.not_applicable(
+            "not run: no probe point could be placed inside any certified region (regions "
+            "without reachable interior in the box) and the exact LP is disabled",
+            **evidence,
+        )
+    closest = np.zeros((len(x0), int(cols["target"].max()) + 2))
+    problem = _exact(ctx, x0, sign, certified, order, closest, cols, box, evidence)
+    if problem:
+        return check.failed(problem, **evidence)
+    need = float(cols["margin"][certified[order]].min()) - ctx.policy.margin_tolerance
+    if "lp_min_margin" in evidence and evidence["lp_min_margin"] < need:
+        return check.failed(
+            f"exact LP finds a point in a region with margin {evidence['lp_min_margin']:.4g} "
+            f"< the smallest certified margin {need + ctx.policy.margin_tolerance:.4g} "
+            "(no point near it could be placed for onnxruntime)",
+            **evidence,
+        )
+    if "lp_min_margin" not in evidence:
+        return check.not_applicable(
+            f"not run: no probe point could be placed inside any certified region, and the "
+            f"exact LP could not run ({evidence.get('lp', 'no result')})",
+            **evidence,
+        )
+    return check.passed(
+        "no probe point could be placed inside any certified region (no interior the rays "
+        f"reach in the box at the samples){evidence.get('lp_summary', '')}",
+        **evidence,
+    )
 
 
 def _exact(
