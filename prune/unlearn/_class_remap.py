@@ -56,8 +56,10 @@ DEFAULT_PROXY_BUDGET = 220_000
 """Training samples the proxies see: epochs = budget / non-K rows, clamped to [1, 60], and as many
 proxies (at most 3, averaged) as the budget allows: three 60-epoch proxies on digits (1,130
 rows), one 4-epoch proxy on Fashion-MNIST (54,000 rows). Measured on Fashion-MNIST class 5 (KL
-to retrained models over the seed-to-seed floor, proxy seeds 0/1/2): 2.41/1.99/1.66 with 3
-epochs, 1.48/1.69/1.54 with 4 (docs/BENCHMARKS.md, "Class unlearning")."""
+to retrained models over the seed-to-seed floor, proxy seeds 0/1/2): 1.72/1.66/1.70 with 3
+epochs, 1.57/1.51/1.55 with 4 (docs/BENCHMARKS.md, "Class unlearning"; with the earlier
+training, batch 128 at a constant 1e-3 and seeds 0/1/2 themselves: 2.41/1.99/1.66 and
+1.48/1.69/1.54)."""
 
 RIDGE = 1e-3
 """Weight of ``||A - I||^2`` in the fit, and of ``||A_{:, K}||^2`` in the fit of column ``K``."""
