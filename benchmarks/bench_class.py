@@ -56,6 +56,9 @@ WORK = REPO / "benchmarks" / "runs" / "study"
 CLASSES = {"digits-mlp": (3, 5, 8), "fashion-mnist-mlp": (2, 5, 7), "fashion-mnist-cnn": (2, 5, 7)}
 RETRAIN_SEEDS = (1, 2)
 MARGINS = (0.1, 1.0, 2.0, 4.0, 8.0, 16.0)
+RESULTS = REPO / "benchmarks" / "results"
+"""Where the JSON results go (``--results``: elsewhere, e.g. a scratch folder, so that a trial run
+does not overwrite the recorded ones)."""
 
 
 def _ensure(key: ArtifactKey) -> None:
@@ -122,7 +125,8 @@ def _write(model: str, rows: list[dict[str, Any]], *, complete: bool, suffix: st
         "machine": machine(),
         "loadavg_end": list(os.getloadavg()),
     }
-    path = REPO / "benchmarks" / "results" / f"class-{model}{suffix}.json"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"class-{model}{suffix}.json"
     path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return path
 
@@ -203,7 +207,7 @@ def run(model: str, order: tuple[int, ...] | None = None) -> Path:
     z_train = logits(orig.onnx, orig.x_train, threads=1)
     before = _per_class(z_test, orig.y_test, classes)
     rows: list[dict[str, Any]] = []
-    path = REPO / "benchmarks" / "results" / f"class-{model}.json"
+    path = RESULTS / f"class-{model}.json"
     if order and path.is_file():  # --classes: keep the rows of the other classes measured earlier
         kept = json.loads(path.read_text()).get("classes", [])
         rows = [r for r in kept if r["class"] not in order and r.get("patch_form")]
@@ -448,6 +452,12 @@ def main() -> None:
         help="only train (and cache) the retrained models of --classes with this seed, so that "
         "a second process can share the retraining of one class",
     )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="folder for the JSON results of --model (default benchmarks/results; the table and "
+        "the section always read benchmarks/results)",
+    )
     parser.add_argument("--table", action="store_true", help="print the BENCHMARKS.md table")
     parser.add_argument(
         "--threads",
@@ -464,6 +474,9 @@ def main() -> None:
         "--section", action="store_true", help="write benchmarks/results/class-unlearning.md"
     )
     args = parser.parse_args()
+    if args.results is not None:
+        global RESULTS
+        RESULTS = args.results
     if args.retrain_only is not None and args.model:
         dataset, _, arch = args.model.rpartition("-")
         orig = load_original(WORK, dataset, arch, 0)

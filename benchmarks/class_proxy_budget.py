@@ -59,6 +59,7 @@ for budget in [int(b) for b in sys.argv[3].split(",")]:
             orig.y_train,
             forget_class=k,
             bound=B,
+            margin=8.0,
             budget=budget,
             seed=seed,
             clock=time.process_time,

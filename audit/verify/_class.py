@@ -360,9 +360,11 @@ class ClassSuppression(Check[VerifyContext]):
             "predicted_class": predicted_k,
         }
         if used is not None:
-            evidence["remapped_points"] = int(
-                (base[:, k] > np.delete(base, k, axis=1).max(1)).sum()
-            )
+            active = base[:, k] > np.delete(base, k, axis=1).max(1)
+            ceiling = np.delete(got, k, axis=1).max(1) - np.float32(margin)
+            evidence["remapped_points"] = int(active.sum())
+            # remapped rows whose K logit is the remap's own value, below the cap
+            evidence["uncapped_points"] = int((active & (got[:, k] < ceiling)).sum())
         if mismatched or not np.isfinite(got).all():
             return self.failed(
                 f"{mismatched} of {len(points)} points: onnxruntime's output differs from the "

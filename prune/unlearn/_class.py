@@ -94,6 +94,7 @@ def suppress_class(
             y,
             forget_class=k,
             bound=logit_bound(head, box),
+            margin=margin,
             budget=proxy_budget,
             seed=seed,
             clock=clock,

@@ -179,6 +179,28 @@ def test_remap_that_breaks_the_float32_argument_fails(
     assert "remap" in checks["class.suppression"]["detail"]
 
 
+def test_remap_placing_k_below_the_cap_verifies(work: Work, tmp_path: Path) -> None:
+    """Column K of the remap is free (the owner fits it to the proxy's log-odds of K): a model
+    whose remapped K logit sits far below the cap on every remapped row is rebuilt canonically,
+    replayed within the Gemm's error and passes; the same model with a non-finite column K
+    fails."""
+    proof = Path(shutil.copytree(work.suppress, tmp_path / "proof"))
+    model = onnx.load_from_string((proof / "model.onnx").read_bytes())
+    _set_remap(model, "map", lambda a: a.__setitem__((slice(None), K), 0.0))
+    _set_remap(model, "shift", lambda b: b.__setitem__(K, -100.0))
+    resign_model(proof, model.SerializeToString(), key=work.root / "keys" / "owner.key")
+    code, checks = _verify(work, proof)
+    assert code == 0, checks["class.suppression"]["detail"]
+    evidence = checks["class.suppression"]["evidence"]
+    assert evidence["formula_mismatches"] == 0
+    assert evidence["uncapped_points"] == evidence["remapped_points"] > 0
+    _set_remap(model, "map", lambda a: a.__setitem__((0, K), float("inf")))
+    resign_model(proof, model.SerializeToString(), key=work.root / "keys" / "owner.key")
+    code, checks = _verify(work, proof)
+    assert code == 1
+    assert "remap" in checks["class.suppression"]["detail"]
+
+
 def test_remapped_model_claimed_as_v1_fails(work: Work, tmp_path: Path) -> None:
     proof = Path(shutil.copytree(work.suppress, tmp_path / "proof"))
 

@@ -22,7 +22,7 @@ from prune.model import OrtRunner, load_model
 from prune.regions import InputBox, box_from_data
 from prune.suppress import Remap, export_suppressed, logit_bound, suppression_only
 from prune.unlearn import unlearn
-from prune.unlearn._class_remap import fit_remap
+from prune.unlearn._class_remap import _fit_class_column, fit_remap, proxy_seed
 from tests.prune._engine_models import digits_work, random_mlp
 
 
@@ -215,22 +215,69 @@ def test_fit_remap_learns_from_training_rows_only() -> None:
     z = OrtRunner(work.raw, outputs=[model.head.output]).run(x)[0]
     k = 4
     fit = fit_remap(
-        model.head, x, z, work.y_train, forget_class=k, bound=bound, budget=20_000, seed=0,
-        clock=time.perf_counter,
+        model.head, x, z, work.y_train, forget_class=k, bound=bound, margin=8.0, budget=20_000,
+        seed=0, clock=time.perf_counter,
     )  # fmt: skip
     active = (work.y_train == k) & (z[:, k] > np.delete(z, k, axis=1).max(axis=1))
     assert fit.fitted_rows == int(active.sum()) > 0
     assert fit.proxy_rows == int((work.y_train != k).sum())
+    assert remap_problems(fit.remap.matrix, fit.remap.shift, margin=8.0, bound=bound) is None
+    # column K follows the proxy per row, not a constant placement above the other logits
+    assert fit.class_column == "proxy-log-odds" and (fit.remap.matrix[:, k] != 0).any()
+    remapped = z[active].astype(np.float64) @ fit.remap.matrix + fit.remap.shift
+    gap = remapped[:, k] - np.delete(remapped, k, axis=1).max(axis=1)
+    assert np.ptp(gap) > 0.1 and (gap < 0).all()
+    again = fit_remap(
+        model.head, x, z, work.y_train, forget_class=k, bound=bound, margin=8.0, budget=20_000,
+        seed=0, clock=time.perf_counter,
+    )  # fmt: skip
+    np.testing.assert_array_equal(again.remap.matrix, fit.remap.matrix)  # seeded
+
+
+def test_class_column_matches_the_log_odds_per_row() -> None:
+    """L_K - logsumexp_{j != K} L_j reproduces a target that a linear L_K can reach exactly."""
+    rng = np.random.default_rng(3)
+    k, c = 2, 5
+    z = rng.normal(0.0, 3.0, size=(400, c)).astype(np.float32)
+    matrix = np.eye(c) + rng.normal(0.0, 0.1, size=(c, c))
+    shift = rng.normal(0.0, 1.0, size=c)
+    others = np.delete(z.astype(np.float64) @ matrix + shift, k, axis=1)
+    lse = np.log(np.exp(others).sum(axis=1))
+    want_column, want_shift = rng.normal(0.0, 0.5, size=c), -6.0
+    log_odds = z.astype(np.float64) @ want_column + want_shift - lse
+    column, beta = _fit_class_column(z, log_odds, matrix, shift, k)
+    got = z.astype(np.float64) @ column + beta - lse
+    assert np.abs(got - log_odds).max() < 0.05
+    np.testing.assert_allclose(column, want_column, atol=0.02)
+
+
+def test_fit_remap_falls_back_to_the_cap_when_the_margin_cannot_cover_the_fit() -> None:
+    """A margin the float32 argument cannot honour at the fitted remap's bound: column K is
+    zeroed and beta_K set to the bound of the others (K exactly the margin below the best)."""
+    import time
+
+    work = digits_work()
+    model = load_model(work.raw)
+    box = box_from_data(work.x_train, input_space=True)
+    bound = logit_bound(model.head, box)
+    x = np.ascontiguousarray(work.x_train, dtype=np.float32)
+    z = OrtRunner(work.raw, outputs=[model.head.output]).run(x)[0]
+    k = 4
+    fit = fit_remap(
+        model.head, x, z, work.y_train, forget_class=k, bound=bound, margin=1e-30,
+        budget=5_000, seed=0, clock=time.perf_counter,
+    )  # fmt: skip
+    assert fit.class_column == "capped"
     assert (fit.remap.matrix[:, k] == 0).all()
     others = fit.remap.shift.copy()
     others[k] = 0.0
     assert fit.remap.shift[k] == np.float32(remap_bound(bound, fit.remap.matrix, others))
-    assert remap_problems(fit.remap.matrix, fit.remap.shift, margin=8.0, bound=bound) is None
-    again = fit_remap(
-        model.head, x, z, work.y_train, forget_class=k, bound=bound, budget=20_000, seed=0,
-        clock=time.perf_counter,
-    )  # fmt: skip
-    np.testing.assert_array_equal(again.remap.matrix, fit.remap.matrix)  # seeded
+
+
+def test_proxy_seeds_are_not_the_small_integers_a_retraining_uses() -> None:
+    """A proxy seeded s with the recipe's hyper-parameters is the model retrained with seed s."""
+    seeds = {proxy_seed(s, i) for s in range(3) for i in range(3)}
+    assert len(seeds) == 9 and not seeds & set(range(1000))
 
 
 def test_a_model_with_an_output_tail_gets_the_tail_replayed() -> None:
