@@ -77,6 +77,25 @@ CONNECT_TIMEOUT_S = 20
 PRE_SPAWN = "distributed.nanny.pre-spawn-environ"
 """Dask's config of the environment its nanny gives worker processes."""
 
+QUIET_DASK: dict[str, object] = {
+    # the worker's statistical profiler samples every thread's stack on the event loop every
+    # 10 ms, for a dashboard we do not start
+    "distributed.worker.profile.enabled": False,
+    # every server (each worker, each nanny, the scheduler) checks its event loop every 20 ms
+    "distributed.admin.tick.interval": "500ms",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "1s",
+    # the nanny's default makes glibc hand every freed batch back to the kernel and fault it in
+    # again: about +40% CPU per reference model (benchmarks/cluster_diagnose.py)
+    f"{PRE_SPAWN}.MALLOC_TRIM_THRESHOLD_": None,
+}
+"""Dask config of the local cluster the dask backend starts. A Dask worker runs its task on a
+thread, and by default its event loop wakes more than 160 times a second (profiler, tick, memory
+and system monitors): every wake-up takes the GIL from the training thread, and on a machine whose
+cores all train, a core from a training worker (``benchmarks/dask_worker_probe.py`` compares this
+config with Dask's defaults). The BLAS thread variables stay at the nanny's 1 (torch's thread
+count is fixed inside each task)."""
+
 
 class ExecutionError(InputError):
     """A task could not be completed on the chosen backend (after its retries)."""
@@ -456,11 +475,12 @@ def _dask_client(*, address: str | None, jobs: int) -> Iterator[Any]:
                     address, set_as_default=False, timeout=f"{CONNECT_TIMEOUT_S}s"
                 )
             else:
-                # Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536: glibc then hands
-                # every freed batch back to the kernel and faults it in again, about +40% CPU
-                # per reference model (benchmarks/cluster_diagnose.py); our workers keep glibc's
-                # default. The nanny also sets the BLAS thread variables to 1, which we keep.
-                with dask.config.set({f"{PRE_SPAWN}.MALLOC_TRIM_THRESHOLD_": None}):
+                # the nanny runs in this process and sets the worker environment here too before
+                # each spawn: the auditor's environment is put back when the cluster is up and
+                # when it closes (its subprocesses must not inherit OMP_NUM_THREADS=1 and the like)
+                environ = dict(os.environ)
+                stack.callback(_restore_environ, environ)
+                with dask.config.set(QUIET_DASK):
                     cluster = distributed.LocalCluster(
                         n_workers=jobs,
                         threads_per_worker=1,
@@ -469,12 +489,21 @@ def _dask_client(*, address: str | None, jobs: int) -> Iterator[Any]:
                         dashboard_address=None,
                     )
                 stack.callback(cluster.close)
+                _restore_environ(environ)
                 client = distributed.Client(cluster, set_as_default=False)
         except Exception as exc:
             where = address or "a local Dask cluster"
             raise InputError(f"cannot start or reach {where}: {_last_line(exc)}") from exc
         stack.callback(client.close)
         yield client
+
+
+def _restore_environ(saved: dict[str, str]) -> None:
+    for name in set(os.environ) - set(saved):
+        del os.environ[name]
+    for name, value in saved.items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
 
 
 def _last_line(exc: BaseException) -> str:

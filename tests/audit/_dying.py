@@ -36,3 +36,11 @@ def always_raise(attempts: Path, victim: int, job: TrainingJob, k: int) -> Train
 
 def environment(names: tuple[str, ...], k: int) -> dict[str, str | None]:
     return {name: os.environ.get(name) for name in names}
+
+
+def periodic_callbacks(shared: object, k: int) -> list[str]:
+    """The periodic callbacks of the Dask worker that runs this task (its event loop's work)."""
+    from distributed import get_worker
+
+    worker = get_worker()
+    return sorted(name for name, pc in worker.periodic_callbacks.items() if pc.is_running())

@@ -265,21 +265,31 @@ def test_a_session_is_reused_by_every_map_inside_it(
         assert not ray.is_initialized()
 
 
-def test_a_started_dask_cluster_keeps_glibc_malloc_defaults(
+def test_a_started_dask_cluster_is_quiet_and_keeps_the_auditors_environment(
     job: TrainingJob, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Dask's nanny would start workers with MALLOC_TRIM_THRESHOLD_=65536 (about +40% CPU per
-    model, benchmarks/cluster_diagnose.py); the cluster the dask backend starts for a run must not, and keeps the BLAS
-    thread variables at 1."""
+    """The cluster the dask backend starts for a run: workers keep glibc's trim threshold (the
+    nanny's 65536 costs about +40% CPU per model), the BLAS thread
+    variables stay at 1, the worker's event loop runs no statistical profiler, and the nanny
+    (which runs in the auditor's process) leaves the auditor's environment as it found it."""
     pytest.importorskip("distributed")
     import cloudpickle
 
     cloudpickle.register_pickle_by_value(_dying)
-    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)  # an earlier nanny sets it here
-    names = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")
+    names = ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "PYTHONHASHSEED")
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
     with open_session("dask", jobs=1, address=None):
+        assert dict(os.environ) == before
         [env] = DaskBackend().map(Tasks(_dying.environment, names, 1), jobs=1, address=None)
-    assert env == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": "1"}
+        [callbacks] = DaskBackend().map(
+            Tasks(_dying.periodic_callbacks, None, 1), jobs=1, address=None
+        )
+    assert dict(os.environ) == before
+    assert env["MALLOC_TRIM_THRESHOLD_"] is None and env["OMP_NUM_THREADS"] == "1"
+    assert "heartbeat" in callbacks and "memory_monitor" in callbacks
+    assert not {"profile", "profile-cycle"} & set(callbacks)
 
 
 def test_a_reference_set_takes_exactly_the_jobs_models(
