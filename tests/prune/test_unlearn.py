@@ -307,3 +307,20 @@ def test_check_data_finds_any_non_finite_value(bad: float, where: tuple[int, int
     x[where] = bad
     with pytest.raises(DataError, match="training data: x contains NaN or inf"):
         check_data(x, y, name="training data", input_shape=(12,))
+
+
+def test_thread_cap_covers_numpy_blas_and_is_restored() -> None:
+    """``threads`` caps torch and numpy's BLAS pool for the call and restores both after."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from prune.unlearn._pipeline import _torch_threads
+
+    def blas() -> list[int]:
+        return [int(p["num_threads"]) for p in threadpool_info() if p["user_api"] == "blas"]
+
+    torch_before, blas_before = torch.get_num_threads(), blas()
+    with _torch_threads(1):
+        assert torch.get_num_threads() == 1
+        assert all(n == 1 for n in blas())
+    assert torch.get_num_threads() == torch_before and blas() == blas_before
