@@ -10,13 +10,17 @@ certifies the spec ``(f+p)_t - (f+p)_j >= margin`` on all of ``S``. ``U_j`` come
 duality (:func:`prune.solvers._bounds.dual_bound`), which is sound for *any* multipliers
 ``lam >= 0``; we tighten ``lam`` with a fixed number of projected Adam steps on the dual function
 (a convex, piecewise-linear function of ``lam`` with subgradient ``h - G x*(lam)``), vectorised
-over a batch of regions and all rows ``j``. The steps run in float32 on row-normalised data; the
-final bound is re-evaluated in float64 with the unnormalised constraints. Convergence only makes
-``delta`` smaller (a tighter, less intrusive patch); the certificate never depends on it.
+over a batch of regions and the rows ``j`` that can set ``delta``. The steps run in float32 on
+row-normalised data (their matrix products in bfloat16 where the CPU has it); the final bound
+is re-evaluated with the unnormalised constraints, in float32 plus a rigorous rounding term for
+every row and in float64 for the rows that can be a region's largest, so ``delta`` is the
+float64 one. Convergence only makes ``delta`` smaller (a tighter, less intrusive patch); the
+certificate never depends on it.
 
-Cost per step: one masked forward and one masked backward pass of ``B x O`` vectors through
-the layers (GEMMs against the shared weights; the constraint matrix is never formed). Compared with the exact LP
-(:mod:`prune.solvers._scale_shift`), the bound is larger by a gap the benchmark records."""
+Cost per step: one masked forward and one masked backward pass of the tightened rows through
+the layers (GEMMs against the shared weights; neither the constraint matrix nor the logits'
+linear part ``F1`` is formed). Compared with the exact LP (:mod:`prune.solvers._scale_shift`),
+the bound is larger by a gap the benchmark records."""
 
 from __future__ import annotations
 
@@ -35,6 +39,10 @@ __all__ = ["LagrangianSolver", "backward_multipliers"]
 
 
 GemmPrecision = Literal["auto", "float32", "bfloat16"]
+_FEW_ROWS = 72
+"""Up to this many spec rows (8 regions of 10 classes), the solver tightens every row in one
+round and bounds them in float64: the row selection and the float32 pass save GEMM work only
+on larger batches and cost fixed overhead on a one-point call."""
 _ESTIMATE_NOISE = 0.03
 """Relative slack when a row's starting bound (a bfloat16 estimate) is compared with the
 tightened maximum (the ascent's own float32 value): a row within it is tightened too."""
@@ -125,17 +133,29 @@ class LagrangianSolver:
         starting point; default 0."""
         return self._ascend(regions, W.to(torch.float32), init=init)[0]
 
-    def gemm_dtype(self) -> torch.dtype:
-        """The dtype of the ascent's matrix products (``gemm`` resolved on this machine)."""
-        if self.gemm == "bfloat16" or (self.gemm == "auto" and _native_bfloat16()):
+    def gemm_dtype(self, rows: int | None = None) -> torch.dtype:
+        """The dtype of the ascent's matrix products (``gemm`` resolved on this machine);
+        ``auto`` keeps float32 for a batch of at most ``_FEW_ROWS`` rows, whose tiny GEMMs cost
+        less than the casts around them."""
+        if self.gemm == "bfloat16":
+            return torch.bfloat16
+        few = rows is not None and rows <= _FEW_ROWS
+        if self.gemm == "auto" and _native_bfloat16() and not few:
             return torch.bfloat16
         return torch.float32
 
     def _tightened(self, regions: Regions, obj: _Objectives, init: torch.Tensor) -> torch.Tensor:
         """Multipliers ``[B,R,H]`` (float64) for every row: tightened from ``init`` where that can
         lower the region's largest bound (``row_cut``), ``init`` elsewhere."""
+        if init.shape[0] * init.shape[1] <= _FEW_ROWS:
+            # a few regions (one point per call): one round over every row costs less than
+            # the estimate and the extra rounds would
+            gemm = self.gemm_dtype(init.shape[0] * init.shape[1])
+            W = obj.inputs(regions, gemm=gemm)
+            return self._ascend(regions, W, init=init, gemm=gemm)[0]
+        gemm = self.gemm_dtype()
         lam = init.clone()
-        start = obj.estimate(regions, lam, gemm=self.gemm_dtype())
+        start = obj.estimate(regions, lam, gemm=gemm)
         top = start.max(dim=1, keepdim=True).values
         todo = start >= top - (1.0 - self.row_cut) * top.abs()
         done = torch.zeros_like(todo)
@@ -145,8 +165,9 @@ class LagrangianSolver:
             rows = regions.select(b.numpy())
             lam_br, value = self._ascend(
                 rows,
-                obj.input_rows(regions, b, r, gemm=self.gemm_dtype()),
+                obj.input_rows(regions, b, r, gemm=gemm),
                 init=lam[b, r].unsqueeze(1),
+                gemm=gemm,
             )
             lam[b, r] = lam_br[:, 0]
             tightened[b, r] = value[:, 0]
@@ -156,21 +177,26 @@ class LagrangianSolver:
         return lam
 
     def _ascend(
-        self, regions: Regions, W: torch.Tensor, *, init: torch.Tensor | None
+        self,
+        regions: Regions,
+        W: torch.Tensor,
+        *,
+        init: torch.Tensor | None,
+        gemm: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Multipliers ``lam [B,R,H] >= 0`` (float64) for the float32 objectives ``W [B,R,d]``
         and the best dual value seen (float64, ``[B,R]``, the bound without the objectives'
         constants, in float32 arithmetic: a guide, not a certified bound). Projected Adam in
-        float32 (products in :meth:`gemm_dtype`), with the constraint rows and objectives
-        scaled to unit norm (conditioning only: the returned ``lam`` is rescaled to the raw
-        rows). ``G`` is never formed: each step is one masked forward and one masked backward
+        float32 (products in ``gemm``, default :meth:`gemm_dtype`), with the constraint rows
+        and objectives scaled to unit norm (conditioning only: the returned ``lam`` is rescaled
+        to the raw rows). ``G`` is never formed: each step is one masked forward and one masked backward
         pass through the layers (:class:`prune.regions.RegionOperator`). The dual value is
         tracked every ``track`` steps and at the end (the kept multipliers are the best seen;
         any of them is sound)."""
         box = regions.box
         op = regions.operator(torch.float32)
         norms = op.row_scales() if self.scales == "diagonal" else op.row_norms()
-        gemm = self.gemm_dtype()
+        gemm = gemm or self.gemm_dtype(W.shape[0] * W.shape[1])
         if gemm != torch.float32:
             op = regions.operator(torch.float32, gemm=gemm)
         g_norm = norms.clamp_min(1e-12).unsqueeze(1)  # [B, 1, H]
@@ -249,6 +275,9 @@ class _Objectives:
             r = self.residual(regions.operator(torch.float64), lam)
             return box_dual(r, lam, regions.h, regions.box) + const
         mu = self.top + lam * regions.sign.unsqueeze(1)
+        if lam.shape[0] * lam.shape[1] <= _FEW_ROWS:  # float64 throughout: cheaper for a few rows
+            r = regions.operator(torch.float64).linear_transpose(mu)
+            return box_dual(r, lam, regions.h, regions.box) + const
         value, error = _float32_bound(regions, mu, lam)
         value = value + const
         upper = value + error
@@ -265,6 +294,14 @@ class _Objectives:
         lam32 = lam.to(torch.float32).clamp_min(0.0)
         r = self.residual(regions.operator(torch.float32, gemm=gemm), lam32)
         return box_dual(r, lam32, regions.h.to(torch.float32), regions.box).to(torch.float64)
+
+    def inputs(self, regions: Regions, *, gemm: torch.dtype) -> torch.Tensor:
+        """Every row of ``W`` ``[B, R, d]`` in float32 (through ``gemm`` products)."""
+        if self.W is not None:
+            return self.W.to(torch.float32)
+        assert self.top is not None
+        op = regions.operator(torch.float32, gemm=gemm)
+        return op.linear_transpose(self.top.to(torch.float32))
 
     def input_rows(
         self, regions: Regions, b: torch.Tensor, r: torch.Tensor, *, gemm: torch.dtype

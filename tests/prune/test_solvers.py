@@ -275,7 +275,10 @@ def test_float32_bound_is_sound_and_exact_on_the_largest_rows(case: Case, seed: 
     )
     const = torch.from_numpy(rng.normal(size=coeffs.shape[:2]))
     exact = dual_bound(case.regions, coeffs @ case.regions.F1, lam) + const
-    ours = obj.bound(case.regions, lam, const)
+    with pytest.MonkeyPatch.context() as patch:  # the batch path (3 regions are "a few rows")
+        patch.setattr("prune.solvers._lagrangian._FEW_ROWS", 0)
+        ours = obj.bound(case.regions, lam, const)
+    torch.testing.assert_close(obj.bound(case.regions, lam, const), exact)  # the few-rows path
     assert bool((ours >= exact - 1e-9).all())
     torch.testing.assert_close(ours.max(dim=1).values, exact.max(dim=1).values)
     assert obj.top is not None
@@ -294,11 +297,15 @@ def test_float32_bound_is_sound_and_exact_on_the_largest_rows(case: Case, seed: 
     ids=["bf16-active-rows", "fp32-all-rows", "bf16-all-rows"],
 )
 def test_lagrangian_precision_and_row_selection_certify(
-    case: Case, solutions: dict[str, PatchSolution], solver: LagrangianSolver
+    case: Case,
+    solutions: dict[str, PatchSolution],
+    solver: LagrangianSolver,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """bfloat16 products and tightening only the rows that can set delta change tightness only:
-    every patch still certifies the whole region (exact LP), and the push stays within a few
-    percent of the default solver's."""
+    """bfloat16 products and tightening only the rows that can set delta (the batch path, forced
+    here on 3 regions) change tightness only: every patch still certifies the whole region
+    (exact LP), and the push stays within a few percent of the default (few-rows) solve's."""
+    monkeypatch.setattr("prune.solvers._lagrangian._FEW_ROWS", 0)
     sol = solver.solve(
         case.regions,
         torch.from_numpy(case.targets),
@@ -316,10 +323,14 @@ def test_lagrangian_precision_and_row_selection_certify(
     assert bool((sol.multipliers[torch.arange(len(t)), t] == 0).all())
 
 
-def test_untightened_rows_keep_sound_starting_multipliers(case: Case) -> None:
+def test_untightened_rows_keep_sound_starting_multipliers(
+    case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With ``row_cut=1`` only each region's largest starting row is tightened first; every
     row's shipped multipliers still give a weak-duality bound below ``delta - margin``."""
     from prune.solvers._bounds import spec_upper_bounds
+
+    monkeypatch.setattr("prune.solvers._lagrangian._FEW_ROWS", 0)
 
     t, _, _ = _spec_rows(case)
     sol = LagrangianSolver(row_cut=1.0).solve(
