@@ -130,8 +130,11 @@ class LagrangianSolver:
         """Multipliers ``lam [B,R,H] >= 0`` (float64) for the objectives ``W [B,R,d]`` after
         ``steps`` projected Adam steps on the dual function (every row tightened; see
         :meth:`_ascend`). ``init`` (raw multipliers, e.g. :func:`backward_multipliers`) is the
-        starting point; default 0."""
-        return self._ascend(regions, W.to(torch.float32), init=init)[0]
+        starting point; default 0. Products in float32 unless ``gemm="bfloat16"`` (``auto``
+        means bfloat16 for :meth:`solve`'s batches only, whose tightness was measured; the
+        region certificate, calibrated and clustered callers keep their float32 numbers)."""
+        gemm = torch.bfloat16 if self.gemm == "bfloat16" else torch.float32
+        return self._ascend(regions, W.to(torch.float32), init=init, gemm=gemm)[0]
 
     def gemm_dtype(self, rows: int | None = None) -> torch.dtype:
         """The dtype of the ascent's matrix products (``gemm`` resolved on this machine);
