@@ -327,19 +327,22 @@ def _float32_bound(
     products (error ``<= gamma_n`` times the same sum of absolute values, in any order);
     ``mu``, the weights and the masks are rounded to float32 once each and every mask product
     and addition once more, so ``|fl(r)_i - r_i| <= gamma_K (|mu| |A|)_i`` with
-    ``K = 2 + sum_l (n_l + 4)`` (:meth:`prune.regions.RegionOperator.transpose_mass`, itself
-    computed in float32 and taken 1 % larger, far above its own relative error ~``gamma_K``).
+    ``K = 2 + sum_l (n_l + 4)``, ``n_l`` at least layer ``l``'s inner dimension
+    (:meth:`prune.regions.RegionOperator.transpose_mass`: a float32 sum of non-negative terms,
+    at least ``(1 - gamma_K)`` times the exact one by the same count, so it is divided by that
+    and taken 1 % larger).
     The box maximum moves by at most ``(|mid| + radius) sum_i |fl(r)_i - r_i|``. The remaining
     sums are float64 (relative ~1e-15, inside the pipeline's float32 slack, as for
     :func:`prune.solvers._bounds.dual_bound`). Returns ``(value, error)``."""
     op = regions.operator(torch.float32)
     r = op.linear_transpose(mu.to(torch.float32)).to(torch.float64)
-    k = 2 + sum(int(w.shape[1]) + 4 for w in regions.hidden)
+    # the backward pass's inner dimension is a layer's output width; max() covers either
+    k = 2 + sum(max(int(w.shape[0]), int(w.shape[1])) + 4 for w in regions.hidden)
     unit = 2.0**-24
-    if k * unit >= 0.5:
+    if k * unit >= 0.25:
         raise PatchError(f"a float32 sum of {k} terms has no useful error bound")
     gamma = k * unit / (1.0 - k * unit)
-    mass = op.transpose_mass(mu.abs().to(torch.float32)).to(torch.float64) * 1.01
+    mass = op.transpose_mass(mu.abs().to(torch.float32)).to(torch.float64) * 1.01 / (1.0 - gamma)
     box = regions.box
     return box_dual(r, lam, regions.h, box), gamma * (abs(box.mid) + box.radius) * mass
 

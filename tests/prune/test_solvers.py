@@ -3,6 +3,8 @@ autograd (independent of prune.regions and prune.solvers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,7 @@ from prune.solvers import (
     dense_dual_bound,
     make_solver,
 )
-from tests.prune._engine_models import digits_work, single_thread
+from tests.prune._engine_models import digits_work, random_mlp, single_thread
 
 BOX = InputBox(0.0, 1.0, "data-range")
 MARGIN = 0.25
@@ -339,3 +341,23 @@ def test_untightened_rows_keep_sound_starting_multipliers(
     assert sol.multipliers is not None
     upper = spec_upper_bounds(case.regions, t, sol.multipliers, d=sol.d)
     assert bool((-upper.max(dim=1).values >= MARGIN - 1e-9).all())
+
+
+@pytest.mark.parametrize("dims", [(3, 40, 30, 4), (20, 6, 50, 3)])
+def test_float32_rounding_term_covers_expanding_layers(
+    tmp_path: Path, dims: tuple[int, ...]
+) -> None:
+    """The rounding term counts each backward product's inner dimension (a layer's output
+    width), also where a layer is wider than its input: the float32 bound is within it of the
+    float64 one for large multipliers."""
+    from prune.solvers._bounds import box_dual
+    from prune.solvers._lagrangian import _float32_bound
+
+    head = load_model(random_mlp(tmp_path / "m.onnx", dims=dims, seed=7)).head
+    rng = np.random.default_rng(2)
+    regions = linearize(head, patterns_of(head, rng.random((5, head.input_dim))), box=BOX)
+    lam = torch.from_numpy(rng.exponential(scale=1e3, size=(5, 4, head.n_hidden)))
+    mu = torch.from_numpy(rng.normal(size=(5, 4, head.n_hidden))) * 1e3 + lam
+    exact = box_dual(regions.operator().linear_transpose(mu), lam, regions.h, BOX)
+    value, error = _float32_bound(regions, mu, lam)
+    assert bool(((value - exact).abs() <= error).all()) and bool((error > 0).all())
