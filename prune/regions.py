@@ -20,7 +20,8 @@ is inside the box."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -100,7 +101,9 @@ class RegionOperator:
     """The constraint matrix ``G`` of a batch of regions as a linear operator, applied through
     the layers with the ReLU masks fixed (never materialised): ``G x = -s * (A x)`` is a masked
     forward pass, ``lam G`` a masked backward pass. Every product is a GEMM against a weight
-    matrix shared by all regions; ``dtype`` is the arithmetic precision."""
+    matrix shared by all regions, in the weights' dtype; the operands' dtype is the precision of
+    everything else (masks, sums), so weights in a lower precision than ``x`` make only the GEMMs
+    cheaper (:meth:`Regions.operator`, ``gemm``)."""
 
     weights: tuple[torch.Tensor, ...]
     masks: tuple[torch.Tensor, ...]
@@ -114,7 +117,11 @@ class RegionOperator:
     def _times(self, i: int, u: torch.Tensor, *, transpose: bool) -> torch.Tensor:
         if self.identity and self.identity[i]:
             return u
-        return u @ (self.weights[i] if transpose else self.weights[i].T)
+        w = self.weights[i] if transpose else self.weights[i].T
+        if w.dtype == u.dtype:
+            return u @ w
+        # GEMM in the weights' (lower) precision, everything around it in ``u``'s
+        return (u.to(w.dtype) @ w).to(u.dtype)
 
     def linear(self, x: torch.Tensor) -> torch.Tensor:
         """``A x`` (the linearised pre-activations without offsets) for ``x [B, R, d]``."""
@@ -137,6 +144,22 @@ class RegionOperator:
             acc = self._times(i, acc, transpose=True) * self.masks[i - 1].unsqueeze(1)
             acc = acc + parts[i - 1]
         return self._times(0, acc, transpose=True)
+
+    def transpose_mass(self, a: torch.Tensor) -> torch.Tensor:
+        """``sum_i (a |A|)_i`` for ``a [B, R, H] >= 0``, ``[B, R]``: :meth:`linear_transpose`
+        with absolute weights and masks, summed over the input; the first layer's product is
+        its row sums, so only the hidden layers' products are paid. (A rounding-error scale.)"""
+        if not self.weights:
+            return a.new_zeros(a.shape[:2])
+        parts = torch.split(a, [w.shape[0] for w in self.weights], dim=2)
+        acc = parts[-1]
+        for i in range(len(self.weights) - 1, 0, -1):
+            if not (self.identity and self.identity[i]):
+                acc = acc @ self.weights[i].abs().to(acc.dtype)
+            acc = acc * self.masks[i - 1].abs().unsqueeze(1) + parts[i - 1]
+        if self.identity and self.identity[0]:
+            return acc.sum(dim=2)
+        return acc @ self.weights[0].abs().sum(dim=1).to(acc.dtype)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """``G x = -s * (A x)`` for ``x [B, R, d]``: ``[B, R, H]``."""
@@ -183,23 +206,58 @@ class RegionOperator:
 @dataclass(frozen=True, eq=False)
 class Regions:
     """A batch of ``B`` regions with their linearisation (float64 torch tensors): ``c [B,H]``,
-    ``F1 [B,O,d]``, ``F2 [B,O]``; ``active [B,H]`` bool; ``A [B,H,d]`` only when built with
-    ``dense=True`` (the LP solvers and the dense gate need it; the Lagrangian solver works
-    through :meth:`operator`). ``hidden`` holds the hidden layers' weights (float64)."""
+    ``F1 [B,O,d]`` (computed on first use), ``F2 [B,O]``; ``active [B,H]`` bool; ``A [B,H,d]``
+    only when built with ``dense=True`` (the LP solvers and the dense gate need it; the
+    Lagrangian solver works through :meth:`operator` and :meth:`objective_multipliers`).
+    ``hidden`` holds the hidden layers' weights (float64)."""
 
     active: torch.Tensor
     c: torch.Tensor
-    F1: torch.Tensor
     F2: torch.Tensor
     box: InputBox
     hidden: tuple[torch.Tensor, ...]
     readout: torch.Tensor
     """The last layer's weights ``[O, H_last]`` (logits from the last ReLU outputs)."""
+    input_dim: int
     A: torch.Tensor | None = None
     slope: torch.Tensor | None = None
     """Negative-side slope per hidden unit ``[H]``; ``None`` means all Relu (0)."""
     identity: tuple[bool, ...] = ()
     """Per hidden layer: its weight is exactly ``I`` (see :class:`RegionOperator`)."""
+    f1_cache: torch.Tensor | None = field(default=None, repr=False)
+    """:attr:`F1` once computed (or given)."""
+
+    @property
+    def F1(self) -> torch.Tensor:
+        """``[B,O,d]``: the logits' linear part on each region, ``f = F1 x + F2``; a masked
+        backward pass from the readout, ``O x d`` values per region, computed on first use."""
+        if self.f1_cache is None:
+            batch = len(self)
+            masks = torch.split(self.masks(), [w.shape[0] for w in self.hidden], dim=1)
+            acc = self.readout.expand(batch, -1, -1)
+            for i in range(len(self.hidden) - 1, -1, -1):
+                acc = acc * masks[i].unsqueeze(1)
+                acc = acc if self.identity and self.identity[i] else acc @ self.hidden[i]
+            object.__setattr__(self, "f1_cache", acc.contiguous())
+        assert self.f1_cache is not None
+        return self.f1_cache
+
+    def objective_multipliers(
+        self, coeffs: torch.Tensor, dtype: torch.dtype = torch.float64
+    ) -> torch.Tensor:
+        """The objectives ``W = coeffs F1`` (``coeffs [B,R,O]``: combinations of the logits) in
+        the operator's multiplier space: ``mu [B,R,H]`` with ``op.linear_transpose(mu) == W``
+        (in exact arithmetic), zero except the last hidden layer's block, which is the readout
+        through that layer's mask. So ``W - lam G`` is one backward pass, and ``F1`` is never
+        formed. Needs a hidden layer (a head without one has ``F1 = readout``)."""
+        if not self.hidden:
+            raise ValueError("objective_multipliers needs a hidden layer")
+        last = self.hidden[-1].shape[0]
+        top = (coeffs.to(dtype) @ self.readout.to(dtype)) * self.masks(dtype)[:, -last:].unsqueeze(
+            1
+        )
+        n_below = self.active.shape[1] - last
+        return torch.cat([top.new_zeros(*top.shape[:2], n_below), top], dim=2)
 
     def masks(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:
         """The activation masks ``[B, H]``: 1 where active, the unit's slope where inactive."""
@@ -211,14 +269,14 @@ class Regions:
     def __len__(self) -> int:
         return int(self.active.shape[0])
 
-    @property
+    @cached_property
     def sign(self) -> torch.Tensor:
-        """``+1`` active, ``-1`` inactive, ``[B, H]``."""
+        """``+1`` active, ``-1`` inactive, ``[B, H]`` (computed once; not to be modified)."""
         return self.active.to(torch.float64) * 2.0 - 1.0
 
-    @property
+    @cached_property
     def h(self) -> torch.Tensor:
-        """Right-hand sides of ``G x <= h``, ``[B, H]``."""
+        """Right-hand sides of ``G x <= h``, ``[B, H]`` (computed once; not to be modified)."""
         return self.sign * self.c
 
     def constraints(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,13 +285,17 @@ class Regions:
             raise ValueError("dense constraints need linearize(..., dense=True)")
         return -self.sign.unsqueeze(2) * self.A, self.h
 
-    def operator(self, dtype: torch.dtype = torch.float64) -> RegionOperator:
+    def operator(
+        self, dtype: torch.dtype = torch.float64, *, gemm: torch.dtype | None = None
+    ) -> RegionOperator:
+        """The constraint operator in ``dtype``; ``gemm``: the weights' dtype, if lower (the
+        products run in it, inputs rounded to it, outputs back in ``dtype``)."""
         masks = torch.split(self.masks(dtype), [w.shape[0] for w in self.hidden], dim=1)
         return RegionOperator(
-            weights=tuple(w.to(dtype) for w in self.hidden),
+            weights=tuple(w.to(gemm or dtype) for w in self.hidden),
             masks=tuple(masks[:-1]),
             sign=self.sign.to(dtype),
-            input_dim=int(self.F1.shape[2]),
+            input_dim=self.input_dim,
             identity=self.identity or tuple(_is_identity(w) for w in self.hidden),
         )
 
@@ -242,11 +304,12 @@ class Regions:
         return Regions(
             active=self.active[index],
             c=self.c[index],
-            F1=self.F1[index],
             F2=self.F2[index],
             box=self.box,
             hidden=self.hidden,
             readout=self.readout,
+            input_dim=self.input_dim,
+            f1_cache=None if self.f1_cache is None else self.f1_cache[index],
             A=None if self.A is None else self.A[index],
             slope=self.slope,
             identity=self.identity,
@@ -255,8 +318,8 @@ class Regions:
 
 def linearize(head: PLHead, active: BoolArray, *, box: InputBox, dense: bool = True) -> Regions:
     """Linearise the head on the regions of the given patterns ``[B, H]``: offsets ``c`` by a
-    masked forward pass of the biases, ``F1`` by a masked backward pass from the logits, and
-    (``dense=True``) the pre-activation rows ``A``."""
+    masked forward pass of the biases, ``F1`` (lazily, :attr:`Regions.F1`) by a masked backward
+    pass from the logits, and (``dense=True``) the pre-activation rows ``A``."""
     act = torch.from_numpy(np.ascontiguousarray(active, dtype=np.bool_))
     if act.ndim != 2 or act.shape[1] != head.n_hidden:
         raise ValueError(f"patterns must be [B, {head.n_hidden}], got {tuple(act.shape)}")
@@ -275,20 +338,16 @@ def linearize(head: PLHead, active: BoolArray, *, box: InputBox, dense: bool = T
         off = masks[i] * c_l
     f2 = off @ weights[-1].T + biases[-1] if c_parts else biases[-1].expand(batch, -1).clone()
     identity = tuple(_is_identity(w) for w in weights[:-1])
-    acc = weights[-1].expand(batch, -1, -1)
-    for i in range(len(weights) - 2, -1, -1):
-        acc = acc * masks[i].unsqueeze(1)
-        acc = acc if identity[i] else acc @ weights[i]
     a_all = _dense_rows(weights[:-1], masks, batch, head.input_dim) if dense else None
     c_all = torch.cat(c_parts, dim=1) if c_parts else torch.zeros(batch, 0, dtype=torch.float64)
     return Regions(
         active=act,
         c=c_all,
-        F1=acc.contiguous(),
         F2=f2,
         box=box,
         hidden=tuple(weights[:-1]),
         readout=weights[-1],
+        input_dim=head.input_dim,
         A=a_all,
         slope=slope,
         identity=identity,

@@ -50,7 +50,9 @@ def check_data(
         raise DataError(
             f"{name}: samples have shape {tuple(x.shape[1:])}, the model expects {tuple(input_shape)}"
         )
-    if not np.isfinite(x).all():
+    # NaN propagates through min/max and an infinity is one of them: two reductions, no
+    # [N, ...] boolean temporary (the training set is read once per request)
+    if x.size and not (np.isfinite(x.min()) and np.isfinite(x.max())):
         raise DataError(f"{name}: x contains NaN or inf")
     if (y < 0).any():
         raise DataError(f"{name}: labels must be non-negative")

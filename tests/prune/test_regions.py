@@ -109,3 +109,32 @@ def test_linearize_rejects_wrong_pattern_width(tmp_path: Path) -> None:
     head = load_model(random_mlp(tmp_path / "m.onnx")).head
     with pytest.raises(ValueError, match="patterns must be"):
         linearize(head, np.ones((1, head.n_hidden + 1), dtype=bool), box=BOX)
+
+
+@pytest.mark.parametrize("dims", [(5, 7, 6, 3), (4, 6, 5, 5, 2)])
+def test_objective_multipliers_and_transpose_mass(tmp_path: Path, dims: tuple[int, ...]) -> None:
+    """``linear_transpose(objective_multipliers(c)) == c F1`` (F1 itself computed on first use,
+    as linearize used to), and the mass is the absolute backward pass summed over the input."""
+    head = load_model(random_mlp(tmp_path / "m.onnx", dims=dims, seed=5)).head
+    rng = np.random.default_rng(1)
+    lean = linearize(head, patterns_of(head, rng.random((4, head.input_dim))), box=BOX, dense=False)
+    assert lean.f1_cache is None
+    coeffs = torch.from_numpy(rng.normal(size=(4, 3, head.classes)))
+    op = lean.operator()
+    torch.testing.assert_close(
+        op.linear_transpose(lean.objective_multipliers(coeffs)), coeffs @ lean.F1
+    )
+    a = torch.from_numpy(rng.random((4, 3, head.n_hidden)))
+    sizes = head.hidden_sizes
+    parts = torch.split(a, list(sizes), dim=2)
+    masks = torch.split(lean.masks(), list(sizes), dim=1)
+    acc = parts[-1]
+    for i in range(len(sizes) - 1, 0, -1):
+        acc = (acc @ lean.hidden[i].abs()) * masks[i - 1].unsqueeze(1) + parts[i - 1]
+    torch.testing.assert_close(op.transpose_mass(a), (acc @ lean.hidden[0].abs()).sum(dim=2))
+    # a lower-precision GEMM operator computes the same products, rounded
+    low = lean.operator(torch.float32, gemm=torch.bfloat16)
+    assert low.weights[0].dtype == torch.bfloat16
+    approx = low.linear_transpose(a.to(torch.float32))
+    assert approx.dtype == torch.float32
+    torch.testing.assert_close(approx.double(), op.linear_transpose(a), rtol=0.05, atol=0.05)

@@ -3,6 +3,8 @@ autograd (independent of prune.regions and prune.solvers)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -20,7 +22,7 @@ from prune.solvers import (
     dense_dual_bound,
     make_solver,
 )
-from tests.prune._engine_models import digits_work, single_thread
+from tests.prune._engine_models import digits_work, random_mlp, single_thread
 
 BOX = InputBox(0.0, 1.0, "data-range")
 MARGIN = 0.25
@@ -244,3 +246,118 @@ def test_exact_lp_multipliers_certify_the_lp_solvers_patches(
     lam = torch.from_numpy(_lp_multipliers(case.regions, W, case.targets))
     upper = spec_upper_bounds(case.regions, t, lam, C=sol.C, d=sol.d)
     assert bool((-upper.max(dim=1).values >= MARGIN - 1e-6).all()), upper
+
+
+def _spec_rows(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    t = torch.from_numpy(case.targets)
+    classes = case.head.classes
+    keep = torch.arange(classes).expand(len(t), -1)
+    keep = keep[keep != t.view(-1, 1)].view(len(t), classes - 1)
+    coeffs = torch.zeros(len(t), classes - 1, classes, dtype=torch.float64)
+    coeffs.scatter_(2, keep.unsqueeze(2), 1.0)
+    coeffs.scatter_(2, t.view(-1, 1, 1).expand(-1, classes - 1, 1), -1.0)
+    return t, keep, coeffs
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 100_000))
+def test_float32_bound_is_sound_and_exact_on_the_largest_rows(case: Case, seed: int) -> None:
+    """The solver's bound (float32 residual + rigorous rounding term, float64 again on every row
+    that can be a region's largest) is never below the float64 weak-duality bound of the same
+    multipliers, and its per-region maximum equals the float64 one."""
+    from prune.solvers._bounds import dual_bound
+    from prune.solvers._lagrangian import _float32_bound, _Objectives
+
+    rng = np.random.default_rng(seed)
+    _, _, coeffs = _spec_rows(case)
+    obj = _Objectives.of(case.regions, coeffs)
+    lam = torch.from_numpy(
+        rng.exponential(size=(len(case.x), coeffs.shape[1], case.head.n_hidden))
+        * rng.integers(0, 2, size=(len(case.x), coeffs.shape[1], case.head.n_hidden))
+    )
+    const = torch.from_numpy(rng.normal(size=coeffs.shape[:2]))
+    exact = dual_bound(case.regions, coeffs @ case.regions.F1, lam) + const
+    with pytest.MonkeyPatch.context() as patch:  # the batch path (3 regions are "a few rows")
+        patch.setattr("prune.solvers._lagrangian._FEW_ROWS", 0)
+        ours = obj.bound(case.regions, lam, const)
+    torch.testing.assert_close(obj.bound(case.regions, lam, const), exact)  # the few-rows path
+    assert bool((ours >= exact - 1e-9).all())
+    torch.testing.assert_close(ours.max(dim=1).values, exact.max(dim=1).values)
+    assert obj.top is not None
+    mu = obj.top + lam * case.regions.sign.unsqueeze(1)
+    value, error = _float32_bound(case.regions, mu, lam)
+    assert bool(((value + const - exact).abs() <= error).all()) and bool((error > 0).all())
+
+
+@pytest.mark.parametrize(
+    "solver",
+    [
+        LagrangianSolver(gemm="bfloat16"),
+        LagrangianSolver(gemm="float32", row_cut=0.0),
+        LagrangianSolver(gemm="bfloat16", row_cut=0.0),
+    ],
+    ids=["bf16-active-rows", "fp32-all-rows", "bf16-all-rows"],
+)
+def test_lagrangian_precision_and_row_selection_certify(
+    case: Case,
+    solutions: dict[str, PatchSolution],
+    solver: LagrangianSolver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """bfloat16 products and tightening only the rows that can set delta (the batch path, forced
+    here on 3 regions) change tightness only: every patch still certifies the whole region
+    (exact LP), and the push stays within a few percent of the default (few-rows) solve's."""
+    monkeypatch.setattr("prune.solvers._lagrangian._FEW_ROWS", 0)
+    sol = solver.solve(
+        case.regions,
+        torch.from_numpy(case.targets),
+        margin=torch.full((len(case.x),), MARGIN, dtype=torch.float64),
+    )
+    for b in range(len(case.x)):
+        exact = exact_min_margin(case.head, case.x[b], int(case.targets[b]), None, sol.d[b].numpy())
+        assert exact >= MARGIN - 1e-7
+        assert float(sol.certified_margin[b]) <= exact + 1e-6
+    reference = solutions["lagrangian"].d.abs().max(dim=1).values
+    push = sol.d.abs().max(dim=1).values
+    assert bool(((push - reference).abs() <= 0.05 * reference + 1e-6).all()), (push, reference)
+    assert sol.multipliers is not None
+    t = torch.from_numpy(case.targets)
+    assert bool((sol.multipliers[torch.arange(len(t)), t] == 0).all())
+
+
+def test_untightened_rows_keep_sound_starting_multipliers(
+    case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``row_cut=1`` only each region's largest starting row is tightened first; every
+    row's shipped multipliers still give a weak-duality bound below ``delta - margin``."""
+    from prune.solvers._bounds import spec_upper_bounds
+
+    monkeypatch.setattr("prune.solvers._lagrangian._FEW_ROWS", 0)
+
+    t, _, _ = _spec_rows(case)
+    sol = LagrangianSolver(row_cut=1.0).solve(
+        case.regions, t, margin=torch.full((len(case.x),), MARGIN, dtype=torch.float64)
+    )
+    assert sol.multipliers is not None
+    upper = spec_upper_bounds(case.regions, t, sol.multipliers, d=sol.d)
+    assert bool((-upper.max(dim=1).values >= MARGIN - 1e-9).all())
+
+
+@pytest.mark.parametrize("dims", [(3, 40, 30, 4), (20, 6, 50, 3)])
+def test_float32_rounding_term_covers_expanding_layers(
+    tmp_path: Path, dims: tuple[int, ...]
+) -> None:
+    """The rounding term counts each backward product's inner dimension (a layer's output
+    width), also where a layer is wider than its input: the float32 bound is within it of the
+    float64 one for large multipliers."""
+    from prune.solvers._bounds import box_dual
+    from prune.solvers._lagrangian import _float32_bound
+
+    head = load_model(random_mlp(tmp_path / "m.onnx", dims=dims, seed=7)).head
+    rng = np.random.default_rng(2)
+    regions = linearize(head, patterns_of(head, rng.random((5, head.input_dim))), box=BOX)
+    lam = torch.from_numpy(rng.exponential(scale=1e3, size=(5, 4, head.n_hidden)))
+    mu = torch.from_numpy(rng.normal(size=(5, 4, head.n_hidden))) * 1e3 + lam
+    exact = box_dual(regions.operator().linear_transpose(mu), lam, regions.h, BOX)
+    value, error = _float32_bound(regions, mu, lam)
+    assert bool(((value - exact).abs() <= error).all()) and bool((error > 0).all())

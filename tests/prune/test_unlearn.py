@@ -291,3 +291,36 @@ def test_cnn_is_patched_in_feature_space(tmp_path: Path) -> None:
     code, _, stderr = _run([*base, "--cut", "input", "--out", str(tmp_path / "p2")])
     assert code == 2 and "MaxPool (MaxPool node" in stderr and stderr.count("\n") == 1
     assert not (tmp_path / "p2").exists()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [(0, 0), (3, 5), (7, 11)])
+def test_check_data_finds_any_non_finite_value(bad: float, where: tuple[int, int]) -> None:
+    """The finiteness check reads min and max only: NaN propagates through both and an
+    infinity is one of them, wherever it sits."""
+    from prune.errors import DataError
+    from prune.unlearn._request import check_data
+
+    x = np.random.default_rng(0).random((8, 12)).astype(np.float32)
+    y = np.zeros(8, dtype=np.int64)
+    check_data(x, y, name="training data", input_shape=(12,))
+    x[where] = bad
+    with pytest.raises(DataError, match="training data: x contains NaN or inf"):
+        check_data(x, y, name="training data", input_shape=(12,))
+
+
+def test_thread_cap_covers_numpy_blas_and_is_restored() -> None:
+    """``threads`` caps torch and numpy's BLAS pool for the call and restores both after."""
+    import torch
+    from threadpoolctl import threadpool_info
+
+    from prune.unlearn._pipeline import _torch_threads
+
+    def blas() -> list[int]:
+        return [int(p["num_threads"]) for p in threadpool_info() if p["user_api"] == "blas"]
+
+    torch_before, blas_before = torch.get_num_threads(), blas()
+    with _torch_threads(1):
+        assert torch.get_num_threads() == 1
+        assert all(n == 1 for n in blas())
+    assert torch.get_num_threads() == torch_before and blas() == blas_before
