@@ -30,7 +30,7 @@ __all__ = ["ShadowAttack"]
 def _one_thread() -> Any:
     """One OpenMP thread for the boosting trees: with torch's OpenMP runtime loaded in the same
     process, their tiny parallel loops spin against it (measured 15x slower on 2 cores)."""
-    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+    from threadpoolctl import threadpool_limits
 
     return threadpool_limits(limits=1)
 
