@@ -452,8 +452,8 @@ def row_problems(proto: Any, outputs: Sequence[str] = (PATCH_OUTPUT,)) -> list[R
         ]
     from audit.sandbox._policy import _fold_static
 
-    sub, _ = _fold_static(onnx.load_from_string(up_to(proto, list(outputs))))
     try:
+        sub, _ = _fold_static(onnx.load_from_string(up_to(proto, list(outputs))))
         return _Walk(sub).run()
     except Exception as exc:  # onnx shape inference raises several unrelated types
         first = str(exc).splitlines()[0][:160] if str(exc) else exc.__class__.__name__
