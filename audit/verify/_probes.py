@@ -117,18 +117,6 @@ class RegionProbes(Check[VerifyContext]):
     )
     requires = frozenset({"original", "forget"})
 
-    def _unplaced(
-        self,
-        ctx: VerifyContext,
-        x0: NDArray[np.float32],
-        sign: NDArray[np.bool_],
-        certified: NDArray[np.int64],
-        cols: dict[str, NDArray[Any]],
-        box: tuple[float, float] | None,
-        probed: int,
-    ) -> CheckOutcome:
-        return _unplaced_outcome(self, ctx, x0, sign, certified, cols, box, probed)
-
     def run(self, ctx: VerifyContext) -> CheckOutcome:
         predicate, policy = ctx.predicate, ctx.policy
         flip = flip_only(predicate.claims)
@@ -200,7 +188,7 @@ class RegionProbes(Check[VerifyContext]):
         keep = inside(points, sign[probe_claim]) & (moved > 0)
         points, probe_claim = points[keep], probe_claim[keep]
         if len(points) == 0:
-            return self._unplaced(ctx, x0, sign, certified, cols, box, len(rows))
+            return _unplaced_outcome(self, ctx, x0, sign, certified, cols, box, len(rows))
         idx = certified[probe_claim]
         logits = ctx.patched_head(points, cut_shape)
         margin = margins(logits, cols["target"][idx])
