@@ -22,7 +22,7 @@ import numpy as np
 
 from prune.errors import ModelImportError
 
-__all__ = ["free_batch"]
+__all__ = ["free_batch", "run_outputs"]
 
 BATCH_SYMBOL = "batch"
 _CHECK_SEED = 20260101
@@ -112,7 +112,9 @@ def _rewrite(proto: Any, input_name: str, batch: int) -> tuple[Any, int]:
     return copy, rewritten
 
 
-def _run(raw: bytes, x: np.ndarray[Any, Any]) -> list[np.ndarray[Any, Any]]:
+def run_outputs(raw: bytes, x: np.ndarray[Any, Any]) -> list[np.ndarray[Any, Any]]:
+    """Every graph output of ``raw`` on ``x`` (one onnxruntime thread, CPU): the runs that the
+    import's rewrites (fixed batch, float64, MaxPool) compare with the original."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -146,13 +148,13 @@ def _check(original: bytes, freed: bytes, batch: int, sample_shape: tuple[int, .
     other = batch + 3
     x = rng.uniform(0.0, 1.0, size=(other, *sample_shape)).astype(np.float32)
     try:
-        if not _same(_run(freed, x[:batch]), _run(original, x[:batch])):
+        if not _same(run_outputs(freed, x[:batch]), run_outputs(original, x[:batch])):
             return f"at batch {batch} the rewritten graph's outputs differ from the original's"
-        whole = _run(freed, x)
+        whole = run_outputs(freed, x)
         chunks: list[list[np.ndarray[Any, Any]]] = []
         for start in range(0, other, batch):
             stop = min(start + batch, other)
-            outs = _run(original, x[stop - batch : stop])
+            outs = run_outputs(original, x[stop - batch : stop])
             chunks.append([o[batch - (stop - start) :] for o in outs])
     except Exception as exc:  # onnxruntime's own failure types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
