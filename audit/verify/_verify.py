@@ -31,6 +31,7 @@ from audit.verify._report import VerificationReport
 from audit.verify._rows import StructureRows
 from audit.verify._signature import CertificateSignature, ModelSignature
 from audit.verify._structure import StructureOriginal, StructurePatch
+from audit.verify._tail import StructureTail
 from prune.formats import sha256_hex
 
 __all__ = ["CHECKS", "verify_proof"]
@@ -49,6 +50,7 @@ CHECKS: Mapping[str, type[Check[VerifyContext]]] = {
         CommitmentConsistency,
         StructureOriginal,
         StructureRows,
+        StructureTail,
         StructurePatch,
         ClassSuppression,
         ReplayClaims,
