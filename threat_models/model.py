@@ -318,6 +318,16 @@ THREATS: tuple[Threat, ...] = (
         ("class_region_only", "class_as_samples"),
         ("class.reference",),
     ),
+    Threat(
+        20,
+        "unfaithful-tail",
+        "Unfaithful output tail",
+        "the original's output tail (replayed on the patched logits) serves a label the logits do "
+        "not give: a lookup with duplicate labels, the second-best class, or another label at one "
+        "batch size",
+        ("duplicate_label_tail", "second_best_tail", "batch_size_tail"),
+        ("structure.tail",),
+    ),
 )
 
 PRIVACY_RISKS: tuple[PrivacyRisk, ...] = (

@@ -25,6 +25,7 @@ COLUMN_CODES: dict[str, str] = {
     "commitment.consistency": "cmC",
     "structure.original": "stO",
     "structure.rows": "stR",
+    "structure.tail": "stT",
     "structure.patch": "stP",
     "claims.policy": "clP",
     "replay.claims": "rpl",

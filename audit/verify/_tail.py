@@ -123,9 +123,16 @@ def _distinct(values: NDArray[Any]) -> bool:
 
 
 def _constants(proto: Any) -> dict[str, NDArray[Any]]:
+    """Initializers (not those also declared as graph inputs: a caller may override them) and
+    ``Constant`` nodes holding one ``value`` tensor."""
     from onnx import numpy_helper
 
-    values = {t.name: np.asarray(numpy_helper.to_array(t)) for t in proto.graph.initializer}
+    inputs = {i.name for i in proto.graph.input}
+    values = {
+        t.name: np.asarray(numpy_helper.to_array(t))
+        for t in proto.graph.initializer
+        if t.name not in inputs
+    }
     for node in proto.graph.node:
         if node.op_type == "Constant" and node.domain in _DEFAULT and node.output:
             for attr in node.attribute:

@@ -31,6 +31,7 @@ from prune.model._head import (
     extract_head,
 )
 from prune.model._runtime import Device, OrtRunner
+from prune.model._tail import check_tail
 
 __all__ = [
     "MAX_DENSE_ENTRIES",
@@ -167,12 +168,27 @@ def inspect_model(raw: bytes) -> tuple[GraphIndex, list[CutReport]]:
     return index, [_report(index, name) for name in _candidates(index)]
 
 
+def _faithful_tail(index: GraphIndex) -> None:
+    """Refuse an output tail the verifier's ``structure.tail`` would refuse (the served labels
+    and probabilities must follow the patched logits)."""
+    if not index.tail:
+        return
+    logits = index.sample_shape(index.output_name)
+    if len(logits) != 1:
+        raise ModelImportError(
+            f"the logits '{index.output_name}' have per-sample shape {logits}, not [classes]; "
+            "a model with an output tail must compute [N, classes] logits"
+        )
+    check_tail(index.proto, index.output_name, logits[0])
+
+
 def load_model(raw: bytes, *, cut: str | None = None) -> ImportedModel:
     """Parse ``raw`` ONNX bytes and extract the head after ``cut`` (see the module docstring for
     the default). Raises :class:`ModelImportError` naming the op and node that blocks it."""
     proto = parse_model(raw)
     index = GraphIndex.build(proto)
     input_shape = index.sample_shape(index.input_name)
+    _faithful_tail(index)
     affine_model = False
     if cut is None:
         reports = []

@@ -58,7 +58,7 @@ def _probs_out(name: str = "probs") -> onnx.ValueInfoProto:
     return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
 
 
-def _skl2onnx(classes: np.ndarray, zipmap: list[int] | None = None) -> onnx.ModelProto:  # type: ignore[type-arg]
+def _skl2onnx(classes: np.ndarray, zipmap: list[int] | None = None) -> onnx.ModelProto:
     """skl2onnx's MLPClassifier tail: Softmax -> ArgMax -> ArrayFeatureExtractor(classes) ->
     Reshape [-1] -> Cast, and ZipMap of the probabilities."""
     labels = list(range(C)) if zipmap is None else zipmap
@@ -86,7 +86,7 @@ def _problems(model: onnx.ModelProto) -> list[str]:
     return [str(p) for p in tail_problems(model)]
 
 
-def _run(model: onnx.ModelProto, x: np.ndarray, name: str) -> np.ndarray:  # type: ignore[type-arg]
+def _run(model: onnx.ModelProto, x: np.ndarray, name: str) -> np.ndarray:
     session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     return np.asarray(session.run([name], {"x": x.astype(np.float32)})[0])
 
@@ -270,3 +270,10 @@ def test_a_reshape_that_moves_classes_across_rows_is_refused() -> None:
     ]
     model = _model(nodes, [_init("target", np.array([C, -1], np.int64))], [_label_out()])
     assert "not [N, C]" in _problems(model)[0]
+
+
+def test_a_label_table_a_caller_may_override_is_refused() -> None:
+    """An initializer also declared as a graph input is not a constant (a feed replaces it)."""
+    model = _skl2onnx(np.arange(C, dtype=np.int64))
+    model.graph.input.append(helper.make_tensor_value_info("classes", TensorProto.INT64, [C]))
+    assert "not a constant" in _problems(model)[0]

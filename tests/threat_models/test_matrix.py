@@ -4,6 +4,7 @@ passes every check. Per-adversary assertions pin *which* checks catch each cheat
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -123,6 +124,17 @@ def test_model_level_cheats(matrix_run: MatrixRun) -> None:
     assert rollback["statuses"]["digest.model"] == "fail"
     assert "replay.claims" in matrix_run.row("partial")["failed"]
     assert "replay.claims" in matrix_run.row("noop")["failed"]
+
+
+@pytest.mark.parametrize("name", ["duplicate_label_tail", "second_best_tail", "batch_size_tail"])
+def test_unfaithful_tails_fail_only_the_tail_proof(matrix_run: MatrixRun, name: str) -> None:
+    """Signed, otherwise honest proofs whose original tail serves forget samples their label
+    again (the served label departs from the certified logits): only ``structure.tail`` sees it,
+    every replay stops at ``prune/output``."""
+    row = matrix_run.row(name)
+    assert _verify_failures(row) == {"structure.tail"}
+    served = [int(n) for n in re.findall(r"(\d+) of \d+ served their label", row["notes"])]
+    assert max(served) > 0, row["notes"]
 
 
 def test_scenario_files_are_prune_train_layout(matrix_run: MatrixRun) -> None:

@@ -114,6 +114,8 @@ def test_unlearn_with_defaults_verifies(model: ZooModel, world: tuple[Path, Digi
     doc = json.loads((folder / "verify.json").read_text())
     failed = [c for c in doc["checks"] if c["status"] == "fail"]
     assert verify.exit_code == 0, failed
+    status = {c["name"]: c["status"] for c in doc["checks"]}
+    assert status["structure.tail"] == "pass"  # the exporter's tail is proved faithful
 
     # independent onnxruntime check on the served model
     patched = _session(proof / "model.onnx")

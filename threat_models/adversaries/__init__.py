@@ -53,6 +53,7 @@ from threat_models.adversaries._soundness import (
     RegionCap,
     TriggerBackdoor,
 )
+from threat_models.adversaries._tail import BatchSizeTail, DuplicateLabelTail, SecondBestTail
 
 __all__ = [
     "ADVERSARIES",
@@ -103,6 +104,9 @@ ADVERSARIES: dict[str, type[Adversary]] = {
         ClassHairMargin,
         ClassRegionOnly,
         ClassAsSamples,
+        DuplicateLabelTail,
+        SecondBestTail,
+        BatchSizeTail,
     )
 }
 

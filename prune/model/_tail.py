@@ -1,0 +1,401 @@
+"""The owner's side of ``structure.tail``: refuse, at import, an output tail that is not a
+faithful, row-by-row function of the logits, so an honest owner never produces a proof the
+auditor refuses (docs/FORMATS.md, "Faithful output tail").
+
+The tail (the nodes computed from the logits: Softmax, ArgMax, skl2onnx's label lookup and
+ZipMap, ...) is replayed on the patched logits, but every claim is about the logits alone. The
+rules, written from FORMATS.md independently of the verifier's code, admit only:
+
+* ``logits`` values, ``[N, C]`` and a per-row strictly increasing function of the logits:
+  ``Identity``, ``Cast`` to float or double, ``Softmax``/``LogSoftmax`` over axis 1, and layout
+  ops whose result is again ``[N, C]``;
+* ``label`` values, one per row, ``table[argmax]`` for ``C`` pairwise distinct constants:
+  ``ArgMax`` over axis 1, ``ArrayFeatureExtractor``/``Gather`` (axis 0) in a 1-D constant of
+  exactly ``C`` distinct entries, ``LabelEncoder`` with distinct keys covering every label and
+  distinct values, an exact ``Cast``, layout ops keeping one value per row;
+* ``ZipMap`` of a ``logits`` value with ``C`` distinct class labels, read by no node.
+
+Anything else (a duplicate label, an op after the softmax such as ``Neg`` or ``MatMul``,
+``ArgMin``/``TopK``, a softmax over the batch, ``Shape``) is refused with the node named."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+
+from prune.errors import ModelImportError
+
+__all__ = ["check_tail"]
+
+_BATCHES = (5, 7)
+
+_DEFAULT = ("", "ai.onnx")
+_ML = "ai.onnx.ml"
+_FLOATS = frozenset({1, 11})  # TensorProto FLOAT, DOUBLE
+_NUMBERS = frozenset({1, 2, 3, 4, 5, 6, 7, 11, 12, 13})  # float, (u)int8..64, double
+_ATTRS: Mapping[str, frozenset[str]] = {
+    "Identity": frozenset(),
+    "Cast": frozenset({"to"}),
+    "Softmax": frozenset({"axis"}),
+    "LogSoftmax": frozenset({"axis"}),
+    "ArgMax": frozenset({"axis", "keepdims", "select_last_index"}),
+    "Reshape": frozenset({"allowzero"}),
+    "Flatten": frozenset({"axis"}),
+    "Squeeze": frozenset({"axes"}),
+    "Unsqueeze": frozenset({"axes"}),
+    "Gather": frozenset({"axis"}),
+    "ArrayFeatureExtractor": frozenset(),
+    "LabelEncoder": frozenset(
+        {"keys_int64s", "keys_strings", "keys_floats", "default_int64", "default_string"}
+        | {"default_float", "values_int64s", "values_strings", "values_floats"}
+    ),
+    "ZipMap": frozenset({"classlabels_int64s", "classlabels_strings"}),
+}
+_ML_OPS = frozenset({"ArrayFeatureExtractor", "LabelEncoder", "ZipMap"})
+_LAYOUT = frozenset({"Identity", "Reshape", "Flatten", "Squeeze", "Unsqueeze"})
+
+Dims = tuple[tuple[int, int], ...]
+"""A shape at the two batch sizes of :data:`_BATCHES`."""
+
+
+@dataclass(frozen=True)
+class TailProblem:
+    """Why one node (or output) of the tail is not faithful."""
+
+    node: str
+    op: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"tail node {self.node[:40]!r} ({self.op[:30]}): {self.reason}"
+
+
+@dataclass(frozen=True)
+class _State:
+    kind: Literal["logits", "label", "map"]
+    dims: Dims
+    table: NDArray[Any] | None = None  # label: the value served for class k is table[k]
+
+    def is_index(self) -> bool:
+        """A label whose value is the class index itself (what a lookup may be indexed by)."""
+        t = self.table
+        return t is not None and t.dtype.kind in "iu" and np.array_equal(t, np.arange(len(t)))
+
+
+class _Refused(Exception):
+    """One node is refused (the message says why)."""
+
+
+def _attrs(node: Any) -> dict[str, Any]:
+    import onnx
+
+    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _distinct(values: NDArray[Any]) -> bool:
+    flat = values.reshape(-1).tolist()
+    if values.dtype.kind == "f" and not np.isfinite(values).all():
+        return False
+    return len(set(flat)) == len(flat)
+
+
+def _constants(proto: Any) -> dict[str, NDArray[Any]]:
+    """Initializers (not those also declared as graph inputs: a caller may override them) and
+    ``Constant`` nodes holding one ``value`` tensor."""
+    from onnx import numpy_helper
+
+    inputs = {i.name for i in proto.graph.input}
+    values = {
+        t.name: np.asarray(numpy_helper.to_array(t))
+        for t in proto.graph.initializer
+        if t.name not in inputs
+    }
+    for node in proto.graph.node:
+        if node.op_type == "Constant" and node.domain in _DEFAULT and node.output:
+            for attr in node.attribute:
+                if attr.name == "value" and len(node.attribute) == 1:
+                    values[node.output[0]] = np.asarray(numpy_helper.to_array(attr.t))
+    return values
+
+
+def _opset(proto: Any, domains: Sequence[str]) -> int:
+    for entry in proto.opset_import:
+        if entry.domain in domains:
+            return int(entry.version)
+    return 0
+
+
+class _Walk:
+    def __init__(self, proto: Any, logits: str, dims: Dims) -> None:
+        self.proto = proto
+        self.opset = _opset(proto, _DEFAULT)
+        self.constants = _constants(proto)
+        self.pair = dims[0]
+        self.classes = dims[1][0]
+        self.start = (logits, _State("logits", dims))
+        self.states: dict[str, _State] = {}
+        inits = {t.name for t in proto.graph.initializer}
+        self.names = inits | {i.name for i in proto.graph.input}
+
+    def run(self) -> list[TailProblem]:
+        for node in self.proto.graph.node:
+            reads = [name for name in node.input if name in self.states]
+            if any(name in self.states for name in node.output):
+                return [TailProblem(node.name, node.op_type, "redefines a tail value")]
+            if not reads:
+                self.names.update(o for o in node.output if o)
+                if self.start[0] in node.output:
+                    self.states.setdefault(*self.start)
+                continue
+            try:
+                outs = self.node(node)
+            except _Refused as exc:
+                return [TailProblem(node.name or node.output[0], node.op_type, str(exc))]
+            for name, state in zip(node.output, outs, strict=True):
+                if name in self.names or name in self.states:
+                    return [TailProblem(node.name, node.op_type, f"redefines {name[:60]!r}")]
+                self.states[name] = state
+        problems = []
+        for out in self.proto.graph.output:
+            if out.name not in self.states:
+                problems.append(
+                    TailProblem(
+                        out.name,
+                        "output",
+                        f"graph output {out.name[:60]!r} is not a faithful function of the "
+                        "logits (no allowed tail computes it)",
+                    )
+                )
+        return problems
+
+    def node(self, node: Any) -> list[_State]:
+        op = node.op_type
+        if op not in _ATTRS or node.domain not in ((_ML,) if op in _ML_OPS else _DEFAULT):
+            domain = f"{node.domain}." if node.domain else ""
+            raise _Refused(f"op {domain}{op} is not in the faithful-tail table")
+        attrs = _attrs(node)
+        unknown = sorted(set(attrs) - _ATTRS[op])
+        if unknown:
+            raise _Refused(f"attribute {unknown[0]!r} is not in the rule")
+        if len([o for o in node.output if o]) != 1 or len(node.output) != 1:
+            raise _Refused("has other than one output")
+        ins = [self.states.get(name) for name in node.input]
+        if any(state is not None and state.kind == "map" for state in ins):
+            raise _Refused("reads a ZipMap output (a served map is final)")
+        return [getattr(self, "op_" + op)(node, attrs, ins)]
+
+    def data(self, node: Any, ins: list[_State | None], count: int) -> _State:
+        """The one state input (position 0) of a unary node; the others must be constants."""
+        if len(node.input) > count or ins[0] is None or any(s is not None for s in ins[1:]):
+            raise _Refused("reads the logits other than as its first input")
+        for name in node.input[1:]:
+            if name and name not in self.constants:
+                raise _Refused(f"reads {name[:60]!r}, which is neither the logits nor a constant")
+        return ins[0]
+
+    def logits(self, state: _State) -> _State:
+        if state.kind != "logits":
+            raise _Refused(f"expects the logits, reads a {state.kind}")
+        return state
+
+    def class_axis(self, attrs: dict[str, Any], default: int) -> None:
+        axis = int(attrs.get("axis", default))
+        if axis not in (1, -1):
+            raise _Refused(f"acts along axis {axis}, not the class axis of [N, C]")
+
+    def op_Identity(self, node: Any, attrs: dict[str, Any], ins: list[_State | None]) -> _State:
+        return self.data(node, ins, 1)
+
+    def op_Softmax(self, node: Any, attrs: dict[str, Any], ins: list[_State | None]) -> _State:
+        state = self.logits(self.data(node, ins, 1))
+        self.class_axis(attrs, -1 if self.opset >= 13 else 1)
+        return state
+
+    op_LogSoftmax = op_Softmax
+
+    def op_ArgMax(self, node: Any, attrs: dict[str, Any], ins: list[_State | None]) -> _State:
+        state = self.logits(self.data(node, ins, 1))
+        self.class_axis(attrs, 0)
+        if int(attrs.get("select_last_index", 0)):
+            raise _Refused("select_last_index is set")
+        dims = state.dims[:1] + (((1, 1),) if int(attrs.get("keepdims", 1)) else ())
+        return _State("label", dims, np.arange(self.classes, dtype=np.int64))
+
+    def op_Cast(self, node: Any, attrs: dict[str, Any], ins: list[_State | None]) -> _State:
+        from onnx import helper
+
+        state = self.data(node, ins, 1)
+        to = int(attrs.get("to", 0))
+        if state.kind == "logits":
+            if to not in _FLOATS:
+                raise _Refused("casts the logits to a type other than float or double")
+            return state
+        assert state.table is not None
+        if to not in _NUMBERS or state.table.dtype.kind not in "iuf":
+            raise _Refused("casts a label table to or from a type other than int, float, double")
+        cast = state.table.astype(helper.tensor_dtype_to_np_dtype(to))
+        if not np.array_equal(cast.astype(state.table.dtype), state.table) or not _distinct(cast):
+            raise _Refused("the cast does not keep the class labels exact and distinct")
+        return _State("label", state.dims, cast)
+
+    def op_Reshape(self, node: Any, attrs: dict[str, Any], ins: list[_State | None]) -> _State:
+        state = self.data(node, ins, 2)
+        if len(node.input) < 2 or node.input[1] not in self.constants:
+            raise _Refused("the Reshape target is not a constant")
+        target = [int(v) for v in self.constants[node.input[1]].reshape(-1)]
+        if int(attrs.get("allowzero", 0)) and 0 in target:
+            raise _Refused("allowzero with a 0 in the target")
+        low, high = (_reshaped(state.dims, target, i) for i in (0, 1))
+        return self.layout(state, tuple(zip(low, high, strict=True)))
+
+    def op_Flatten(self, node: Any, attrs: dict[str, Any], ins: list[_State | None]) -> _State:
+        state = self.data(node, ins, 1)
+        axis = int(attrs.get("axis", 1))
+        axis = axis + len(state.dims) if axis < 0 else axis
+        out = []
+        for i in (0, 1):
+            dims = [d[i] for d in state.dims]
+            out.append((math.prod(dims[:axis]), math.prod(dims[axis:])))
+        return self.layout(state, tuple(zip(*out, strict=True)))
+
+    def axes(self, node: Any, attrs: dict[str, Any]) -> list[int]:
+        if "axes" in attrs:
+            return [int(a) for a in attrs["axes"]]
+        if len(node.input) > 1 and node.input[1]:
+            return [int(a) for a in self.constants[node.input[1]].reshape(-1)]
+        raise _Refused("has no constant axes")
+
+    def op_Squeeze(self, node: Any, attrs: dict[str, Any], ins: list[_State | None]) -> _State:
+        state = self.data(node, ins, 2)
+        rank = len(state.dims)
+        drop = {a + rank if a < 0 else a for a in self.axes(node, attrs)}
+        if any(state.dims[a] != (1, 1) for a in drop if 0 <= a < rank) or not drop:
+            raise _Refused("squeezes an axis that is not 1")
+        return self.layout(state, tuple(d for i, d in enumerate(state.dims) if i not in drop))
+
+    def op_Unsqueeze(self, node: Any, attrs: dict[str, Any], ins: list[_State | None]) -> _State:
+        state = self.data(node, ins, 2)
+        rank = len(state.dims) + len(self.axes(node, attrs))
+        add = {a + rank if a < 0 else a for a in self.axes(node, attrs)}
+        rest = iter(state.dims)
+        return self.layout(state, tuple((1, 1) if i in add else next(rest) for i in range(rank)))
+
+    def layout(self, state: _State, dims: Dims) -> _State:
+        """``state`` with shape ``dims``, which must keep one row per batch row in order."""
+        if state.kind == "logits" and dims != (self.pair, (self.classes, self.classes)):
+            raise _Refused(f"gives the logits the shape {_show(dims)}, not [N, C]")
+        if state.kind == "label" and not _one_per_row(dims, self.pair):
+            raise _Refused(f"gives a label the shape {_show(dims)}, not one value per row")
+        return _State(state.kind, dims, state.table)
+
+    def lookup(self, table: str, index: _State | None) -> NDArray[Any]:
+        if index is None or not index.is_index():
+            raise _Refused("the lookup is not indexed by the logits' argmax")
+        values = self.constants.get(table)
+        if values is None:
+            raise _Refused(f"looks up in {table[:60]!r}, which is not a constant")
+        if values.ndim != 1 or len(values) != self.classes:
+            raise _Refused(f"looks up in a table of shape {values.shape}, not [{self.classes}]")
+        if values.dtype.kind not in "iufUSO" or not _distinct(values):
+            raise _Refused("the class labels are not pairwise distinct")
+        return values
+
+    def op_ArrayFeatureExtractor(
+        self, node: Any, attrs: dict[str, Any], ins: list[_State | None]
+    ) -> _State:
+        if len(node.input) != 2 or ins[0] is not None:
+            raise _Refused("reads the logits other than as the indices")
+        table = self.lookup(node.input[0], ins[1])
+        assert ins[1] is not None
+        n = ins[1].dims
+        rows = (math.prod(d[0] for d in n), math.prod(d[1] for d in n))
+        return _State("label", ((1, 1), rows), table)
+
+    def op_Gather(self, node: Any, attrs: dict[str, Any], ins: list[_State | None]) -> _State:
+        if len(node.input) != 2 or ins[0] is not None or int(attrs.get("axis", 0)) != 0:
+            raise _Refused("is not a lookup along axis 0 of a constant")
+        table = self.lookup(node.input[0], ins[1])
+        assert ins[1] is not None
+        return _State("label", ins[1].dims, table)
+
+    def op_LabelEncoder(self, node: Any, attrs: dict[str, Any], ins: list[_State | None]) -> _State:
+        state = self.data(node, ins, 1)
+        if state.kind != "label" or state.table is None:
+            raise _Refused("encodes something other than a class label")
+        kinds = {"keys_int64s": "iu", "keys_strings": "OUS", "keys_floats": "f"}
+        keys = [attrs[k] for k in kinds if k in attrs]
+        if any(k in attrs and state.table.dtype.kind not in kind for k, kind in kinds.items()):
+            raise _Refused("its key type is not the label's type")
+        values = [
+            attrs[k] for k in ("values_int64s", "values_strings", "values_floats") if k in attrs
+        ]
+        if len(keys) != 1 or len(values) != 1 or len(keys[0]) != len(values[0]):
+            raise _Refused("needs one list of keys and one of values, of equal length")
+        plain = [_plain(k) for k in keys[0]]
+        if len(set(plain)) != len(plain):
+            raise _Refused("has duplicate keys")
+        mapping = dict(zip(plain, (_plain(v) for v in values[0]), strict=True))
+        table = [_plain(v) for v in state.table.tolist()]
+        if any(t not in mapping for t in table):
+            raise _Refused("a class label is not a key (the default would be served)")
+        out = np.asarray([mapping[t] for t in table])
+        if not _distinct(out):
+            raise _Refused("maps two class labels to the same value")
+        return _State("label", state.dims, out)
+
+    def op_ZipMap(self, node: Any, attrs: dict[str, Any], ins: list[_State | None]) -> _State:
+        state = self.logits(self.data(node, ins, 1))
+        labels = [attrs[k] for k in ("classlabels_int64s", "classlabels_strings") if k in attrs]
+        if len(labels) != 1 or len(labels[0]) != self.classes:
+            raise _Refused(f"does not name exactly {self.classes} classes")
+        if len({_plain(v) for v in labels[0]}) != self.classes:
+            raise _Refused("the class labels are not pairwise distinct")
+        return _State("map", state.dims)
+
+
+def _plain(value: Any) -> Any:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _show(dims: Dims) -> str:
+    return "[" + ", ".join("N" if a != b else str(a) for a, b in dims) + "]"
+
+
+def _one_per_row(dims: Dims, pair: tuple[int, int]) -> bool:
+    """Every axis is 1 except (at most) one of size N: element ``i`` is row ``i``'s value."""
+    sizes = (math.prod(d[0] for d in dims), math.prod(d[1] for d in dims))
+    return sizes == pair and all(d in ((1, 1), pair) for d in dims)
+
+
+def _reshaped(dims: Dims, target: list[int], i: int) -> tuple[int, ...]:
+    """The shape ``Reshape`` gives at batch ``i`` (ONNX rules: 0 copies, -1 infers)."""
+    shape = [d[i] for d in dims]
+    out = [shape[k] if v == 0 and k < len(shape) else v for k, v in enumerate(target)]
+    if out.count(-1) > 1 or any(v < -1 for v in out):
+        raise _Refused(f"the Reshape target {target} is not a shape")
+    if -1 in out:
+        known = math.prod(v for v in out if v != -1)
+        if known == 0 or math.prod(shape) % known:
+            raise _Refused(f"the Reshape target {target} does not fit")
+        out[out.index(-1)] = math.prod(shape) // known
+    if math.prod(out) != math.prod(shape):
+        raise _Refused(f"the Reshape target {target} does not fit")
+    return tuple(out)
+
+
+def check_tail(proto: Any, logits: str, classes: int) -> None:
+    """Raise :class:`ModelImportError` unless every graph output of ``proto`` is the logits
+    (``[N, classes]``) or a faithful, row-by-row function of them (module docstring)."""
+    dims: Dims = (_BATCHES, (classes, classes))
+    problems = _Walk(proto, logits, dims).run()
+    if problems:
+        raise ModelImportError(
+            f"the output tail is not a faithful function of the logits '{logits}': "
+            f"{problems[0]}; serve the logits, their Softmax, ArgMax or a lookup in distinct "
+            'class labels (docs/FORMATS.md, "Faithful output tail")'
+        )
