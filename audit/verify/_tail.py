@@ -123,21 +123,29 @@ def _distinct(values: NDArray[Any]) -> bool:
 
 
 def _constants(proto: Any) -> dict[str, NDArray[Any]]:
-    """Initializers (not those also declared as graph inputs: a caller may override them) and
-    ``Constant`` nodes holding one ``value`` tensor."""
+    """Initializers and ``Constant`` nodes holding one ``value`` tensor, except names a caller
+    may override (an initializer also declared as a graph input) or that another node also
+    produces (two definitions: which one a runtime reads is not the verifier's to guess)."""
+    from collections import Counter
+
     from onnx import numpy_helper
 
-    inputs = {i.name for i in proto.graph.input}
+    declared = {i.name for i in proto.graph.input}
+    inits = {t.name for t in proto.graph.initializer}
+    produced = Counter(o for node in proto.graph.node for o in node.output if o)
     values = {
         t.name: np.asarray(numpy_helper.to_array(t))
         for t in proto.graph.initializer
-        if t.name not in inputs
+        if t.name not in declared and t.name not in produced
     }
     for node in proto.graph.node:
-        if node.op_type == "Constant" and node.domain in _DEFAULT and node.output:
+        if node.op_type == "Constant" and node.domain in _DEFAULT and len(node.output) == 1:
+            name = node.output[0]
+            if name in declared or name in inits or produced[name] != 1:
+                continue
             for attr in node.attribute:
                 if attr.name == "value" and len(node.attribute) == 1:
-                    values[node.output[0]] = np.asarray(numpy_helper.to_array(attr.t))
+                    values[name] = np.asarray(numpy_helper.to_array(attr.t))
     return values
 
 

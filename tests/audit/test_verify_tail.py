@@ -277,3 +277,10 @@ def test_a_label_table_a_caller_may_override_is_refused() -> None:
     model = _skl2onnx(np.arange(C, dtype=np.int64))
     model.graph.input.append(helper.make_tensor_value_info("classes", TensorProto.INT64, [C]))
     assert "not a constant" in _problems(model)[0]
+
+
+def test_a_label_table_a_node_also_computes_is_refused() -> None:
+    """A node output named like the table's initializer: two definitions, not a constant."""
+    model = _skl2onnx(np.arange(C, dtype=np.int64))
+    model.graph.node.insert(0, helper.make_node("Identity", ["classes"], ["classes"]))
+    assert "not a constant" in _problems(model)[0]

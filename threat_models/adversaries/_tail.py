@@ -169,6 +169,7 @@ class DuplicateLabelTail(Adversary):
     """``classes[t] = y`` for the label ``y`` most forget samples moved to class ``t`` had."""
 
     name: ClassVar[str] = "duplicate_label_tail"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
     threat: ClassVar[Threat | None] = threat("unfaithful-tail")
     summary: ClassVar[str] = "label lookup whose classes table names a moved class by its old label"
 
@@ -191,6 +192,7 @@ class SecondBestTail(Adversary):
     """The served label is the second-best class of the logits (``TopK``)."""
 
     name: ClassVar[str] = "second_best_tail"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
     threat: ClassVar[Threat | None] = threat("unfaithful-tail")
     summary: ClassVar[str] = "served label is the logits' second-best class"
 
@@ -203,6 +205,7 @@ class BatchSizeTail(Adversary):
     :data:`TAIL_SWITCH_ROWS` rows, the argmax otherwise."""
 
     name: ClassVar[str] = "batch_size_tail"
+    modes: ClassVar[frozenset[str]] = frozenset({"sample", "class"})
     threat: ClassVar[Threat | None] = threat("unfaithful-tail")
     summary: ClassVar[str] = (
         f"served label is the second-best class in batches of exactly {TAIL_SWITCH_ROWS} rows"
