@@ -41,6 +41,7 @@ __all__ = ["BatchSizeTail", "DuplicateLabelTail", "SecondBestTail"]
 OUTPUT = "prune/output"
 LABEL = "label"
 TAIL_SWITCH_ROWS = 5
+_PATCH_NAMES = ("prune/", "class/")
 
 TailNodes = Callable[[str], tuple[list[Any], dict[str, NDArray[Any]]]]
 """``logits name -> (tail nodes computing LABEL, their constants)``."""
@@ -61,7 +62,15 @@ def _with_tail(raw: bytes, tail: TailNodes, *, patched: bool) -> bytes:
     ml = any(n.domain == "ai.onnx.ml" for n in nodes)
     if ml and not any(o.domain == "ai.onnx.ml" for o in proto.opset_import):
         proto.opset_import.append(helper.make_opsetid("ai.onnx.ml", 1))
-    proto.graph.initializer.extend(numpy_helper.from_array(v, k) for k, v in consts.items())
+    # after the original's own initializers, before the patch's: where an export from the
+    # dishonest original puts them (the class form is rebuilt byte for byte by the verifier)
+    inits = [type(t)() for t in proto.graph.initializer]
+    for copy, tensor in zip(inits, proto.graph.initializer, strict=True):
+        copy.CopyFrom(tensor)
+    at = next((i for i, t in enumerate(inits) if t.name.startswith(_PATCH_NAMES)), len(inits))
+    inits[at:at] = [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(inits)
     shape: list[str | int] = ["batch"] if nodes[-1].op_type == "Reshape" else ["batch", 1]
     proto.graph.output.insert(0, helper.make_tensor_value_info(LABEL, TensorProto.INT64, shape))
     if patched:
