@@ -310,3 +310,58 @@ def test_a_model_with_an_output_tail_gets_the_tail_replayed() -> None:
         assert not (probs.argmax(1) == 1).any()
         e = np.exp(logits - logits.max(1, keepdims=True))
         np.testing.assert_allclose(probs, e / e.sum(1, keepdims=True), rtol=1e-5, atol=1e-6)
+
+
+def test_class_test_utility_is_the_served_models_on_a_cnn() -> None:
+    """The test accuracies in the summary come from one pass of the served model (its copy of
+    the original's logits and its output): they equal the original's and the patched file's
+    predictions run separately."""
+    work = digits_work("cnn")
+    k = 2
+    result = unlearn(
+        work.raw,
+        work.x_train,
+        work.y_train,
+        forget_class=k,
+        x_test=work.x_test,
+        y_test=work.y_test,
+        threads=1,
+    )
+    s = result.summary
+    before = OrtRunner(work.raw, outputs=["logits"]).run(work.x_test)[0].argmax(1)
+    after = OrtRunner(result.patched_model, outputs=[OUTPUT]).run(work.x_test)[0].argmax(1)
+    y = work.y_test
+    assert s["test_accuracy_before"] == float((before == y).mean())
+    assert s["test_accuracy_after"] == float((after == y).mean())
+    assert s["test_prediction_changes"] == int((before != after).sum())
+    for c in range(10):
+        assert s["per_class_test_accuracy_after"][str(c)] == float((after[y == c] == c).mean())
+    assert s["per_class_test_accuracy_after"][str(k)] == 0.0
+
+
+def test_a_served_model_whose_original_logits_differ_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Tampered export: the served file's copy of the original network has a changed output
+    bias, so its original-logit tensor differs from the original's on the class rows; the
+    class deletion must refuse it rather than report utility from it."""
+    import prune.unlearn._class as class_module
+
+    real = class_module.export_suppressed
+
+    def tampered(*args: object, **kwargs: object) -> tuple[bytes, float]:
+        patched, bound = real(*args, **kwargs)  # type: ignore[arg-type]
+        proto = onnx.load_from_string(patched)
+        (output_layer,) = [n for n in proto.graph.node if "logits" in n.output]
+        bias_name = output_layer.input[2]
+        for init in proto.graph.initializer:
+            if init.name == bias_name:
+                value = onnx.numpy_helper.to_array(init).copy()
+                value += np.float32(0.5)
+                init.CopyFrom(onnx.numpy_helper.from_array(value, name=bias_name))
+        return proto.SerializeToString(), bound
+
+    monkeypatch.setattr(class_module, "export_suppressed", tampered)
+    work = digits_work()
+    with pytest.raises(PatchError, match="original logits differ"):
+        unlearn(work.raw, work.x_train, work.y_train, forget_class=4, class_remap=False)
