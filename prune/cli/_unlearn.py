@@ -251,7 +251,9 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     type=str,
     default=None,
     help="Tensor to patch after (default: the input if the model is piecewise linear, else the "
-    "earliest tensor after which it is; `prune inspect MODEL` lists them).",
+    "earliest tensor after which it is; `prune inspect MODEL` lists them). A cut before a "
+    "MaxPool puts the pooling in the head (finer regions; the committed original is then the "
+    "rewritten model, PROOF/original.onnx).",
 )
 @click.option(
     "--seed", type=SEED, default=0, show_default=True, help="Seeds target choice and clustering."
@@ -305,7 +307,7 @@ def unlearn_command(
     check_output_folder(out, inputs=[model, train_path, test_path, forget_indices, key_path])
     if out.exists() and any(out.iterdir()):
         raise PruneError(f"output folder {out} exists and is not empty")
-    raw, embedded = read_model(model, limit=_MAX_MODEL)  # embeds external data next to it
+    raw, embedded = read_model(model, limit=_MAX_MODEL, cut=cut)  # embeds external data too
     x_train, y_train = load_npz(train_path)
     x_test, y_test = load_npz(test_path) if test_path is not None else (None, None)
     indices = read_forget_indices(forget_indices) if forget_indices is not None else None
@@ -381,9 +383,34 @@ def unlearn_command(
             f"the committed original is {out}/{ORIGINAL_EMBEDDED} (give it to "
             "`audit verify --original`)"
         )
+    _coarse_regions_hint(s, raw, cut)
     if result.failed:
         click.echo(
             f"prune: warning: {len(result.failed)} forget samples could not be changed and "
             f"certified (leaf indices in {out}/summary.json)",
+            err=True,
+        )
+
+
+COARSE_DROP = 0.01
+"""A test-accuracy fall above which ``prune unlearn`` points to finer cuts (one point)."""
+
+
+def _coarse_regions_hint(summary: dict[str, Any], raw: bytes, cut: str | None) -> None:
+    """Whole-region patches change every input of a forgotten sample's region: after a narrow
+    head's cut the regions are coarse and test accuracy falls. When it fell by more than
+    :data:`COARSE_DROP` and a cut before a MaxPool exists (finer regions, the pooling in the
+    head), say so on stderr; the run itself is complete."""
+    from prune.model import pooling_cuts
+
+    drop = summary.get("test_accuracy_before", 0.0) - summary.get("test_accuracy_after", 0.0)
+    if cut is not None or drop <= COARSE_DROP:
+        return
+    finer = pooling_cuts(raw)
+    if finer:
+        click.echo(
+            f"prune: note: test accuracy fell {100 * drop:.2f} points: the regions after the "
+            f"default cut are coarse; `--cut {finer[0].tensor}` puts the MaxPool in the head "
+            "(finer regions; `prune inspect MODEL` lists the cuts)",
             err=True,
         )
