@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper, numpy_helper
@@ -128,3 +129,57 @@ def test_unlearn_with_the_pooling_in_the_head_verifies(tmp_path: Path) -> None:
 
     assert verify(proof / "original.onnx") == 0
     assert verify(tmp_path / "model.onnx") == 1  # the model as exported is not what was patched
+
+
+def _narrow_cnn(x: np.ndarray, y: np.ndarray, width: int) -> bytes:  # type: ignore[type-arg]
+    """:func:`_pooled_cnn`'s graph with a dense head of ``width`` units after the pool: random
+    convolution and first layer, the last layer fitted to one-hot labels by least squares (no
+    training loop). The regions at the default cut (after the pool) are coarse."""
+    rng = np.random.default_rng(11)
+    k, kb = rng.normal(size=(2, 1, 3, 3)), np.zeros(2)
+    padded = np.pad(x[:, 0], ((0, 0), (1, 1), (1, 1)))
+    conv = np.stack(
+        [
+            sum(k[c, 0, i, j] * padded[:, i : i + 8, j : j + 8] for i in range(3) for j in range(3))
+            for c in range(2)
+        ],
+        axis=1,
+    )
+    pooled = np.maximum(conv, 0).reshape(len(x), 2, 4, 2, 4, 2).max(axis=(3, 5)).reshape(len(x), -1)
+    w1 = rng.normal(size=(width, 32)) / 4
+    b1 = -(pooled @ w1.T).mean(axis=0)  # centred: each unit active on about half the rows
+    hidden = np.maximum(pooled @ w1.T + b1, 0)
+    design = np.hstack([hidden, np.ones((len(x), 1))])
+    fit = np.linalg.lstsq(design, np.eye(10)[y], rcond=None)[0]
+    model = onnx.load_from_string(_pooled_cnn())
+    arrays = {"k": k, "kb": kb, "w1": w1, "b1": b1, "w2": fit[:-1].T, "b2": fit[-1]}
+    for init in model.graph.initializer:
+        init.CopyFrom(numpy_helper.from_array(arrays[init.name].astype(np.float32), init.name))
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def test_the_default_cut_gives_way_when_its_regions_cost_accuracy(tmp_path: Path) -> None:
+    from sklearn.datasets import load_digits
+
+    data = load_digits()
+    x = (data.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
+    y = data.target.astype(np.int64)
+    np.savez(tmp_path / "train.npz", x=x[:800], y=y[:800])
+    path = tmp_path / "model.onnx"
+    path.write_bytes(raw := _narrow_cnn(x[:800], y[:800], width=6))
+    session = ort.InferenceSession(raw, providers=["CPUExecutionProvider"])
+    correct = np.flatnonzero(session.run(None, {"x": x[:800]})[0].argmax(axis=1) == y[:800])
+    (tmp_path / "forget.txt").write_text("".join(f"{i}\n" for i in correct[:3]))
+    result = CliRunner().invoke(
+        prune_cli,
+        [
+            "unlearn", str(path), "--train", str(tmp_path / "train.npz"), "--forget-indices",
+            str(tmp_path / "forget.txt"), "--out", str(tmp_path / "proof"), "--quiet",
+        ],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "patching again with the MaxPool in the head (--cut x)" in result.output
+    summary = json.loads((tmp_path / "proof" / "summary.json").read_text())
+    assert summary["retain_accuracy_before"] - summary["retain_accuracy_after"] <= 0.01
+    assert (tmp_path / "proof" / "original.onnx").exists()
