@@ -29,6 +29,9 @@ NOTES = Path(__file__).with_name("notes.md")
 CLASS_SECTION = Path(__file__).parents[1] / "results" / "class-unlearning.md"
 CALIBRATED_SECTION = REPO / "benchmarks" / "results" / "calibrated" / "section.md"
 """Issue 13's section (calibrated targets), written with benchmarks/calibrated_report.py."""
+BYOM_SECTION = REPO / "benchmarks" / "results" / "byom-section.md"
+"""Issue 15's section (ResNet-20, narrow heads after a MaxPool): the figures of
+benchmarks/results/resnet20.json and pool-cut.json with the commands that wrote them."""
 
 
 def _pct(v: float | None) -> str:
@@ -351,6 +354,8 @@ def summarise(*, results: Path, docs: Path) -> list[Path]:
             "",
             f"Other recorded benchmark files (not one of the kinds above): {', '.join(others)}.",
         ]
+    if BYOM_SECTION.is_file():
+        md += ["", BYOM_SECTION.read_text().rstrip()]
     md.append("")
     out = docs / "BENCHMARKS.md"
     tmp = out.with_name(out.name + ".tmp")

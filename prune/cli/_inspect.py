@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from prune.errors import ModelImportError
-from prune.model import PLHead, inspect_model, load_model, read_model
+from prune.model import PLHead, inspect_model, load_model, pooling_cuts, read_model
 
 __all__ = ["inspect_command"]
 
@@ -29,6 +29,7 @@ def inspect_command(model: Path, show_all: bool, as_json: bool) -> None:
     except ModelImportError as exc:
         default, why_none = None, str(exc)
     tail_ops = [index.nodes[i].op_type for i in index.tail]
+    pooled = pooling_cuts(raw)
     if as_json:
         doc = {
             "version": 1,
@@ -48,6 +49,10 @@ def inspect_command(model: Path, show_all: bool, as_json: bool) -> None:
                     "dense_entries": r.dense_entries,
                 }
                 for r in reports
+            ],
+            "pooling_cuts": [
+                {"tensor": r.tensor, "activations": r.activations, "dense_entries": r.dense_entries}
+                for r in pooled
             ],
         }
         click.echo(json.dumps(doc, indent=2, sort_keys=True))
@@ -72,6 +77,16 @@ def inspect_command(model: Path, show_all: bool, as_json: bool) -> None:
             f"  {r.tensor}  [{r.activations} piecewise-linear activations ({ops}), "
             f"{r.dense_entries:,} weights]"
         )
+    if pooled:
+        click.echo(
+            f"valid with MaxPool in the head ({len(pooled)}; `--cut T` rewrites the pooling, "
+            "finer regions):"
+        )
+        for r in pooled:
+            click.echo(
+                f"  {r.tensor}  [{r.activations} piecewise-linear activations, "
+                f"{r.dense_entries:,} weights]"
+            )
     refused = [r for r in reports if not r.ok]
     if refused and not show_all:
         click.echo(f"refused: {len(refused)} tensors (--all lists them); at the input:")

@@ -42,6 +42,13 @@ __all__ = ["prepare_command"]
     required=True,
     help="Folder for manifest.json and logits.npz (must not exist or be empty).",
 )
+@click.option(
+    "--cut",
+    type=str,
+    default=None,
+    help="The --cut the requests will give `prune unlearn` (only matters before a MaxPool: it "
+    "reads the model with the pooling in the head, the original they commit to).",
+)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 def prepare_command(
     model: Path,
@@ -51,6 +58,7 @@ def prepare_command(
     folds: int,
     seed: int,
     out: Path,
+    cut: str | None,
     threads: int | None,
 ) -> None:
     """Train FOLDS reference models with MODEL's own recipe, each without one fold of the
@@ -60,7 +68,7 @@ def prepare_command(
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PruneError(f"output folder {out} exists and is not empty")
-    raw, _ = read_model(model)  # the same normalised bytes `prune unlearn` commits to
+    raw, _ = read_model(model, cut=cut)  # the same normalised bytes `prune unlearn` commits to
     recipe_file = recipe_path or model.with_name("train.json")
     try:
         doc = json.loads(recipe_file.read_text())

@@ -44,6 +44,7 @@ __all__ = [
     "PLHead",
     "inspect_model",
     "load_model",
+    "pooling_cuts",
     "read_model",
 ]
 
@@ -180,6 +181,32 @@ def _faithful_tail(index: GraphIndex) -> None:
             "a model with an output tail must compute [N, classes] logits"
         )
     check_tail(index.proto, index.output_name, logits[0])
+
+
+def pooling_cuts(raw: bytes) -> list[CutReport]:
+    """The cuts that are valid only with the model's ``MaxPool`` rewritten into the head
+    (:mod:`prune.model._maxpool`): tensors before a pool, in node order. ``prune unlearn --cut T``
+    with one of them imports the rewritten model (:func:`read_model`). Empty when the model has
+    no pooling that rewrites."""
+    from prune.model._graph import checked_sample_shape
+    from prune.model._maxpool import expand_maxpools
+
+    proto = parse_model(raw)
+    shape = checked_sample_shape(proto)
+    if shape is None:
+        return []
+    rewritten, count = expand_maxpools(proto, shape)
+    if not count:
+        return []
+    index, pooled = GraphIndex.build(proto), GraphIndex.build(rewritten)
+    known = set(_candidates(index))
+    out = []
+    for name in _candidates(pooled):
+        if name in known and not _report(index, name).ok:
+            report = _report(pooled, name)
+            if report.ok:
+                out.append(report)
+    return out
 
 
 def load_model(raw: bytes, *, cut: str | None = None) -> ImportedModel:

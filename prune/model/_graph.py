@@ -37,7 +37,7 @@ def describe_node(node: Any, index: int) -> str:
     return f"{node.op_type} node '{name}'"
 
 
-def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
+def read_model(path: Path, *, limit: int = 2 << 30, cut: str | None = None) -> tuple[bytes, bool]:
     """The model file at ``path`` as self-contained ONNX bytes that take any batch size, and
     whether they differ from the file's bytes. Tensors stored as external data
     (``torch.onnx.export``'s ``model.onnx.data``) are read from regular files *inside the model's
@@ -45,8 +45,10 @@ def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
     each file at most ``limit`` bytes, and embedded; a float64 model is converted to float32
     (:mod:`prune.model._dtype`); a fixed batch dimension (an export without dynamic shapes) is
     freed (:mod:`prune.model._batch`); when the model has no valid cut because
-    of a ``MaxPool``, the pooling is rewritten into its ReLU form (:mod:`prune.model._maxpool`).
-    The patched export and the certificate's original digest are over these bytes."""
+    of a ``MaxPool``, or ``cut`` names a tensor that is a valid cut only with the pooling in the
+    head (a cut before a ``MaxPool``: finer regions), the pooling is rewritten into its ReLU form
+    (:mod:`prune.model._maxpool`). The patched export and the certificate's original digest are
+    over these bytes."""
     from prune.formats import UnreadableFile, read_regular
 
     try:
@@ -57,7 +59,7 @@ def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
     external = [t for t in _all_tensors(proto.graph) if _is_external(t)]
     if external:
         _embed(path, proto, external, limit)
-    shape = _checked_sample_shape(proto)
+    shape = checked_sample_shape(proto)
     converted = batch = pools = 0
     if shape is not None:
         from prune.model._batch import free_batch
@@ -65,7 +67,7 @@ def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
 
         proto, converted = to_float32(proto, shape)
         proto, batch = free_batch(proto, _real_inputs(proto)[0].name, shape)
-        proto, pools = _expand_maxpools_without_cut(proto, shape)
+        proto, pools = _expand_maxpools(proto, shape, cut)
     if not external and not converted and not batch and not pools:
         return raw, False
     if proto.ByteSize() >= 2_000_000_000:
@@ -75,7 +77,7 @@ def read_model(path: Path, *, limit: int = 2 << 30) -> tuple[bytes, bool]:
     return bytes(proto.SerializeToString()), True
 
 
-def _checked_sample_shape(proto: Any) -> tuple[int, ...] | None:
+def checked_sample_shape(proto: Any) -> tuple[int, ...] | None:
     """The single real input's per-sample shape when the model passes onnx.checker and the shape
     is static (else ``None``: :func:`parse_model` refuses such a model in its own words, and the
     normalisations of :func:`read_model` do not apply)."""
@@ -95,27 +97,30 @@ def _checked_sample_shape(proto: Any) -> tuple[int, ...] | None:
     return tuple(int(d) for d in rest)
 
 
-def _has_valid_cut(proto: Any) -> bool:
-    """Whether some tensor of the graph is a valid cut (``True`` when the graph cannot even be
-    indexed: the normal import reports that in its own words)."""
+def _valid_cut(proto: Any, cut: str | None) -> bool:
+    """Whether ``cut`` (``None``: some tensor of the graph) is a valid cut (``True`` when the
+    graph cannot even be indexed: the normal import reports that in its own words)."""
     from prune.model import _candidates, _report
 
     try:
         index = GraphIndex.build(proto)
-        return any(_report(index, name).ok for name in _candidates(index))
+        names = _candidates(index) if cut is None else [cut]
+        return any(_report(index, name).ok for name in names)
     except ModelImportError:
         return True
 
 
-def _expand_maxpools_without_cut(proto: Any, shape: tuple[int, ...]) -> tuple[Any, int]:
+def _expand_maxpools(proto: Any, shape: tuple[int, ...], cut: str | None) -> tuple[Any, int]:
     """:func:`prune.model._maxpool.expand_maxpools` when the model has a ``MaxPool`` and, as
-    exported, no valid cut (and the rewrite gives it one); else unchanged, 0."""
+    exported, no valid cut (``cut`` is ``None``) or ``cut`` is not a valid cut, and the rewrite
+    makes it one; else unchanged, 0. Tensor names outside the pooling are kept, so a cut named
+    before a pool names the same tensor in both graphs."""
     from prune.model._maxpool import POOLS, expand_maxpools
 
-    if not any(node.op_type in POOLS for node in proto.graph.node) or _has_valid_cut(proto):
+    if not any(node.op_type in POOLS for node in proto.graph.node) or _valid_cut(proto, cut):
         return proto, 0
     rewritten, count = expand_maxpools(proto, shape)
-    if count and _has_valid_cut(rewritten):
+    if count and _valid_cut(rewritten, cut):
         return rewritten, count
     return proto, 0
 
