@@ -137,6 +137,9 @@ def _case(work: Path, width: int, seed: int, data: dict[str, Any]) -> dict[str, 
         after = _labels(proof / "model.onnx", data["x_test"])
         row[name] = {
             "repatched": "patching again" in done.stderr,
+            "retain_drop": round(
+                summary["retain_accuracy_before"] - summary["retain_accuracy_after"], 4
+            ),
             "committed_rewritten": (proof / "original.onnx").exists(),
             "test_after": float((after == y_test).mean()),
             "forget_changed": bool(
