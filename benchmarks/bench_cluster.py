@@ -31,14 +31,23 @@ this process as ``--jobs 1`` does, and is the baseline every run must reproduce 
 ``speedup_2_vs_1`` is ``wall_s(1) / wall_s(2)`` on the same backend (warm workers: the steady
 state of a cluster that trains many models); ``speedup_2_vs_1_end_to_end`` divides
 ``startup_s + warmup_s + wall_s``, what one ``audit mia --backend B --jobs W`` run pays.
+With ``--repeats R`` every backend runs R times with each worker count, in alternating order
+(1, 2, then 2, 1), and the speed-ups divide mean times (``speedup_2_vs_1_per_repeat`` lists
+each repeat's own). Per backend and worker count the summary gives ``overhead_per_model_s``,
+``cpu_overhead_per_model_s`` and ``task_cpu_s``; ``task_cpu_2_vs_1`` is how much more CPU a
+model took with two workers than with one: two trainings share the machine's caches and memory
+(and, on a shared machine, whatever else runs), and a single run's model time varies by 10-25 %
+between runs minutes apart, which a single 1-worker / 2-worker pair turns into its speed-up.
 LiRA offline (fixed variance) with the baseline's models then scores members vs non-members
 (AUC, TPR at 0.1% FPR; no bootstrap: the timing is the point).
 
 The load average is recorded before and after every run: wall times and speed-ups are only as
-good as the quiet the machine had; CPU seconds (``task_cpu_s``, driver CPU) hold up better.
+good as the quiet the machine had; CPU seconds (``task_cpu_s``, driver CPU) hold up better,
+but not fully: with the load average at 5-10 on 2 cores a model takes twice its quiet CPU time.
 
-Full run (needs the cluster extra; about 5-6 min on a quiet 2-core machine):
-    python benchmarks/bench_cluster.py
+Full run (needs the cluster extra; about 5-6 min on a quiet 2-core machine, 11-12 min with
+``--repeats 2``, the recorded run):
+    python benchmarks/bench_cluster.py --repeats 2
 Small check (about 1 min quiet):
     python benchmarks/bench_cluster.py --models 4 --members 1000 --reference 2000 --epochs 2 \\
         --out benchmarks/results/cluster-fashion-small.json
@@ -180,6 +189,49 @@ def timed_run(
     return record, trained
 
 
+def run_plan(
+    backends: Sequence[str], workers: Sequence[int], repeats: int
+) -> list[tuple[str, int, int]]:
+    """``(backend, workers, repeat)`` in run order. A backend's runs are adjacent and its worker
+    counts alternate between repeats (1, 2, then 2, 1): a machine that gets slower or faster
+    during the benchmark then shifts both sides of a speed-up alike instead of one. The first
+    run is the baseline, ``local`` with one worker (in this process, as ``--jobs 1`` trains)."""
+    plan = [("local", 1, 0)]
+    for backend in dict.fromkeys(backends):
+        for repeat in range(repeats):
+            order = list(workers) if repeat % 2 == 0 else list(reversed(workers))
+            plan += [(backend, w, repeat) for w in order if (backend, w, repeat) not in plan]
+    return plan
+
+
+def mean_of(runs: Sequence[dict[str, Any]], backend: str, workers: int, field: str) -> float | None:
+    """The mean of ``field`` over the runs of ``backend`` with ``workers`` workers that have it."""
+    values = [
+        r[field]
+        for r in runs
+        if r["backend"] == backend and r["workers"] == workers and r.get(field) is not None
+    ]
+    return statistics.mean(values) if values else None
+
+
+def speedup_of(runs: Sequence[dict[str, Any]], backend: str, repeat: int) -> float | None:
+    by_w = {
+        r["workers"]: r.get("wall_s")
+        for r in runs
+        if r["backend"] == backend and r.get("repeat") == repeat
+    }
+    one, two = by_w.get(1), by_w.get(2)
+    return round(one / two, 3) if one and two else None
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _inverse(value: float | None) -> float | None:
+    return None if not value else round(1 / value, 3)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=16)
@@ -195,6 +247,13 @@ def main() -> int:
     parser.add_argument("--backends", default="local,ray,dask")
     parser.add_argument("--workers", default="1,2")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="run every backend and worker count this often, the worker counts in alternating "
+        "order (1, 2, then 2, 1): speed-ups divide the mean wall times",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "cluster-fashion-mnist.json")
     args = parser.parse_args()
 
@@ -239,23 +298,23 @@ def main() -> int:
         device="cpu",
     )
 
-    plan = [("local", 1)]  # the baseline: in this process, as --jobs 1 trains
-    for backend in args.backends.split(","):
-        for workers in (int(w) for w in args.workers.split(",")):
-            if (backend, workers) not in plan:
-                plan.append((backend, workers))
+    plan = run_plan(
+        args.backends.split(","), [int(w) for w in args.workers.split(",")], args.repeats
+    )
     runs: list[dict[str, Any]] = []
     base_digest, baseline_weights = None, []
-    for backend, workers in plan:
-        print(f"{backend} with {workers} worker(s)", file=sys.stderr)
+    for backend, workers, repeat in plan:
+        print(f"{backend} with {workers} worker(s), repeat {repeat}", file=sys.stderr)
         try:
             record, trained = timed_run(backend, workers, job, in_process_warmup)
+            record["repeat"] = repeat
             got: str | None = digest(trained)
         except Exception as exc:  # recorded, not hidden: e.g. a cluster that did not start
             lines = str(exc).strip().splitlines()
             record = {
                 "backend": backend,
                 "workers": workers,
+                "repeat": repeat,
                 "error": f"{type(exc).__name__}: {lines[-1] if lines else ''}",
                 "load_after": load(),
             }
@@ -279,11 +338,20 @@ def main() -> int:
     )
     metrics = evaluate(*scores, bootstrap=1, rng=np.random.default_rng(args.seed))
 
-    def ratio(backend: str, field: str) -> float | None:
-        by_w = {r["workers"]: r[field] for r in runs if r["backend"] == backend and field in r}
-        return round(by_w[1] / by_w[2], 3) if 1 in by_w and 2 in by_w else None
+    names = list(dict.fromkeys(b for b, _, _ in plan))
 
-    names = list(dict.fromkeys(b for b, _ in plan))
+    def ratio(backend: str, field: str) -> float | None:
+        by_w = {w: mean_of(runs, backend, w, field) for w in (1, 2)}
+        one, two = by_w[1], by_w[2]
+        return round(one / two, 3) if one is not None and two else None
+
+    def per_workers(field: str, digits: int = 3) -> dict[str, dict[str, float | None]]:
+        workers = sorted({w for _, w, _ in plan})
+        return {
+            b: {str(w): _rounded(mean_of(runs, b, w, field), digits) for w in workers}
+            for b in names
+        }
+
     doc = {
         "benchmark": "cluster",
         "what": f"LiRA offline with {args.models} reference models on Fashion-MNIST: reference "
@@ -316,8 +384,16 @@ def main() -> int:
             "non_members": len(y_test),
         },
         "runs": runs,
+        "repeats": args.repeats,
         "speedup_2_vs_1": {b: ratio(b, "wall_s") for b in names},
         "speedup_2_vs_1_end_to_end": {b: ratio(b, "end_to_end_s") for b in names},
+        "speedup_2_vs_1_per_repeat": {
+            b: [speedup_of(runs, b, r) for r in range(args.repeats)] for b in names
+        },
+        "overhead_per_model_s": per_workers("overhead_per_model_s"),
+        "cpu_overhead_per_model_s": per_workers("cpu_overhead_per_model_s", 4),
+        "task_cpu_s": per_workers("task_cpu_s"),
+        "task_cpu_2_vs_1": {b: _inverse(ratio(b, "task_cpu_s")) for b in names},
         "load_end": load(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
