@@ -38,6 +38,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib
+import itertools
 import logging
 import os
 import socket
@@ -416,15 +417,25 @@ class DaskBackend:
             run_id = uuid.uuid4().hex
             # sent once to each worker (a replica survives the loss of one); tasks take the future
             [shared] = client.scatter([tasks.shared], hash=False, broadcast=True)
-            futures = {
-                client.submit(
+            futures: dict[Any, int] = {}
+
+            def submit(k: int) -> Any:
+                future = client.submit(
                     tasks.task, shared, k, pure=False, key=f"{tasks.what}-{k}-{run_id}"
-                ): k
-                for k in range(tasks.count)
-            }
+                )
+                futures[future] = k
+                return future
+
+            # no more tasks in flight than the cluster has threads: a task queued on a worker
+            # behind one that kills it would be charged with the death too (KilledWorker)
+            slots = max(1, sum(client.nthreads().values()))
+            waiting = iter(range(tasks.count))
+            queue = distributed.as_completed(
+                [submit(k) for k in itertools.islice(waiting, slots)], loop=client.loop
+            )
             done: dict[int, R] = {}
             try:
-                for future in distributed.as_completed(list(futures), loop=client.loop):
+                for future in queue:
                     k = futures[future]
                     try:
                         done[k] = future.result()
@@ -432,6 +443,9 @@ class DaskBackend:
                         culprit, cause = _dask_culprit(distributed, futures, k, exc)
                         raise _failed(self.name, tasks.what, culprit, cause) from exc
                     on_result(k, done[k])
+                    following = next(waiting, None)
+                    if following is not None:
+                        queue.add(submit(following))
             finally:
                 client.cancel([f for f in futures if not f.done()])
         return _in_order(tasks, done)
