@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -115,6 +116,7 @@ def _case(work: Path, width: int, seed: int, data: dict[str, Any]) -> dict[str, 
     cases = (("after_pool", ["--cut", after_pool]), ("default", []), ("input", ["--cut", "x"]))
     for name, extra in cases:
         proof = work / f"proof-{name}"
+        shutil.rmtree(proof, ignore_errors=True)  # a fresh run: prune refuses a used folder
         done, wall, cpu = _timed(
             [
                 str(BIN / "prune"), "unlearn", str(path), "--train", str(data["train"]),
