@@ -3,7 +3,7 @@
 A decision tree over the sign bits of the hidden pre-activations that sends every input to at
 most one candidate patch. Built from the patches' stored patterns only:
 
-* an internal node tests ``T`` neurons ``k_0..k_{T-1}`` (``T = 4`` by default) and goes to the
+* an internal node tests ``T`` neurons ``k_0..k_{T-1}`` (``T = 5`` by default) and goes to the
   child of code ``sum_t [z_{k_t} >= 0] 2^t`` (ties count as active, as in the patterns); codes
   that no patch below takes lead to some patch below, whose exact check then rejects the input;
 * a leaf holds one patch and loops to itself on every code, so every input sits on a leaf after
@@ -30,7 +30,7 @@ from prune.errors import PatchError
 __all__ = ["RoutingTree", "build_tree", "pack_patterns", "unpack_patterns"]
 
 I32 = NDArray[np.int32]
-DEFAULT_WIDTH = 4  # neurons per node: 16-way nodes, depth ~log16 P (measured: docs/BENCHMARKS.md)
+DEFAULT_WIDTH = 5  # neurons per node: 32-way nodes, depth ~log32 P (measured: docs/BENCHMARKS.md)
 
 
 @dataclass(frozen=True, eq=False)
