@@ -11,7 +11,7 @@ Linear(W->10)`` on Fashion-MNIST (6,000 training, 2,000 test images), trained 8 
 exported by the legacy exporter with a dynamic batch. Per width and seed: forget 3 correctly
 classified training points with ``prune unlearn`` default options (signed), once with the
 cut as exported (``after_pool``, the cut after the pool), with no ``--cut`` (``default``: prune
-re-patches with the pooling in the head when the cut after it costs the retained data over a
+re-patches with the pooling in the head when the cut after it costs the retained data over half a
 point) and with ``--cut`` at the input (``input``); ``audit verify`` each; test accuracy by
 onnxruntime. Each command runs in its own process (wall and CPU time, load average recorded).
 
