@@ -447,3 +447,30 @@ def test_guard_raises_the_tolerance_only_where_retained_rows_would_move(work: Di
     same = before == 0
     np.testing.assert_array_equal(guarded.C[same], plain.C[same])
     assert (guarded.alpha[~same] <= plain.alpha[~same]).all()
+
+
+@pytest.mark.parametrize("block", [4, 32])
+def test_guard_screening_finds_exactly_the_rows_that_share_a_region(
+    work: DigitsWork, block: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guard's region lookup screens the first layer block by block: it must give every
+    row the region the whole-head pass gives it (retained rows that share a forget region,
+    copies of forgotten rows, rows in no region) and the original logits of the matched rows."""
+    from prune.unlearn import _calibrated
+
+    monkeypatch.setattr(_calibrated, "_SCREEN_BLOCK", block)
+    head = load_model(work.raw).head
+    x = work.x_train.reshape(len(work.x_train), -1).astype(np.float64)
+    forget = np.arange(2 * ROUTED_FROM, dtype=np.int64)
+    active = head.forward(x[forget])[1] >= 0
+    rows = np.concatenate([np.delete(x, forget, axis=0), x[forget[::7]]])
+    patch, logits = _calibrated._regions_of_rows(head, rows, active)
+    full_logits, z = head.forward(rows)
+    index = {np.packbits(a).tobytes(): i for i, a in enumerate(active)}
+    expected = np.array([index.get(np.packbits(a).tobytes(), -1) for a in z >= 0])
+    np.testing.assert_array_equal(patch, expected)
+    assert (expected[-len(forget[::7]) :] >= 0).all()  # the copies are found
+    assert (expected >= 0).sum() > len(forget[::7])  # and retained rows too
+    np.testing.assert_allclose(logits, full_logits[expected >= 0], rtol=0, atol=1e-9)
+    none, no_logits = _calibrated._regions_of_rows(head, rows[:0], active)
+    assert none.shape == (0,) and no_logits.shape == (0, head.classes)
