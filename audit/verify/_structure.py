@@ -14,7 +14,9 @@
    one exception of ``region.certificate``: another patch's gate on inside a region);
 3. each claim's gate row is *the region of the claimed forget sample*, computed by the verifier
    on the original model (activation gate: the sign pattern; dense gate: the linearised
-   constraint rows). A patch gated on anything else is a trigger, not an unlearning patch;
+   constraint rows). A patch gated on anything else is a trigger, not an unlearning patch
+   and no two patches share one region (both gates would be fully on over it, where no
+   claim's certificate speaks: threat 21, ``shared_region``);
 4. numeric agreement: onnxruntime's patched head equals ``original + sum_u h_u`` evaluated with
    the verifier's own numpy code on the forget samples (256 at random when there are more) and
    on jittered copies of them.
@@ -192,7 +194,7 @@ class StructurePatch(Check[VerifyContext]):
                 f"gate of patch {int(patch[claim])} is not the region of its claimed forget "
                 f"sample ({int(wrong[claim].sum())} neurons differ): a patch gated on something else"
             )
-        return None
+        return _shared_region(params, z, patch)
 
     def _formula(
         self, ctx: VerifyContext, x: Any, cut_shape: tuple[int, ...], evidence: dict[str, Any]
@@ -219,6 +221,39 @@ class StructurePatch(Check[VerifyContext]):
                 f"{error:.3g} on {len(points)} points)"
             )
         return None
+
+
+def _shared_region(params: Any, z: Any, patch: Any) -> str | None:
+    """Two patches gated on one linear region (threat 21, ``shared_region``).
+
+    ``region.certificate`` proves claim ``u`` for ``f + p_u`` where the served gates are
+    ``g_u = 1`` and ``g_v = 0`` for every other patch; that is sound because distinct activation
+    patterns have disjoint regions, so another gate is on inside ``S_u`` only within its thin
+    ``1/n`` band. Two patches with *one* pattern are both fully on over the whole region: the
+    served model there is ``f + p_u + p_v``, which no certificate speaks about (each claim's
+    proof covers an empty set), and the two pushes can cancel anywhere. Samples that share a
+    region share one patch (the engine groups them), so every patch must have its own region.
+    Activation and routed gates: the stored patterns; dense gate: the sign pattern of the
+    claimed samples (its rows are the sample's region within the row tolerance)."""
+    if params.pos is not None:
+        keys = [params.pos[:, u].astype(np.uint8).tobytes() for u in range(params.patches)]
+        owner = {u: u for u in range(params.patches)}
+    else:
+        keys, owner = [], {}
+        for i, u in enumerate(np.asarray(patch).tolist()):
+            if u not in owner:
+                owner[u] = len(keys)
+                keys.append(np.packbits(z[i] >= 0).tobytes())
+    first: dict[bytes, int] = {}
+    for u, index in sorted(owner.items()):
+        v = first.setdefault(keys[index], u)
+        if v != u:
+            return (
+                f"patches {v} and {u} gate the same linear region: both are fully on over it, so "
+                "the served model there is the original plus both patches, which no claim's "
+                "certificate covers (samples of one region must share one patch)"
+            )
+    return None
 
 
 def canonical_problems(ctx: VerifyContext, params: Any, cut_dim: int, hidden: int) -> list[str]:
