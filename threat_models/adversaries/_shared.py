@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from prune.claims import Claim
 from prune.export import export_patched
-from prune.model import load_model
+from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
 from prune.proofs._duals import region_duals
 from prune.regions import Regions, linearize
@@ -52,6 +52,8 @@ LEAD = 1.0
 FAR, NEAR, PUSH, PULL = 100.0, 50.0, 200.0, 400.0
 """Served shift of the classes that must never win (``FAR``; the LP class ``NEAR``), and each
 patch's own lead of its target over the other claim's target (``PUSH``, ``PULL``)."""
+SEGMENT = 21
+"""Points on the segment from the requester's sample to the decoy where the label is counted."""
 
 
 def _lp(regions: Regions, c: F64, box: tuple[float, float]) -> F64:
@@ -155,6 +157,7 @@ class SharedRegion(Adversary):
             targets=targets,
         )
         model = export_patched(imported, patches, box)
+        served_y = self._served_label(imported, model, x1, x2, active0[u], y, shape)
         duals = region_duals(
             imported.head,
             box,
@@ -179,6 +182,27 @@ class SharedRegion(Adversary):
             out,
             proof,
             f"decoy leaf {len(claims)} in the region of leaf {pick.leaf_index} (patch {u}), "
-            f"second patch {len(d0)}: label {y} served on the decoy's side of the region "
-            f"(width {width:.3g} logits)",
+            f"second patch {len(d0)}: {served_y} of {SEGMENT} points of the certified region "
+            f"(segment from the requester to the decoy) served their original label {y}",
         )
+
+    @staticmethod
+    def _served_label(
+        imported: ImportedModel,
+        model: bytes,
+        x1: F64,
+        x2: F64,
+        pattern: NDArray[np.bool_],
+        label: int,
+        shape: tuple[int, ...],
+    ) -> int:
+        """How many of :data:`SEGMENT` points from the requester's sample to the decoy, each in
+        the requester's region (the original's own pattern, checked), the served model gives
+        the requester's original ``label``."""
+        steps = np.linspace(0.0, 1.0, SEGMENT)[:, None]
+        points = (x1[None] + steps * (x2 - x1)[None]).astype(np.float32).reshape(-1, *shape)
+        inside = (_patterns(imported, points) == pattern[None]).all(axis=1)
+        if not inside.all():
+            raise ScenarioError("shared region: a point between the two samples left the region")
+        logits = OrtRunner(model, outputs=["prune/output"]).run(points)[0]
+        return int((logits.argmax(axis=1) == label).sum())
