@@ -6,10 +6,55 @@ claims' proofs cover nothing and the served sum can give the original label (the
 
 from __future__ import annotations
 
-import numpy as np
+from dataclasses import replace
+from pathlib import Path
 
+import numpy as np
+import pytest
+
+from audit.verify import Policy, verify_proof
 from audit.verify._patch import PatchParams
 from audit.verify._structure import _shared_region
+from tests.audit.adversarial.kit import ProofKit, session_kit
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory: pytest.TempPathFactory) -> ProofKit:
+    return session_kit(tmp_path_factory)
+
+
+def test_a_second_patch_on_a_claimed_region_fails_structure_patch(
+    kit: ProofKit, tmp_path: Path
+) -> None:
+    """A signed proof with a second leaf (the first sample again, a decoy) and a second patch
+    on its pattern: every other check passes, each claim is certified for its own patch, but
+    both gates are on over the whole region; ``structure.patch`` names the two patches."""
+    spec = kit.spec
+    extra = len(spec.d)
+    doubled = replace(
+        spec,
+        pos=np.concatenate([spec.pos, spec.pos[:, :1]], axis=1),
+        neg=np.concatenate([spec.neg, spec.neg[:, :1]], axis=1),
+        d=np.concatenate([spec.d, spec.d[:1]]),
+        K=np.concatenate([spec.K, spec.K[:1]]),
+    )
+    decoy = replace(kit.claims[0], leaf_index=len(kit.claims), patch=extra)
+    proof = kit.reissue(
+        tmp_path / "proof",
+        rows=np.concatenate([kit.rows, kit.rows[:1]]),
+        spec=doubled,
+        claims=(*kit.claims, decoy),
+    )
+    report = verify_proof(
+        kit.inputs(proof), now=kit.now, rng=np.random.default_rng(0), policy=Policy()
+    )
+    failed = {o.name for o in report.outcomes if o.status == "fail"}
+    assert failed == {"structure.patch"}, failed
+    assert report.outcome("region.certificate").status == "pass"
+    assert f"patches 0 and {extra} gate the same linear region" in (
+        report.outcome("structure.patch").detail
+    )
+    assert not report.verified
 
 
 def _activation(patterns: list[list[int]]) -> PatchParams:
