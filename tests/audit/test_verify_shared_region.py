@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from audit.verify import Policy, verify_proof
 from audit.verify._patch import PatchParams
-from audit.verify._structure import _shared_region
+from audit.verify._structure import _flat_neurons, _shared_region
 from tests.audit.adversarial.kit import ProofKit, session_kit
 
 
@@ -102,3 +103,48 @@ def test_dense_gate_compares_the_claimed_samples_regions() -> None:
     assert _shared_region(params, other, np.array([0, 1])) is None
     # claims that share one patch are one region, not two
     assert _shared_region(params, same, np.array([0, 0])) is None
+
+
+def test_patterns_that_differ_only_in_a_neuron_flat_on_the_region_are_one_region() -> None:
+    """A neuron that is 0 over the whole box on the region (e.g. all its weights and its bias
+    0) constrains nothing: two patterns that differ only there gate the same set, and both
+    gates are 1 on it."""
+    params = _activation([[1, 0, 1], [1, 0, 0]])
+    z = np.array([[0.5, -2.0, 0.0], [0.4, -1.0, 0.0]])
+    assert _shared_region(params, z, np.array([0, 1])) is None  # distinct patterns
+    flat = np.array([[False, False, True], [False, False, False]])
+    problem = _shared_region(params, z, np.array([0, 1]), flat=flat)
+    assert problem is not None and "patches 0 and 1 gate the same linear region" in problem
+    live = np.array([[False, True, False], [False, False, False]])  # a flat neuron they share
+    assert _shared_region(params, z, np.array([0, 1]), flat=live) is None
+
+
+class _Head:
+    """``z = W x + c`` on every region: neuron 1 has no weights and no bias (flat), neuron 2
+    is 0 at the sample but has a slope."""
+
+    def local_affine(self, x: np.ndarray) -> tuple[np.ndarray, ...]:
+        rows = np.array([[1.0, 0.0], [0.0, 0.0], [0.0, 1.0]])
+        offs = np.array([0.5, 0.0, -0.25])
+        return rows, offs, np.zeros((2, 2)), np.zeros(2)
+
+
+def test_flat_neurons_are_the_ties_that_stay_zero_over_the_box() -> None:
+    ctx = SimpleNamespace(
+        affine_head=lambda: _Head(),
+        predicate=SimpleNamespace(method={"input_box": {"low": "0.0", "high": "1.0"}}),
+    )
+    x = np.array([[0.5, 0.25], [0.1, 0.9]])
+    z = np.array([[1.0, 0.0, 0.0], [0.6, 0.0, 0.65]])
+    flat = _flat_neurons(ctx, x, z)  # type: ignore[arg-type]
+    assert flat is not None
+    assert flat.tolist() == [[False, True, False], [False, True, False]]
+    assert _flat_neurons(ctx, x, z + 1.0) is None  # type: ignore[arg-type]  # no tie at all
+
+
+def test_flat_neurons_without_a_box_are_only_the_constant_zero_ones() -> None:
+    ctx = SimpleNamespace(affine_head=lambda: _Head(), predicate=SimpleNamespace(method={}))
+    x = np.array([[0.5, 0.25]])
+    z = np.array([[1.0, 0.0, 0.0]])
+    flat = _flat_neurons(ctx, x, z)  # type: ignore[arg-type]
+    assert flat is not None and flat.tolist() == [[False, True, False]]
