@@ -328,6 +328,17 @@ THREATS: tuple[Threat, ...] = (
         ("duplicate_label_tail", "second_best_tail", "batch_size_tail"),
         ("structure.tail",),
     ),
+    Threat(
+        21,
+        "shared-region",
+        "Two patches on one region",
+        "a second patch gated on a requester's own linear region (a fabricated decoy sample in "
+        "it, claimed with another target): each claim is certified for its patch alone, but both "
+        "gates are on over the whole region, where the two pushes cancel and the original label "
+        "is served",
+        ("shared_region",),
+        ("structure.patch",),
+    ),
 )
 
 PRIVACY_RISKS: tuple[PrivacyRisk, ...] = (

@@ -14,7 +14,9 @@
    one exception of ``region.certificate``: another patch's gate on inside a region);
 3. each claim's gate row is *the region of the claimed forget sample*, computed by the verifier
    on the original model (activation gate: the sign pattern; dense gate: the linearised
-   constraint rows). A patch gated on anything else is a trigger, not an unlearning patch;
+   constraint rows). A patch gated on anything else is a trigger, not an unlearning patch
+   and no two patches share one region (both gates would be fully on over it, where no
+   claim's certificate speaks: threat 21, ``shared_region``);
 4. numeric agreement: onnxruntime's patched head equals ``original + sum_u h_u`` evaluated with
    the verifier's own numpy code on the forget samples (256 at random when there are more) and
    on jittered copies of them.
@@ -38,8 +40,9 @@ from audit.verify._canonical import (
     gate_linear,
 )
 from audit.verify._context import VerifyContext
-from audit.verify._framework import Check, CheckOutcome
+from audit.verify._framework import Check, CheckOutcome, CheckUnavailable
 from audit.verify._graph import TAIL_FORM, match_original_nodes, metadata, original_problems
+from audit.verify._probes import input_box
 from audit.verify._replay import patch_arrays
 
 __all__ = ["StructureOriginal", "StructurePatch"]
@@ -192,7 +195,7 @@ class StructurePatch(Check[VerifyContext]):
                 f"gate of patch {int(patch[claim])} is not the region of its claimed forget "
                 f"sample ({int(wrong[claim].sum())} neurons differ): a patch gated on something else"
             )
-        return None
+        return _shared_region(params, z, patch, flat=_flat_neurons(ctx, x, z))
 
     def _formula(
         self, ctx: VerifyContext, x: Any, cut_shape: tuple[int, ...], evidence: dict[str, Any]
@@ -219,6 +222,82 @@ class StructurePatch(Check[VerifyContext]):
                 f"{error:.3g} on {len(points)} points)"
             )
         return None
+
+
+def _flat_neurons(ctx: VerifyContext, x: Any, z: Any) -> Any:
+    """``[claims, H]``: the neurons that are 0 (within the sign tolerance) over the whole
+    declared box on the claimed sample's linear region, by the verifier's own parse of the head.
+    Only a tie at the sample (``|z| <= 1e-6``) can be one; ``None`` when there is no tie or the
+    head cannot be parsed (the rule then compares whole patterns)."""
+    ties = np.abs(z) <= _SIGN_TOLERANCE
+    if not ties.any():
+        return None
+    try:
+        affine = ctx.affine_head()
+    except CheckUnavailable:
+        return None
+    try:
+        box = input_box(ctx.predicate.method)
+    except CheckUnavailable:  # region.certificate fails a malformed box; no box: unbounded
+        box = None
+    reach = max(abs(box[0]), abs(box[1])) if box is not None else np.inf
+    flat = np.zeros_like(ties)
+    for i in np.flatnonzero(ties.any(axis=1)):
+        rows, offs, _, _ = affine.local_affine(np.asarray(x[i], dtype=np.float64))
+        if rows.shape[0] != z.shape[1]:
+            return None
+        slope = np.abs(rows).sum(axis=1)
+        with np.errstate(invalid="ignore"):  # 0 * inf without a box: a slope of 0 is flat
+            size = np.where(slope == 0, 0.0, slope * reach) + np.abs(offs)
+        flat[i] = ties[i] & (size <= _SIGN_TOLERANCE)
+    return flat
+
+
+def _shared_region(params: Any, z: Any, patch: Any, *, flat: Any = None) -> str | None:
+    """Two patches gated on one linear region (threat 21, ``shared_region``).
+
+    ``region.certificate`` proves claim ``u`` for ``f + p_u`` where the served gates are
+    ``g_u = 1`` and ``g_v = 0`` for every other patch; that is sound because distinct activation
+    patterns have disjoint regions, so another gate is on inside ``S_u`` only within its thin
+    ``1/n`` band. Two patches with *one* region are both fully on over all of it: the served
+    model there is ``f + p_u + p_v``, which no certificate speaks about (each claim's proof
+    covers an empty set), and the two pushes can cancel anywhere. Samples that share a region
+    share one patch (the engine groups them), so every patch must have its own region.
+
+    One region: the same pattern (activation and routed gates: the stored patterns; dense gate:
+    the sign pattern of the claimed samples, which its rows must be), or patterns that differ
+    only in neurons that are 0 over the whole box on the claimed sample's region (``flat``
+    ``[claims, H]``, from :func:`_flat_neurons`): such a neuron's sign constrains nothing, and
+    either gate is 1 there."""
+    claims = np.asarray(patch)
+    if params.pos is not None:
+        patterns = np.asarray(params.pos) > 0.5  # [H, P]
+    else:
+        patterns = np.zeros((z.shape[1], params.patches), dtype=bool)
+        for row in range(len(claims) - 1, -1, -1):  # the first claim of each patch wins
+            patterns[:, claims[row]] = z[row] >= 0
+    first: dict[bytes, int] = {}
+    for u in sorted(set(claims.tolist())) if params.pos is None else range(params.patches):
+        v = first.setdefault(np.packbits(patterns[:, u]).tobytes(), u)
+        if v != u:
+            return _same_region(v, u)
+    if flat is None:
+        return None
+    for i in np.flatnonzero(np.asarray(flat).any(axis=1)):
+        u, live = int(claims[i]), ~flat[i]
+        same = (patterns[live, :] == patterns[live, u][:, None]).all(axis=0)
+        same[u] = False
+        if same.any():
+            return _same_region(*sorted((u, int(np.flatnonzero(same)[0]))))
+    return None
+
+
+def _same_region(u: int, v: int) -> str:
+    return (
+        f"patches {u} and {v} gate the same linear region: both are fully on over it, so the "
+        "served model there is the original plus both patches, which no claim's certificate "
+        "covers (samples of one region must share one patch)"
+    )
 
 
 def canonical_problems(ctx: VerifyContext, params: Any, cut_dim: int, hidden: int) -> list[str]:

@@ -137,6 +137,17 @@ def test_unfaithful_tails_fail_only_the_tail_proof(matrix_run: MatrixRun, name: 
     assert max(served) > 0, row["notes"]
 
 
+def test_shared_region_fails_only_structure_patch(matrix_run: MatrixRun) -> None:
+    """A decoy leaf and a second patch on a requester's region: every claim certified for its
+    own patch, the probes see the claimed targets, and the served model gives the requester's
+    original label on part of the region; only ``structure.patch`` (one region, one patch)
+    catches it (threat 21)."""
+    row = matrix_run.row("shared_region")
+    assert row["failed"] == ["structure.patch"]
+    served = re.search(r"(\d+) of \d+ points of the certified region", row["notes"])
+    assert served is not None and int(served.group(1)) > 0, row["notes"]
+
+
 def test_scenario_files_are_prune_train_layout(matrix_run: MatrixRun) -> None:
     work: Path = matrix_run.scenario / "work"
     for name in ("model.onnx", "train.npz", "test.npz", "train.json"):

@@ -42,6 +42,7 @@ from threat_models.adversaries._patches import (
 )
 from threat_models.adversaries._residual import ResidualMemorisation
 from threat_models.adversaries._serving import HonestOwner, NoOp, Rollback, Substitution
+from threat_models.adversaries._shared import SharedRegion
 from threat_models.adversaries._soundness import (
     BatchCoupledGate,
     BatchCoupledOriginal,
@@ -107,6 +108,7 @@ ADVERSARIES: dict[str, type[Adversary]] = {
         DuplicateLabelTail,
         SecondBestTail,
         BatchSizeTail,
+        SharedRegion,
     )
 }
 
