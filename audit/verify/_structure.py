@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from audit.verify._bands import gate_patterns, wide_band
 from audit.verify._canonical import (
     GATE_FORMS,
     TAIL_FORMS,
@@ -195,7 +196,10 @@ class StructurePatch(Check[VerifyContext]):
                 f"gate of patch {int(patch[claim])} is not the region of its claimed forget "
                 f"sample ({int(wrong[claim].sum())} neurons differ): a patch gated on something else"
             )
-        return _shared_region(params, z, patch, flat=_flat_neurons(ctx, x, z))
+        shared = _shared_region(params, z, patch, flat=_flat_neurons(ctx, x, z))
+        if shared or params.gate == "routed":  # routed: one patch per input, no band
+            return shared
+        return _band_problem(ctx, params, x, z, patch)
 
     def _formula(
         self, ctx: VerifyContext, x: Any, cut_shape: tuple[int, ...], evidence: dict[str, Any]
@@ -251,6 +255,29 @@ def _flat_neurons(ctx: VerifyContext, x: Any, z: Any) -> Any:
             size = np.where(slope == 0, 0.0, slope * reach) + np.abs(offs)
         flat[i] = ties[i] & (size <= _SIGN_TOLERANCE)
     return flat
+
+
+def _band_problem(ctx: VerifyContext, params: Any, x: Any, z: Any, patch: Any) -> str | None:
+    """:func:`audit.verify._bands.wide_band` on the claimed samples (threat 22, ``wide_band``)."""
+    try:
+        affine = ctx.affine_head()
+        box = input_box(ctx.predicate.method)
+    except CheckUnavailable:  # region.certificate fails a proof whose head or box it cannot read
+        return None
+    hidden = sum(w.shape[0] for w in affine.weights[:-1])
+    if hidden != z.shape[1]:
+        return None  # region.certificate fails a head that does not match the served width
+    claims = np.asarray(patch, dtype=np.int64)
+    return wide_band(
+        affine,
+        box,
+        np.asarray(x, dtype=np.float64),
+        z >= 0,
+        claims,
+        gate_patterns(params, z, claims),
+        n=float(params.n),
+        first_layer_only=params.gate == "dense",
+    )
 
 
 def _shared_region(params: Any, z: Any, patch: Any, *, flat: Any = None) -> str | None:
