@@ -26,7 +26,10 @@ decoy sits next to that part, across the planted neuron (the same pixels, pixel 
 past ``c``). Everything else is the honest run, its patterns extended by the planted neuron's
 sign at each claimed sample (its regions are subsets of the old ones, so its claims still
 hold), certified afresh and signed with the owner's key; the auditor gets the planted original
-as *the* committed original."""
+as *the* committed original. With ``structure.patch``'s band rule switched off, ``audit
+verify`` returned VERIFIED on digits seed 0 (verifier seeds 0-8); the served model gives the
+requester's original label on part of its certified region (10 of 21 points of the segment
+towards the decoy)."""
 
 from __future__ import annotations
 
