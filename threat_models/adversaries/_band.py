@@ -171,12 +171,12 @@ class WideBand(Adversary):
         original = _plant(scenario.original_bytes, pixel, slope, crossing)
         imported = load_model(original)
         seen = _patterns(imported, honest.forget_x.astype(np.float32))  # [leaves, H + 1]
-        active = np.stack([seen[owners.index(p)] for p in range(len(d0))])
+        active = np.stack([seen[claims[owners.index(p)].leaf_index] for p in range(len(d0))])
         planted = imported0.head.hidden_sizes[0]  # the new neuron's index in every pattern
         if not np.array_equal(
             np.delete(active, planted, axis=1), np.asarray(params["pos"]).T.astype(bool)
-        ):
-            raise ScenarioError("wide band: the planted neuron moved another neuron's sign")
+        ) or any(not np.array_equal(seen[c.leaf_index], active[c.patch]) for c in claims):
+            raise ScenarioError("wide band: the planted patterns do not match the claimed samples")
         regions = linearize(imported.head, active[u][None], box=box)
         F1, F2 = regions.F1[0].numpy(), regions.F2[0].numpy()
         lim = (box.low, box.high)
