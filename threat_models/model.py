@@ -339,6 +339,18 @@ THREATS: tuple[Threat, ...] = (
         ("shared_region",),
         ("structure.patch",),
     ),
+    Threat(
+        22,
+        "wide-band",
+        "Decoy patch across a near-flat neuron",
+        "the committed original carries a planted near-flat neuron (|z| < 1/n on the box, no "
+        "outgoing weight) and a decoy patch sits on the region next door to a requester's, "
+        "across that neuron only: each claim is certified for its patch alone, but the decoy's "
+        "gate is on over the whole of the requester's region, where the two pushes cancel and "
+        "the original label is served",
+        ("wide_band",),
+        ("structure.patch",),
+    ),
 )
 
 PRIVACY_RISKS: tuple[PrivacyRisk, ...] = (

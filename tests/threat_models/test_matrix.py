@@ -5,11 +5,14 @@ passes every check. Per-adversary assertions pin *which* checks catch each cheat
 from __future__ import annotations
 
 import re
+import shutil
+from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from audit.verify import CHECKS
+from audit.verify import CHECKS, Policy, VerifyInputs, verify_proof
 from tests.threat_models.conftest import MatrixRun
 from threat_models.adversaries import ADVERSARIES, HONEST
 from threat_models.matrix import ALL_CHECKS, MATRIX_TYPE
@@ -146,6 +149,39 @@ def test_shared_region_fails_only_structure_patch(matrix_run: MatrixRun) -> None
     assert row["failed"] == ["structure.patch"]
     served = re.search(r"(\d+) of \d+ points of the certified region", row["notes"])
     assert served is not None and int(served.group(1)) > 0, row["notes"]
+
+
+def test_wide_band_fails_only_structure_patch(
+    matrix_run: MatrixRun, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A near-flat neuron planted in the committed original and a decoy patch on the region next
+    door to a requester's, across that neuron alone: every claim certified for its own patch,
+    the decoy's gate on over the whole requester's region, where the served model gives the
+    original label on part of it; only the band rule of ``structure.patch`` catches it (threat
+    22). Without that rule the same proof earns VERIFIED."""
+    row = matrix_run.row("wide_band")
+    assert row["failed"] == ["structure.patch"]
+    assert "the gate of patch" in row["details"]["structure.patch"]
+    served = re.search(r"(\d+) of \d+ points of the certified region", row["notes"])
+    assert served is not None and int(served.group(1)) > 0, row["notes"]
+    folder = matrix_run.work / "seed-0" / "wide_band"
+    store = tmp_path / "nonces.txt"  # the matrix's store, untouched by this audit
+    shutil.copy(folder / "auditor-nonces.txt", store)
+    monkeypatch.setattr("audit.verify._structure._band_problem", lambda *args: None)
+    report = verify_proof(
+        VerifyInputs(
+            proof=folder / "proof",
+            public_key=matrix_run.scenario / "keys" / "owner.pub",
+            original=folder / "original.onnx",
+            forget=folder / "proof" / "forget.npz",
+            reference=matrix_run.scenario / "work" / "test.npz",
+            nonce_store=store,
+        ),
+        now=datetime.now(UTC),
+        rng=np.random.default_rng(1),
+        policy=Policy(),
+    )
+    assert report.verified, [(o.name, o.detail) for o in report.outcomes if o.status == "fail"]
 
 
 def test_scenario_files_are_prune_train_layout(matrix_run: MatrixRun) -> None:

@@ -8,6 +8,7 @@ folder signed with the owner's real key, plus what the auditor and one data subj
 
 from __future__ import annotations
 
+from threat_models.adversaries._band import WideBand
 from threat_models.adversaries._base import (
     Adversary,
     AuditorInputs,
@@ -109,6 +110,7 @@ ADVERSARIES: dict[str, type[Adversary]] = {
         SecondBestTail,
         BatchSizeTail,
         SharedRegion,
+        WideBand,
     )
 }
 
