@@ -83,9 +83,7 @@ def test_a_decoy_patch_next_door_across_a_near_flat_neuron_fails_structure_patch
     z, _ = work.mlp.forward(work.x_train[rows[:1]].astype(np.float64))
     assert 1.0 - spec.n * abs(z[0, 0]) > 0.5  # the decoy's gate at the requester's sample
     proof = tmp_path / "proof"
-    issue_proof(
-        work, kit.keys, proof, rows=rows, spec=spec, claims=claims, created=kit.created
-    )
+    issue_proof(work, kit.keys, proof, rows=rows, spec=spec, claims=claims, created=kit.created)
     inputs = replace(
         kit.inputs(proof), original=work.model, reference=work.test, forget=proof / "forget.npz"
     )
