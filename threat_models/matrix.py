@@ -131,10 +131,11 @@ class Matrix:
         """Registered adversaries that do not apply to this mode, with their counterpart."""
         out: dict[str, dict[str, Any]] = {}
         for name, cls in ADVERSARIES.items():
-            if self.config.mode not in cls.modes:
+            if not _applies(cls, self.config):
                 out[name] = {
                     "threat": None if cls.threat is None else cls.threat.number,
                     "modes": sorted(cls.modes),
+                    "architectures": sorted(cls.architectures),
                     "counterpart": cls.counterpart,
                 }
         return out
@@ -171,6 +172,11 @@ class Matrix:
         }
 
 
+def _applies(cls: Any, config: ScenarioConfig) -> bool:
+    """Whether an adversary class builds on the scenario's mode and architecture."""
+    return config.mode in cls.modes and config.arch in cls.architectures
+
+
 def run_matrix(
     *,
     seeds: Sequence[int],
@@ -190,7 +196,7 @@ def run_matrix(
     if len(set(seeds)) != len(seeds):
         raise ThreatModelError("seeds must be distinct")
     config = config or ScenarioConfig()
-    applicable = [n for n, cls in ADVERSARIES.items() if config.mode in cls.modes]
+    applicable = [n for n, cls in ADVERSARIES.items() if _applies(cls, config)]
     names = applicable if adversaries is None else [HONEST, *adversaries]
     names = list(dict.fromkeys(names))
     unknown = [n for n in names if n not in ADVERSARIES]
@@ -198,9 +204,15 @@ def run_matrix(
         raise ThreatModelError(f"unknown adversary {unknown[0]!r}; known: {', '.join(ADVERSARIES)}")
     other = [n for n in names if n not in applicable]
     if other:
+        cls = ADVERSARIES[other[0]]
+        if config.arch not in cls.architectures:
+            raise ThreatModelError(
+                f"adversary {other[0]!r} does not apply to a {config.arch} (it builds on: "
+                f"{', '.join(sorted(cls.architectures))})"
+            )
         raise ThreatModelError(
             f"adversary {other[0]!r} does not apply to {config.mode} mode (its counterpart: "
-            f"{ADVERSARIES[other[0]].counterpart})"
+            f"{cls.counterpart})"
         )
     membership = membership or MembershipPolicy()
     cpu_start, wall_start = time.process_time(), time.perf_counter()

@@ -95,11 +95,16 @@ def render_document(doc: Mapping[str, Any]) -> str:
     lines.append("-" * (len(header) + 20))
     skipped = doc.get("not_applicable") or {}
     mode = doc.get("scenario", {}).get("mode", "sample")
-    if skipped:
+    arch = doc.get("scenario", {}).get("arch", "mlp")
+    by_mode = {n: v for n, v in skipped.items() if mode not in v.get("modes", [mode])}
+    by_arch = {n: v for n, v in skipped.items() if n not in by_mode}
+    if by_mode:
         lines.append(
             f"not applicable to {mode} mode (counterpart in this mode): "
-            + ", ".join(f"{n} ({v['counterpart'] or 'none'})" for n, v in skipped.items())
+            + ", ".join(f"{n} ({v['counterpart'] or 'none'})" for n, v in by_mode.items())
         )
+    if by_arch:
+        lines.append(f"not applicable to a {arch} (built in input space): " + ", ".join(by_arch))
     legend = ", ".join(f"{code} {check}" for check, code in zip(checks, codes, strict=True))
     lines.append(f"columns: {legend}")
     lines.append(

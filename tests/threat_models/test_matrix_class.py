@@ -14,7 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from threat_models.adversaries import ADVERSARIES, HONEST
+from threat_models.auditor import MembershipPolicy
 from threat_models.cli import cli
+from threat_models.matrix import Matrix
 from threat_models.model import THREATS
 from threat_models.scenario import ScenarioConfig
 
@@ -87,3 +89,35 @@ def test_setting_configurations() -> None:
     assert doc["setting"] == fashion.name and doc["train_subset"] == fashion.train_subset
     digits = ScenarioConfig.setting("digits", "mlp", "sample")
     assert digits == ScenarioConfig() and digits.train_subset is None
+
+
+def test_input_space_adversary_is_refused_on_a_cnn(tmp_path: Path) -> None:
+    """``shared_region`` and ``wide_band`` fabricate a point of a region in input space: on a CNN
+    (its head starts at a feature cut) the matrix refuses them by name before building anything,
+    and lists them as not applicable instead of crashing mid-run."""
+    result = CliRunner().invoke(
+        cli,
+        [
+            "matrix",
+            "--dataset",
+            "fashion-mnist",
+            "--model",
+            "cnn",
+            "--adversary",
+            "wide_band",
+            "--work",
+            str(tmp_path / "w"),
+        ],
+    )
+    assert result.exit_code == 2
+    assert "'wide_band' does not apply to a cnn" in result.output
+    assert not (tmp_path / "w" / "seed-0").exists()
+    skipped = Matrix(
+        seeds=(0,),
+        rows=(),
+        config=ScenarioConfig.setting("fashion-mnist", "cnn", "sample"),
+        membership=MembershipPolicy(),
+        created="2026-12-03T00:00:00Z",
+    ).not_applicable
+    assert {"shared_region", "wide_band"} <= set(skipped)
+    assert skipped["wide_band"]["architectures"] == ["mlp"]

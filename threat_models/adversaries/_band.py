@@ -134,6 +134,7 @@ class WideBand(Adversary):
     patch and claim is the honest one."""
 
     name: ClassVar[str] = "wide_band"
+    architectures: ClassVar[frozenset[str]] = frozenset({"mlp"})  # decoy built in input space
     threat: ClassVar[Threat | None] = threat("wide-band")
     summary: ClassVar[str] = (
         "near-flat neuron planted in the original, decoy patch next door: both gates on"

@@ -91,6 +91,10 @@ class Adversary(ABC):
     from; the matrix records the others as not applicable, naming :attr:`counterpart`."""
     counterpart: ClassVar[str | None] = None
     """The adversary that attacks the same root cause in the other mode."""
+    architectures: ClassVar[frozenset[str]] = frozenset({"mlp", "cnn"})
+    """The scenario architectures it can build on (an adversary that fabricates a point of a
+    region in input space needs the head to start at the input: an MLP); the matrix records the
+    others as not applicable."""
 
     @property
     def caught_by(self) -> tuple[str, ...]:

@@ -72,6 +72,7 @@ class SharedRegion(Adversary):
     module docstring); every other patch and claim is the honest one."""
 
     name: ClassVar[str] = "shared_region"
+    architectures: ClassVar[frozenset[str]] = frozenset({"mlp"})  # decoy built in input space
     threat: ClassVar[Threat | None] = threat("shared-region")
     summary: ClassVar[str] = "decoy patch on a requester's region: the pushes cancel there"
 
