@@ -22,8 +22,10 @@ there), in one of two ways:
 Then exception (a) holds only within ``BAND_FRACTION`` of the box's diameter of the boundary of
 the claim's region. First-layer neurons have the same ``a_k`` on every region (the weight row),
 so most pairs are settled without any region's Jacobian; the rest take one masked backward
-product per claim. The dense gate's rows beyond the first layer are its own linearisations,
-not the served ``z``, so only first-layer neurons can bound its bands. The routed gate evaluates
+product per claim. The dense gate's rows are the patch's own linearisations, which are the
+served ``z`` on the claim's region only in the first layer where the two patterns differ
+(earlier layers agree, so the linearisations do), and a row tied at the patch's sample is not
+checked by ``structure.patch``: only those neurons, untied, bound its bands. The routed gate evaluates
 one patch per input, the one whose pattern the input has: it has no such band."""
 
 from __future__ import annotations
@@ -54,12 +56,14 @@ def wide_band(
     patterns: NDArray[np.bool_],
     *,
     n: float,
-    first_layer_only: bool,
+    dense_ties: NDArray[np.bool_] | None = None,
 ) -> str | None:
     """The first pair of patches whose band is not bounded, as a failure message; ``None``
     when every band is empty or thin. ``x`` ``[claims, d]``: the claimed samples (cut values);
     ``active`` ``[claims, H]``: their regions' signs; ``patch`` ``[claims]``; ``patterns``
-    ``[P, H]``: the sign each patch's gate requires (1 = ``z >= 0``)."""
+    ``[P, H]``: the sign each patch's gate requires (1 = ``z >= 0``). ``dense_ties`` ``[P, H]``
+    (the dense gate): the neurons tied at each patch's claimed sample, whose stored rows
+    ``structure.patch`` does not check; ``None``: the activation gate."""
     patches = patterns.shape[0]
     if patches < 2 or not affine.weights[:-1]:
         return None
@@ -75,31 +79,42 @@ def wide_band(
     w1, b1 = affine.weights[0], affine.biases[0]
     h1 = w1.shape[0]
     first = _bounding(w1, b1, low, high, band=band, reach=reach)  # [H1]
+    sizes = [w.shape[0] for w in affine.weights[:-1]]
+    layer = np.repeat(np.arange(len(sizes)), sizes)
     for u in sorted(set(patch.tolist())):
         claim = int(np.flatnonzero(patch == u)[0])
         differ = patterns != active[claim][None, :]  # [P, H]
         differ[u] = False
+        count = differ.sum(axis=1)
+        if dense_ties is not None:
+            differ &= _first_differing_layer(differ, layer) & ~dense_ties
         open_ = ~(differ[:, :h1] & first[None, :]).any(axis=1)
         open_[u] = False
         if not open_.any():
             continue
-        deep = (
-            np.zeros(active.shape[1] - h1, dtype=bool)
-            if first_layer_only
-            else _deep_bounding(affine, x[claim], low, high, band=band, reach=reach)
-        )
+        deep = _deep_bounding(affine, x[claim], low, high, band=band, reach=reach)
         still = open_ & ~(differ[:, h1:] & deep[None, :]).any(axis=1)
         if still.any():
             v = int(np.flatnonzero(still)[0])
-            where = "first-layer neuron" if first_layer_only else "neuron"
             return (
                 f"inside the region of patch {u}, the gate of patch {v} is on wherever its "
-                f"{int(differ[v].sum())} differing neurons are within 1/n of 0, and no {where} "
-                f"among them keeps that band thin (within {BAND_FRACTION:g} of the box's "
-                "diameter of the region's boundary): the served model there is the original "
-                "plus both patches, which no claim's certificate covers"
+                f"{int(count[v])} differing neurons are within 1/n of 0, and no neuron among "
+                f"them keeps that band thin (within {BAND_FRACTION:g} of the box's diameter of "
+                "the region's boundary): the served model there is the original plus both "
+                "patches, which no claim's certificate covers"
             )
     return None
+
+
+def _first_differing_layer(
+    differ: NDArray[np.bool_], layer: NDArray[np.int64]
+) -> NDArray[np.bool_]:
+    """``[P, H]``: per other patch, the neurons of the first layer where its pattern differs.
+    A dense gate's row is the patch's own linearisation, the served pre-activation on the
+    claim's region only where the two patterns agree on every earlier layer."""
+    last = np.iinfo(np.int64).max
+    first = np.where(differ, layer[None, :], last).min(axis=1)  # [P]
+    return np.asarray(layer[None, :] == first[:, None])
 
 
 def _bounding(

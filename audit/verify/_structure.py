@@ -268,6 +268,11 @@ def _band_problem(ctx: VerifyContext, params: Any, x: Any, z: Any, patch: Any) -
     if hidden != z.shape[1]:
         return None  # region.certificate fails a head that does not match the served width
     claims = np.asarray(patch, dtype=np.int64)
+    ties = None
+    if params.gate == "dense":  # stored rows of neurons tied at a patch's sample are unchecked
+        ties = np.zeros((params.patches, z.shape[1]), dtype=bool)
+        for row in range(len(claims) - 1, -1, -1):  # the first claim of each patch, as its rows
+            ties[claims[row]] = np.abs(z[row]) <= _SIGN_TOLERANCE
     return wide_band(
         affine,
         box,
@@ -276,7 +281,7 @@ def _band_problem(ctx: VerifyContext, params: Any, x: Any, z: Any, patch: Any) -
         claims,
         gate_patterns(params, z, claims),
         n=float(params.n),
-        first_layer_only=params.gate == "dense",
+        dense_ties=ties,
     )
 
 

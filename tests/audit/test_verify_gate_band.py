@@ -105,7 +105,7 @@ def _head(w1: np.ndarray, w2: np.ndarray) -> AffineHead:
 
 def _run(head: AffineHead, x: np.ndarray, patterns: np.ndarray, **kw: object) -> str | None:
     z, _ = head.forward(x)
-    options: dict[str, object] = {"n": 1000.0, "first_layer_only": False}
+    options: dict[str, object] = {"n": 1000.0}
     options.update(kw)
     return wide_band(
         head,
@@ -150,24 +150,43 @@ def test_a_neuron_far_from_zero_on_the_box_bounds_the_band_whatever_its_slope() 
 
 def test_a_second_layer_neuron_bounds_the_band_on_the_claims_region() -> None:
     """Regions that differ only in a second-layer neuron: its slope on the claim's region
-    (through the active first-layer units) decides; ``first_layer_only`` (the dense gate, whose
-    deeper rows are its own linearisations) cannot use it."""
+    (through the active first-layer units) decides. The dense gate may use it too (the first
+    layer agrees, so its stored row is the served pre-activation there), unless it is tied at
+    the patch's sample (a tied row is not checked against the sample)."""
     w1 = np.array([[1.0, 0.0], [0.0, 1.0]])
     head = _head(w1, np.array([[1.0, -1.0], [1.0, 1.0]]))
     x = np.array([[0.6, 0.5], [0.4, 0.5]])
     z, _ = head.forward(x)
     assert ((z[0] >= 0) != (z[1] >= 0)).tolist() == [False, False, True, False]
     assert _run(head, x, z >= 0) is None
-    assert _run(head, x, z >= 0, first_layer_only=True) is not None
+    untied = np.zeros((2, 4), dtype=bool)
+    assert _run(head, x, z >= 0, dense_ties=untied) is None
+    tied = untied.copy()
+    tied[:, 2] = True
+    assert _run(head, x, z >= 0, dense_ties=tied) is not None
+
+
+def test_the_dense_gate_uses_only_the_first_layer_where_the_patterns_differ() -> None:
+    """A near-flat first-layer neuron splits the two regions and a steep second-layer neuron
+    differs too: the activation gate reads the served second-layer pre-activation, which bounds
+    the band; the dense gate's second-layer row is the other patch's own linearisation, which
+    differs from the served one once the first layer differs, so it cannot."""
+    head = AffineHead(
+        weights=(np.array([[1e-7, -1e-7], [1.0, 0.0]]), np.eye(2)[::-1], np.ones((1, 2))),
+        biases=(np.zeros(2), np.array([-0.5, 0.0]), np.zeros(1)),
+    )
+    x = np.array([[0.6, 0.5], [0.4, 0.5]])
+    z, _ = head.forward(x)
+    assert ((z[0] >= 0) != (z[1] >= 0)).tolist() == [True, False, True, False]
+    assert _run(head, x, z >= 0) is None
+    assert _run(head, x, z >= 0, dense_ties=np.zeros((2, 4), dtype=bool)) is not None
 
 
 def test_the_band_needs_a_declared_box() -> None:
     head = _head(np.array([[1.0, -1.0], [0.0, 1.0]]), np.eye(2))
     x = np.array([[0.6, 0.5], [0.4, 0.5]])
     z, _ = head.forward(x)
-    problem = wide_band(
-        head, None, x, z >= 0, np.arange(2), z >= 0, n=1000.0, first_layer_only=False
-    )
+    problem = wide_band(head, None, x, z >= 0, np.arange(2), z >= 0, n=1000.0)
     assert problem is not None and "no input box" in problem
 
 
