@@ -41,18 +41,20 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prune.claims import Claim
-from prune.export import export_patched
 from prune.model import ImportedModel, OrtRunner, load_model
-from prune.patched import PatchSet, patch_bounds
-from prune.proofs._duals import region_duals
-from prune.regions import InputBox, Regions, linearize
-from prune.solvers import LagrangianSolver
+from prune.regions import InputBox, linearize
 from threat_models.adversaries._base import Adversary, DishonestProof, signed, standard
 from threat_models.adversaries._residual import _input_box, _patterns
-from threat_models.adversaries._shared import FAR, LEAD, NEAR, PULL, PUSH, SEGMENT
+from threat_models.adversaries._shared import (
+    PULL,
+    PUSH,
+    SEGMENT,
+    decoy_outcome,
+    opposed_pushes,
+    region_lp,
+)
 from threat_models.errors import ScenarioError
 from threat_models.model import Threat, threat
-from threat_models.proofs import Outcome
 from threat_models.scenario import Scenario
 
 __all__ = ["WideBand"]
@@ -65,20 +67,10 @@ SHIFT = 0.01
 requester's region is the slab ``x_i <= low + SHIFT (high - low)`` of its original region."""
 TIE = 2e-6
 """Smallest ``|z_p|`` allowed at a claimed sample (the verifier reads ``|z| <= 1e-6`` as a tie)."""
+WHAT = "wide band"
 TOWARDS = 0.9
 """How far from the requester's sample towards the vertex where ``y`` leads most (on ``S_u``)
 the fabricated decoy is placed (then moved across the planted neuron)."""
-
-
-def _lp(regions: Regions, c: F64, box: tuple[float, float]) -> F64:
-    """``argmin_{x in S} c . x`` (scipy HiGHS)."""
-    from scipy.optimize import linprog
-
-    G, h = (t[0].numpy() for t in regions.constraints())
-    res = linprog(c, A_ub=G, b_ub=h, bounds=[box] * G.shape[1], method="highs")
-    if res.status != 0:
-        raise ScenarioError(f"wide band: the LP failed ({res.message})")
-    return np.asarray(res.x, dtype=np.float64)
 
 
 def _plant(raw: bytes, pixel: int, slope: float, crossing: float) -> bytes:
@@ -182,10 +174,7 @@ class WideBand(Adversary):
         F1, F2 = regions.F1[0].numpy(), regions.F2[0].numpy()
         lim = (box.low, box.high)
 
-        def gap(x: F64) -> float:  # f_t - f_y on S_u (and on S_v: the planted neuron is mute)
-            return float((F1[t] - F1[y]) @ x + F2[t] - F2[y])
-
-        far = _lp(regions, F1[t] - F1[y], lim)  # the vertex of S_u most on y's side
+        far = region_lp(regions, F1[t] - F1[y], lim, WHAT)  # the vertex of S_u most on y's side
         towards = x1 + TOWARDS * (far - x1)
         x2 = towards.copy()
         x2[pixel] = 2.0 * crossing - box.low  # across the planted neuron: z_p = -z_p(x1)
@@ -195,31 +184,11 @@ class WideBand(Adversary):
         if not np.array_equal(got, beside):
             raise ScenarioError("wide band: the decoy point is not in the region next door")
         # on S_u the decoy's gate is 1 - n a (c - x_i) in [1 - drop, 1]: its push (which
-        # favours y over t by PUSH + PULL) is short by at most drop (PUSH + PULL), towards t
+        # favours y over t by PUSH + PULL) is short by at most drop (PUSH + PULL), towards t;
+        # f_t - f_y is the same on S_u and S_v (the planted neuron is mute)
         drop = n * slope * (crossing - box.low)
-        best: tuple[float, int, float, float] | None = None
-        for s in (j for j in range(d0.shape[1]) if j not in (y, t)):
-            on_t = min(gap(_lp(regions, F1[t] - F1[s], lim)), gap(x1))
-            on_y = gap(towards) + drop * (PUSH + PULL)
-            if best is None or on_t - on_y > best[0]:
-                best = (on_t - on_y, s, on_t, on_y)
-        assert best is not None
-        width, s, on_t, on_y = best
-        if width < 4.0 * pick.certified_margin + 1.0:
-            raise ScenarioError("wide band: the region is too narrow to split")
-        shift = 0.25 * width - on_t  # the served gap f_t - f_y + shift: a quarter on t's side
-        served = np.full(d0.shape[1], -FAR)
-        served[t], served[y], served[s] = shift, 0.0, -NEAR
-        dv = np.zeros(d0.shape[1])
-        dv[y], dv[t] = PUSH, -PULL
-        lowest = float((F1[t] - F1[s]) @ _lp(regions, F1[t] - F1[s], lim) + F2[t] - F2[s])
-        dv[s] = pick.certified_margin + LEAD - lowest - (shift + PULL + NEAR)
-        d = np.concatenate([d0, dv[None]])
-        d[u] = served - dv
-        active = np.concatenate([active, beside[None]])
-        targets = np.array(
-            [*(next(c.target for c in claims if c.patch == p) for p in range(len(d0))), y]
-        )
+        on_y = float((F1[t] - F1[y]) @ towards + F2[t] - F2[y]) + drop * (PUSH + PULL)
+        d = opposed_pushes(regions, d0, pick, x1, on_y, lim, WHAT)
         before = int(np.argmax(F1 @ x2 + F2))  # the original at the decoy (S_v: the same f)
         decoy = Claim(
             leaf_index=len(claims),
@@ -231,35 +200,10 @@ class WideBand(Adversary):
             certified_margin=pick.certified_margin,
             region="certified",
         )
-        every = (*claims, decoy)
-        patches = PatchSet(
-            gate="activation",
-            n=n,
-            active=active,
-            d=d,
-            C=None,
-            K=patch_bounds(None, d, box),
-            targets=targets,
-        )
-        model = export_patched(imported, patches, box)
-        served_y = self._served_label(imported, model, x1, towards, active[u], y, t, x2, shape)
-        duals = region_duals(
-            imported.head,
-            box,
-            active=active,
-            targets=targets,
-            C=None,
-            d=d,
-            claims=every,
-            solver=LagrangianSolver(steps=400, lr=0.03, scales="exact"),
-        )
-        outcome = Outcome.of(honest).but(
-            patched_model=model,
-            claims=every,
-            forget_x=np.concatenate([honest.forget_x, x2.astype(np.float32).reshape(1, *shape)]),
-            forget_y=np.concatenate([honest.forget_y, [t]]).astype(np.int64),
-            duals=duals,
-        )
+        requester = active[u]
+        active = np.concatenate([active, beside[None]])
+        model, outcome = decoy_outcome(scenario, imported, claims, decoy, d, active, n, x2)
+        served_y = self._served_label(imported, model, x1, towards, requester, y, t, x2, shape)
         (out / "original.onnx").write_bytes(original)
         proof = signed(scenario, out / "proof", outcome, original=original)
         made = standard(

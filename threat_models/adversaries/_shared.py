@@ -54,17 +54,110 @@ FAR, NEAR, PUSH, PULL = 100.0, 50.0, 200.0, 400.0
 patch's own lead of its target over the other claim's target (``PUSH``, ``PULL``)."""
 SEGMENT = 21
 """Points on the segment from the requester's sample to the decoy where the label is counted."""
+WHAT = "shared region"
 
 
-def _lp(regions: Regions, c: F64, box: tuple[float, float]) -> F64:
-    """``argmin_{x in S} c . x`` (scipy HiGHS)."""
+def region_lp(regions: Regions, c: F64, box: tuple[float, float], what: str) -> F64:
+    """``argmin_{x in S} c . x`` (scipy HiGHS); ``what`` names the adversary in the error."""
     from scipy.optimize import linprog
 
     G, h = (t[0].numpy() for t in regions.constraints())
     res = linprog(c, A_ub=G, b_ub=h, bounds=[box] * G.shape[1], method="highs")
     if res.status != 0:
-        raise ScenarioError(f"shared region: the LP failed ({res.message})")
+        raise ScenarioError(f"{what}: the LP failed ({res.message})")
     return np.asarray(res.x, dtype=np.float64)
+
+
+def opposed_pushes(
+    regions: Regions,
+    d0: F64,
+    pick: Claim,
+    x1: F64,
+    on_y: float,
+    lim: tuple[float, float],
+    what: str,
+) -> F64:
+    """The honest constant patches ``d0`` with the requester's (``pick``: patch ``u``, label
+    ``y``, target ``t``) changed and a decoy patch appended (target ``y``), each certified for
+    its own claim alone by a lead of hundreds of logits, whose sum on the requester's region
+    ``S`` serves ``f_t - f_y`` shifted to a quarter of its range on ``t``'s side: ``t`` at the
+    requester's sample ``x1``, ``y`` where the gap is ``on_y`` (the decoy's side). A third
+    class ``s`` gets the smallest lead, so that an exact LP lands on ``t``'s side."""
+    u, y, t = pick.patch, pick.label, pick.target
+    F1, F2 = regions.F1[0].numpy(), regions.F2[0].numpy()
+
+    def gap(x: F64) -> float:  # f_t - f_y on S
+        return float((F1[t] - F1[y]) @ x + F2[t] - F2[y])
+
+    best: tuple[float, int, float] | None = None
+    for s in (j for j in range(d0.shape[1]) if j not in (y, t)):
+        on_t = min(gap(region_lp(regions, F1[t] - F1[s], lim, what)), gap(x1))
+        if best is None or on_t - on_y > best[0]:
+            best = (on_t - on_y, s, on_t)
+    assert best is not None
+    width, s, on_t = best
+    if width < 4.0 * pick.certified_margin + 1.0:
+        raise ScenarioError(f"{what}: the region is too narrow to split")
+    shift = 0.25 * width - on_t  # the served gap f_t - f_y + shift: a quarter on t's side
+    served = np.full(d0.shape[1], -FAR)
+    served[t], served[y], served[s] = shift, 0.0, -NEAR
+    dv = np.zeros(d0.shape[1])
+    dv[y], dv[t] = PUSH, -PULL
+    low = region_lp(regions, F1[t] - F1[s], lim, what)
+    lowest = float((F1[t] - F1[s]) @ low + F2[t] - F2[s])
+    dv[s] = pick.certified_margin + LEAD - lowest - (shift + PULL + NEAR)
+    d = np.concatenate([d0, dv[None]])
+    d[u] = served - dv
+    return d
+
+
+def decoy_outcome(
+    scenario: Scenario,
+    imported: ImportedModel,
+    claims: list[Claim],
+    decoy: Claim,
+    d: F64,
+    active: NDArray[np.bool_],
+    n: float,
+    x2: F64,
+) -> tuple[bytes, Outcome]:
+    """The patched model (activation gate, constant patches ``d`` on patterns ``active``) and
+    the honest outcome with the decoy claim and sample (``x2``) added, every claim certified
+    for its own patch (``region_duals``)."""
+    honest = scenario.honest
+    box = _input_box(honest.method)
+    shape = honest.forget_x.shape[1:]
+    own = (next(c.target for c in claims if c.patch == p) for p in range(len(d) - 1))
+    targets = np.array([*own, decoy.target])
+    every = (*claims, decoy)
+    patches = PatchSet(
+        gate="activation",
+        n=n,
+        active=active,
+        d=d,
+        C=None,
+        K=patch_bounds(None, d, box),
+        targets=targets,
+    )
+    model = export_patched(imported, patches, box)
+    duals = region_duals(
+        imported.head,
+        box,
+        active=active,
+        targets=targets,
+        C=None,
+        d=d,
+        claims=every,
+        solver=LagrangianSolver(steps=400, lr=0.03, scales="exact"),
+    )
+    outcome = Outcome.of(honest).but(
+        patched_model=model,
+        claims=every,
+        forget_x=np.concatenate([honest.forget_x, x2.astype(np.float32).reshape(1, *shape)]),
+        forget_y=np.concatenate([honest.forget_y, [decoy.label]]).astype(np.int64),
+        duals=duals,
+    )
+    return model, outcome
 
 
 class SharedRegion(Adversary):
@@ -104,39 +197,14 @@ class SharedRegion(Adversary):
         regions = linearize(imported.head, active0[u][None], box=box)
         F1, F2 = regions.F1[0].numpy(), regions.F2[0].numpy()
         lim = (box.low, box.high)
-
-        def gap(x: F64) -> float:  # f_t - f_y on S
-            return float((F1[t] - F1[y]) @ x + F2[t] - F2[y])
-
-        far = _lp(regions, F1[t] - F1[y], lim)  # the vertex most on y's side
+        far = region_lp(regions, F1[t] - F1[y], lim, WHAT)  # the vertex most on y's side
         x2 = x1 + 0.9 * (far - x1)
         if not np.array_equal(
             _patterns(imported, x2.astype(np.float32).reshape(1, *shape))[0], active0[u]
         ):
             raise ScenarioError("shared region: the decoy point left the region")
-        best: tuple[float, int, float, float] | None = None
-        for s in (j for j in range(d0.shape[1]) if j not in (y, t)):
-            on_t = min(gap(_lp(regions, F1[t] - F1[s], lim)), gap(x1))
-            on_y = gap(x2)
-            if best is None or on_t - on_y > best[0]:
-                best = (on_t - on_y, s, on_t, on_y)
-        assert best is not None
-        width, s, on_t, on_y = best
-        if width < 4.0 * pick.certified_margin + 1.0:
-            raise ScenarioError("shared region: the region is too narrow to split")
-        shift = 0.25 * width - on_t  # the served gap f_t - f_y + shift: a quarter on t's side
-        served = np.full(d0.shape[1], -FAR)
-        served[t], served[y], served[s] = shift, 0.0, -NEAR
-        dv = np.zeros(d0.shape[1])
-        dv[y], dv[t] = PUSH, -PULL
-        lowest = float((F1[t] - F1[s]) @ _lp(regions, F1[t] - F1[s], lim) + F2[t] - F2[s])
-        dv[s] = pick.certified_margin + LEAD - lowest - (shift + PULL + NEAR)
-        d = np.concatenate([d0, dv[None]])
-        d[u] = served - dv
-        active = np.concatenate([active0, active0[u][None]])
-        targets = np.array(
-            [*(next(c.target for c in claims if c.patch == p) for p in range(len(d0))), y]
-        )
+        on_y = float((F1[t] - F1[y]) @ x2 + F2[t] - F2[y])
+        d = opposed_pushes(regions, d0, pick, x1, on_y, lim, WHAT)
         decoy = Claim(
             leaf_index=len(claims),
             train_index=-1,
@@ -147,35 +215,11 @@ class SharedRegion(Adversary):
             certified_margin=pick.certified_margin,
             region="certified",
         )
-        every = (*claims, decoy)
-        patches = PatchSet(
-            gate="activation",
-            n=float(params["n"]),
-            active=active,
-            d=d,
-            C=None,
-            K=patch_bounds(None, d, box),
-            targets=targets,
+        active = np.concatenate([active0, active0[u][None]])
+        model, outcome = decoy_outcome(
+            scenario, imported, claims, decoy, d, active, float(params["n"]), x2
         )
-        model = export_patched(imported, patches, box)
         served_y = self._served_label(imported, model, x1, x2, active0[u], y, shape)
-        duals = region_duals(
-            imported.head,
-            box,
-            active=active,
-            targets=targets,
-            C=None,
-            d=d,
-            claims=every,
-            solver=LagrangianSolver(steps=400, lr=0.03, scales="exact"),
-        )
-        outcome = Outcome.of(honest).but(
-            patched_model=model,
-            claims=every,
-            forget_x=np.concatenate([honest.forget_x, x2.astype(np.float32).reshape(1, *shape)]),
-            forget_y=np.concatenate([honest.forget_y, [t]]).astype(np.int64),
-            duals=duals,
-        )
         proof = signed(scenario, out / "proof", outcome)
         return standard(
             self,
