@@ -76,13 +76,13 @@ class AffineHead:
     def local_affine(self, x: F64) -> tuple[F64, F64, F64, F64]:
         """At one point ``x`` ``[d]``: the pre-activations and logits as affine functions of the
         input on ``x``'s linear region: ``(Z [H, d], z0 [H], F [O, d], f0 [O])``."""
-        jac = np.eye(len(x))
+        jac: F64 | None = None  # the identity, never formed: the first layer's rows are W
         off = np.zeros(len(x))
         value = x.astype(np.float64)
         rows: list[F64] = []
         offs: list[F64] = []
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            jac, off = w @ jac, w @ off + b
+            jac, off = (w if jac is None else w @ jac), w @ off + b
             value = w @ value + b
             if i < len(self.weights) - 1:
                 rows.append(jac)
@@ -91,6 +91,7 @@ class AffineHead:
                 jac, off, value = jac * mask[:, None], off * mask, value * mask
         z_rows = np.concatenate(rows) if rows else np.zeros((0, len(x)))
         z_off = np.concatenate(offs) if offs else np.zeros(0)
+        assert jac is not None  # a head has at least its logit layer
         return z_rows, z_off, jac, off
 
     def max_error(self, x: F64, z: F64, logits: F64) -> float:

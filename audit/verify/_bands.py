@@ -134,19 +134,10 @@ def _deep_bounding(
     affine: AffineHead, x: F64, low: float, high: float, *, band: float, reach: float
 ) -> NDArray[np.bool_]:
     """:func:`_bounding` for the neurons after the first layer, on ``x``'s linear region (its
-    Jacobian rows, one masked product per layer: the first layer's rows are the weights)."""
-    value = affine.weights[0] @ x + affine.biases[0]
-    jac, off = affine.weights[0], affine.biases[0]
-    out: list[NDArray[np.bool_]] = []
-    hidden = len(affine.weights) - 1
-    for i in range(1, hidden):
-        slope = affine.slopes[i - 1] if affine.slopes else 0.0
-        mask = np.where(value >= 0, 1.0, slope)
-        w, b = affine.weights[i], affine.biases[i]
-        jac, off = w @ (jac * mask[:, None]), w @ (off * mask) + b
-        value = w @ (value * mask) + b
-        out.append(_bounding(jac, off, low, high, band=band, reach=reach))
-    return np.concatenate(out) if out else np.zeros(0, dtype=bool)
+    rows and offsets from :meth:`AffineHead.local_affine`)."""
+    rows, offsets, _, _ = affine.local_affine(x)
+    h1 = affine.weights[0].shape[0]
+    return _bounding(rows[h1:], offsets[h1:], low, high, band=band, reach=reach)
 
 
 def gate_patterns(params: Any, z: F64, patch: NDArray[np.int64]) -> NDArray[np.bool_]:
