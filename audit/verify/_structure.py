@@ -302,12 +302,7 @@ def _shared_region(params: Any, z: Any, patch: Any, *, flat: Any = None) -> str 
     ``[claims, H]``, from :func:`_flat_neurons`): such a neuron's sign constrains nothing, and
     either gate is 1 there."""
     claims = np.asarray(patch)
-    if params.pos is not None:
-        patterns = np.asarray(params.pos) > 0.5  # [H, P]
-    else:
-        patterns = np.zeros((z.shape[1], params.patches), dtype=bool)
-        for row in range(len(claims) - 1, -1, -1):  # the first claim of each patch wins
-            patterns[:, claims[row]] = z[row] >= 0
+    patterns = gate_patterns(params, z, claims).T  # [H, P]
     first: dict[bytes, int] = {}
     for u in sorted(set(claims.tolist())) if params.pos is None else range(params.patches):
         v = first.setdefault(np.packbits(patterns[:, u]).tobytes(), u)
