@@ -192,6 +192,14 @@ def write_json(path: Path, text: str) -> None:
     help="Smallest margin a class-suppression claim may state (the class keeps <= e^-m).",
 )
 @click.option(
+    "--band-work",
+    type=click.FloatRange(min=0),
+    default=_DEFAULTS.band_work,
+    show_default=True,
+    help="Most multiply-adds structure.patch may spend on deeper rows of the claims' regions "
+    "for the thin-band rule; a proof that needs more fails.",
+)
+@click.option(
     "--expect-class",
     type=click.IntRange(min=0),
     default=None,
@@ -229,6 +237,7 @@ def verify(
     accept_point_only: bool,
     min_margin: float,
     min_class_margin: float,
+    band_work: float,
     expect_class: int | None,
     fail_fast: bool,
     quiet: bool,
@@ -250,6 +259,7 @@ def verify(
         accept_point_only=accept_point_only,
         min_certified_margin=min_margin,
         min_class_margin=min_class_margin,
+        band_work=band_work,
         expected_class=expect_class,
         membership=None
         if mia_attack is None

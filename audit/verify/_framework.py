@@ -129,6 +129,13 @@ class Policy:
     ``e^-m`` of the top class's probability; a model retrained without the class gives it about
     nothing, and below ``m = 4`` (1.8 %) the class stays a near-tie runner-up wherever it was the
     top class, which memorised records of the class still show (``class_residual``)."""
+    band_work: float = 1e12
+    """Most multiply-adds the thin-band rule of ``structure.patch`` may spend on the deeper
+    rows of the claims' regions (``audit.verify._bands``; one ``sum_l H_l H_(l-1) d`` per claim
+    whose pairs the first layer leaves open; an honest Fashion-MNIST MLP proof needs 5e7 per such
+    claim; 1e12 is a minute or two of float64 BLAS on one core). Beyond it the check fails: its
+    bands are not shown bounded. Resource limit on an owner who separates every pair of patches
+    only deep in the network."""
     min_gate_sharpness: float = 100.0
     """Smallest gate sharpness ``n`` a patch may declare. Inside a certified region, another
     patch's gate can be on only within its band (activation gate: summed |pre-activation| of the

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.verify._bands import gate_patterns, wide_band
+from audit.verify._bands import gate_patterns, mismatches, wide_band
 from audit.verify._canonical import (
     GATE_FORMS,
     TAIL_FORMS,
@@ -282,6 +282,7 @@ def _band_problem(ctx: VerifyContext, params: Any, x: Any, z: Any, patch: Any) -
         gate_patterns(params, z, claims),
         n=float(params.n),
         dense_ties=ties,
+        work=ctx.policy.band_work,
     )
 
 
@@ -302,21 +303,30 @@ def _shared_region(params: Any, z: Any, patch: Any, *, flat: Any = None) -> str 
     ``[claims, H]``, from :func:`_flat_neurons`): such a neuron's sign constrains nothing, and
     either gate is 1 there."""
     claims = np.asarray(patch)
-    patterns = gate_patterns(params, z, claims).T  # [H, P]
+    patterns = gate_patterns(params, z, claims)  # [P, H]
     first: dict[bytes, int] = {}
     for u in sorted(set(claims.tolist())) if params.pos is None else range(params.patches):
-        v = first.setdefault(np.packbits(patterns[:, u]).tobytes(), u)
+        v = first.setdefault(np.packbits(patterns[u]).tobytes(), u)
         if v != u:
             return _same_region(v, u)
     if flat is None:
         return None
-    for i in np.flatnonzero(np.asarray(flat).any(axis=1)):
-        u, live = int(claims[i]), ~flat[i]
-        same = (patterns[live, :] == patterns[live, u][:, None]).all(axis=0)
-        same[u] = False
-        if same.any():
-            return _same_region(*sorted((u, int(np.flatnonzero(same)[0]))))
+    tied = np.flatnonzero(np.asarray(flat).any(axis=1))
+    step = max(1, _PAIR_BLOCK // len(patterns))
+    for start in range(0, len(tied), step):  # matrix products, never a loop over pairs
+        rows = tied[start : start + step]
+        owner = claims[rows]
+        same = mismatches(~flat[rows], patterns[owner], patterns) == 0
+        same[np.arange(len(rows)), owner] = False
+        hit = np.flatnonzero(same.any(axis=1))
+        if hit.size:
+            u, v = int(owner[hit[0]]), int(np.flatnonzero(same[hit[0]])[0])
+            return _same_region(*sorted((u, v)))
     return None
+
+
+_PAIR_BLOCK = 1 << 24
+"""Pairs compared per block of tied claims (a ``[claims, P]`` float32 matrix: 64 MiB)."""
 
 
 def _same_region(u: int, v: int) -> str:

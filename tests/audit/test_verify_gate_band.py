@@ -140,11 +140,11 @@ def test_patterns_split_by_a_near_flat_neuron_fail() -> None:
 def test_a_neuron_far_from_zero_on_the_box_bounds_the_band_whatever_its_slope() -> None:
     """A flat neuron that stays at least 1/n from 0 on the whole box leaves no band at all; one
     that comes within 1/n of 0 somewhere in the box bounds nothing unless it is steep."""
-    from audit.verify._bands import _bounding
+    from audit.verify._bands import _Band, _bounding
 
     rows = np.array([[1e-9, 0.0], [1e-9, 0.0], [-1e-9, 0.0], [1.0, 0.0]])
     offsets = np.array([0.5, 0.0, -0.5, -0.5])
-    got = _bounding(rows, offsets, 0.0, 1.0, band=1e-3, reach=0.1)
+    got = _bounding(rows, offsets, _Band(low=0.0, high=1.0, band=1e-3, reach=0.1))
     assert got.tolist() == [True, False, True, True]
 
 
@@ -202,3 +202,103 @@ def test_the_threshold_scales_with_the_box() -> None:
         )
         z, _ = head.forward(x)
         assert (_run(head, x, z >= 0) is None) == ok
+
+
+def _pairwise(
+    head: AffineHead,
+    box: tuple[float, float],
+    x: np.ndarray,
+    patch: np.ndarray,
+    patterns: np.ndarray,
+    n: float,
+    ties: np.ndarray | None,
+) -> set[tuple[int, int]]:
+    """The rule read off docs/FORMATS.md "Thin gate bands", one pair at a time: the pairs
+    (u, v) that no differing neuron bounds."""
+    low, high = box
+    reach = 1.0 / (n * BAND_FRACTION * (high - low) * np.sqrt(x.shape[1]))
+    sizes = [w.shape[0] for w in head.weights[:-1]]
+    layer = np.repeat(np.arange(len(sizes)), sizes)
+    bad = set()
+    for u in sorted(set(patch.tolist())):
+        claim = int(np.flatnonzero(patch == u)[0])
+        rows, offs, _, _ = head.local_affine(x[claim])
+        centre = rows.sum(axis=1) * 0.5 * (low + high) + offs
+        spread = np.abs(rows).sum(axis=1) * 0.5 * (high - low)
+        ok = (np.abs(centre) - spread >= 1.0 / n) | (np.linalg.norm(rows, axis=1) >= reach)
+        signs = head.forward(x[claim : claim + 1])[0][0] >= 0
+        for v in range(len(patterns)):
+            if v == u:
+                continue
+            differ = patterns[v] != signs
+            if ties is not None and differ.any():
+                differ &= (layer == layer[differ].min()) & ~ties[v]
+            if not (differ & ok).any():
+                bad.add((u, v))
+    return bad
+
+
+@pytest.mark.parametrize("dense", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_the_blocked_matrix_counts_agree_with_the_rule_pair_by_pair(
+    dense: bool, seed: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Random three-layer heads with near-flat and tied neurons, claims sharing patches, and
+    blocks of a few claims (the block edges fall inside the claims): the verdict of
+    :func:`wide_band` is the pair-by-pair rule's (first failing pair in the same order)."""
+    import audit.verify._bands as bands
+
+    rng = np.random.default_rng(seed)
+    d, sizes = 5, (6, 4)
+    weights = [rng.normal(size=(sizes[0], d)), rng.normal(size=(sizes[1], sizes[0]))]
+    weights += [rng.normal(size=(3, sizes[1]))]
+    for w in weights[:-1]:
+        w[rng.random(w.shape[0]) < 0.4] *= 1e-7  # near-flat units: bound nothing
+    head = AffineHead(
+        weights=tuple(weights), biases=tuple(rng.normal(size=w.shape[0]) * 0.1 for w in weights)
+    )
+    x = rng.random((14, d))
+    z, _ = head.forward(x)
+    patch = rng.integers(0, 9, size=14)
+    patch[:9] = np.arange(9)  # every patch has a claim
+    patterns = np.zeros((9, sum(sizes)), dtype=bool)
+    for row in range(len(patch) - 1, -1, -1):
+        patterns[patch[row]] = z[row] >= 0
+    patterns[7] = patterns[3]  # a second patch on one region: never bounded
+    patterns[8] = patterns[2]
+    patterns[8, sizes[0]] ^= True  # differs only in a second-layer unit
+    ties = (rng.random(patterns.shape) < 0.2) if dense else None
+    box, n = (0.0, 1.0), 1000.0
+    want = _pairwise(head, box, x, patch, patterns, n, ties)
+    assert want  # the shared pattern at least
+    monkeypatch.setattr(bands, "_BLOCK_CELLS", 2 * len(patterns))  # two claims a block
+    got = wide_band(head, box, x, z >= 0, patch, patterns, n=n, dense_ties=ties)
+    u, v = min(want)
+    assert got is not None and f"region of patch {u}, the gate of patch {v} " in got
+
+
+def test_mismatches_counts_masked_differences_exactly() -> None:
+    from audit.verify._bands import mismatches
+
+    rng = np.random.default_rng(0)
+    mask, signs = rng.random((7, 50)) < 0.5, rng.random((7, 50)) < 0.5
+    patterns, keep = rng.random((11, 50)) < 0.5, rng.random((11, 50)) < 0.5
+    want = (mask[:, None, :] & keep[None] & (signs[:, None, :] != patterns[None])).sum(axis=2)
+    assert np.array_equal(mismatches(mask, signs, patterns, keep=keep), want)
+    plain = (signs[:, None, :] != patterns[None]).sum(axis=2)
+    assert np.array_equal(mismatches(None, signs, patterns), plain)
+
+
+def test_deeper_rows_beyond_the_work_budget_fail_closed() -> None:
+    """Two regions told apart only by a second-layer neuron: each claim needs its region's
+    deeper rows (2 x 2 x 2 = 8 multiply-adds here). Below that budget the rule refuses to call
+    the bands bounded, with the reason; at it, the same proof passes. The engine's
+    ``verify_proof`` reads the budget from ``Policy.band_work``."""
+    w1 = np.array([[1.0, 0.0], [0.0, 1.0]])
+    head = _head(w1, np.array([[1.0, -1.0], [1.0, 1.0]]))
+    x = np.array([[0.6, 0.5], [0.4, 0.5]])
+    z, _ = head.forward(x)
+    assert _run(head, x, z >= 0, work=16.0) is None
+    problem = _run(head, x, z >= 0, work=15.0)
+    assert problem is not None and "over what is left of the verifier's budget" in problem
+    assert Policy().band_work >= 1e12
