@@ -10,7 +10,8 @@ Checks (same framework and verdict rules as ``audit verify``):
 * ``receipt.inclusion`` — the subject's sample, label and the receipt's salt hash to a leaf that
   the inclusion proof places under the committed root (needs ``--sample`` and ``--label``);
 * ``receipt.replay`` — with ``--model``, the subject's own sample replayed through the deployed
-  model (whose digest the certificate names) gets the claimed target.
+  model (whose digest the certificate names) gets the claimed target (a calibrated claim: the
+  declared output, and a margin over the rival at most the claimed bound).
 
 Threat assumption: the owner issued the receipt and the certificate and may lie in either; only
 the public key and the subject's own sample are trusted."""
@@ -48,11 +49,13 @@ from audit.verify._context import require_finite
 from audit.verify._replay import BATCH_SIZES, BATCH_TOLERANCE, margins
 from prune.formats import (
     PAYLOAD_TYPE,
+    CalibratedClaimRecord,
     Envelope,
     FormatError,
     Receipt,
     Statement,
     leaf_hash,
+    output_tolerance,
     parse_decimal_string,
     public_key_id,
     sha256_hex,
@@ -187,26 +190,43 @@ def _claim(ctx: ReceiptContext) -> Any:
 
 class ReceiptClaim(Check[ReceiptContext]):
     name = "receipt.claim"
-    summary = "the certificate claims a changed prediction for this leaf (for the subject's label)"
+    summary = (
+        "the certificate makes a claim for this leaf (for the subject's label): a changed "
+        "prediction, or a calibrated output"
+    )
 
     def run(self, ctx: ReceiptContext) -> CheckOutcome:
         claim = _claim(ctx)
-        evidence = {
-            "label": claim.label,
-            "target": claim.target,
-            "region": claim.region,
-            "certified_margin": claim.certified_margin,
-        }
+        if isinstance(claim, CalibratedClaimRecord):
+            evidence: dict[str, Any] = {
+                "kind": claim.kind,
+                "label": claim.label,
+                "rival": claim.rival,
+                "region": claim.region,
+                "upper_margin": claim.upper_margin,
+                "source": claim.source,
+            }
+            said = (
+                f"label {claim.label}: calibrated output ({claim.region}, margin over class "
+                f"{claim.rival} at most {claim.upper_margin}, targets {claim.source})"
+            )
+        else:
+            evidence = {
+                "label": claim.label,
+                "target": claim.target,
+                "region": claim.region,
+                "certified_margin": claim.certified_margin,
+            }
+            said = (
+                f"label {claim.label} -> target {claim.target} ({claim.region}, margin "
+                f"{claim.certified_margin})"
+            )
         if ctx.inputs.label is not None and claim.label != ctx.inputs.label:
             return self.failed(
                 f"the claim is for label {claim.label}, the subject's label is {ctx.inputs.label}",
                 **evidence,
             )
-        return self.passed(
-            f"label {claim.label} -> target {claim.target} ({claim.region}, margin "
-            f"{claim.certified_margin})",
-            **evidence,
-        )
+        return self.passed(said, **evidence)
 
 
 class ReceiptInclusion(Check[ReceiptContext]):
@@ -234,7 +254,10 @@ class ReceiptInclusion(Check[ReceiptContext]):
 
 class ReceiptReplay(Check[ReceiptContext]):
     name = "receipt.replay"
-    summary = "the deployed model (the certificate's subject) predicts the claimed target"
+    summary = (
+        "the deployed model (the certificate's subject) predicts the claimed target (a calibrated "
+        "claim: gives the declared output)"
+    )
     requires = frozenset({"sample", "model"})
 
     def run(self, ctx: ReceiptContext) -> CheckOutcome:
@@ -264,6 +287,8 @@ class ReceiptReplay(Check[ReceiptContext]):
             return self.failed(f"the model cannot run the sample: {exc}")
         if not np.isfinite(logits).all():
             return self.failed("the model's output on the sample is not finite")
+        if isinstance(claim, CalibratedClaimRecord):
+            return self._calibrated(claim, logits[0].astype(np.float64))
         target = np.array([claim.target], dtype=np.int64)
         margin = float(margins(logits, target)[0])
         need = parse_decimal_string(claim.certified_margin, field="certified_margin")
@@ -276,6 +301,34 @@ class ReceiptReplay(Check[ReceiptContext]):
                 **evidence,
             )
         return self.passed(f"predicts {predicted} with margin {margin:.4g}", **evidence)
+
+    def _calibrated(
+        self, claim: CalibratedClaimRecord, logits: NDArray[np.float64]
+    ) -> CheckOutcome:
+        """``replay.calibrated``'s test at the subject's sample: the declared output (within
+        :func:`prune.formats.output_tolerance`) and a margin over the rival at most the bound."""
+        output = np.asarray(claim.output_values())
+        if output.shape != logits.shape:
+            return self.failed(f"the claim's output does not have {len(logits)} classes")
+        gap = float(np.abs(logits - output).max())
+        tol = float(output_tolerance(tuple(output)))
+        margin = float(logits[claim.label] - logits[claim.rival])
+        bound = claim.margin_bound()
+        evidence = {"output_gap": gap, "tolerance": tol, "margin": margin, "upper_margin": bound}
+        if gap > tol:
+            return self.failed(
+                f"the model's output is {gap:.4g} from the declared one (tolerance {tol:.3g})",
+                **evidence,
+            )
+        if margin > bound + Policy().margin_tolerance:
+            return self.failed(
+                f"the model is more confident than claimed: margin {margin:.4g} over class "
+                f"{claim.rival} > {bound:.4g}",
+                **evidence,
+            )
+        return self.passed(
+            f"the declared output (gap {gap:.3g}), margin {margin:.4g} <= {bound:.4g}", **evidence
+        )
 
 
 RECEIPT_CHECKS: dict[str, type[Check[ReceiptContext]]] = {

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
+from audit.receipt import ReceiptInputs, verify_receipt
 from audit.verify import (
     MembershipPolicy,
     Policy,
@@ -301,3 +302,58 @@ def _margin_gradient(
             mask = (value >= 0).astype(np.float64)
             jac, value = jac * mask[:, None], value * mask
     return np.asarray(jac[label] - jac[rival])
+
+
+def _receipt(
+    setup: tuple[DigitsWork, UnlearnResult, Path], proof: Path, tmp_path: Path, leaf: int = 1
+) -> ReceiptInputs:
+    """What the data subject of ``leaf`` holds: their sample (as submitted), label, receipt."""
+    work, _, keys = setup
+    sample = tmp_path / "subject.npy"
+    np.save(sample, np.ascontiguousarray(work.x_train[FORGET[leaf]], dtype=np.float32))
+    return ReceiptInputs(
+        receipt=proof / "receipts" / f"receipt-{leaf}.json",
+        certificate=proof / "certificate.json",
+        public_key=keys / "owner.pub",
+        sample=sample,
+        label=int(work.y_train[FORGET[leaf]]),
+        model=proof / "model.onnx",
+    )
+
+
+def test_a_subject_checks_a_calibrated_receipt(
+    setup: tuple[DigitsWork, UnlearnResult, Path], tmp_path: Path
+) -> None:
+    """``audit receipt`` on a calibrated claim: the claim names the subject's label and its
+    bound, and the served model gives the declared output at the subject's own sample."""
+    inputs = _receipt(setup, _proof(setup, tmp_path / "P").proof, tmp_path)
+    report = verify_receipt(inputs, now=NOW + timedelta(minutes=1))
+    assert report.verified and report.complete, [(o.name, o.detail) for o in report.outcomes]
+    assert report.outcome("receipt.claim").evidence["kind"] == "calibrated"
+    replay = report.outcome("receipt.replay").evidence
+    assert replay["output_gap"] <= replay["tolerance"]
+    assert replay["margin"] <= replay["upper_margin"] + Policy().margin_tolerance
+
+
+@pytest.mark.parametrize(
+    ("shift", "message"),
+    [("output", "from the declared one"), ("bound", "more confident than claimed")],
+)
+def test_a_calibrated_receipt_whose_claim_the_model_breaks_fails(
+    setup: tuple[DigitsWork, UnlearnResult, Path], tmp_path: Path, shift: str, message: str
+) -> None:
+    """The owner signs a claim the served model does not keep at the subject's sample: another
+    declared output, or a bound below the served margin."""
+
+    def lie(c: CalibratedClaim) -> CalibratedClaim:
+        if shift == "output":
+            out = list(c.output)
+            out[c.rival] += 0.5
+            return dataclasses.replace(c, output=tuple(out))
+        return dataclasses.replace(c, upper_margin=c.output[c.label] - c.output[c.rival] - 0.5)
+
+    proof = _proof(setup, tmp_path / "P", _claims(setup[1], lie)).proof
+    report = verify_receipt(_receipt(setup, proof, tmp_path), now=NOW + timedelta(minutes=1))
+    outcome = report.outcome("receipt.replay")
+    assert outcome.status == "fail" and message in outcome.detail
+    assert report.outcome("receipt.claim").status == "pass"
