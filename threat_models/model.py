@@ -224,8 +224,10 @@ THREATS: tuple[Threat, ...] = (
         9,
         "residual-memorisation",
         "Residual memorisation",
-        "predictions changed but membership still detectable",
-        ("residual_memorisation", "class_residual"),
+        "membership still detectable behind true claims: predictions changed by certified tie "
+        "patches, or calibrated claims whose targets are the original's own outputs (a zero "
+        "push)",
+        ("residual_memorisation", "class_residual", "calibrated_zero_push"),
         ("membership.canaries", "claims.policy"),
     ),
     Threat(

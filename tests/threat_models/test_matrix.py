@@ -86,6 +86,21 @@ def test_residual_memorisation_is_caught_only_by_the_canaries(matrix_run: Matrix
     assert evidence["auc"]["value"] > evidence["max_auc"] > honest["auc"]["value"]
 
 
+def test_calibrated_zero_push_passes_every_claim_check_and_fails_the_canaries(
+    matrix_run: MatrixRun,
+) -> None:
+    """Calibrated targets that are the original's own outputs: every obligation holds for the
+    original itself (``replay.calibrated`` and the subject's receipt pass), so only the
+    auditor's own membership measurement can see that nothing was forgotten."""
+    row = matrix_run.row("calibrated_zero_push")
+    assert row["failed"] == ["membership.canaries"]
+    assert row["statuses"]["replay.calibrated"] == "pass"
+    assert row["statuses"]["receipt.replay"] == "pass"
+    evidence = row["evidence"]["membership.canaries"]
+    honest = matrix_run.row(HONEST)["evidence"]["membership.canaries"]
+    assert evidence["auc"]["value"] > evidence["max_auc"] > honest["auc"]["value"]
+
+
 def test_equivocation_passes_audit_verify_and_fails_the_subjects_receipt(
     matrix_run: MatrixRun,
 ) -> None:

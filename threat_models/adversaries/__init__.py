@@ -41,7 +41,7 @@ from threat_models.adversaries._patches import (
     StructureTrigger,
     StructureWeights,
 )
-from threat_models.adversaries._residual import ResidualMemorisation
+from threat_models.adversaries._residual import CalibratedZeroPush, ResidualMemorisation
 from threat_models.adversaries._serving import HonestOwner, NoOp, Rollback, Substitution
 from threat_models.adversaries._shared import SharedRegion
 from threat_models.adversaries._soundness import (
@@ -86,6 +86,7 @@ ADVERSARIES: dict[str, type[Adversary]] = {
         StructureTrigger,
         Sabotage,
         ResidualMemorisation,
+        CalibratedZeroPush,
         Rollback,
         BatchCoupledGate,
         BatchSizeSwitch,

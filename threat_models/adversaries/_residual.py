@@ -21,19 +21,22 @@ do this by accident: the engine never produces affine patches with ``C`` tied to
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
+from unittest import mock
 
 import numpy as np
 from numpy.typing import NDArray
 
+from prune.calibrate import CalibratedTargets
 from prune.claims import Claim
+from prune.errors import PruneError
 from prune.export import export_patched
 from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
 from prune.proofs._duals import float32_logit_error, region_duals
 from prune.regions import InputBox, Regions, linearize
 from prune.solvers import LagrangianSolver
-from prune.unlearn import FLOAT32_SLACK
+from prune.unlearn import FLOAT32_SLACK, unlearn
 from threat_models.adversaries._base import Adversary, DishonestProof, signed, standard
 from threat_models.adversaries._onnx import cut_values
 from threat_models.errors import ScenarioError
@@ -41,7 +44,7 @@ from threat_models.model import Threat, threat
 from threat_models.proofs import Outcome
 from threat_models.scenario import Scenario
 
-__all__ = ["ResidualMemorisation", "tie_patches"]
+__all__ = ["CalibratedZeroPush", "ResidualMemorisation", "tie_patches"]
 
 F64 = NDArray[np.float64]
 ATTEMPTS = 4
@@ -183,3 +186,49 @@ class ResidualMemorisation(Adversary):
             if row.argmax() != c.target or row[c.target] - others.max() < c.certified_margin:
                 short[c.patch] = 1.0
         return short
+
+
+class CalibratedZeroPush(Adversary):
+    """A ``calibrated`` proof whose targets are the original's own outputs.
+
+    A ``calibrated`` claim states the output a model that never saw the sample would give, with
+    the owner's reference models as the only witness of that number (docs/VERIFY.md, "What
+    VERIFIED does not prove on its own"). This owner runs the engine's calibrated policy with
+    the targets replaced by the original's logits at the forget points: every patch is a zero
+    push, every obligation (declared output, upper margin over the region) holds for the
+    original itself, and the model keeps everything it memorised. Only the auditor's own
+    membership measurement can tell: the planted canaries keep ``p(label) ~ 1``, far above the
+    held-out canaries'."""
+
+    name: ClassVar[str] = "calibrated_zero_push"
+    threat: ClassVar[Threat | None] = threat("residual-memorisation")
+    summary: ClassVar[str] = "calibrated claims whose targets are the original's outputs"
+
+    def build(self, scenario: Scenario, out: Path) -> DishonestProof:
+        out.mkdir(parents=True)
+        if scenario.forget_class is not None:
+            raise ScenarioError("calibrated targets are per sample; this scenario deletes a class")
+        import prune.unlearn._pipeline as pipeline
+
+        def own_outputs(_imported: object, points: Any, *_a: object, **_k: object) -> Any:
+            logits = np.asarray(points.logits, dtype=np.float64)
+            return CalibratedTargets(logits=logits, source="class-conditional", calibration="none")
+
+        with mock.patch.object(pipeline, "calibrated_targets", own_outputs):
+            try:
+                result = unlearn(
+                    scenario.original_bytes,
+                    scenario.x_train,
+                    scenario.y_train,
+                    forget_indices=scenario.forget_rows,
+                    x_test=scenario.x_test,
+                    y_test=scenario.y_test,
+                    target_policy="calibrated",
+                    seed=scenario.seed,
+                )
+            except PruneError as exc:
+                raise ScenarioError(f"the zero-push calibrated run failed: {exc}") from exc
+        proof = signed(scenario, out / "proof", Outcome.of(result))
+        return standard(
+            self, scenario, out, proof, f"{len(result.claims)} calibrated claims, zero push"
+        )

@@ -56,7 +56,9 @@ CAP_FRACTION = 0.5  # the cap sits halfway from the sample to the far side of th
 TRIGGER_CLASS = 0
 TRIGGER_PUSH = 50.0
 ORIGINAL_SWITCH_ROWS = 5
-ORIGINAL_SHIFT = 0.25  # of the forget samples' value range, in every input coordinate (random signs)
+ORIGINAL_SHIFT = (
+    0.25  # of the forget samples' value range, in every input coordinate (random signs)
+)
 
 
 def _edit(raw: bytes, build: Any) -> bytes:
