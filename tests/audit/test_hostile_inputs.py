@@ -10,6 +10,7 @@ auditor."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import resource
@@ -70,6 +71,25 @@ def _cli(tool: str, *args: str | Path, cwd: Path | None = None) -> Run:
     run = Run(proc.returncode, proc.stderr, seconds, max(peak, before) * 1024)
     assert "Traceback" not in run.stderr, run.stderr[-2000:]
     assert seconds < TIME_LIMIT
+    return run
+
+
+def _inproc(tool: str, *args: str | Path, cwd: Path | None = None) -> Run:
+    """Run ``tool``'s command group in this process (click's runner): for refusals that read
+    nothing large and cannot block, where a fresh interpreter would only add seconds of imports.
+    Same contract as :func:`_cli`: no traceback, an exit code and stderr."""
+    import importlib
+
+    from click.testing import CliRunner
+
+    group = importlib.import_module(f"{tool}.cli").cli
+    start = time.monotonic()
+    with contextlib.chdir(cwd or Path.cwd()):
+        result = CliRunner().invoke(group, [str(a) for a in args], prog_name=tool)
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise AssertionError(f"{tool} raised {result.exception!r}") from result.exception
+    run = Run(result.exit_code, result.stderr, time.monotonic() - start, 0)
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
     return run
 
 
@@ -396,12 +416,12 @@ def test_non_canonical_base64_in_the_certificate_is_refused(kit: ProofKit, tmp_p
 def test_json_output_never_overwrites_an_input(kit: ProofKit, tmp_path: Path) -> None:
     proof = kit.copy_proof(tmp_path / "proof")
     before = (proof / "certificate.json").read_bytes()
-    run = _cli("audit", *_verify_args(kit, proof, "--json", proof / "certificate.json"))
+    run = _inproc("audit", *_verify_args(kit, proof, "--json", proof / "certificate.json"))
     assert run.code == 2 and "input" in _one_line(run)
     assert (proof / "certificate.json").read_bytes() == before
     key = kit.keys / "owner.pub"
     key_before = key.read_bytes()
-    run = _cli("audit", *_verify_args(kit, proof, "--json", key))
+    run = _inproc("audit", *_verify_args(kit, proof, "--json", key))
     assert run.code == 2 and key.read_bytes() == key_before
 
 
@@ -409,7 +429,7 @@ def test_json_output_never_overwrites_an_input(kit: ProofKit, tmp_path: Path) ->
 def test_unwritable_json_output_is_one_line(kit: ProofKit, tmp_path: Path, where: str) -> None:
     (tmp_path / "afile").write_text("x")
     target = tmp_path if where == "folder" else tmp_path / "afile" / "r.json"
-    run = _cli("audit", *_verify_args(kit, kit.proof, "--json", target))
+    run = _inproc("audit", *_verify_args(kit, kit.proof, "--json", target))
     assert run.code == 2
     _one_line(run)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -417,7 +437,7 @@ def test_unwritable_json_output_is_one_line(kit: ProofKit, tmp_path: Path, where
 
 def test_report_out_that_is_a_file_is_refused(kit: ProofKit, tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
-    run = _cli(
+    run = _inproc(
         "audit", "report", kit.proof, "--public-key", kit.keys / "owner.pub",
         "--out", tmp_path / "afile" / "sub", "--mia", "none", "--quiet",
     )  # fmt: skip
@@ -487,7 +507,7 @@ def test_secrets_in_the_proof_are_owner_only(kit: ProofKit) -> None:
     ],
 )
 def test_out_of_range_options_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
-    run = _cli("prune", *args, "--out", tmp_path / "out", cwd=tmp_path)
+    run = _inproc("prune", *args, "--out", tmp_path / "out", cwd=tmp_path)
     assert run.code == 2
     _one_line(run)
     assert not (tmp_path / "out").exists()
@@ -508,7 +528,7 @@ def test_forget_indices_are_ascii_decimal_only(tmp_path: Path, line: str) -> Non
 def test_broken_training_data_is_one_line(kit: ProofKit, tmp_path: Path, content: bytes) -> None:
     (tmp_path / "t.npz").write_bytes(content)
     (tmp_path / "idx").write_text("1\n")
-    run = _cli(
+    run = _inproc(
         "prune", "unlearn", kit.work.model, "--train", tmp_path / "t.npz",
         "--forget-indices", tmp_path / "idx", "--out", tmp_path / "out",
     )  # fmt: skip
