@@ -51,6 +51,7 @@ def _reference(head: AffineHead, params: Any, x0: np.ndarray, sign: np.ndarray, 
         values.append(res.fun + off[t] - off[j])
     return min(values)
 
+
 def _unowned(head: Any, params: Any, x0: Any, sign: Any, cols: Any, budget: int) -> Any:
     """The exact part on claim 0 over the unit box, without owner multipliers or priorities."""
     return _lp_min_margin(
