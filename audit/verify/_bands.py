@@ -40,7 +40,7 @@ from numpy.typing import NDArray
 from audit.verify._affine import AffineHead
 from audit.verify._framework import Policy
 
-__all__ = ["BAND_FRACTION", "mismatches", "wide_band"]
+__all__ = ["BAND_FRACTION", "PAIR_BLOCK", "mismatches", "wide_band"]
 
 BAND_FRACTION = 1e-3
 """Widest band allowed, as a fraction of the declared box's diameter (``prune unlearn``'s
@@ -71,7 +71,7 @@ def wide_band(
     that needs more fails (fail closed: its bands are not shown bounded).
 
     Cost: the pairs are counted by matrix products (:func:`mismatches`) over blocks of claims
-    of at most ``_BLOCK_CELLS`` pairs, so ``P`` patches over ``H`` neurons cost ``O(P^2 H)``
+    of at most ``PAIR_BLOCK`` pairs, so ``P`` patches over ``H`` neurons cost ``O(P^2 H)``
     multiply-adds in BLAS and ``O(P H)`` memory, never a Python loop over pairs; the
     model-size limit bounds ``P H`` (the activation gate stores a ``[H, P]`` pattern). A claim
     whose pairs the first layer does not settle costs one region's rows, ``sum_l H_l H_{l-1} d``
@@ -94,7 +94,7 @@ def wide_band(
     owners, rows = np.unique(patch, return_index=True)  # each patch and its first claim
     per_claim = float(sum(w.shape[0] * w.shape[1] for w in affine.weights[1:-1]) * dim)
     budget = _Budget(left=work, per_claim=per_claim)
-    step = max(1, _BLOCK_CELLS // patches)
+    step = max(1, PAIR_BLOCK // patches)
     for start in range(0, len(owners), step):
         block, claims = owners[start : start + step], rows[start : start + step]
         try:
@@ -119,8 +119,9 @@ def wide_band(
     return None
 
 
-_BLOCK_CELLS = 1 << 24
-"""Pairs counted per block of claims (``[claims, P]`` float32 counts: 64 MiB a matrix)."""
+PAIR_BLOCK = 1 << 24
+"""Pairs counted per block of claims (``[claims, P]`` float32 counts: 64 MiB a matrix), here and
+in ``structure.patch``'s one-region rule."""
 
 
 class _OverBudget(Exception):

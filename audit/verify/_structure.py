@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from audit.verify._bands import gate_patterns, mismatches, wide_band
+from audit.verify._bands import PAIR_BLOCK, gate_patterns, mismatches, wide_band
 from audit.verify._canonical import (
     GATE_FORMS,
     TAIL_FORMS,
@@ -312,7 +312,7 @@ def _shared_region(params: Any, z: Any, patch: Any, *, flat: Any = None) -> str 
     if flat is None:
         return None
     tied = np.flatnonzero(np.asarray(flat).any(axis=1))
-    step = max(1, _PAIR_BLOCK // len(patterns))
+    step = max(1, PAIR_BLOCK // len(patterns))
     for start in range(0, len(tied), step):  # matrix products, never a loop over pairs
         rows = tied[start : start + step]
         owner = claims[rows]
@@ -323,10 +323,6 @@ def _shared_region(params: Any, z: Any, patch: Any, *, flat: Any = None) -> str 
             u, v = int(owner[hit[0]]), int(np.flatnonzero(same[hit[0]])[0])
             return _same_region(*sorted((u, v)))
     return None
-
-
-_PAIR_BLOCK = 1 << 24
-"""Pairs compared per block of tied claims (a ``[claims, P]`` float32 matrix: 64 MiB)."""
 
 
 def _same_region(u: int, v: int) -> str:

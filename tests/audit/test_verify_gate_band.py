@@ -271,7 +271,7 @@ def test_the_blocked_matrix_counts_agree_with_the_rule_pair_by_pair(
     box, n = (0.0, 1.0), 1000.0
     want = _pairwise(head, box, x, patch, patterns, n, ties)
     assert want  # the shared pattern at least
-    monkeypatch.setattr(bands, "_BLOCK_CELLS", 2 * len(patterns))  # two claims a block
+    monkeypatch.setattr(bands, "PAIR_BLOCK", 2 * len(patterns))  # two claims a block
     got = wide_band(head, box, x, z >= 0, patch, patterns, n=n, dense_ties=ties)
     u, v = min(want)
     assert got is not None and f"region of patch {u}, the gate of patch {v} " in got
