@@ -16,7 +16,14 @@ JSON document (``type`` :data:`MATRIX_TYPE`, ``version`` 1): the scenario config
 ``setting`` names data set, architecture and mode), the membership policy, the check names, one
 entry per (seed, adversary) with every check's status, the failed checks' one-line details,
 whether it was caught, timings, the machine's load average, and the adversaries not applicable
-to the mode."""
+to the mode.
+
+An adversary whose cheat cannot be built on a seed's scenario (its
+:class:`~threat_models.errors.ScenarioError`, e.g. no requester's region is wide enough for a
+decoy, after trying several) is recorded as a row with ``built: false`` and the reason in
+``notes``: no dishonest artifact exists on that seed, so there is nothing to catch and the row
+counts neither as caught nor as missed; the rest of the matrix still runs. The summary counts
+such rows per adversary (``not_built``), so an adversary that never builds stays visible."""
 
 from __future__ import annotations
 
@@ -33,7 +40,7 @@ from audit.receipt import RECEIPT_CHECKS
 from audit.verify import CHECKS, CheckOutcome
 from threat_models.adversaries import ADVERSARIES, HONEST, make_adversary
 from threat_models.auditor import MEMBERSHIP_CHECK, Auditor, MembershipPolicy
-from threat_models.errors import ThreatModelError
+from threat_models.errors import ScenarioError, ThreatModelError
 from threat_models.scenario import ScenarioConfig, build_scenario
 
 __all__ = [
@@ -63,6 +70,7 @@ class Row:
     outcomes: tuple[CheckOutcome, ...]
     notes: str
     seconds: float
+    built: bool = True
 
     @property
     def failed(self) -> tuple[str, ...]:
@@ -74,7 +82,10 @@ class Row:
 
     @property
     def ok(self) -> bool:
-        """Honest: nothing failed and something passed. Adversary: caught."""
+        """Honest: nothing failed and something passed. Adversary: caught, or not built (no
+        dishonest artifact to catch on this seed; reported as such)."""
+        if not self.built:
+            return True
         if self.threat is None:
             return not self.failed and any(o.status == "pass" for o in self.outcomes)
         return self.caught
@@ -91,6 +102,7 @@ class Row:
             "adversary": self.adversary,
             "threat": self.threat,
             "caught_by": list(self.caught_by),
+            "built": self.built,
             "caught": self.caught,
             "ok": self.ok,
             "failed": list(self.failed),
@@ -165,6 +177,7 @@ class Matrix:
                     "caught_by": list(self.rows_of(name)[0].caught_by),
                     "seeds": len(self.rows_of(name)),
                     "ok": sum(r.ok for r in self.rows_of(name)),
+                    "not_built": sum(not r.built for r in self.rows_of(name)),
                 }
                 for name in self.adversaries
             },
@@ -225,16 +238,24 @@ def run_matrix(
         for name in names:
             adversary = make_adversary(name)
             start = clock()
-            proof = adversary.build(scenario, root / f"seed-{seed}" / name)
-            outcomes = auditor.audit(proof)
+            outcomes: tuple[CheckOutcome, ...] = ()
+            try:
+                proof = adversary.build(scenario, root / f"seed-{seed}" / name)
+            except ScenarioError as error:
+                if adversary.threat is None:
+                    raise  # the honest owner always builds
+                notes, built = f"not built: {error}", False
+            else:
+                outcomes, notes, built = auditor.audit(proof), proof.notes, True
             row = Row(
                 seed=seed,
                 adversary=name,
                 threat=None if adversary.threat is None else adversary.threat.number,
                 caught_by=adversary.caught_by,
                 outcomes=outcomes,
-                notes=proof.notes,
+                notes=notes,
                 seconds=clock() - start,
+                built=built,
             )
             rows.append(row)
             if on_row is not None:
@@ -279,6 +300,7 @@ def merge_documents(docs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "caught_by": mine[0]["caught_by"],
             "seeds": len(mine),
             "ok": sum(bool(r["ok"]) for r in mine),
+            "not_built": sum(not r.get("built", True) for r in mine),
         }
     return {
         **{key: first[key] for key in same},

@@ -63,7 +63,11 @@ def _verdict(rows: Sequence[Mapping[str, Any]]) -> str:
     good = sum(bool(r["ok"]) for r in rows)
     if rows[0]["threat"] is None:
         return f"passes {good}/{len(rows)}" + ("" if good == len(rows) else "  FALSE ALARM")
-    return f"caught {good}/{len(rows)}" + ("" if good == len(rows) else "  MISSED")
+    built = [r for r in rows if r.get("built", True)]
+    caught = sum(bool(r["ok"]) for r in built)
+    missed = "" if caught == len(built) else "  MISSED"
+    unbuilt = len(rows) - len(built)
+    return f"caught {caught}/{len(built)}" + (f", not built {unbuilt}" if unbuilt else "") + missed
 
 
 def render_matrix(matrix: Matrix) -> str:
@@ -112,12 +116,16 @@ def render_document(doc: Mapping[str, Any]) -> str:
         "caught_by checks"
     )
     seeds = ", ".join(str(s) for s in doc["seeds"])
-    total = sum(1 for r in rows if r["threat"] is not None)
-    caught = sum(bool(r["ok"]) for r in rows if r["threat"] is not None)
+    built = [r for r in rows if r["threat"] is not None and r.get("built", True)]
+    total = len(built)
+    caught = sum(bool(r["ok"]) for r in built)
+    unbuilt = sum(1 for r in rows if not r.get("built", True))
     honest = [r for r in rows if r["threat"] is None]
     ok = bool(rows) and all(r["ok"] for r in rows)
     lines.append(
-        f"{doc.get('setting', '?')}, seeds {seeds}: {caught}/{total} adversary runs caught, "
+        f"{doc.get('setting', '?')}, seeds {seeds}: {caught}/{total} adversary runs caught"
+        + (f" ({unbuilt} not built on their seed: see the rows' notes)" if unbuilt else "")
+        + ", "
         f"honest owner passed {sum(bool(r['ok']) for r in honest)}/{len(honest)} -> "
         f"{'OK' if ok else 'NOT OK'}"
     )

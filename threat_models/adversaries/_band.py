@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -43,7 +43,13 @@ from numpy.typing import NDArray
 from prune.claims import Claim
 from prune.model import ImportedModel, OrtRunner, load_model
 from prune.regions import InputBox, linearize
-from threat_models.adversaries._base import Adversary, DishonestProof, signed, standard
+from threat_models.adversaries._base import (
+    Adversary,
+    DishonestProof,
+    first_requester,
+    signed,
+    standard,
+)
 from threat_models.adversaries._residual import _input_box, _patterns
 from threat_models.adversaries._shared import (
     PULL,
@@ -148,12 +154,32 @@ class WideBand(Adversary):
             t.name.removeprefix("prune/patch/"): numpy_helper.to_array(t)
             for t in onnx.load_from_string(honest.patched_model).graph.initializer
         }
-        d0 = np.asarray(params["d"], dtype=np.float64)
-        n = float(params["n"])
         claims = [c for c in honest.claims if isinstance(c, Claim)]
         owners = [c.patch for c in claims]
         ordinary = {int(i) for i in scenario.ordinary_leaves()}
-        pick = next(c for c in claims if c.leaf_index in ordinary and owners.count(c.patch) == 1)
+        candidates = [c for c in claims if c.leaf_index in ordinary and owners.count(c.patch) == 1]
+
+        def attempt(pick: Claim) -> DishonestProof:
+            return self._build_on(scenario, out, imported0, box, params, claims, pick)
+
+        return first_requester(candidates, attempt, WHAT)
+
+    def _build_on(
+        self,
+        scenario: Scenario,
+        out: Path,
+        imported0: ImportedModel,
+        box: InputBox,
+        params: dict[str, NDArray[Any]],
+        claims: list[Claim],
+        pick: Claim,
+    ) -> DishonestProof:
+        """The planted neuron and decoy next to ``pick``'s region; :class:`ScenarioError` when
+        that region cannot hold them (the caller tries the next requester)."""
+        honest = scenario.honest
+        owners = [c.patch for c in claims]
+        d0 = np.asarray(params["d"], dtype=np.float64)
+        n = float(params["n"])
         u, y, t = pick.patch, pick.label, pick.target
         shape = honest.forget_x.shape[1:]
         forget = honest.forget_x.reshape(len(honest.forget_x), -1).astype(np.float64)

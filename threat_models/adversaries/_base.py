@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 
+from threat_models.errors import ScenarioError
 from threat_models.model import Threat
 from threat_models.proofs import Outcome, write_proof
 from threat_models.scenario import Scenario
@@ -29,10 +31,36 @@ __all__ = [
     "SubjectInputs",
     "auditor_inputs",
     "copy_proof",
+    "first_requester",
     "signed",
     "standard",
     "subject_inputs",
 ]
+
+
+_Pick = TypeVar("_Pick")
+
+REQUESTERS_TRIED = 16
+"""How many requesters an adversary that needs a suitable region tries before giving up."""
+
+
+def first_requester(
+    candidates: Sequence[_Pick], attempt: Callable[[_Pick], DishonestProof], what: str
+) -> DishonestProof:
+    """The proof of the first of ``candidates`` (at most :data:`REQUESTERS_TRIED`) on which
+    ``attempt`` succeeds. A dishonest owner picks whichever requester its cheat fits, so one
+    unsuitable region (too narrow, a decoy that leaves it) moves on to the next one; the
+    :class:`ScenarioError` names the last reason when none fits."""
+    last: ScenarioError | None = None
+    for pick in candidates[:REQUESTERS_TRIED]:
+        try:
+            return attempt(pick)
+        except ScenarioError as error:
+            last = error
+    tried = min(len(candidates), REQUESTERS_TRIED)
+    if last is None:
+        raise ScenarioError(f"{what}: no requester to build on")
+    raise ScenarioError(f"{what}: none of {tried} requesters fits (last: {last})")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -25,7 +25,7 @@ the certified region."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -35,9 +35,15 @@ from prune.export import export_patched
 from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
 from prune.proofs._duals import region_duals
-from prune.regions import Regions, linearize
+from prune.regions import InputBox, Regions, linearize
 from prune.solvers import LagrangianSolver
-from threat_models.adversaries._base import Adversary, DishonestProof, signed, standard
+from threat_models.adversaries._base import (
+    Adversary,
+    DishonestProof,
+    first_requester,
+    signed,
+    standard,
+)
 from threat_models.adversaries._residual import _input_box, _patterns
 from threat_models.errors import ScenarioError
 from threat_models.model import Threat, threat
@@ -185,12 +191,31 @@ class SharedRegion(Adversary):
             t.name.removeprefix("prune/patch/"): numpy_helper.to_array(t)
             for t in onnx.load_from_string(honest.patched_model).graph.initializer
         }
-        d0 = np.asarray(params["d"], dtype=np.float64)
-        active0 = np.asarray(params["pos"]).T.astype(bool)
         claims = [c for c in honest.claims if isinstance(c, Claim)]
         owners = [c.patch for c in claims]
         ordinary = {int(i) for i in scenario.ordinary_leaves()}
-        pick = next(c for c in claims if c.leaf_index in ordinary and owners.count(c.patch) == 1)
+        candidates = [c for c in claims if c.leaf_index in ordinary and owners.count(c.patch) == 1]
+
+        def attempt(pick: Claim) -> DishonestProof:
+            return self._build_on(scenario, out, imported, box, params, claims, pick)
+
+        return first_requester(candidates, attempt, WHAT)
+
+    def _build_on(
+        self,
+        scenario: Scenario,
+        out: Path,
+        imported: ImportedModel,
+        box: InputBox,
+        params: dict[str, NDArray[Any]],
+        claims: list[Claim],
+        pick: Claim,
+    ) -> DishonestProof:
+        """The decoy on ``pick``'s region; :class:`ScenarioError` when that region cannot
+        hold it (the caller tries the next requester)."""
+        honest = scenario.honest
+        d0 = np.asarray(params["d"], dtype=np.float64)
+        active0 = np.asarray(params["pos"]).T.astype(bool)
         u, y, t = pick.patch, pick.label, pick.target
         shape = honest.forget_x.shape[1:]
         x1 = honest.forget_x[pick.leaf_index].reshape(-1).astype(np.float64)
