@@ -26,6 +26,7 @@ from prune.formats import UnreadableFile, read_regular
 from prune.gates import AUTO, GATES, ROUTED_FROM
 from prune.model import read_model
 from prune.privacy import add_decoys
+from prune.regions import InputBox
 from prune.solvers import SOLVERS
 from prune.targets import POLICY_NAMES
 from prune.unlearn import (
@@ -257,6 +258,25 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     "rewritten model, PROOF/original.onnx).",
 )
 @click.option(
+    "--box",
+    "box_text",
+    type=str,
+    default=None,
+    metavar="LOW,HIGH",
+    help="Declared input box of the cut space (sample deletion). Default: from the training "
+    "data's cut values (one onnxruntime pass over --train for a model with a prefix); reuse "
+    "an earlier proof's summary.json method.input_box to skip that pass on later requests.",
+)
+@click.option(
+    "--retained-accuracy/--no-retained-accuracy",
+    default=True,
+    show_default=True,
+    help="Measure the accuracy on the retained training rows before and after (two "
+    "onnxruntime passes over --train). Off: the forget rows and --test only, for large "
+    "training sets; the MaxPool re-cut of a coarse default cut then cannot be judged and is "
+    "not tried.",
+)
+@click.option(
     "--seed", type=SEED, default=0, show_default=True, help="Seeds target choice and clustering."
 )
 @click.option(
@@ -296,6 +316,8 @@ def unlearn_command(
     margin: float,
     n: float,
     cut: str | None,
+    box_text: str | None,
+    retained_accuracy: bool,
     seed: int,
     threads: int | None,
     decoys: int,
@@ -305,6 +327,9 @@ def unlearn_command(
     (and, with --key, the signed certificate, model signature, openings and receipts)."""
     if (forget_indices is None) == (forget_class is None):
         raise DataError("give exactly one of --forget-indices FILE and --forget-class K")
+    box = _parse_box(box_text)
+    if forget_class is not None and (box is not None or not retained_accuracy):
+        raise DataError("--box and --no-retained-accuracy are for --forget-indices")
     check_output_folder(out, inputs=[model, train_path, test_path, forget_indices, key_path])
     if out.exists() and any(out.iterdir()):
         raise PruneError(f"output folder {out} exists and is not empty")
@@ -353,10 +378,12 @@ def unlearn_command(
             prepared=prepared,
             calibration=calibration,
             calibrated_tolerance=calibrated_tolerance,
+            box=box,
+            retained_accuracy=retained_accuracy,
         )
 
     result = run(raw, cut)
-    if cut is None and forget_class is None and prepared is None:
+    if cut is None and forget_class is None and prepared is None and retained_accuracy:
         raw, embedded, result = _finer_when_coarse(model, raw, embedded, result, run)
     if key_path is not None and not result.complete:
         raise PruneError(
@@ -396,6 +423,20 @@ def unlearn_command(
             f"certified (leaf indices in {out}/summary.json)",
             err=True,
         )
+
+
+def _parse_box(text: str | None) -> InputBox | None:
+    """``--box LOW,HIGH``: two finite numbers, LOW < HIGH."""
+    if text is None:
+        return None
+    parts = text.split(",")
+    try:
+        low, high = (float(v) for v in parts)
+    except ValueError:
+        raise DataError(f"--box takes LOW,HIGH (two numbers), got {text!r}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise DataError(f"--box needs finite LOW < HIGH, got {text!r}")
+    return InputBox(low=low, high=high, source="declared")
 
 
 COARSE_DROP = 0.005

@@ -16,6 +16,7 @@ region's boundary another patch's band can add its own push (see :mod:`prune.pat
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +36,7 @@ from prune.gates import AUTO, GATES, resolve_gate
 from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
 from prune.proofs._duals import region_duals
+from prune.regions import InputBox
 from prune.solvers import SOLVERS, make_solver
 from prune.targets import CALIBRATED, POLICY_NAMES, default_policy
 from prune.unlearn._calibrated import calibrated_targets, run_calibrated
@@ -162,6 +164,8 @@ def unlearn(
     prepared: PreparedReferences | None = None,
     calibration: str = "temperature",
     calibrated_tolerance: float = DEFAULT_TOLERANCE,
+    box: InputBox | None = None,
+    retained_accuracy: bool = True,
     clock: Callable[[], float] = time.perf_counter,
 ) -> UnlearnResult:
     """Patch ``model`` (ONNX bytes) so that it forgets the requested training samples.
@@ -177,7 +181,16 @@ def unlearn(
     A ``forget_class`` is honoured as ``class_mode`` says (:data:`CLASS_MODES`); ``class_margin``
     is the suppression's logit gap; ``class_remap`` (form v2) remaps the rows the original gives
     the class to a proxy retrained without it within ``proxy_budget`` training samples (False:
-    form v1, the original's other logits)."""
+    form v1, the original's other logits).
+
+    ``box`` (sample deletion) is the declared input box of the cut space; default: from the
+    training data's cut values (:func:`declare_box`, one onnxruntime pass over ``x_train`` for
+    a model with a prefix). An owner serving many requests against one model computes it once
+    and passes it (``summary.json``'s ``method.input_box``): it must contain every forget
+    sample's cut value, and the auditor checks it against the reference data.
+    ``retained_accuracy=False`` leaves out the accuracies on the retained training rows (two
+    onnxruntime passes over ``x_train``): the summary then reports the forget rows and the test
+    data only, with ``retain_*`` and ``train_*`` set to ``None``."""
     with _torch_threads(threads):
         started = clock()
         if class_mode not in CLASS_MODES:
@@ -195,6 +208,11 @@ def unlearn(
             raise PatchError(
                 "--target-policy calibrated is for sample deletion; a forgotten class has no "
                 "per-sample out-model target (use --class-mode suppress)"
+            )
+        if request.mode == "class" and (box is not None or not retained_accuracy):
+            raise PatchError(
+                "a declared input box and leaving out the retained accuracy are for sample "
+                "deletion (a class deletion declares its own box and measures the retained data)"
             )
         if request.mode == "class" and class_mode == "suppress":
             suppressed = suppress_class(
@@ -226,10 +244,17 @@ def unlearn(
         forget_x = x_train[request.indices]
         forget_y = np.asarray(y_train, dtype=np.int64)[request.indices]
 
-        box = declare_box(imported, x_train)
+        box = box if box is not None else declare_box(imported, x_train)
         points, original_pred = forget_points(
             imported, forget_x, forget_y, request, margin, box, threads
         )
+        outside = ~box.contains(points.x)
+        if outside.any():
+            raise PatchError(
+                f"{int(outside.sum())} forget samples lie outside the declared input box "
+                f"[{box.low:g}, {box.high:g}] (first leaf {int(np.flatnonzero(outside)[0])}); "
+                "declare a box that contains them (the default is taken from the training data)"
+            )
         ctx = SolveContext(
             head=head,
             box=box,
@@ -313,7 +338,16 @@ def unlearn(
 
         rows = batch_rows(n_patches, head.classes, head.n_hidden, dense=gate == "dense")
         usefulness = _utility(
-            imported, patched, x_train, y_train, x_test, y_test, request, rows=rows, threads=threads
+            imported,
+            patched,
+            x_train,
+            y_train,
+            x_test,
+            y_test,
+            request,
+            rows=rows,
+            threads=threads,
+            retained=retained_accuracy,
         )
         failed = tuple(int(m) for m in np.flatnonzero(~ok))
         method = method_parameters(
@@ -432,9 +466,17 @@ def _utility(
     *,
     rows: int,
     threads: int | None,
+    retained: bool = True,
 ) -> dict[str, Any]:
-    """Accuracies of the original and the patched model (onnxruntime) on train and test."""
+    """Accuracies of the original and the patched model (onnxruntime) on train and test;
+    without ``retained``, on the forget rows of the training data only (the retained and
+    whole-training-set figures are then ``None``)."""
     output = imported.head.output
+    if not retained:
+        forget_rows = np.asarray(request.indices, dtype=np.int64)
+        x_train = x_train[forget_rows]
+        y_train = np.asarray(y_train, dtype=np.int64)[forget_rows]
+        request = dataclasses.replace(request, indices=np.arange(len(forget_rows)))
     before = predictions(imported.raw, output, x_train, rows=4096, threads=threads)
     after = predictions(patched, OUTPUT, x_train, rows=rows, threads=threads)
     test = None
@@ -445,7 +487,7 @@ def _utility(
             predictions(patched, OUTPUT, x_te, rows=rows, threads=threads),
             np.asarray(y_test, dtype=np.int64),
         )
-    return utility(
+    out = utility(
         before=before,
         after=after,
         y=np.asarray(y_train, dtype=np.int64),
@@ -453,6 +495,17 @@ def _utility(
         test=test,
         classes=imported.head.classes,
     )
+    if not retained:
+        for key in (
+            "retain_accuracy_before",
+            "retain_accuracy_after",
+            "train_accuracy_before",
+            "train_accuracy_after",
+            "retain_prediction_changes",
+        ):
+            out[key] = None
+    out["retained_accuracy_measured"] = retained
+    return out
 
 
 def _claims(

@@ -276,6 +276,67 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
         assert not out.exists()
 
 
+def test_declared_box_skips_the_training_pass_and_verifies(tmp_path: Path) -> None:
+    """``--box`` (an earlier proof's ``method.input_box``) gives the same patches as the box
+    taken from the training data, and ``audit verify`` accepts the proof;
+    ``--no-retained-accuracy`` reports the forget rows and the test data only. A box that
+    leaves a forget sample out, a malformed one and either option on a class deletion are
+    one-line refusals that write nothing."""
+    from audit.cli import cli as audit_cli
+
+    cnn = digits_work("cnn")
+    forget = tmp_path / "f.txt"
+    forget.write_text("2\n11\n5\n")
+    keys = tmp_path / "keys"
+    assert _run(["keygen", "--out", str(keys), "--no-passphrase"])[0] == 0
+    base = ["unlearn", str(cnn.model_path), "--train", str(cnn.folder / "train.npz")]
+    base += ["--test", str(cnn.folder / "test.npz"), "--quiet", "--threads", "1"]
+    sample = [*base, "--forget-indices", str(forget)]
+    code, _, stderr = _run([*sample, "--out", str(tmp_path / "p1")])
+    assert code == 0, stderr
+    first = json.loads((tmp_path / "p1" / "summary.json").read_text())
+    low, high = first["method"]["input_box"]["low"], first["method"]["input_box"]["high"]
+    declared = [*sample, "--box", f"{low},{high}", "--no-retained-accuracy"]
+    out = tmp_path / "p2"
+    code, _, stderr = _run([*declared, "--key", str(keys / "owner.key"), "--out", str(out)])
+    assert code == 0, stderr
+    second = json.loads((out / "summary.json").read_text())
+    assert second["method"]["input_box"] == {"low": low, "high": high, "source": "declared"}
+    assert second["retained_accuracy_measured"] is False
+    assert second["retain_accuracy_before"] is None and second["train_accuracy_after"] is None
+    assert second["forget_accuracy_after"] == 0.0 and second["certified"] == 3
+    assert second["test_accuracy_before"] == first["test_accuracy_before"]
+    x = np.load(cnn.folder / "train.npz")["x"][:64]
+    same = [
+        OrtRunner((p / "model.onnx").read_bytes(), outputs=[OUTPUT]).run(x)[0]
+        for p in (tmp_path / "p1", out)
+    ]
+    np.testing.assert_array_equal(same[0], same[1])
+    verified = CliRunner().invoke(
+        audit_cli,
+        [
+            "verify", str(out), "--public-key", str(keys / "owner.pub"),
+            "--original", str(cnn.model_path), "--forget", str(out / "forget.npz"),
+            "--reference", str(cnn.folder / "test.npz"), "--quiet",
+        ],
+    )  # fmt: skip
+    assert verified.exit_code == 0, verified.output
+    # a box that leaves the forget samples out: refused by the owner's side, nothing written
+    narrow = f"{low},{float(low) + 1e-3 * (float(high) - float(low))}"
+    code, _, stderr = _run([*sample, "--box", narrow, "--out", str(tmp_path / "p3")])
+    assert code != 0 and "outside the declared input box" in stderr and stderr.count("\n") == 1
+    assert not (tmp_path / "p3").exists()
+    for bad in ("1", "2,1", "0,nan", "a,b"):
+        code, _, stderr = _run([*sample, "--box", bad, "--out", str(tmp_path / "p4")])
+        assert code != 0 and "--box" in stderr and stderr.count("\n") == 1, (bad, stderr)
+        assert not (tmp_path / "p4").exists()
+    whole = [*base, "--forget-class", "3", "--out", str(tmp_path / "p5")]
+    for option in (["--box", "0,1"], ["--no-retained-accuracy"]):
+        code, _, stderr = _run([*whole, *option])
+        assert code != 0 and "--forget-indices" in stderr and stderr.count("\n") == 1
+        assert not (tmp_path / "p5").exists()
+
+
 def test_cnn_is_patched_in_feature_space(tmp_path: Path) -> None:
     cnn = digits_work("cnn")
     forget = tmp_path / "f.txt"
