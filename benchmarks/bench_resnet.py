@@ -12,7 +12,14 @@ excluded), and the result records the accuracy each reaches. Unlearning runs ``p
 default cut lands after the last residual join), signed, then ``audit verify``; each in its own
 process so its peak RSS is its own. The load average is recorded before and after.
 
-Run: ``nice -n 10 python benchmarks/bench_resnet.py`` (writes benchmarks/results/resnet20.json).
+``--declared-box`` times the per-request path of an owner who serves many requests against one
+model: the cut space's input box is computed once (recorded as one-time preparation) and every
+request passes it with ``--box`` and leaves out the retained-accuracy passes
+(``--no-retained-accuracy``); the test accuracy before and after stays in the request, since the
+auditor's utility check compares it with its own.
+
+Run: ``nice -n 10 python benchmarks/bench_resnet.py`` (writes benchmarks/results/resnet20.json);
+the recorded run: ``--train-subset 60000 --test-subset 2000 --epochs 2 --declared-box``.
 Wall times are only meaningful on a quiet machine; the CPU times of each stage and the load
 average are recorded with them."""
 
@@ -206,6 +213,13 @@ def main() -> None:
         "--stop-after-export", action="store_true", help="Train and export only (for profiling)."
     )
     parser.add_argument(
+        "--declared-box",
+        action="store_true",
+        help="Compute the cut space's input box once (timed as one-time preparation) and run "
+        "prune unlearn with --box and --no-retained-accuracy: the per-request path of an owner "
+        "who serves many requests against one large training set.",
+    )
+    parser.add_argument(
         "--reuse",
         action="store_true",
         help="Reuse WORK/model (model.onnx + train.json) from an earlier run of the same recipe "
@@ -246,9 +260,30 @@ def main() -> None:
         trained.write_text(json.dumps(record, indent=2) + "\n")
     np.savez(work / "train.npz", x=x_tr, y=y_tr)
     np.savez(work / "test.npz", x=x_te, y=y_te)
-    from prune.model import OrtRunner, read_model
+    from prune.model import OrtRunner, load_model, read_model
 
     raw, _ = read_model(model)
+    box_args: list[str] = []
+    prepare: dict[str, Any] = {"declared_box": False}
+    if args.declared_box:
+        # the one-time part of the request path: the input box of the cut space, from the
+        # training data's cut values (one onnxruntime pass), computed once per model and
+        # passed to every request with --box
+        from prune.unlearn._points import declare_box
+
+        start, start_cpu = time.perf_counter(), time.process_time()
+        box = declare_box(load_model(raw), x_tr)
+        prepare = {
+            "declared_box": True,
+            "what": "input box of the cut space from the training data (one onnxruntime pass)",
+            "box": box.as_method(),
+            "seconds": time.perf_counter() - start,
+            "cpu_seconds": time.process_time() - start_cpu,
+        }
+        box_args = ["--box", f"{box.low!r},{box.high!r}", "--no-retained-accuracy"]
+    # the certificate must state the test accuracy before and after (the auditor's utility
+    # check compares it with its own measurement), so every request evaluates --test
+    test_args = ["--test", str(work / "test.npz")]
     runner = OrtRunner(raw, outputs=["logits"])
     acc_orig = float((runner.run(x_te)[0].argmax(1) == y_te).mean())
     if args.stop_after_export:
@@ -271,8 +306,8 @@ def main() -> None:
     unlearn = timed(
         [
             str(BIN / "prune"), "unlearn", str(model), "--train", str(work / "train.npz"),
-            "--test", str(work / "test.npz"), "--forget-indices", str(work / "forget.txt"),
-            "--key", str(keys / "owner.key"), "--out", str(proof), "--quiet",
+            *test_args, "--forget-indices", str(work / "forget.txt"),
+            "--key", str(keys / "owner.key"), "--out", str(proof), "--quiet", *box_args,
         ],
         work,
     )  # fmt: skip
@@ -286,6 +321,14 @@ def main() -> None:
         ],
         work,
     )  # fmt: skip
+    patched_test_accuracy = None
+    patched_forget_accuracy = None
+    if unlearn["returncode"] == 0:  # independent of the engine's own summary
+        served = OrtRunner((proof / "model.onnx").read_bytes(), outputs=["prune/output"])
+        patched_test_accuracy = float((served.run(x_te)[0].argmax(1) == y_te).mean())
+        patched_forget_accuracy = float(
+            (served.run(x_tr[forget])[0].argmax(1) == y_tr[forget]).mean()
+        )
     keep = np.setdiff1d(np.arange(len(y_tr)), forget)
     target = acc_orig - 0.01  # the same accuracy, within one point
     retrained, retrain_seconds, retrain_cpu, retrain_epochs = train(
@@ -298,7 +341,7 @@ def main() -> None:
     )
     doc = {
         "benchmark": "resnet20",
-        "version": 2,
+        "version": 3,
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count()},
         "command": " ".join(sys.argv),
@@ -315,6 +358,7 @@ def main() -> None:
         },
         "original_test_accuracy": acc_orig,
         "train": record,
+        "prepare": prepare,
         "unlearn": {
             "forget_points": args.forget,
             "process_seconds": unlearn["seconds"],
@@ -333,6 +377,11 @@ def main() -> None:
             "forget_accuracy_after": summary.get("forget_accuracy_after"),
             "test_accuracy_before": summary.get("test_accuracy_before"),
             "test_accuracy_after": summary.get("test_accuracy_after"),
+            "onnxruntime_check": {
+                "test_accuracy_after": patched_test_accuracy,
+                "forget_accuracy_after": patched_forget_accuracy,
+            },
+            "options": [*box_args, *test_args],
             "tail": unlearn["tail"] if unlearn["returncode"] else "",
         },
         "verify": {
@@ -352,6 +401,8 @@ def main() -> None:
             "speedup_process_wall": retrain_seconds / unlearn["seconds"],
             "speedup_process_cpu": retrain_cpu / max(unlearn["cpu_seconds"], 1e-9),
             "speedup_engine_wall": retrain_seconds / seconds if seconds == seconds else None,
+            "speedup_process_cpu_with_prepare": retrain_cpu
+            / max(unlearn["cpu_seconds"] + float(prepare.get("cpu_seconds", 0.0)), 1e-9),
         },
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

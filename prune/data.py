@@ -159,7 +159,7 @@ def load_npz(
         raise DataError(f"{path}: x must be [N, ...] and y [N], got {x.shape} and {y.shape}")
     if x.shape[0] == 0:
         raise DataError(f"{path} holds no samples")
-    x32 = x.astype(np.float32)
+    x32 = x.astype(np.float32, copy=False)  # the parser's own buffer: no second copy
     if not np.isfinite(x32).all():
         raise DataError(f"{path}: x contains NaN or inf")
     if (y < 0).any():
