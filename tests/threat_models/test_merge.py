@@ -52,7 +52,13 @@ def _doc(seed: int, *, caught: bool = True, setting: str = "digits-mlp-class") -
 def test_merge_recomputes_summary_and_ok() -> None:
     merged = merge_documents([_doc(0), _doc(1, caught=False)])
     assert merged["seeds"] == [0, 1] and len(merged["rows"]) == 4
-    assert merged["summary"]["noop"] == {"threat": 1, "caught_by": ["x"], "seeds": 2, "ok": 1}
+    assert merged["summary"]["noop"] == {
+        "threat": 1,
+        "caught_by": ["x"],
+        "seeds": 2,
+        "ok": 1,
+        "not_built": 0,
+    }
     assert merged["ok"] is False and merged["machine"]["cpu_seconds"] == 3.0
     assert merged["created"] == "2026-01-02T00:00:00Z"
 

@@ -45,6 +45,7 @@ def test_matrix_ok_needs_every_row() -> None:
         "caught_by": ["replay.claims"],
         "seeds": 1,
         "ok": 0,
+        "not_built": 0,
     }
 
 
