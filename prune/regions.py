@@ -48,7 +48,8 @@ BoolArray = NDArray[np.bool_]
 @dataclass(frozen=True)
 class InputBox:
     """Scalar bounds ``low <= x_i <= high`` for every coordinate of the cut tensor; ``source``
-    says how they were declared (``data-range`` or ``feature-range``)."""
+    says how they were declared (``data-range`` or ``feature-range`` from the training data,
+    ``declared`` when the owner gave them: ``prune unlearn --box``)."""
 
     low: float
     high: float
