@@ -120,7 +120,7 @@ def matrix(
 
     def show(row: Row) -> None:
         if progress:
-            verdict = "ok" if row.ok else "NOT OK"
+            verdict = "not built" if not row.built else "ok" if row.ok else "NOT OK"
             click.echo(
                 f"  seed {row.seed} {row.adversary:<26} {verdict} ({row.seconds:.1f} s)", err=True
             )
