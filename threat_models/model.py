@@ -228,7 +228,7 @@ THREATS: tuple[Threat, ...] = (
         "patches, or calibrated claims whose targets are the original's own outputs (a zero "
         "push)",
         ("residual_memorisation", "class_residual", "calibrated_zero_push"),
-        ("membership.canaries", "membership.inference", "claims.policy"),
+        ("membership.canaries", "claims.policy"),
     ),
     Threat(
         10,
