@@ -55,6 +55,7 @@ from threat_models.adversaries._shared import (
     PULL,
     PUSH,
     SEGMENT,
+    decoy_inputs,
     decoy_outcome,
     opposed_pushes,
     region_lp,
@@ -139,8 +140,6 @@ class WideBand(Adversary):
     )
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
-        import onnx
-        from onnx import numpy_helper
 
         out.mkdir(parents=True)
         honest = scenario.honest
@@ -150,14 +149,7 @@ class WideBand(Adversary):
         if not imported0.input_space:
             raise ScenarioError("wide band: the decoy is built in input space (an MLP)")
         box = _input_box(honest.method)
-        params = {
-            t.name.removeprefix("prune/patch/"): numpy_helper.to_array(t)
-            for t in onnx.load_from_string(honest.patched_model).graph.initializer
-        }
-        claims = [c for c in honest.claims if isinstance(c, Claim)]
-        owners = [c.patch for c in claims]
-        ordinary = {int(i) for i in scenario.ordinary_leaves()}
-        candidates = [c for c in claims if c.leaf_index in ordinary and owners.count(c.patch) == 1]
+        params, claims, candidates = decoy_inputs(scenario)
 
         def attempt(pick: Claim) -> DishonestProof:
             return self._build_on(scenario, out, imported0, box, params, claims, pick)

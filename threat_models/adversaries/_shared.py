@@ -74,6 +74,25 @@ def region_lp(regions: Regions, c: F64, box: tuple[float, float], what: str) -> 
     return np.asarray(res.x, dtype=np.float64)
 
 
+def decoy_inputs(
+    scenario: Scenario,
+) -> tuple[dict[str, NDArray[Any]], list[Claim], list[Claim]]:
+    """The honest patch parameters (by name), its flip claims, and the requesters a decoy can
+    be built next to: ordinary leaves whose patch is their own, in leaf order."""
+    import onnx
+    from onnx import numpy_helper
+
+    params = {
+        t.name.removeprefix("prune/patch/"): numpy_helper.to_array(t)
+        for t in onnx.load_from_string(scenario.honest.patched_model).graph.initializer
+    }
+    claims = [c for c in scenario.honest.claims if isinstance(c, Claim)]
+    owners = [c.patch for c in claims]
+    ordinary = {int(i) for i in scenario.ordinary_leaves()}
+    candidates = [c for c in claims if c.leaf_index in ordinary and owners.count(c.patch) == 1]
+    return params, claims, candidates
+
+
 def opposed_pushes(
     regions: Regions,
     d0: F64,
@@ -176,8 +195,6 @@ class SharedRegion(Adversary):
     summary: ClassVar[str] = "decoy patch on a requester's region: the pushes cancel there"
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
-        import onnx
-        from onnx import numpy_helper
 
         out.mkdir(parents=True)
         honest = scenario.honest
@@ -187,14 +204,7 @@ class SharedRegion(Adversary):
         if not imported.input_space:
             raise ScenarioError("shared region: the decoy is built in input space (an MLP)")
         box = _input_box(honest.method)
-        params = {
-            t.name.removeprefix("prune/patch/"): numpy_helper.to_array(t)
-            for t in onnx.load_from_string(honest.patched_model).graph.initializer
-        }
-        claims = [c for c in honest.claims if isinstance(c, Claim)]
-        owners = [c.patch for c in claims]
-        ordinary = {int(i) for i in scenario.ordinary_leaves()}
-        candidates = [c for c in claims if c.leaf_index in ordinary and owners.count(c.patch) == 1]
+        params, claims, candidates = decoy_inputs(scenario)
 
         def attempt(pick: Claim) -> DishonestProof:
             return self._build_on(scenario, out, imported, box, params, claims, pick)
