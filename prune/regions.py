@@ -58,6 +58,11 @@ class InputBox:
     def __post_init__(self) -> None:
         if not (np.isfinite(self.low) and np.isfinite(self.high) and self.low < self.high):
             raise DataError(f"invalid input box [{self.low}, {self.high}]")
+        if max(abs(self.low), abs(self.high)) > float(np.finfo(np.float32).max):
+            raise DataError(
+                f"input box [{self.low:g}, {self.high:g}] reaches beyond float32's range "
+                "(the cut values are float32)"
+            )
 
     @property
     def mid(self) -> float:

@@ -40,6 +40,7 @@ from prune.formats import CalibratedClaimRecord, FormatError, parse_decimal_stri
 __all__ = ["RegionProbes", "input_box"]
 
 F64 = NDArray[np.float64]
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 _LP_OPTIONS = {"presolve": False}  # dense, small LPs: presolve costs more than it saves
 
 
@@ -55,6 +56,13 @@ def input_box(method: Any) -> tuple[float, float] | None:
         raise CheckUnavailable(f"certificate method.input_box is malformed: {exc}") from exc
     if not low < high:
         raise CheckUnavailable("certificate method.input_box is empty")
+    if max(abs(low), abs(high)) > _FLOAT32_MAX:
+        # the cut tensor is float32: no input the model runs on has such a coordinate, and
+        # bounds over a box this wide overflow (inf, or NaN where inf meets 0)
+        raise CheckUnavailable(
+            f"certificate method.input_box [{low:g}, {high:g}] reaches beyond float32's range "
+            "(the model's cut values are float32)"
+        )
     return low, high
 
 

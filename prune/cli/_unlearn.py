@@ -426,7 +426,8 @@ def unlearn_command(
 
 
 def _parse_box(text: str | None) -> InputBox | None:
-    """``--box LOW,HIGH``: two finite numbers, LOW < HIGH."""
+    """``--box LOW,HIGH``: two numbers that make an :class:`InputBox` (finite, LOW < HIGH,
+    within float32's range)."""
     if text is None:
         return None
     parts = text.split(",")
@@ -434,9 +435,10 @@ def _parse_box(text: str | None) -> InputBox | None:
         low, high = (float(v) for v in parts)
     except ValueError:
         raise DataError(f"--box takes LOW,HIGH (two numbers), got {text!r}") from None
-    if not (np.isfinite(low) and np.isfinite(high) and low < high):
-        raise DataError(f"--box needs finite LOW < HIGH, got {text!r}")
-    return InputBox(low=low, high=high, source="declared")
+    try:
+        return InputBox(low=low, high=high, source="declared")
+    except DataError as exc:
+        raise DataError(f"--box {text!r}: {exc}") from None
 
 
 COARSE_DROP = 0.005

@@ -326,7 +326,7 @@ def test_declared_box_skips_the_training_pass_and_verifies(tmp_path: Path) -> No
     code, _, stderr = _run([*sample, "--box", narrow, "--out", str(tmp_path / "p3")])
     assert code != 0 and "outside the declared input box" in stderr and stderr.count("\n") == 1
     assert not (tmp_path / "p3").exists()
-    for bad in ("1", "2,1", "0,nan", "a,b"):
+    for bad in ("1", "2,1", "0,nan", "a,b", "-1e300,1e300"):
         code, _, stderr = _run([*sample, "--box", bad, "--out", str(tmp_path / "p4")])
         assert code != 0 and "--box" in stderr and stderr.count("\n") == 1, (bad, stderr)
         assert not (tmp_path / "p4").exists()

@@ -285,6 +285,38 @@ def box_shrunk(kit: ProofKit, dest: Path) -> Tampered:
     return Tampered(kit.inputs(proof))
 
 
+@adversary("box_vast", "region.certificate", "beyond float32's range")
+def box_vast(kit: ProofKit, dest: Path) -> Tampered:
+    """A declared input box as wide as float64 allows: finite bounds whose width overflows, so
+    every bound over it is infinite or NaN. The verifier refuses the box before any arithmetic
+    (no float32 cut value lies out there), naming it, rather than report a NaN excess."""
+    proof = kit.copy_proof(dest / "proof")
+    top = repr(float.fromhex("0x1.fffffffffffffp+1023"))
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["predicate"]["method"]["input_box"] = {"low": "-" + top, "high": top, "source": "x"}
+
+    edit_certificate(proof, edit, key=kit.keys / "owner.key")
+    return Tampered(kit.inputs(proof))
+
+
+@adversary("box_huge", "region.certificate", "beyond float32's range")
+def box_huge(kit: ProofKit, dest: Path) -> Tampered:
+    """A declared input box with huge but finite width (1e300), far past float32: refused as a
+    box, not left to the bound arithmetic and to float32 casts of its bounds."""
+    proof = kit.copy_proof(dest / "proof")
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["predicate"]["method"]["input_box"] = {
+            "low": "-1e+300",
+            "high": "1e+300",
+            "source": "x",
+        }
+
+    edit_certificate(proof, edit, key=kit.keys / "owner.key")
+    return Tampered(kit.inputs(proof))
+
+
 # -- the auditor's other inputs --------------------------------------------------------------------
 
 
