@@ -411,6 +411,7 @@ def _logits_and_tail(
             f"({', '.join(candidates)}); the model must have one logits tensor"
         )
     logits = candidates[0]
+    _refuse_one_logit_binary(nodes, logits)
     after = {logits}
     tail: list[int] = []
     for i, node in enumerate(nodes):
@@ -432,6 +433,38 @@ def _logits_and_tail(
                 "export the classifier's outputs only"
             )
     return logits, tuple(tail)
+
+
+_PASS_THROUGH = frozenset({"Concat", "Sub", "Add", "Mul", "Neg", "Identity", "Reshape", "Cast"})
+
+
+def _refuse_one_logit_binary(nodes: tuple[Any, ...], logits: str) -> None:
+    """A two-class model with one logit ``z`` exports its scores as ``[1 - s(z), s(z)]``
+    (skl2onnx for a binary ``MLPClassifier``): the tail's input is then built from a Sigmoid,
+    so no cut exists and the per-tensor reasons ("cut after it") would send the user looking
+    for one. Name the real obstacle instead."""
+    producer = {out: (i, node) for i, node in enumerate(nodes) for out in node.output if out}
+    last = producer.get(logits)
+    if last is None or last[1].op_type != "Concat" or len(last[1].input) != 2:
+        return
+    frontier, seen = [logits], set()
+    for _ in range(4):
+        ahead: list[str] = []
+        for name in frontier:
+            if name in seen or name not in producer:
+                continue
+            seen.add(name)
+            i, node = producer[name]
+            if node.op_type == "Sigmoid":
+                raise ModelImportError(
+                    f"the scores '{logits}' are built from a Sigmoid ({describe_node(node, i)}): "
+                    "a one-logit binary classifier (e.g. skl2onnx for two classes) is not "
+                    "supported, PRUNE patches one logit per class; export two logits (a 2-unit "
+                    "last layer, then Softmax)"
+                )
+            if node.op_type in _PASS_THROUGH:
+                ahead.extend(node.input)
+        frontier = ahead
 
 
 def _constant_value(node: Any, index: int) -> NDArray[Any] | None:

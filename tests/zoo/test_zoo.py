@@ -255,3 +255,30 @@ def test_tailed_model_report_and_receipt(world: tuple[Path, Digits], tmp_path: P
     assert ok.exit_code == 0, ok.output
     wrong = CliRunner().invoke(audit_cli, [*receipt, "--label", str((label + 1) % 10)])
     assert wrong.exit_code == 1, wrong.output
+
+
+def test_one_logit_binary_classifier_is_refused_by_name(
+    world: tuple[Path, Digits], tmp_path: Path
+) -> None:
+    """skl2onnx exports a two-class MLPClassifier as one logit, a Sigmoid and ``[1 - p, p]``:
+    no cut exists, and the refusal says why in one line instead of "cut after it"."""
+    import warnings
+
+    from skl2onnx import to_onnx
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    _, data = world
+    keep = data.y_train < 2
+    x = data.x_train[keep].reshape(int(keep.sum()), -1)
+    clf = MLPClassifier(hidden_layer_sizes=(8,), max_iter=50, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf.fit(x, data.y_train[keep])
+    path = tmp_path / "binary.onnx"
+    path.write_bytes(to_onnx(clf, x[:1]).SerializeToString())
+    result = CliRunner().invoke(prune_cli, ["inspect", str(path)])
+    assert result.exit_code != 0
+    line = result.output.strip()
+    assert "\n" not in line and "one-logit binary classifier" in line, result.output
+    assert "cut after it" not in line
