@@ -87,6 +87,8 @@ def test_report_attestation_and_tampering(story: Path) -> None:
     assert threats[1]["covered"] and threats[3]["covered"]
     # residual memorisation needs planted canaries; the report must say it was not covered
     assert not threats[9]["covered"] and "canaries" in threats[9]["why"]
+    # so does the calibrated zero push, whichever forget-set attack ran
+    assert not threats[23]["covered"] and "canaries" in threats[23]["why"]
     _run(
         "audit", "attestation", "rep/r1/attestation.json", "--auditor-public-key",
         "auditor/auditor.pub", "--report", "rep/r1/report.json", "--model", "proof/model.onnx",

@@ -225,9 +225,8 @@ THREATS: tuple[Threat, ...] = (
         "residual-memorisation",
         "Residual memorisation",
         "membership still detectable behind true claims: predictions changed by certified tie "
-        "patches, or calibrated claims whose targets are the original's own outputs (a zero "
-        "push)",
-        ("residual_memorisation", "class_residual", "calibrated_zero_push"),
+        "patches that leave the true label a near-tie runner-up",
+        ("residual_memorisation", "class_residual"),
         ("membership.canaries", "claims.policy"),
     ),
     Threat(
@@ -352,6 +351,16 @@ THREATS: tuple[Threat, ...] = (
         "the original label is served",
         ("wide_band",),
         ("structure.patch",),
+    ),
+    Threat(
+        23,
+        "zero-push",
+        "Calibrated zero push",
+        "calibrated claims whose targets are the original's own outputs at the forget samples: "
+        "every patch pushes by zero, every obligation holds for the original itself, and the "
+        "model keeps everything it memorised",
+        ("calibrated_zero_push",),
+        ("membership.canaries", "membership.inference"),
     ),
 )
 

@@ -22,3 +22,12 @@ def test_a_check_that_ran_covers_its_threat_and_one_that_did_not_run_does_not() 
     assert ran["covered"] and "utility" in str(ran["why"])
     skipped = _row(_threats([CheckOutcome("utility", "not-run", "skipped")], False), 8)
     assert not skipped["covered"]
+
+
+def test_the_forget_set_check_alone_does_not_cover_the_zero_push() -> None:
+    """It fails the zero push on some settings only; the canaries measure it everywhere."""
+    alone = _row(_threats([], True), 23)
+    assert not alone["covered"]
+    assert "membership.inference ran" in str(alone["why"]) and "canaries" in str(alone["why"])
+    canaries = _row(_threats([CheckOutcome("membership.canaries", "fail", "members")], True), 23)
+    assert canaries["covered"] and "membership.canaries" in str(canaries["why"])

@@ -201,7 +201,7 @@ class CalibratedZeroPush(Adversary):
     held-out canaries'."""
 
     name: ClassVar[str] = "calibrated_zero_push"
-    threat: ClassVar[Threat | None] = threat("residual-memorisation")
+    threat: ClassVar[Threat | None] = threat("zero-push")
     summary: ClassVar[str] = "calibrated claims whose targets are the original's outputs"
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
