@@ -140,7 +140,6 @@ class WideBand(Adversary):
     )
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
-
         out.mkdir(parents=True)
         honest = scenario.honest
         if honest.method.get("gate") != "activation" or not honest.complete:

@@ -195,7 +195,6 @@ class SharedRegion(Adversary):
     summary: ClassVar[str] = "decoy patch on a requester's region: the pushes cancel there"
 
     def build(self, scenario: Scenario, out: Path) -> DishonestProof:
-
         out.mkdir(parents=True)
         honest = scenario.honest
         if honest.method.get("gate") != "activation" or not honest.complete:
