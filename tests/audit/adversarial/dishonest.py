@@ -317,6 +317,20 @@ def box_huge(kit: ProofKit, dest: Path) -> Tampered:
     return Tampered(kit.inputs(proof))
 
 
+@adversary("box_float32_edge", "region.certificate", "not proved over their region")
+def box_float32_edge(kit: ProofKit, dest: Path) -> Tampered:
+    """A declared input box just inside float32's range (±3e38): accepted as a box, so the
+    bounds over it are computed and fail the claims, and the probes' onnxruntime points out
+    there come back non-finite and fail closed; the audit ends in well under a second."""
+    proof = kit.copy_proof(dest / "proof")
+
+    def edit(doc: dict[str, Any]) -> None:
+        doc["predicate"]["method"]["input_box"] = {"low": "-3e+38", "high": "3e+38", "source": "x"}
+
+    edit_certificate(proof, edit, key=kit.keys / "owner.key")
+    return Tampered(kit.inputs(proof))
+
+
 # -- the auditor's other inputs --------------------------------------------------------------------
 
 
