@@ -87,7 +87,8 @@ def _box_limit(
         radius = np.sqrt(x0.shape[1]) * (1.0 + np.abs(x0).max())
         return np.full(len(x0), radius, dtype=np.float32)
     low, high = box
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # a box near float32's limits overflows to inf here: a limit beyond reach, as intended
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         limit = np.where(u > 0, (high - x0) / u, np.where(u < 0, (low - x0) / u, np.inf))
     return np.asarray(np.maximum(limit.min(axis=1), 0.0), dtype=np.float32)
 
