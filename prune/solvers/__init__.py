@@ -25,6 +25,7 @@ from prune.solvers._reassure import ReassureSolver
 from prune.solvers._scale_shift import ScaleShiftSolver
 
 __all__ = [
+    "MAX_STEPS",
     "SOLVERS",
     "LagrangianSolver",
     "PatchSolution",
@@ -38,6 +39,9 @@ __all__ = [
     "spec_upper_bounds",
 ]
 
+# More ascent steps than this only cost time: the bound changes by well under a logit after 40.
+MAX_STEPS = 1000
+
 SOLVERS: dict[str, type[LagrangianSolver] | type[ScaleShiftSolver] | type[ReassureSolver]] = {
     LagrangianSolver.name: LagrangianSolver,
     ScaleShiftSolver.name: ScaleShiftSolver,
@@ -45,9 +49,17 @@ SOLVERS: dict[str, type[LagrangianSolver] | type[ScaleShiftSolver] | type[Reassu
 }
 
 
-def make_solver(name: str) -> Solver:
-    """The solver registered under ``name`` with its default options."""
+def make_solver(name: str, *, steps: int | None = None) -> Solver:
+    """The solver registered under ``name``, with its default options except ``steps`` (the
+    lagrangian solver's dual-ascent steps; the other solvers have none)."""
     try:
-        return SOLVERS[name]()
+        kind = SOLVERS[name]
     except KeyError:
         raise PatchError(f"unknown solver {name!r} (choose {', '.join(SOLVERS)})") from None
+    if steps is None:
+        return kind()
+    if kind is not LagrangianSolver:
+        raise PatchError(f"--solver-steps applies to the lagrangian solver only, not {name!r}")
+    if not 0 <= steps <= MAX_STEPS:
+        raise PatchError(f"the solver steps must be between 0 and {MAX_STEPS}, got {steps}")
+    return LagrangianSolver(steps=steps)

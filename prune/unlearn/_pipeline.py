@@ -152,6 +152,7 @@ def unlearn(
     x_test: NDArray[np.float32] | None = None,
     y_test: NDArray[np.int64] | None = None,
     solver: str = "lagrangian",
+    solver_steps: int | None = None,
     gate: str = AUTO,
     target_policy: str | None = None,
     strategy: str = "individual",
@@ -170,6 +171,9 @@ def unlearn(
 ) -> UnlearnResult:
     """Patch ``model`` (ONNX bytes) so that it forgets the requested training samples.
 
+    ``solver_steps`` sets the lagrangian solver's dual-ascent steps (default 6): fewer is
+    faster and sizes each patch by a looser, still certified bound (docs/BENCHMARKS.md, "The
+    levers measured").
     ``threads`` caps torch's intra-op threads (restored afterwards) and onnxruntime's; on a
     loaded machine one thread is often much faster for the many small ops of the solver.
     ``target_policy`` defaults to :func:`prune.targets.default_policy` (``calibrated`` when
@@ -197,6 +201,7 @@ def unlearn(
             raise PatchError(f"unknown class mode {class_mode!r} (choose {', '.join(CLASS_MODES)})")
         target_policy = target_policy or default_policy(prepared=prepared is not None)
         _check_options(solver, gate, target_policy, strategy, margin, n)
+        patch_solver = make_solver(solver, steps=solver_steps)
         imported = load_model(model, cut=cut)
         head = imported.head
         _check_inputs(imported, x_train, y_train, x_test, y_test)
@@ -258,7 +263,7 @@ def unlearn(
         ctx = SolveContext(
             head=head,
             box=box,
-            solver=make_solver(solver),
+            solver=patch_solver,
             target_policy=target_policy,
             rng=np.random.default_rng(seed),
             progress=progress,

@@ -361,3 +361,34 @@ def test_float32_rounding_term_covers_expanding_layers(
     exact = box_dual(regions.operator().linear_transpose(mu), lam, regions.h, BOX)
     value, error = _float32_bound(regions, mu, lam)
     assert bool(((value - exact).abs() <= error).all()) and bool((error > 0).all())
+
+
+def test_fewer_ascent_steps_certify_the_region_with_a_larger_push(case: Case) -> None:
+    """``--solver-steps``: the box bound (0 steps) is looser than 6 steps, never unsound."""
+    margins = torch.full((len(case.x),), MARGIN, dtype=torch.float64)
+    targets = torch.from_numpy(case.targets)
+    with single_thread():
+        loose = make_solver("lagrangian", steps=0).solve(case.regions, targets, margin=margins)
+        tight = make_solver("lagrangian", steps=6).solve(case.regions, targets, margin=margins)
+    assert make_solver("lagrangian", steps=0).options()["steps"] == 0
+    for b in range(len(case.x)):
+        exact = exact_min_margin(
+            case.head, case.x[b], int(case.targets[b]), None, loose.d[b].numpy()
+        )
+        assert exact >= MARGIN - 1e-7, (b, exact)
+    assert float(loose.d.abs().sum()) >= float(tight.d.abs().sum()) - 1e-9
+
+
+@pytest.mark.parametrize(
+    ("name", "steps", "message"),
+    [
+        ("scale-shift", 3, "lagrangian solver only"),
+        ("lagrangian", -1, "between 0 and"),
+        ("lagrangian", 10**6, "between 0 and"),
+    ],
+)
+def test_solver_steps_are_refused_where_they_mean_nothing(
+    name: str, steps: int, message: str
+) -> None:
+    with pytest.raises(PatchError, match=message):
+        make_solver(name, steps=steps)

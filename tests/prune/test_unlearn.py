@@ -391,3 +391,30 @@ def test_thread_cap_covers_numpy_blas_and_is_restored() -> None:
         assert torch.get_num_threads() == 1
         assert all(n == 1 for n in blas())
     assert torch.get_num_threads() == torch_before and blas() == blas_before
+
+
+def test_solver_steps_trade_the_push_for_time_and_are_refused_off_the_lagrangian(
+    tmp_path: Path,
+) -> None:
+    """``--solver-steps 0`` certifies every claim with the box bound (a push at least as large
+    as the default's) and records the steps in the summary; on another solver it is a one-line
+    refusal that writes nothing."""
+    mlp = digits_work("mlp")
+    forget = tmp_path / "f.txt"
+    forget.write_text("2\n11\n5\n")
+    base = ["unlearn", str(mlp.model_path), "--train", str(mlp.folder / "train.npz")]
+    base += ["--forget-indices", str(forget), "--quiet", "--threads", "1"]
+    summaries = {}
+    for steps in ("0", "6"):
+        out = tmp_path / f"s{steps}"
+        code, _, stderr = _run([*base, "--solver-steps", steps, "--out", str(out)])
+        assert code == 0, stderr
+        summaries[steps] = json.loads((out / "summary.json").read_text())
+    assert summaries["0"]["method"]["solver_options"]["steps"] == 0
+    assert summaries["0"]["certified"] == summaries["6"]["certified"] == 3
+    assert summaries["0"]["patch_delta_mean"] >= summaries["6"]["patch_delta_mean"] - 1e-9
+    out = tmp_path / "refused"
+    refused = [*base, "--solver", "scale-shift", "--solver-steps", "2", "--out", str(out)]
+    code, _, stderr = _run(refused)
+    assert code != 0 and "--solver-steps" in stderr and stderr.count("\n") == 1, stderr
+    assert not out.exists()
