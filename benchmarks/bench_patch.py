@@ -506,6 +506,7 @@ def scenario_speedup(data: dict[str, Any], args: argparse.Namespace) -> dict[str
         forget_indices=others,
         gate=args.gate,
         threads=args.threads or None,
+        solver_steps=args.solver_steps,
     )
     first_wall, first_cpu = time.perf_counter() - start, time.process_time() - cpu
     start, cpu = time.perf_counter(), time.process_time()
@@ -518,6 +519,7 @@ def scenario_speedup(data: dict[str, Any], args: argparse.Namespace) -> dict[str
         forget_indices=forget,
         gate=args.gate,
         threads=args.threads or None,
+        solver_steps=args.solver_steps,
     )
     call_wall, call_cpu = time.perf_counter() - start, time.process_time() - cpu
     summary = result.summary
@@ -576,6 +578,15 @@ def scenario_speedup(data: dict[str, Any], args: argparse.Namespace) -> dict[str
     }
 
 
+def speedup_key(args: argparse.Namespace) -> str:
+    """``speedup`` for the defaults (one thread, the solver's steps); otherwise the settings
+    are in the key, so that every configuration keeps its own recorded row."""
+    parts = [] if args.threads == 1 else [f"threads={args.threads}"]
+    if args.solver_steps is not None:
+        parts.append(f"steps={args.solver_steps}")
+    return f"speedup[{','.join(parts)}]" if parts else "speedup"
+
+
 def dataclasses_asdict(value: Any) -> dict[str, Any]:
     import dataclasses
 
@@ -615,12 +626,19 @@ def cli_unlearn_wall(args: argparse.Namespace, gate: str) -> dict[str, Any]:
         gate,
         "--quiet",
     ]
+    tail = ""
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+        tail += f" --threads {args.threads}"
+    if args.solver_steps is not None:
+        cmd += ["--solver-steps", str(args.solver_steps)]
+        tail += f" --solver-steps {args.solver_steps}"
     load_before = os.getloadavg()
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     return {
         "command": "prune unlearn MODEL --train --test --forget-indices (600) --key --out "
-        f"--gate {gate} --quiet",
+        f"--gate {gate} --quiet{tail}",
         "exit_code": proc.returncode,
         "wall_seconds": time.perf_counter() - start,
         "load_average_before": load_before,
@@ -723,6 +741,8 @@ def run_child(args: argparse.Namespace, scenario: str, **extra: Any) -> dict[str
     ]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.solver_steps is not None:
+        cmd += ["--solver-steps", str(args.solver_steps)]
     for key, value in extra.items():
         cmd += [f"--{key}", str(value)]
     load_before = os.getloadavg()
@@ -824,6 +844,12 @@ def main() -> None:
     )
     parser.add_argument("--patches", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--gate", default="routed", help="gate of the speedup scenario")
+    parser.add_argument(
+        "--solver-steps",
+        type=int,
+        default=None,
+        help="the speed-up scenario's lagrangian ascent steps (default: the solver's 6)",
+    )
     args = parser.parse_args()
     args.work = args.work or ROOT / "runs" / f"patch-{args.dataset}" / "work"
     if args.lp_points is None:
@@ -879,7 +905,8 @@ def main() -> None:
         elif scenario == "speedup":
             row = run_child(args, "speedup", points=600, gate=args.gate)
             row["cli"] = cli_unlearn_wall(dataclasses_replace_points(args, 600), args.gate)
-            doc["results"]["speedup"] = row
+            row["threads"] = args.threads
+            doc["results"][speedup_key(args)] = row
         else:
             doc["results"][scenario] = run_child(args, scenario)
         out.parent.mkdir(parents=True, exist_ok=True)

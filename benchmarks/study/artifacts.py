@@ -70,7 +70,10 @@ __all__ = [
 
 SISA_SHARDS = 5
 MIA_REFERENCE_MODELS = 8
-PREPARE_FOLDS = 5
+# Ten folds: each fold model learns from 90 % of the training rows, so its out-logits are closer
+# to a model retrained without a few points than five folds' 80 % (docs/BENCHMARKS.md, "More
+# folds"); a prepared set of another fold count is stale and is built again.
+PREPARE_FOLDS = 10
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,7 +89,12 @@ class ArtifactKey:
         return work / self.kind / f"{self.dataset}-{self.arch}-s{self.seed}{tail}"
 
     def ready(self, work: Path) -> bool:
-        return (self.folder(work) / "meta.json").is_file()
+        meta = self.folder(work) / "meta.json"
+        if not meta.is_file():
+            return False
+        if self.kind == "prepared":
+            return bool(read_json(meta).get("folds") == PREPARE_FOLDS)
+        return True
 
 
 @dataclass(frozen=True, kw_only=True)

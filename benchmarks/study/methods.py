@@ -127,10 +127,12 @@ def _run_prune(cell: Cell, orig: Original, work: Path, forget: NDArray[np.int64]
         raise StudyError("prune.unlearn is not available in this tree yet") from exc
     kwargs: dict[str, Any] = dict(cell.variant.params)
     prepare_seconds: float | None = None
+    folds: int | None = None
     if kwargs.pop("prepared", False):
         prepared = load_prepared_references(work, orig, cell.dataset, cell.arch, cell.seed)
         kwargs["prepared"] = prepared
         prepare_seconds = float(prepared.seconds)
+        folds = int(prepared.folds)
     if cell.setting.startswith("class-"):
         kwargs["forget_class"] = int(cell.setting.partition("-")[2])
     else:
@@ -164,6 +166,8 @@ def _run_prune(cell: Cell, orig: Original, work: Path, forget: NDArray[np.int64]
     if "calibrated" in summary:
         facts["calibrated"] = summary["calibrated"]
     facts["call_seconds"] = round(call_seconds, 4)
+    if folds is not None:
+        facts["prepare_folds"] = folds
     # The engine also evaluates utility on the whole training and test sets (for its summary);
     # baselines are timed without evaluation, so that part is left out of ``seconds``.
     evaluate = float(summary.get("seconds_evaluate", 0.0))
