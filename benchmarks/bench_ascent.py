@@ -4,9 +4,10 @@
 Three measurements on the regions of the speed-up scenario's 600 points (``bench_patch.py
 --scenarios speedup``: the same seed, model and data), one torch thread:
 
-* ``steps``: the whole ``unlearn`` call (no utility evaluation) with the default solver and with
-  0-4 projected Adam steps: solve seconds, mean push delta, claims certified. Steps buy
-  tightness; the solve's floor at 0 steps is what the passes around the ascent cost.
+* ``steps``: the whole ``unlearn`` call (no utility evaluation) with 6, 4, 3, 2, 1 and 0
+  (the default, ``prune.unlearn.DEFAULT_SOLVER_STEPS``) projected Adam steps: solve seconds,
+  mean push delta, claims certified. Steps buy tightness; at 0 steps the solve is the passes
+  around the ascent.
 * ``rows``: on the first batch of regions, every spec row is tightened for 0, 1, 2, 3, 4, 6 and
   10 steps and bounded exactly. A row can lower a region's push only if its bound after ``k``
   steps is above the region's final (6-step) maximum; the fraction of such rows is the least work
@@ -25,7 +26,6 @@ Run: ``python benchmarks/bench_ascent.py --work benchmarks/runs/patch-fashion-mn
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import platform
@@ -40,7 +40,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import prune.solvers as solvers
 import prune.solvers._lagrangian as lagrangian
 from benchmarks.bench_patch import _load
 from prune.unlearn import unlearn
@@ -54,7 +53,10 @@ def _forget(n: int) -> np.ndarray[Any, Any]:
 
 
 def _call(
-    data: dict[str, Any], forget: np.ndarray[Any, Any], cut: str | None = None
+    data: dict[str, Any],
+    forget: np.ndarray[Any, Any],
+    cut: str | None = None,
+    steps: int | None = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     result = unlearn(
@@ -66,6 +68,7 @@ def _call(
         threads=1,
         retained_accuracy=False,
         cut=cut,
+        solver_steps=steps,
     )
     summary = result.summary
     return {
@@ -78,18 +81,11 @@ def _call(
 
 
 def steps_sweep(data: dict[str, Any], forget: np.ndarray[Any, Any]) -> list[dict[str, Any]]:
-    default = solvers.SOLVERS["lagrangian"]
     rows = []
-    try:
-        for steps in (6, 4, 3, 2, 1, 0):
-            solvers.SOLVERS["lagrangian"] = functools.partial(  # type: ignore[assignment]
-                lagrangian.LagrangianSolver, steps=steps
-            )
-            _call(data, forget[:5])
-            rows.append({"steps": steps, **_call(data, forget)})
-            print(f"[bench_ascent] steps {steps}: {rows[-1]}", file=sys.stderr)
-    finally:
-        solvers.SOLVERS["lagrangian"] = default
+    for steps in (6, 4, 3, 2, 1, 0):
+        _call(data, forget[:5], steps=steps)
+        rows.append({"steps": steps, **_call(data, forget, steps=steps)})
+        print(f"[bench_ascent] steps {steps}: {rows[-1]}", file=sys.stderr)
     return rows
 
 

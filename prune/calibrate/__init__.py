@@ -16,6 +16,7 @@ from prune.calibrate._patch import (
     rivals,
 )
 from prune.calibrate._prepare import (
+    DEFAULT_FOLDS,
     PREPARED_TYPE,
     PREPARED_VERSION,
     PreparedReferences,
@@ -35,6 +36,7 @@ from prune.calibrate._targets import (
 
 __all__ = [
     "CALIBRATIONS",
+    "DEFAULT_FOLDS",
     "DEFAULT_TOLERANCE",
     "PREPARED_TYPE",
     "PREPARED_VERSION",

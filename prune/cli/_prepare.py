@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from prune.calibrate import DEFAULT_FOLDS
 from prune.data import load_npz
 from prune.errors import DataError, PruneError
 
@@ -33,7 +34,13 @@ __all__ = ["prepare_command"]
     default=None,
     help="The model's training recipe (default: train.json next to MODEL, as prune train writes it).",
 )
-@click.option("--folds", type=click.IntRange(min=2), default=5, show_default=True)
+@click.option(
+    "--folds",
+    type=click.IntRange(min=2),
+    default=DEFAULT_FOLDS,
+    show_default=True,
+    help="Cross-fitted reference models (each trained without one fold of the rows).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the fold assignment.")
 @click.option(
     "--out",

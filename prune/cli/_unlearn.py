@@ -194,8 +194,9 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     "--solver-steps",
     type=click.IntRange(0, MAX_STEPS),
     default=None,
-    help="Dual-ascent steps of the lagrangian solver (default 6). Fewer is faster and sizes "
-    "each patch by a looser bound; every bound is certified either way (0: the box bound).",
+    help="Dual-ascent steps of the lagrangian solver (default 0: bound-propagation multipliers). "
+    "More steps size each patch by a tighter bound (6: push 47 instead of 82 logits on "
+    "Fashion-MNIST) and cost time; every bound is certified either way.",
 )
 @click.option(
     "--gate",

@@ -58,8 +58,8 @@ def make_solver(name: str, *, steps: int | None = None) -> Solver:
         raise PatchError(f"unknown solver {name!r} (choose {', '.join(SOLVERS)})") from None
     if steps is None:
         return kind()
-    if kind is not LagrangianSolver:
+    if name != LagrangianSolver.name:
         raise PatchError(f"--solver-steps applies to the lagrangian solver only, not {name!r}")
     if not 0 <= steps <= MAX_STEPS:
         raise PatchError(f"the solver steps must be between 0 and {MAX_STEPS}, got {steps}")
-    return LagrangianSolver(steps=steps)
+    return kind(steps=steps)  # type: ignore[call-arg]  # the lagrangian entry takes steps

@@ -149,7 +149,11 @@ class LagrangianSolver:
 
     def _tightened(self, regions: Regions, obj: _Objectives, init: torch.Tensor) -> torch.Tensor:
         """Multipliers ``[B,R,H]`` (float64) for every row: tightened from ``init`` where that can
-        lower the region's largest bound (``row_cut``), ``init`` elsewhere."""
+        lower the region's largest bound (``row_cut``), ``init`` elsewhere. Without ascent steps
+        every row keeps ``init`` (projected onto ``lam >= 0``): the rounds would only evaluate
+        the dual at ``init``, which :meth:`_Objectives.bound` does anyway."""
+        if self.steps == 0:
+            return init.clamp_min(0.0)
         if init.shape[0] * init.shape[1] <= _FEW_ROWS:
             # a few regions (one point per call): one round over every row costs less than
             # the estimate and the extra rounds would
