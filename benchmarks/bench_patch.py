@@ -550,7 +550,7 @@ def scenario_speedup(data: dict[str, Any], args: argparse.Namespace) -> dict[str
     return {
         "points": args.points,
         "gate": args.gate,
-        "solver_options": summary.get("method", {}).get("solver_options"),
+        "solver_options": result.method.get("solver_options"),
         "certified": summary["certified"],
         "patches": summary["patches"],
         "failed": len(result.failed),

@@ -89,6 +89,10 @@ def rows(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "kl_forget": doc["kl_to_retrained"]["forget"],
             "seconds": doc["seconds"],
             "prepare_seconds": doc.get("prepare_seconds"),
+            # cells recorded before the field existed all used the study's 5 folds then
+            "prepare_folds": doc.get("facts", {}).get("prepare_folds", 5)
+            if doc.get("prepare_seconds")
+            else None,
             "retrain_seconds": doc["reference_retrain_seconds"],
             "reference_models": doc["mia"]["reference_models"],
             "loadavg_1m": doc["machine"].get("loadavg_1m"),
@@ -108,14 +112,16 @@ def markdown(table: list[dict[str, Any]]) -> str:
     head = (
         "| model | setting | seed | method | LiRA AUC [95% CI] | RMIA AUC [95% CI] | rev. TPR@1% "
         "LiRA/RMIA | forget acc | KL forget | test Δ (pts) | 2-version AUC | unlearn s "
-        "(prep s) | retrain s | targets missed | code |\n"
+        "(prep s, folds) | retrain s | targets missed | code |\n"
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     lines = [head]
     for r in table:
         t = r["targets"]
         missed = "—" if t is None else (", ".join(k for k, v in t.items() if v is False) or "none")
-        prep = f" ({r['prepare_seconds']:.0f})" if r["prepare_seconds"] else ""
+        prep = (
+            f" ({r['prepare_seconds']:.0f}, {r['prepare_folds']})" if r["prepare_seconds"] else ""
+        )
         two = "—" if r["two_version_auc"] is None else f"{r['two_version_auc']:.3f}"
         lines.append(
             f"| {r['dataset']} {r['arch']} | {r['setting']} | {r['seed']} | {r['method']} | "

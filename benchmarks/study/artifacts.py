@@ -49,6 +49,7 @@ from prune.baselines import (
     recipe_for,
     retain_indices,
 )
+from prune.calibrate import DEFAULT_FOLDS
 from prune.data import load_dataset, load_npz, save_npz
 from prune.train import export_onnx, model_input
 
@@ -70,10 +71,9 @@ __all__ = [
 
 SISA_SHARDS = 5
 MIA_REFERENCE_MODELS = 8
-# Ten folds: each fold model learns from 90 % of the training rows, so its out-logits are closer
-# to a model retrained without a few points than five folds' 80 % (docs/BENCHMARKS.md, "More
-# folds"); a prepared set of another fold count is stale and is built again.
-PREPARE_FOLDS = 10
+# prune prepare's default (10 since the fifth session; the first recordings used 5): a prepared
+# set of another fold count is stale and is built again.
+PREPARE_FOLDS = DEFAULT_FOLDS
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -215,7 +215,7 @@ def _calibrated() -> list[Cell]:
         + _grid("fashion-mnist", "mlp", settings, rows, (0,))
         + _grid("digits", "mlp", settings, rows, (1, 2))
         + _grid("fashion-mnist", "mlp", settings, rows, (1, 2))
-        + _grid("fashion-mnist", "cnn", ("random-100",), rows, (0,))
+        + _grid("fashion-mnist", "cnn", settings, rows, (0,))
     )
 
 
