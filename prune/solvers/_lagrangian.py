@@ -76,7 +76,9 @@ class LagrangianSolver:
     Fashion-MNIST regions, the mean push ``delta`` after 6 steps at ``lr=0.01`` (45.3) is
     below that of the former default, 10 steps at ``lr=0.03`` (46.7), for 60 % of its steps
     (``lr`` 0.03 overshoots on the normalised rows; 0.005-0.014 are within 5 % of each other).
-    ``LagrangianSolver(steps=40, lr=0.03, scales="exact")`` is the tighter setting."""
+    ``LagrangianSolver(steps=40, lr=0.03, scales="exact")`` is the tighter setting. The
+    unlearning pipeline sizes its constant patches with ``steps=0`` (the bound-propagation
+    start, :data:`prune.unlearn.DEFAULT_SOLVER_STEPS`): the steps only shrink ``delta``."""
 
     name: ClassVar[str] = "lagrangian"
     steps: int = 6
