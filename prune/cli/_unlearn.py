@@ -27,7 +27,7 @@ from prune.gates import AUTO, GATES, ROUTED_FROM
 from prune.model import read_model
 from prune.privacy import add_decoys
 from prune.regions import InputBox
-from prune.solvers import MAX_STEPS, SOLVERS
+from prune.solvers import MAX_STEPS, SOLVERS, make_solver
 from prune.targets import POLICY_NAMES
 from prune.unlearn import (
     CLASS_MODES,
@@ -336,8 +336,7 @@ def unlearn_command(
     (and, with --key, the signed certificate, model signature, openings and receipts)."""
     if (forget_indices is None) == (forget_class is None):
         raise DataError("give exactly one of --forget-indices FILE and --forget-class K")
-    if solver_steps is not None and solver != "lagrangian":
-        raise DataError(f"--solver-steps applies to --solver lagrangian only, not {solver}")
+    make_solver(solver, steps=solver_steps)  # refuses steps off the lagrangian, before any read
     box = _parse_box(box_text)
     if forget_class is not None and (box is not None or not retained_accuracy):
         raise DataError("--box and --no-retained-accuracy are for --forget-indices")
