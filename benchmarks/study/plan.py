@@ -216,6 +216,7 @@ def _calibrated() -> list[Cell]:
         + _grid("digits", "mlp", settings, rows, (1, 2))
         + _grid("fashion-mnist", "mlp", settings, rows, (1, 2))
         + _grid("fashion-mnist", "cnn", settings, rows, (0,))
+        + _grid("fashion-mnist", "cnn", settings, rows, (1, 2))
     )
 
 
