@@ -27,7 +27,14 @@ from numpy.typing import NDArray
 
 from prune.errors import PatchError
 
-__all__ = ["RoutingTree", "build_tree", "pack_patterns", "unpack_patterns"]
+__all__ = [
+    "BinaryTree",
+    "RoutingTree",
+    "build_binary_tree",
+    "build_tree",
+    "pack_patterns",
+    "unpack_patterns",
+]
 
 I32 = NDArray[np.int32]
 DEFAULT_WIDTH = 5  # neurons per node: 32-way nodes, depth ~log32 P (measured: docs/BENCHMARKS.md)
@@ -160,6 +167,83 @@ def build_tree(active: NDArray[np.bool_], *, width: int = DEFAULT_WIDTH) -> Rout
         child=np.asarray(child, dtype=np.int32),
         leaf=np.asarray(leaf, dtype=np.int32),
         depth=max(depth_of),
+    )
+
+
+@dataclass(frozen=True, eq=False)
+class BinaryTree:
+    """The ``tree`` gate's router (docs/FORMATS.md, "Tree gate"): ``M = 2P - 1`` nodes numbered
+    breadth-first from the root (node 0). An internal node ``m`` tests one neuron
+    ``feature[m]`` and goes to ``true[m]`` when ``z >= 0`` (ties count as active, as in the
+    patterns), else to ``false[m]``; a leaf has ``patch[m] >= 0`` (``-1`` at internal nodes)
+    and ``feature``, ``true``, ``false`` 0. Every split is proper (both sides hold patches),
+    so there are exactly ``P`` leaves, one per patch."""
+
+    feature: I32
+    true: I32
+    false: I32
+    patch: I32
+    depth: int
+
+    def route(self, bits: NDArray[np.bool_]) -> I32:
+        """Patch index for each row of ``bits [N, H]`` (True = neuron active, ``z >= 0``)."""
+        node = np.zeros(len(bits), dtype=np.int64)
+        rows = np.arange(len(bits))
+        for _ in range(self.depth):
+            inner = self.patch[node] < 0
+            go = bits[rows, self.feature[node]]
+            node = np.where(inner, np.where(go, self.true[node], self.false[node]), node)
+        return np.asarray(self.patch[node], dtype=np.int32)
+
+
+def build_binary_tree(active: NDArray[np.bool_]) -> BinaryTree:
+    """The canonical binary routing tree of the patterns ``active [P, H]``: breadth first, each
+    internal node tests the neuron that splits its patches most evenly (smallest
+    ``|2 ones - n|`` among the neurons that split them at all; smallest index on ties), active
+    patches to the ``true`` child, which is numbered first. A function of the patterns alone.
+    Raises :class:`PatchError` when two patches share a pattern."""
+    from collections import deque
+
+    act = np.ascontiguousarray(active, dtype=bool)
+    n_patches = act.shape[0]
+    if n_patches == 0:
+        raise PatchError("no patches to route")
+    feature: list[int] = [0]
+    true: list[int] = [0]
+    false: list[int] = [0]
+    patch: list[int] = [-1]
+    depth = [0]
+    queue: deque[tuple[int, NDArray[np.int64]]] = deque([(0, np.arange(n_patches))])
+    while queue:
+        node, ids = queue.popleft()
+        if len(ids) == 1:
+            patch[node] = int(ids[0])
+            continue
+        ones = act[ids].sum(axis=0, dtype=np.int64)
+        cost = np.abs(2 * ones - len(ids))
+        cost[(ones == 0) | (ones == len(ids))] = np.iinfo(np.int64).max
+        k = int(cost.argmin())
+        if ones[k] in (0, len(ids)):
+            raise PatchError(
+                f"patches {int(ids[0])} and {int(ids[1])} have the same activation pattern: "
+                "merge them into one patch before routing"
+            )
+        feature[node] = k
+        for side, members in ((true, ids[act[ids, k]]), (false, ids[~act[ids, k]])):
+            child = len(feature)
+            feature.append(0)
+            true.append(0)
+            false.append(0)
+            patch.append(-1)
+            depth.append(depth[node] + 1)
+            side[node] = child
+            queue.append((child, members))
+    return BinaryTree(
+        feature=np.asarray(feature, dtype=np.int32),
+        true=np.asarray(true, dtype=np.int32),
+        false=np.asarray(false, dtype=np.int32),
+        patch=np.asarray(patch, dtype=np.int32),
+        depth=max(max(depth), 1),
     )
 
 

@@ -21,7 +21,15 @@ import numpy as np
 from numpy.typing import NDArray
 
 from prune.errors import PatchError
-from prune.gates import RoutedGate, make_gate
+from prune.gates import (
+    ML_DOMAIN,
+    ML_OPSET,
+    RoutedGate,
+    TreeGate,
+    make_gate,
+    ml_opset,
+    tree_refusal,
+)
 from prune.model import ImportedModel
 from prune.patched import PatchSet
 from prune.regions import InputBox
@@ -107,6 +115,8 @@ def export_patched(model: ImportedModel, patches: PatchSet, box: InputBox) -> by
             classes=n_out,
         )
         sink.node("Add", [head.output, h_sum], name=OUTPUT)
+        if isinstance(gate, TreeGate):
+            _import_ml(proto)
         return _finish(proto, sink, patches.gate, head, n_out, model.tail)
     g = gate.onnx_gate(sink, x=x, z=z, n=PREFIX + "n", patches=n_patches, hidden=head.n_hidden)
     if _gate_linear(patches):
@@ -115,6 +125,17 @@ def export_patched(model: ImportedModel, patches: PatchSet, box: InputBox) -> by
         h_sum = _patch_networks(sink, x, g, patches)
     sink.node("Add", [head.output, h_sum], name=OUTPUT)
     return _finish(proto, sink, patches.gate, head, n_out, model.tail)
+
+
+def _import_ml(proto: Any) -> None:
+    """The ``tree`` gate's ``ai.onnx.ml`` import (docs/FORMATS.md, "Tree gate"): added at
+    :data:`prune.gates.ML_OPSET` when the model has none; versions 1-4 are kept as they are."""
+    refusal = tree_refusal(proto)
+    if refusal:
+        raise PatchError(refusal)
+    if ml_opset(proto) is None:
+        entry = proto.opset_import.add()
+        entry.domain, entry.version = ML_DOMAIN, ML_OPSET
 
 
 def _unit_values(sink: _Sink, head: Any, entry: int) -> str:

@@ -51,13 +51,22 @@ Threat note: a gate only *locates* the patch; the guarantee that the patch is 0 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from prune._routing import DEFAULT_WIDTH, RoutingTree, build_tree, pack_patterns
+from prune._routing import (
+    DEFAULT_WIDTH,
+    BinaryTree,
+    RoutingTree,
+    build_binary_tree,
+    build_tree,
+    pack_patterns,
+    unpack_patterns,
+)
 from prune.errors import PatchError
 from prune.model import PLHead
 from prune.regions import InputBox, linearize
@@ -279,6 +288,24 @@ class RoutedGate:
         """Add the routed gate and the one gathered patch; return ``h`` ``[N, O]``. The node
         list is canonical (docs/FORMATS.md): :mod:`audit.verify._routed` rebuilds it from the
         parameters. Every op is per row; none couples the batch axis."""
+        patch, sign, axes1 = self._onnx_route(sink, z=z, params=params, hidden=hidden)
+        return _confirm_and_patch(
+            sink,
+            x=x,
+            z=z,
+            n=n,
+            patch=patch,
+            sign=sign,
+            axes1=axes1,
+            linear=linear,
+            affine=affine,
+            classes=classes,
+        )
+
+    def _onnx_route(
+        self, sink: NodeSink, *, z: str, params: Params, hidden: int
+    ) -> tuple[str, str, str]:
+        """The routing nodes: ``(route/patch [N], route/sign [N, H], route/axes1)``."""
         from onnx import TensorProto
 
         p = "prune/patch/"
@@ -337,56 +364,213 @@ class RoutedGate:
                 ],
                 name="route/sign",
             )
-        # ReLU(sign_k z_k) is, entry by entry and exactly in floating point (sign_k = +-1),
-        # the activation gate's pos*relu(-z) + neg*relu(z): 0 where the sign matches, |z_k| not
-        signed = sink.node("Mul", [z, sign], name="gate/signed")
-        terms = sink.node("Relu", [signed], name="gate/terms")
-        violation = sink.node("ReduceSum", [terms, axes1], name="gate/violation", keepdims=1)
-        scaled = sink.node("Mul", [violation, n], name="gate/scaled")
-        one = sink.const("gate/one", np.asarray(1.0, dtype=np.float32))
-        g = sink.node("Relu", [sink.node("Sub", [one, scaled], name="gate/1-nV")], name="g")
-        d_u = sink.node("Gather", [p + "d", patch], name="route/d", axis=0)
-        if linear:
-            return sink.node("Mul", [g, d_u], name="h_sum")
-        k_u = sink.node("Gather", [p + "K", patch], name="route/K", axis=0)
-        kg = sink.node("Mul", [k_u, g], name="Kg")
-        shift = sink.node("Sub", [kg, k_u], name="Kg-K")
-        if affine:
-            c_u = sink.node("Gather", [p + "C", patch], name="route/C", axis=0)
-            x3 = sink.node("Unsqueeze", [x, axes1], name="route/x3")
-            xc3 = sink.node("MatMul", [x3, c_u], name="route/xC3")
-            xc = sink.node(
-                "Reshape",
-                [xc3, sink.const("route/o", np.asarray([0, classes], np.int64))],
-                name="xC",
+        return patch, sign, axes1
+
+
+ML_DOMAIN = "ai.onnx.ml"
+ML_OPSET = 3
+"""The ``tree`` gate's router is ``ai.onnx.ml.TreeEnsembleRegressor``, imported at this version
+when the model imports no ``ai.onnx.ml`` opset (versions 1-4 define the op with the attributes
+the gate uses; version 5 deprecates it, and such a model is refused the ``tree`` gate)."""
+
+
+@lru_cache(maxsize=8)
+def _binary_tree(packed: bytes, patches: int, hidden: int) -> BinaryTree:
+    table = np.frombuffer(packed, dtype=np.uint8).reshape(patches, -1)
+    return build_binary_tree(unpack_patterns(table, hidden))
+
+
+def binary_tree(params: Params, hidden: int) -> BinaryTree:
+    """The canonical binary tree of the gate's stored patterns (a function of them alone)."""
+    packed = np.ascontiguousarray(params["route/patterns"], dtype=np.uint8)
+    return _binary_tree(packed.tobytes(), int(packed.shape[0]), hidden)
+
+
+def tree_attributes(tree: BinaryTree) -> dict[str, Any]:
+    """The ``TreeEnsembleRegressor`` attributes of ``tree`` (docs/FORMATS.md, "Tree gate"): one
+    tree, nodes in their breadth-first order, threshold 0 with ``BRANCH_GTE`` (``z >= 0`` goes
+    to the true child), each leaf's weight its patch index."""
+    leaves = np.flatnonzero(tree.patch >= 0)
+    count = len(tree.feature)
+    return {
+        "aggregate_function": "SUM",
+        "n_targets": 1,
+        "nodes_falsenodeids": tree.false.tolist(),
+        "nodes_featureids": tree.feature.tolist(),
+        "nodes_missing_value_tracks_true": [0] * count,
+        "nodes_modes": ["LEAF" if leaf >= 0 else "BRANCH_GTE" for leaf in tree.patch.tolist()],
+        "nodes_nodeids": list(range(count)),
+        "nodes_treeids": [0] * count,
+        "nodes_truenodeids": tree.true.tolist(),
+        "nodes_values": [0.0] * count,
+        "post_transform": "NONE",
+        "target_ids": [0] * len(leaves),
+        "target_nodeids": leaves.tolist(),
+        "target_treeids": [0] * len(leaves),
+        "target_weights": [float(tree.patch[m]) for m in leaves],
+    }
+
+
+@dataclass(frozen=True)
+class TreeGate(RoutedGate):
+    """The routed gate with its router as one ``ai.onnx.ml.TreeEnsembleRegressor`` over ``z``
+    (docs/FORMATS.md, "Tree gate"): a binary tree of single-neuron tests walked inside one
+    onnxruntime kernel instead of ``8 * depth`` small nodes, and the sign table of all patterns
+    unpacked from the packed bytes by nodes on constants only (folded once when a session is
+    created). Same gate function as ``routed`` for the same route; the route is the binary
+    tree's."""
+
+    name: ClassVar[str] = "tree"
+
+    def parameters(self, head: PLHead, active: NDArray[np.bool_], box: InputBox) -> Params:
+        if head.n_hidden == 0:
+            raise PatchError("the tree gate needs hidden neurons to route on; use --gate dense")
+        if len(active) >= 1 << 24:
+            raise PatchError("the tree gate routes at most 2^24 - 1 patches")
+        build_binary_tree(active)  # refuses two patches with one pattern
+        return {"route/patterns": pack_patterns(active), "route/signs": sign_table()}
+
+    def routes(self, z: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        packed = {"route/patterns": params["route/patterns"].numpy()}
+        tree = binary_tree(packed, int(z.shape[1]))
+        return torch.from_numpy(tree.route((z >= 0).numpy()).astype(np.int64))
+
+    def _onnx_route(
+        self, sink: NodeSink, *, z: str, params: Params, hidden: int
+    ) -> tuple[str, str, str]:
+        from onnx import TensorProto
+
+        p = "prune/patch/"
+        tree = binary_tree(params, hidden)
+        axes1 = sink.const("route/axes1", np.asarray([1], dtype=np.int64))
+        value = sink.node(
+            "TreeEnsembleRegressor",
+            [z],
+            name="route/tree",
+            domain=ML_DOMAIN,
+            **tree_attributes(tree),
+        )
+        index = sink.node("Cast", [value], name="route/index", to=TensorProto.INT64)
+        patch = sink.node("Squeeze", [index, axes1], name="route/patch")
+        # on constants only: onnxruntime folds the [P, H] sign table once per session
+        patches, width = np.asarray(params["route/patterns"]).shape
+        byte = sink.node("Cast", [p + "route/patterns"], name="route/bytes", to=TensorProto.INT32)
+        unpacked = sink.node("Gather", [p + "route/signs", byte], name="route/signs8", axis=0)
+        shape = sink.const("route/flat", np.asarray([patches, 8 * width], np.int64))
+        table = sink.node(
+            "Reshape",
+            [unpacked, shape],
+            name="route/table" if 8 * width == hidden else "route/table_flat",
+        )
+        if 8 * width != hidden:
+            table = sink.node(
+                "Slice",
+                [
+                    table,
+                    sink.const("route/h0", np.asarray([0], np.int64)),
+                    sink.const("route/h1", np.asarray([hidden], np.int64)),
+                    axes1,
+                ],
+                name="route/table",
             )
-            d_u = sink.node("Add", [xc, d_u], name="p")
-        up = sink.node("Relu", [sink.node("Add", [d_u, shift], name="p+s")], name="h_up")
-        neg_p = sink.node("Neg", [d_u], name="-p")
-        down = sink.node("Relu", [sink.node("Add", [neg_p, shift], name="-p+s")], name="h_down")
-        return sink.node("Sub", [up, down], name="h_sum")
+        sign = sink.node("Gather", [table, patch], name="route/sign", axis=0)
+        return patch, sign, axes1
+
+
+def _confirm_and_patch(
+    sink: NodeSink,
+    *,
+    x: str,
+    z: str,
+    n: str,
+    patch: str,
+    sign: str,
+    axes1: str,
+    linear: bool,
+    affine: bool,
+    classes: int,
+) -> str:
+    """The routed candidate's gate ``g = ReLU(1 - n V)`` and patch network ``h`` ``[N, O]``,
+    shared by the ``routed`` and ``tree`` gates (docs/FORMATS.md, "Routed gate")."""
+    p = "prune/patch/"
+    # ReLU(sign_k z_k) is, entry by entry and exactly in floating point (sign_k = +-1),
+    # the activation gate's pos*relu(-z) + neg*relu(z): 0 where the sign matches, |z_k| not
+    signed = sink.node("Mul", [z, sign], name="gate/signed")
+    terms = sink.node("Relu", [signed], name="gate/terms")
+    violation = sink.node("ReduceSum", [terms, axes1], name="gate/violation", keepdims=1)
+    scaled = sink.node("Mul", [violation, n], name="gate/scaled")
+    one = sink.const("gate/one", np.asarray(1.0, dtype=np.float32))
+    g = sink.node("Relu", [sink.node("Sub", [one, scaled], name="gate/1-nV")], name="g")
+    d_u = sink.node("Gather", [p + "d", patch], name="route/d", axis=0)
+    if linear:
+        return sink.node("Mul", [g, d_u], name="h_sum")
+    k_u = sink.node("Gather", [p + "K", patch], name="route/K", axis=0)
+    kg = sink.node("Mul", [k_u, g], name="Kg")
+    shift = sink.node("Sub", [kg, k_u], name="Kg-K")
+    if affine:
+        c_u = sink.node("Gather", [p + "C", patch], name="route/C", axis=0)
+        x3 = sink.node("Unsqueeze", [x, axes1], name="route/x3")
+        xc3 = sink.node("MatMul", [x3, c_u], name="route/xC3")
+        xc = sink.node(
+            "Reshape",
+            [xc3, sink.const("route/o", np.asarray([0, classes], np.int64))],
+            name="xC",
+        )
+        d_u = sink.node("Add", [xc, d_u], name="p")
+    up = sink.node("Relu", [sink.node("Add", [d_u, shift], name="p+s")], name="h_up")
+    neg_p = sink.node("Neg", [d_u], name="-p")
+    down = sink.node("Relu", [sink.node("Add", [neg_p, shift], name="-p+s")], name="h_down")
+    return sink.node("Sub", [up, down], name="h_sum")
 
 
 GATES: dict[str, type[ActivationGate] | type[DenseGate] | type[RoutedGate]] = {
     ActivationGate.name: ActivationGate,
     DenseGate.name: DenseGate,
     RoutedGate.name: RoutedGate,
+    TreeGate.name: TreeGate,
 }
 
 
+ROUTED_GATES = frozenset({RoutedGate.name, TreeGate.name})
+"""Gates that route each input to one candidate patch (``C`` is then stored ``[P, d, O]``)."""
+
 AUTO = "auto"
 ROUTED_FROM = 64
-"""``auto`` picks the routed gate from this many patches on, the activation gate below: the
+"""``auto`` picks the tree gate from this many patches on, the activation gate below: the
 activation gate's cost grows with ``P`` (x1.2 of the original at 1-10 patches, x1.6 at 100,
-x70 at 1000 on Fashion-MNIST, batch 256), the routed gate's does not (x1.4-1.5 at 1 to 6000
-patches); docs/BENCHMARKS.md, "Serving cost and speed"."""
+x70 at 1000 on Fashion-MNIST, batch 256), the routed gates' does not; the tree gate's router is
+one kernel where the routed gate's is ``8 * depth`` small nodes; docs/BENCHMARKS.md, "Serving
+cost and speed"."""
 
 
-def resolve_gate(name: str, patches: int) -> str:
-    """The gate ``name`` stands for with ``patches`` patches (``auto`` -> a registered gate)."""
-    if name == AUTO:
-        return RoutedGate.name if patches >= ROUTED_FROM else ActivationGate.name
-    return name
+def ml_opset(proto: Any) -> int | None:
+    """The model's ``ai.onnx.ml`` opset version, ``None`` when it imports none."""
+    versions = [int(e.version) for e in proto.opset_import if e.domain == ML_DOMAIN]
+    return versions[0] if versions else None
+
+
+def tree_refusal(proto: Any) -> str | None:
+    """Why the ``tree`` gate cannot serve this model (``None``: it can)."""
+    version = ml_opset(proto)
+    if version is not None and version >= 5:
+        return (
+            f"the model imports {ML_DOMAIN} opset {version}, where TreeEnsembleRegressor is "
+            "deprecated: use --gate routed"
+        )
+    return None
+
+
+def resolve_gate(name: str, patches: int, proto: Any = None) -> str:
+    """The gate ``name`` stands for with ``patches`` patches (``auto`` -> a registered gate):
+    the tree gate from :data:`ROUTED_FROM` patches on (the routed gate for a model ``proto``
+    that the tree gate cannot serve), the activation gate below."""
+    if name != AUTO:
+        return name
+    if patches < ROUTED_FROM:
+        return ActivationGate.name
+    if proto is not None and tree_refusal(proto):
+        return RoutedGate.name
+    return TreeGate.name
 
 
 def make_gate(name: str) -> Gate:

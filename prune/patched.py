@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from prune.gates import make_gate
+from prune.gates import ROUTED_GATES, make_gate
 from prune.model import PLHead
 from prune.regions import InputBox
 
@@ -54,7 +54,7 @@ class PatchSet:
             "K": self.K.astype(np.float32).reshape(n_patches, 1),
             "d": self.d.astype(np.float32),
         }
-        if self.C is not None and self.gate == "routed":
+        if self.C is not None and self.gate in ROUTED_GATES:
             params["C"] = np.ascontiguousarray(self.C, dtype=np.float32)  # [P, d, O]: gathered
         elif self.C is not None:
             # column u*O + o holds C_u[:, o]

@@ -70,6 +70,11 @@ _DEFAULT_DOMAINS = ("", "ai.onnx")
 # the few classic-ML ops that converters (skl2onnx) put after a network: fixed-size gathers
 # and elementwise maps, still static-shaped
 ALLOWED_ML_OPS = frozenset({"ArrayFeatureExtractor", "Normalizer", "Scaler", "Binarizer"})
+MAX_TREE_NODES = 1 << 22
+"""``TreeEnsembleRegressor`` (the tree gate's router, and any regressor): at most this many
+nodes in all, each tree listed ``0..m-1`` with both children of a branch after it, so its walk
+ends within ``m`` steps per row (no cycle), and ``n_targets`` at most :data:`MAX_TREE_TARGETS`."""
+MAX_TREE_TARGETS = 1 << 10
 _GRAPH_ATTRIBUTES = (5, 10, 13)  # AttributeProto: GRAPH, GRAPHS, TYPE_PROTO(S) are not needed
 _BATCHES = (1, 3)
 
@@ -94,6 +99,45 @@ class GraphCost:
             return self.batch
         room = budget - self.fixed
         return max(1, room // max(self.per_sample, 1))
+
+
+def _tree_problem(node: Any) -> str | None:
+    """Why a ``TreeEnsembleRegressor`` could run without bound (None: it cannot)."""
+    import numpy as np
+    import onnx
+
+    attrs = {a.name: a for a in node.attribute}
+    if any(name.endswith("_as_tensor") for name in attrs):
+        return "tensor-valued tree attributes are not accepted"
+    lists = {}
+    for name in ("nodes_treeids", "nodes_nodeids", "nodes_truenodeids", "nodes_falsenodeids"):
+        if name not in attrs or attrs[name].type != onnx.AttributeProto.INTS:
+            return f"tree attribute {name} is missing"
+        if len(attrs[name].ints) > MAX_TREE_NODES:
+            return f"more than {MAX_TREE_NODES} tree nodes"
+        lists[name] = np.asarray(attrs[name].ints, dtype=np.int64)
+    tree, ids = lists["nodes_treeids"], lists["nodes_nodeids"]
+    if len({len(v) for v in lists.values()}) != 1:
+        return "tree attributes of different lengths"
+    targets = attrs.get("n_targets")
+    if targets is None or not 1 <= targets.i <= MAX_TREE_TARGETS:
+        return f"n_targets must be 1 to {MAX_TREE_TARGETS}"
+    modes = attrs.get("nodes_modes")
+    leaf = np.asarray([m == b"LEAF" for m in modes.strings]) if modes else np.zeros(0, bool)
+    if len(leaf) != len(ids):
+        return "tree attribute nodes_modes does not fit the nodes"
+    start = np.flatnonzero(np.r_[True, tree[1:] != tree[:-1]])
+    if len(np.unique(tree)) != len(start):
+        return "a tree's nodes are not listed together"
+    first = np.repeat(start, np.diff(np.r_[start, len(ids)]))
+    if (ids != np.arange(len(ids)) - first).any():
+        return "a tree's nodes are not listed 0..m-1"
+    end = np.repeat(np.r_[start[1:], len(ids)] - start, np.diff(np.r_[start, len(ids)]))
+    branch = ~leaf
+    for side in (lists["nodes_truenodeids"], lists["nodes_falsenodeids"]):
+        if ((side[branch] <= ids[branch]) | (side[branch] >= end[branch])).any():
+            return "a branch's child is not a later node of its tree (a cycle or a dangling id)"
+    return None
 
 
 def _nodes(graph: Any) -> Iterable[Any]:
@@ -136,6 +180,10 @@ def _refuse_structure(proto: Any, folded: frozenset[str] = frozenset()) -> None:
         where = f"node {node.name[:40]!r} ({node.op_type[:40]})"
         if node.domain == "ai.onnx.ml" and node.op_type in ALLOWED_ML_OPS:
             pass
+        elif node.domain == "ai.onnx.ml" and node.op_type == "TreeEnsembleRegressor":
+            problem = _tree_problem(node)
+            if problem:
+                raise UnsafeModelError(f"{where}: {problem}")
         elif node.domain not in _DEFAULT_DOMAINS:
             raise UnsafeModelError(f"{where} is in domain {node.domain[:40]!r}, not ONNX's")
         elif node.op_type in STATIC_ONLY_OPS:

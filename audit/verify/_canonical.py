@@ -37,8 +37,9 @@ from audit.verify._graph import (
     expected_outputs,
     metadata,
 )
-from audit.verify._patch import PatchParams
+from audit.verify._patch import ROUTED_GATES, PatchParams
 from audit.verify._routed import ROUTED, routed_gate, routed_patch_network
+from audit.verify._tree import TREE, tree_gate
 
 __all__ = [
     "GATE_FORMS",
@@ -65,8 +66,9 @@ class PatchSpec:
     affine: bool
     linear: bool
     routing: Any = None
-    """The routed gate's checked tables (:class:`audit.verify._routed.Routing`): the tree's
-    depth and width fix how many levels the graph has; ``None`` for the other gates."""
+    """The routed gates' checked router (:class:`audit.verify._routed.Routing`, whose depth
+    and width fix how many levels the graph has, or :class:`audit.verify._tree.TreeRouting`,
+    re-encoded into the tree node); ``None`` for the other gates."""
 
 
 @dataclass
@@ -153,7 +155,7 @@ def _dense_gate(graph: CanonicalGraph, spec: PatchSpec, x: str, z: str) -> str:
 def _logits_tail(graph: CanonicalGraph, spec: PatchSpec, x: str, g: str) -> None:
     """``prune/output = original logits + sum_u h_u`` (FORMATS.md "Patched ONNX"); for the
     routed gate, ``+ h_r`` of the one routed patch (FORMATS.md "Routed gate")."""
-    if spec.gate == ROUTED:
+    if spec.gate in ROUTED_GATES:
         h_sum = routed_patch_network(graph, spec, x, g)
     elif spec.linear:
         h_sum = graph.node("MatMul", [g, PATCH_PREFIX + "d"], name="h_sum")
@@ -187,6 +189,7 @@ GATE_FORMS: dict[str, GateForm] = {
     "activation": _activation_gate,
     "dense": _dense_gate,
     ROUTED: routed_gate,
+    TREE: tree_gate,
 }
 """``prune.gate`` -> the gate's canonical nodes (returns the ``g [N, P]`` tensor)."""
 TAIL_FORMS: dict[str, TailForm] = {"logits": _logits_tail, TAIL_FORM: _logits_tail}
@@ -212,7 +215,7 @@ def canonical_patch(spec: PatchSpec, *, tail: str = "logits") -> CanonicalGraph:
     graph.param("n", ())
     graph.param("K", (spec.patches, 1))
     graph.param("d", (spec.patches, spec.classes))
-    if spec.affine and spec.gate == ROUTED:  # gathered per input: one [d, O] block per patch
+    if spec.affine and spec.gate in ROUTED_GATES:  # gathered per input: one [d, O] block per patch
         graph.param("C", (spec.patches, spec.cut_dim, spec.classes))
     elif spec.affine:
         graph.param("C", (spec.cut_dim, spec.patches * spec.classes))

@@ -355,7 +355,7 @@ def _patterns(
     routed gates: ``pos``, for the routed gate its checked packed patterns; dense gate: the
     pattern of the claimed forget sample, which ``structure.patch`` checks against the gate
     rows)."""
-    if params.gate in ("activation", "routed"):  # routed: the checked, unpacked patterns
+    if params.gate == "activation" or params.routed:  # routed: checked, unpacked patterns
         assert params.pos is not None
         if params.pos.shape[0] != hidden:
             raise CheckUnavailable("patch pos does not match the hidden width of the head")

@@ -40,7 +40,7 @@ from audit.verify._graph import (
     sub_model,
     up_to,
 )
-from audit.verify._patch import PatchParams, read_patch
+from audit.verify._patch import ROUTED_GATES, PatchParams, read_patch
 from prune.formats import (
     PAYLOAD_TYPE,
     Envelope,
@@ -264,7 +264,7 @@ class VerifyContext:
     def patch(self) -> PatchParams:
         def make() -> PatchParams:
             gate = metadata(self.patched_proto()).get("prune.gate", "")
-            hidden = self.hidden_width() if gate == "routed" else None
+            hidden = self.hidden_width() if gate in ROUTED_GATES else None
             return read_patch(self.patched_proto(), gate=gate, hidden=hidden)
 
         return self.memo("patch", make)

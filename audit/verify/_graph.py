@@ -482,13 +482,33 @@ def _patch_node_problems(
     return problems
 
 
+TREE_ML_OPSET = 3
+"""The ``ai.onnx.ml`` version the tree gate imports when the original imports none."""
+
+
+def _opset_problems(original: Any, patched: Any) -> list[str]:
+    """The patched model imports the original's opsets; the tree gate (FORMATS.md "Tree gate")
+    appends ``ai.onnx.ml`` version 3 when the original has none, and needs a version from 1 to 4
+    (version 5 deprecates ``TreeEnsembleRegressor``)."""
+    import onnx
+
+    want = list(original.opset_import)
+    if metadata(patched).get("prune.gate") == "tree":
+        ml = [e.version for e in original.opset_import if e.domain == "ai.onnx.ml"]
+        if not ml:
+            want.append(onnx.helper.make_opsetid("ai.onnx.ml", TREE_ML_OPSET))
+        elif not 1 <= ml[0] <= 4:
+            return [f"the tree gate needs ai.onnx.ml opset 1-4, the original imports {ml[0]}"]
+    return _list_problem("opset imports", want, patched.opset_import)
+
+
 def original_problems(original: Any, patched: Any) -> list[str]:
     """Ways in which ``patched`` fails to contain ``original`` unchanged: nodes (same bytes, same
     order), initializers, graph inputs, opsets, functions; empty when the original is intact."""
     node_problems, _ = match_original_nodes(original, patched)
     problems = node_problems + _initializer_problems(original, patched)
     problems += _list_problem("graph inputs", original.graph.input, patched.graph.input)
-    problems += _list_problem("opset imports", original.opset_import, patched.opset_import)
+    problems += _opset_problems(original, patched)
     problems += _list_problem("functions", original.functions, patched.functions)
     problems += _list_problem(
         "sparse initializers", original.graph.sparse_initializer, patched.graph.sparse_initializer

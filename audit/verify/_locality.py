@@ -46,7 +46,7 @@ class Locality(Check[VerifyContext]):
         x, _ = _reference(ctx)
         ev = ctx.evaluate(x, key="reference")
         params = ctx.patch()
-        if params.gate in ("activation", "routed"):  # routed: g_u <= the activation gate
+        if params.gate == "activation" or params.routed:  # routed: g_u <= activation gate
             if params.pos is None or ev.z.shape[1] != params.pos.shape[0]:
                 raise CheckUnavailable("patch gate does not fit the original model's hidden size")
             # float32 is enough here: points within the 1e-3 band are not judged

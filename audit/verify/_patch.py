@@ -19,16 +19,21 @@ from numpy.typing import NDArray
 from audit.verify._framework import CheckUnavailable
 from audit.verify._graph import PATCH_PREFIX
 from audit.verify._routed import Routing, read_routing
+from audit.verify._tree import TreeRouting, read_tree_routing
 
-__all__ = ["Gate", "PatchParams", "read_patch"]
+__all__ = ["ROUTED_GATES", "Gate", "PatchParams", "read_patch"]
 
-Gate = Literal["activation", "dense", "routed"]
+Gate = Literal["activation", "dense", "routed", "tree"]
+ROUTED_GATES = frozenset({"routed", "tree"})
+"""Gates that route each input to one candidate patch: the activation gate of that candidate
+(its packed patterns unpacked into ``pos``/``neg``), ``C`` stored ``[P, d, O]``."""
 F64 = NDArray[np.float64]
 _NAMES = {"n", "K", "d", "C", "pos", "neg", "A", "b"}
 _GATE_NAMES: dict[str, set[str]] = {
     "activation": {"pos", "neg"},
     "dense": {"A", "b"},
     "routed": set(),
+    "tree": set(),
 }
 
 
@@ -46,7 +51,11 @@ class PatchParams:
     neg: F64 | None = None
     A: F64 | None = None
     b: F64 | None = None
-    routing: Routing | None = None
+    routing: Routing | TreeRouting | None = None
+
+    @property
+    def routed(self) -> bool:
+        return self.gate in ROUTED_GATES
 
     @property
     def patches(self) -> int:
@@ -62,7 +71,7 @@ class PatchParams:
         ``[d, P*O]``, patch-major); ``None`` for constant patches."""
         if self.C is None:
             return None
-        if self.gate == "routed":
+        if self.routed:
             return np.asarray(self.C.transpose(1, 0, 2))
         return np.asarray(self.C.reshape(self.C.shape[0], self.patches, self.classes))
 
@@ -72,7 +81,7 @@ class PatchParams:
         p = self.patches
         if self.classes != classes:
             problems.append(f"patch d has {self.classes} classes, the model has {classes}")
-        if self.gate == "routed" and self.C is not None:
+        if self.routed and self.C is not None:
             if self.C.shape != (p, cut_dim, classes):
                 problems.append(
                     f"patch C has shape {self.C.shape}, expected ({p}, {cut_dim}, {classes})"
@@ -95,7 +104,7 @@ class PatchParams:
         """Gate values ``g`` ``[N, P]`` in [0, 1] from the hidden pre-activations ``z`` ``[N, H]``
         (activation and routed gates) or the cut ``x`` ``[N, d]`` (dense gate). Routed: the
         activation gate of the routed candidate, 0 for every other patch."""
-        if self.gate == "routed":
+        if self.routed:
             assert self.pos is not None and self.routing is not None
             patch = self.routing.route(z)
             own = self.pos[:, patch].T  # [N, H]
@@ -128,7 +137,7 @@ class PatchParams:
     def delta(self, *, x: F64, g: F64) -> F64:
         """``sum_u h_u(x)`` ``[N, O]``: what the patch adds to the original logits."""
         p = np.broadcast_to(self.d, (len(x), *self.d.shape)).copy()
-        if self.C is not None and self.gate == "routed":
+        if self.C is not None and self.routed:
             p += np.einsum("nd,pdo->npo", x, self.C)
         elif self.C is not None:
             p += (x @ self.C).reshape(len(x), self.patches, self.classes)
@@ -162,7 +171,9 @@ def read_patch(patched: Any, *, gate: str, hidden: int | None = None) -> PatchPa
             if short in _NAMES:
                 found[short] = _array(tensor)
     if gate not in _GATE_NAMES:
-        raise CheckUnavailable(f"unknown gate {gate[:30]!r} (expected activation, dense or routed)")
+        raise CheckUnavailable(
+            f"unknown gate {gate[:30]!r} (expected activation, dense, routed or tree)"
+        )
     expected = {"n", "K", "d"} | _GATE_NAMES[gate]
     missing = expected - set(found)
     if missing:
@@ -180,13 +191,14 @@ def read_patch(patched: Any, *, gate: str, hidden: int | None = None) -> PatchPa
             f"patch d {d.shape} and K {K.shape} do not fit [P, O] and [P, 1] >= 0"
         )
     kind: Gate = "activation" if gate == "activation" else "dense"
-    if gate == "routed":
+    if gate in ROUTED_GATES:
         if hidden is None:
-            raise CheckUnavailable("routed gate: the head's hidden width is unknown")
-        routing = read_routing(patched, patches=d.shape[0], hidden=hidden)
+            raise CheckUnavailable(f"{gate} gate: the head's hidden width is unknown")
+        read = read_routing if gate == "routed" else read_tree_routing
+        routing = read(patched, patches=d.shape[0], hidden=hidden)
         pos = routing.patterns.T.astype(np.float64)
         return PatchParams(
-            gate="routed",
+            gate="routed" if gate == "routed" else "tree",
             n=float(n),
             K=K.reshape(-1),
             d=d,

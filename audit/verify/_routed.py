@@ -116,14 +116,17 @@ def _depth(child: I64) -> int:
     raise CheckUnavailable("routed gate: the routing tree has a cycle")
 
 
-def read_routing(patched: Any, *, patches: int, hidden: int) -> Routing:
-    """The routing tables of ``patched``, range-checked, with the routing check: every stored
-    pattern must route to its own patch."""
-    found = {
+def patch_tables(patched: Any) -> dict[str, Any]:
+    """The routed gates' ``prune/patch/`` tables of ``patched`` by short name (unread)."""
+    return {
         t.name[len(PATCH_PREFIX) :]: t
         for t in patched.graph.initializer
         if t.name[len(PATCH_PREFIX) :] in _TABLES and t.name.startswith(PATCH_PREFIX)
     }
+
+
+def read_patterns(found: dict[str, Any], *, patches: int, hidden: int) -> NDArray[np.bool_]:
+    """The packed patterns ``[P, H]`` (True = active), shape- and padding-checked."""
     if hidden < 1:
         raise CheckUnavailable("routed gate: the head has no hidden neurons to route on")
     packed = _tensor(found, "route/patterns")
@@ -135,6 +138,23 @@ def read_routing(patched: Any, *, patches: int, hidden: int) -> Routing:
     bits = np.unpackbits(packed, axis=1, bitorder="little")
     if bits[:, hidden:].any():
         raise CheckUnavailable("routed gate: a padding bit of a stored pattern is set")
+    return np.asarray(bits[:, :hidden], dtype=bool)
+
+
+def check_constants(found: dict[str, Any], extra: dict[str, Any]) -> None:
+    """The sign table, ``gate/one`` and ``extra`` hold their canonical values."""
+    wanted = {"route/signs": sign_table(), "gate/one": np.float32(1.0), **extra}
+    for name, want in wanted.items():
+        got = _tensor(found, name)
+        if got.shape != np.shape(want) or not np.array_equal(got, want):
+            raise CheckUnavailable(f"routed gate: constant {name} is not the canonical value")
+
+
+def read_routing(patched: Any, *, patches: int, hidden: int) -> Routing:
+    """The routing tables of ``patched``, range-checked, with the routing check: every stored
+    pattern must route to its own patch."""
+    found = patch_tables(patched)
+    patterns = read_patterns(found, patches=patches, hidden=hidden)
     split, child, leaf = (_tensor(found, f"route/{k}") for k in ("split", "child", "leaf"))
     if split.ndim != 2 or not 1 <= split.shape[1] <= _MAX_WIDTH:
         raise CheckUnavailable(f"routed gate: split has shape {split.shape}, expected [M, T]")
@@ -147,17 +167,10 @@ def read_routing(patched: Any, *, patches: int, hidden: int) -> Routing:
         raise CheckUnavailable("routed gate: a split names no hidden neuron (or no tree)")
     if (child < 0).any() or (child >= nodes).any() or (leaf < 0).any() or (leaf >= patches).any():
         raise CheckUnavailable("routed gate: a child or leaf index is out of range")
-    for name, want in (
-        ("route/signs", sign_table()),
-        ("route/zero", np.float32(0.0)),
-        ("gate/one", np.float32(1.0)),
-    ):
-        got = _tensor(found, name)
-        if got.shape != np.shape(want) or not np.array_equal(got, want):
-            raise CheckUnavailable(f"routed gate: constant {name} is not the canonical value")
+    check_constants(found, {"route/zero": np.float32(0.0)})
     child2 = child.reshape(nodes, 1 << width).astype(np.int64)
     routing = Routing(
-        patterns=bits[:, :hidden].astype(bool),
+        patterns=patterns,
         split=split.astype(np.int64),
         child=child2,
         leaf=leaf.astype(np.int64),
@@ -229,6 +242,13 @@ def routed_gate(graph: CanonicalGraph, spec: PatchSpec, x: str, z: str) -> str:
         h0 = graph.const("route/h0", np.asarray([0], np.int64))
         h1 = graph.const("route/h1", np.asarray([spec.hidden], np.int64))
         sign = graph.node("Slice", [sign, h0, h1, axes1], name="route/sign")
+    return confirm(graph, z, sign, axes1)
+
+
+def confirm(graph: CanonicalGraph, z: str, sign: str, axes1: str) -> str:
+    """The routed candidate's gate ``g = ReLU(1 - n V)`` from its signs ``[N, H]``; shared by
+    the ``routed`` and ``tree`` forms."""
+    p = PATCH_PREFIX
     signed = graph.node("Mul", [z, sign], name="gate/signed")
     terms = graph.node("Relu", [signed], name="gate/terms")
     violation = graph.node("ReduceSum", [terms, axes1], name="gate/violation", keepdims=1)

@@ -23,7 +23,7 @@ depend on the batch); any other dependence (a dimension of 2B, two batch axes) i
 * ops whose output keeps the batch axis but that could mix rows along it are refused there:
   ``Softmax``/``LogSoftmax``/``Hardmax``/``LayerNormalization`` normalising over it, a
   ``MatMul``/``Gemm`` contracting it, ``Conv``/pooling/normalisation/``BatchNormalization``/
-  ``Normalizer`` with the batch not first, ``Gather``/``GatherElements`` indexing along it,
+  ``Normalizer`` and ``TreeEnsembleRegressor`` with the batch not first, ``Gather``/``GatherElements`` indexing along it,
   ``Slice`` cutting it (only the full range, in order, is accepted), ``Concat`` along it, and
   ``Reshape``/``Flatten`` that do not keep each row's elements contiguous and in order;
 * a broadcasting op's batch-free operands have size 1 (or no dimension) at the batch axis;
@@ -325,7 +325,7 @@ class _Walk:
                 if where == data.axis:
                     return "indexes along the batch axis"
             return ""
-        if op == "Normalizer":
+        if op in ("Normalizer", "TreeEnsembleRegressor"):  # each row of X [N, F] alone
             return "" if a == 0 and rank == 2 else "the batch is not the first of two axes"
         if op == "ArrayFeatureExtractor":
             return "" if a != rank - 1 else "selects along the batch axis"
@@ -415,7 +415,7 @@ class _Walk:
         return ""
 
 
-_ML_KNOWN = _ML_ELEMENTWISE | {"Normalizer", "ArrayFeatureExtractor"}
+_ML_KNOWN = _ML_ELEMENTWISE | {"Normalizer", "ArrayFeatureExtractor", "TreeEnsembleRegressor"}
 
 
 def _contiguous(data: _Value, out: _Value) -> str:

@@ -163,7 +163,7 @@ class StructurePatch(Check[VerifyContext]):
     ) -> str | None:
         params = ctx.patch()
         z = z.astype(np.float64)
-        if params.gate in ("activation", "routed"):  # routed: patterns unpacked into pos/neg
+        if params.gate == "activation" or params.routed:  # routed: patterns into pos/neg
             assert params.pos is not None and params.neg is not None
             pos, neg = params.pos[:, patch].T, params.neg[:, patch].T  # [claims, H]
             if not np.array_equal(pos + neg, np.ones_like(pos)):
@@ -197,7 +197,7 @@ class StructurePatch(Check[VerifyContext]):
                 f"sample ({int(wrong[claim].sum())} neurons differ): a patch gated on something else"
             )
         shared = _shared_region(params, z, patch, flat=_flat_neurons(ctx, x, z))
-        if shared or params.gate == "routed":  # routed: one patch per input, no band
+        if shared or params.routed:  # routed: one patch per input, no band
             return shared
         return _band_problem(ctx, params, x, z, patch)
 

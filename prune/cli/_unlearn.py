@@ -203,7 +203,10 @@ def _write(out: Path, result: UnlearnResult, sign: Any) -> None:
     type=click.Choice([*GATES, AUTO]),
     default=AUTO,
     show_default=True,
-    help=f"Support gate; auto: routed from {ROUTED_FROM} patches on, activation below.",
+    help=(
+        f"Support gate; auto: tree from {ROUTED_FROM} patches on (routed for a model whose "
+        "ai.onnx.ml opset is 5 or later), activation below."
+    ),
 )
 @click.option(
     "--target-policy",

@@ -296,7 +296,7 @@ def run_calibrated(
         if region_of[m] == len(reps):
             reps.append(m)
     rep = np.asarray(reps, dtype=np.int64)
-    gate = resolve_gate(gate, len(rep))  # one patch per distinct region
+    gate = resolve_gate(gate, len(rep), imported.proto)  # one patch per distinct region
     # float32 slack, plus twice the rigorous float32 logit error the verifier's
     # region.certificate charges (prune.proofs._duals.float32_logit_error)
     f32 = 2.0 * float32_logit_error(head, points.active, box).max(axis=1)

@@ -32,7 +32,7 @@ from prune.claims import CalibratedClaim, Claim
 from prune.errors import DataError, PatchError
 from prune.export import OUTPUT, export_patched
 from prune.formats import ClassClaim
-from prune.gates import AUTO, GATES, resolve_gate
+from prune.gates import AUTO, GATES, TreeGate, resolve_gate, tree_refusal
 from prune.model import ImportedModel, OrtRunner, load_model
 from prune.patched import PatchSet, patch_bounds
 from prune.proofs._duals import region_duals
@@ -213,6 +213,9 @@ def unlearn(
         patch_solver = make_solver(solver, steps=solver_steps)
         imported = load_model(model, cut=cut)
         head = imported.head
+        refusal = tree_refusal(imported.proto) if gate == TreeGate.name else None
+        if refusal:
+            raise PatchError(refusal)
         _check_inputs(imported, x_train, y_train, x_test, y_test)
         request = forget_request(
             y_train, forget_indices=forget_indices, forget_class=forget_class, classes=head.classes
@@ -320,7 +323,7 @@ def unlearn(
             plan = plan_patches(strategy, ctx, points)
             if len(plan.targets) == 0:
                 raise PatchError("no forget point could be given a certified patch")
-            gate = resolve_gate(gate, len(plan.targets))
+            gate = resolve_gate(gate, len(plan.targets), imported.proto)
             t_export = clock()
             patched, plan, ok, resolved = _export_and_recheck(
                 imported,

@@ -42,6 +42,9 @@ def box() -> Sandbox:
         (models.custom_domain, "domain 'com.microsoft'"),
         (models.mod_on_data, "op Mod is admitted only on constant inputs"),
         (models.shape_mod_by_zero, "op Mod is admitted only on constant inputs"),
+        (models.tree_cycle, "a cycle or a dangling id"),
+        (models.tree_dangling, "a cycle or a dangling id"),
+        (models.tree_targets, "n_targets must be 1 to"),
     ],
 )
 def test_unbounded_graphs_are_refused_before_any_run(build, match, box: Sandbox) -> None:
@@ -50,6 +53,13 @@ def test_unbounded_graphs_are_refused_before_any_run(build, match, box: Sandbox)
         OnnxModel(build(), sandbox=box)
     assert time.monotonic() - start < 5
     assert box._worker is None  # nothing was started: the graph never reached onnxruntime
+
+
+def test_a_bounded_tree_ensemble_is_admitted_and_runs(box: Sandbox) -> None:
+    """The tree gate's router: one acyclic tree, each row walked alone."""
+    model = OnnxModel(models.tree_honest(), sandbox=box)
+    x = np.asarray([[1.0, 0, 0, 0], [-1.0, 0, 0, 0], [0.0, 0, 0, 0]], np.float32)
+    np.testing.assert_array_equal(model.run(x)[0][:, 0], [1.0, 2.0, 1.0])
 
 
 def test_constant_shape_arithmetic_is_folded_and_run_as_signed(box: Sandbox) -> None:

@@ -8,6 +8,7 @@ import dataclasses
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -218,9 +219,9 @@ def test_malformed_calibrated_records_are_rejected(change: dict[str, object], me
         _claim(doc, "claims[0]")
 
 
-@pytest.fixture(scope="module")
-def routed(setup: tuple[DigitsWork, UnlearnResult, Path]) -> UnlearnResult:
-    """The same request with the routed gate (affine patches gathered per input) and the
+@pytest.fixture(scope="module", params=["routed", "tree"])
+def routed(setup: tuple[DigitsWork, UnlearnResult, Path], request: Any) -> UnlearnResult:
+    """The same request with each routed gate (affine patches gathered per input) and the
     default tolerance (partly flattened margins)."""
     work = setup[0]
     return unlearn(
@@ -231,14 +232,14 @@ def routed(setup: tuple[DigitsWork, UnlearnResult, Path]) -> UnlearnResult:
         x_test=work.x_test,
         y_test=work.y_test,
         target_policy="calibrated",
-        gate="routed",
+        gate=request.param,
     )
 
 
 def test_routed_calibrated_proof_verifies_every_region(
     setup: tuple[DigitsWork, UnlearnResult, Path], routed: UnlearnResult, tmp_path: Path
 ) -> None:
-    assert routed.method["gate"] == "routed"
+    assert routed.method["gate"] in ("routed", "tree")
     report = _verify(_proof(setup, tmp_path / "P", routed))
     assert report.verdict == "verified", [
         (o.name, o.detail) for o in report.outcomes if o.status == "fail"
@@ -272,7 +273,7 @@ def test_routed_calibrated_patch_steeper_than_claimed_fails(
         C[u, :, claims[i].label] = 0.5 * grad
     d = target - logits - np.einsum("ui,uio->uo", x[rows], C)
     patches = PatchSet(
-        gate="routed",
+        gate=str(routed.method["gate"]),
         n=float(routed.method["n"]),
         active=z[rows] >= 0,
         d=d,

@@ -34,6 +34,7 @@ class Real:
     dense: Path
     other: Path
     routed: Path
+    tree: Path
 
 
 def _prune(*args: str) -> None:
@@ -90,6 +91,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Real:
         _unlearn(root, "proof-dense", FORGET, "--gate", "dense"),
         _unlearn(root, "proof-other", OTHER),
         _unlearn(root, "proof-routed", FORGET, "--gate", "routed"),
+        _unlearn(root, "proof-tree", FORGET, "--gate", "tree"),
     )
 
 
@@ -118,7 +120,7 @@ def _verify(real: Real, proof: Path, *extra: str) -> tuple[int, str, dict[str, A
     return result.exit_code, result.output, json.loads(out.read_text())
 
 
-@pytest.mark.parametrize("name", ["proof", "proof-dense", "proof-routed"])
+@pytest.mark.parametrize("name", ["proof", "proof-dense", "proof-routed", "proof-tree"])
 def test_prune_proof_verifies(real: Real, name: str) -> None:
     code, output, report = _verify(real, real.root / name)
     assert code == 0, output
@@ -185,13 +187,16 @@ def test_certificate_carries_what_the_verifier_relies_on(real: Real) -> None:
     assert set(method["input_box"]) >= {"low", "high"}
 
 
-def _retamper(real: Real, tmp_path: Path, change: Any) -> tuple[int, str, dict[str, Any]]:
-    """Edit the routed proof's model with ``change(proto)``, re-sign every digest, verify."""
+def _retamper(
+    real: Real, tmp_path: Path, change: Any, *, tree: bool = False
+) -> tuple[int, str, dict[str, Any]]:
+    """Edit the routed (``tree``: the tree-gated) proof's model with ``change(proto)``, re-sign
+    every digest, verify."""
     import shutil
 
     import onnx
 
-    proof = Path(shutil.copytree(real.routed, tmp_path / "proof"))
+    proof = Path(shutil.copytree(real.tree if tree else real.routed, tmp_path / "proof"))
     proto = onnx.load_from_string((proof / "model.onnx").read_bytes())
     change(proto)
     resign_model(proof, proto.SerializeToString(), key=real.keys / "owner.key")
@@ -248,3 +253,67 @@ def test_routed_graph_off_the_canonical_form_is_caught(
     checks = {c["name"]: c for c in report["checks"]}
     assert code == 1 and checks["structure.patch"]["status"] == "fail", edit.__name__
     assert "canonical" in checks["structure.patch"]["detail"]
+
+
+def _tree_attribute(proto: Any, name: str) -> Any:
+    node = next(n for n in proto.graph.node if n.name == "prune/patch/route/tree")
+    return next(a for a in node.attribute if a.name == name)
+
+
+def _swap_leaves(proto: Any) -> None:
+    """Two leaves exchange their patches: two regions would get each other's patch."""
+    weights = _tree_attribute(proto, "target_weights").floats
+    weights[0], weights[1] = weights[1], weights[0]
+
+
+def _strict_tree_comparison(proto: Any) -> None:
+    """``z_k > 0`` instead of ``z_k >= 0`` at every branch: a tie would route elsewhere."""
+    modes = _tree_attribute(proto, "nodes_modes").strings
+    for i, mode in enumerate(modes):
+        if mode == b"BRANCH_GTE":
+            modes[i] = b"BRANCH_GT"
+
+
+def _shifted_threshold(proto: Any) -> None:
+    """The root's threshold moved off 0: inputs near a region route differently."""
+    _tree_attribute(proto, "nodes_values").floats[0] = 0.5
+
+
+def _base_value(proto: Any) -> None:
+    """An additive trigger: every routed index shifted by a base value of the ensemble."""
+    from onnx import helper
+
+    node = next(n for n in proto.graph.node if n.name == "prune/patch/route/tree")
+    node.attribute.append(helper.make_attribute("base_values", [1.0]))
+
+
+def _cycle(proto: Any) -> None:
+    """A branch whose true child is the root: a walk that never ends."""
+    _tree_attribute(proto, "nodes_truenodeids").ints[0] = 0
+
+
+def _ml_opset(proto: Any) -> None:
+    """The ai.onnx.ml import moved to version 5, where the router is deprecated."""
+    entry = next(e for e in proto.opset_import if e.domain == "ai.onnx.ml")
+    entry.version = 5
+
+
+@pytest.mark.parametrize(
+    ("edit", "check", "reason"),
+    [
+        (_swap_leaves, "structure.patch", "routes to patch"),
+        (_strict_tree_comparison, "structure.patch", "neither LEAF nor BRANCH_GTE"),
+        (_shifted_threshold, "structure.patch", "not the canonical form"),
+        (_base_value, "structure.patch", "not the canonical form"),
+        (_cycle, "structure.patch", "not a later node"),
+        (_cycle, "replay.claims", "a cycle or a dangling id"),  # the sandbox never runs it
+        (_ml_opset, "structure.original", "opset imports differ"),
+    ],
+)
+def test_tree_gate_off_its_form_is_caught(
+    real: Real, tmp_path: Path, edit: Any, check: str, reason: str
+) -> None:
+    code, _, report = _retamper(real, tmp_path, edit, tree=True)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert code == 1 and checks[check]["status"] == "fail", edit.__name__
+    assert reason in checks[check]["detail"], checks[check]["detail"]

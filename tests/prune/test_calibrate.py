@@ -351,7 +351,7 @@ def test_points_sharing_a_region_with_another_label_get_a_sound_bound(work: Digi
 
 def test_auto_gate_routes_calibrated_patches_from_the_threshold(work: DigitsWork) -> None:
     """``--gate auto`` resolves on the number of calibrated patches (distinct regions), as for
-    the other policies: routed from ``ROUTED_FROM`` on, activation below."""
+    the other policies: the tree gate from ``ROUTED_FROM`` on, activation below."""
     many = np.arange(2 * ROUTED_FROM, dtype=np.int64)
     results = {
         len(idx): unlearn(
@@ -367,7 +367,7 @@ def test_auto_gate_routes_calibrated_patches_from_the_threshold(work: DigitsWork
     }
     few, lots = results[len(FORGET)], results[len(many)]
     assert few.method["gate"] == "activation"
-    assert lots.summary["patches"] >= ROUTED_FROM and lots.method["gate"] == "routed"
+    assert lots.summary["patches"] >= ROUTED_FROM and lots.method["gate"] == "tree"
     assert lots.complete and lots.summary["certified"] == len(many)
 
 

@@ -11,10 +11,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from prune._routing import build_tree, pack_patterns, unpack_patterns
+from prune._routing import build_binary_tree, build_tree, pack_patterns, unpack_patterns
 from prune.errors import PatchError
 from prune.export import OUTPUT, export_patched
-from prune.gates import RoutedGate, routing_tree, sign_table
+from prune.gates import RoutedGate, TreeGate, make_gate, routing_tree, sign_table, tree_attributes
 from prune.model import OrtRunner, load_model
 from prune.patched import PatchedHead, PatchSet, patch_bounds
 from prune.regions import InputBox, box_from_data, linearize, patterns_of
@@ -49,6 +49,62 @@ def test_every_pattern_routes_to_its_patch(shape: tuple[int, int, int]) -> None:
         }
         assert routing_tree(params).depth == tree.depth
     np.testing.assert_array_equal(unpack_patterns(pack_patterns(active), hidden), active)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 80), st.integers(1, 40), st.integers(0, 2**32 - 1))
+def test_binary_tree_routes_every_pattern_to_its_patch(
+    patches: int, hidden: int, seed: int
+) -> None:
+    rng = np.random.default_rng(seed)
+    active = np.unique(rng.random((patches, hidden)) < rng.uniform(0.05, 0.95), axis=0)
+    rng.shuffle(active)
+    tree = build_binary_tree(active)
+    count = len(tree.feature)
+    assert count == 2 * len(active) - 1
+    np.testing.assert_array_equal(tree.route(active), np.arange(len(active)))
+    branch = tree.patch < 0
+    own = np.arange(count)
+    assert (tree.true[branch] > own[branch]).all() and (tree.false[branch] > own[branch]).all()
+    assert sorted(tree.patch[~branch].tolist()) == list(range(len(active)))
+    # a function of the patterns alone: the same patterns in the same order, the same tree
+    again = build_binary_tree(active.copy())
+    assert again.feature.tolist() == tree.feature.tolist() and again.depth == tree.depth
+
+
+def test_binary_tree_depth_is_logarithmic_and_duplicates_are_refused() -> None:
+    active = np.random.default_rng(0).random((4096, 128)) < 0.5
+    assert build_binary_tree(active).depth <= 16
+    with pytest.raises(PatchError, match="same activation pattern"):
+        build_binary_tree(np.concatenate([active[:3], active[1:2]]))
+
+
+def test_onnxruntime_walks_the_tree_as_the_reference_does_on_ties() -> None:
+    """``BRANCH_GTE`` at threshold 0 is ``z >= 0``: 0 and -0 go to the true (active) side, the
+    smallest subnormals to their own side, NaN to the false side, exactly as ``route`` does."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(4)
+    active = np.unique(rng.random((60, 10)) < 0.5, axis=0)
+    tree = build_binary_tree(active)
+    node = helper.make_node(
+        "TreeEnsembleRegressor", ["z"], ["y"], domain="ai.onnx.ml", **tree_attributes(tree)
+    )
+    graph = helper.make_graph(
+        [node],
+        "t",
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [None, 10])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 1])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    )
+    values = np.asarray([0.0, -0.0, 1e-45, -1e-45, 1e-30, -1e-30, 3.0, -3.0, np.nan], np.float32)
+    z = rng.choice(values, size=(4000, 10)).astype(np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"z": z})[0][:, 0]
+    np.testing.assert_array_equal(got, tree.route(z >= 0).astype(np.float32))
 
 
 def test_depth_is_logarithmic_for_diverse_patterns() -> None:
@@ -96,8 +152,15 @@ def routed() -> tuple[object, PatchSet, np.ndarray, np.ndarray]:
     return model, patches, forget, data
 
 
-def test_routed_gate_is_the_activation_gate_of_one_candidate(routed) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture(params=["routed", "tree"])
+def either(request, routed):  # type: ignore[no-untyped-def]
+    """The routed fixture under each routed gate: the level-wise one and the tree."""
     model, patches, forget, data = routed
+    return model, dataclasses.replace(patches, gate=request.param), forget, data
+
+
+def test_routed_gate_is_the_activation_gate_of_one_candidate(either) -> None:  # type: ignore[no-untyped-def]
+    model, patches, forget, data = either
     rng = np.random.default_rng(3)
     near = np.clip(
         np.repeat(forget, 50, axis=0) + rng.normal(scale=0.02, size=(600, data.shape[1])), 0, 1
@@ -117,8 +180,8 @@ def test_routed_gate_is_the_activation_gate_of_one_candidate(routed) -> None:  #
     assert ((g_rt[n + len(forget) :] > 0) & (g_rt[n + len(forget) :] < 1)).any(), "no band probe"
 
 
-def test_routed_onnx_matches_torch_and_rows_are_independent(routed) -> None:  # type: ignore[no-untyped-def]
-    model, patches, forget, data = routed
+def test_routed_onnx_matches_torch_and_rows_are_independent(either) -> None:  # type: ignore[no-untyped-def]
+    model, patches, forget, data = either
     box = box_from_data(data.astype(np.float32), input_space=True)
     raw = export_patched(model, patches, box)
     runner = OrtRunner(raw, outputs=[OUTPUT])
@@ -131,8 +194,8 @@ def test_routed_onnx_matches_torch_and_rows_are_independent(routed) -> None:  # 
     np.testing.assert_array_equal(alone, ort[0:40:3])
 
 
-def test_routed_affine_patch_gathers_its_C(routed) -> None:  # type: ignore[no-untyped-def]
-    model, patches, forget, data = routed
+def test_routed_affine_patch_gathers_its_C(either) -> None:  # type: ignore[no-untyped-def]
+    model, patches, forget, data = either
     rng = np.random.default_rng(5)
     C = rng.normal(scale=0.01, size=(len(patches), data.shape[1], patches.d.shape[1]))
     affine = dataclasses.replace(patches, C=C, K=patch_bounds(C, patches.d, BOX))
@@ -150,14 +213,35 @@ def test_routed_affine_patch_gathers_its_C(routed) -> None:  # type: ignore[no-u
     np.testing.assert_allclose(ort[: len(forget)], inside.numpy(), atol=1e-4, rtol=0)
 
 
-def test_routed_gate_refuses_duplicate_regions(routed) -> None:  # type: ignore[no-untyped-def]
-    model, patches, _, _ = routed
+def test_routed_gate_refuses_duplicate_regions(either) -> None:  # type: ignore[no-untyped-def]
+    model, patches, _, _ = either
     twice = np.concatenate([patches.active, patches.active[:1]])
     with pytest.raises(PatchError, match="same activation pattern"):
-        RoutedGate().parameters(model.head, twice, BOX)
+        make_gate(patches.gate).parameters(model.head, twice, BOX)
 
 
-def test_routed_export_when_the_hidden_width_is_not_a_multiple_of_8(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_tree_gate_imports_ai_onnx_ml_and_refuses_its_deprecated_version(routed) -> None:  # type: ignore[no-untyped-def]
+    """The tree gate appends ai.onnx.ml 3 to a model that imports none, and refuses a model
+    whose ai.onnx.ml version (5) deprecates TreeEnsembleRegressor; the original's opsets are
+    kept in place."""
+    import onnx
+
+    model, patches, _, _ = routed
+    tree = dataclasses.replace(patches, gate="tree")
+    before = list(onnx.load_from_string(model.raw).opset_import)
+    after = list(onnx.load_from_string(export_patched(model, tree, BOX)).opset_import)
+    assert after[: len(before)] == before
+    assert [(e.domain, e.version) for e in after[len(before) :]] == [("ai.onnx.ml", 3)]
+    proto = onnx.load_from_string(model.raw)
+    proto.opset_import.append(onnx.helper.make_opsetid("ai.onnx.ml", 5))
+    newer = dataclasses.replace(model, raw=proto.SerializeToString())
+    with pytest.raises(PatchError, match=r"ai\.onnx\.ml opset 5"):
+        export_patched(newer, tree, BOX)
+    assert isinstance(make_gate("tree"), TreeGate) and isinstance(make_gate("tree"), RoutedGate)
+
+
+@pytest.mark.parametrize(("gate", "sliced"), [("routed", "signs_flat"), ("tree", "table_flat")])
+def test_routed_export_when_the_hidden_width_is_not_a_multiple_of_8(tmp_path, gate, sliced) -> None:  # type: ignore[no-untyped-def]
     """13 + 7 hidden neurons: the unpacked pattern is sliced to H (the format's Slice branch)."""
     from prune.data import load_dataset
     from prune.train import TrainConfig, export_onnx, train
@@ -173,7 +257,7 @@ def test_routed_export_when_the_hidden_width_is_not_a_multiple_of_8(tmp_path) ->
     d = np.zeros((len(rows), model.head.classes))
     d[np.arange(len(rows)), np.arange(len(rows)) % model.head.classes] = 3.0
     patches = PatchSet(
-        "routed",
+        gate,
         1000.0,
         act[rows],
         d,
@@ -183,7 +267,7 @@ def test_routed_export_when_the_hidden_width_is_not_a_multiple_of_8(tmp_path) ->
     )
     raw = export_patched(model, patches, BOX)
     names = {node.name for node in __import__("onnx").load_from_string(raw).graph.node}
-    assert "prune/patch/route/signs_flat" in names
+    assert f"prune/patch/route/{sliced}" in names
     probe = np.concatenate([x[rows], x[300:600]])
     ort = OrtRunner(raw, outputs=[OUTPUT]).run(probe)[0]
     ref = PatchedHead(model.head, patches, BOX)(torch.from_numpy(probe)).detach().numpy()
@@ -191,9 +275,13 @@ def test_routed_export_when_the_hidden_width_is_not_a_multiple_of_8(tmp_path) ->
     np.testing.assert_allclose(ort[: len(rows)] - model.logits(x[rows]), d, atol=1e-4)
 
 
-def test_deep_routed_model_is_admitted_by_the_auditor_sandbox() -> None:
-    """A tree of two or more levels uses GatherElements; the auditor's bounded-op admission
-    (audit.sandbox) must accept the canonical routed graph, or no proof with it could verify."""
+@pytest.mark.parametrize(
+    ("gate", "router"), [("routed", "GatherElements"), ("tree", "TreeEnsembleRegressor")]
+)
+def test_deep_routed_model_is_admitted_by_the_auditor_sandbox(gate: str, router: str) -> None:
+    """A tree of two or more levels uses GatherElements (routed gate) or a TreeEnsembleRegressor
+    (tree gate); the auditor's bounded-op admission (audit.sandbox) must accept the canonical
+    graph, or no proof with it could verify."""
     from onnx import load_from_string
 
     from audit.sandbox._policy import admit
@@ -206,12 +294,15 @@ def test_deep_routed_model_is_admitted_by_the_auditor_sandbox() -> None:
     d = np.zeros((len(rows), model.head.classes))
     d[:, 0] = 2.0
     patches = PatchSet(
-        "routed", 1000.0, act[rows], d, None, patch_bounds(None, d, BOX), np.zeros(len(rows), int)
+        gate, 1000.0, act[rows], d, None, patch_bounds(None, d, BOX), np.zeros(len(rows), int)
     )
-    assert routing_tree(patches.parameters(model.head, BOX)).depth >= 2
+    if gate == "routed":
+        assert routing_tree(patches.parameters(model.head, BOX)).depth >= 2
+    else:
+        assert build_binary_tree(act[rows]).depth >= 2
     raw = export_patched(model, patches, BOX)
     proto = load_from_string(raw)
-    assert any(node.op_type == "GatherElements" for node in proto.graph.node)
+    assert any(node.op_type == router for node in proto.graph.node)
     assert admit(proto, budget=1 << 30).per_sample > 0
     # the deep tree in onnxruntime routes as the reference does: every forget row gets its patch
     x = np.concatenate([work.x_train[rows], work.x_test]).astype(np.float32)

@@ -190,3 +190,54 @@ def mod_on_data() -> bytes:
         [helper.make_node("Mod", ["x", "k"], ["y"], fmod=1)],
         inits=[numpy_helper.from_array(np.array([0.5], np.float32), "k")],
     )
+
+
+def _tree(**changes: object) -> bytes:
+    """A one-tree ``TreeEnsembleRegressor`` over ``x [N, 4]`` (root tests x0 >= 0, two leaves),
+    with ``changes`` applied to its attributes."""
+    attrs: dict[str, object] = {
+        "n_targets": 1,
+        "nodes_treeids": [0, 0, 0],
+        "nodes_nodeids": [0, 1, 2],
+        "nodes_featureids": [0, 0, 0],
+        "nodes_values": [0.0, 0.0, 0.0],
+        "nodes_modes": ["BRANCH_GTE", "LEAF", "LEAF"],
+        "nodes_truenodeids": [1, 0, 0],
+        "nodes_falsenodeids": [2, 0, 0],
+        "target_treeids": [0, 0],
+        "target_nodeids": [1, 2],
+        "target_ids": [0, 0],
+        "target_weights": [1.0, 2.0],
+    }
+    attrs.update(changes)
+    node = helper.make_node("TreeEnsembleRegressor", ["x"], ["y"], domain="ai.onnx.ml", **attrs)
+    graph = helper.make_graph(
+        [node],
+        "hostile",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("ai.onnx.ml", 3)]
+    )
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def tree_honest() -> bytes:
+    return _tree()
+
+
+def tree_cycle() -> bytes:
+    """A branch whose false child is the root: a walk that never ends."""
+    return _tree(nodes_falsenodeids=[0, 0, 0])
+
+
+def tree_dangling() -> bytes:
+    """A child id past the tree's nodes."""
+    return _tree(nodes_truenodeids=[7, 0, 0])
+
+
+def tree_targets() -> bytes:
+    """Two million outputs per row."""
+    return _tree(n_targets=1 << 21)
